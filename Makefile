@@ -1,0 +1,37 @@
+# Two commands a newcomer runs on a fresh machine:
+#   make demo   set up, then run the whole loop on this machine (local endpoint)
+#   make test   set up (Python deps and the Debian packages the tests need), lint, type-check, test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+.stamp-core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+.stamp-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch .stamp-core $@
+
+demo: .stamp-core
+	$(BIN)/cloudpilot demo
+
+lint: .stamp-dev
+	$(BIN)/ruff check controller pilot tests bench
+	$(BIN)/mypy controller pilot
+
+test: .stamp-dev lint
+	bash tests/system-deps.sh
+	$(BIN)/pytest -q
+
+bench: .stamp-dev
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .stamp-core .stamp-dev

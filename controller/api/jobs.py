@@ -1,0 +1,113 @@
+"""The user API: submit, bulk submit, list, get, kill, output, events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from controller.api.deps import SettingsDep, StoreDep, UserAuth
+from controller.api.schemas import BulkIn, EventOut, JobIn, JobOut, OutputOut, Submitted
+from controller.auth import Principal, Role
+from controller.domain.jobs import Job, JobState, NewJob
+from controller.domain.matching import unmatchable_reason
+from controller.errors import Forbidden, InvalidInput, NotFound, TooLarge
+from controller.settings import Settings
+from controller.store import Store
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+
+
+def waiting_reason(settings: Settings, job: Job) -> str | None:
+    if job.state != JobState.WAITING:
+        return None
+    return unmatchable_reason(job.requirements, [e.shape() for e in settings.endpoints])
+
+
+def _visible(store: Store, p: Principal, job_id: int) -> Job:
+    job = store.jobs.get(job_id)
+    if p.role == Role.ADMIN or job.owner == p.owner:
+        return job
+    raise NotFound(f"no job {job_id}")  # do not reveal other owners' jobs
+
+
+async def _submit(request: Request, store: Store, settings: Settings, p: Principal,
+                  jobs: list[NewJob]) -> Submitted:
+    if p.owner is None:
+        raise Forbidden("an admin token has no owner; submit with a user token")
+    if len(jobs) > settings.max_bulk_jobs:
+        raise TooLarge(f"at most {settings.max_bulk_jobs} jobs per request, got {len(jobs)}")
+    known = {e.name for e in settings.endpoints}
+    for j in jobs:
+        unknown = (j.requirements.endpoints | j.requirements.banned_endpoints) - known
+        if unknown and known:
+            raise InvalidInput(f"unknown endpoints {sorted(unknown)}; known: {sorted(known)}")
+    ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
+                                  settings.max_retries)
+    request.app.state.notifier.fire()
+    shapes = [e.shape() for e in settings.endpoints]
+    bad = {}
+    for i, j in zip(ids, jobs, strict=True):
+        r = unmatchable_reason(j.requirements, shapes)
+        if r:
+            bad[i] = r
+    return Submitted(ids=ids, unmatchable=bad)
+
+
+@router.post("", status_code=201, response_model=Submitted)
+async def submit(body: JobIn, request: Request, store: StoreDep, settings: SettingsDep,
+                 p: UserAuth) -> Submitted:
+    """Submit one job. Owner and group come from the token."""
+    return await _submit(request, store, settings, p, [body.to_domain()])
+
+
+@router.post("/bulk", status_code=201, response_model=Submitted)
+async def submit_bulk(body: BulkIn, request: Request, store: StoreDep, settings: SettingsDep,
+                      p: UserAuth) -> Submitted:
+    """Submit many jobs in one request (one transaction: all or none)."""
+    return await _submit(request, store, settings, p, [j.to_domain() for j in body.jobs])
+
+
+@router.get("", response_model=list[JobOut])
+def list_jobs(store: StoreDep, settings: SettingsDep, p: UserAuth,
+              state: JobState | None = None, owner: str | None = None,
+              endpoint: str | None = None, limit: int = Query(100, ge=1, le=10_000),
+              offset: int = Query(0, ge=0)) -> list[JobOut]:
+    """List jobs, filtered by state, owner and endpoint. Users see their own jobs."""
+    if p.role != Role.ADMIN:
+        if owner is not None and owner != p.owner:
+            raise Forbidden("users may only list their own jobs")
+        owner = p.owner
+    jobs = store.jobs.find(state=state.value if state else None, owner=owner,
+                           endpoint=endpoint, limit=limit, offset=offset)
+    return [JobOut.of(j, waiting_reason(settings, j)) for j in jobs]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: int, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
+    job = _visible(store, p, job_id)
+    return JobOut.of(job, waiting_reason(settings, job))
+
+
+@router.post("/{job_id}/kill", response_model=JobOut)
+def kill_job(job_id: int, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
+    """Kill a job; a running one is stopped by its pilot at its next heartbeat."""
+    _visible(store, p, job_id)
+    who = p.owner or "admin"
+    return JobOut.of(store.jobs.kill(job_id, who))
+
+
+@router.get("/{job_id}/events", response_model=list[EventOut])
+def job_events(job_id: int, store: StoreDep, p: UserAuth) -> list[EventOut]:
+    """Every state change of the job, with time and reason."""
+    _visible(store, p, job_id)
+    return [EventOut(**e) for e in store.jobs.events(job_id)]
+
+
+@router.get("/{job_id}/output", response_model=OutputOut)
+def job_output(job_id: int, store: StoreDep, p: UserAuth) -> OutputOut:
+    _visible(store, p, job_id)
+    out = store.jobs.output(job_id)
+    if out is None:
+        raise NotFound(f"job {job_id} has no output yet")
+    return OutputOut(job_id=job_id, stdout=out["stdout"] or "", stderr=out["stderr"] or "",
+                     truncated=bool(out["truncated"]), uploaded_at=out["uploaded_at"])

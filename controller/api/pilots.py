@@ -1,0 +1,137 @@
+"""The pilot API: register, match (long-poll), heartbeat, output, report.
+
+Pilot tokens act for one endpoint and may do only this."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from controller.api.deps import PilotAuth, SettingsDep, StoreDep
+from controller.api.schemas import (
+    HeartbeatIn,
+    HeartbeatOut,
+    JobOut,
+    MatchIn,
+    MatchOut,
+    OutputIn,
+    RegisterIn,
+    RegisterOut,
+    ReportIn,
+)
+from controller.auth import Principal, Role
+from controller.domain.jobs import Job
+from controller.domain.matching import SlotOffer
+from controller.errors import Forbidden, InvalidInput, TooLarge
+from controller.store import Store
+
+router = APIRouter(prefix="/api/v1/pilots", tags=["pilots"])
+
+
+def _own_pilot(store: Store, p: Principal, pilot_id: str) -> dict[str, object]:
+    pilot = store.machines.pilot(pilot_id)
+    if pilot["endpoint"] != p.endpoint:
+        raise Forbidden(f"pilot {pilot_id} belongs to another endpoint")
+    return pilot
+
+
+@router.post("/register", status_code=201, response_model=RegisterOut)
+def register(body: RegisterIn, store: StoreDep, settings: SettingsDep,
+             p: PilotAuth) -> RegisterOut:
+    """A pilot starting on a machine says what the machine offers."""
+    assert p.endpoint is not None
+    if body.endpoint is not None and body.endpoint != p.endpoint:
+        raise Forbidden(f"this pilot token is for endpoint {p.endpoint}, not {body.endpoint}")
+    pilot_id = uuid.uuid4().hex[:12]
+    store.machines.register_pilot(pilot_id, p.endpoint, body.machine, body.cores,
+                                  body.memory_mb, body.tags, body.slots, body.version)
+    ep = settings.endpoint(p.endpoint)
+    return RegisterOut(pilot_id=pilot_id, endpoint=p.endpoint,
+                       heartbeat_interval=ep.heartbeat_interval if ep else 10.0)
+
+
+@router.post("/{pilot_id}/match", response_model=MatchOut,
+             responses={204: {"description": "no job fits within the wait"}})
+async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
+                settings: SettingsDep, p: PilotAuth) -> MatchOut | Response:
+    """Hand the pilot the best waiting job that fits its free resources, waiting up to
+    `wait` seconds for one to arrive (long-poll)."""
+    pilot = await run_in_threadpool(_own_pilot, store, p, pilot_id)
+    machine = str(pilot["machine"])
+    pilot_tags: list[str] = pilot["tags"]  # type: ignore[assignment]
+    await run_in_threadpool(store.machines.pilot_seen, pilot_id, machine)
+    if body.free_slots <= 0:
+        return Response(status_code=204)
+    ep = settings.endpoint(p.endpoint or "")
+    offer = SlotOffer(
+        endpoint=str(pilot["endpoint"]), cores=body.free_cores,
+        memory_mb=body.free_memory_mb, tags=frozenset(pilot_tags),
+        max_runtime=ep.max_runtime if ep else None,
+    )
+    shares = await run_in_threadpool(store.tokens.shares, settings.fair_share_by)
+
+    def issue(conn: sqlite3.Connection, job: Job) -> str:
+        life = job.requirements.max_runtime + settings.job_token_margin
+        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=life,
+                                  note=f"job {job.id}", conn=conn)
+
+    deadline = time.monotonic() + min(body.wait, settings.long_poll_max)
+    notifier = request.app.state.notifier
+    while True:
+        changed = notifier.current()
+        got = await run_in_threadpool(store.jobs.match, pilot_id, machine, offer,
+                                      by=settings.fair_share_by, shares=shares,
+                                      issue_token=issue)
+        if got is not None:
+            job, token = got
+            return MatchOut(job=JobOut.of(job), token=token,
+                            token_expires_in=job.requirements.max_runtime
+                            + settings.job_token_margin)
+        left = deadline - time.monotonic()
+        if left <= 0 or await request.is_disconnected():
+            return Response(status_code=204)
+        try:
+            await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
+        except TimeoutError:
+            pass
+
+
+@router.post("/{pilot_id}/heartbeat", response_model=HeartbeatOut)
+def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, p: PilotAuth) -> HeartbeatOut:
+    """The pilot is alive; per running job, its progress. Answers which jobs to stop."""
+    pilot = _own_pilot(store, p, pilot_id)
+    state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
+    stop = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs})
+    return HeartbeatOut(stop=stop, drain=state in ("stopping", "stopped", "lost", "failed"))
+
+
+@router.post("/{pilot_id}/jobs/{job_id}/output", status_code=204)
+def upload_output(pilot_id: str, job_id: int, body: OutputIn, store: StoreDep,
+                  settings: SettingsDep, p: PilotAuth) -> Response:
+    """The job's stdout and stderr (bounded by max_output_bytes in all)."""
+    _own_pilot(store, p, pilot_id)
+    size = len(body.stdout.encode()) + len(body.stderr.encode())
+    if size > settings.max_output_bytes:
+        raise TooLarge(f"output is {size} bytes; at most {settings.max_output_bytes}: "
+                       "keep the tail")
+    store.jobs.save_output(pilot_id, job_id, body.stdout, body.stderr, body.truncated)
+    return Response(status_code=204)
+
+
+@router.post("/{pilot_id}/jobs/{job_id}/report", response_model=JobOut)
+async def report(pilot_id: str, job_id: int, body: ReportIn, request: Request,
+                 store: StoreDep, p: PilotAuth) -> JobOut:
+    """The job's end: done, failed (with exit code) or interrupted (rescheduled)."""
+    await run_in_threadpool(_own_pilot, store, p, pilot_id)
+    if body.status == "failed" and body.exit_code == 0 and not body.reason:
+        raise InvalidInput("a failed job with exit code 0 needs a reason")
+    job = await run_in_threadpool(store.jobs.report, pilot_id, job_id, body.status,
+                                  body.exit_code, body.reason)
+    if body.status == "interrupted":
+        request.app.state.notifier.fire()
+    return JobOut.of(job)

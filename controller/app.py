@@ -1,0 +1,133 @@
+"""The FastAPI application: create_app(settings). Its lifespan owns the store and the
+reconcile loop, so tests build an app on a temporary database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from controller.api import admin, info, jobs, pilots
+from controller.auth import Role
+from controller.domain.transitions import IllegalTransition
+from controller.drivers.base import Driver
+from controller.drivers.local import LocalDriver
+from controller.errors import CloudpilotError, Unauthorized
+from controller.loop import Reconciler
+from controller.notify import Notifier
+from controller.settings import Settings
+from controller.store import Store
+
+log = logging.getLogger("cloudpilot")
+
+
+def endpoint_pilot_token(store: Store, data_dir: Path, endpoint: str) -> str:
+    """The pilot token the controller gives the machines it starts on an endpoint, kept in
+    data_dir/secrets (mode 0600) so pilots keep working across controller restarts."""
+    path = data_dir / "secrets" / f"{endpoint}.pilot-token"
+    if path.exists():
+        token = path.read_text().strip()
+        try:
+            p = store.tokens.verify(token)
+            if p.role == Role.PILOT and p.endpoint == endpoint:
+                return token
+        except Unauthorized:
+            pass
+    token = store.tokens.issue(Role.PILOT, endpoint=endpoint, note="machines started by the "
+                               "controller")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
+    drivers: dict[str, Driver] = {}
+    for ep in settings.endpoints:
+        if ep.driver == "local":
+            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
+            drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
+    return drivers
+
+
+async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> None:
+    notifier: Notifier = app.state.notifier
+    while True:
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(reconciler.tick)
+            if result.rescheduled:
+                notifier.fire()
+        except Exception:  # the loop must outlive any one tick's failure
+            log.exception("reconcile tick failed")
+        # sleep until the interval is over, or a bit after the queue changes
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(notifier.current().wait(), timeout=interval)
+        await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+
+
+def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = Store(settings.database)
+        store.machines.sync_endpoints([e.model_dump() for e in settings.endpoints])
+        app.state.store = store
+        app.state.notifier.bind(asyncio.get_running_loop())
+        task = None
+        if run_loop:
+            reconciler = Reconciler(settings, store, make_drivers(settings, store))
+            app.state.reconciler = reconciler
+            task = asyncio.create_task(_run_loop(app, reconciler, settings.loop_interval))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            store.close()
+
+    app = FastAPI(title="cloudpilot", version="0.1.0", lifespan=lifespan,
+                  description="A pilot-based workload management system for clouds.")
+    app.state.settings = settings
+    app.state.notifier = Notifier()
+    app.state.reconciler = None
+    for r in (jobs.router, pilots.router, info.router, admin.router):
+        app.include_router(r)
+
+    @app.exception_handler(CloudpilotError)
+    async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"detail": exc.message}, exc.status_code, headers=headers)
+
+    @app.exception_handler(IllegalTransition)
+    async def _illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            msg = "unknown field" if e.get("type") == "extra_forbidden" else e.get("msg", "")
+            errors.append(f"{where}: {msg}" if where else msg)
+        return JSONResponse({"detail": "invalid request: " + "; ".join(errors),
+                             "errors": errors}, 422)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        log.warning("database error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "the database is busy; retry"}, 503,
+                            headers={"Retry-After": "1"})
+
+    return app

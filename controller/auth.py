@@ -1,0 +1,50 @@
+"""Tokens: issue, hash, verify, roles.
+
+Tokens are random 256-bit strings; only their SHA-256 is stored (like API keys elsewhere: a
+random secret needs no salt). Roles:
+- admin: everything;
+- user: acts for one owner (submit, list, kill its own jobs);
+- pilot: acts for one endpoint; may only register, match, heartbeat and report;
+- job: given to a pilot with each job, scoped to that job and its owner, with a lifetime; the
+  payload gets it in its environment (CLOUDPILOT_JOB_TOKEN) and may act for the owner with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+TOKEN_PREFIX = "cp_"
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+    PILOT = "pilot"
+    JOB = "job"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the verified token's role and scope."""
+
+    token_id: int
+    role: Role
+    owner: str | None = None  # user and job tokens
+    group: str | None = None
+    endpoint: str | None = None  # pilot tokens
+    job_id: int | None = None  # job tokens
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,340 @@
+"""The `cloudpilot` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from controller.client import ApiClient, ApiError
+from controller.errors import CloudpilotError
+from controller.settings import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("CLOUDPILOT_CONFIG")
+    return Settings.load(path)
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    token = args.token or os.environ.get("CLOUDPILOT_TOKEN")
+    if not token:
+        raise CloudpilotError("no token: pass --token or set CLOUDPILOT_TOKEN "
+                              "(make one with `cloudpilot admin create-token`)")
+    return ApiClient(args.url or os.environ.get("CLOUDPILOT_URL", DEFAULT_URL), token)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    cells = [head] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)
+
+
+# commands ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from controller.app import create_app
+
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = _settings(args).model_copy(update=overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(f"cloudpilot controller on {settings.url} (database {settings.database}, "
+          f"endpoints {', '.join(e.name for e in settings.endpoints) or 'none'})", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="warning")
+    return 0
+
+
+def load_job_file(path: str) -> list[dict[str, Any]]:
+    """A JSON list (or {"jobs": [...]}) or a TOML file of [[jobs]] tables."""
+    text = Path(path).read_text()
+    try:
+        data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise CloudpilotError(f"{path} is not valid: {e}") from None
+    jobs = data.get("jobs") if isinstance(data, dict) else data
+    if not isinstance(jobs, list) or not jobs:
+        raise CloudpilotError(f"{path} holds no jobs (a list, or a 'jobs' list)")
+    return jobs
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    if args.file:
+        if args.command:
+            raise CloudpilotError("give a command or --file, not both")
+        jobs = load_job_file(args.file)
+    else:
+        cmd = [c for c in args.command if c != "--"]
+        if not cmd:
+            raise CloudpilotError("nothing to run: cloudpilot submit [options] -- COMMAND ARGS")
+        req: dict[str, Any] = {"cores": args.cores, "memory_mb": args.memory,
+                               "max_runtime": args.max_runtime, "tags": args.tag or [],
+                               "endpoints": args.endpoint or [],
+                               "banned_endpoints": args.ban_endpoint or []}
+        env = dict(e.split("=", 1) for e in args.env or [])
+        inputs = [{"name": Path(p).name, "content": Path(p).read_text()} for p in args.input or []]
+        jobs = [{"executable": cmd[0], "arguments": cmd[1:], "requirements": req,
+                 "priority": args.priority, "name": args.name or "", "env": env,
+                 "inputs": inputs}] * args.count
+    out = _client(args).submit(jobs)
+    ids = out["ids"]
+    print(f"submitted {len(ids)} job(s): " + (
+        ", ".join(map(str, ids)) if len(ids) <= 20 else f"{ids[0]}..{ids[-1]}"))
+    for jid, why in out.get("unmatchable", {}).items():
+        print(f"  job {jid} waits: {why}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    jobs = _client(args).jobs(state=args.state, owner=args.owner, endpoint=args.endpoint,
+                              limit=args.limit)
+    rows = [[j["id"], j["owner"], j["state"], j["executable"], j["machine"], j["exit_code"],
+             j["waiting_reason"] or j["reason"] or ""] for j in jobs]
+    print(_table(rows, ["ID", "OWNER", "STATE", "EXECUTABLE", "MACHINE", "EXIT", "REASON"]))
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    c = _client(args)
+    j = c.job(args.id)
+    print(f"job {j['id']} {j['name'] or ''}".rstrip())
+    for k in ("state", "owner", "group", "executable", "arguments", "priority", "machine",
+              "endpoint", "exit_code", "reason", "waiting_reason", "retries", "progress"):
+        if j.get(k) not in (None, "", []):
+            print(f"  {k:15} {j[k]}")
+    print(f"  {'requirements':15} {json.dumps(j['requirements'])}")
+    print("events:")
+    for e in c.events(args.id):
+        print(f"  {_when(e['at'])}  {e['from_state'] or '-':>11} -> {e['to_state']:<11} "
+              f"{e['reason'] or ''}")
+    try:
+        out = c.output(args.id)
+        print("stdout:" + (" (tail)" if out["truncated"] else ""))
+        print(out["stdout"].rstrip() or "  (empty)")
+        if out["stderr"]:
+            print("stderr:")
+            print(out["stderr"].rstrip())
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        print("output: none yet")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    c = _client(args)
+    rc = 0
+    for jid in args.ids:
+        try:
+            j = c.kill(jid)
+            print(f"job {jid}: {j['state']}")
+        except ApiError as e:
+            print(f"job {jid}: {e.detail}", file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def cmd_machines(args: argparse.Namespace) -> int:
+    ms = _client(args).machines(args.endpoint, args.all)
+    rows = [[m["name"], m["endpoint"], m["state"], m["jobs"], _when(m["created_at"]),
+             _when(m["last_seen"]), m["reason"]] for m in ms]
+    print(_table(rows, ["NAME", "ENDPOINT", "STATE", "JOBS", "CREATED", "SEEN", "REASON"]))
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    for e in _client(args).endpoints():
+        cfg = e["config"]
+        ms = ", ".join(f"{n} {s}" for s, n in e["machines"].items()) or "no machines"
+        print(f"{e['name']} ({e['driver']}): {e['state']} {e['message']}".rstrip())
+        print(f"  machines: {ms}; max {cfg['max_machines']}, {cfg['slots']} slots of "
+              f"{cfg['cores']} cores / {cfg['memory_mb']} MB, idle timeout {cfg['idle_timeout']}s")
+        d = e.get("last_decision")
+        if d:
+            print(f"  last decision: demand {d['demand']} machines, start {d['start'] or '-'}, "
+                  f"remove {[r['name'] for r in d['remove']] or '-'}")
+            for r in d["reasons"]:
+                print(f"    {r}")
+    return 0
+
+
+def cmd_taskqueues(args: argparse.Namespace) -> int:
+    rows = [[q["id"], q["owner"], q["priority"], q["waiting"], q["requirements"]["cores"],
+             q["requirements"]["memory_mb"], ",".join(q["requirements"]["tags"]),
+             q["unmatchable"] or ""] for q in _client(args).taskqueues()]
+    print(_table(rows, ["TQ", "OWNER", "PRIO", "WAITING", "CORES", "MB", "TAGS", "UNMATCHABLE"]))
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from controller.auth import Role
+    from controller.store import Store
+
+    store = Store(_settings(args).database)
+    try:
+        if args.admin_cmd == "create-user":
+            store.tokens.create_user(args.name, args.group, args.share)
+            print(f"user {args.name} (group {args.group}, share {args.share}) created")
+        elif args.admin_cmd == "create-token":
+            if args.user:
+                tok = store.tokens.issue(Role.USER, owner=args.user, lifetime=args.lifetime,
+                                         note=args.note)
+            elif args.pilot:
+                tok = store.tokens.issue(Role.PILOT, endpoint=args.pilot,
+                                         lifetime=args.lifetime, note=args.note)
+            else:
+                tok = store.tokens.issue(Role.ADMIN, lifetime=args.lifetime, note=args.note)
+            print(tok)
+        elif args.admin_cmd == "users":
+            print(_table([[u["name"], u["group"], u["share"]] for u in store.tokens.users()],
+                         ["NAME", "GROUP", "SHARE"]))
+        elif args.admin_cmd == "tokens":
+            rows = [[t["id"], t["role"], t["owner"] or t["endpoint"] or "",
+                     _when(t["created_at"]), _when(t["expires_at"]), t["note"]]  # type: ignore[arg-type]
+                    for t in store.tokens.find()]
+            print(_table(rows, ["ID", "ROLE", "FOR", "CREATED", "EXPIRES", "NOTE"]))
+        elif args.admin_cmd == "revoke":
+            store.tokens.revoke(args.id)
+            print(f"token {args.id} revoked")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+# the parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cloudpilot", description=(
+        "cloudpilot: a job queue that grows and shrinks its own fleet of machines."))
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def client_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help=f"controller URL (env CLOUDPILOT_URL; {DEFAULT_URL})")
+        p.add_argument("--token", help="bearer token (env CLOUDPILOT_TOKEN)")
+
+    def config_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config file (env CLOUDPILOT_CONFIG; "
+                       "none: the embedded default with one local endpoint)")
+
+    p = sub.add_parser("serve", help="run the controller (API + scheduler loop)")
+    config_opt(p)
+    p.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default from config: 8080)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("submit", help="submit a command, or a JSON/TOML file of jobs")
+    client_opts(p)
+    p.add_argument("--file", "-f", help="JSON list or TOML [[jobs]] of job descriptions")
+    p.add_argument("--cores", type=int, default=1, help="cores the job needs (1)")
+    p.add_argument("--memory", type=int, default=512, help="memory in MB (512)")
+    p.add_argument("--max-runtime", type=int, default=3600, help="seconds (3600)")
+    p.add_argument("--tag", action="append", help="required machine tag (repeatable)")
+    p.add_argument("--endpoint", action="append", help="allowed endpoint (repeatable)")
+    p.add_argument("--ban-endpoint", action="append", help="banned endpoint (repeatable)")
+    p.add_argument("--priority", type=int, default=0, help="priority among your jobs (0)")
+    p.add_argument("--env", action="append", help="KEY=VALUE for the job (repeatable)")
+    p.add_argument("--input", action="append", help="a small text file to send (repeatable)")
+    p.add_argument("--name", help="a name for the job")
+    p.add_argument("--count", type=int, default=1, help="submit this many copies (1)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list jobs")
+    client_opts(p)
+    p.add_argument("--state", help="filter by state")
+    p.add_argument("--owner", help="filter by owner (admins)")
+    p.add_argument("--endpoint", help="filter by endpoint")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    p.set_defaults(fn=cmd_jobs)
+
+    p = sub.add_parser("job", help="one job: state, events and output")
+    client_opts(p)
+    p.add_argument("id", type=int, help="job id")
+    p.set_defaults(fn=cmd_job)
+
+    p = sub.add_parser("kill", help="kill jobs")
+    client_opts(p)
+    p.add_argument("ids", type=int, nargs="+", help="job ids")
+    p.set_defaults(fn=cmd_kill)
+
+    p = sub.add_parser("machines", help="list machines")
+    client_opts(p)
+    p.add_argument("--endpoint", help="only this endpoint")
+    p.add_argument("--all", action="store_true", help="include stopped and lost machines")
+    p.set_defaults(fn=cmd_machines)
+
+    p = sub.add_parser("endpoints", help="list endpoints and their last scheduling decision")
+    client_opts(p)
+    p.set_defaults(fn=cmd_endpoints)
+
+    p = sub.add_parser("taskqueues", help="list task queues with waiting jobs")
+    client_opts(p)
+    p.set_defaults(fn=cmd_taskqueues)
+
+    p = sub.add_parser("admin", help="users and tokens (works on the database directly)")
+    asub = p.add_subparsers(dest="admin_cmd", required=True, metavar="ADMIN_COMMAND")
+    q = asub.add_parser("create-user", help="create a user (an owner of jobs)")
+    config_opt(q)
+    q.add_argument("name", help="user name")
+    q.add_argument("--group", required=True, help="the user's group")
+    q.add_argument("--share", type=float, default=1.0, help="fair-share weight (1.0)")
+    q = asub.add_parser("create-token", help="create a token and print it (shown once)")
+    config_opt(q)
+    who = q.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user token acting for this owner")
+    who.add_argument("--pilot", metavar="ENDPOINT", help="a pilot token for this endpoint")
+    who.add_argument("--admin", action="store_true", help="an admin token")
+    q.add_argument("--lifetime", type=float, help="seconds until it expires (never)")
+    q.add_argument("--note", default="", help="what the token is for")
+    q = asub.add_parser("users", help="list users")
+    config_opt(q)
+    q = asub.add_parser("tokens", help="list tokens (not job tokens; never the secrets)")
+    config_opt(q)
+    q = asub.add_parser("revoke", help="revoke a token by id")
+    config_opt(q)
+    q.add_argument("id", type=int, help="token id")
+    p.set_defaults(fn=cmd_admin)
+
+    p = sub.add_parser("demo", help="run the whole loop on this machine with a local endpoint")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.set_defaults(fn=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.fn(args)
+    except ApiError as e:
+        print(f"cloudpilot: {e.detail}" + (f" (HTTP {e.status})" if e.status else ""),
+              file=sys.stderr)
+        rc = 1
+    except CloudpilotError as e:
+        print(f"cloudpilot: {e.message}", file=sys.stderr)
+        rc = 1
+    except OSError as e:
+        print(f"cloudpilot: {e}", file=sys.stderr)
+        rc = 1
+    except KeyboardInterrupt:
+        rc = 130
+    sys.exit(rc)

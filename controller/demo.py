@@ -1,0 +1,167 @@
+"""`cloudpilot demo`: the whole loop on one machine.
+
+A controller on a temporary database with a local endpoint; a mixed batch of jobs from two
+users (short ones, failing ones, one needing more cores than any machine has); live progress;
+a summary once the queue has drained and the idle machines are gone."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from controller.app import create_app
+from controller.auth import Role
+from controller.client import ApiClient
+from controller.settings import EndpointConfig, Settings
+from controller.store import Store
+
+TIME_LIMIT = 55.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_settings(root: Path, port: int) -> Settings:
+    return Settings(
+        database=root / "cloudpilot.db", data_dir=root / "data", port=port,
+        loop_interval=0.5, stalled_after=20,
+        endpoints=[EndpointConfig(
+            name="local", cores=2, memory_mb=2048, slots=2, tags=["linux"], max_machines=3,
+            max_starts_per_cycle=2, idle_timeout=3, heartbeat_interval=1, lost_after=15,
+            boot_timeout=30)],
+    )
+
+
+def demo_jobs() -> dict[str, list[dict[str, Any]]]:
+    def sh(script: str, name: str, **req: Any) -> dict[str, Any]:
+        return {"executable": "/bin/sh", "arguments": ["-c", script], "name": name,
+                "requirements": {"max_runtime": 60, **req}}
+
+    alice = [sh(f"echo simulating event batch {i}; sleep {1 + i % 3}; echo done", f"sim-{i}")
+             for i in range(10)]
+    alice.append(sh("echo 'needs a big machine'", "big", cores=16))
+    bob = [sh(f"echo analysing file {i}; sleep 1", f"ana-{i}") for i in range(6)]
+    bob += [sh("echo 'missing input' >&2; exit 3", "broken-1"),
+            sh("echo 'missing input' >&2; exit 3", "broken-2")]
+    return {"alice": alice, "bob": bob}
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(
+            create_app(settings), host=settings.host, port=settings.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the controller did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def _line(summary: dict[str, Any], elapsed: float) -> str:
+    j, m = summary["jobs"], summary["machines"]
+    order = ["waiting", "matched", "running", "done", "failed", "killed"]
+    jobs = " ".join(f"{s} {j.get(s, 0):>2}" for s in order)
+    up = m.get("running", 0)
+    boot = m.get("booting", 0) + m.get("requested", 0)
+    return f"[{elapsed:5.1f}s] jobs: {jobs} | machines: {up} up, {boot} booting"
+
+
+def run_demo(keep: bool = False, out: Any = None) -> int:
+    out = out or sys.stdout
+    root = Path(tempfile.mkdtemp(prefix="cloudpilot-demo-"))
+    settings = demo_settings(root, free_port())
+    store = Store(settings.database)
+    tokens = {}
+    for user, group in (("alice", "physics"), ("bob", "biology")):
+        store.tokens.create_user(user, group)
+        tokens[user] = store.tokens.issue(Role.USER, owner=user, note="demo")
+    admin = store.tokens.issue(Role.ADMIN, note="demo")
+    store.close()
+    print(f"cloudpilot demo: controller on {settings.url}, local endpoint 'local' "
+          f"(up to 3 machines x 2 slots of 2 cores), data in {root}", file=out)
+    start = time.monotonic()
+    rc = 0
+    try:
+        with Server(settings):
+            watch = ApiClient(settings.url, admin)
+            stuck: dict[int, str] = {}
+            n = 0
+            for user, jobs in demo_jobs().items():
+                res = ApiClient(settings.url, tokens[user]).submit(jobs)
+                n += len(res["ids"])
+                stuck.update({int(k): v for k, v in res["unmatchable"].items()})
+                print(f"{user} submitted {len(res['ids'])} jobs", file=out)
+            for jid, why in stuck.items():
+                print(f"job {jid} will wait: {why}", file=out)
+            tty = out.isatty() if hasattr(out, "isatty") else False
+            last = ""
+            while True:
+                elapsed = time.monotonic() - start
+                s = watch.summary()
+                line = _line(s, elapsed)
+                if tty:
+                    print("\r" + line, end="", file=out, flush=True)
+                elif line.split("]", 1)[1] != last:
+                    print(line, file=out, flush=True)
+                    last = line.split("]", 1)[1]
+                j = s["jobs"]
+                settled = sum(j.get(k, 0) for k in ("done", "failed", "killed")) + len(stuck)
+                if settled >= n and not s["machines"]:
+                    break
+                if elapsed > TIME_LIMIT:
+                    print("\ndemo: time limit reached before the queue drained", file=out)
+                    rc = 1
+                    break
+                time.sleep(0.5)
+            if tty:
+                print(file=out)
+            _summary(watch, out, time.monotonic() - start)
+    finally:
+        if keep:
+            print(f"kept {root}", file=out)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return rc
+
+
+def _summary(c: ApiClient, out: Any, elapsed: float) -> None:
+    jobs = c.jobs(limit=1000)
+    machines = c.machines(all=True)
+    by: dict[str, int] = {}
+    for j in jobs:
+        by[j["state"]] = by.get(j["state"], 0) + 1
+    print(f"\nsummary after {elapsed:.1f}s: " + ", ".join(f"{n} {s}" for s, n in sorted(
+        by.items())), file=out)
+    print(f"machines used: {len(machines)} ("
+          + ", ".join(f"{m['name']} {m['state']}" for m in machines) + ")", file=out)
+    for j in jobs:
+        if j["state"] == "failed":
+            print(f"  job {j['id']} {j['name']} failed on {j['machine']}: {j['reason']}",
+                  file=out)
+        if j["state"] == "waiting":
+            print(f"  job {j['id']} {j['name']} still waiting: {j['waiting_reason']}", file=out)
+    first = next((j for j in jobs if j["state"] == "done"), None)
+    if first:
+        o = c.output(first["id"])
+        print(f"  job {first['id']} ran on {first['machine']}; its output: "
+              f"{o['stdout'].strip()!r}", file=out)

@@ -1,0 +1,133 @@
+"""The VM scheduler's decision: a pure function of (queue state, machines, endpoint config,
+time). The loop in controller/loop.py does the I/O around it; the same function can be replayed
+from recorded inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from controller.domain.machines import MachineState, MachineView
+from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
+from controller.domain.taskqueues import TaskQueue
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """The parts of an endpoint's configuration the scheduler needs."""
+
+    name: str
+    shape: SlotOffer  # what one machine offers in total
+    slots: int = 1  # pilot slots per machine
+    max_machines: int = 4
+    max_starts_per_cycle: int = 2
+    idle_timeout: float = 60.0  # stop a machine idle longer than this
+    boot_timeout: float = 300.0  # a machine whose pilot never registers is failed
+    lost_after: float = 60.0  # a pilot silent this long is lost
+
+
+@dataclass(frozen=True)
+class Removal:
+    name: str
+    to: MachineState  # STOPPING (idle), LOST (silent) or FAILED (never came up)
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    endpoint: str
+    start: tuple[str, ...]
+    remove: tuple[Removal, ...]
+    wanted: tuple[str, ...]  # the full set of named machines wanted after this decision
+    demand: float  # waiting work, in machines' worth
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.start or self.remove)
+
+
+def machine_name(endpoint: str, seq: int) -> str:
+    return f"{endpoint}-{seq:04d}"
+
+
+def decide(
+    spec: EndpointSpec,
+    queues: Sequence[TaskQueue],
+    machines: Sequence[MachineView],
+    now: float,
+    last_seq: int,
+) -> Decision:
+    """Decide which machines this endpoint should have.
+
+    1. Record what the world says: running machines silent for `lost_after` are lost; machines
+       booting for longer than `boot_timeout` have failed.
+    2. Demand: waiting jobs of every task queue that can run here, in machines' worth
+       (task queue jobs / jobs one machine holds). Unfit queues are named in the reasons.
+    3. Start enough machines to cover demand minus free capacity (free slots of running machines
+       plus machines still booting), capped by max_machines and max_starts_per_cycle.
+    4. With no demand left uncovered, stop the machines idle longer than `idle_timeout`, by name.
+    """
+    reasons: list[str] = []
+    removals: list[Removal] = []
+    live = [m for m in machines if m.state in (MachineState.BOOTING, MachineState.RUNNING,
+                                                 MachineState.REQUESTED)]
+    for m in live:
+        if m.state == MachineState.RUNNING and m.last_seen is not None:
+            silent = now - m.last_seen
+            if silent > spec.lost_after:
+                why = f"no heartbeat for {silent:.0f}s (> {spec.lost_after:.0f}s)"
+                removals.append(Removal(m.name, MachineState.LOST, why))
+        elif m.state in (MachineState.BOOTING, MachineState.REQUESTED):
+            age = now - m.created_at
+            if age > spec.boot_timeout:
+                removals.append(Removal(m.name, MachineState.FAILED,
+                                        f"no pilot after {age:.0f}s (> {spec.boot_timeout:.0f}s)"))
+    gone = {r.name for r in removals}
+    kept = [m for m in live if m.name not in gone]
+
+    demand = 0.0
+    for q in queues:
+        if q.waiting <= 0:
+            continue
+        r = why_not(q.requirements, spec.shape)
+        if r is not None:
+            reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: {r}")
+            continue
+        per = jobs_per_machine(q.requirements, spec.shape, spec.slots)
+        demand += q.waiting / per
+
+    free = 0.0
+    for m in kept:
+        if m.state == MachineState.RUNNING:
+            free += max(m.slots - m.busy_slots, 0) / max(m.slots, 1)
+        else:
+            free += 1.0  # booting: all its slots are on their way
+    uncovered = demand - free
+    new = max(0, math.ceil(uncovered - 1e-9))
+    if new:
+        room = max(spec.max_machines - len(kept), 0)
+        n = min(new, room, spec.max_starts_per_cycle)
+        if n < new:
+            reasons.append(
+                f"{new} machines wanted for {demand:.1f} machines of waiting work; starting {n}"
+                f" (max_machines {spec.max_machines}, {len(kept)} live,"
+                f" max_starts_per_cycle {spec.max_starts_per_cycle})"
+            )
+        else:
+            reasons.append(f"starting {n} for {demand:.1f} machines of waiting work")
+        new = n
+    start = tuple(machine_name(spec.name, last_seq + i + 1) for i in range(new))
+
+    if uncovered <= 0:
+        for m in kept:
+            if m.state != MachineState.RUNNING or m.busy_slots or m.idle_since is None:
+                continue
+            idle = now - m.idle_since
+            if idle >= spec.idle_timeout:
+                removals.append(Removal(m.name, MachineState.STOPPING,
+                                        f"idle for {idle:.0f}s (>= {spec.idle_timeout:.0f}s)"))
+    gone = {r.name for r in removals}
+    wanted = tuple(sorted([m.name for m in live if m.name not in gone] + list(start)))
+    return Decision(spec.name, start, tuple(removals), wanted, demand, tuple(reasons))

@@ -1,0 +1,156 @@
+"""The `local` driver: a machine is a pilot process in its own directory on this host.
+
+This is the embedded default, so the whole loop (queue -> scheduler -> machines -> pilots ->
+jobs -> idle machines stopped) runs on one laptop with no cloud."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from controller.domain.plans import PlanDiff
+from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.settings import EndpointConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LocalDriver:
+    def __init__(self, endpoint: EndpointConfig, data_dir: Path, controller_url: str,
+                 pilot_token: str, stop_grace: float = 10.0) -> None:
+        self.name = endpoint.name
+        self.endpoint = endpoint
+        self.root = data_dir / "machines" / endpoint.name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.controller_url = controller_url
+        self.pilot_token = pilot_token
+        self.stop_grace = stop_grace
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # helpers -----------------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self._dir(name) / "pilot.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _alive(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        if proc is not None:
+            return proc.poll() is None
+        pid = self._pid(name)  # started by an earlier controller process
+        if pid is None:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return str(self._dir(name)).encode() in cmdline
+
+    def pilot_config(self, name: str) -> dict[str, object]:
+        e = self.endpoint
+        return {
+            "controller_url": self.controller_url,
+            "token": self.pilot_token,
+            "endpoint": e.name,
+            "machine": name,
+            "slots": e.slots,
+            "cores": e.cores,
+            "memory_mb": e.memory_mb,
+            "tags": e.tags,
+            # a safety net: the controller normally stops idle machines first, by name
+            "idle_timeout": e.idle_timeout * 2 + 5,
+            "heartbeat_interval": e.heartbeat_interval,
+            "workdir": str(self._dir(name) / "work"),
+        }
+
+    # the driver interface ----------------------------------------------------------------
+    def observe(self) -> list[ObservedMachine]:
+        out = []
+        for d in sorted(self.root.iterdir()):
+            if d.is_dir() and (d / "pilot.pid").exists():
+                pid = self._pid(d.name)
+                out.append(ObservedMachine(d.name, self._alive(d.name), "127.0.0.1",
+                                           f"pid {pid}"))
+        for name, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                del self._procs[name]  # reaped
+        return out
+
+    def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
+        return PlanDiff.between(self.name, current, wanted)
+
+    def apply(self, diff: PlanDiff) -> ApplyResult:
+        created, deleted, errors = [], [], {}
+        for name in diff.create:
+            try:
+                self._start(name)
+                created.append(name)
+            except OSError as e:
+                errors[name] = f"could not start a pilot process: {e}"
+        stopping = [n for n in diff.delete if self._signal(n, signal.SIGTERM)]
+        deadline = time.monotonic() + self.stop_grace
+        while any(self._alive(n) for n in stopping) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in diff.delete:
+            if self._alive(name):
+                self._signal(name, signal.SIGKILL)
+            self._cleanup(name)
+            deleted.append(name)
+        return ApplyResult(tuple(created), tuple(deleted), errors)
+
+    def _start(self, name: str) -> None:
+        if self._alive(name):
+            return  # idempotent
+        d = self._dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = d / "pilot.json"
+        fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.pilot_config(name), f)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                           env.get("PYTHONPATH")]))
+        with open(d / "pilot.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pilot", "--config", str(cfg)],
+                cwd=d, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True,  # survives a controller restart
+            )
+        self._procs[name] = proc
+        (d / "pilot.pid").write_text(str(proc.pid))
+
+    def _signal(self, name: str, sig: int) -> bool:
+        if not self._alive(name):
+            return False
+        proc = self._procs.get(name)
+        pid = proc.pid if proc else self._pid(name)
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def _cleanup(self, name: str) -> None:
+        d = self._dir(name)
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        (d / "pilot.pid").unlink(missing_ok=True)
+        (d / "pilot.json").unlink(missing_ok=True)  # it holds the pilot token
+        shutil.rmtree(d / "work", ignore_errors=True)

@@ -1,0 +1,71 @@
+"""Exception types of the controller and their HTTP mapping (in one place: app.py's handler).
+
+Each type's docstring is its default message. Temporary errors mean "retry later"; permanent
+errors mean the request itself is wrong."""
+
+from __future__ import annotations
+
+
+class CloudpilotError(Exception):
+    """Something went wrong in cloudpilot."""
+
+    status_code = 500
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class PermanentError(CloudpilotError):
+    """The request cannot succeed as it is."""
+
+    status_code = 400
+
+
+class TemporaryError(CloudpilotError):
+    """The controller is busy; retry later."""
+
+    status_code = 503
+
+
+class InvalidInput(PermanentError):
+    """The request is not valid."""
+
+    status_code = 422
+
+
+class Unauthorized(PermanentError):
+    """A valid bearer token is required."""
+
+    status_code = 401
+
+
+class Forbidden(PermanentError):
+    """This token may not do that."""
+
+    status_code = 403
+
+
+class NotFound(PermanentError):
+    """No such object."""
+
+    status_code = 404
+
+
+class Conflict(PermanentError):
+    """The object is not in a state that allows this."""
+
+    status_code = 409
+
+
+class TooLarge(PermanentError):
+    """The request is too large."""
+
+    status_code = 413
+
+
+class ConfigError(PermanentError):
+    """The configuration is not valid."""

@@ -1,0 +1,154 @@
+"""The reconcile loop: observe -> decide (pure) -> plan -> apply, once per tick.
+
+Each tick first records what the world reports (machines gone, pilots silent, jobs stalled),
+then asks domain.scheduling.decide() what each endpoint should have, then lets the endpoint's
+driver diff and apply it. Driver errors become endpoint state, never exceptions out of the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controller.domain.jobs import JobState
+from controller.domain.machines import LIVE_STATES, MachineState, MachineView
+from controller.domain.scheduling import Decision, decide
+from controller.drivers.base import Driver
+from controller.errors import NotFound
+from controller.settings import Settings
+from controller.store import Store
+
+log = logging.getLogger("cloudpilot.loop")
+M = MachineState
+
+
+@dataclass
+class TickResult:
+    decisions: list[Decision]
+    rescheduled: int = 0
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, store: Store, drivers: dict[str, Driver],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.drivers = drivers
+        self.clock = clock
+        self.last: dict[str, Decision] = {}
+
+    def tick(self) -> TickResult:
+        now = self.clock()
+        requeued = 0
+        for ep in self.settings.endpoints:
+            driver = self.drivers.get(ep.name)
+            if driver is not None:
+                requeued += self._observe(ep.name, driver, now)
+        silent = self.store.jobs.stall(silent_since=now - self.settings.stalled_after, now=now)
+        requeued += sum(1 for _, s in silent if s == JobState.WAITING)
+        decisions = []
+        for ep in self.settings.endpoints:
+            driver = self.drivers.get(ep.name)
+            if driver is None:
+                continue
+            d, n = self._reconcile(ep.name, driver, now)
+            decisions.append(d)
+            requeued += n
+        return TickResult(decisions, requeued)
+
+    # observe -----------------------------------------------------------------------------
+    def _observe(self, endpoint: str, driver: Driver, now: float) -> int:
+        """Machines the driver no longer runs: stopped if idle, lost (jobs rescheduled) if not."""
+        try:
+            seen = {m.name: m for m in driver.observe()}
+        except Exception as e:  # a driver failure is data: record it, keep going
+            log.warning("observe %s failed: %s", endpoint, e)
+            self.store.machines.set_endpoint_state(endpoint, "error", f"observe failed: {e}")
+            return 0
+        busy = self.store.jobs.busy_by_machine()
+        requeued = 0
+        for m in self.store.machines.find(endpoint, live=True):
+            obs = seen.get(m["name"])
+            if obs is not None and obs.alive:
+                continue
+            state = M(m["state"])
+            if state == M.REQUESTED:
+                continue  # not created yet
+            if busy.get(m["name"]):
+                self.store.machines.move(m["name"], M.LOST, "its pilot process is gone", now)
+                requeued += self._requeue(m["name"], "machine lost: pilot process gone", now)
+            elif state == M.STOPPING:
+                self.store.machines.move(m["name"], M.STOPPED, now=now)
+            else:
+                self.store.machines.move(m["name"], M.STOPPED,
+                                         "its pilot exited on its own", now)
+        return requeued
+
+    def _requeue(self, machine: str, why: str, now: float) -> int:
+        moved = self.store.jobs.stall(machines=[machine], now=now, why=why)
+        return sum(1 for _, s in moved if s == JobState.WAITING)
+
+    # decide, plan, apply -----------------------------------------------------------------
+    def _views(self, endpoint: str, slots: int) -> list[MachineView]:
+        busy = self.store.jobs.busy_by_machine()
+        views = []
+        for m in self.store.machines.find(endpoint, live=True):
+            b = busy.get(m["name"], 0)
+            views.append(MachineView(
+                name=m["name"], endpoint=endpoint, state=M(m["state"]),
+                created_at=m["created_at"], slots=slots, busy_slots=b,
+                idle_since=None if b else (m["last_busy_at"] or m["created_at"]),
+                last_seen=m["last_seen"],
+            ))
+        return views
+
+    def _reconcile(self, endpoint: str, driver: Driver, now: float) -> tuple[Decision, int]:
+        ep = self.settings.endpoint(endpoint)
+        assert ep is not None
+        decision = decide(ep.spec(), self.store.jobs.queue_snapshot(),
+                          self._views(endpoint, ep.slots), now,
+                          self.store.machines.last_seq(endpoint))
+        self.last[endpoint] = decision
+        requeued = 0
+        for r in decision.remove:
+            self.store.machines.move(r.name, r.to, r.reason, now)
+            if r.to in (M.LOST, M.FAILED):
+                requeued += self._requeue(r.name, f"machine {r.to.value}: {r.reason}", now)
+        why = "; ".join(decision.reasons) or "wanted"
+        for name in decision.start:
+            self.store.machines.create(name, endpoint, _seq(name), why, now)
+        try:
+            current = [m.name for m in driver.observe()]
+        except Exception as e:
+            self.store.machines.set_endpoint_state(endpoint, "error", f"observe failed: {e}")
+            return decision, requeued
+        diff = driver.plan(current, decision.wanted)
+        if diff.empty:
+            return decision, requeued
+        log.info("endpoint %s: %s", endpoint, diff.describe().replace("\n", " "))
+        try:
+            result = driver.apply(diff)
+        except Exception as e:
+            log.warning("apply on %s failed: %s", endpoint, e)
+            self.store.machines.set_endpoint_state(endpoint, "error", f"apply failed: {e}")
+            return decision, requeued
+        for name in result.created:
+            self.store.machines.move(name, M.BOOTING, now=now)
+        for name, msg in result.errors.items():
+            self.store.machines.move(name, M.FAILED, msg, now)
+        for name in result.deleted:
+            try:
+                was = M(self.store.machines.get(name)["state"])
+            except NotFound:
+                continue  # a leftover the store never knew
+            if was in LIVE_STATES | {M.LOST}:
+                self.store.machines.move(name, M.STOPPED, "removed by the driver", now)
+        state, msg = ("error", "; ".join(result.errors.values())) if result.errors else ("ok", "")
+        self.store.machines.set_endpoint_state(endpoint, state, msg, now)
+        return decision, requeued
+
+
+def _seq(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])

@@ -1,0 +1,113 @@
+"""One typed settings object: a TOML file, overridden by CLOUDPILOT_* environment variables.
+
+Relative paths in the file are taken relative to the file's folder."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controller.domain.matching import SlotOffer
+from controller.domain.scheduling import EndpointSpec
+from controller.errors import ConfigError
+
+
+class EndpointConfig(BaseModel):
+    """One endpoint: where machines come from (driver) and what each machine offers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    driver: Literal["local"] = "local"
+    cores: int = Field(2, ge=1, le=1024, description="cores per machine")
+    memory_mb: int = Field(2048, ge=64, description="memory per machine")
+    tags: list[str] = Field(default_factory=lambda: ["linux"])
+    slots: int = Field(2, ge=1, le=256, description="pilot slots per machine")
+    max_machines: int = Field(4, ge=0)
+    max_starts_per_cycle: int = Field(2, ge=1)
+    idle_timeout: float = Field(30.0, gt=0, description="stop machines idle this long (s)")
+    boot_timeout: float = Field(120.0, gt=0)
+    lost_after: float = Field(60.0, gt=0, description="a pilot silent this long is lost (s)")
+    heartbeat_interval: float = Field(10.0, gt=0)
+    max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
+
+    def shape(self) -> SlotOffer:
+        return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
+                         self.max_runtime)
+
+    def spec(self) -> EndpointSpec:
+        return EndpointSpec(
+            name=self.name,
+            shape=self.shape(),
+            slots=self.slots,
+            max_machines=self.max_machines,
+            max_starts_per_cycle=self.max_starts_per_cycle,
+            idle_timeout=self.idle_timeout,
+            boot_timeout=self.boot_timeout,
+            lost_after=self.lost_after,
+        )
+
+
+class Settings(BaseSettings):
+    """The controller's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUDPILOT_", extra="forbid")
+
+    database: Path = Path("cloudpilot.db")
+    data_dir: Path = Path("cloudpilot-data")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = Field(None, description="URL pilots use to reach the controller")
+    loop_interval: float = Field(2.0, gt=0)
+    stalled_after: float = Field(60.0, gt=0, description="a held job silent this long stalls")
+    max_retries: int = Field(3, ge=0, le=100)
+    job_token_margin: int = Field(600, ge=0, description="job token life beyond max_runtime (s)")
+    max_output_bytes: int = Field(1_048_576, ge=1024)
+    max_bulk_jobs: int = Field(10_000, ge=1)
+    long_poll_max: float = Field(30.0, gt=0)
+    fair_share_by: Literal["owner", "group"] = "owner"
+    # the embedded default: one local endpoint whose machines are pilot processes on this host
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=lambda: [EndpointConfig(name="local")])
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> Settings:
+        names = [e.name for e in self.endpoints]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"endpoint names must be unique: {sorted(dup)}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    def endpoint(self, name: str) -> EndpointConfig | None:
+        return next((e for e in self.endpoints if e.name == name), None)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Read the TOML file (if any), then environment, then explicit overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                data = tomllib.loads(p.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"config file {p} does not exist") from None
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+            base = p.resolve().parent
+            for key in ("database", "data_dir"):
+                if key in data and not Path(data[key]).is_absolute():
+                    data[key] = str(base / data[key])
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+            raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

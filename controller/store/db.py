@@ -1,0 +1,62 @@
+"""The Store: one SQLite file in WAL mode, one connection guarded by a lock, and the query
+modules that work on it."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from controller.store.migrations import migrate
+
+
+class Store:
+    """Owns the database connection. Every query module goes through `tx()` (a write
+    transaction) or `read()` so that one process never interleaves two transactions."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        conn.row_factory = sqlite3.Row
+        self.db = Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.lock = threading.RLock()
+        with self.lock:
+            migrate(self.db)
+        from controller.store.jobs import JobStore
+        from controller.store.machines import MachineStore
+        from controller.store.tokens import TokenStore
+
+        self.jobs = JobStore(self)
+        self.machines = MachineStore(self)
+        self.tokens = TokenStore(self)
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: take the write lock up front)."""
+        with self.lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            yield self.db.conn
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.conn.close()

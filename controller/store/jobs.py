@@ -1,0 +1,359 @@
+"""The job queue's SQL: submit, match (claim), heartbeat, report, kill, reschedule, list."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from controller.domain.jobs import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    InputFile,
+    Job,
+    JobState,
+    NewJob,
+    Requirements,
+    check_transition,
+    task_queue_key,
+)
+from controller.domain.matching import SlotOffer, fits
+from controller.domain.taskqueues import TaskQueue, fair_share_order
+from controller.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from controller.store.db import Store
+
+S = JobState
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], name=row["name"] or "", owner=row["owner"], group=row["grp"],
+        state=JobState(row["state"]), task_queue=row["tq_id"], priority=row["priority"],
+        executable=row["executable"], arguments=json.loads(row["arguments"]),
+        env=json.loads(row["env"]), inputs=json.loads(row["inputs"]),
+        requirements=Requirements.from_dict(json.loads(row["requirements"])),
+        max_retries=row["max_retries"], retries=row["retries"],
+        reschedules=row["reschedules"], created_at=row["created_at"],
+        updated_at=row["updated_at"], started_at=row["started_at"], ended_at=row["ended_at"],
+        pilot_id=row["pilot_id"], machine=row["machine"], endpoint=row["endpoint"],
+        exit_code=row["exit_code"], reason=row["reason"], progress=row["progress"],
+        last_heartbeat=row["last_heartbeat"],
+    )
+
+
+def _input(f: InputFile) -> dict[str, str]:
+    return {k: v for k, v in dataclasses.asdict(f).items() if v is not None}
+
+
+class JobStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._tqs: dict[int, TaskQueue] = {}
+        self._tq_keys: dict[str, int] = {}
+        with store.read() as c:
+            for r in c.execute("SELECT * FROM task_queues"):
+                self._remember_tq(r)
+
+    def _remember_tq(self, r: sqlite3.Row) -> TaskQueue:
+        tq = TaskQueue(r["id"], Requirements.from_dict(json.loads(r["requirements"])),
+                       r["owner"], r["grp"], r["priority"])
+        self._tqs[tq.id] = tq
+        self._tq_keys[r["key"]] = tq.id
+        return tq
+
+    # transitions -------------------------------------------------------------------------
+    def _move(
+        self, c: sqlite3.Connection, job_id: int, old: JobState, new: JobState, now: float,
+        why: str | None = None, **fields: Any,
+    ) -> None:
+        """Move one job old -> new inside the caller's transaction, recording the event.
+        Refuses moves the transition table does not allow."""
+        default_reason = check_transition(old, new)
+        sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
+        cur = c.execute(
+            f"UPDATE jobs SET {sets} WHERE id = ? AND state = ?",
+            (new.value, now, *fields.values(), job_id, old.value),
+        )
+        if cur.rowcount != 1:
+            raise Conflict(f"job {job_id} is no longer {old.value}")
+        c.execute(
+            "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (job_id, now, old.value, new.value, why or default_reason),
+        )
+        if new in FINAL_STATES or new in (S.STALLED, S.RESCHEDULED):
+            c.execute("DELETE FROM tokens WHERE job_id = ?", (job_id,))
+
+    # submission --------------------------------------------------------------------------
+    def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
+                    now: float) -> int:
+        key = task_queue_key(job.requirements, owner, group) + f":{job.priority}"
+        tq_id = self._tq_keys.get(key)
+        if tq_id is None:
+            c.execute(
+                "INSERT INTO task_queues (key, owner, grp, priority, requirements, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, owner, group, job.priority, json.dumps(job.requirements.to_dict()), now),
+            )
+            row = c.execute("SELECT * FROM task_queues WHERE key = ?", (key,)).fetchone()
+            tq_id = self._remember_tq(row).id
+        return tq_id
+
+    def submit(self, jobs: Sequence[NewJob], owner: str, group: str, default_retries: int,
+               now: float | None = None) -> list[int]:
+        """Insert jobs (received -> waiting, both recorded) in one transaction."""
+        now = time.time() if now is None else now
+        if not jobs:
+            return []
+        try:
+            with self.store.tx() as c:
+                rows = []
+                for j in jobs:
+                    tq = self._task_queue(c, j, owner, group, now)
+                    rows.append((
+                        j.name, owner, group, tq, S.WAITING.value, j.priority, j.executable,
+                        json.dumps(list(j.arguments)), json.dumps(dict(j.env)),
+                        json.dumps([_input(f) for f in j.inputs]),
+                        json.dumps(j.requirements.to_dict()),
+                        default_retries if j.max_retries is None else j.max_retries,
+                        0, 0, now, now,
+                    ))
+                c.executemany(
+                    "INSERT INTO jobs (name, owner, grp, tq_id, state, priority, executable,"
+                    " arguments, env, inputs, requirements, max_retries, retries, reschedules,"
+                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
+                ids = list(range(last - len(rows) + 1, last + 1))
+                recv, wait = check_transition(S.RECEIVED, S.WAITING), "submitted"
+                c.executemany(
+                    "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(i, now, None, S.RECEIVED.value, wait) for i in ids]
+                    + [(i, now, S.RECEIVED.value, S.WAITING.value, recv) for i in ids],
+                )
+        except BaseException:
+            # the transaction rolled back: forget task queues created inside it
+            self.reload_task_queues()
+            raise
+        return ids
+
+    def reload_task_queues(self) -> None:
+        self._tqs.clear()
+        self._tq_keys.clear()
+        with self.store.read() as c:
+            for r in c.execute("SELECT * FROM task_queues"):
+                self._remember_tq(r)
+
+    # reading -----------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job:
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return _job(row)
+
+    def find(self, *, state: str | None = None, owner: str | None = None,
+             endpoint: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        where, args = [], []
+        for col, val in (("state", state), ("owner", owner), ("endpoint", endpoint)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        with self.store.read() as c:
+            return [_job(r) for r in c.execute(sql, (*args, limit, offset))]
+
+    def events(self, job_id: int) -> list[dict[str, Any]]:
+        self.get(job_id)
+        with self.store.read() as c:
+            rows = c.execute(
+                "SELECT at, from_state, to_state, reason FROM job_events WHERE job_id = ?"
+                " ORDER BY id", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def output(self, job_id: int) -> dict[str, Any] | None:
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM outputs WHERE job_id = ?", (job_id,)).fetchone()
+        return dict(row) if row else None
+
+    def counts(self, owner: str | None = None) -> dict[str, int]:
+        sql = "SELECT state, COUNT(*) FROM jobs"
+        args: tuple[Any, ...] = ()
+        if owner is not None:
+            sql, args = sql + " WHERE owner = ?", (owner,)
+        with self.store.read() as c:
+            return {r[0]: r[1] for r in c.execute(sql + " GROUP BY state", args)}
+
+    def task_queue(self, tq_id: int) -> TaskQueue:
+        return self._tqs[tq_id]
+
+    def queue_snapshot(self) -> list[TaskQueue]:
+        """Task queues with their waiting counts (the scheduler's view of the queue)."""
+        with self.store.read() as c:
+            counts = dict(c.execute(
+                "SELECT tq_id, COUNT(*) FROM jobs WHERE state = 'waiting' GROUP BY tq_id"
+            ).fetchall())
+        return [dataclasses.replace(self._tqs[i], waiting=n) for i, n in counts.items()]
+
+    def busy_by_machine(self) -> dict[str, int]:
+        with self.store.read() as c:
+            return dict(c.execute(
+                "SELECT machine, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
+                " GROUP BY machine").fetchall())
+
+    # matching ----------------------------------------------------------------------------
+    def match(
+        self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
+        shares: dict[str, float], issue_token: Callable[[sqlite3.Connection, Job], str],
+        now: float | None = None,
+    ) -> tuple[Job, str] | None:
+        """Claim the best waiting job that fits the offer, in one transaction: fair share
+        across owners (or groups) first, then priority, then age."""
+        now = time.time() if now is None else now
+        candidates = [q for q in self._tqs.values() if fits(q.requirements, offer)]
+        if not candidates:
+            return None
+        col = "grp" if by == "group" else "owner"
+        with self.store.tx() as c:
+            usage = dict(c.execute(
+                f"SELECT {col}, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
+                f" GROUP BY {col}").fetchall())
+            for q in fair_share_order(candidates, usage, shares, by):
+                row = c.execute(
+                    "SELECT id FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
+                    " LIMIT 1", (q.id,)).fetchone()
+                if row is None:
+                    continue
+                self._move(c, row[0], S.WAITING, S.MATCHED, now,
+                           f"matched to pilot {pilot_id} on {machine}",
+                           pilot_id=pilot_id, machine=machine, endpoint=offer.endpoint,
+                           last_heartbeat=now, reason=None)
+                c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?", (now, machine))
+                job = _job(c.execute("SELECT * FROM jobs WHERE id = ?", (row[0],)).fetchone())
+                return job, issue_token(c, job)
+        return None
+
+    # pilot reports -----------------------------------------------------------------------
+    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int) -> sqlite3.Row:
+        row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        if row["pilot_id"] != pilot_id or (
+            row["state"] not in ACTIVE_STATES and row["state"] != S.KILLED
+        ):
+            raise Conflict(f"job {job_id} is not held by this pilot (it is {row['state']})")
+        return row
+
+    def heartbeat(self, pilot_id: str, progress: dict[int, str | None],
+                  now: float | None = None) -> list[int]:
+        """Record a pilot's heartbeat for its running jobs; return the ids it must stop
+        (killed, or no longer its own)."""
+        now = time.time() if now is None else now
+        stop: list[int] = []
+        with self.store.tx() as c:
+            for job_id, prog in progress.items():
+                row = c.execute("SELECT state, pilot_id FROM jobs WHERE id = ?",
+                                (job_id,)).fetchone()
+                if row is None or row["pilot_id"] != pilot_id or row["state"] not in ACTIVE_STATES:
+                    stop.append(job_id)
+                    continue
+                if row["state"] == S.MATCHED:
+                    self._move(c, job_id, S.MATCHED, S.RUNNING, now, started_at=now,
+                               last_heartbeat=now, progress=prog)
+                else:
+                    c.execute("UPDATE jobs SET last_heartbeat = ?, progress = ? WHERE id = ?",
+                              (now, prog, job_id))
+        return stop
+
+    def report(self, pilot_id: str, job_id: int, status: str, exit_code: int | None,
+               reason: str | None, now: float | None = None) -> Job:
+        """The pilot's final word on a job: done, failed or interrupted."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            row = self._held(c, pilot_id, job_id)
+            state = JobState(row["state"])
+            if state == S.KILLED:  # killed meanwhile: keep it killed, keep the exit code
+                c.execute("UPDATE jobs SET exit_code = ? WHERE id = ?", (exit_code, job_id))
+            elif status == "interrupted":
+                self._move(c, job_id, state, S.RESCHEDULED, now, reason or "pilot interrupted",
+                           reschedules=row["reschedules"] + 1)
+                self._move(c, job_id, S.RESCHEDULED, S.WAITING, now, pilot_id=None,
+                           machine=None, endpoint=None, progress=None)
+            else:
+                new = S.DONE if status == "done" else S.FAILED
+                self._move(c, job_id, state, new, now, reason, exit_code=exit_code,
+                           ended_at=now, reason=reason)
+            c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
+                      (now, row["machine"]))
+            return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
+                    truncated: bool, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            self._held(c, pilot_id, job_id)
+            c.execute(
+                "INSERT OR REPLACE INTO outputs (job_id, stdout, stderr, truncated, uploaded_at)"
+                " VALUES (?, ?, ?, ?, ?)", (job_id, stdout, stderr, int(truncated), now))
+
+    # kill and reschedule -----------------------------------------------------------------
+    def kill(self, job_id: int, by: str, now: float | None = None) -> Job:
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id}")
+            state = JobState(row["state"])
+            if state in FINAL_STATES:
+                raise Conflict(f"job {job_id} is already {state.value}")
+            self._move(c, job_id, state, S.KILLED, now, f"killed by {by}", ended_at=now,
+                       reason=f"killed by {by}")
+            return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def stall(self, *, silent_since: float | None = None, machines: Iterable[str] = (),
+              now: float | None = None, why: str = "") -> list[tuple[int, JobState]]:
+        """Held jobs whose pilot went silent (heartbeat before `silent_since`) or whose machine
+        was lost: stalled, then rescheduled while retries are left, else failed."""
+        now = time.time() if now is None else now
+        out: list[tuple[int, JobState]] = []
+        machines = list(machines)
+        with self.store.tx() as c:
+            rows = []
+            if silent_since is not None:
+                rows += c.execute(
+                    "SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                    " AND last_heartbeat < ?", (silent_since,)).fetchall()
+            if machines:
+                marks = ",".join("?" * len(machines))
+                rows += c.execute(
+                    f"SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                    f" AND machine IN ({marks})", machines).fetchall()
+            seen = set()
+            for r in rows:
+                if r["id"] in seen:
+                    continue
+                seen.add(r["id"])
+                silent = now - (r["last_heartbeat"] or r["updated_at"])
+                reason = why or f"no heartbeat for {silent:.0f}s"
+                self._move(c, r["id"], JobState(r["state"]), S.STALLED, now, reason)
+                if r["retries"] < r["max_retries"]:
+                    self._move(c, r["id"], S.STALLED, S.RESCHEDULED, now,
+                               f"retry {r['retries'] + 1} of {r['max_retries']}",
+                               retries=r["retries"] + 1)
+                    self._move(c, r["id"], S.RESCHEDULED, S.WAITING, now, pilot_id=None,
+                               machine=None, endpoint=None, progress=None)
+                    out.append((r["id"], S.WAITING))
+                else:
+                    self._move(c, r["id"], S.STALLED, S.FAILED, now,
+                               f"stalled and no retries left ({r['max_retries']})",
+                               ended_at=now, reason="stalled; no retries left")
+                    out.append((r["id"], S.FAILED))
+        return out

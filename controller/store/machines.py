@@ -1,0 +1,174 @@
+"""Endpoints, machines and pilots."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+from controller.domain.machines import LIVE_STATES, MachineState, check_transition
+from controller.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from controller.store.db import Store
+
+M = MachineState
+
+
+class MachineStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # endpoints ---------------------------------------------------------------------------
+    def sync_endpoints(self, configs: list[dict[str, Any]], now: float | None = None) -> None:
+        """Record the configured endpoints (keeping each one's machine name counter)."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            for cfg in configs:
+                c.execute(
+                    "INSERT INTO endpoints (name, driver, config, last_seq, state, message,"
+                    " updated_at) VALUES (?, ?, ?, 0, 'ok', '', ?) ON CONFLICT(name) DO UPDATE"
+                    " SET driver = excluded.driver, config = excluded.config,"
+                    " updated_at = excluded.updated_at",
+                    (cfg["name"], cfg["driver"], json.dumps(cfg), now),
+                )
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        with self.store.read() as c:
+            rows = c.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
+        return [dict(r, config=json.loads(r["config"])) for r in rows]
+
+    def last_seq(self, endpoint: str) -> int:
+        with self.store.read() as c:
+            row = c.execute("SELECT last_seq FROM endpoints WHERE name = ?",
+                            (endpoint,)).fetchone()
+        return row[0] if row else 0
+
+    def set_endpoint_state(self, name: str, state: str, message: str,
+                           now: float | None = None) -> None:
+        with self.store.tx() as c:
+            c.execute("UPDATE endpoints SET state = ?, message = ?, updated_at = ? WHERE name = ?",
+                      (state, message, time.time() if now is None else now, name))
+
+    # machines ----------------------------------------------------------------------------
+    def _event(self, c: sqlite3.Connection, name: str, old: str | None, new: str, reason: str,
+               now: float) -> None:
+        c.execute("INSERT INTO machine_events (machine, at, from_state, to_state, reason)"
+                  " VALUES (?, ?, ?, ?, ?)", (name, now, old, new, reason))
+
+    def create(self, name: str, endpoint: str, seq: int, reason: str,
+               now: float | None = None) -> None:
+        """Record a machine the scheduler asked for (state requested)."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            c.execute(
+                "INSERT INTO machines (name, endpoint, state, created_at, updated_at,"
+                " last_busy_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, endpoint, M.REQUESTED.value, now, now, None, reason))
+            c.execute("UPDATE endpoints SET last_seq = MAX(last_seq, ?) WHERE name = ?",
+                      (seq, endpoint))
+            self._event(c, name, None, M.REQUESTED.value, reason, now)
+
+    def move(self, name: str, new: MachineState, reason: str | None = None,
+             now: float | None = None, **fields: Any) -> bool:
+        """Move a machine to `new` if the table allows it from where it is; False if not."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            row = c.execute("SELECT state FROM machines WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no machine {name}")
+            old = M(row["state"])
+            if old == new:
+                return False
+            try:
+                default = check_transition(old, new)
+            except ValueError:
+                return False
+            sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", "reason", *fields])
+            c.execute(f"UPDATE machines SET {sets} WHERE name = ?",
+                      (new.value, now, reason or default, *fields.values(), name))
+            self._event(c, name, old.value, new.value, reason or default, now)
+            return True
+
+    def get(self, name: str) -> dict[str, Any]:
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no machine {name}")
+        return dict(row)
+
+    def find(self, endpoint: str | None = None, live: bool = False) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM machines", []
+        where = []
+        if endpoint:
+            where.append("endpoint = ?")
+            args.append(endpoint)
+        if live:
+            where.append(f"state IN ({','.join('?' * len(LIVE_STATES))})")
+            args += [s.value for s in LIVE_STATES]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.store.read() as c:
+            return [dict(r) for r in c.execute(sql + " ORDER BY created_at, name", args)]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        with self.store.read() as c:
+            return [dict(r) for r in c.execute(
+                "SELECT at, from_state, to_state, reason FROM machine_events WHERE machine = ?"
+                " ORDER BY id", (name,))]
+
+    # pilots ------------------------------------------------------------------------------
+    def register_pilot(self, pilot_id: str, endpoint: str, machine: str, cores: int,
+                       memory_mb: int, tags: list[str], slots: int, version: str,
+                       now: float | None = None) -> None:
+        """A pilot started on a machine: record it and mark its machine running."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO pilots (id, endpoint, machine, cores, memory_mb, tags,"
+                " slots, version, registered_at, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (pilot_id, endpoint, machine, cores, memory_mb, json.dumps(tags), slots,
+                 version, now, now))
+            row = c.execute("SELECT state, endpoint FROM machines WHERE name = ?",
+                            (machine,)).fetchone()
+            if row is None:  # a pilot the controller did not start (by hand, or a joined host)
+                c.execute(
+                    "INSERT INTO machines (name, endpoint, state, created_at, updated_at,"
+                    " last_busy_at, last_seen, reason) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                    (machine, endpoint, now, now, now, now, "pilot registered"))
+                self._event(c, machine, None, M.RUNNING.value,
+                            "a pilot registered from a machine the controller did not start", now)
+                return
+            if row["endpoint"] != endpoint:
+                raise Conflict(f"machine {machine} belongs to endpoint {row['endpoint']}")
+            old = M(row["state"])
+            if old in (M.REQUESTED, M.BOOTING):
+                if old == M.REQUESTED:
+                    self._event(c, machine, old.value, M.BOOTING.value,
+                                check_transition(old, M.BOOTING), now)
+                c.execute("UPDATE machines SET state = 'running', updated_at = ?,"
+                          " last_busy_at = ?, last_seen = ?, reason = ? WHERE name = ?",
+                          (now, now, now, f"pilot {pilot_id} registered", machine))
+                self._event(c, machine, M.BOOTING.value, M.RUNNING.value,
+                            f"pilot {pilot_id} registered", now)
+            elif old == M.RUNNING:  # a second pilot, or the same one after a restart
+                c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
+            else:
+                raise Conflict(f"machine {machine} is {old.value}; its pilot must stop")
+
+    def pilot(self, pilot_id: str) -> dict[str, Any]:
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM pilots WHERE id = ?", (pilot_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no pilot {pilot_id}; register first")
+        return dict(row, tags=json.loads(row["tags"]))
+
+    def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:
+        """Record that a pilot is alive; return its machine's state."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
+            c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
+            row = c.execute("SELECT state FROM machines WHERE name = ?", (machine,)).fetchone()
+        return row["state"] if row else "unknown"

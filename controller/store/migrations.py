@@ -1,0 +1,115 @@
+"""Schema migrations, applied in order and recorded in the `_migrations` table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+
+def m001_initial(db: Database) -> None:
+    db.table("users").create(
+        {"name": str, "grp": str, "share": float, "created_at": float}, pk="name"
+    )
+    db.table("tokens").create(
+        {
+            "id": int, "hash": str, "role": str, "owner": str, "grp": str, "endpoint": str,
+            "job_id": int, "created_at": float, "expires_at": float, "note": str,
+        },
+        pk="id",
+        not_null={"hash", "role", "created_at"},
+    )
+    db.table("tokens").create_index(["hash"], unique=True)
+    db.table("tokens").create_index(["job_id"])
+    db.table("task_queues").create(
+        {
+            "id": int, "key": str, "owner": str, "grp": str, "priority": int,
+            "requirements": str, "created_at": float,
+        },
+        pk="id",
+    )
+    db.table("task_queues").create_index(["key"], unique=True)
+    db.table("jobs").create(
+        {
+            "id": int, "name": str, "owner": str, "grp": str, "tq_id": int, "state": str,
+            "priority": int, "executable": str, "arguments": str, "env": str, "inputs": str,
+            "requirements": str, "max_retries": int, "retries": int, "reschedules": int,
+            "created_at": float, "updated_at": float, "started_at": float, "ended_at": float,
+            "pilot_id": str, "machine": str, "endpoint": str, "exit_code": int,
+            "reason": str, "progress": str, "last_heartbeat": float,
+        },
+        pk="id",
+        not_null={"owner", "state", "tq_id", "executable", "created_at", "updated_at"},
+    )
+    # The matcher's hot path: the oldest waiting job of a task queue.
+    db.execute(
+        "CREATE INDEX idx_jobs_waiting ON jobs(tq_id, id) WHERE state = 'waiting'"
+    )
+    db.execute(
+        "CREATE INDEX idx_jobs_active ON jobs(machine, state) "
+        "WHERE state IN ('matched', 'running')"
+    )
+    db.table("jobs").create_index(["state"])
+    db.table("jobs").create_index(["owner", "state"])
+    db.table("job_events").create(
+        {"id": int, "job_id": int, "at": float, "from_state": str, "to_state": str,
+         "reason": str},
+        pk="id",
+    )
+    db.table("job_events").create_index(["job_id"])
+    db.table("outputs").create(
+        {"job_id": int, "stdout": str, "stderr": str, "truncated": int, "uploaded_at": float},
+        pk="job_id",
+    )
+    db.table("endpoints").create(
+        {"name": str, "driver": str, "config": str, "last_seq": int, "state": str,
+         "message": str, "updated_at": float},
+        pk="name",
+    )
+    db.table("machines").create(
+        {
+            "name": str, "endpoint": str, "state": str, "created_at": float,
+            "updated_at": float, "last_busy_at": float, "last_seen": float, "address": str,
+            "reason": str, "info": str,
+        },
+        pk="name",
+    )
+    db.table("machines").create_index(["endpoint", "state"])
+    db.table("machine_events").create(
+        {"id": int, "machine": str, "at": float, "from_state": str, "to_state": str,
+         "reason": str},
+        pk="id",
+    )
+    db.table("machine_events").create_index(["machine"])
+    db.table("pilots").create(
+        {
+            "id": str, "endpoint": str, "machine": str, "cores": int, "memory_mb": int,
+            "tags": str, "slots": int, "version": str, "registered_at": float,
+            "last_seen": float,
+        },
+        pk="id",
+    )
+    db.table("pilots").create_index(["machine"])
+
+
+MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
+    ("001_initial", m001_initial),
+]
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply the migrations not yet recorded; return the names applied."""
+    if "_migrations" not in db.table_names():
+        db.table("_migrations").create({"name": str, "applied_at": float}, pk="name")
+    done = {r["name"] for r in db.table("_migrations").rows}
+    applied = []
+    import time
+
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with db.atomic():
+            fn(db)
+            db.table("_migrations").insert({"name": name, "applied_at": time.time()})
+        applied.append(name)
+    return applied

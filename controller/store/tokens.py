@@ -1,0 +1,110 @@
+"""Users and tokens."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from controller.auth import Principal, Role, hash_token, new_token
+from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from controller.store.db import Store
+
+
+class TokenStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # users -------------------------------------------------------------------------------
+    def create_user(self, name: str, group: str, share: float = 1.0) -> dict[str, object]:
+        if not name or not group:
+            raise InvalidInput("a user needs a name and a group")
+        if share <= 0:
+            raise InvalidInput("share must be positive")
+        with self.store.tx() as c:
+            if c.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"user {name} exists already")
+            c.execute(
+                "INSERT INTO users (name, grp, share, created_at) VALUES (?, ?, ?, ?)",
+                (name, group, share, time.time()),
+            )
+        return {"name": name, "group": group, "share": share}
+
+    def users(self) -> list[dict[str, object]]:
+        with self.store.read() as c:
+            rows = c.execute("SELECT name, grp, share FROM users ORDER BY name").fetchall()
+        return [{"name": r["name"], "group": r["grp"], "share": r["share"]} for r in rows]
+
+    def shares(self, by: str) -> dict[str, float]:
+        """Fair-share weights by owner or by group (a group's share: the sum of its users')."""
+        out: dict[str, float] = {}
+        for u in self.users():
+            key = str(u["name"] if by == "owner" else u["group"])
+            out[key] = out.get(key, 0.0) + float(u["share"])  # type: ignore[arg-type]
+        return out
+
+    # tokens ------------------------------------------------------------------------------
+    def issue(
+        self,
+        role: Role,
+        *,
+        owner: str | None = None,
+        endpoint: str | None = None,
+        job_id: int | None = None,
+        lifetime: float | None = None,
+        note: str = "",
+        conn: object = None,
+    ) -> str:
+        """Create a token and return it; only its hash is kept."""
+        group = None
+        if role in (Role.USER, Role.JOB):
+            with self.store.read() as c:
+                row = c.execute("SELECT grp FROM users WHERE name = ?", (owner,)).fetchone()
+            if row is None:
+                raise NotFound(f"no user {owner}; create it first")
+            group = row["grp"]
+        if role == Role.PILOT and not endpoint:
+            raise InvalidInput("a pilot token needs an endpoint")
+        token = new_token()
+        now = time.time()
+        values = (
+            hash_token(token), role.value, owner, group, endpoint, job_id, now,
+            now + lifetime if lifetime else None, note,
+        )
+        sql = (
+            "INSERT INTO tokens (hash, role, owner, grp, endpoint, job_id, created_at,"
+            " expires_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        if conn is not None:  # inside the caller's transaction
+            conn.execute(sql, values)  # type: ignore[attr-defined]
+        else:
+            with self.store.tx() as c:
+                c.execute(sql, values)
+        return token
+
+    def verify(self, token: str, now: float | None = None) -> Principal:
+        now = time.time() if now is None else now
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM tokens WHERE hash = ?", (hash_token(token),)).fetchone()
+        if row is None:
+            raise Unauthorized("unknown token")
+        if row["expires_at"] is not None and row["expires_at"] < now:
+            raise Unauthorized("token expired")
+        return Principal(
+            token_id=row["id"], role=Role(row["role"]), owner=row["owner"], group=row["grp"],
+            endpoint=row["endpoint"], job_id=row["job_id"],
+        )
+
+    def find(self) -> list[dict[str, object]]:
+        with self.store.read() as c:
+            rows = c.execute(
+                "SELECT id, role, owner, endpoint, job_id, created_at, expires_at, note"
+                " FROM tokens WHERE role != 'job' ORDER BY id"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def revoke(self, token_id: int) -> None:
+        with self.store.tx() as c:
+            if c.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount == 0:
+                raise NotFound(f"no token {token_id}")

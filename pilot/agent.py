@@ -1,0 +1,198 @@
+"""The pilot's loop: register, then ask for a job for each free slot (long-poll), run it,
+heartbeat, upload output, report. Exits when idle longer than its idle timeout, and on SIGTERM
+stops taking work, reports its running jobs as interrupted (so they are rescheduled) and exits."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pilot import __version__
+from pilot.client import Client, ClientError
+from pilot.config import PilotConfig
+from pilot.runner import JobRun
+
+log = logging.getLogger("pilot")
+
+
+class Agent:
+    def __init__(self, cfg: PilotConfig) -> None:
+        self.cfg = cfg
+        self.stopping = threading.Event()  # SIGTERM: interrupt jobs and exit
+        self.draining = threading.Event()  # take no new work; exit when jobs are done
+        self.client = Client(cfg.controller_url, cfg.token, stopped=self.stopping.is_set)
+        self.jobs: dict[int, JobRun] = {}
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.pilot_id: str | None = None
+        self.heartbeat_interval = cfg.heartbeat_interval or 10.0
+        self.last_busy = time.monotonic()
+        self.workdir = Path(cfg.workdir)
+        self.exit_reason = ""
+
+    # resources ---------------------------------------------------------------------------
+    def free(self) -> tuple[int, int, int]:
+        with self.lock:
+            cores = self.cfg.cores - sum(j.cores for j in self.jobs.values())
+            mem = self.cfg.memory_mb - sum(j.memory_mb for j in self.jobs.values())
+            return max(cores, 0), max(mem, 0), self.cfg.slots - len(self.jobs)
+
+    # lifecycle ---------------------------------------------------------------------------
+    def register(self) -> None:
+        c = self.cfg
+        out = self.client.call("POST", "/api/v1/pilots/register", {
+            "machine": c.machine, "endpoint": c.endpoint, "cores": c.cores,
+            "memory_mb": c.memory_mb, "tags": c.tags, "slots": c.slots,
+            "version": __version__,
+        })
+        self.pilot_id = out["pilot_id"]
+        if c.heartbeat_interval is None:
+            self.heartbeat_interval = float(out["heartbeat_interval"])
+        log.info("registered as pilot %s on %s (%s)", self.pilot_id, c.machine, out["endpoint"])
+
+    def run(self) -> str:
+        """Run until idle, drained or stopped; return why it ended."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.register()
+        threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        while not self.stopping.is_set():
+            cores, mem, slots = self.free()
+            if self.draining.is_set() or slots <= 0 or cores <= 0:
+                if self.draining.is_set() and not self.jobs:
+                    return self._end("drained: the controller is removing this machine")
+                with self.changed:
+                    self.changed.wait(0.5)
+                continue
+            with self.lock:
+                idle = not self.jobs and time.monotonic() - self.last_busy > self.cfg.idle_timeout
+            if idle:
+                return self._end(f"idle for more than {self.cfg.idle_timeout:.0f}s")
+            got = self._match(cores, mem, slots)
+            if got is not None:
+                self._start(*got)
+        return self._end(self.exit_reason or "stopped")
+
+    def _end(self, why: str) -> str:
+        self.exit_reason = why
+        log.info("pilot exiting: %s", why)
+        return why
+
+    def _match(self, cores: int, mem: int, slots: int) -> tuple[dict[str, Any], str] | None:
+        with self.lock:
+            idle_left = self.cfg.idle_timeout - (time.monotonic() - self.last_busy)
+        wait = max(0.0, min(self.cfg.poll_wait, idle_left if not self.jobs else self.cfg.poll_wait))
+        try:
+            out = self.client.call(
+                "POST", f"/api/v1/pilots/{self.pilot_id}/match",
+                {"free_cores": cores, "free_memory_mb": mem, "free_slots": slots,
+                 "wait": round(wait, 1)}, timeout=wait + 15)
+        except ClientError as e:
+            if e.status == 404:  # the controller forgot us (new database): register again
+                self.register()
+                return None
+            log.error("match refused: %s", e)
+            self.stopping.wait(2)
+            return None
+        except OSError:
+            return None  # stopping while the controller was unreachable
+        if not out:
+            return None
+        return out["job"], out["token"]
+
+    def _start(self, job: dict[str, Any], token: str) -> None:
+        run = JobRun(job, token, self.workdir, self.cfg.controller_url, self.cfg.stop_grace)
+        with self.lock:
+            self.jobs[run.id] = run
+            self.last_busy = time.monotonic()
+        if self.stopping.is_set():
+            run.stop_reason = "interrupted"
+        threading.Thread(target=self._execute, args=(run,), name=f"job-{run.id}",
+                         daemon=True).start()
+
+    def _execute(self, run: JobRun) -> None:
+        try:
+            try:
+                run.prepare()
+                if run.stop_reason is None:
+                    run.start()
+            except OSError as e:
+                log.warning("job %s could not start: %s", run.id, e)
+                self._finish(run, "failed", None, f"could not start: {e}")
+                return
+            if run.proc is None:
+                self._finish(run, "interrupted", None, "pilot stopping before start")
+                return
+            self._beat({run.id: None})  # matched -> running now, not at the next beat
+            outcome = run.wait()
+            out, err, cut = run.output(self.cfg.max_output_bytes)
+            try:
+                self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}/output",
+                                 {"stdout": out, "stderr": err, "truncated": cut})
+            except (ClientError, OSError) as e:
+                log.warning("output of job %s not uploaded: %s", run.id, e)
+            self._finish(run, outcome.status, outcome.exit_code, outcome.reason)
+        finally:
+            run.cleanup()
+            with self.changed:
+                self.jobs.pop(run.id, None)
+                self.last_busy = time.monotonic()
+                self.changed.notify_all()
+
+    def _finish(self, run: JobRun, status: str, code: int | None, reason: str | None) -> None:
+        try:
+            self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}/report",
+                             {"status": status, "exit_code": code, "reason": reason})
+            log.info("job %s %s (exit %s)", run.id, status, code)
+        except ClientError as e:
+            log.warning("report of job %s refused: %s", run.id, e)
+        except OSError as e:
+            log.warning("report of job %s not delivered: %s", run.id, e)
+
+    # heartbeats --------------------------------------------------------------------------
+    def _beat(self, progress: dict[int, str | None]) -> None:
+        try:
+            out = self.client.call(
+                "POST", f"/api/v1/pilots/{self.pilot_id}/heartbeat",
+                {"jobs": [{"id": i, "progress": p} for i, p in progress.items()]},
+                timeout=15, retry=False)
+        except ClientError as e:
+            if e.status == 404:
+                return
+            log.warning("heartbeat refused: %s", e)
+            return
+        except OSError as e:
+            log.warning("heartbeat failed: %s", e)
+            return
+        for job_id in out.get("stop", []):
+            with self.lock:
+                run = self.jobs.get(job_id)
+            if run is not None:
+                log.info("controller says stop job %s", job_id)
+                run.stop("killed")
+        if out.get("drain") and not self.draining.is_set():
+            log.info("controller is removing this machine: draining")
+            self.draining.set()
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.wait(self.heartbeat_interval):
+            with self.lock:
+                runs = list(self.jobs.values())
+            self._beat({r.id: r.progress() for r in runs})
+
+    def interrupt(self) -> None:
+        """SIGTERM: stop taking work, interrupt running jobs (they report 'interrupted')."""
+        self.exit_reason = "SIGTERM"
+        self.stopping.set()
+        with self.lock:
+            runs = list(self.jobs.values())
+        for r in runs:
+            r.stop("interrupted")
+
+    def wait_jobs(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.jobs and time.monotonic() < deadline:
+                self.changed.wait(0.2)

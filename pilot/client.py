@@ -1,0 +1,73 @@
+"""The pilot's HTTP client (urllib): JSON in and out, retries with back-off on connection
+errors and 5xx, so a controller restart loses nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("pilot.client")
+
+
+class ClientError(Exception):
+    """The controller refused the request (4xx): retrying the same request will not help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class Client:
+    def __init__(self, base_url: str, token: str, *, stopped: Callable[[], bool] = lambda: False,
+                 max_backoff: float = 15.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.token = token
+        self.stopped = stopped
+        self.max_backoff = max_backoff
+
+    def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0,
+             retry: bool = True) -> Any:
+        """Send a request; on connection errors and 5xx retry with back-off until it works
+        (or the pilot is stopping, when the last error is raised)."""
+        delay = 0.5
+        while True:
+            try:
+                return self._once(method, path, body, timeout)
+            except ClientError as e:
+                if e.status < 500 or not retry:
+                    raise
+                err: Exception = e
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+                if not retry:
+                    raise
+                err = e
+            if self.stopped():
+                raise err
+            log.warning("controller unreachable (%s); retrying in %.1fs", err, delay)
+            time.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, self.max_backoff)
+
+    def _once(self, method: str, path: str, body: Any, timeout: float) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                detail = json.loads(raw).get("detail", raw.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                detail = raw.decode(errors="replace")
+            raise ClientError(e.code, str(detail)) from None

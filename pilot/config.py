@@ -1,0 +1,78 @@
+"""Pilot configuration: a small JSON or TOML file, or environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV = {
+    "controller_url": "CLOUDPILOT_URL",
+    "token": "CLOUDPILOT_PILOT_TOKEN",
+    "endpoint": "CLOUDPILOT_ENDPOINT",
+    "machine": "CLOUDPILOT_MACHINE",
+    "slots": "CLOUDPILOT_SLOTS",
+    "cores": "CLOUDPILOT_CORES",
+    "memory_mb": "CLOUDPILOT_MEMORY_MB",
+    "tags": "CLOUDPILOT_TAGS",
+    "idle_timeout": "CLOUDPILOT_IDLE_TIMEOUT",
+    "workdir": "CLOUDPILOT_WORKDIR",
+}
+
+
+def _memory_mb() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 1024
+
+
+@dataclass
+class PilotConfig:
+    controller_url: str
+    token: str
+    endpoint: str | None = None
+    machine: str = field(default_factory=socket.gethostname)
+    slots: int = 1
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    memory_mb: int = field(default_factory=_memory_mb)
+    tags: list[str] = field(default_factory=list)
+    idle_timeout: float = 600.0  # exit when idle this long
+    heartbeat_interval: float | None = None  # None: what the controller says at register
+    poll_wait: float = 20.0  # long-poll for work this long per request
+    workdir: str = "work"
+    max_output_bytes: int = 1_000_000  # per job, stdout + stderr, tail kept
+    stop_grace: float = 5.0  # SIGTERM -> SIGKILL for payloads
+
+    @classmethod
+    def load(cls, path: str | None = None) -> PilotConfig:
+        data: dict[str, object] = {}
+        if path:
+            text = Path(path).read_text()
+            data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+        for key, var in ENV.items():
+            if var in os.environ and key not in data:
+                val: object = os.environ[var]
+                if key == "tags":
+                    val = [t for t in str(val).split(",") if t]
+                data[key] = val
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(known)
+        if unknown:
+            raise ValueError(f"unknown pilot settings: {sorted(unknown)}")
+        for key in ("controller_url", "token"):
+            if not data.get(key):
+                raise ValueError(f"the pilot needs {key} (file, or {ENV[key]})")
+        for key in ("slots", "cores", "memory_mb"):
+            if key in data:
+                data[key] = int(data[key])  # type: ignore[call-overload]
+        for key in ("idle_timeout", "poll_wait", "stop_grace"):
+            if key in data:
+                data[key] = float(data[key])  # type: ignore[arg-type]
+        return cls(**data)  # type: ignore[arg-type]
