@@ -38,6 +38,9 @@ class Reconciler:
         self.drivers = drivers
         self.clock = clock
         self.last: dict[str, Decision] = {}
+        # After a controller restart, pilots need a moment to reach it again: heartbeats missed
+        # while it was down must not count, so silence is measured from this instant at most.
+        self.started = clock()
 
     def tick(self) -> TickResult:
         now = self.clock()
@@ -46,8 +49,10 @@ class Reconciler:
             driver = self.drivers.get(ep.name)
             if driver is not None:
                 requeued += self._observe(ep.name, driver, now)
-        silent = self.store.jobs.stall(silent_since=now - self.settings.stalled_after, now=now)
-        requeued += sum(1 for _, s in silent if s == JobState.WAITING)
+        cutoff = now - self.settings.stalled_after
+        if cutoff > self.started:
+            silent = self.store.jobs.stall(silent_since=cutoff, now=now)
+            requeued += sum(1 for _, s in silent if s == JobState.WAITING)
         decisions = []
         for ep in self.settings.endpoints:
             driver = self.drivers.get(ep.name)
@@ -70,6 +75,8 @@ class Reconciler:
         busy = self.store.jobs.busy_by_machine()
         requeued = 0
         for m in self.store.machines.find(endpoint, live=True):
+            if not m["managed"]:
+                continue  # a pilot that joined on its own: heartbeats tell if it is alive
             obs = seen.get(m["name"])
             if obs is not None and obs.alive:
                 continue
@@ -100,7 +107,8 @@ class Reconciler:
                 name=m["name"], endpoint=endpoint, state=M(m["state"]),
                 created_at=m["created_at"], slots=slots, busy_slots=b,
                 idle_since=None if b else (m["last_busy_at"] or m["created_at"]),
-                last_seen=m["last_seen"],
+                last_seen=max(m["last_seen"] or 0.0, self.started) if m["last_seen"] else None,
+                managed=bool(m["managed"]),
             ))
         return views
 

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             # interrupted: let running jobs report 'interrupted', then leave
             agent.wait_jobs(cfg.stop_grace + 10)
             break
+    agent.goodbye(result[0] if result else agent.exit_reason or "stopped")
     return 1 if result and result[0].startswith("error") else 0
 
 

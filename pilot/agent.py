@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,17 @@ class Agent:
             with self.lock:
                 runs = list(self.jobs.values())
             self._beat({r.id: r.progress() for r in runs})
+
+    def goodbye(self, why: str) -> None:
+        """Tell the controller this pilot is leaving (best effort: it also notices silence)."""
+        if self.pilot_id is None:
+            return
+        try:
+            q = urllib.parse.urlencode({"reason": why[:500]})
+            self.client.call("DELETE", f"/api/v1/pilots/{self.pilot_id}?{q}", timeout=5,
+                             retry=False)
+        except (ClientError, OSError) as e:
+            log.info("goodbye not delivered: %s", e)
 
     def interrupt(self) -> None:
         """SIGTERM: stop taking work, interrupt running jobs (they report 'interrupted')."""

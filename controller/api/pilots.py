@@ -9,7 +9,7 @@ import sqlite3
 import time
 import uuid
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import PilotAuth, SettingsDep, StoreDep
@@ -108,6 +108,16 @@ def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, p: PilotAuth) -
     state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
     stop = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs})
     return HeartbeatOut(stop=stop, drain=state in ("stopping", "stopped", "lost", "failed"))
+
+
+@router.delete("/{pilot_id}", status_code=204)
+def deregister(pilot_id: str, store: StoreDep, p: PilotAuth,
+               reason: str = Query("exited", max_length=500)) -> Response:
+    """The pilot is leaving (idle, drained or stopped); its machine is stopped when it was the
+    machine's last pilot."""
+    pilot = _own_pilot(store, p, pilot_id)
+    store.machines.pilot_left(pilot_id, str(pilot["machine"]), reason)
+    return Response(status_code=204)
 
 
 @router.post("/{pilot_id}/jobs/{job_id}/output", status_code=204)

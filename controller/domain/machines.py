@@ -56,3 +56,4 @@ class MachineView:
     free_memory_mb: int = 0
     idle_since: float | None = None  # when its last job ended (or it came up); None = busy
     last_seen: float | None = None  # last heartbeat of its pilot
+    managed: bool = True  # started by the controller's driver (False: a pilot that joined)

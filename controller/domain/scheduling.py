@@ -67,7 +67,8 @@ def decide(
        (task queue jobs / jobs one machine holds). Unfit queues are named in the reasons.
     3. Start enough machines to cover demand minus free capacity (free slots of running machines
        plus machines still booting), capped by max_machines and max_starts_per_cycle.
-    4. With no demand left uncovered, stop the machines idle longer than `idle_timeout`, by name.
+    4. Stop machines idle longer than `idle_timeout`, by name, while what is left still covers
+       the waiting work.
     """
     reasons: list[str] = []
     removals: list[Removal] = []
@@ -120,14 +121,21 @@ def decide(
         new = n
     start = tuple(machine_name(spec.name, last_seq + i + 1) for i in range(new))
 
-    if uncovered <= 0:
-        for m in kept:
-            if m.state != MachineState.RUNNING or m.busy_slots or m.idle_since is None:
-                continue
-            idle = now - m.idle_since
-            if idle >= spec.idle_timeout:
-                removals.append(Removal(m.name, MachineState.STOPPING,
-                                        f"idle for {idle:.0f}s (>= {spec.idle_timeout:.0f}s)"))
+    # Idle machines go, longest idle first, as long as the capacity left still covers the
+    # waiting work (an idle machine that fits waiting work takes it at its next poll).
+    idle = sorted((m for m in kept if m.managed and m.state == MachineState.RUNNING
+                   and not m.busy_slots and m.idle_since is not None
+                   and now - m.idle_since >= spec.idle_timeout), key=lambda m: m.idle_since or 0)
+    for m in idle:
+        if free - 1.0 < demand - 1e-9:
+            break
+        free -= 1.0
+        secs = now - (m.idle_since or now)
+        removals.append(Removal(m.name, MachineState.STOPPING,
+                                f"idle for {secs:.0f}s (>= {spec.idle_timeout:.0f}s)"))
     gone = {r.name for r in removals}
-    wanted = tuple(sorted([m.name for m in live if m.name not in gone] + list(start)))
+    # the driver's wanted set: machines it manages; pilots that joined on their own are
+    # capacity, but not the driver's to create or delete
+    kept_names = [m.name for m in live if m.name not in gone and m.managed]
+    wanted = tuple(sorted(kept_names + list(start)))
     return Decision(spec.name, start, tuple(removals), wanted, demand, tuple(reasons))

@@ -64,7 +64,7 @@ class MachineStore:
         with self.store.tx() as c:
             c.execute(
                 "INSERT INTO machines (name, endpoint, state, created_at, updated_at,"
-                " last_busy_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " last_busy_at, reason, managed) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
                 (name, endpoint, M.REQUESTED.value, now, now, None, reason))
             c.execute("UPDATE endpoints SET last_seq = MAX(last_seq, ?) WHERE name = ?",
                       (seq, endpoint))
@@ -135,7 +135,8 @@ class MachineStore:
             if row is None:  # a pilot the controller did not start (by hand, or a joined host)
                 c.execute(
                     "INSERT INTO machines (name, endpoint, state, created_at, updated_at,"
-                    " last_busy_at, last_seen, reason) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                    " last_busy_at, last_seen, reason, managed)"
+                    " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, 0)",
                     (machine, endpoint, now, now, now, now, "pilot registered"))
                 self._event(c, machine, None, M.RUNNING.value,
                             "a pilot registered from a machine the controller did not start", now)
@@ -156,6 +157,22 @@ class MachineStore:
                 c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
             else:
                 raise Conflict(f"machine {machine} is {old.value}; its pilot must stop")
+
+    def pilot_left(self, pilot_id: str, machine: str, why: str,
+                   now: float | None = None) -> None:
+        """A pilot said goodbye. With no other pilot left on it, its machine has stopped."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            c.execute("DELETE FROM pilots WHERE id = ?", (pilot_id,))
+            others = c.execute("SELECT COUNT(*) FROM pilots WHERE machine = ?",
+                               (machine,)).fetchone()[0]
+            row = c.execute("SELECT state FROM machines WHERE name = ?", (machine,)).fetchone()
+            if others or row is None or M(row["state"]) not in (M.RUNNING, M.STOPPING):
+                return
+            c.execute("UPDATE machines SET state = 'stopped', updated_at = ?, reason = ?"
+                      " WHERE name = ?", (now, f"its pilot exited: {why}", machine))
+            self._event(c, machine, row["state"], M.STOPPED.value, f"its pilot exited: {why}",
+                        now)
 
     def pilot(self, pilot_id: str) -> dict[str, Any]:
         with self.store.read() as c:

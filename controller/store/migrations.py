@@ -70,7 +70,7 @@ def m001_initial(db: Database) -> None:
         {
             "name": str, "endpoint": str, "state": str, "created_at": float,
             "updated_at": float, "last_busy_at": float, "last_seen": float, "address": str,
-            "reason": str, "info": str,
+            "reason": str, "info": str, "managed": int,
         },
         pk="name",
     )

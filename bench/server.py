@@ -1,0 +1,37 @@
+"""A benchmark controller in its own process: `python -m bench.server DB DATA_DIR PORT`.
+
+Run apart from the benchmark's client so the two do not share one GIL (the client's HTTP and
+JSON work would otherwise be charged to the controller)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from controller.app import create_app
+from controller.settings import EndpointConfig, Settings
+
+ENDPOINT = "bench"
+
+
+def bench_settings(database: Path, data_dir: Path, port: int) -> Settings:
+    """One endpoint that never starts a machine (max_machines=0), so the reconcile loop only
+    reads the queue; pilots register by hand."""
+    return Settings(
+        database=database, data_dir=data_dir, host="127.0.0.1", port=port, loop_interval=5.0,
+        endpoints=[EndpointConfig(name=ENDPOINT, max_machines=0, cores=64, memory_mb=262144,
+                                  slots=64)],
+    )
+
+
+def main(argv: list[str]) -> None:
+    database, data_dir, port = Path(argv[0]), Path(argv[1]), int(argv[2])
+    settings = bench_settings(database, data_dir, port)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="error")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,163 @@
+"""The user, pilot and admin API of a real controller: roles, bad input, listing, kill."""
+
+import time
+
+import httpx
+import pytest
+
+from controller.auth import Role
+from controller.store import Store
+from tests.conftest import MANUAL, sh
+
+pytestmark = pytest.mark.integration
+OTHER = {**MANUAL, "name": "other", "tags": ["linux"]}
+
+
+@pytest.fixture
+def ctrl(make_controller):
+    return make_controller(endpoints=[MANUAL, OTHER])
+
+
+def register(c, pilot="pilot:manual", machine="m1", **kw):
+    body = {"machine": machine, "cores": 4, "memory_mb": 4096, "slots": 2, "tags": ["linux"],
+            **kw}
+    with c.client(pilot) as h:
+        r = h.post("/api/v1/pilots/register", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["pilot_id"]
+
+
+def test_tokens_are_required_and_checked(ctrl):
+    r = httpx.get(ctrl.url + "/api/v1/jobs")
+    assert r.status_code == 401 and "bearer token" in r.json()["detail"]
+    r = httpx.get(ctrl.url + "/api/v1/jobs", headers={"Authorization": "Bearer cp_wrong"})
+    assert r.status_code == 401 and r.json()["detail"] == "unknown token"
+    store = Store(ctrl.database)
+    expired = store.tokens.issue(Role.USER, owner="alice", lifetime=0.01)
+    store.close()
+    time.sleep(0.05)
+    r = httpx.get(ctrl.url + "/api/v1/jobs", headers={"Authorization": f"Bearer {expired}"})
+    assert r.status_code == 401 and r.json()["detail"] == "token expired"
+
+
+def test_roles(ctrl):
+    with ctrl.client("alice") as c:
+        r = c.post("/api/v1/pilots/register",
+                   json={"machine": "x", "cores": 1, "memory_mb": 1, "slots": 1})
+        assert r.status_code == 403 and "a user token may not do this" in r.json()["detail"]
+        assert c.get("/api/v1/admin/users").status_code == 403
+    with ctrl.client("pilot:manual") as c:
+        r = c.post("/api/v1/jobs", json=sh("true"))
+        assert r.status_code == 403 and "a pilot token may not" in r.json()["detail"]
+        r = c.post("/api/v1/pilots/register", json={"machine": "x", "endpoint": "other",
+                                                     "cores": 1, "memory_mb": 1, "slots": 1})
+        assert r.status_code == 403 and "for endpoint manual" in r.json()["detail"]
+    pid = register(ctrl)
+    with ctrl.client("pilot:other") as c:  # a pilot token of another endpoint
+        r = c.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []})
+        assert r.status_code == 403
+    with ctrl.client("admin") as c:
+        assert c.get("/api/v1/admin/users").status_code == 200
+        r = c.post("/api/v1/admin/tokens", json={"role": "pilot", "endpoint": "nowhere"})
+        assert r.status_code == 422 and "no endpoint 'nowhere'" in r.json()["detail"]
+
+
+def test_owners_see_only_their_jobs_and_job_tokens_act_for_the_owner(ctrl):
+    (jid,) = ctrl.submit("alice", sh("true"))
+    with ctrl.client("bob") as c:
+        assert c.get(f"/api/v1/jobs/{jid}").status_code == 404
+        assert c.post(f"/api/v1/jobs/{jid}/kill").status_code == 404
+        assert c.get("/api/v1/jobs").json() == []
+        assert c.get("/api/v1/jobs", params={"owner": "alice"}).status_code == 403
+    pid = register(ctrl)
+    with ctrl.client("pilot:manual") as c:
+        m = c.post(f"/api/v1/pilots/{pid}/match",
+                   json={"free_cores": 4, "free_memory_mb": 4096, "free_slots": 2}).json()
+    assert m["job"]["id"] == jid and m["token_expires_in"] > 120
+    job_client = httpx.Client(base_url=ctrl.url,
+                              headers={"Authorization": f"Bearer {m['token']}"})
+    assert job_client.get(f"/api/v1/jobs/{jid}").json()["owner"] == "alice"
+    r = job_client.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []})
+    assert r.status_code == 403  # a job token is not a pilot token
+
+
+def test_bad_input_gets_clear_4xx_and_writes_nothing(ctrl):
+    with ctrl.client("alice") as c:
+        r = c.post("/api/v1/jobs", content=b"{not json", headers={"Content-Type":
+                                                                    "application/json"})
+        assert r.status_code == 422 and "JSON" in r.json()["detail"]
+        r = c.post("/api/v1/jobs", json={**sh("true"), "owner": "bob"})
+        assert r.status_code == 422 and "owner: unknown field" in r.json()["detail"]
+        r = c.post("/api/v1/jobs", json=sh("true", cores=-2))
+        assert r.status_code == 422 and "requirements.cores" in r.json()["detail"]
+        r = c.post("/api/v1/jobs/bulk", json={"jobs": [sh("true"), sh("true", memory_mb=0)]})
+        assert r.status_code == 422 and "jobs.1.requirements.memory_mb" in r.json()["detail"]
+        r = c.post("/api/v1/jobs/bulk", json={"jobs": []})
+        assert r.status_code == 422
+        r = c.post("/api/v1/jobs", json=sh("true", endpoints=["mars"]))
+        assert r.status_code == 422 and "unknown endpoints ['mars']" in r.json()["detail"]
+        r = c.post("/api/v1/jobs", json={**sh("true"), "inputs": [{"name": "../x",
+                                                                    "content": "a"}]})
+        assert r.status_code == 422
+        assert c.get("/api/v1/jobs/999").status_code == 404
+        assert c.get("/api/v1/jobs/abc").status_code == 422
+        assert c.get("/api/v1/jobs").json() == []  # nothing half-written
+        assert c.get("/api/v1/jobs", params={"state": "bogus"}).status_code == 422
+
+
+def test_a_job_bigger_than_any_endpoint_is_accepted_and_reported(ctrl):
+    with ctrl.client("alice") as c:
+        r = c.post("/api/v1/jobs", json=sh("true", cores=64))
+        assert r.status_code == 201
+        jid = r.json()["ids"][0]
+        why = r.json()["unmatchable"][str(jid)]
+        assert why == ("no endpoint can run it: needs 64 cores, manual offers 8; "
+                       "needs 64 cores, other offers 8")
+        job = c.get(f"/api/v1/jobs/{jid}").json()
+        assert job["state"] == "waiting" and job["waiting_reason"] == why
+        tq = c.get("/api/v1/taskqueues").json()
+        assert tq[0]["unmatchable"] == why
+
+
+def test_pilot_reporting_on_a_job_it_does_not_hold(ctrl):
+    (jid,) = ctrl.submit("alice", sh("true"))
+    p1, p2 = register(ctrl, machine="m1"), register(ctrl, machine="m2")
+    with ctrl.client("pilot:manual") as c:
+        r = c.post(f"/api/v1/pilots/{p1}/match",
+                   json={"free_cores": 1, "free_memory_mb": 1024, "free_slots": 1})
+        assert r.json()["job"]["id"] == jid
+        r = c.post(f"/api/v1/pilots/{p2}/jobs/{jid}/report", json={"status": "done",
+                                                                   "exit_code": 0})
+        assert r.status_code == 409 and "not held by this pilot" in r.json()["detail"]
+        r = c.post(f"/api/v1/pilots/{p2}/jobs/{jid}/output", json={"stdout": "x"})
+        assert r.status_code == 409
+        r = c.post(f"/api/v1/pilots/{p1}/jobs/4242/report", json={"status": "done"})
+        assert r.status_code == 404
+        r = c.post(f"/api/v1/pilots/{p1}/jobs/{jid}/report", json={"status": "weird"})
+        assert r.status_code == 422
+        r = c.post(f"/api/v1/pilots/{p1}/jobs/{jid}/output", json={"stdout": "x" * 2_000_000})
+        assert r.status_code == 413 and "at most" in r.json()["detail"]
+        r = c.post("/api/v1/pilots/nope/heartbeat", json={"jobs": []})
+        assert r.status_code == 404 and "register first" in r.json()["detail"]
+    assert ctrl.job(jid)["state"] == "matched"
+
+
+def test_list_filter_kill_and_events(ctrl):
+    a = ctrl.submit("alice", sh("true"), sh("true"), sh("true"))
+    ctrl.submit("bob", sh("true"))
+    with ctrl.client("alice") as c:
+        r = c.post(f"/api/v1/jobs/{a[0]}/kill")
+        assert r.json()["state"] == "killed"
+        r = c.post(f"/api/v1/jobs/{a[0]}/kill")
+        assert r.status_code == 409 and "already killed" in r.json()["detail"]
+        assert [j["id"] for j in c.get("/api/v1/jobs", params={"state": "waiting"}).json()] \
+            == a[1:]
+        ev = c.get(f"/api/v1/jobs/{a[0]}/events").json()
+        assert [e["to_state"] for e in ev] == ["received", "waiting", "killed"]
+        assert ev[-1]["reason"] == "killed by alice"
+    with ctrl.client("admin") as c:
+        assert len(c.get("/api/v1/jobs").json()) == 4
+        assert len(c.get("/api/v1/jobs", params={"owner": "bob"}).json()) == 1
+        assert c.get("/api/v1/jobs", params={"endpoint": "manual"}).json() == []
+        s = c.get("/api/v1/summary").json()
+        assert s["jobs"] == {"killed": 1, "waiting": 3}

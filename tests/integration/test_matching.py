@@ -1,0 +1,90 @@
+"""Matching rules against a real controller, with the test acting as a pilot over HTTP."""
+
+import pytest
+
+from tests.conftest import MANUAL, sh
+from tests.integration.test_api import register
+
+pytestmark = pytest.mark.integration
+OTHER = {**MANUAL, "name": "other", "tags": ["linux"]}
+
+
+@pytest.fixture
+def ctrl(make_controller):
+    return make_controller(endpoints=[MANUAL, OTHER])
+
+
+def take(ctrl, pilot_id, pilot="pilot:manual", cores=8, mem=8192, slots=1):
+    with ctrl.client(pilot) as c:
+        r = c.post(f"/api/v1/pilots/{pilot_id}/match",
+                   json={"free_cores": cores, "free_memory_mb": mem, "free_slots": slots})
+    assert r.status_code in (200, 204), r.text
+    return r.json()["job"] if r.status_code == 200 else None
+
+
+def test_cores_memory_and_tags(ctrl):
+    big, mem, gpu, small = ctrl.submit("alice", sh("true", cores=4),
+                                       sh("true", memory_mb=6000), sh("true", tags=["gpu"]),
+                                       sh("true"))
+    plain = register(ctrl, machine="plain", tags=["linux"])
+    # 2 free cores, 4 GB, no gpu tag: only the small job fits
+    assert take(ctrl, plain, cores=2, mem=4096)["id"] == small
+    assert take(ctrl, plain, cores=2, mem=4096) is None
+    gpu_pilot = register(ctrl, machine="gpu", tags=["linux", "gpu"])
+    assert take(ctrl, gpu_pilot, cores=1, mem=1024)["id"] == gpu
+    assert take(ctrl, plain, cores=4, mem=4096)["id"] == big
+    assert take(ctrl, plain, cores=1, mem=8192)["id"] == mem
+
+
+def test_allowed_and_banned_endpoints(ctrl):
+    only_other, not_other = ctrl.submit("alice", sh("true", endpoints=["other"]),
+                                        sh("true", banned_endpoints=["other"]))
+    m = register(ctrl, machine="m")
+    o = register(ctrl, pilot="pilot:other", machine="o")
+    assert take(ctrl, m)["id"] == not_other
+    assert take(ctrl, m) is None
+    assert take(ctrl, o, pilot="pilot:other")["id"] == only_other
+
+
+def test_priority_orders_an_owners_jobs(ctrl):
+    low, high, mid = ctrl.submit("alice", {**sh("true"), "priority": 0},
+                                 {**sh("true"), "priority": 9}, {**sh("true"), "priority": 5})
+    m = register(ctrl, machine="m")
+    assert [take(ctrl, m)["id"] for _ in range(3)] == [high, mid, low]
+
+
+def test_fair_share_across_owners(ctrl):
+    # alice floods the queue with high priority work; bob submits two jobs later
+    ctrl.submit("alice", *[{**sh("true"), "priority": 100}] * 10)
+    ctrl.submit("bob", sh("true"), sh("true"))
+    m = register(ctrl, machine="m")
+    owners = [take(ctrl, m)["owner"] for _ in range(4)]
+    assert owners == ["alice", "bob", "alice", "bob"]
+
+
+def test_long_poll_hands_out_a_job_submitted_during_the_wait(ctrl):
+    import threading
+    import time
+
+    m = register(ctrl, machine="m")
+    got = {}
+
+    def poll():
+        t0 = time.monotonic()
+        with ctrl.client("pilot:manual") as c:
+            r = c.post(f"/api/v1/pilots/{m}/match", json={
+                "free_cores": 1, "free_memory_mb": 1024, "free_slots": 1, "wait": 20})
+        got["status"], got["elapsed"] = r.status_code, time.monotonic() - t0
+        got["job"] = r.json()["job"]["id"] if r.status_code == 200 else None
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(1.0)
+    (jid,) = ctrl.submit("alice", sh("true"))
+    t.join(25)
+    assert got["status"] == 200 and got["job"] == jid
+    assert got["elapsed"] < 15  # woke on the submission, not at the end of the wait
+    ev = ctrl.events(jid)
+    submitted = next(e["at"] for e in ev if e["to_state"] == "waiting")
+    matched = next(e["at"] for e in ev if e["to_state"] == "matched")
+    assert matched - submitted < 1.0

@@ -1,0 +1,121 @@
+"""Real pilot processes against a real controller: running, kill, SIGKILL, SIGTERM, limits."""
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.conftest import sh, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ctrl(make_controller):
+    return make_controller()
+
+
+def test_a_job_runs_with_inputs_env_token_and_output(ctrl, tmp_path):
+    script = (
+        "import os, json, urllib.request\n"
+        "print(open('data.txt').read().strip())\n"
+        "print('pilot token hidden:', 'CLOUDPILOT_PILOT_TOKEN' not in os.environ)\n"
+        "print('mine:', os.environ['MINE'])\n"
+        "req = urllib.request.Request(os.environ['CLOUDPILOT_URL'] + '/api/v1/jobs/' +"
+        " os.environ['CLOUDPILOT_JOB_ID'], headers={'Authorization': 'Bearer ' +"
+        " os.environ['CLOUDPILOT_JOB_TOKEN']})\n"
+        "print('as owner:', json.load(urllib.request.urlopen(req))['owner'])\n"
+        "open(os.environ['CLOUDPILOT_PROGRESS_FILE'], 'w').write('50%')\n"
+    )
+    job = {"executable": sys.executable, "arguments": ["run.py"], "env": {"MINE": "yes"},
+           "inputs": [{"name": "run.py", "content": script},
+                      {"name": "data.txt", "content_b64": "aGVsbG8gaW5wdXQ="}]}
+    (jid,) = ctrl.submit("alice", job)
+    ctrl.start_pilot("m1")
+    j = ctrl.wait_state(jid, "done", "failed")
+    with ctrl.client("alice") as c:
+        out = c.get(f"/api/v1/jobs/{jid}/output").json()
+    assert j["state"] == "done", out
+    assert out["stdout"].splitlines() == ["hello input", "pilot token hidden: True",
+                                          "mine: yes", "as owner: alice"]
+    assert [e["to_state"] for e in ctrl.events(jid)] == ["received", "waiting", "matched",
+                                                         "running", "done"]
+
+
+def test_failures_time_limit_and_bounded_output(ctrl):
+    fail, slow, loud = ctrl.submit(
+        "alice", sh("echo oops >&2; exit 7"), sh("sleep 20", max_runtime=1),
+        sh("head -c 300000 /dev/zero | tr '\\0' 'x'; echo; echo END"))
+    ctrl.start_pilot("m1", slots=3, max_output_bytes=10_000)
+    j = ctrl.wait_state(fail, "failed")
+    assert (j["exit_code"], j["reason"]) == (7, "exited with code 7")
+    j = ctrl.wait_state(slow, "failed")
+    assert j["reason"] == "exceeded its max run time of 1s"
+    ctrl.wait_state(loud, "done")
+    with ctrl.client("alice") as c:
+        out = c.get(f"/api/v1/jobs/{loud}/output").json()
+        assert out["truncated"] and out["stdout"].endswith("END\n")
+        assert len(out["stdout"]) <= 5_000
+        assert c.get(f"/api/v1/jobs/{fail}/output").json()["stderr"] == "oops\n"
+
+
+def test_kill_stops_a_running_payload(ctrl, tmp_path):
+    pidfile = tmp_path / "payload.pid"
+    (jid,) = ctrl.submit("alice", sh(f"echo $$ > {pidfile}; exec sleep 20"))
+    ctrl.start_pilot("m1")
+    ctrl.wait_state(jid, "running")
+    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    with ctrl.client("alice") as c:
+        assert c.post(f"/api/v1/jobs/{jid}/kill").json()["state"] == "killed"
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="the payload to stop")
+    time.sleep(1)
+    j = ctrl.job(jid)
+    assert j["state"] == "killed" and j["reason"] == "killed by alice"
+
+
+def test_pilot_killed_mid_job_stalls_and_reschedules(ctrl, tmp_path):
+    mark, pidfile = tmp_path / "first-run", tmp_path / "payload.pid"
+    script = (f"if [ -e {mark} ]; then echo second run; exit 0; fi; touch {mark}; "
+              f"echo $$ > {pidfile}; exec sleep 15")
+    (jid,) = ctrl.submit("alice", sh(script))
+    p1 = ctrl.start_pilot("m1")
+    ctrl.wait_state(jid, "running")
+    wait_until(pidfile.exists)
+    os.kill(p1.pid, signal.SIGKILL)  # the pilot dies; its payload is orphaned
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    ctrl.wait_state(jid, "waiting", timeout=20)
+    ctrl.start_pilot("m2")
+    j = ctrl.wait_state(jid, "done", timeout=20)
+    assert j["retries"] == 1 and j["machine"] == "m2"
+    states = [e["to_state"] for e in ctrl.events(jid)]
+    assert states == ["received", "waiting", "matched", "running", "stalled", "rescheduled",
+                      "waiting", "matched", "running", "done"]
+    with ctrl.client() as c:
+        m1 = next(m for m in c.get("/api/v1/machines", params={"all": True}).json()
+                  if m["name"] == "m1")
+    assert m1["state"] == "lost"
+
+
+def test_sigterm_reports_running_jobs_as_interrupted(ctrl):
+    (jid,) = ctrl.submit("alice", sh("sleep 15"))
+    p = ctrl.start_pilot("m1")
+    ctrl.wait_state(jid, "running")
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(15) == 0
+    j = ctrl.job(jid)
+    assert (j["state"], j["retries"], j["reschedules"]) == ("waiting", 0, 1)
+    ev = ctrl.events(jid)
+    assert ev[-2]["to_state"] == "rescheduled" and "SIGTERM" in ev[-2]["reason"]
+    with ctrl.client() as c:
+        m = c.get("/api/v1/machines", params={"all": True}).json()[0]
+    assert m["state"] == "stopped" and "SIGTERM" in m["reason"]
+
+
+def test_an_idle_pilot_exits_and_says_goodbye(ctrl):
+    p = ctrl.start_pilot("m1", idle_timeout=1)
+    assert p.wait(20) == 0
+    with ctrl.client() as c:
+        m = c.get("/api/v1/machines", params={"all": True}).json()[0]
+    assert m["state"] == "stopped" and "idle for more than 1s" in m["reason"]

@@ -1,0 +1,51 @@
+import argparse
+from pathlib import Path
+
+import pytest
+
+from controller.cli import build_parser
+from controller.errors import ConfigError
+from controller.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_loads():
+    s = Settings.load(REPO / "examples" / "cloudpilot.toml")
+    assert s.endpoints[0].driver == "local"
+    assert s.database.is_absolute()
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("port = 'x'\n[[endpoints]]\nname = 'a'\ncores = -1\n")
+    with pytest.raises(ConfigError) as e:
+        Settings.load(p)
+    assert "port" in str(e.value) and "endpoints.0.cores" in str(e.value)
+    p.write_text("[[endpoints]]\nname = 'a'\n[[endpoints]]\nname = 'a'\n")
+    with pytest.raises(ConfigError, match="unique"):
+        Settings.load(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Settings.load(tmp_path / "nope.toml")
+
+
+def test_embedded_default_has_a_local_endpoint():
+    assert [e.driver for e in Settings().endpoints] == ["local"]
+
+
+def _walk(parser: argparse.ArgumentParser, path: str = "cloudpilot"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                yield f"{path} {choice.dest}", choice.help
+            for name, sub in action.choices.items():
+                yield from _walk(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}", action.help
+
+
+def test_every_command_and_option_has_help():
+    items = list(_walk(build_parser()))
+    assert len(items) > 40
+    missing = [name for name, help_ in items if not help_]
+    assert missing == []

@@ -1,0 +1,123 @@
+"""The queue on a real SQLite file."""
+
+import sqlite3
+import threading
+
+import pytest
+
+from controller.auth import Role
+from controller.domain.jobs import JobState, NewJob, Requirements
+from controller.domain.matching import SlotOffer
+from controller.errors import Conflict
+from controller.store import Store
+
+OFFER = SlotOffer("ep", cores=64, memory_mb=64_000, tags=frozenset({"linux"}))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "q.db")
+    s.tokens.create_user("alice", "physics")
+    s.tokens.create_user("bob", "bio")
+    yield s
+    s.close()
+
+
+def match(store, pilot="p1", machine="m1", offer=OFFER):
+    def issue(conn, job):
+        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=60,
+                                  conn=conn)
+
+    return store.jobs.match(pilot, machine, offer, by="owner", shares={}, issue_token=issue)
+
+
+def test_submit_records_received_and_waiting(store):
+    ids = store.jobs.submit([NewJob("/bin/true"), NewJob("/bin/false")], "alice", "physics", 3)
+    assert ids == [1, 2]
+    assert store.jobs.get(1).state == JobState.WAITING
+    ev = store.jobs.events(1)
+    assert [(e["from_state"], e["to_state"]) for e in ev] == [(None, "received"),
+                                                              ("received", "waiting")]
+    qs = store.jobs.queue_snapshot()
+    assert [(q.owner, q.waiting) for q in qs] == [("alice", 2)]  # one task queue
+
+
+def test_wal_mode(store):
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_failed_bulk_submit_leaves_nothing(store):
+    jobs = [NewJob("/bin/true"), NewJob("/bin/true", requirements=Requirements(cores=2))]
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.jobs.submit([*jobs, NewJob(object())], "alice", "physics", 3)  # type: ignore[arg-type]
+    assert store.jobs.counts() == {}
+    assert store.jobs.queue_snapshot() == []
+    assert store.jobs.submit(jobs, "alice", "physics", 3) == [1, 2]
+
+
+def test_concurrent_matching_hands_each_job_out_once(store):
+    store.jobs.submit([NewJob("/bin/true")] * 40, "alice", "physics", 3)
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def pilot(n):
+        while (r := match(store, f"p{n}", f"m{n}")) is not None:
+            with lock:
+                got.append(r[0].id)
+
+    threads = [threading.Thread(target=pilot, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 41))
+
+
+def test_match_gives_a_job_token_scoped_to_the_job(store):
+    store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
+    job, token = match(store)
+    p = store.tokens.verify(token)
+    assert (p.role, p.owner, p.job_id) == (Role.JOB, "alice", job.id)
+    store.jobs.report("p1", job.id, "done", 0, None)
+    with pytest.raises(Exception, match="unknown token"):
+        store.tokens.verify(token)  # revoked when the job ended
+
+
+def test_stalled_jobs_are_rescheduled_then_failed(store):
+    store.jobs.submit([NewJob("/bin/true", max_retries=1)], "alice", "physics", 3)
+    job, _ = match(store)
+    moved = store.jobs.stall(silent_since=job.last_heartbeat + 1)
+    assert moved == [(job.id, JobState.WAITING)]
+    assert store.jobs.get(job.id).retries == 1
+    job, _ = match(store, pilot="p2")
+    moved = store.jobs.stall(silent_since=job.last_heartbeat + 1)
+    assert moved == [(job.id, JobState.FAILED)]
+    states = [e["to_state"] for e in store.jobs.events(job.id)]
+    assert states == ["received", "waiting", "matched", "stalled", "rescheduled", "waiting",
+                      "matched", "stalled", "failed"]
+
+
+def test_interrupted_jobs_are_rescheduled_without_using_a_retry(store):
+    store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
+    job, _ = match(store)
+    j = store.jobs.report("p1", job.id, "interrupted", None, "SIGTERM")
+    assert (j.state, j.retries, j.reschedules, j.pilot_id) == (JobState.WAITING, 0, 1, None)
+
+
+def test_only_the_holding_pilot_may_report(store):
+    store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
+    job, _ = match(store)
+    with pytest.raises(Conflict, match="not held by this pilot"):
+        store.jobs.report("intruder", job.id, "done", 0, None)
+    assert store.jobs.get(job.id).state == JobState.MATCHED
+
+
+def test_kill_keeps_killed_even_if_the_pilot_reports_later(store):
+    store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
+    job, _ = match(store)
+    assert store.jobs.kill(job.id, "alice").state == JobState.KILLED
+    assert store.jobs.heartbeat("p1", {job.id: None}) == [job.id]
+    j = store.jobs.report("p1", job.id, "failed", -15, "killed")
+    assert (j.state, j.exit_code) == (JobState.KILLED, -15)
+    with pytest.raises(Conflict, match="already killed"):
+        store.jobs.kill(job.id, "alice")
