@@ -71,9 +71,8 @@ class Agent:
                 idle = not self.jobs and time.monotonic() - self.last_busy > self.cfg.idle_timeout
             if idle:
                 return self._end(f"idle for more than {self.cfg.idle_timeout:.0f}s")
-            got = self._match(cores, mem, slots)
-            if got is not None:
-                self._start(*got)
+            for job, token in self._match(cores, mem, slots):
+                self._start(job, token)
         return self._end(self.exit_reason or "stopped")
 
     def _end(self, why: str) -> str:
@@ -81,7 +80,7 @@ class Agent:
         log.info("pilot exiting: %s", why)
         return why
 
-    def _match(self, cores: int, mem: int, slots: int) -> tuple[dict[str, Any], str] | None:
+    def _match(self, cores: int, mem: int, slots: int) -> list[tuple[dict[str, Any], str]]:
         with self.lock:
             idle_left = self.cfg.idle_timeout - (time.monotonic() - self.last_busy)
         wait = max(0.0, min(self.cfg.poll_wait, idle_left if not self.jobs else self.cfg.poll_wait))
@@ -93,15 +92,15 @@ class Agent:
         except ClientError as e:
             if e.status == 404:  # the controller forgot us (new database): register again
                 self.register()
-                return None
+                return []
             log.error("match refused: %s", e)
             self.stopping.wait(2)
-            return None
+            return []
         except OSError:
-            return None  # stopping while the controller was unreachable
+            return []  # stopping while the controller was unreachable
         if not out:
-            return None
-        return out["job"], out["token"]
+            return []
+        return [(m["job"], m["token"]) for m in out["matches"]]
 
     def _start(self, job: dict[str, Any], token: str) -> None:
         run = JobRun(job, token, self.workdir, self.cfg.controller_url, self.cfg.stop_grace)

@@ -2,35 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from controller.auth import Principal, Role
 from controller.errors import Forbidden, Unauthorized
 from controller.settings import Settings
 from controller.store import Store
+from controller.store.tokens import TokenStore
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    return get_store(request).tokens.verify(token.strip())
+    tokens: TokenStore = request.app.state.store.tokens
+    hit = tokens.cached(token)
+    return hit if hit is not None else await run_in_threadpool(tokens.verify, token)
 
 
-def _require(*roles: Role) -> Callable[[Principal], Principal]:
-    def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def _require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if p.role not in roles:
             allowed = ", ".join(r.value for r in roles)
             raise Forbidden(f"a {p.role.value} token may not do this (needs: {allowed})")

@@ -5,6 +5,7 @@ Pilot tokens act for one endpoint and may do only this."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -17,6 +18,7 @@ from controller.api.schemas import (
     HeartbeatIn,
     HeartbeatOut,
     JobOut,
+    Match,
     MatchIn,
     MatchOut,
     OutputIn,
@@ -59,46 +61,47 @@ def register(body: RegisterIn, store: StoreDep, settings: SettingsDep,
              responses={204: {"description": "no job fits within the wait"}})
 async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                 settings: SettingsDep, p: PilotAuth) -> MatchOut | Response:
-    """Hand the pilot the best waiting job that fits its free resources, waiting up to
-    `wait` seconds for one to arrive (long-poll)."""
-    pilot = await run_in_threadpool(_own_pilot, store, p, pilot_id)
-    machine = str(pilot["machine"])
-    pilot_tags: list[str] = pilot["tags"]  # type: ignore[assignment]
-    await run_in_threadpool(store.machines.pilot_seen, pilot_id, machine)
-    if body.free_slots <= 0:
-        return Response(status_code=204)
+    """Hand the pilot the best waiting jobs that fit its free resources (one per free slot
+    unless `count` says fewer), waiting up to `wait` seconds for work to arrive (long-poll)."""
+    count = min(body.count or body.free_slots, body.free_slots)
     ep = settings.endpoint(p.endpoint or "")
-    offer = SlotOffer(
-        endpoint=str(pilot["endpoint"]), cores=body.free_cores,
-        memory_mb=body.free_memory_mb, tags=frozenset(pilot_tags),
-        max_runtime=ep.max_runtime if ep else None,
-    )
-    shares = await run_in_threadpool(store.tokens.shares, settings.fair_share_by)
+    margin = settings.job_token_margin
 
     def issue(conn: sqlite3.Connection, job: Job) -> str:
-        life = job.requirements.max_runtime + settings.job_token_margin
-        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=life,
+        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id,
+                                  lifetime=job.requirements.max_runtime + margin,
                                   note=f"job {job.id}", conn=conn)
+
+    def attempt() -> list[tuple[Job, str]]:
+        """One thread hop, one transaction: check the pilot, note it is alive, claim."""
+        pilot = _own_pilot(store, p, pilot_id)
+        machine = str(pilot["machine"])
+        if count <= 0:
+            store.machines.pilot_seen(pilot_id, machine)
+            return []
+        tags: list[str] = pilot["tags"]  # type: ignore[assignment]
+        offer = SlotOffer(endpoint=str(pilot["endpoint"]), cores=body.free_cores,
+                          memory_mb=body.free_memory_mb, tags=frozenset(tags),
+                          max_runtime=ep.max_runtime if ep else None)
+        return store.jobs.match(pilot_id, machine, offer, by=settings.fair_share_by,
+                                shares=store.tokens.shares(settings.fair_share_by),
+                                issue_token=issue, count=count)
 
     deadline = time.monotonic() + min(body.wait, settings.long_poll_max)
     notifier = request.app.state.notifier
     while True:
         changed = notifier.current()
-        got = await run_in_threadpool(store.jobs.match, pilot_id, machine, offer,
-                                      by=settings.fair_share_by, shares=shares,
-                                      issue_token=issue)
-        if got is not None:
-            job, token = got
-            return MatchOut(job=JobOut.of(job), token=token,
-                            token_expires_in=job.requirements.max_runtime
-                            + settings.job_token_margin)
+        got = await run_in_threadpool(attempt)
+        if got:
+            return MatchOut(matches=[
+                Match(job=JobOut.of(job), token=token,
+                      token_expires_in=job.requirements.max_runtime + margin)
+                for job, token in got])
         left = deadline - time.monotonic()
-        if left <= 0 or await request.is_disconnected():
+        if count <= 0 or left <= 0 or await request.is_disconnected():
             return Response(status_code=204)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
-        except TimeoutError:
-            pass
 
 
 @router.post("/{pilot_id}/heartbeat", response_model=HeartbeatOut)

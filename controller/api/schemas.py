@@ -158,12 +158,18 @@ class MatchIn(Strict):
     free_memory_mb: int = Field(ge=0)
     free_slots: int = Field(ge=0)
     wait: float = Field(0, ge=0, le=300, description="long-poll: seconds to wait for work")
+    count: int | None = Field(None, ge=1, le=1024,
+                              description="at most this many jobs (default: one per free slot)")
 
 
-class MatchOut(BaseModel):
+class Match(BaseModel):
     job: JobOut
     token: str = Field(description="job token: scoped to this job and its owner")
     token_expires_in: int
+
+
+class MatchOut(BaseModel):
+    matches: list[Match]
 
 
 class JobProgress(Strict):

@@ -27,6 +27,7 @@ class Store:
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: the queue's hot pages stay cached
         self.lock = threading.RLock()
         with self.lock:
             migrate(self.db)

@@ -55,6 +55,7 @@ class JobStore:
         self.store = store
         self._tqs: dict[int, TaskQueue] = {}
         self._tq_keys: dict[str, int] = {}
+        self._tq_memo: dict[tuple[Requirements, str, str, int], int] = {}
         with store.read() as c:
             for r in c.execute("SELECT * FROM task_queues"):
                 self._remember_tq(r)
@@ -92,6 +93,10 @@ class JobStore:
     # submission --------------------------------------------------------------------------
     def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
                     now: float) -> int:
+        memo = (job.requirements, owner, group, job.priority)
+        tq_id = self._tq_memo.get(memo)
+        if tq_id is not None:
+            return tq_id
         key = task_queue_key(job.requirements, owner, group) + f":{job.priority}"
         tq_id = self._tq_keys.get(key)
         if tq_id is None:
@@ -102,6 +107,7 @@ class JobStore:
             )
             row = c.execute("SELECT * FROM task_queues WHERE key = ?", (key,)).fetchone()
             tq_id = self._remember_tq(row).id
+        self._tq_memo[memo] = tq_id
         return tq_id
 
     def submit(self, jobs: Sequence[NewJob], owner: str, group: str, default_retries: int,
@@ -147,6 +153,7 @@ class JobStore:
     def reload_task_queues(self) -> None:
         self._tqs.clear()
         self._tq_keys.clear()
+        self._tq_memo.clear()
         with self.store.read() as c:
             for r in c.execute("SELECT * FROM task_queues"):
                 self._remember_tq(r)
@@ -213,33 +220,50 @@ class JobStore:
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
         shares: dict[str, float], issue_token: Callable[[sqlite3.Connection, Job], str],
-        now: float | None = None,
-    ) -> tuple[Job, str] | None:
-        """Claim the best waiting job that fits the offer, in one transaction: fair share
-        across owners (or groups) first, then priority, then age."""
+        count: int = 1, now: float | None = None,
+    ) -> list[tuple[Job, str]]:
+        """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time
+        the best one: fair share across owners (or groups) first, then priority, then age.
+        The offer shrinks by what each claimed job takes. Also records that the pilot is alive.
+        """
         now = time.time() if now is None else now
-        candidates = [q for q in self._tqs.values() if fits(q.requirements, offer)]
-        if not candidates:
-            return None
-        col = "grp" if by == "group" else "owner"
+        got: list[tuple[Job, str]] = []
+        kind = "group" if by == "group" else "owner"
         with self.store.tx() as c:
-            usage = dict(c.execute(
-                f"SELECT {col}, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
-                f" GROUP BY {col}").fetchall())
-            for q in fair_share_order(candidates, usage, shares, by):
-                row = c.execute(
-                    "SELECT id FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
-                    " LIMIT 1", (q.id,)).fetchone()
+            c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
+            c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
+            empty: set[int] = set()  # queues found empty in this transaction
+            while len(got) < count:
+                candidates = [q for q in self._tqs.values()
+                              if q.id not in empty and fits(q.requirements, offer)]
+                if not candidates:
+                    break
+                usage = dict(c.execute("SELECT name, n FROM held WHERE kind = ?", (kind,))
+                             .fetchall())
+                row = None
+                for q in fair_share_order(candidates, usage, shares, by):
+                    row = c.execute(
+                        "SELECT * FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
+                        " LIMIT 1", (q.id,)).fetchone()
+                    if row is not None:
+                        break
+                    empty.add(q.id)
                 if row is None:
-                    continue
-                self._move(c, row[0], S.WAITING, S.MATCHED, now,
+                    break
+                self._move(c, row["id"], S.WAITING, S.MATCHED, now,
                            f"matched to pilot {pilot_id} on {machine}",
                            pilot_id=pilot_id, machine=machine, endpoint=offer.endpoint,
                            last_heartbeat=now, reason=None)
+                job = dataclasses.replace(
+                    _job(row), state=S.MATCHED, pilot_id=pilot_id, machine=machine,
+                    endpoint=offer.endpoint, last_heartbeat=now, updated_at=now, reason=None)
+                got.append((job, issue_token(c, job)))
+                r = job.requirements
+                offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
+                                            memory_mb=offer.memory_mb - r.memory_mb)
+            if got:
                 c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?", (now, machine))
-                job = _job(c.execute("SELECT * FROM jobs WHERE id = ?", (row[0],)).fetchone())
-                return job, issue_token(c, job)
-        return None
+        return got
 
     # pilot reports -----------------------------------------------------------------------
     def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int) -> sqlite3.Row:

@@ -19,6 +19,7 @@ M = MachineState
 class MachineStore:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._pilots: dict[str, dict[str, Any]] = {}  # registrations do not change
 
     # endpoints ---------------------------------------------------------------------------
     def sync_endpoints(self, configs: list[dict[str, Any]], now: float | None = None) -> None:
@@ -162,6 +163,7 @@ class MachineStore:
                    now: float | None = None) -> None:
         """A pilot said goodbye. With no other pilot left on it, its machine has stopped."""
         now = time.time() if now is None else now
+        self._pilots.pop(pilot_id, None)
         with self.store.tx() as c:
             c.execute("DELETE FROM pilots WHERE id = ?", (pilot_id,))
             others = c.execute("SELECT COUNT(*) FROM pilots WHERE machine = ?",
@@ -175,11 +177,15 @@ class MachineStore:
                         now)
 
     def pilot(self, pilot_id: str) -> dict[str, Any]:
+        cached = self._pilots.get(pilot_id)
+        if cached is not None:
+            return cached
         with self.store.read() as c:
             row = c.execute("SELECT * FROM pilots WHERE id = ?", (pilot_id,)).fetchone()
         if row is None:
             raise NotFound(f"no pilot {pilot_id}; register first")
-        return dict(row, tags=json.loads(row["tags"]))
+        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]))
+        return pilot
 
     def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:
         """Record that a pilot is alive; return its machine's state."""

@@ -13,8 +13,13 @@ if TYPE_CHECKING:
 
 
 class TokenStore:
+    SHARES_TTL = 10.0  # users made by another process (the admin command) show up this soon
+
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._shares: dict[str, tuple[float, dict[str, float]]] = {}
+        # pilot tokens are checked on every match and heartbeat: remember them briefly
+        self._pilot_tokens: dict[str, tuple[float, float | None, Principal]] = {}
 
     # users -------------------------------------------------------------------------------
     def create_user(self, name: str, group: str, share: float = 1.0) -> dict[str, object]:
@@ -29,6 +34,7 @@ class TokenStore:
                 "INSERT INTO users (name, grp, share, created_at) VALUES (?, ?, ?, ?)",
                 (name, group, share, time.time()),
             )
+        self._shares.clear()
         return {"name": name, "group": group, "share": share}
 
     def users(self) -> list[dict[str, object]]:
@@ -38,10 +44,14 @@ class TokenStore:
 
     def shares(self, by: str) -> dict[str, float]:
         """Fair-share weights by owner or by group (a group's share: the sum of its users')."""
+        cached = self._shares.get(by)
+        if cached is not None and time.monotonic() - cached[0] < self.SHARES_TTL:
+            return cached[1]
         out: dict[str, float] = {}
         for u in self.users():
             key = str(u["name"] if by == "owner" else u["group"])
             out[key] = out.get(key, 0.0) + float(u["share"])  # type: ignore[arg-type]
+        self._shares[by] = (time.monotonic(), out)
         return out
 
     # tokens ------------------------------------------------------------------------------
@@ -83,18 +93,34 @@ class TokenStore:
                 c.execute(sql, values)
         return token
 
+    PILOT_TOKEN_TTL = 10.0  # a pilot token revoked from another process stops working this soon
+
+    def cached(self, token: str, now: float | None = None) -> Principal | None:
+        """A pilot token verified in the last PILOT_TOKEN_TTL seconds, if still valid."""
+        hit = self._pilot_tokens.get(hash_token(token))
+        if hit is None or time.monotonic() - hit[0] > self.PILOT_TOKEN_TTL:
+            return None
+        now = time.time() if now is None else now
+        if hit[1] is not None and hit[1] < now:
+            return None
+        return hit[2]
+
     def verify(self, token: str, now: float | None = None) -> Principal:
         now = time.time() if now is None else now
+        digest = hash_token(token)
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM tokens WHERE hash = ?", (hash_token(token),)).fetchone()
+            row = c.execute("SELECT * FROM tokens WHERE hash = ?", (digest,)).fetchone()
         if row is None:
             raise Unauthorized("unknown token")
         if row["expires_at"] is not None and row["expires_at"] < now:
             raise Unauthorized("token expired")
-        return Principal(
+        p = Principal(
             token_id=row["id"], role=Role(row["role"]), owner=row["owner"], group=row["grp"],
             endpoint=row["endpoint"], job_id=row["job_id"],
         )
+        if p.role == Role.PILOT:
+            self._pilot_tokens[digest] = (time.monotonic(), row["expires_at"], p)
+        return p
 
     def find(self) -> list[dict[str, object]]:
         with self.store.read() as c:
@@ -105,6 +131,7 @@ class TokenStore:
         return [dict(r) for r in rows]
 
     def revoke(self, token_id: int) -> None:
+        self._pilot_tokens.clear()
         with self.store.tx() as c:
             if c.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount == 0:
                 raise NotFound(f"no token {token_id}")

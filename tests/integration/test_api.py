@@ -71,8 +71,9 @@ def test_owners_see_only_their_jobs_and_job_tokens_act_for_the_owner(ctrl):
         assert c.get("/api/v1/jobs", params={"owner": "alice"}).status_code == 403
     pid = register(ctrl)
     with ctrl.client("pilot:manual") as c:
-        m = c.post(f"/api/v1/pilots/{pid}/match",
-                   json={"free_cores": 4, "free_memory_mb": 4096, "free_slots": 2}).json()
+        (m,) = c.post(f"/api/v1/pilots/{pid}/match",
+                      json={"free_cores": 4, "free_memory_mb": 4096, "free_slots": 2}
+                      ).json()["matches"]
     assert m["job"]["id"] == jid and m["token_expires_in"] > 120
     job_client = httpx.Client(base_url=ctrl.url,
                               headers={"Authorization": f"Bearer {m['token']}"})
@@ -125,7 +126,7 @@ def test_pilot_reporting_on_a_job_it_does_not_hold(ctrl):
     with ctrl.client("pilot:manual") as c:
         r = c.post(f"/api/v1/pilots/{p1}/match",
                    json={"free_cores": 1, "free_memory_mb": 1024, "free_slots": 1})
-        assert r.json()["job"]["id"] == jid
+        assert r.json()["matches"][0]["job"]["id"] == jid
         r = c.post(f"/api/v1/pilots/{p2}/jobs/{jid}/report", json={"status": "done",
                                                                    "exit_code": 0})
         assert r.status_code == 409 and "not held by this pilot" in r.json()["detail"]

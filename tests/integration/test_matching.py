@@ -19,7 +19,10 @@ def take(ctrl, pilot_id, pilot="pilot:manual", cores=8, mem=8192, slots=1):
         r = c.post(f"/api/v1/pilots/{pilot_id}/match",
                    json={"free_cores": cores, "free_memory_mb": mem, "free_slots": slots})
     assert r.status_code in (200, 204), r.text
-    return r.json()["job"] if r.status_code == 200 else None
+    if r.status_code == 204:
+        return None
+    (m,) = r.json()["matches"]
+    return m["job"]
 
 
 def test_cores_memory_and_tags(ctrl):
@@ -75,7 +78,7 @@ def test_long_poll_hands_out_a_job_submitted_during_the_wait(ctrl):
             r = c.post(f"/api/v1/pilots/{m}/match", json={
                 "free_cores": 1, "free_memory_mb": 1024, "free_slots": 1, "wait": 20})
         got["status"], got["elapsed"] = r.status_code, time.monotonic() - t0
-        got["job"] = r.json()["job"]["id"] if r.status_code == 200 else None
+        got["job"] = r.json()["matches"][0]["job"]["id"] if r.status_code == 200 else None
 
     t = threading.Thread(target=poll)
     t.start()

@@ -1,5 +1,11 @@
 from controller.domain.jobs import Requirements
-from controller.domain.matching import SlotOffer, fits, jobs_per_machine, unmatchable_reason, why_not
+from controller.domain.matching import (
+    SlotOffer,
+    fits,
+    jobs_per_machine,
+    unmatchable_reason,
+    why_not,
+)
 
 OFFER = SlotOffer("cloud", cores=4, memory_mb=8000, tags=frozenset({"linux", "el9"}),
                   max_runtime=7200)

@@ -28,7 +28,8 @@ def match(store, pilot="p1", machine="m1", offer=OFFER):
         return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=60,
                                   conn=conn)
 
-    return store.jobs.match(pilot, machine, offer, by="owner", shares={}, issue_token=issue)
+    got = store.jobs.match(pilot, machine, offer, by="owner", shares={}, issue_token=issue)
+    return got[0] if got else None
 
 
 def test_submit_records_received_and_waiting(store):
@@ -121,3 +122,37 @@ def test_kill_keeps_killed_even_if_the_pilot_reports_later(store):
     assert (j.state, j.exit_code) == (JobState.KILLED, -15)
     with pytest.raises(Conflict, match="already killed"):
         store.jobs.kill(job.id, "alice")
+
+
+def test_held_counts_follow_every_state_change(store):
+    store.jobs.submit([NewJob("/bin/true", max_retries=0)] * 5, "alice", "physics", 0)
+    store.jobs.submit([NewJob("/bin/true")] * 3, "bob", "bio", 3)
+    taken = [match(store, f"p{i}", f"m{i}")[0] for i in range(6)]
+    store.jobs.report(taken[0].pilot_id, taken[0].id, "done", 0, None)
+    store.jobs.kill(taken[1].id, "admin")
+    store.jobs.report(taken[2].pilot_id, taken[2].id, "interrupted", None, None)
+    store.jobs.stall(machines=[taken[3].machine])
+
+    def actual(col):
+        return dict(store.db.execute(
+            f"SELECT {col}, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
+            f" GROUP BY {col}").fetchall())
+
+    def held(kind):
+        return {k: n for k, n in store.db.execute(
+            "SELECT name, n FROM held WHERE kind = ?", (kind,)).fetchall() if n}
+
+    assert held("owner") == actual("owner") and sum(held("owner").values()) == 2
+    assert held("group") == actual("grp")
+
+
+def test_one_request_claims_a_job_per_slot_within_the_offer(store):
+    store.jobs.submit([NewJob("/bin/true", requirements=Requirements(cores=2))] * 5,
+                      "alice", "physics", 3)
+
+    def issue(conn, job):
+        return "t"
+
+    offer = SlotOffer("ep", cores=5, memory_mb=64_000)
+    got = store.jobs.match("p1", "m1", offer, by="owner", shares={}, issue_token=issue, count=4)
+    assert [j.id for j, _ in got] == [1, 2]  # 5 cores hold two 2-core jobs
