@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from controller.domain.jobs import JobState
 from controller.domain.machines import LIVE_STATES, MachineState, MachineView
 from controller.domain.scheduling import Decision, decide
-from controller.drivers.base import Driver
+from controller.drivers.base import Driver, ObservedMachine
 from controller.errors import NotFound
 from controller.settings import Settings
 from controller.store import Store
@@ -45,10 +45,18 @@ class Reconciler:
     def tick(self) -> TickResult:
         now = self.clock()
         requeued = 0
+        seen: dict[str, list[ObservedMachine]] = {}  # what each driver reports, once a tick
         for ep in self.settings.endpoints:
             driver = self.drivers.get(ep.name)
-            if driver is not None:
-                requeued += self._observe(ep.name, driver, now)
+            if driver is None:
+                continue
+            try:
+                seen[ep.name] = driver.observe()
+            except Exception as e:  # a driver failure is data: record it, keep going
+                log.warning("observe %s failed: %s", ep.name, e)
+                self.store.machines.set_endpoint_state(ep.name, "error", f"observe failed: {e}")
+                continue
+            requeued += self._gone(ep.name, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after
         if cutoff > self.started:
             silent = self.store.jobs.stall(silent_since=cutoff, now=now)
@@ -56,22 +64,17 @@ class Reconciler:
         decisions = []
         for ep in self.settings.endpoints:
             driver = self.drivers.get(ep.name)
-            if driver is None:
+            if driver is None or ep.name not in seen:
                 continue
-            d, n = self._reconcile(ep.name, driver, now)
+            d, n = self._reconcile(ep.name, driver, [m.name for m in seen[ep.name]], now)
             decisions.append(d)
             requeued += n
         return TickResult(decisions, requeued)
 
     # observe -----------------------------------------------------------------------------
-    def _observe(self, endpoint: str, driver: Driver, now: float) -> int:
+    def _gone(self, endpoint: str, observed: list[ObservedMachine], now: float) -> int:
         """Machines the driver no longer runs: stopped if idle, lost (jobs rescheduled) if not."""
-        try:
-            seen = {m.name: m for m in driver.observe()}
-        except Exception as e:  # a driver failure is data: record it, keep going
-            log.warning("observe %s failed: %s", endpoint, e)
-            self.store.machines.set_endpoint_state(endpoint, "error", f"observe failed: {e}")
-            return 0
+        seen = {m.name: m for m in observed}
         busy = self.store.jobs.busy_by_machine()
         requeued = 0
         for m in self.store.machines.find(endpoint, live=True):
@@ -112,7 +115,8 @@ class Reconciler:
             ))
         return views
 
-    def _reconcile(self, endpoint: str, driver: Driver, now: float) -> tuple[Decision, int]:
+    def _reconcile(self, endpoint: str, driver: Driver, current: list[str],
+                   now: float) -> tuple[Decision, int]:
         ep = self.settings.endpoint(endpoint)
         assert ep is not None
         decision = decide(ep.spec(), self.store.jobs.queue_snapshot(),
@@ -127,11 +131,6 @@ class Reconciler:
         why = "; ".join(decision.reasons) or "wanted"
         for name in decision.start:
             self.store.machines.create(name, endpoint, _seq(name), why, now)
-        try:
-            current = [m.name for m in driver.observe()]
-        except Exception as e:
-            self.store.machines.set_endpoint_state(endpoint, "error", f"observe failed: {e}")
-            return decision, requeued
         diff = driver.plan(current, decision.wanted)
         if diff.empty:
             return decision, requeued
