@@ -16,12 +16,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, info, jobs, pilots
+from controller.api import admin, hosts, info, jobs, pilots
 from controller.auth import Role
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
 from controller.errors import CloudpilotError, Unauthorized
+from controller.hostloop import make_ssh_driver
 from controller.loop import Reconciler
 from controller.notify import Notifier
 from controller.settings import Settings
@@ -57,6 +58,8 @@ def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
         if ep.driver == "local":
             token = endpoint_pilot_token(store, settings.data_dir, ep.name)
             drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
+        elif ep.driver == "ssh":
+            drivers[ep.name] = make_ssh_driver(settings, store, ep)
     return drivers
 
 
@@ -80,7 +83,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.database)
-        store.machines.sync_endpoints([e.model_dump() for e in settings.endpoints])
+        store.machines.sync_endpoints([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
         app.state.notifier.bind(asyncio.get_running_loop())
         task = None
@@ -93,6 +96,9 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         finally:
             if task is not None:
                 task.cancel()
+                for driver in app.state.reconciler.drivers.values():
+                    if hasattr(driver, "close"):
+                        driver.close()  # cancel an Ansible run in progress
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             store.close()
@@ -102,7 +108,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.reconciler = None
-    for r in (jobs.router, pilots.router, info.router, admin.router):
+    for r in (jobs.router, pilots.router, info.router, admin.router, hosts.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

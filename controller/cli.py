@@ -181,6 +181,44 @@ def cmd_taskqueues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hosts(args: argparse.Namespace) -> int:
+    c = _client(args)
+    if args.action == "join":
+        if not args.name or not args.address:
+            raise CloudpilotError("usage: cloudpilot hosts ENDPOINT join NAME ADDRESS "
+                                  "[--port N] [--slots N] [--host-key LINE]")
+        body: dict[str, Any] = {"name": args.name, "address": args.address, "port": args.port}
+        if args.slots:
+            body["slots"] = args.slots
+        if args.host_key:
+            body["host_key"] = args.host_key
+        h = c.join_host(args.endpoint, **body)
+        print(f"host {h['name']} ({h['address']}:{h['port']}) is {h['membership']}: it takes "
+              f"work once it answers on SSH (machine {h['machine']})")
+        return 0
+    if args.action == "leave":
+        if not args.name:
+            raise CloudpilotError("usage: cloudpilot hosts ENDPOINT leave NAME")
+        h = c.leave_host(args.endpoint, args.name)
+        print(f"host {h['name']} left {args.endpoint}: its pilot is being stopped")
+        return 0
+    if args.action == "list":
+        rows = []
+        for h in c.hosts(args.endpoint):
+            f = h["facts"] or {}
+            offer = (f"{f.get('cores')}c/{f.get('memory_mb')}MB py{f.get('python')}"
+                     if f else "-")
+            rows.append([h["name"], f"{h['address']}:{h['port']}", h["membership"],
+                         h["machine_state"] or "-", h["slots"] or "", h["jobs"], offer,
+                         h["source"], h["last_error"] or h["reason"] or ""])
+        print(_table(rows, ["HOST", "ADDRESS", "MEMBERSHIP", "MACHINE", "SLOTS", "JOBS",
+                            "OFFERS", "SOURCE", "REASON"]))
+        print("\nrecent events:")
+    for e in c.host_events(args.endpoint, args.name, args.limit):
+        print(f"  {_when(e['at'])}  {e['host']:<12} {e['event']:<14} {e['detail'] or ''}")
+    return 0
+
+
 def cmd_admin(args: argparse.Namespace) -> int:
     from controller.auth import Role
     from controller.store import Store
@@ -290,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("taskqueues", help="list task queues with waiting jobs")
     client_opts(p)
     p.set_defaults(fn=cmd_taskqueues)
+
+    p = sub.add_parser("hosts", help="hosts of an SSH endpoint: list, join, leave, events")
+    client_opts(p)
+    p.add_argument("endpoint", help="an ssh endpoint")
+    p.add_argument("action", nargs="?", default="list",
+                   choices=["list", "join", "leave", "events"],
+                   help="list (default, with recent events), join NAME ADDRESS, leave NAME, "
+                        "events [NAME]")
+    p.add_argument("name", nargs="?", help="host name (join, leave, events)")
+    p.add_argument("address", nargs="?", help="host address (join)")
+    p.add_argument("--port", type=int, default=22, help="SSH port (join; 22)")
+    p.add_argument("--slots", type=int, help="pilot slots (join; the endpoint's by default)")
+    p.add_argument("--host-key", help="pin the host's key: a known_hosts line (join)")
+    p.add_argument("--limit", type=int, default=20, help="events shown (20)")
+    p.set_defaults(fn=cmd_hosts)
 
     p = sub.add_parser("admin", help="users and tokens (works on the database directly)")
     asub = p.add_subparsers(dest="admin_cmd", required=True, metavar="ADMIN_COMMAND")

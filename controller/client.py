@@ -67,3 +67,19 @@ class ApiClient:
 
     def summary(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/summary")
+
+    def hosts(self, endpoint: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/api/v1/endpoints/{endpoint}/hosts")
+
+    def host_events(self, endpoint: str, host: str | None = None,
+                    limit: int = 20) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if host:
+            params["host"] = host
+        return self.request("GET", f"/api/v1/endpoints/{endpoint}/hosts/events", params=params)
+
+    def join_host(self, endpoint: str, **host: Any) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/endpoints/{endpoint}/hosts", json=host)
+
+    def leave_host(self, endpoint: str, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v1/endpoints/{endpoint}/hosts/{name}")

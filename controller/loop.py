@@ -16,7 +16,9 @@ from controller.domain.jobs import JobState
 from controller.domain.machines import LIVE_STATES, MachineState, MachineView
 from controller.domain.scheduling import Decision, decide
 from controller.drivers.base import Driver, ObservedMachine
+from controller.drivers.ssh import SshDriver
 from controller.errors import NotFound
+from controller.hostloop import reconcile_hosts
 from controller.settings import Settings
 from controller.store import Store
 
@@ -56,7 +58,8 @@ class Reconciler:
                 log.warning("observe %s failed: %s", ep.name, e)
                 self.store.machines.set_endpoint_state(ep.name, "error", f"observe failed: {e}")
                 continue
-            requeued += self._gone(ep.name, seen[ep.name], now)
+            if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/hostloop.py)
+                requeued += self._gone(ep.name, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after
         if cutoff > self.started:
             silent = self.store.jobs.stall(silent_since=cutoff, now=now)
@@ -119,6 +122,9 @@ class Reconciler:
                    now: float) -> tuple[Decision, int]:
         ep = self.settings.endpoint(endpoint)
         assert ep is not None
+        if isinstance(driver, SshDriver):
+            self.last[endpoint], requeued = reconcile_hosts(self, ep, driver, now)
+            return self.last[endpoint], requeued
         decision = decide(ep.spec(), self.store.jobs.queue_snapshot(),
                           self._views(endpoint, ep.slots), now,
                           self.store.machines.last_seq(endpoint))

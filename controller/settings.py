@@ -16,13 +16,54 @@ from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
 
 
+class SshHostConfig(BaseModel):
+    """One host of an SSH endpoint, as listed in the config (more can join at run time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$")
+    address: str = Field(pattern=r"^[A-Za-z0-9.:\[\]-]{1,253}$", description="IP or DNS name")
+    port: int = Field(22, ge=1, le=65535)
+    slots: int | None = Field(None, ge=1, le=256, description="pilot slots (endpoint's if unset)")
+    cores: int | None = Field(None, ge=1, le=1024, description="cores offered (facts if unset)")
+    memory_mb: int | None = Field(None, ge=64, description="memory offered (facts if unset)")
+
+
+class SshConfig(BaseModel):
+    """How the controller reaches an SSH endpoint's hosts: one user and one private key for
+    all, host keys pinned in a known_hosts file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    key: Path = Field(description="the private key shared by all hosts")
+    known_hosts: Path | None = Field(None, description="pinned host keys (OpenSSH format)")
+    trust_on_first_use: bool = Field(False, description="accept and record unknown host keys")
+    hosts: list[SshHostConfig] = Field(default_factory=list)
+    python: str = Field("/usr/bin/python3", description="the hosts' Python (3.11+)")
+    remote_dir: str = Field("~/.cloudpilot", description="pilots live in REMOTE_DIR/MACHINE")
+    connect_timeout: int = Field(10, ge=1, le=300)
+    run_timeout: float = Field(300.0, gt=0, description="longest Ansible run (s)")
+    stop_grace: int = Field(20, ge=0, le=3600, description="SIGTERM to SIGKILL (s)")
+    retry_after: float = Field(10.0, gt=0, description="first retry of a failed host (s)")
+    retry_max: float = Field(600.0, gt=0, description="longest wait between retries (s)")
+
+    @model_validator(mode="after")
+    def _unique_hosts(self) -> SshConfig:
+        names = [h.name for h in self.hosts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"host names must be unique: {sorted(dup)}")
+        return self
+
+
 class EndpointConfig(BaseModel):
     """One endpoint: where machines come from (driver) and what each machine offers."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
-    driver: Literal["local"] = "local"
+    driver: Literal["local", "ssh", "aws", "openstack"] = "local"
     cores: int = Field(2, ge=1, le=1024, description="cores per machine")
     memory_mb: int = Field(2048, ge=64, description="memory per machine")
     tags: list[str] = Field(default_factory=lambda: ["linux"])
@@ -34,6 +75,16 @@ class EndpointConfig(BaseModel):
     lost_after: float = Field(60.0, gt=0, description="a pilot silent this long is lost (s)")
     heartbeat_interval: float = Field(10.0, gt=0)
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
+    ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
+
+    @model_validator(mode="after")
+    def _ssh_section(self) -> EndpointConfig:
+        if self.driver == "ssh" and self.ssh is None:
+            raise ValueError("an ssh endpoint needs an [endpoints.ssh] section (user, key)")
+        if self.driver != "ssh" and self.ssh is not None:
+            raise ValueError(f"an [endpoints.ssh] section needs driver = \"ssh\", "
+                             f"not {self.driver}")
+        return self
 
     def shape(self) -> SlotOffer:
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
@@ -105,6 +156,12 @@ class Settings(BaseSettings):
             for key in ("database", "data_dir"):
                 if key in data and not Path(data[key]).is_absolute():
                     data[key] = str(base / data[key])
+            for ep in data.get("endpoints") or []:
+                ssh = ep.get("ssh") if isinstance(ep, dict) else None
+                for key in ("key", "known_hosts"):
+                    if isinstance(ssh, dict) and isinstance(ssh.get(key), str) \
+                            and not Path(ssh[key]).expanduser().is_absolute():
+                        ssh[key] = str(base / ssh[key])
         data.update(overrides)
         try:
             return cls(**data)

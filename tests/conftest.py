@@ -49,6 +49,9 @@ def toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table (e.g. an endpoint's ssh section)
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()
+                                if x is not None) + " }"
     return str(v)
 
 
@@ -64,7 +67,7 @@ class Controller:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.settings.get('host', '127.0.0.1')}:{self.port}"
 
     @property
     def config(self) -> Path:

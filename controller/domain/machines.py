@@ -16,6 +16,7 @@ class MachineState(StrEnum):
     STOPPED = "stopped"
     LOST = "lost"
     FAILED = "failed"
+    UNREACHABLE = "unreachable"  # an SSH host that does not answer; retried with back-off
 
 
 M = MachineState
@@ -33,6 +34,18 @@ TRANSITIONS: dict[tuple[MachineState, MachineState], str] = {
     (M.STOPPING, M.STOPPED): "the driver removed it",
     (M.STOPPING, M.LOST): "the driver no longer reports it",
     (M.LOST, M.STOPPED): "cleaned up after being lost",
+    # SSH hosts: a host is one machine that lives on between its pilots, so a stopped machine
+    # can be asked for again, and a host that does not answer is unreachable until a retry
+    # (with back-off) reaches it.
+    (M.STOPPED, M.REQUESTED): "work waits again: start pilots on this host",
+    (M.STOPPED, M.UNREACHABLE): "the host does not answer on SSH",
+    (M.REQUESTED, M.UNREACHABLE): "the deploy could not reach the host over SSH",
+    (M.BOOTING, M.UNREACHABLE): "the host stopped answering on SSH before its pilot came up",
+    (M.STOPPING, M.UNREACHABLE): "the stop could not reach the host over SSH",
+    (M.STOPPING, M.FAILED): "the stop playbook failed on the host",
+    (M.LOST, M.UNREACHABLE): "its pilot went silent and the host does not answer on SSH",
+    (M.UNREACHABLE, M.STOPPED): "a retry reached the host again (any leftover pilot stopped)",
+    (M.FAILED, M.STOPPED): "a retry reached the host (any leftover pilot stopped)",
 }
 
 LIVE_STATES = frozenset({M.REQUESTED, M.BOOTING, M.RUNNING, M.STOPPING})

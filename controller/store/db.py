@@ -31,6 +31,7 @@ class Store:
         self.lock = threading.RLock()
         with self.lock:
             migrate(self.db)
+        from controller.store.hosts import HostStore
         from controller.store.jobs import JobStore
         from controller.store.machines import MachineStore
         from controller.store.tokens import TokenStore
@@ -38,6 +39,7 @@ class Store:
         self.jobs = JobStore(self)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
+        self.hosts = HostStore(self)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -92,6 +92,15 @@ class MachineStore:
             self._event(c, name, old.value, new.value, reason or default, now)
             return True
 
+    def note(self, name: str, reason: str, now: float | None = None) -> None:
+        """Record something that happened to a machine without a state change (e.g. one
+        Ansible task's result): an event whose from and to states are its current state."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            row = c.execute("SELECT state FROM machines WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                self._event(c, name, row["state"], row["state"], reason, now)
+
     def get(self, name: str) -> dict[str, Any]:
         with self.store.read() as c:
             row = c.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()

@@ -116,9 +116,31 @@ def m002_held_counts(db: Database) -> None:
         SELECT 'group', grp, COUNT(*) FROM jobs WHERE state IN {HELD} GROUP BY grp""")
 
 
+def m004_ssh_hosts(db: Database) -> None:
+    """Hosts of SSH endpoints (listed in the config, or joined at run time) and what happened
+    to each: joined, facts, host key trusted on first use, unreachable, left."""
+    db.table("ssh_hosts").create(
+        {
+            "endpoint": str, "name": str, "machine": str, "address": str, "port": int,
+            "slots": int, "cores": int, "memory_mb": int, "source": str, "membership": str,
+            "joined_at": float, "updated_at": float, "facts": str, "failures": int,
+            "last_failure_at": float, "last_error": str, "host_key": str,
+        },
+        pk=("endpoint", "name"),
+        not_null={"address", "port", "membership", "joined_at", "updated_at"},
+    )
+    db.table("ssh_hosts").create_index(["machine"], unique=True)
+    db.table("ssh_host_events").create(
+        {"id": int, "endpoint": str, "host": str, "at": float, "event": str, "detail": str},
+        pk="id",
+    )
+    db.table("ssh_host_events").create_index(["endpoint", "host"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
+    ("004_ssh_hosts", m004_ssh_hosts),
 ]
 
 

@@ -1,0 +1,80 @@
+"""Hosts of SSH endpoints: list them, let hosts join and leave (admin), and their events.
+
+Joining records a wish; the reconcile loop reaches the host over SSH (never this request)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import Field
+
+from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth
+from controller.api.schemas import Strict
+from controller.membership import join, leave, ssh_endpoint
+from controller.store import Store
+
+router = APIRouter(prefix="/api/v1/endpoints", tags=["hosts"])
+
+
+class HostIn(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$", description="unique in the endpoint")
+    address: str = Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$", description="IP or DNS name")
+    port: int = Field(22, ge=1, le=65535)
+    slots: int | None = Field(None, ge=1, le=256, description="pilot slots (endpoint's if unset)")
+    host_key: str | None = Field(None, max_length=4096,
+                                 description="pin its key: a known_hosts line")
+
+
+def _hosts(store: Store, endpoint: str) -> list[dict[str, Any]]:
+    machines = {m["name"]: m for m in store.machines.find(endpoint)}
+    busy = store.jobs.busy_by_machine()
+    out = []
+    for h in store.hosts.find(endpoint):
+        m = machines.get(h["machine"])
+        out.append({k: h[k] for k in ("name", "machine", "address", "port", "slots", "source",
+                                      "membership", "joined_at", "facts", "failures",
+                                      "last_error")}
+                   | {"machine_state": m["state"] if m else None,
+                      "reason": m["reason"] if m else None,
+                      "jobs": busy.get(h["machine"], 0)})
+    return out
+
+
+@router.get("/{endpoint}/hosts")
+def hosts(endpoint: str, store: StoreDep, settings: SettingsDep,
+          p: UserAuth) -> list[dict[str, Any]]:
+    """The endpoint's hosts: membership (joining, member, left), its machine's state, facts,
+    failures and the last error."""
+    ssh_endpoint(settings, endpoint)
+    return _hosts(store, endpoint)
+
+
+@router.get("/{endpoint}/hosts/events")
+def host_events(endpoint: str, store: StoreDep, settings: SettingsDep, p: UserAuth,
+                host: str | None = None,
+                limit: int = Query(200, ge=1, le=5000)) -> list[dict[str, Any]]:
+    """Hosts joining and leaving, facts, host keys trusted on first use, failures."""
+    ssh_endpoint(settings, endpoint)
+    return store.hosts.events(endpoint, host, limit)
+
+
+@router.post("/{endpoint}/hosts", status_code=201)
+def add_host(endpoint: str, body: HostIn, request: Request, store: StoreDep,
+             settings: SettingsDep, p: AdminAuth) -> dict[str, Any]:
+    """A host joins: it takes work once the loop reaches it over SSH."""
+    ssh_endpoint(settings, endpoint)
+    host = join(store, endpoint, body.name, body.address, body.port, source="api",
+                slots=body.slots, host_key=body.host_key)
+    request.app.state.notifier.fire_threadsafe()
+    return {k: host[k] for k in ("name", "machine", "address", "port", "membership")}
+
+
+@router.delete("/{endpoint}/hosts/{host}")
+def remove_host(endpoint: str, host: str, request: Request, store: StoreDep,
+                settings: SettingsDep, p: AdminAuth) -> dict[str, Any]:
+    """A host leaves: the loop stops its pilot (its jobs go back to the queue)."""
+    ssh_endpoint(settings, endpoint)
+    h = leave(store, endpoint, host, source="api")
+    request.app.state.notifier.fire_threadsafe()
+    return {k: h[k] for k in ("name", "machine", "address", "port", "membership")}

@@ -1,0 +1,171 @@
+"""One reconcile step of an SSH endpoint (called by controller.loop for `ssh` endpoints):
+hosts as recorded -> decide_hosts() (pure) -> probe joining hosts, retry failed ones, deploy
+and stop pilots through the driver -> record what happened (states, facts, failures, host keys
+trusted on first use, every Ansible task's result as a machine event)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from controller.domain.hostpool import Backoff, HostView, Membership, decide_hosts
+from controller.domain.machines import MachineState
+from controller.domain.matching import SlotOffer
+from controller.domain.plans import PlanDiff
+from controller.domain.scheduling import Decision
+from controller.drivers.ssh import HostTarget, SshDriver, SshResult
+from controller.errors import NotFound
+from controller.membership import host_pilot_token, revoke_host_token
+from controller.settings import EndpointConfig, Settings
+from controller.store import Store
+
+if TYPE_CHECKING:
+    from controller.loop import Reconciler
+
+M = MachineState
+LIVE = (M.REQUESTED, M.BOOTING, M.RUNNING, M.STOPPING)
+
+
+def _views(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
+           now: float) -> tuple[list[HostView], dict[str, str]]:
+    store = r.store
+    machines = {m["name"]: m for m in store.machines.find(ep.name)}
+    busy = store.jobs.busy_by_machine()
+    views, targets, host_of = [], [], {}
+    for h in store.hosts.find(ep.name):
+        m = machines.get(h["machine"])
+        state = M(m["state"]) if m else None
+        if h["membership"] == Membership.LEFT and state not in LIVE:
+            if revoke_host_token(store, r.settings.data_dir, ep.name, h["machine"]):
+                store.hosts.note(ep.name, h["name"], "token revoked",
+                                 "its pilot token was revoked", now)
+            continue
+        facts = h["facts"] or {}
+        cores, memory = h["cores"] or facts.get("cores"), h["memory_mb"] or facts.get("memory_mb")
+        slots = h["slots"] or ep.slots
+        shape = (SlotOffer(ep.name, int(cores), int(memory), frozenset(ep.tags), ep.max_runtime)
+                 if cores and memory else None)
+        b = busy.get(h["machine"], 0)
+        if state == M.RUNNING and h["failures"]:
+            store.hosts.recovered(ep.name, h["name"], now)
+        views.append(HostView(
+            name=h["machine"], membership=h["membership"], state=state,
+            since=m["updated_at"] if m else h["updated_at"], slots=slots, shape=shape,
+            busy_slots=b,
+            idle_since=None if b or m is None else (m["last_busy_at"] or m["updated_at"]),
+            last_seen=max(m["last_seen"], r.started) if m and m["last_seen"] else None,
+            failures=0 if state == M.RUNNING else int(h["failures"] or 0),
+            last_failure_at=h["last_failure_at"]))
+        targets.append(HostTarget(h["machine"], h["address"], h["port"], slots, h["cores"],
+                                  h["memory_mb"], leaving=h["membership"] == Membership.LEFT))
+        host_of[h["machine"]] = h["name"]
+        if h["host_key"]:
+            driver.pin(h["host_key"])
+    driver.set_hosts(targets)
+    return views, host_of
+
+
+def _record(store: Store, endpoint: str, host_of: dict[str, str], res: SshResult,
+            now: float) -> None:
+    """Every task's result as an event of its machine (or of its host, before it has one),
+    host keys accepted on first use, fresh facts."""
+    for machine, fp in res.tofu.items():
+        store.hosts.note(endpoint, host_of[machine], "host key trusted on first use", fp, now)
+    for playbook, t in res.tasks:
+        if t.host not in host_of:
+            continue
+        try:
+            store.machines.get(t.host)
+            store.machines.note(t.host, t.describe(playbook.removesuffix(".yml")), now)
+        except NotFound:  # no machine yet: a joining host
+            store.hosts.note(endpoint, host_of[t.host], "ansible",
+                             t.describe(playbook.removesuffix(".yml")), now)
+    for machine, facts in res.facts.items():
+        if machine in host_of:
+            store.hosts.answered(endpoint, host_of[machine], facts, now)
+
+
+def _failed(store: Store, endpoint: str, host_of: dict[str, str], res: SshResult,
+            now: float, unreachable_to: MachineState | None, failed_to: MachineState | None
+            ) -> list[str]:
+    errors = []
+    for machine, msg in res.errors.items():
+        if machine not in host_of:
+            continue
+        errors.append(f"{machine}: {msg}")
+        store.hosts.failed(endpoint, host_of[machine],
+                           ("unreachable: " if machine in res.unreachable else "") + msg, now)
+        to = unreachable_to if machine in res.unreachable else failed_to
+        if to is not None:
+            store.machines.move(machine, to, msg, now)
+    return errors
+
+
+def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
+                    now: float) -> tuple[Decision, int]:
+    assert ep.ssh is not None
+    store = r.store
+    views, host_of = _views(r, ep, driver, now)
+    hd = decide_hosts(ep.spec(), store.jobs.queue_snapshot(), views, now,
+                      Backoff(ep.ssh.retry_after, ep.ssh.retry_max))
+    d = hd.decision
+    requeued = 0
+    for rm in d.remove:
+        store.machines.move(rm.name, rm.to, rm.reason, now)
+        if rm.to in (M.LOST, M.FAILED):
+            requeued += r._requeue(rm.name, f"machine {rm.to.value}: {rm.reason}", now)
+    errors: list[str] = []
+
+    if hd.probe:  # joining hosts: answer on SSH -> member (with facts)
+        res = driver.probe(hd.probe)
+        now = r.clock()  # an Ansible run takes seconds: record when it ended
+        _record(store, ep.name, host_of, res, now)
+        errors += _failed(store, ep.name, host_of, res, now, None, None)
+
+    if hd.retry:  # lost, unreachable, failed: reach the host, stop any leftover pilot
+        res = driver.stop(hd.retry)
+        now = r.clock()
+        _record(store, ep.name, host_of, res, now)
+        for name in res.deleted:
+            store.machines.move(name, M.STOPPED, "a retry reached the host: no pilot left", now)
+        errors += _failed(store, ep.name, host_of, res, now, M.UNREACHABLE, None)
+
+    why = "; ".join(d.reasons) or "work waits"
+    now = r.clock()
+    for name in d.start:
+        store.machines.move(name, M.REQUESTED, why, now)
+    stopping = tuple(rm.name for rm in d.remove if rm.to == M.STOPPING)
+    if d.start or stopping:
+        res = driver.apply(PlanDiff(ep.name, d.start, stopping))
+        now = r.clock()
+        _record(store, ep.name, host_of, res, now)
+        for name in res.created:
+            store.machines.move(name, M.BOOTING, "pilot deployed and started", now)
+        for name in res.deleted:
+            store.machines.move(name, M.STOPPED, "its pilot was stopped", now)
+        starting = {n: e for n, e in res.errors.items() if n in d.start}
+        stop_errors = {n: e for n, e in res.errors.items() if n not in d.start}
+        errors += _failed(store, ep.name, host_of, _only(res, starting), now,
+                          M.UNREACHABLE, M.FAILED)
+        errors += _failed(store, ep.name, host_of, _only(res, stop_errors), now,
+                          M.UNREACHABLE, M.FAILED)
+        requeued += sum(r._requeue(n, "its host failed: " + e, now) for n, e in starting.items())
+
+    ran = hd.probe or hd.retry or d.start or stopping
+    if errors:
+        store.machines.set_endpoint_state(ep.name, "error", "; ".join(errors)[:2000], now)
+    elif ran:
+        store.machines.set_endpoint_state(ep.name, "ok", "", now)
+    return d, requeued
+
+
+def _only(res: SshResult, errors: dict[str, Any]) -> SshResult:
+    return SshResult(errors=errors, unreachable=res.unreachable)
+
+
+def make_ssh_driver(settings: Settings, store: Store, ep: EndpointConfig) -> SshDriver:
+    """The driver of an SSH endpoint, its configured hosts recorded as members-to-be, each
+    host with its own pilot token."""
+    assert ep.ssh is not None
+    store.hosts.sync_config(ep.name, [h.model_dump() for h in ep.ssh.hosts])
+    return SshDriver(ep, settings.data_dir, settings.url,
+                     lambda machine: host_pilot_token(store, settings.data_dir, ep.name, machine))

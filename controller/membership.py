@@ -1,0 +1,106 @@
+"""Hosts joining and leaving SSH endpoints at run time.
+
+Called by the API (POST/DELETE /api/v1/endpoints/{name}/hosts), the CLI, and by cloud
+endpoints in `ssh` contextualization mode: when such an endpoint's VM is up it calls
+`join(store, paired_ssh_endpoint, name, address, source="cloud:<endpoint>")`, and `leave(...)`
+when the VM is deleted. A joined host is `joining` until the SSH endpoint's loop reaches it
+over SSH (facts gathered): then it is a member and takes work. Nothing here touches SSH."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from controller.auth import Role
+from controller.domain.hostpool import Membership
+from controller.errors import InvalidInput, NotFound, Unauthorized
+from controller.settings import Settings
+from controller.store import Store
+
+HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+ADDRESS = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
+KEY_LINE = re.compile(r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
+
+
+def ssh_endpoint(settings: Settings, endpoint: str) -> None:
+    """Refuse an endpoint that is not a configured SSH endpoint."""
+    ep = settings.endpoint(endpoint)
+    if ep is None:
+        raise NotFound(f"no endpoint {endpoint}")
+    if ep.driver != "ssh":
+        raise InvalidInput(f"endpoint {endpoint} is a {ep.driver} endpoint; hosts join ssh "
+                           "endpoints")
+
+
+def join(store: Store, ssh_endpoint: str, name: str, address: str, port: int = 22, *,
+         source: str = "api", slots: int | None = None, host_key: str | None = None,
+         now: float | None = None) -> dict[str, Any]:
+    """Add a host to an SSH endpoint. It joins (takes work) once it answers on SSH.
+
+    `host_key`, a known_hosts line ("ADDRESS TYPE BASE64"), pins the host's key (e.g. read
+    from the VM's console or cloud-init output); without it the endpoint must already pin the
+    key or trust on first use."""
+    if not HOST_NAME.match(name):
+        raise InvalidInput(f"invalid host name {name!r} (lowercase letters, digits, . and -)")
+    if not ADDRESS.match(address):
+        raise InvalidInput(f"invalid address {address!r}")
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"invalid port {port}")
+    if host_key is not None and not KEY_LINE.match(host_key.strip()):
+        raise InvalidInput("host_key must be a known_hosts line: 'ADDRESS TYPE BASE64KEY'")
+    return store.hosts.join(ssh_endpoint, name, address, port, slots=slots, source=source,
+                            host_key=host_key.strip() if host_key else None, now=now)
+
+
+def leave(store: Store, ssh_endpoint: str, name: str, *, source: str = "api",
+          now: float | None = None) -> dict[str, Any]:
+    """Remove a host: the loop stops its pilot (running jobs are interrupted and go back to
+    the queue) and revokes its pilot token."""
+    return store.hosts.leave(ssh_endpoint, name, source=source, now=now)
+
+
+def is_member(store: Store, ssh_endpoint: str, name: str) -> bool:
+    h = store.hosts.get(ssh_endpoint, name, missing_ok=True)
+    return h is not None and h["membership"] == Membership.MEMBER
+
+
+# per-host pilot tokens ---------------------------------------------------------------------
+def _token_path(data_dir: Path, endpoint: str, machine: str) -> Path:
+    return data_dir / "secrets" / endpoint / f"{machine}.pilot-token"
+
+
+def host_pilot_token(store: Store, data_dir: Path, endpoint: str, machine: str) -> str:
+    """The pilot token of one SSH host: its own, so that one host's token can be revoked
+    alone. Kept in data_dir/secrets/ENDPOINT/ (mode 0600) so that a redeploy writes the same
+    config (idempotent) and pilots keep working across controller restarts."""
+    path = _token_path(data_dir, endpoint, machine)
+    if path.exists():
+        token = path.read_text().strip()
+        try:
+            p = store.tokens.verify(token)
+            if p.role == Role.PILOT and p.endpoint == endpoint:
+                return token
+        except Unauthorized:
+            pass
+    token = store.tokens.issue(Role.PILOT, endpoint=endpoint, note=f"ssh host {machine}")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+def revoke_host_token(store: Store, data_dir: Path, endpoint: str, machine: str) -> bool:
+    """Forget a host's pilot token (it left): revoke it and delete the file."""
+    path = _token_path(data_dir, endpoint, machine)
+    if not path.exists():
+        return False
+    token = path.read_text().strip()
+    try:
+        store.tokens.revoke(store.tokens.verify(token).token_id)
+    except (Unauthorized, NotFound):
+        pass
+    path.unlink(missing_ok=True)
+    return True
