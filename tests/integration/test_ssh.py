@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -243,25 +242,3 @@ def test_a_vm_joining_over_ssh_receives_work_and_leaves(make_controller, hosts):
     assert "vm-1" in out and "left" in out
     assert json.loads(json.dumps(get(ctrl, "/api/v1/endpoints/cloud/hosts")))[0][
         "membership"] == "left"
-
-
-def test_ssh_config_is_validated(tmp_path: Path):
-    from controller.errors import ConfigError
-
-    (tmp_path / "c.toml").write_text(
-        '[[endpoints]]\nname = "lab"\ndriver = "ssh"\n')
-    with pytest.raises(ConfigError, match="needs an \\[endpoints.ssh\\] section"):
-        Settings.load(tmp_path / "c.toml")
-    (tmp_path / "c.toml").write_text(
-        '[[endpoints]]\nname = "lab"\ndriver = "ssh"\n'
-        '[endpoints.ssh]\nuser = "ops"\nkey = "keys/id"\nknown_hosts = "kh"\n'
-        'hosts = [{ name = "a", address = "192.0.2.1" }, { name = "a", address = "x" }]\n')
-    with pytest.raises(ConfigError, match="host names must be unique"):
-        Settings.load(tmp_path / "c.toml")
-    (tmp_path / "c.toml").write_text(
-        '[[endpoints]]\nname = "lab"\ndriver = "ssh"\n'
-        '[endpoints.ssh]\nuser = "ops"\nkey = "keys/id"\nknown_hosts = "kh"\n'
-        'hosts = [{ name = "a", address = "192.0.2.1", slots = 4 }]\n')
-    ssh = Settings.load(tmp_path / "c.toml").endpoints[0].ssh
-    assert ssh is not None and ssh.key == tmp_path / "keys" / "id"
-    assert ssh.hosts[0].slots == 4 and ssh.hosts[0].port == 22
