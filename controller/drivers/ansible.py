@@ -170,7 +170,8 @@ def run_playbook(playbook: str, inventory: dict[str, Any], *, ident: str,
             extravars={**(extravars or {}), "cp_files": str(private / "files")},
             envvars=envvars,
             settings={"job_timeout": int(job_timeout), "idle_timeout": int(idle_timeout),
-                      "suppress_ansible_output": True},
+                      "suppress_ansible_output": True,
+                      "pexpect_timeout": 1},  # how often a cancel and the timeouts are checked
             event_handler=recorder,
             cancel_callback=(lambda: cancel.is_set()) if cancel is not None else None,
         )
@@ -200,3 +201,27 @@ def _tail(runner: Any) -> str:
     except (AttributeError, OSError, ValueError):
         return ""
     return " ".join(text.split())[-500:]
+
+
+def end_orphaned_runs(runs_dir: Path) -> list[int]:
+    """End ansible-playbook processes left running from `runs_dir` by a controller that died
+    during a run (they ignore the hang-up, and would hold SSH sessions open). Returns their
+    PIDs."""
+    import signal
+
+    marker = str(runs_dir).encode()
+    ended = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline and b"ansible" in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                ended.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    return ended

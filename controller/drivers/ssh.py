@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from controller.domain.plans import PlanDiff
-from controller.drivers.ansible import PLAYBOOKS, RunOutcome, TaskResult, run_playbook
+from controller.drivers.ansible import (
+    PLAYBOOKS,
+    RunOutcome,
+    TaskResult,
+    end_orphaned_runs,
+    run_playbook,
+)
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.bundle import pilot_zipapp
 from controller.settings import EndpointConfig, SshConfig
@@ -104,6 +110,7 @@ class SshDriver:
         self.known_hosts.touch(mode=0o600, exist_ok=True)
         self.hosts: dict[str, HostTarget] = {}
         self.cancel = threading.Event()
+        end_orphaned_runs(self.root / "runs")  # from a controller that died mid-run
         self._sha_ctl = hashlib.sha1((PLAYBOOKS / "files" / "pilotctl.sh").read_bytes())
         self._sha_pyz = hashlib.sha1(self.bundle.read_bytes()).hexdigest()
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from controller.drivers.ansible import end_orphaned_runs
 from controller.drivers.ssh import HostTarget, SshDriver, fingerprint
 from controller.settings import Settings
 from tests.conftest import REPO, sh, wait_until
@@ -34,9 +35,11 @@ def hosts(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _no_pilot_left(hosts):
+def _nothing_left(hosts, tmp_path):
     yield
-    hosts.kill_all_processes(PILOT)  # after the test's controller has stopped
+    # after the test's controller has stopped: its pilots, and any Ansible run it left
+    hosts.kill_all_processes(PILOT)
+    end_orphaned_runs(tmp_path)
 
 
 def ssh_endpoint(hosts, name="ssh", names=("h1", "h2", "h3"), **over):

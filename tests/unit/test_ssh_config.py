@@ -55,3 +55,11 @@ def test_fingerprint_matches_openssh(tmp_path: Path):
     assert fingerprint(pub[1]) == out.split()[1]
     raw = hashlib.sha256(base64.b64decode(pub[1])).digest()
     assert fingerprint(pub[1]).startswith("SHA256:" + base64.b64encode(raw).decode()[:10])
+
+
+def test_the_example_ssh_config_loads():
+    root = Path(__file__).resolve().parents[2]
+    ep = Settings.load(root / "examples" / "ssh.toml").endpoints[0]
+    assert ep.driver == "ssh" and ep.ssh is not None
+    assert ep.ssh.key == root / "examples" / "keys" / "id_ed25519"
+    assert [h.slots for h in ep.ssh.hosts] == [None, 4, None]
