@@ -91,11 +91,17 @@ def run(rounds: int) -> dict[str, Any]:
                 def pilot_idle() -> bool:
                     return state() == "running" and not admin.hosts("lab")[0]["jobs"]
 
+                def stopped() -> bool:
+                    """Stopped, and the stop's Ansible run over (the pilot says goodbye first,
+                    the run ends a moment later)."""
+                    last = admin.request("GET", "/api/v1/machines/lab-h1/events")[-1]
+                    return state() == "stopped" and str(last["reason"]).startswith("stop-pilot")
+
                 first = one(api, lambda: state() == "stopped")
                 cold, idle = [], []
                 for _ in range(rounds):
                     idle.append(one(api, pilot_idle))
-                    cold.append(one(api, lambda: state() == "stopped"))
+                    cold.append(one(api, stopped))
         finally:
             hosts.close()
     return {"host": "netns" if hosts.netns else "127.0.0.x", "rounds": rounds,

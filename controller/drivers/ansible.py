@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
-_KEEP = ("msg", "stderr", "stdout", "module_stderr", "module_stdout", "reason")
+_DETAIL = ("stderr", "module_stderr", "reason", "stdout", "module_stdout")
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,17 @@ class RunOutcome:
 
 
 def _message(res: Mapping[str, Any]) -> str:
-    for key in _KEEP:
-        val = res.get(key)
-        if val:
-            return " ".join(str(val).split())[:500]
-    return ""
+    """The gist of a failure: Ansible's msg, and the last line the command printed on stderr
+    (e.g. the exception of a failing script) when msg alone says little."""
+    msg = " ".join(str(res.get("msg") or "").split())
+    detail = ""
+    for key in _DETAIL:
+        lines = [ln.strip() for ln in str(res.get(key) or "").splitlines() if ln.strip()]
+        if lines:
+            detail = lines[-1]
+            break
+    text = f"{msg}: {detail}" if msg and detail and detail not in msg else (msg or detail)
+    return text[:500]
 
 
 class _Recorder:

@@ -66,7 +66,8 @@ def get(ctrl, path, **params):
 
 
 def machine(ctrl, name):
-    return next(m for m in get(ctrl, "/api/v1/machines", all=True) if m["name"] == name)
+    return next((m for m in get(ctrl, "/api/v1/machines", all=True) if m["name"] == name),
+                {"state": None})
 
 
 def machine_events(ctrl, name):
@@ -198,6 +199,22 @@ def test_an_unknown_host_key_is_refused_unless_trusted_on_first_use(make_control
     assert [e["detail"] for e in recorded] == [f"{key[0]} {fingerprint(key[1])}"]
     kept = (ctrl.root / "data" / "ssh" / "tofu" / "known_hosts").read_text()
     assert key[1] in kept
+
+
+def test_a_failed_deploy_names_the_host_the_task_and_the_message(make_controller, hosts):
+    broken = ssh_endpoint(hosts, "broken", names=("h2",), ssh={"remote_dir": "/dev/null/x"})
+    ctrl = controller(make_controller, hosts, broken)
+    (jid,) = ctrl.submit("alice", sh("true", endpoints=["broken"]))
+    m = wait_until(lambda: (m := machine(ctrl, "broken-h2"))["state"] == "failed" and m, 30,
+                   0.3, "the deploy to fail")
+    task = "Inspect the host (Python, resources, the pilot's files and process)"
+    assert m["reason"].startswith(f"deploy-pilot.yml: task '{task}' failed: ")
+    assert "Not a directory" in m["reason"]
+    notes = [e["reason"] for e in machine_events(ctrl, "broken-h2")]
+    assert any(n.startswith(f"deploy-pilot: [failed] {task}: ") for n in notes)
+    ep = next(e for e in get(ctrl, "/api/v1/endpoints") if e["name"] == "broken")
+    assert ep["state"] == "error" and ep["message"].startswith("broken-h2: deploy-pilot.yml")
+    assert ctrl.job(jid)["state"] == "waiting"  # not lost: it runs once a host can take it
 
 
 def test_a_vm_joining_over_ssh_receives_work_and_leaves(make_controller, hosts):
