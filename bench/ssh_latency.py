@@ -29,22 +29,12 @@ from controller.client import ApiClient
 from controller.demo import Server, free_port
 from controller.settings import EndpointConfig, Settings, SshConfig, SshHostConfig
 from controller.store import Store
+from tests.conftest import wait_until
 from tests.sshhosts import SshHosts
 
 IDLE_TIMEOUT = 3.0
 JOB = {"executable": "/bin/true", "requirements": {"cores": 1, "memory_mb": 64,
                                                     "max_runtime": 60}}
-
-
-def wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def settings(root: Path, hosts: SshHosts, port: int) -> Settings:
@@ -62,11 +52,12 @@ def settings(root: Path, hosts: SshHosts, port: int) -> Settings:
 
 
 def one(api: ApiClient, ready: Any) -> float:
-    wait(ready, 60, "the host to be ready")
+    wait_until(ready, 60, 0.05, "the host to be ready")
     t0 = time.time()
     job_id = api.submit([JOB])["ids"][0]
-    job = wait(lambda: (j := api.job(job_id))["started_at"] and j, 60, f"job {job_id} to start")
-    wait(lambda: api.job(job_id)["state"] == "done", 60, f"job {job_id} to end")
+    job = wait_until(lambda: (j := api.job(job_id))["started_at"] and j, 60, 0.05,
+                     f"job {job_id} to start")
+    wait_until(lambda: api.job(job_id)["state"] == "done", 60, 0.05, f"job {job_id} to end")
     return float(job["started_at"] - t0)
 
 

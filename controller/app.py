@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -17,14 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from controller.api import admin, hosts, info, jobs, pilots
-from controller.auth import Role
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
-from controller.errors import CloudpilotError, Unauthorized
+from controller.errors import CloudpilotError
 from controller.hostloop import make_ssh_driver
 from controller.loop import Reconciler
 from controller.notify import Notifier
+from controller.secrets import stored_pilot_token
 from controller.settings import Settings
 from controller.store import Store
 
@@ -34,22 +33,8 @@ log = logging.getLogger("cloudpilot")
 def endpoint_pilot_token(store: Store, data_dir: Path, endpoint: str) -> str:
     """The pilot token the controller gives the machines it starts on an endpoint, kept in
     data_dir/secrets (mode 0600) so pilots keep working across controller restarts."""
-    path = data_dir / "secrets" / f"{endpoint}.pilot-token"
-    if path.exists():
-        token = path.read_text().strip()
-        try:
-            p = store.tokens.verify(token)
-            if p.role == Role.PILOT and p.endpoint == endpoint:
-                return token
-        except Unauthorized:
-            pass
-    token = store.tokens.issue(Role.PILOT, endpoint=endpoint, note="machines started by the "
-                               "controller")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    return token
+    return stored_pilot_token(store, data_dir / "secrets" / f"{endpoint}.pilot-token", endpoint,
+                              "machines started by the controller")
 
 
 def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:

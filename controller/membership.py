@@ -8,14 +8,13 @@ over SSH (facts gathered): then it is a member and takes work. Nothing here touc
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from controller.auth import Role
 from controller.domain.hostpool import Membership
 from controller.errors import InvalidInput, NotFound, Unauthorized
+from controller.secrets import stored_pilot_token
 from controller.settings import Settings
 from controller.store import Store
 
@@ -73,23 +72,9 @@ def _token_path(data_dir: Path, endpoint: str, machine: str) -> Path:
 
 def host_pilot_token(store: Store, data_dir: Path, endpoint: str, machine: str) -> str:
     """The pilot token of one SSH host: its own, so that one host's token can be revoked
-    alone. Kept in data_dir/secrets/ENDPOINT/ (mode 0600) so that a redeploy writes the same
-    config (idempotent) and pilots keep working across controller restarts."""
-    path = _token_path(data_dir, endpoint, machine)
-    if path.exists():
-        token = path.read_text().strip()
-        try:
-            p = store.tokens.verify(token)
-            if p.role == Role.PILOT and p.endpoint == endpoint:
-                return token
-        except Unauthorized:
-            pass
-    token = store.tokens.issue(Role.PILOT, endpoint=endpoint, note=f"ssh host {machine}")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    return token
+    alone (data_dir/secrets/ENDPOINT/MACHINE.pilot-token, mode 0600)."""
+    return stored_pilot_token(store, _token_path(data_dir, endpoint, machine), endpoint,
+                              f"ssh host {machine}")
 
 
 def revoke_host_token(store: Store, data_dir: Path, endpoint: str, machine: str) -> bool:

@@ -35,9 +35,10 @@ def hosts(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _nothing_left(hosts, tmp_path):
+def _nothing_left(hosts, tmp_path, make_controller):
     yield
-    # after the test's controller has stopped: its pilots, and any Ansible run it left
+    # before the test's controller stops (idle pilots in a long-poll would hold its shutdown
+    # up), end its pilots on the hosts; after, any Ansible run it left
     hosts.kill_all_processes(PILOT)
     end_orphaned_runs(tmp_path)
 
