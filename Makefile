@@ -27,7 +27,7 @@ lint: .stamp-dev
 	$(BIN)/mypy controller pilot
 
 test: .stamp-dev lint
-	bash tests/system-deps.sh openssh-server openssh-client iproute2
+	bash tests/system-deps.sh openssh-server openssh-client iproute2 python3
 	$(BIN)/pytest -q
 
 bench: .stamp-dev

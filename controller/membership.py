@@ -15,7 +15,7 @@ from typing import Any
 from controller.domain.hostpool import Membership
 from controller.errors import InvalidInput, NotFound, Unauthorized
 from controller.secrets import stored_pilot_token
-from controller.settings import Settings
+from controller.settings import EndpointConfig, Settings
 from controller.store import Store
 
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -23,14 +23,15 @@ ADDRESS = re.compile(r"^[A-Za-z0-9.:-]{1,253}$")
 KEY_LINE = re.compile(r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
 
 
-def ssh_endpoint(settings: Settings, endpoint: str) -> None:
-    """Refuse an endpoint that is not a configured SSH endpoint."""
+def ssh_endpoint(settings: Settings, endpoint: str) -> EndpointConfig:
+    """The configured SSH endpoint of this name; refuse any other."""
     ep = settings.endpoint(endpoint)
     if ep is None:
         raise NotFound(f"no endpoint {endpoint}")
     if ep.driver != "ssh":
         raise InvalidInput(f"endpoint {endpoint} is a {ep.driver} endpoint; hosts join ssh "
                            "endpoints")
+    return ep
 
 
 def join(store: Store, ssh_endpoint: str, name: str, address: str, port: int = 22, *,

@@ -99,15 +99,19 @@ class SshHost:
         self.proc = None
 
     def processes(self, marker: str | None = None) -> list[int]:
-        """PIDs of processes on this host: all in its namespace, or (without namespaces) those
-        whose command line mentions `marker`."""
+        """PIDs of processes on this host: those in its namespace (without namespaces: all)
+        whose command line or working directory mentions `marker` (with namespaces and no
+        marker: all but its sshd)."""
         if self.netns:
             out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True,
                                  text=True, timeout=10).stdout
-            pids = [int(p) for p in out.split()]
             sshd = self.proc.pid if self.proc is not None else None
-            return [p for p in pids if p != sshd and (marker is None or marker in _cmdline(p))]
-        return [p for p in _all_pids() if marker and marker in _cmdline(p)]
+            pids = [int(p) for p in out.split() if int(p) != sshd]
+        elif marker is None:
+            return []
+        else:
+            pids = _all_pids()
+        return [p for p in pids if marker is None or marker in _cmdline(p) or marker in _cwd(p)]
 
     def kill_processes(self, marker: str | None = None) -> None:
         for pid in self.processes(marker):
@@ -123,6 +127,13 @@ class SshHost:
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return ""
 

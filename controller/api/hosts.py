@@ -26,16 +26,17 @@ class HostIn(Strict):
                                  description="pin its key: a known_hosts line")
 
 
-def _hosts(store: Store, endpoint: str) -> list[dict[str, Any]]:
+def _hosts(store: Store, endpoint: str, default_slots: int) -> list[dict[str, Any]]:
     machines = {m["name"]: m for m in store.machines.find(endpoint)}
     busy = store.jobs.busy_by_machine()
     out = []
     for h in store.hosts.find(endpoint):
         m = machines.get(h["machine"])
-        out.append({k: h[k] for k in ("name", "machine", "address", "port", "slots", "source",
+        out.append({k: h[k] for k in ("name", "machine", "address", "port", "source",
                                       "membership", "joined_at", "facts", "failures",
                                       "last_error")}
-                   | {"machine_state": m["state"] if m else None,
+                   | {"slots": h["slots"] or default_slots,
+                      "machine_state": m["state"] if m else None,
                       "reason": m["reason"] if m else None,
                       "jobs": busy.get(h["machine"], 0)})
     return out
@@ -46,8 +47,8 @@ def hosts(endpoint: str, store: StoreDep, settings: SettingsDep,
           p: UserAuth) -> list[dict[str, Any]]:
     """The endpoint's hosts: membership (joining, member, left), its machine's state, facts,
     failures and the last error."""
-    ssh_endpoint(settings, endpoint)
-    return _hosts(store, endpoint)
+    ep = ssh_endpoint(settings, endpoint)
+    return _hosts(store, endpoint, ep.slots)
 
 
 @router.get("/{endpoint}/hosts/events")

@@ -155,7 +155,7 @@ def test_a_host_that_dies_is_unreachable_and_its_jobs_run_elsewhere(make_control
     on_h2 = [j["id"] for j in get(ctrl, "/api/v1/jobs", state="running")
              if j["machine"] == "ssh-h2"]
     assert len(on_h2) == 2
-    hosts.host("h2").crash(marker=PILOT)  # sshd, pilot and payloads die at once
+    hosts.host("h2").crash(marker="/ssh-h2/")  # sshd, pilot and payloads die at once
 
     for jid in on_h2:
         j = ctrl.wait_state(jid, "done", timeout=40)
