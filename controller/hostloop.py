@@ -5,7 +5,7 @@ trusted on first use, every Ansible task's result as a machine event)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from controller.domain.hostpool import Backoff, HostView, Membership, decide_hosts
 from controller.domain.machines import MachineState
@@ -84,20 +84,23 @@ def _record(store: Store, endpoint: str, host_of: dict[str, str], res: SshResult
             store.hosts.answered(endpoint, host_of[machine], facts, now)
 
 
-def _failed(store: Store, endpoint: str, host_of: dict[str, str], res: SshResult,
-            now: float, unreachable_to: MachineState | None, failed_to: MachineState | None
-            ) -> list[str]:
-    errors = []
+def _failed(r: Reconciler, endpoint: str, host_of: dict[str, str], res: SshResult,
+            now: float, unreachable_to: MachineState | None,
+            failed_to: MachineState | None) -> tuple[list[str], int]:
+    """Record the hosts a run failed on (for the back-off) and move their machines; a host
+    that cannot be reached has its jobs rescheduled. Returns the errors and the jobs
+    requeued."""
+    errors, requeued = [], 0
     for machine, msg in res.errors.items():
         if machine not in host_of:
             continue
         errors.append(f"{machine}: {msg}")
-        store.hosts.failed(endpoint, host_of[machine],
-                           ("unreachable: " if machine in res.unreachable else "") + msg, now)
+        r.store.hosts.failed(endpoint, host_of[machine],
+                             ("unreachable: " if machine in res.unreachable else "") + msg, now)
         to = unreachable_to if machine in res.unreachable else failed_to
-        if to is not None:
-            store.machines.move(machine, to, msg, now)
-    return errors
+        if to is not None and r.store.machines.move(machine, to, msg, now):
+            requeued += r._requeue(machine, f"its host is {to.value}: {msg}", now)
+    return errors, requeued
 
 
 def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
@@ -119,7 +122,7 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
         res = driver.probe(hd.probe)
         now = r.clock()  # an Ansible run takes seconds: record when it ended
         _record(store, ep.name, host_of, res, now)
-        errors += _failed(store, ep.name, host_of, res, now, None, None)
+        errors += _failed(r, ep.name, host_of, res, now, None, None)[0]
 
     if hd.retry:  # lost, unreachable, failed: reach the host, stop any leftover pilot
         res = driver.stop(hd.retry)
@@ -127,7 +130,8 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
         _record(store, ep.name, host_of, res, now)
         for name in res.deleted:
             store.machines.move(name, M.STOPPED, "a retry reached the host: no pilot left", now)
-        errors += _failed(store, ep.name, host_of, res, now, M.UNREACHABLE, None)
+        failed, n = _failed(r, ep.name, host_of, res, now, M.UNREACHABLE, None)
+        errors, requeued = errors + failed, requeued + n
 
     why = "; ".join(d.reasons) or "work waits"
     now = r.clock()
@@ -142,13 +146,8 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
             store.machines.move(name, M.BOOTING, "pilot deployed and started", now)
         for name in res.deleted:
             store.machines.move(name, M.STOPPED, "its pilot was stopped", now)
-        starting = {n: e for n, e in res.errors.items() if n in d.start}
-        stop_errors = {n: e for n, e in res.errors.items() if n not in d.start}
-        errors += _failed(store, ep.name, host_of, _only(res, starting), now,
-                          M.UNREACHABLE, M.FAILED)
-        errors += _failed(store, ep.name, host_of, _only(res, stop_errors), now,
-                          M.UNREACHABLE, M.FAILED)
-        requeued += sum(r._requeue(n, "its host failed: " + e, now) for n, e in starting.items())
+        failed, n = _failed(r, ep.name, host_of, res, now, M.UNREACHABLE, M.FAILED)
+        errors, requeued = errors + failed, requeued + n
 
     ran = hd.probe or hd.retry or d.start or stopping
     if errors:
@@ -156,10 +155,6 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
     elif ran:
         store.machines.set_endpoint_state(ep.name, "ok", "", now)
     return d, requeued
-
-
-def _only(res: SshResult, errors: dict[str, Any]) -> SshResult:
-    return SshResult(errors=errors, unreachable=res.unreachable)
 
 
 def make_ssh_driver(settings: Settings, store: Store, ep: EndpointConfig) -> SshDriver:
