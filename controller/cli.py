@@ -216,6 +216,26 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from controller.whatif import format_explain
+
+    print(format_explain(_client(args).explain(args.endpoint)))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from controller.whatif import replay
+
+    c = _client(args)
+    if args.tick is None:
+        rows = [[t["id"], t["endpoint"], _when(t["at"]), t["starts"], t["removes"]]
+                for t in c.ticks(args.endpoint, changes=True)]
+        print(_table(rows, ["TICK", "ENDPOINT", "AT", "STARTS", "REMOVES"]))
+        return 0
+    print(replay(c.tick(args.tick), args.config))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from controller.simulate.run import main as simulate
 
@@ -320,6 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     config_opt(q)
     q.add_argument("id", type=int, help="token id")
     p.set_defaults(fn=cmd_admin)
+
+    p = sub.add_parser("explain", help="an endpoint's last scheduler decision: inputs, "
+                       "candidate machine types with prices, why each machine started or stopped")
+    client_opts(p)
+    p.add_argument("endpoint", help="endpoint name")
+    p.set_defaults(fn=cmd_explain)
+
+    p = sub.add_parser("replay", help="re-run a recorded scheduler tick, with the same or "
+                       "another config, and show what would be decided differently")
+    client_opts(p)
+    p.add_argument("--tick", type=int, help="tick id (without: list recent ticks that "
+                   "started or removed machines)")
+    p.add_argument("--config", help="another config (TOML) to decide with; default: the "
+                   "recorded one")
+    p.add_argument("--endpoint", help="with no --tick: only this endpoint's ticks")
+    p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("simulate", help="replay a workload trace through the scheduler, "
                        "policy by policy, with real spot prices")

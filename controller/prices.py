@@ -159,3 +159,11 @@ class AwsPriceSource:
                 self.error = f"spot prices not refreshed: {e}"
             self.fetched_at = now
         return dict(self.cache)
+
+
+def make_price_source(cfg: Any, types: Collection[str]) -> PriceSource:
+    """The price source an endpoint's `[endpoints.prices]` (settings.PriceConfig) asks for."""
+    if cfg.source == "file":
+        start = _when(cfg.start) if cfg.start else None
+        return FilePriceSource(read_history(cfg.path, types, cfg.product), start)
+    return AwsPriceSource(cfg.region, types, cfg.product, cfg.endpoint_url, cfg.refresh)
