@@ -50,7 +50,7 @@ class PriceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: Literal["aws", "file"]
-    path: Path | None = Field(None, description="file: the TSV (.xz) history")
+    path: str | None = Field(None, description="file: the TSV (.xz) history")
     product: str = "Linux/UNIX"
     region: str = "eu-west-1"
     endpoint_url: str | None = Field(None, description="aws: another EC2 API endpoint")
