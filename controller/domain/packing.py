@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits, unmatchable_reason
 from controller.domain.pricing import Candidate, Launch, Offer
@@ -171,12 +172,24 @@ def decide_priced(
     for m in kept:
         o = plan.offers.get(m.pool or "")
         plan.add(m.pool, o.cores if o else m.free_cores, plan.price(o) if o else None)
-    for it in items:
-        for room in rooms:
-            if it.n <= 0:
-                break
-            if room.slots > 0:
+    # a room stays open while some item still to come could fit in it
+    need_c, need_m = [0] * (len(items) + 1), [0] * (len(items) + 1)
+    need_c[-1] = need_m[-1] = 1 << 60
+    for i in range(len(items) - 1, -1, -1):
+        need_c[i] = min(need_c[i + 1], items[i].cores)
+        need_m[i] = min(need_m[i + 1], items[i].memory_mb)
+    open_rooms = [r for r in rooms if r.slots > 0 and r.cores > 0]
+    for i, it in enumerate(items):
+        if not open_rooms:
+            break
+        still = []
+        for room in open_rooms:
+            if it.n > 0 and room.cores >= it.cores and room.memory_mb >= it.memory_mb:
                 it.n -= room.take(it, it.n)
+            if room.slots > 0 and room.cores >= need_c[i + 1] and (
+                    room.memory_mb >= need_m[i + 1]):
+                still.append(room)
+        open_rooms = still
     used = {r.name for r in rooms if r.used}
 
     # 4. new machines for what is left
@@ -213,12 +226,16 @@ def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
 
 def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[Item]:
     items = []
+    shapes = [(o, _slot_offer(spec, o)) for o in spec.offers]
+    known: dict[Requirements, frozenset[str]] = {}
     for q in queues:
         if q.waiting <= 0:
             continue
         req = q.requirements
-        pools = frozenset(o.pool for o in spec.offers
-                          if (req.spot or not o.spot) and fits(req, _slot_offer(spec, o)))
+        pools = known.get(req)
+        if pools is None:
+            pools = known[req] = frozenset(o.pool for o, shape in shapes
+                                           if (req.spot or not o.spot) and fits(req, shape))
         if not pools:
             shapes = [_slot_offer(spec, o) for o in spec.offers if req.spot or not o.spot]
             why = (unmatchable_reason(req, shapes) if shapes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 Market = Literal["spot", "on-demand"]
@@ -36,11 +37,11 @@ class Offer:
     max_price: float | None = None  # spot: the most we pay; None = the on-demand price
     slots: int | None = None  # pilot slots per machine; None = one per core
 
-    @property
+    @cached_property
     def pool(self) -> str:
         return pool_key(self.machine_type, self.zone, self.market)
 
-    @property
+    @cached_property
     def price_key(self) -> str:
         return price_key(self.machine_type, self.zone)
 
