@@ -237,8 +237,8 @@ def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[
             pools = known[req] = frozenset(o.pool for o, shape in shapes
                                            if (req.spot or not o.spot) and fits(req, shape))
         if not pools:
-            shapes = [_slot_offer(spec, o) for o in spec.offers if req.spot or not o.spot]
-            why = (unmatchable_reason(req, shapes) if shapes
+            allowed = [shape for o, shape in shapes if req.spot or not o.spot]
+            why = (unmatchable_reason(req, allowed) if allowed
                    else "it needs on-demand machines (spot = false) and none is offered")
             plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
                                 f"{why}")
