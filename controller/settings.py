@@ -123,6 +123,16 @@ class EndpointConfig(BaseModel):
         )
 
 
+def read_toml(p: Path) -> dict[str, Any]:
+    """A TOML config file as a dict; a missing or malformed file is a ConfigError."""
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
 class Settings(BaseSettings):
     """The controller's settings."""
 
@@ -169,12 +179,7 @@ class Settings(BaseSettings):
         data: dict[str, Any] = {}
         if path is not None:
             p = Path(path)
-            try:
-                data = tomllib.loads(p.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file {p} does not exist") from None
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+            data = read_toml(p)
             base = p.resolve().parent
             for key in ("database", "data_dir"):
                 if key in data and not Path(data[key]).is_absolute():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from controller.domain.pricing import PriceSeries
 from controller.errors import ConfigError
 from controller.prices import read_history, window
-from controller.settings import EndpointConfig, Settings
+from controller.settings import EndpointConfig, Settings, read_toml
 from controller.simulate.engine import Outcome, SimOptions, Simulation
 from controller.simulate.policies import POLICIES, make_policy
 from controller.simulate.report import (
@@ -49,12 +48,7 @@ class SimConfig(BaseModel):
 
 def load_config(path: str | Path) -> tuple[SimConfig, EndpointConfig]:
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    data = read_toml(p)
     sim = data.pop("simulate", {})
     for ep in data.get("endpoints", []):  # prices come from --prices
         if isinstance(ep, dict):
