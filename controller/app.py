@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, info, jobs, pilots
+from controller.api import admin, info, jobs, pilots, ticks
 from controller.auth import Role
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
@@ -102,7 +102,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.reconciler = None
-    for r in (jobs.router, pilots.router, info.router, admin.router):
+    for r in (jobs.router, pilots.router, info.router, admin.router, ticks.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

@@ -116,9 +116,21 @@ def m002_held_counts(db: Database) -> None:
         SELECT 'group', grp, COUNT(*) FROM jobs WHERE state IN {HELD} GROUP BY grp""")
 
 
+def m005_ticks(db: Database) -> None:
+    """Each scheduler tick per endpoint: its inputs and decision (zlib-compressed JSON), kept
+    up to a retention limit, for `cloudpilot explain` and `cloudpilot replay`."""
+    db.table("ticks").create(
+        {"id": int, "endpoint": str, "at": float, "starts": int, "removes": int,
+         "inputs": bytes, "decision": bytes},
+        pk="id", not_null={"endpoint", "at", "inputs", "decision"},
+    )
+    db.table("ticks").create_index(["endpoint", "id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
+    ("005_ticks", m005_ticks),
 ]
 
 
