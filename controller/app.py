@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, hosts, info, jobs, pilots
+from controller.api import admin, hosts, info, jobs, pilots, ticks
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
@@ -93,7 +93,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.reconciler = None
-    for r in (jobs.router, pilots.router, info.router, admin.router, hosts.router):
+    for r in (jobs.router, pilots.router, info.router, admin.router, ticks.router,
+              hosts.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

@@ -3,8 +3,9 @@ wanted one. Scale-down names the exact machines to remove; it never just lowers 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -12,6 +13,8 @@ class PlanDiff:
     endpoint: str
     create: tuple[str, ...]
     delete: tuple[str, ...]
+    # priced endpoints: what each machine to create is (type, zone, market, cores, memory)
+    specs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @property
     def empty(self) -> bool:

@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from controller.domain.plans import PlanDiff
 from controller.drivers.base import ApplyResult, ObservedMachine
@@ -57,16 +58,20 @@ class LocalDriver:
             return False
         return str(self._dir(name)).encode() in cmdline
 
-    def pilot_config(self, name: str) -> dict[str, object]:
+    def pilot_config(self, name: str,
+                     spec: Mapping[str, Any] | None = None) -> dict[str, object]:
+        """What the pilot of machine `name` is told; `spec` (priced endpoints) gives the
+        machine type's cores, memory and slots."""
         e = self.endpoint
+        spec = spec or {}
         return {
             "controller_url": self.controller_url,
             "token": self.pilot_token,
             "endpoint": e.name,
             "machine": name,
-            "slots": e.slots,
-            "cores": e.cores,
-            "memory_mb": e.memory_mb,
+            "slots": spec.get("slots", e.slots),
+            "cores": spec.get("cores", e.cores),
+            "memory_mb": spec.get("memory_mb", e.memory_mb),
             "tags": e.tags,
             # a safety net: the controller normally stops idle machines first, by name
             "idle_timeout": e.idle_timeout * 2 + 5,
@@ -94,7 +99,7 @@ class LocalDriver:
         created, deleted, errors = [], [], {}
         for name in diff.create:
             try:
-                self._start(name)
+                self._start(name, diff.specs.get(name))
                 created.append(name)
             except OSError as e:
                 errors[name] = f"could not start a pilot process: {e}"
@@ -109,7 +114,7 @@ class LocalDriver:
             deleted.append(name)
         return ApplyResult(tuple(created), tuple(deleted), errors)
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, spec: Mapping[str, Any] | None = None) -> None:
         if self._alive(name):
             return  # idempotent
         d = self._dir(name)
@@ -117,7 +122,7 @@ class LocalDriver:
         cfg = d / "pilot.json"
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.pilot_config(name), f)
+            json.dump(self.pilot_config(name, spec), f)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                            env.get("PYTHONPATH")]))

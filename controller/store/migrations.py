@@ -137,10 +137,22 @@ def m004_ssh_hosts(db: Database) -> None:
     db.table("ssh_host_events").create_index(["endpoint", "host"])
 
 
+def m005_ticks(db: Database) -> None:
+    """Each scheduler tick per endpoint: its inputs and decision (zlib-compressed JSON), kept
+    up to a retention limit, for `cloudpilot explain` and `cloudpilot replay`."""
+    db.table("ticks").create(
+        {"id": int, "endpoint": str, "at": float, "starts": int, "removes": int,
+         "inputs": bytes, "decision": bytes},
+        pk="id", not_null={"endpoint", "at", "inputs", "decision"},
+    )
+    db.table("ticks").create_index(["endpoint", "id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
     ("004_ssh_hosts", m004_ssh_hosts),
+    ("005_ticks", m005_ticks),
 ]
 
 
