@@ -127,17 +127,20 @@ class HostStore:
                       " AND name = ?", (json.dumps(facts), now, endpoint, host))
             summary = (f"{facts.get('cores')} cores, {facts.get('memory_mb')} MB, Python "
                        f"{facts.get('python')}, {facts.get('disk_free_mb')} MB free disk")
-            self._event(c, endpoint, host, "facts", summary, now)
+            before = json.loads(row["facts"]) if row["facts"] else {}
+            if any(before.get(k) != facts.get(k) for k in ("cores", "memory_mb", "python")):
+                self._event(c, endpoint, host, "facts", summary, now)  # new, or changed
+            machine = row["machine"]
+            info = json.dumps({"facts": facts, "address": row["address"], "port": row["port"]})
+            c.execute("UPDATE machines SET info = ?, address = ? WHERE name = ?",
+                      (info, row["address"], machine))
             if row["membership"] != Membership.JOINING:
                 return False
             c.execute("UPDATE ssh_hosts SET membership = ?, failures = 0, last_failure_at = NULL,"
                       " last_error = NULL WHERE endpoint = ? AND name = ?",
                       (Membership.MEMBER, endpoint, host))
             self._event(c, endpoint, host, "joined", "answers on SSH: " + summary, now)
-            machine = row["machine"]
-            m = c.execute("SELECT state FROM machines WHERE name = ?", (machine,)).fetchone()
-            info = json.dumps({"facts": facts, "address": row["address"], "port": row["port"]})
-            if m is None:
+            if c.execute("SELECT 1 FROM machines WHERE name = ?", (machine,)).fetchone() is None:
                 c.execute(
                     "INSERT INTO machines (name, endpoint, state, created_at, updated_at,"
                     " address, reason, info, managed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
@@ -146,9 +149,6 @@ class HostStore:
                 c.execute("INSERT INTO machine_events (machine, at, from_state, to_state, reason)"
                           " VALUES (?, ?, NULL, ?, ?)",
                           (machine, now, M.STOPPED.value, f"host {host} joined ({summary})"))
-            else:
-                c.execute("UPDATE machines SET info = ?, address = ? WHERE name = ?",
-                          (info, row["address"], machine))
             return True
 
     def failed(self, endpoint: str, host: str, error: str, now: float | None = None) -> int:

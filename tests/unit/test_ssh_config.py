@@ -63,3 +63,18 @@ def test_the_example_ssh_config_loads():
     assert ep.driver == "ssh" and ep.ssh is not None
     assert ep.ssh.key == root / "examples" / "keys" / "id_ed25519"
     assert [h.slots for h in ep.ssh.hosts] == [None, 4, None]
+
+
+def test_no_ansible_playbook_is_a_setup_error_not_a_host_failure(tmp_path: Path, monkeypatch):
+    """rc 127 from ansible-runner (ansible-playbook not on PATH) is named as what it is."""
+    from controller.drivers import ansible
+
+    monkeypatch.setattr(ansible, "ansible_bin_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    inventory = {"all": {"hosts": {"m1": {"ansible_connection": "local"}}}}
+    out = ansible.run_playbook("facts.yml", inventory, ident="t", work_root=tmp_path / "runs")
+    assert out.status == "setup-error" and out.rc == 127
+    assert "ansible-playbook not found" in out.error
+    host = out.host("m1")
+    assert host.failed and "ansible-playbook not found" in host.error
+    assert list((tmp_path / "runs").iterdir()) == []  # the private data dir is gone
