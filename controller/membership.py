@@ -50,6 +50,9 @@ def join(store: Store, ssh_endpoint: str, name: str, address: str, port: int = 2
         raise InvalidInput(f"invalid port {port}")
     if host_key is not None and not KEY_LINE.match(host_key.strip()):
         raise InvalidInput("host_key must be a known_hosts line: 'ADDRESS TYPE BASE64KEY'")
+    known = {e["name"]: e["driver"] for e in store.machines.endpoints()}
+    if known.get(ssh_endpoint) != "ssh":
+        raise NotFound(f"no ssh endpoint {ssh_endpoint}")
     return store.hosts.join(ssh_endpoint, name, address, port, slots=slots, source=source,
                             host_key=host_key.strip() if host_key else None, now=now)
 
