@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from controller.domain.hostpool import Backoff, HostView, Membership, decide_hosts
+from controller.domain.hostpool import (
+    Backoff,
+    HostDecision,
+    HostView,
+    Membership,
+    decide_hosts,
+)
 from controller.domain.machines import MachineState
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import PlanDiff
@@ -105,7 +111,14 @@ def _failed(r: Reconciler, endpoint: str, host_of: dict[str, str], res: SshResul
 
 def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
                     now: float) -> tuple[Decision, int]:
+    """Decide in the loop's thread (fast, pure); run the SSH work it asks for (seconds:
+    Ansible) in the endpoint's own worker thread, so that a slow or hanging host never holds
+    up the loop for the other endpoints. While that run lasts, this endpoint is not decided
+    again (its last decision stands)."""
     assert ep.ssh is not None
+    if driver.busy:
+        last = r.last.get(ep.name)
+        return last or Decision(ep.name, (), (), (), 0.0, ("an Ansible run is under way",)), 0
     store = r.store
     views, host_of = _views(r, ep, driver, now)
     hd = decide_hosts(ep.spec(), store.jobs.queue_snapshot(), views, now,
@@ -116,8 +129,22 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
         store.machines.move(rm.name, rm.to, rm.reason, now)
         if rm.to in (M.LOST, M.FAILED):
             requeued += r._requeue(rm.name, f"machine {rm.to.value}: {rm.reason}", now)
-    errors: list[str] = []
+    why = "; ".join(d.reasons) or "work waits"
+    for name in d.start:
+        store.machines.move(name, M.REQUESTED, why, now)
+    stopping = tuple(rm.name for rm in d.remove if rm.to == M.STOPPING)
+    if hd.probe or hd.retry or d.start or stopping:
+        driver.in_background(lambda: _ssh_work(r, ep, driver, host_of, hd, stopping))
+    return d, requeued
 
+
+def _ssh_work(r: Reconciler, ep: EndpointConfig, driver: SshDriver, host_of: dict[str, str],
+              hd: HostDecision, stopping: tuple[str, ...]) -> None:
+    """Probe joining hosts, retry failed ones, deploy and stop pilots; record what happened.
+    Jobs of hosts found unreachable go back to the queue (pilots get them at their next
+    poll)."""
+    store = r.store
+    errors: list[str] = []
     if hd.probe:  # joining hosts: answer on SSH -> member (with facts)
         res = driver.probe(hd.probe)
         now = r.clock()  # an Ansible run takes seconds: record when it ended
@@ -130,31 +157,23 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
         _record(store, ep.name, host_of, res, now)
         for name in res.deleted:
             store.machines.move(name, M.STOPPED, "a retry reached the host: no pilot left", now)
-        failed, n = _failed(r, ep.name, host_of, res, now, M.UNREACHABLE, None)
-        errors, requeued = errors + failed, requeued + n
+        errors += _failed(r, ep.name, host_of, res, now, M.UNREACHABLE, None)[0]
 
-    why = "; ".join(d.reasons) or "work waits"
-    now = r.clock()
-    for name in d.start:
-        store.machines.move(name, M.REQUESTED, why, now)
-    stopping = tuple(rm.name for rm in d.remove if rm.to == M.STOPPING)
-    if d.start or stopping:
-        res = driver.apply(PlanDiff(ep.name, d.start, stopping))
+    start = hd.decision.start
+    if start or stopping:
+        res = driver.apply(PlanDiff(ep.name, start, stopping))
         now = r.clock()
         _record(store, ep.name, host_of, res, now)
         for name in res.created:
             store.machines.move(name, M.BOOTING, "pilot deployed and started", now)
         for name in res.deleted:
             store.machines.move(name, M.STOPPED, "its pilot was stopped", now)
-        failed, n = _failed(r, ep.name, host_of, res, now, M.UNREACHABLE, M.FAILED)
-        errors, requeued = errors + failed, requeued + n
+        errors += _failed(r, ep.name, host_of, res, now, M.UNREACHABLE, M.FAILED)[0]
 
-    ran = hd.probe or hd.retry or d.start or stopping
     if errors:
-        store.machines.set_endpoint_state(ep.name, "error", "; ".join(errors)[:2000], now)
-    elif ran:
-        store.machines.set_endpoint_state(ep.name, "ok", "", now)
-    return d, requeued
+        store.machines.set_endpoint_state(ep.name, "error", "; ".join(errors)[:2000], r.clock())
+    else:
+        store.machines.set_endpoint_state(ep.name, "ok", "", r.clock())
 
 
 def make_ssh_driver(settings: Settings, store: Store, ep: EndpointConfig) -> SshDriver:
