@@ -11,9 +11,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.clouds import AwsConfig, OpenStackConfig
 from controller.domain.matching import SlotOffer
+from controller.domain.plans import ApprovalPolicy
 from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
+
+CLOUD_DRIVERS = ("aws", "openstack")
 
 
 class EndpointConfig(BaseModel):
@@ -22,7 +26,7 @@ class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
-    driver: Literal["local"] = "local"
+    driver: Literal["local", "ssh", "aws", "openstack"] = "local"
     cores: int = Field(2, ge=1, le=1024, description="cores per machine")
     memory_mb: int = Field(2048, ge=64, description="memory per machine")
     tags: list[str] = Field(default_factory=lambda: ["linux"])
@@ -34,6 +38,55 @@ class EndpointConfig(BaseModel):
     lost_after: float = Field(60.0, gt=0, description="a pilot silent this long is lost (s)")
     heartbeat_interval: float = Field(10.0, gt=0)
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
+    # plans: applied automatically, under a threshold, or after an operator approves them
+    auto_apply: bool | None = Field(
+        None, description="apply every plan automatically (default: true for local and ssh, "
+        "false for clouds)")
+    auto_apply_max_new: int | None = Field(
+        None, ge=0, description="apply plans automatically up to this many new machines")
+    auto_apply_max_cost_per_hour: float | None = Field(
+        None, ge=0, description="... and up to this added cost per hour")
+    cost_per_hour: float | None = Field(
+        None, ge=0, description="what one machine costs per hour (default: a spot max price)")
+    # cloud endpoints: how machines are contextualized, and the cloud's own section
+    contextualization: Literal["pilot", "ssh"] = "pilot"
+    ssh_endpoint: str | None = Field(
+        None, description="ssh mode: the SSH endpoint that deploys pilots on these machines")
+    aws: AwsConfig | None = None
+    openstack: OpenStackConfig | None = None
+
+    @model_validator(mode="after")
+    def _driver_sections(self) -> EndpointConfig:
+        if self.auto_apply is None:
+            self.auto_apply = self.driver not in CLOUD_DRIVERS
+        for kind in CLOUD_DRIVERS:
+            if self.driver == kind and getattr(self, kind) is None:
+                raise ValueError(f"driver {kind!r} needs an [endpoints.{kind}] section")
+            if self.driver != kind and getattr(self, kind) is not None:
+                raise ValueError(f"an [endpoints.{kind}] section needs driver = {kind!r}")
+        if self.contextualization == "ssh":
+            cloud = self.cloud()
+            if cloud is None:
+                raise ValueError("contextualization = 'ssh' is for cloud endpoints")
+            if not (cloud.public_key or cloud.public_key_file):
+                raise ValueError("contextualization = 'ssh' needs a public_key (or "
+                                 "public_key_file) in the cloud section")
+            if not self.ssh_endpoint:
+                raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
+                                 "endpoint that deploys pilots on these machines")
+        return self
+
+    def cloud(self) -> AwsConfig | OpenStackConfig | None:
+        return self.aws or self.openstack
+
+    def machine_cost_per_hour(self) -> float | None:
+        if self.cost_per_hour is not None:
+            return self.cost_per_hour
+        return self.aws.spot_max_price if self.aws is not None else None
+
+    def approval_policy(self) -> ApprovalPolicy:
+        return ApprovalPolicy(bool(self.auto_apply), self.auto_apply_max_new,
+                              self.auto_apply_max_cost_per_hour, self.machine_cost_per_hour())
 
     def shape(self) -> SlotOffer:
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
@@ -80,6 +133,16 @@ class Settings(BaseSettings):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"endpoint names must be unique: {sorted(dup)}")
+        for e in self.endpoints:
+            if e.driver in CLOUD_DRIVERS and e.contextualization == "pilot" \
+                    and not self.public_url:
+                raise ValueError(f"endpoint {e.name} starts pilots on cloud machines: set "
+                                 "public_url to a controller URL those machines can reach")
+            if e.ssh_endpoint is not None:
+                other = self.endpoint(e.ssh_endpoint)
+                if other is None or other.driver != "ssh":
+                    raise ValueError(f"endpoint {e.name}: ssh_endpoint {e.ssh_endpoint!r} is "
+                                     "not an endpoint with driver 'ssh'")
         return self
 
     @property

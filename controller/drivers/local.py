@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from controller import contextualization
 from controller.domain.plans import PlanDiff
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.settings import EndpointConfig
@@ -58,21 +59,14 @@ class LocalDriver:
         return str(self._dir(name)).encode() in cmdline
 
     def pilot_config(self, name: str) -> dict[str, object]:
-        e = self.endpoint
-        return {
-            "controller_url": self.controller_url,
-            "token": self.pilot_token,
-            "endpoint": e.name,
-            "machine": name,
-            "slots": e.slots,
-            "cores": e.cores,
-            "memory_mb": e.memory_mb,
-            "tags": e.tags,
-            # a safety net: the controller normally stops idle machines first, by name
-            "idle_timeout": e.idle_timeout * 2 + 5,
-            "heartbeat_interval": e.heartbeat_interval,
-            "workdir": str(self._dir(name) / "work"),
-        }
+        """The settings the endpoint's `pilot` user-data (cloud-init/pilot.yaml) writes for this
+        machine: rendered and read back, so the local endpoint runs what cloud machines run.
+        Only the work directory is this host's own (the machine's directory)."""
+        user_data = contextualization.render_pilot(contextualization.pilot_settings(
+            self.endpoint, self.controller_url, self.pilot_token, name))
+        cfg = contextualization.pilot_settings_from(user_data)
+        cfg["workdir"] = str(self._dir(name) / "work")
+        return cfg
 
     # the driver interface ----------------------------------------------------------------
     def observe(self) -> list[ObservedMachine]:

@@ -33,11 +33,13 @@ class Store:
             migrate(self.db)
         from controller.store.jobs import JobStore
         from controller.store.machines import MachineStore
+        from controller.store.plans import PlanStore
         from controller.store.tokens import TokenStore
 
         self.jobs = JobStore(self)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
+        self.plans = PlanStore(self)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
