@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, info, jobs, pilots
+from controller.api import admin, info, jobs, pilots, plans
 from controller.auth import Role
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
@@ -57,6 +57,11 @@ def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
         if ep.driver == "local":
             token = endpoint_pilot_token(store, settings.data_dir, ep.name)
             drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
+        elif ep.driver in ("aws", "openstack"):
+            from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
+
+            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
+            drivers[ep.name] = PulumiDriver(ep, settings.data_dir, settings.url, token)
     return drivers
 
 
@@ -102,7 +107,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.reconciler = None
-    for r in (jobs.router, pilots.router, info.router, admin.router):
+    for r in (jobs.router, pilots.router, info.router, admin.router, plans.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

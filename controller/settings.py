@@ -71,6 +71,9 @@ class EndpointConfig(BaseModel):
             if not (cloud.public_key or cloud.public_key_file):
                 raise ValueError("contextualization = 'ssh' needs a public_key (or "
                                  "public_key_file) in the cloud section")
+            if not cloud.ssh_cidr:
+                raise ValueError("contextualization = 'ssh' needs ssh_cidr in the cloud "
+                                 "section: who may reach the machines' port 22")
             if not self.ssh_endpoint:
                 raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
                                  "endpoint that deploys pilots on these machines")
