@@ -168,10 +168,16 @@ def machines_in_state(kind: str, deployment: Mapping[str, Any]) -> set[str]:
 
 
 def error_line(e: BaseException) -> str:
-    """The useful line of a Pulumi error (its `error:` lines), not its whole output."""
+    """The useful part of a Pulumi error (what follows its `error:` marks, without the
+    "update failed" and "N errors occurred" lines), not its whole output."""
     text = str(e)
-    found = [ln.strip() for ln in text.splitlines() if re.match(r"\s*error:", ln)]
-    found = [ln for ln in found if not ln.startswith("error: update failed")] or found
+    found = []
+    for ln in text.splitlines():
+        m = re.search(r"\berror: (.*)", ln)
+        msg = m.group(1).strip() if m else ""
+        if msg and not re.fullmatch(r"(update|preview|destroy) failed|\d+ errors? occurred:?",
+                                    msg):
+            found.append(msg)
     line = " / ".join(dict.fromkeys(found)) or next(
         (ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
     return line[:400]
