@@ -36,7 +36,7 @@ class CloudConfig(BaseModel):
     def read_public_key(self) -> str | None:
         if self.public_key_file is not None:
             try:
-                return self.public_key_file.read_text().strip()
+                return self.public_key_file.expanduser().read_text().strip()
             except OSError as e:
                 raise ValueError(f"cannot read public_key_file: {e}") from None
         return self.public_key.strip() if self.public_key else None
