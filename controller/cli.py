@@ -170,6 +170,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                   f"remove {[r['name'] for r in d['remove']] or '-'}")
             for r in d["reasons"]:
                 print(f"    {r}")
+        for ev in e.get("events") or []:
+            print(f"  {_when(ev['at'])} {ev['state']}: {ev['message']}")
     return 0
 
 

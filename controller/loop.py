@@ -69,6 +69,8 @@ class Reconciler:
             except Exception as e:  # a driver failure is data: record it, keep going
                 self._failed(ep.name, f"observe failed: {e}", now)
                 continue
+            self.store.machines.record_observed(
+                ep.name, {m.name: (m.address, m.detail) for m in seen[ep.name]})
             requeued += self._gone(ep.name, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after
         if cutoff > self.started:
@@ -241,6 +243,7 @@ class Reconciler:
               f"{backoff.wait(now):.0f}s)"
         log.warning("endpoint %s: %s", endpoint, msg)
         self.store.machines.set_endpoint_state(endpoint, "error", msg, now)
+        self.store.plans.endpoint_event(endpoint, "error", msg, now)
         self._shown[endpoint] = ("error", msg)
 
     def _ok(self, endpoint: str, down_by: str | None, now: float, message: str = "",
@@ -250,8 +253,12 @@ class Reconciler:
         state = "down" if down_by else "ok"
         if down_by and not message:
             message = f"taken down by {down_by}"
-        if self._shown.get(endpoint) != (state, message):  # write only what changed
+        shown = self._shown.get(endpoint)
+        if shown != (state, message):  # write only what changed
             self.store.machines.set_endpoint_state(endpoint, state, message, now)
+            if shown is not None and shown[0] == "error":  # a recovery
+                self.store.plans.endpoint_event(endpoint, state,
+                                                message or "the driver works again", now)
             self._shown[endpoint] = (state, message)
 
 

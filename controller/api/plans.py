@@ -61,6 +61,14 @@ def approve(plan_id: int, request: Request, store: StoreDep, p: AdminAuth) -> di
     return out
 
 
+@router.get("/endpoints/{name}/events")
+def endpoint_events(name: str, store: StoreDep, settings: SettingsDep, p: UserAuth,
+                    limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """What happened to the endpoint, newest first: driver failures with their message,
+    recoveries, down and up."""
+    return store.plans.endpoint_events(_endpoint(settings, name), limit)
+
+
 @router.post("/endpoints/{name}/up")
 def up(name: str, request: Request, store: StoreDep, settings: SettingsDep,
        p: AdminAuth) -> dict[str, Any]:
@@ -69,6 +77,7 @@ def up(name: str, request: Request, store: StoreDep, settings: SettingsDep,
     _endpoint(settings, name)
     store.plans.set_down(name, None)
     store.plans.set_backoff(name, Backoff())
+    store.plans.endpoint_event(name, "up", f"{who(p)} asked to apply its wanted state now")
     pending = store.plans.open(name, PlanState.PENDING)
     if pending is not None:
         store.plans.ask_up(name, None)
@@ -93,6 +102,7 @@ def down(name: str, request: Request, store: StoreDep, settings: SettingsDep,
     _endpoint(settings, name)
     by = who(p)
     store.plans.set_down(name, by)
+    store.plans.endpoint_event(name, "down", f"taken down by {by}")
     store.plans.ask_up(name, None)
     store.plans.set_backoff(name, Backoff())
     dropped = store.plans.withdraw(name, f"the endpoint was taken down by {by}",

@@ -113,6 +113,21 @@ class MachineStore:
         with self.store.read() as c:
             return [dict(r) for r in c.execute(sql + " ORDER BY created_at, name", args)]
 
+    def record_observed(self, endpoint: str, seen: dict[str, tuple[str | None, str]]) -> int:
+        """Keep what the driver reports of each machine (address, detail) where it changed."""
+        if not seen:
+            return 0
+        marks = ",".join("?" * len(seen))
+        with self.store.read() as c:
+            rows = {r["name"]: (r["address"], r["info"]) for r in c.execute(
+                f"SELECT name, address, info FROM machines WHERE endpoint = ? AND name IN"
+                f" ({marks})", (endpoint, *seen))}
+        changed = [(a, i, n) for n, (a, i) in seen.items() if n in rows and rows[n] != (a, i)]
+        if changed:
+            with self.store.tx() as c:
+                c.executemany("UPDATE machines SET address = ?, info = ? WHERE name = ?", changed)
+        return len(changed)
+
     def events(self, name: str) -> list[dict[str, Any]]:
         with self.store.read() as c:
             return [dict(r) for r in c.execute(

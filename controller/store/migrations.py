@@ -118,7 +118,8 @@ def m002_held_counts(db: Database) -> None:
 
 def m003_plans(db: Database) -> None:
     """Plans (a driver's change to an endpoint, kept for review and approval), their state
-    history, and the marks that steer an endpoint's plans (down, up, back-off)."""
+    history, the endpoints' events, and the marks that steer an endpoint's plans (down, up,
+    back-off)."""
     db.table("plans").create(
         {
             "id": int, "endpoint": str, "state": str, "creates": str, "deletes": str,
@@ -138,6 +139,10 @@ def m003_plans(db: Database) -> None:
         pk="id",
     )
     db.table("plan_events").create_index(["plan_id"])
+    # what happened to an endpoint: driver failures with their message, recoveries, down, up
+    db.table("endpoint_events").create(
+        {"id": int, "endpoint": str, "at": float, "state": str, "message": str}, pk="id")
+    db.table("endpoint_events").create_index(["endpoint", "id"])
     # marks on an endpoint that steer its plans
     db.table("endpoints").add_column("down_by", str)  # who took it down; NULL: it is up
     db.table("endpoints").add_column("up_by", str)  # who asked to apply its next plan now

@@ -164,6 +164,22 @@ class PlanStore:
     def set_backoff(self, endpoint: str, backoff: Backoff) -> None:
         self._set(endpoint, failures=backoff.failures, retry_at=backoff.not_before or None)
 
+    # endpoint events ----------------------------------------------------------------------------
+    def endpoint_event(self, endpoint: str, state: str, message: str,
+                       now: float | None = None) -> None:
+        """Record what happened to an endpoint (a failure and its message, a recovery...)."""
+        with self.store.tx() as c:
+            c.execute("INSERT INTO endpoint_events (endpoint, at, state, message)"
+                      " VALUES (?, ?, ?, ?)",
+                      (endpoint, time.time() if now is None else now, state, message))
+
+    def endpoint_events(self, endpoint: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The endpoint's events, newest first."""
+        with self.store.read() as c:
+            return [dict(r) for r in c.execute(
+                "SELECT at, state, message FROM endpoint_events WHERE endpoint = ?"
+                " ORDER BY id DESC LIMIT ?", (endpoint, limit))]
+
     def _set(self, endpoint: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self.store.tx() as c:

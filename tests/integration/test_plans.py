@@ -141,6 +141,7 @@ def test_down_removes_the_machines_until_up(make_controller, tmp_path):
     assert j["retries"] == 0
     ep = endpoint(ctrl, "local")
     assert ep["state"] == "down" and ep["down_by"].startswith("admin token")
+    assert ep["events"][0]["state"] == "down"
     down_plan = plans(ctrl, state="applied")[0]
     assert down_plan["delete"] == [first] and down_plan["asked_by"] == ep["down_by"]
     assert list(machines(ctrl)) == [first]  # waiting work starts nothing while down
@@ -192,5 +193,9 @@ def test_a_cloud_endpoint_without_the_pulumi_cli(make_controller, monkeypatch):
     wait_until(lambda: ctrl.log().count(missing_cli_message("aws")) >= 2, 10,
                what="a second attempt")
     assert "Traceback" not in ctrl.log()
+    with ctrl.client() as c:
+        events = c.get("/api/v1/endpoints/aws/events").json()
+    assert [e["state"] for e in events][:3] == ["error", "up", "error"]
+    assert "attempt 1" in events[0]["message"] and "attempt 1" in events[2]["message"]
     assert endpoint(ctrl, "local")["state"] == "ok"  # the other endpoint carries on
     assert_no_secret_logged(ctrl)

@@ -154,7 +154,8 @@ class FakeCloudDriver:
         self.applied: list[PlanDiff] = []
 
     def observe(self):
-        return [ObservedMachine(n, True) for n in sorted(self.machines)]
+        return [ObservedMachine(n, True, f"10.0.0.{n[-1]}", f"id i-{n}")
+                for n in sorted(self.machines)]
 
     def plan(self, current, wanted):
         return PlanDiff.between(self.name, current, wanted)
@@ -218,6 +219,9 @@ def test_over_the_threshold_waits_for_approval_then_applies(world):
     assert store.plans.get(plan.id).state == P.APPLIED
     assert driver.machines == {"ep-0001", "ep-0002", "ep-0003"}
     assert {m["state"] for m in store.machines.find("ep")} == {"booting"}
+    loop.tick()  # the controller records what the cloud reports of each machine
+    m = store.machines.get("ep-0002")
+    assert (m["address"], m["info"]) == ("10.0.0.2", "id i-ep-0002")
 
 
 def test_under_the_threshold_applies_at_once(world):
@@ -250,6 +254,9 @@ def test_a_failed_apply_is_recorded_and_backed_off(world):
     assert latest.state == P.APPLIED and latest.create == ("ep-0001",)  # same name again
     assert store.machines.endpoints()[0]["state"] == "ok"
     assert store.plans.marks("ep").backoff.failures == 0
+    events = store.plans.endpoint_events("ep")
+    assert [e["state"] for e in events] == ["ok", "error"]  # newest first: failed, recovered
+    assert "AuthFailure" in events[1]["message"]
 
 
 def test_a_partial_failure_keeps_the_view_of_what_exists(world):
