@@ -7,9 +7,9 @@ token), the endpoint and the cloud's settings."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pulumi
 
@@ -72,3 +72,22 @@ def user_data_of(cfg: pulumi.Config, machines: tuple[str, ...],
 def machine_tags(common: Common, machine: str) -> dict[str, str]:
     return {**common.tags, "Name": machine, "cloudpilot:endpoint": common.endpoint,
             "cloudpilot:machine": machine}
+
+
+class Declared(Protocol):
+    def exports(self) -> dict[str, Any]:
+        """The stack outputs: `security_group`, and `machines` (name -> id, private_ip,
+        public_ip)."""
+        ...
+
+
+def run_program(declare: Callable[[Common, pulumi.Config, dict[str, pulumi.Output[str]]],
+                                  Declared],
+                user_data: Mapping[str, str] | None) -> None:
+    """The body of every cloudpilot program: read the config, declare, export."""
+    cfg = pulumi.Config(NAMESPACE)
+    common = read_common(cfg)
+    out = declare(common, cfg, user_data_of(cfg, common.machines, user_data))
+    pulumi.export("endpoint", common.endpoint)
+    for key, value in out.exports().items():
+        pulumi.export(key, value)

@@ -42,6 +42,12 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float =
         time.sleep(interval)
 
 
+def path_without(binary: str) -> str:
+    """$PATH minus the folders holding `binary` (to test what happens where it is missing)."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(d for d in dirs if not os.path.exists(os.path.join(d, binary)))
+
+
 def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
-from stacks.common import NAMESPACE, Common, machine_tags, read_common, user_data_of
+from stacks.common import Common, machine_tags, run_program
 
 IMMUTABLE = ["ami", "instanceType", "userData", "userDataBase64", "subnetId", "availabilityZone",
              "keyName", "instanceMarketOptions", "rootBlockDevice", "metadataOptions"]
@@ -30,6 +31,7 @@ class AwsSettings:
 
 
 def read_settings(cfg: pulumi.Config) -> AwsSettings:
+    """The cloud's own keys of the stack config (see controller/drivers/pulumi.py)."""
     volume = cfg.get_int("rootVolumeGb")
     return AwsSettings(
         ami=cfg.require("ami"),
@@ -48,6 +50,11 @@ class AwsMachines:
     security_group: aws.ec2.SecurityGroup
     key_pair: aws.ec2.KeyPair | None
     instances: dict[str, aws.ec2.Instance]
+
+    def exports(self) -> dict[str, Any]:
+        return {"security_group": self.security_group.id, "machines": {
+            name: {"id": i.id, "private_ip": i.private_ip, "public_ip": i.public_ip}
+            for name, i in self.instances.items()}}
 
 
 def security_group(common: Common, settings: AwsSettings) -> aws.ec2.SecurityGroup:
@@ -121,17 +128,9 @@ def build(common: Common, settings: AwsSettings,
 
 
 def program(user_data: Mapping[str, str] | None = None) -> None:
-    """The Pulumi program: read the stack config, declare the machines, export their
-    addresses (`machines`: name -> id, private_ip, public_ip). `user_data` (name ->
-    user-data) comes from the controller; without it, from the secret config."""
-    cfg = pulumi.Config(NAMESPACE)
-    common = read_common(cfg)
-    out = build(common, read_settings(cfg), user_data_of(cfg, common.machines, user_data))
-    pulumi.export("endpoint", common.endpoint)
-    pulumi.export("security_group", out.security_group.id)
-    pulumi.export("machines", {
-        name: {"id": i.id, "private_ip": i.private_ip, "public_ip": i.public_ip}
-        for name, i in out.instances.items()})
+    """The Pulumi program. `user_data` (name -> user-data) comes from the controller; run by
+    the CLI, from the secret config."""
+    run_program(lambda common, cfg, data: build(common, read_settings(cfg), data), user_data)
 
 
 __all__ = ["AwsMachines", "AwsSettings", "build", "program", "read_settings"]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_openstack as openstack
 
-from stacks.common import NAMESPACE, Common, read_common, user_data_of
+from stacks.common import Common, run_program
 
 IMMUTABLE = ["flavorName", "imageName", "userData", "keyPair", "availabilityZone"]
 
@@ -40,6 +41,13 @@ class OpenStackMachines:
     instances: dict[str, openstack.compute.Instance]
     ports: dict[str, openstack.networking.Port]
     floating_ips: dict[str, openstack.networking.FloatingIp] = field(default_factory=dict)
+
+    def exports(self) -> dict[str, Any]:
+        fips = self.floating_ips
+        return {"security_group": self.security_group.id, "machines": {
+            name: {"id": i.id, "private_ip": i.access_ip_v4,
+                   "public_ip": fips[name].address if name in fips else None}
+            for name, i in self.instances.items()}}
 
 
 def security_group(common: Common) -> openstack.networking.SecGroup:
@@ -100,19 +108,9 @@ def build(common: Common, settings: OpenStackSettings,
 
 
 def program(user_data: Mapping[str, str] | None = None) -> None:
-    """The Pulumi program: read the stack config, declare the machines, export their
-    addresses (`machines`: name -> id, private_ip, public_ip). `user_data` (name ->
-    user-data) comes from the controller; without it, from the secret config."""
-    cfg = pulumi.Config(NAMESPACE)
-    common = read_common(cfg)
-    out = build(common, read_settings(cfg), user_data_of(cfg, common.machines, user_data))
-    pulumi.export("endpoint", common.endpoint)
-    pulumi.export("security_group", out.security_group.id)
-    pulumi.export("machines", {
-        name: {"id": i.id, "private_ip": i.access_ip_v4,
-               "public_ip": out.floating_ips[name].address if name in out.floating_ips
-               else None}
-        for name, i in out.instances.items()})
+    """The Pulumi program. `user_data` (name -> user-data) comes from the controller; run by
+    the CLI, from the secret config."""
+    run_program(lambda common, cfg, data: build(common, read_settings(cfg), data), user_data)
 
 
 __all__ = ["OpenStackMachines", "OpenStackSettings", "build", "program", "read_settings"]

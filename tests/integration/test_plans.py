@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from controller.drivers.pulumi import missing_cli_message
-from tests.conftest import LOCAL, REPO, sh, wait_until
+from tests.conftest import LOCAL, REPO, path_without, sh, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -166,13 +166,8 @@ def test_plan_api_errors_are_clear(make_controller):
         assert c.get("/api/v1/plans").status_code == 403
 
 
-def without_pulumi_on_path():
-    dirs = os.environ.get("PATH", "").split(os.pathsep)
-    return os.pathsep.join(d for d in dirs if not os.path.exists(os.path.join(d, "pulumi")))
-
-
 def test_a_cloud_endpoint_without_the_pulumi_cli(make_controller, monkeypatch):
-    monkeypatch.setenv("PATH", without_pulumi_on_path())
+    monkeypatch.setenv("PATH", path_without("pulumi"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "only-for-this-test")
     aws = {"name": "aws", "driver": "aws", "max_machines": 2,
            "aws": {"region": "eu-west-1", "ami": "ami-0abc", "spot": True,

@@ -2,7 +2,6 @@
 a preview result as a plan, stack outputs and state as machines, error lines, and the clear
 error when the CLI is missing (the real Automation API call, on a PATH without `pulumi`)."""
 
-import os
 
 import pytest
 
@@ -19,6 +18,7 @@ from controller.drivers.pulumi import (
 )
 from controller.errors import DriverSetupError
 from controller.settings import EndpointConfig
+from tests.conftest import path_without
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhGk2c3cl2hSAFA0xD8i8T1QqBJ8GiqNcXd cloudpilot@ctl"
 AWS = EndpointConfig(name="aws-spot", driver="aws", aws={
@@ -128,13 +128,8 @@ def test_error_lines_are_the_errors_not_the_whole_output():
     assert error_line(Exception("plain trouble")) == "plain trouble"
 
 
-def without_pulumi_on_path():
-    dirs = os.environ.get("PATH", "").split(os.pathsep)
-    return os.pathsep.join(d for d in dirs if not os.path.exists(os.path.join(d, "pulumi")))
-
-
 def test_a_missing_cli_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", without_pulumi_on_path())
+    monkeypatch.setenv("PATH", path_without("pulumi"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
     driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", "cp_token")
     for call in (driver.observe, lambda: driver.plan([], ["aws-spot-0001"]),

@@ -43,8 +43,9 @@ class Mocks(pulumi.runtime.Mocks):
         return {r.name: r for r in self.resources if r.typ == typ}
 
 
-def run(kind, endpoint, machines, user_data=None):
-    """Run a stack's program under mocks with the config the driver writes for `endpoint`."""
+def run(kind, endpoint, machines, user_data=None, outputs=None):
+    """Run a stack's program under mocks with the config the driver writes for `endpoint`;
+    the stack's outputs, resolved, go into `outputs`."""
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, project="cloudpilot", stack=endpoint.name, preview=False)
     pulumi.runtime.set_all_config(stack_config(endpoint, machines))
@@ -58,6 +59,9 @@ def run(kind, endpoint, machines, user_data=None):
     @pulumi.runtime.test
     def go():
         program(user_data=data)
+        exported = pulumi.runtime.get_root_resource().outputs
+        return pulumi.Output.from_input(exported).apply(
+            lambda v: outputs.update(v) if outputs is not None else None)
 
     go()
     return mocks
@@ -88,6 +92,15 @@ def test_aws_named_machines_in_exactly_those_instances_out():
                              "value": "#cloud-config\n# user-data of aws-spot-0005\n"}
     key = mocks.of("aws:ec2/keyPair:KeyPair")["aws-spot-key"].inputs
     assert key["publicKey"] == KEY
+
+
+def test_aws_outputs_name_each_machines_id_and_addresses():
+    out = {}
+    run("aws", aws_endpoint(), ["aws-spot-0001", "aws-spot-0002"], outputs=out)
+    assert out["endpoint"] == "aws-spot" and out["security_group"] == "aws-spot-sg-id"
+    assert out["machines"] == {
+        n: {"id": f"{n}-id", "private_ip": "10.0.1.7", "public_ip": "203.0.113.7"}
+        for n in ("aws-spot-0001", "aws-spot-0002")}
 
 
 def test_aws_spot_with_a_max_price():
@@ -151,9 +164,13 @@ def test_openstack_flavor_image_network_and_metadata():
 
 
 def test_openstack_floating_ips_when_a_pool_is_set():
-    mocks = run("openstack", openstack_endpoint(floating_ip_pool="public"), ["os-0001"])
+    out = {}
+    mocks = run("openstack", openstack_endpoint(floating_ip_pool="public"), ["os-0001"],
+                outputs=out)
     fip = mocks.of("openstack:networking/floatingIp:FloatingIp")["os-0001-fip"].inputs
     assert fip["pool"] == "public" and fip["portId"] == "os-0001-port-id"
+    assert out["machines"] == {"os-0001": {"id": "os-0001-id", "private_ip": "192.168.5.7",
+                                           "public_ip": "198.51.100.7"}}
 
 
 def test_the_cli_program_reads_the_user_data_from_secret_config():
