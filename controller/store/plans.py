@@ -120,11 +120,14 @@ class PlanStore:
                  states: Sequence[PlanState] = (P.PENDING,)) -> list[int]:
         """Supersede the endpoint's pending (or also approved) plans: no longer wanted."""
         now = time.time() if now is None else now
-        marks = ",".join("?" * len(states))
+        sql = (f"SELECT id FROM plans WHERE endpoint = ? AND state IN"
+               f" ({','.join('?' * len(states))})")
+        args = (endpoint, *(s.value for s in states))
+        with self.store.read() as c:  # most ticks: nothing open, no write transaction
+            if c.execute(sql, args).fetchone() is None:
+                return []
         with self.store.tx() as c:
-            ids = [r["id"] for r in c.execute(
-                f"SELECT id FROM plans WHERE endpoint = ? AND state IN ({marks})",
-                (endpoint, *(s.value for s in states)))]
+            ids = [r["id"] for r in c.execute(sql, args)]
             for pid in ids:
                 self._move(c, pid, P.SUPERSEDED, why, now, message=why)
         return ids
