@@ -27,7 +27,6 @@ from controller.domain.plans import (
 )
 from controller.domain.scheduling import Decision, decide
 from controller.drivers.base import ApplyResult, Driver, ObservedMachine
-from controller.errors import NotFound
 from controller.settings import Settings
 from controller.store import Store
 
@@ -192,23 +191,29 @@ class Reconciler:
 
     def _apply(self, plan: Plan, driver: Driver, now: float) -> None:
         """Apply an approved plan and record what it did to each machine. Machines it creates
-        are recorded once the driver created them (or failed to); if the driver raises,
-        nothing is assumed to have happened."""
+        are recorded (requested) before the driver is called, so a pilot that registers at once
+        finds its machine; the driver's answer moves them on (booting, or failed with its
+        message); a driver that raises has created nothing."""
         endpoint = plan.endpoint
+        known = {m["name"] for m in self.store.machines.find(endpoint)}
+        for name in plan.create:
+            if name not in known:
+                self.store.machines.create(name, endpoint, _seq(name),
+                                           f"{plan.reason_for(name)} (plan {plan.id})", now)
         for name in plan.delete:
-            try:
+            if name in known:  # else: a leftover the store never knew
                 self.store.machines.move(name, M.STOPPING,
                                          f"{plan.reason_for(name)} (plan {plan.id})", now)
-            except NotFound:
-                pass  # a leftover the store never knew
         try:
             result = driver.apply(plan.diff)
         except Exception as e:
             msg = _one_line(e)
+            for name in plan.create:
+                self.store.machines.move(name, M.FAILED, f"plan {plan.id} failed: {msg}", now)
             self.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
             self._failed(endpoint, f"plan {plan.id} failed: {msg}", now)
             return
-        self._record(plan, result, now)
+        self._record_result(plan, result, known, now)
         if result.errors:
             msg = "; ".join(f"{n}: {m}" for n, m in sorted(result.errors.items()))
             self.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
@@ -217,22 +222,16 @@ class Reconciler:
             self.store.plans.finish(plan.id, PlanState.APPLIED, _applied(result), now)
             self._ok(endpoint, self.store.plans.marks(endpoint).down_by, now, reset=True)
 
-    def _record(self, plan: Plan, result: ApplyResult, now: float) -> None:
-        known = {m["name"] for m in self.store.machines.find(plan.endpoint)}
-        for name in [*result.created, *(n for n in result.errors if n in plan.create)]:
-            if name not in known:
-                self.store.machines.create(name, plan.endpoint, _seq(name),
-                                           f"{plan.reason_for(name)} (plan {plan.id})", now)
+    def _record_result(self, plan: Plan, result: ApplyResult, known: set[str],
+                       now: float) -> None:
         for name in result.created:
-            self.store.machines.move(name, M.BOOTING, now=now)
+            self.store.machines.move(name, M.BOOTING, now=now)  # unless its pilot came up
         for name, msg in result.errors.items():
             if name in plan.create:
                 self.store.machines.move(name, M.FAILED, msg, now)
         for name in result.deleted:
-            if name not in known:
-                continue  # a leftover the store never knew
-            was = M(self.store.machines.get(name)["state"])
-            if was in LIVE_STATES | {M.LOST}:
+            if name in known and M(self.store.machines.get(name)["state"]) in \
+                    LIVE_STATES | {M.LOST}:
                 self.store.machines.move(name, M.STOPPED, "removed by the driver", now)
 
     # endpoint state and back-off ---------------------------------------------------------

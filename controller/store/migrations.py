@@ -143,6 +143,8 @@ def m003_plans(db: Database) -> None:
     db.table("endpoint_events").create(
         {"id": int, "endpoint": str, "at": float, "state": str, "message": str}, pk="id")
     db.table("endpoint_events").create_index(["endpoint", "id"])
+    # what the driver reports of a machine besides its address (a cloud instance's id...)
+    db.table("machines").add_column("observed", str)
     # marks on an endpoint that steer its plans
     db.table("endpoints").add_column("down_by", str)  # who took it down; NULL: it is up
     db.table("endpoints").add_column("up_by", str)  # who asked to apply its next plan now

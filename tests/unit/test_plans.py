@@ -221,7 +221,7 @@ def test_over_the_threshold_waits_for_approval_then_applies(world):
     assert {m["state"] for m in store.machines.find("ep")} == {"booting"}
     loop.tick()  # the controller records what the cloud reports of each machine
     m = store.machines.get("ep-0002")
-    assert (m["address"], m["info"]) == ("10.0.0.2", "id i-ep-0002")
+    assert (m["address"], m["observed"]) == ("10.0.0.2", "id i-ep-0002")
 
 
 def test_under_the_threshold_applies_at_once(world):
@@ -243,7 +243,8 @@ def test_a_failed_apply_is_recorded_and_backed_off(world):
     ep = store.machines.endpoints()[0]
     assert ep["state"] == "error" and "AuthFailure" in ep["message"]
     assert "retry in 5s" in ep["message"]
-    assert store.machines.find("ep") == []  # the driver raised: nothing assumed created
+    (m,) = store.machines.find("ep")  # the driver raised: the machine was not created
+    assert m["state"] == "failed" and "AuthFailure" in m["reason"]
     clock.t += 2
     loop.tick()  # backing off: the driver is left alone
     assert len(driver.applied) == 1 and len(store.plans.find("ep")) == 1
@@ -251,7 +252,7 @@ def test_a_failed_apply_is_recorded_and_backed_off(world):
     clock.t += 4
     loop.tick()
     latest = store.plans.find("ep")[0]
-    assert latest.state == P.APPLIED and latest.create == ("ep-0001",)  # same name again
+    assert latest.state == P.APPLIED and latest.create == ("ep-0002",)
     assert store.machines.endpoints()[0]["state"] == "ok"
     assert store.plans.marks("ep").backoff.failures == 0
     events = store.plans.endpoint_events("ep")
