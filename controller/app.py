@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, info, jobs, pilots, plans
+from controller.api import admin, info, jobs, pilots, plans, ticks
 from controller.auth import Role
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
@@ -107,7 +107,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.reconciler = None
-    for r in (jobs.router, pilots.router, info.router, admin.router, plans.router):
+    for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
+              ticks.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

@@ -208,14 +208,18 @@ def print_plan(p: dict[str, Any]) -> None:
     why = {r.split(": ", 1)[0]: r.split(": ", 1)[1] for r in p["reasons"] if ": " in r}
     print("change:")
     for n in p["create"]:
-        print(f"  + {n}   new machine")
+        spec = p.get("specs", {}).get(n)
+        where = f" ({spec['type']} {spec['market']} in {spec['zone']}, {spec['price']:g}/h)" \
+            if spec and {"type", "market", "zone", "price"} <= set(spec) else ""
+        print(f"  + {n}   {why.get(n, 'new machine')}{where}")
     for n in p["delete"]:
         print(f"  - {n}   {why.get(n, 'not wanted')}")
     rest = ", ".join(p["wanted"][:8]) + (" ..." if len(p["wanted"]) > 8 else "")
     print(f"after it: {len(p['wanted'])} machine(s)" + (f" ({rest})" if rest else ""))
     if p["cost_per_hour"]:
         print(f"adds about {p['cost_per_hour']:g} per hour")
-    general = [r for r in p["reasons"] if r.split(": ", 1)[0] not in p["delete"]]
+    named = set(p["create"]) | set(p["delete"])
+    general = [r for r in p["reasons"] if r.split(": ", 1)[0] not in named]
     if general:
         print("why:")
         for r in general:
@@ -289,6 +293,32 @@ def cmd_admin(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from controller.whatif import format_explain
+
+    print(format_explain(_client(args).explain(args.endpoint)))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from controller.whatif import replay
+
+    c = _client(args)
+    if args.tick is None:
+        rows = [[t["id"], t["endpoint"], _when(t["at"]), t["starts"], t["removes"]]
+                for t in c.ticks(args.endpoint, changes=True)]
+        print(_table(rows, ["TICK", "ENDPOINT", "AT", "STARTS", "REMOVES"]))
+        return 0
+    print(replay(c.tick(args.tick), args.config))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from controller.simulate.run import main as simulate
+
+    return simulate(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -419,6 +449,37 @@ def build_parser() -> argparse.ArgumentParser:
     config_opt(q)
     q.add_argument("id", type=int, help="token id")
     p.set_defaults(fn=cmd_admin)
+
+    p = sub.add_parser("explain", help="an endpoint's last scheduler decision: inputs, "
+                       "candidate machine types with prices, why each machine started or stopped")
+    client_opts(p)
+    p.add_argument("endpoint", help="endpoint name")
+    p.set_defaults(fn=cmd_explain)
+
+    p = sub.add_parser("replay", help="re-run a recorded scheduler tick, with the same or "
+                       "another config, and show what would be decided differently")
+    client_opts(p)
+    p.add_argument("--tick", type=int, help="tick id (without: list recent ticks that "
+                   "started or removed machines)")
+    p.add_argument("--config", help="another config (TOML) to decide with; default: the "
+                   "recorded one")
+    p.add_argument("--endpoint", help="with no --tick: only this endpoint's ticks")
+    p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("simulate", help="replay a workload trace through the scheduler, "
+                       "policy by policy, with real spot prices")
+    p.add_argument("--trace", required=True, help="SWF workload trace (.swf or .swf.gz)")
+    p.add_argument("--prices", required=True, help="spot price history TSV (.tsv or .tsv.xz)")
+    p.add_argument("--config", required=True, help="TOML: an endpoint with machine types, "
+                   "and a [simulate] table (see examples/simulate-c5.toml)")
+    p.add_argument("--policy", help="only this policy (on-demand-static, on-demand-elastic, "
+                   "spot-naive, cloudpilot); default: all side by side")
+    p.add_argument("--limit", type=int, help="only the first N jobs of the trace")
+    p.add_argument("--out", default="simulate-out", help="folder for report.json and the "
+                   "plots (simulate-out)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("demo", help="run the whole loop on this machine with a local endpoint")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")

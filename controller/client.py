@@ -83,3 +83,16 @@ class ApiClient:
 
     def down(self, endpoint: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/endpoints/{endpoint}/down")
+
+    def explain(self, endpoint: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/endpoints/{endpoint}/explain")
+
+    def tick(self, tick_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/ticks/{tick_id}")
+
+    def ticks(self, endpoint: str | None = None, changes: bool = False,
+              limit: int = 20) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"changes": changes, "limit": limit}
+        if endpoint:
+            params["endpoint"] = endpoint
+        return self.request("GET", "/api/v1/ticks", params=params)

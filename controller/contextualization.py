@@ -13,6 +13,7 @@ import io
 import json
 import re
 import tarfile
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,19 @@ def pilot_tarball() -> bytes:
 
 
 def pilot_settings(endpoint: EndpointConfig, controller_url: str, token: str,
-                   machine: str) -> dict[str, Any]:
-    """What a pilot started on one of the endpoint's machines is told."""
+                   machine: str, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a pilot started on one of the endpoint's machines is told; `spec` (priced
+    endpoints) gives the machine type's cores, memory and slots."""
     e = endpoint
+    spec = spec or {}
     return {
         "controller_url": controller_url,
         "token": token,
         "endpoint": e.name,
         "machine": machine,
-        "slots": e.slots,
-        "cores": e.cores,
-        "memory_mb": e.memory_mb,
+        "slots": spec.get("slots", e.slots),
+        "cores": spec.get("cores", e.cores),
+        "memory_mb": spec.get("memory_mb", e.memory_mb),
         "tags": list(e.tags),
         # a safety net: the controller normally stops idle machines first, by name
         "idle_timeout": e.idle_timeout * 2 + 5,
@@ -133,7 +136,8 @@ def render_ssh(user: str, public_key: str) -> str:
     return render("ssh.yaml", {"ssh_user": user, "public_key": public_key})
 
 
-def user_data(endpoint: EndpointConfig, controller_url: str, token: str, machine: str) -> str:
+def user_data(endpoint: EndpointConfig, controller_url: str, token: str, machine: str,
+              spec: Mapping[str, Any] | None = None) -> str:
     """The user-data of one of the endpoint's machines, in the endpoint's mode."""
     if endpoint.contextualization == "ssh":
         cloud = endpoint.cloud()
@@ -144,7 +148,7 @@ def user_data(endpoint: EndpointConfig, controller_url: str, token: str, machine
         if not key or cloud is None:
             raise ContextualizationError(f"endpoint {endpoint.name} has no public key")
         return render_ssh(cloud.ssh_user, key)
-    return render_pilot(pilot_settings(endpoint, controller_url, token, machine))
+    return render_pilot(pilot_settings(endpoint, controller_url, token, machine, spec))
 
 
 def written_file(user_data_text: str, path: str) -> bytes:

@@ -10,11 +10,15 @@ driver is asked again, never exceptions out of the loop.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from controller.domain import ticks
 from controller.domain.jobs import JobState
 from controller.domain.machines import LIVE_STATES, MachineState, MachineView
 from controller.domain.plans import (
@@ -25,9 +29,11 @@ from controller.domain.plans import (
     down_decision,
     plan_cost,
 )
-from controller.domain.scheduling import Decision, decide
+from controller.domain.scheduling import Budget, Decision, decide
 from controller.drivers.base import ApplyResult, Driver, ObservedMachine
-from controller.settings import Settings
+from controller.errors import CloudpilotError, NotFound
+from controller.prices import PriceSource, make_price_source
+from controller.settings import EndpointConfig, Settings
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot.loop")
@@ -42,12 +48,16 @@ class TickResult:
 
 class Reconciler:
     def __init__(self, settings: Settings, store: Store, drivers: dict[str, Driver],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 price_sources: dict[str, PriceSource] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.drivers = drivers
         self.clock = clock
         self.last: dict[str, Decision] = {}
+        self.prices = price_sources if price_sources is not None else {
+            ep.name: make_price_source(ep.prices, {t.name for t in ep.machine_types})
+            for ep in settings.endpoints if ep.prices is not None}
         # After a controller restart, pilots need a moment to reach it again: heartbeats missed
         # while it was down must not count, so silence is measured from this instant at most.
         self.started = clock()
@@ -117,29 +127,66 @@ class Reconciler:
     # decide, plan, apply -----------------------------------------------------------------
     def _views(self, endpoint: str, slots: int) -> list[MachineView]:
         busy = self.store.jobs.busy_by_machine()
+        held = self.store.jobs.busy_resources_by_machine()
         views = []
         for m in self.store.machines.find(endpoint, live=True):
             b = busy.get(m["name"], 0)
+            info = json.loads(m["info"]) if m.get("info") else {}
+            cores, mem = held.get(m["name"], (0, 0))
             views.append(MachineView(
                 name=m["name"], endpoint=endpoint, state=M(m["state"]),
-                created_at=m["created_at"], slots=slots, busy_slots=b,
+                created_at=m["created_at"], slots=info.get("slots", slots), busy_slots=b,
+                free_cores=max(info.get("cores", 0) - cores, 0),
+                free_memory_mb=max(info.get("memory_mb", 0) - mem, 0),
                 idle_since=None if b else (m["last_busy_at"] or m["created_at"]),
                 last_seen=max(m["last_seen"] or 0.0, self.started) if m["last_seen"] else None,
-                managed=bool(m["managed"]),
+                managed=bool(m["managed"]), pool=info.get("pool"),
             ))
         return views
+
+    def _budget(self, endpoint: str) -> Budget:
+        """What the controller-wide limits leave for this endpoint: minus the other endpoints'
+        live machines and their spend (at the prices they were started at)."""
+        s = self.settings
+        if s.max_spend_per_hour is None and s.max_machines_total is None:
+            return Budget()
+        others = [m for m in self.store.machines.find(live=True) if m["endpoint"] != endpoint]
+        spend = sum(json.loads(m["info"]).get("price", 0.0) for m in others if m.get("info"))
+        return Budget(
+            None if s.max_machines_total is None else s.max_machines_total - len(others),
+            None if s.max_spend_per_hour is None else s.max_spend_per_hour - spend)
+
+    def _prices(self, ep: EndpointConfig, now: float) -> dict[str, float]:
+        source = self.prices.get(ep.name)
+        if source is None:
+            return {}
+        prices = source.prices(now)
+        if source.error:
+            log.warning("endpoint %s: %s", ep.name, source.error)
+        return prices
+
+    def _record(self, inputs: ticks.TickInputs, decision: Decision) -> None:
+        try:
+            self.store.ticks.record(decision.endpoint, inputs.now, ticks.encode(inputs),
+                                    ticks.decision_to_dict(decision),
+                                    self.settings.tick_retention)
+        except (CloudpilotError, OSError, ValueError) as e:  # explainability must not stop work
+            log.warning("tick of %s not recorded: %s", decision.endpoint, e)
 
     def _reconcile(self, endpoint: str, driver: Driver, current: list[str],
                    now: float) -> tuple[Decision, int]:
         ep = self.settings.endpoint(endpoint)
         assert ep is not None
         marks = self.store.plans.marks(endpoint)
-        views = self._views(endpoint, ep.slots)
-        decision = decide(ep.spec(), self.store.jobs.queue_snapshot(),
-                          views, now,
-                          self.store.machines.last_seq(endpoint))
+        inputs = ticks.snapshot(ep.spec(), self.store.jobs.queue_snapshot(),
+                                self._views(endpoint, ep.slots), now,
+                                self.store.machines.last_seq(endpoint), self._prices(ep, now),
+                                self._budget(endpoint) if ep.machine_types else None)
+        decision = decide(inputs.spec, inputs.queues, inputs.machines, now, inputs.last_seq,
+                          prices=inputs.prices, budget=inputs.budget)
+        self._record(inputs, decision)  # what decide() made of its inputs, for replay
         if marks.down_by:
-            decision = down_decision(decision, views, marks.down_by)
+            decision = down_decision(decision, inputs.machines, marks.down_by)
         self.last[endpoint] = decision
         requeued = 0
         # What the world says (lost, failed) is recorded now; stopping an idle machine is a
@@ -159,6 +206,11 @@ class Reconciler:
         except Exception as e:
             self._failed(endpoint, f"plan failed: {e}", now)
             return decision, requeued
+        launches = {x.name: x for x in decision.launches}
+        if diff.create and (launches or ep.machine_types):  # priced: each machine's type
+            diff = dataclasses.replace(diff, specs={
+                **self._specs(diff.create),
+                **{n: x.info() for n, x in launches.items() if n in diff.create}})
         if diff.empty:
             self.store.plans.withdraw(endpoint, "nothing left to change", now)
             if marks.up_by:
@@ -174,6 +226,7 @@ class Reconciler:
             (ok, why), asked_by = auto_approval(policy, diff), "scheduler"
         why_each = {r.name: r.reason for r in decision.remove}
         reasons = [*decision.reasons,
+                   *(f"{n}: {launches[n].reason}" for n in diff.create if n in launches),
                    *(f"{n}: {why_each.get(n, 'not wanted')}" for n in diff.delete)]
         plan, new = self.store.plans.propose(diff, reasons, asked_by, plan_cost(policy, diff),
                                              "" if ok else why, now)
@@ -199,7 +252,8 @@ class Reconciler:
         for name in plan.create:
             if name not in known:
                 self.store.machines.create(name, endpoint, _seq(name),
-                                           f"{plan.reason_for(name)} (plan {plan.id})", now)
+                                           f"{plan.reason_for(name)} (plan {plan.id})", now,
+                                           info=dict(plan.specs.get(name) or {}) or None)
         for name in plan.delete:
             if name in known:  # else: a leftover the store never knew
                 self.store.machines.move(name, M.STOPPING,
@@ -233,6 +287,18 @@ class Reconciler:
             if name in known and M(self.store.machines.get(name)["state"]) in \
                     LIVE_STATES | {M.LOST}:
                 self.store.machines.move(name, M.STOPPED, "removed by the driver", now)
+
+    def _specs(self, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """What the store keeps of machines already recorded (priced endpoints)."""
+        out = {}
+        for name in names:
+            try:
+                info = self.store.machines.get(name).get("info")
+            except NotFound:
+                continue
+            if info:
+                out[name] = json.loads(info)
+        return out
 
     # endpoint state and back-off ---------------------------------------------------------
     def _failed(self, endpoint: str, message: str, now: float) -> None:

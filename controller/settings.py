@@ -14,10 +14,59 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from controller.clouds import AwsConfig, OpenStackConfig
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import ApprovalPolicy
+from controller.domain.pricing import Market, Offer
 from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
 
 CLOUD_DRIVERS = ("aws", "openstack")
+
+
+def _both_markets() -> list[Market]:
+    return ["spot", "on-demand"]
+
+
+class MachineTypeConfig(BaseModel):
+    """One machine type a priced endpoint may start, in each of its zones and markets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="e.g. c5.xlarge")
+    cores: int = Field(ge=1, le=1024)
+    memory_mb: int = Field(ge=64)
+    on_demand_price: float = Field(gt=0, description="USD per hour")
+    zones: list[str] = Field(min_length=1)
+    markets: list[Market] = Field(default_factory=_both_markets, min_length=1)
+    max_price: float | None = Field(None, gt=0, description="spot: most we pay (USD/h)")
+    max_price_factor: float = Field(1.0, gt=0, description="spot: max price as a factor of "
+                                    "the on-demand price, when max_price is not given")
+    slots: int | None = Field(None, ge=1, description="pilot slots (default: one per core)")
+
+    def offers(self) -> list[Offer]:
+        bid = self.max_price or round(self.on_demand_price * self.max_price_factor, 6)
+        return [Offer(self.name, z, m, self.cores, self.memory_mb, self.on_demand_price,
+                      bid if m == "spot" else None, self.slots)
+                for z in self.zones for m in self.markets]
+
+
+class PriceConfig(BaseModel):
+    """Where spot prices come from: `aws` (DescribeSpotPriceHistory) or `file` (a TSV)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["aws", "file"]
+    path: str | None = Field(None, description="file: the TSV (.xz) history")
+    product: str = "Linux/UNIX"
+    region: str = "eu-west-1"
+    endpoint_url: str | None = Field(None, description="aws: another EC2 API endpoint")
+    refresh: float = Field(300.0, gt=0, description="aws: seconds between refreshes")
+    start: str | None = Field(None, description="file: history time the replay starts at "
+                              "(ISO 8601; default: the file's first)")
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> PriceConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("a file price source needs a path")
+        return self
 
 
 class EndpointConfig(BaseModel):
@@ -38,6 +87,26 @@ class EndpointConfig(BaseModel):
     lost_after: float = Field(60.0, gt=0, description="a pilot silent this long is lost (s)")
     heartbeat_interval: float = Field(10.0, gt=0)
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
+    # price-aware endpoints: several machine types x zones, spot or on demand
+    machine_types: list[MachineTypeConfig] = Field(default_factory=list)
+    prices: PriceConfig | None = None
+    max_spend_per_hour: float | None = Field(None, gt=0, description="USD per hour")
+    diversity: float = Field(0.1, ge=0, le=10, description="preference for pools (type x "
+                             "zone) that hold less of the fleet; 0 = cheapest only")
+
+    @model_validator(mode="after")
+    def _types_need_prices(self) -> EndpointConfig:
+        spot = any("spot" in t.markets for t in self.machine_types)
+        if spot and self.prices is None:
+            raise ValueError("machine types on spot need a price source ([endpoints.prices])")
+        names = [t.name for t in self.machine_types]
+        if len(set(names)) != len(names):
+            raise ValueError("machine type names must be unique")
+        return self
+
+    def offers(self) -> tuple[Offer, ...]:
+        return tuple(o for t in self.machine_types for o in t.offers())
+
     # plans: applied automatically, under a threshold, or after an operator approves them
     auto_apply: bool | None = Field(
         None, description="apply every plan automatically (default: true for local and ssh, "
@@ -105,7 +174,20 @@ class EndpointConfig(BaseModel):
             idle_timeout=self.idle_timeout,
             boot_timeout=self.boot_timeout,
             lost_after=self.lost_after,
+            offers=self.offers(),
+            max_spend_per_hour=self.max_spend_per_hour,
+            diversity=self.diversity,
         )
+
+
+def read_toml(p: Path) -> dict[str, Any]:
+    """A TOML config file as a dict; a missing or malformed file is a ConfigError."""
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 
 class Settings(BaseSettings):
@@ -126,6 +208,9 @@ class Settings(BaseSettings):
     max_bulk_jobs: int = Field(10_000, ge=1)
     long_poll_max: float = Field(30.0, gt=0)
     fair_share_by: Literal["owner", "group"] = "owner"
+    max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
+    max_machines_total: int | None = Field(None, ge=0, description="all endpoints")
+    tick_retention: int = Field(2000, ge=10, description="scheduler ticks kept per endpoint")
     # the embedded default: one local endpoint whose machines are pilot processes on this host
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])
@@ -161,16 +246,16 @@ class Settings(BaseSettings):
         data: dict[str, Any] = {}
         if path is not None:
             p = Path(path)
-            try:
-                data = tomllib.loads(p.read_text())
-            except FileNotFoundError:
-                raise ConfigError(f"config file {p} does not exist") from None
-            except tomllib.TOMLDecodeError as e:
-                raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+            data = read_toml(p)
             base = p.resolve().parent
             for key in ("database", "data_dir"):
                 if key in data and not Path(data[key]).is_absolute():
                     data[key] = str(base / data[key])
+            for ep in data.get("endpoints", []):
+                prices = ep.get("prices") if isinstance(ep, dict) else None
+                if isinstance(prices, dict) and isinstance(prices.get("path"), str):
+                    if not Path(prices["path"]).is_absolute():
+                        prices["path"] = str(base / prices["path"])
         data.update(overrides)
         try:
             return cls(**data)

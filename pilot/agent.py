@@ -14,6 +14,7 @@ from typing import Any
 from pilot import __version__
 from pilot.client import Client, ClientError
 from pilot.config import PilotConfig
+from pilot.metadata import spot_notice
 from pilot.runner import JobRun
 
 log = logging.getLogger("pilot")
@@ -59,6 +60,8 @@ class Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.register()
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        if self.cfg.metadata_url:
+            threading.Thread(target=self._watch_metadata, name="metadata", daemon=True).start()
         while not self.stopping.is_set():
             cores, mem, slots = self.free()
             if self.draining.is_set() or slots <= 0 or cores <= 0:
@@ -109,6 +112,7 @@ class Agent:
             self.last_busy = time.monotonic()
         if self.stopping.is_set():
             run.stop_reason = "interrupted"
+            run.interrupted_by = self.exit_reason or "SIGTERM"
         threading.Thread(target=self._execute, args=(run,), name=f"job-{run.id}",
                          daemon=True).start()
 
@@ -193,14 +197,26 @@ class Agent:
         except (ClientError, OSError) as e:
             log.info("goodbye not delivered: %s", e)
 
-    def interrupt(self) -> None:
-        """SIGTERM: stop taking work, interrupt running jobs (they report 'interrupted')."""
-        self.exit_reason = "SIGTERM"
+    def interrupt(self, why: str = "SIGTERM") -> None:
+        """SIGTERM or a spot interruption notice: stop taking work, interrupt running jobs
+        (they report 'interrupted' and are rescheduled without using a retry)."""
+        self.exit_reason = why
         self.stopping.set()
         with self.lock:
             runs = list(self.jobs.values())
         for r in runs:
+            r.interrupted_by = why
             r.stop("interrupted")
+
+    def _watch_metadata(self) -> None:
+        """On a spot instance: poll the metadata service for an interruption notice."""
+        assert self.cfg.metadata_url
+        while not self.stopping.wait(self.cfg.metadata_interval):
+            notice = spot_notice(self.cfg.metadata_url)
+            if notice:
+                log.warning("spot interruption notice: %s", notice)
+                self.interrupt(f"spot interruption notice: {notice}")
+                return
 
     def wait_jobs(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ ENV = {
     "tags": "CLOUDPILOT_TAGS",
     "idle_timeout": "CLOUDPILOT_IDLE_TIMEOUT",
     "workdir": "CLOUDPILOT_WORKDIR",
+    "metadata_url": "CLOUDPILOT_METADATA_URL",
 }
 
 
@@ -49,6 +50,9 @@ class PilotConfig:
     workdir: str = "work"
     max_output_bytes: int = 1_000_000  # per job, stdout + stderr, tail kept
     stop_grace: float = 5.0  # SIGTERM -> SIGKILL for payloads
+    # on an EC2 spot instance: "http://169.254.169.254", watched for an interruption notice
+    metadata_url: str | None = None
+    metadata_interval: float = 5.0
 
     @classmethod
     def load(cls, path: str | None = None) -> PilotConfig:
@@ -72,7 +76,7 @@ class PilotConfig:
         for key in ("slots", "cores", "memory_mb"):
             if key in data:
                 data[key] = int(data[key])  # type: ignore[call-overload]
-        for key in ("idle_timeout", "poll_wait", "stop_grace"):
+        for key in ("idle_timeout", "poll_wait", "stop_grace", "metadata_interval"):
             if key in data:
                 data[key] = float(data[key])  # type: ignore[arg-type]
         return cls(**data)  # type: ignore[arg-type]

@@ -54,6 +54,7 @@ class JobRun:
         self.stop_grace = stop_grace
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_reason: str | None = None
+        self.interrupted_by = "SIGTERM"  # what interrupted the pilot, for the job's record
         self._lock = threading.Lock()
 
     @property
@@ -127,7 +128,7 @@ class JobRun:
         self._signal(signal.SIGKILL)  # anything the payload left behind in its group
         why = self.stop_reason
         if why == "interrupted":
-            return Outcome("interrupted", rc, "pilot stopping (SIGTERM)")
+            return Outcome("interrupted", rc, f"pilot stopping ({self.interrupted_by})")
         if why == "killed":
             return Outcome("failed", rc, "killed")
         if why == "timeout":

@@ -82,7 +82,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         offer = SlotOffer(endpoint=str(pilot["endpoint"]), cores=body.free_cores,
                           memory_mb=body.free_memory_mb, tags=frozenset(tags),
-                          max_runtime=ep.max_runtime if ep else None)
+                          max_runtime=ep.max_runtime if ep else None,
+                          spot=bool(pilot.get("spot")))
         return store.jobs.match(pilot_id, machine, offer, by=settings.fair_share_by,
                                 shares=store.tokens.shares(settings.fair_share_by),
                                 issue_token=issue, count=count)

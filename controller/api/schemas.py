@@ -22,6 +22,7 @@ class RequirementsIn(Strict):
     max_runtime: int = Field(3600, ge=1, le=30 * 86400, description="seconds")
     endpoints: list[str] = Field(default_factory=list, description="allowed; empty = any")
     banned_endpoints: list[str] = Field(default_factory=list)
+    spot: bool = Field(True, description="may run on spot machines (false: on-demand only)")
 
 
 class InputFileIn(Strict):
@@ -68,7 +69,7 @@ class JobIn(Strict):
             requirements=Requirements(
                 cores=r.cores, memory_mb=r.memory_mb, tags=frozenset(r.tags),
                 max_runtime=r.max_runtime, endpoints=frozenset(r.endpoints),
-                banned_endpoints=frozenset(r.banned_endpoints),
+                banned_endpoints=frozenset(r.banned_endpoints), spot=r.spot,
             ),
             priority=self.priority,
             name=self.name,

@@ -67,6 +67,7 @@ class Requirements:
     max_runtime: int = 3600
     endpoints: frozenset[str] = field(default_factory=frozenset)  # allowed; empty = any
     banned_endpoints: frozenset[str] = field(default_factory=frozenset)
+    spot: bool = True  # may run on spot (interruptible) machines; False: on-demand only
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -76,6 +77,7 @@ class Requirements:
             "max_runtime": self.max_runtime,
             "endpoints": sorted(self.endpoints),
             "banned_endpoints": sorted(self.banned_endpoints),
+            "spot": self.spot,
         }
 
     @classmethod
@@ -87,6 +89,7 @@ class Requirements:
             max_runtime=int(d.get("max_runtime", 3600)),
             endpoints=frozenset(d.get("endpoints", ())),
             banned_endpoints=frozenset(d.get("banned_endpoints", ())),
+            spot=bool(d.get("spot", True)),
         )
 
     def allows_endpoint(self, endpoint: str) -> bool:

@@ -57,3 +57,4 @@ class MachineView:
     idle_since: float | None = None  # when its last job ended (or it came up); None = busy
     last_seen: float | None = None  # last heartbeat of its pilot
     managed: bool = True  # started by the controller's driver (False: a pilot that joined)
+    pool: str | None = None  # priced endpoints: 'type/zone/market' it was started in

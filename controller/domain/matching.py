@@ -18,6 +18,7 @@ class SlotOffer:
     memory_mb: int
     tags: frozenset[str] = field(default_factory=frozenset)
     max_runtime: int | None = None  # None: no limit on how long a job may run here
+    spot: bool = False  # a spot (interruptible) machine: jobs with spot = false never go here
 
 
 def why_not(req: Requirements, offer: SlotOffer) -> str | None:
@@ -33,6 +34,8 @@ def why_not(req: Requirements, offer: SlotOffer) -> str | None:
     missing = req.tags - offer.tags
     if missing:
         return f"needs tags {sorted(missing)}, {offer.endpoint} has {sorted(offer.tags)}"
+    if offer.spot and not req.spot:
+        return f"the job may not run on spot machines, {offer.endpoint} offers spot"
     if offer.max_runtime is not None and req.max_runtime > offer.max_runtime:
         return (
             f"needs {req.max_runtime}s of run time, {offer.endpoint} allows {offer.max_runtime}s"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,8 @@ class PlanDiff:
     # Pulumi stacks, apply this set; others apply create/delete)
     wanted: tuple[str, ...] = ()
     detail: str = ""  # the driver's own account of the change (e.g. a stack preview summary)
+    # priced endpoints: what each machine to create is (type, zone, market, cores, memory)
+    specs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @property
     def empty(self) -> bool:
@@ -87,10 +89,12 @@ class Plan:
     cost_per_hour: float | None  # of the machines it creates, when known
     created_at: float
     updated_at: float
+    specs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # priced endpoints
 
     @property
     def diff(self) -> PlanDiff:
-        return PlanDiff(self.endpoint, self.create, self.delete, self.wanted, self.detail)
+        return PlanDiff(self.endpoint, self.create, self.delete, self.wanted, self.detail,
+                        self.specs)
 
     def reason_for(self, machine: str) -> str:
         """Why the plan changes this machine (reasons name machines as "NAME: why")."""
@@ -108,7 +112,7 @@ class Plan:
             detail=row["detail"] or "", asked_by=row["asked_by"],
             approved_by=row["approved_by"], message=row["message"] or "",
             cost_per_hour=row["cost_per_hour"], created_at=row["created_at"],
-            updated_at=row["updated_at"],
+            updated_at=row["updated_at"], specs=json.loads(row["specs"] or "{}"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +123,7 @@ class Plan:
             "asked_by": self.asked_by, "approved_by": self.approved_by,
             "message": self.message, "cost_per_hour": self.cost_per_hour,
             "created_at": self.created_at, "updated_at": self.updated_at,
+            "specs": {k: dict(v) for k, v in self.specs.items()},
         }
 
 
@@ -129,7 +134,7 @@ def down_decision(decision: Decision, machines: Sequence[MachineView], by: str) 
     live = (MachineState.REQUESTED, MachineState.BOOTING, MachineState.RUNNING)
     stop = tuple(Removal(m.name, MachineState.STOPPING, f"the endpoint is down ({by})")
                  for m in machines if m.managed and m.state in live and m.name not in gone)
-    return replace(decision, start=(), remove=decision.remove + stop, wanted=(),
+    return replace(decision, start=(), launches=(), remove=decision.remove + stop, wanted=(),
                    reasons=(f"the endpoint is down: taken down by {by}",))
 
 
@@ -145,12 +150,15 @@ class ApprovalPolicy:
 
 
 def plan_cost(policy: ApprovalPolicy, diff: PlanDiff) -> float | None:
-    """The hourly cost a plan adds (its new machines), or None when a machine's cost is unknown."""
-    if not diff.create:
-        return 0.0
-    if policy.machine_cost_per_hour is None:
-        return None
-    return round(len(diff.create) * policy.machine_cost_per_hour, 6)
+    """The hourly cost a plan adds (its new machines: each one's price on a priced endpoint,
+    else the endpoint's cost per machine), or None when a machine's cost is unknown."""
+    total = 0.0
+    for name in diff.create:
+        price = (diff.specs.get(name) or {}).get("price", policy.machine_cost_per_hour)
+        if price is None:
+            return None
+        total += float(price)
+    return round(total, 6)
 
 
 def auto_approval(policy: ApprovalPolicy, diff: PlanDiff) -> tuple[bool, str]:

@@ -5,11 +5,12 @@ from recorded inputs."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
+from controller.domain.pricing import Candidate, Launch, Offer
 from controller.domain.taskqueues import TaskQueue
 
 
@@ -25,6 +26,18 @@ class EndpointSpec:
     idle_timeout: float = 60.0  # stop a machine idle longer than this
     boot_timeout: float = 300.0  # a machine whose pilot never registers is failed
     lost_after: float = 60.0  # a pilot silent this long is lost
+    # price-aware endpoints (see domain/packing.py): the machines it can start; empty = `shape`
+    offers: tuple[Offer, ...] = ()
+    max_spend_per_hour: float | None = None  # USD; None = no limit
+    diversity: float = 0.0  # > 0: prefer pools (type x zone) that hold less of the fleet
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What is left of the controller-wide limits for one endpoint this tick."""
+
+    machines: int | None = None
+    spend_per_hour: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,8 @@ class Decision:
     wanted: tuple[str, ...]  # the full set of named machines wanted after this decision
     demand: float  # waiting work, in machines' worth
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    launches: tuple[Launch, ...] = ()  # priced endpoints: where each started machine goes
+    candidates: tuple[Candidate, ...] = ()  # priced endpoints: every offer, priced, with why
 
     @property
     def changes(self) -> bool:
@@ -52,28 +67,15 @@ def machine_name(endpoint: str, seq: int) -> str:
     return f"{endpoint}-{seq:04d}"
 
 
-def decide(
-    spec: EndpointSpec,
-    queues: Sequence[TaskQueue],
-    machines: Sequence[MachineView],
-    now: float,
-    last_seq: int,
-) -> Decision:
-    """Decide which machines this endpoint should have.
+def live_machines(machines: Sequence[MachineView]) -> list[MachineView]:
+    return [m for m in machines if m.state in (MachineState.BOOTING, MachineState.RUNNING,
+                                               MachineState.REQUESTED)]
 
-    1. Record what the world says: running machines silent for `lost_after` are lost; machines
-       booting for longer than `boot_timeout` have failed.
-    2. Demand: waiting jobs of every task queue that can run here, in machines' worth
-       (task queue jobs / jobs one machine holds). Unfit queues are named in the reasons.
-    3. Start enough machines to cover demand minus free capacity (free slots of running machines
-       plus machines still booting), capped by max_machines and max_starts_per_cycle.
-    4. Stop machines idle longer than `idle_timeout`, by name, while what is left still covers
-       the waiting work.
-    """
-    reasons: list[str] = []
-    removals: list[Removal] = []
-    live = [m for m in machines if m.state in (MachineState.BOOTING, MachineState.RUNNING,
-                                                 MachineState.REQUESTED)]
+
+def check_health(spec: EndpointSpec, live: Sequence[MachineView], now: float) -> list[Removal]:
+    """Running machines silent for `lost_after` are lost; machines booting for longer than
+    `boot_timeout` have failed."""
+    removals = []
     for m in live:
         if m.state == MachineState.RUNNING and m.last_seen is not None:
             silent = now - m.last_seen
@@ -85,6 +87,42 @@ def decide(
             if age > spec.boot_timeout:
                 removals.append(Removal(m.name, MachineState.FAILED,
                                         f"no pilot after {age:.0f}s (> {spec.boot_timeout:.0f}s)"))
+    return removals
+
+
+def decide(
+    spec: EndpointSpec,
+    queues: Sequence[TaskQueue],
+    machines: Sequence[MachineView],
+    now: float,
+    last_seq: int,
+    *,
+    prices: Mapping[str, float] | None = None,
+    budget: Budget | None = None,
+) -> Decision:
+    """Decide which machines this endpoint should have.
+
+    An endpoint with `offers` (machine types x zones x markets) is decided by price and fit
+    in domain/packing.py, with `prices` (spot price per 'type/zone') and the `budget` left of
+    the controller-wide limits. Otherwise, for its single machine shape:
+
+    1. Record what the world says: running machines silent for `lost_after` are lost; machines
+       booting for longer than `boot_timeout` have failed.
+    2. Demand: waiting jobs of every task queue that can run here, in machines' worth
+       (task queue jobs / jobs one machine holds). Unfit queues are named in the reasons.
+    3. Start enough machines to cover demand minus free capacity (free slots of running machines
+       plus machines still booting), capped by max_machines and max_starts_per_cycle.
+    4. Stop machines idle longer than `idle_timeout`, by name, while what is left still covers
+       the waiting work.
+    """
+    if spec.offers:
+        from controller.domain.packing import decide_priced  # it builds on this module
+
+        return decide_priced(spec, queues, machines, now, last_seq, prices or {},
+                             budget or Budget())
+    reasons: list[str] = []
+    live = live_machines(machines)
+    removals = check_health(spec, live, now)
     gone = {r.name for r in removals}
     kept = [m for m in live if m.name not in gone]
 

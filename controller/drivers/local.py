@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from controller import contextualization
 from controller.domain.plans import PlanDiff
@@ -58,12 +59,14 @@ class LocalDriver:
             return False
         return str(self._dir(name)).encode() in cmdline
 
-    def pilot_config(self, name: str) -> dict[str, object]:
+    def pilot_config(self, name: str,
+                     spec: Mapping[str, Any] | None = None) -> dict[str, object]:
         """The settings the endpoint's `pilot` user-data (cloud-init/pilot.yaml) writes for this
         machine: rendered and read back, so the local endpoint runs what cloud machines run.
-        Only the work directory is this host's own (the machine's directory)."""
+        `spec` (priced endpoints) gives the machine type's cores, memory and slots. Only the
+        work directory is this host's own (the machine's directory)."""
         user_data = contextualization.render_pilot(contextualization.pilot_settings(
-            self.endpoint, self.controller_url, self.pilot_token, name))
+            self.endpoint, self.controller_url, self.pilot_token, name, spec))
         cfg = contextualization.pilot_settings_from(user_data)
         cfg["workdir"] = str(self._dir(name) / "work")
         return cfg
@@ -88,7 +91,7 @@ class LocalDriver:
         created, deleted, errors = [], [], {}
         for name in diff.create:
             try:
-                self._start(name)
+                self._start(name, diff.specs.get(name))
                 created.append(name)
             except OSError as e:
                 errors[name] = f"could not start a pilot process: {e}"
@@ -103,7 +106,7 @@ class LocalDriver:
             deleted.append(name)
         return ApplyResult(tuple(created), tuple(deleted), errors)
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str, spec: Mapping[str, Any] | None = None) -> None:
         if self._alive(name):
             return  # idempotent
         d = self._dir(name)
@@ -111,7 +114,7 @@ class LocalDriver:
         cfg = d / "pilot.json"
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.pilot_config(name), f)
+            json.dump(self.pilot_config(name, spec), f)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                            env.get("PYTHONPATH")]))

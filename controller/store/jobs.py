@@ -216,6 +216,14 @@ class JobStore:
                 "SELECT machine, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
                 " GROUP BY machine").fetchall())
 
+    def busy_resources_by_machine(self) -> dict[str, tuple[int, int]]:
+        """Cores and memory (MB) the held jobs of each machine take."""
+        with self.store.read() as c:
+            return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in c.execute(
+                "SELECT machine, SUM(json_extract(requirements, '$.cores')),"
+                " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
+                " WHERE state IN ('matched', 'running') GROUP BY machine")}
+
     # matching ----------------------------------------------------------------------------
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,

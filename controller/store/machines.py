@@ -59,14 +59,16 @@ class MachineStore:
                   " VALUES (?, ?, ?, ?, ?)", (name, now, old, new, reason))
 
     def create(self, name: str, endpoint: str, seq: int, reason: str,
-               now: float | None = None) -> None:
-        """Record a machine the scheduler asked for (state requested)."""
+               now: float | None = None, info: dict[str, Any] | None = None) -> None:
+        """Record a machine the scheduler asked for (state requested); `info` says what it is
+        on a priced endpoint (pool, type, zone, market, price, cores, memory, slots)."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
             c.execute(
                 "INSERT INTO machines (name, endpoint, state, created_at, updated_at,"
-                " last_busy_at, reason, managed) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                (name, endpoint, M.REQUESTED.value, now, now, None, reason))
+                " last_busy_at, reason, managed, info) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (name, endpoint, M.REQUESTED.value, now, now, None, reason,
+                 json.dumps(info) if info else None))
             c.execute("UPDATE endpoints SET last_seq = MAX(last_seq, ?) WHERE name = ?",
                       (seq, endpoint))
             self._event(c, name, None, M.REQUESTED.value, reason, now)
@@ -199,9 +201,13 @@ class MachineStore:
             return cached
         with self.store.read() as c:
             row = c.execute("SELECT * FROM pilots WHERE id = ?", (pilot_id,)).fetchone()
+            m = c.execute("SELECT info FROM machines WHERE name = ?",
+                          (row["machine"] if row else "",)).fetchone()
         if row is None:
             raise NotFound(f"no pilot {pilot_id}; register first")
-        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]))
+        info = json.loads(m["info"]) if m and m["info"] else {}
+        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]),
+                                              spot=info.get("market") == "spot")
         return pilot
 
     def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:

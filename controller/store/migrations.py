@@ -124,7 +124,8 @@ def m003_plans(db: Database) -> None:
         {
             "id": int, "endpoint": str, "state": str, "creates": str, "deletes": str,
             "wanted": str, "reasons": str, "detail": str, "asked_by": str, "approved_by": str,
-            "message": str, "cost_per_hour": float, "created_at": float, "updated_at": float,
+            "message": str, "cost_per_hour": float, "specs": str, "created_at": float,
+            "updated_at": float,
         },
         pk="id",
         not_null={"endpoint", "state", "creates", "deletes", "wanted", "reasons", "asked_by",
@@ -152,10 +153,22 @@ def m003_plans(db: Database) -> None:
     db.table("endpoints").add_column("retry_at", float)  # back-off: leave the driver until then
 
 
+def m005_ticks(db: Database) -> None:
+    """Each scheduler tick per endpoint: its inputs and decision (zlib-compressed JSON), kept
+    up to a retention limit, for `cloudpilot explain` and `cloudpilot replay`."""
+    db.table("ticks").create(
+        {"id": int, "endpoint": str, "at": float, "starts": int, "removes": int,
+         "inputs": bytes, "decision": bytes},
+        pk="id", not_null={"endpoint", "at", "inputs", "decision"},
+    )
+    db.table("ticks").create_index(["endpoint", "id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
     ("003_plans", m003_plans),
+    ("005_ticks", m005_ticks),
 ]
 
 

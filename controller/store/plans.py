@@ -94,18 +94,18 @@ class PlanStore:
             if row is not None and Plan.from_row(row).diff.same_change(diff) \
                     and row["asked_by"] == asked_by:
                 c.execute("UPDATE plans SET wanted = ?, reasons = ?, detail = ?, message = ?,"
-                          " cost_per_hour = ?, updated_at = ? WHERE id = ?",
+                          " cost_per_hour = ?, specs = ?, updated_at = ? WHERE id = ?",
                           (json.dumps(list(diff.wanted)), json.dumps(list(reasons)),
-                           diff.detail, note, cost_per_hour, now, row["id"]))
+                           diff.detail, note, cost_per_hour, _specs(diff), now, row["id"]))
                 plan_id, new = row["id"], False
             else:
                 cur = c.execute(
                     "INSERT INTO plans (endpoint, state, creates, deletes, wanted, reasons,"
-                    " detail, asked_by, message, cost_per_hour, created_at, updated_at)"
-                    " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " detail, asked_by, message, cost_per_hour, specs, created_at, updated_at)"
+                    " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (diff.endpoint, json.dumps(list(diff.create)), json.dumps(list(diff.delete)),
                      json.dumps(list(diff.wanted)), json.dumps(list(reasons)), diff.detail,
-                     asked_by, note, cost_per_hour, now, now))
+                     asked_by, note, cost_per_hour, _specs(diff), now, now))
                 plan_id, new = int(cur.lastrowid or 0), True
                 self._event(c, plan_id, None, P.PENDING.value, f"asked by {asked_by}", now)
                 for old in c.execute("SELECT id FROM plans WHERE endpoint = ? AND"
@@ -190,6 +190,10 @@ class PlanStore:
                             (*fields.values(), endpoint))
             if cur.rowcount == 0:
                 raise NotFound(f"no endpoint {endpoint}")
+
+
+def _specs(diff: PlanDiff) -> str | None:
+    return json.dumps({k: dict(v) for k, v in diff.specs.items()}) if diff.specs else None
 
 
 @dataclass(frozen=True)

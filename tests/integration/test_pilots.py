@@ -44,6 +44,29 @@ def test_a_job_runs_with_inputs_env_token_and_output(ctrl, tmp_path):
                                                          "running", "done"]
 
 
+def test_an_input_file_by_url(ctrl, tmp_path):
+    import http.server
+    import threading
+    from functools import partial
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "table.csv").write_text("a,b\n1,2\n")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/table.csv"
+        (jid,) = ctrl.submit("alice", {**sh("cat t.csv"), "inputs": [{"name": "t.csv",
+                                                                       "url": url}]})
+        ctrl.start_pilot("m1")
+        assert ctrl.wait_state(jid, "done", "failed")["state"] == "done"
+        with ctrl.client("alice") as c:
+            assert c.get(f"/api/v1/jobs/{jid}/output").json()["stdout"] == "a,b\n1,2\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_failures_time_limit_and_bounded_output(ctrl):
     fail, slow, loud = ctrl.submit(
         "alice", sh("echo oops >&2; exit 7"), sh("sleep 20", max_runtime=1),

@@ -1,0 +1,383 @@
+"""Price-aware decisions for an endpoint that offers several machine types x zones x markets.
+
+Pure: every outside fact comes in as data (task queues, machines, offers, spot prices now,
+the budget left), so the simulator and `cloudpilot replay` run exactly this code.
+
+One tick:
+1. Health, as for every endpoint (lost, failed), then the market: a running spot machine
+   whose price rose above its pool's max price is removed (its pilot is stopped, its jobs are
+   rescheduled as interrupted) and its work is added to the demand, so the capacity is
+   replaced this tick where it is now cheapest.
+2. Demand: waiting jobs by task queue, as items (cores, memory, count, the pools they may use:
+   they must fit, and a job with `spot = false` never goes on spot).
+3. Free capacity first: items are placed, largest first, on the free slots of machines that
+   are busy, then booting, then idle (cheapest per core first).
+4. What is left is packed onto new machines, greedily: for every offer, fill one machine
+   first-fit decreasing; its cost per used core-hour (price / cores it would use) times a
+   diversity factor (1 + diversity x the pool's share of the fleet's cores) is its score;
+   the best offer gets a batch of identical machines; repeat. Limits cap it: max machines,
+   max starts per cycle, max spend per hour (the endpoint's and the controller's).
+5. Idle machines past the idle timeout that no waiting job was placed on are stopped,
+   the most expensive per core first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from controller.domain.jobs import Requirements
+from controller.domain.machines import MachineState, MachineView
+from controller.domain.matching import SlotOffer, fits, unmatchable_reason
+from controller.domain.pricing import Candidate, Launch, Offer
+from controller.domain.scheduling import (
+    Budget,
+    Decision,
+    EndpointSpec,
+    Removal,
+    check_health,
+    live_machines,
+    machine_name,
+)
+from controller.domain.taskqueues import TaskQueue
+
+M = MachineState
+BATCH_SHARE = 4  # a batch of identical machines is at most 1/4 of what is left to place
+
+
+@dataclass
+class Item:
+    """Waiting jobs of one shape: `n` jobs of `cores` and `memory_mb`."""
+
+    label: str
+    cores: int
+    memory_mb: int
+    n: int
+    pools: frozenset[str]
+
+
+@dataclass
+class Room:
+    """Free capacity of one machine (live or about to start)."""
+
+    name: str
+    spot: bool
+    pool: str | None
+    slots: int
+    cores: int
+    memory_mb: int
+    used: int = 0
+
+    def take(self, item: Item, n: int) -> int:
+        if self.pool is not None and self.pool not in item.pools:
+            return 0  # a pool the job may not use (too small, or spot for a spot = false job)
+        k = min(n, self.slots, self.cores // max(item.cores, 1),
+                self.memory_mb // max(item.memory_mb, 1))
+        if k > 0:
+            self.slots -= k
+            self.cores -= k * item.cores
+            self.memory_mb -= k * item.memory_mb
+            self.used += k
+        return max(k, 0)
+
+
+@dataclass
+class Plan:
+    """The running state of one decision."""
+
+    spec: EndpointSpec
+    prices: Mapping[str, float]
+    offers: dict[str, Offer]
+    pool_cores: dict[str, int] = field(default_factory=dict)
+    fleet_cores: int = 0
+    spend: float = 0.0
+    launches: list[Launch] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def price(self, o: Offer) -> float | None:
+        return o.price(self.prices)
+
+    def add(self, pool: str | None, cores: int, price: float | None) -> None:
+        if pool is not None:
+            self.pool_cores[pool] = self.pool_cores.get(pool, 0) + cores
+        self.fleet_cores += cores
+        self.spend += price or 0.0
+
+
+def _slot_offer(spec: EndpointSpec, o: Offer) -> SlotOffer:
+    return SlotOffer(spec.name, o.cores, o.memory_mb, spec.shape.tags, spec.shape.max_runtime)
+
+
+def _fill(o: Offer, items: Sequence[Item]) -> list[tuple[Item, int]]:
+    """First-fit decreasing of the waiting items into one empty machine of offer `o`."""
+    room = Room("", o.spot, o.pool, o.n_slots, o.cores, o.memory_mb)
+    taken = []
+    for it in items:
+        if it.n <= 0 or o.pool not in it.pools:
+            continue
+        k = room.take(it, it.n)
+        if k:
+            taken.append((it, k))
+        if room.slots <= 0 or room.cores <= 0:
+            break
+    return taken
+
+
+def decide_priced(
+    spec: EndpointSpec,
+    queues: Sequence[TaskQueue],
+    machines: Sequence[MachineView],
+    now: float,
+    last_seq: int,
+    prices: Mapping[str, float],
+    budget: Budget,
+) -> Decision:
+    plan = Plan(spec, prices, {o.pool: o for o in spec.offers})
+    live = live_machines(machines)
+    removals = check_health(spec, live, now)
+    gone = {r.name for r in removals}
+    kept = [m for m in live if m.name not in gone]
+
+    # 1. the market: spot machines priced out are replaced now
+    displaced: list[Item] = []
+    for m in kept:
+        o = plan.offers.get(m.pool or "")
+        if o is None or not o.spot:
+            continue
+        p = plan.price(o)
+        if p is not None and p > o.bid:
+            removals.append(Removal(m.name, M.STOPPING,
+                                    f"spot price ${p:.4f}/h of {o.pool} is above its max "
+                                    f"${o.bid:.4f}/h: replaced where it is cheapest now"))
+            if m.busy_slots:
+                busy_cores = max(o.cores - m.free_cores, m.busy_slots)
+                busy_mem = max(o.memory_mb - m.free_memory_mb, 0)
+                per_c = math.ceil(busy_cores / m.busy_slots)
+                per_m = busy_mem // m.busy_slots
+                displaced.append(Item(f"jobs of {m.name}", per_c, per_m, m.busy_slots,
+                                      _pools(spec, plan, per_c, per_m, spot_ok=True)))
+    gone = {r.name for r in removals}
+    kept = [m for m in kept if m.name not in gone]
+
+    # 2. demand
+    items = displaced + _items(spec, plan, queues)
+    items.sort(key=lambda it: (-it.cores, -it.memory_mb, it.label))
+    cheapest = _cheapest_per_core(plan)
+    demand_cores = sum(it.n * it.cores for it in items)
+    demand = demand_cores / cheapest.cores if cheapest else 0.0
+
+    # 3. free capacity of the machines we keep
+    rooms = _rooms(spec, plan, kept, now)
+    for m in kept:
+        o = plan.offers.get(m.pool or "")
+        plan.add(m.pool, o.cores if o else m.free_cores, plan.price(o) if o else None)
+    # a room stays open while some item still to come could fit in it
+    need_c, need_m = [0] * (len(items) + 1), [0] * (len(items) + 1)
+    need_c[-1] = need_m[-1] = 1 << 60
+    for i in range(len(items) - 1, -1, -1):
+        need_c[i] = min(need_c[i + 1], items[i].cores)
+        need_m[i] = min(need_m[i + 1], items[i].memory_mb)
+    open_rooms = [r for r in rooms if r.slots > 0 and r.cores > 0]
+    for i, it in enumerate(items):
+        if not open_rooms:
+            break
+        still = []
+        for room in open_rooms:
+            if it.n > 0 and room.cores >= it.cores and room.memory_mb >= it.memory_mb:
+                it.n -= room.take(it, it.n)
+            if room.slots > 0 and room.cores >= need_c[i + 1] and (
+                    room.memory_mb >= need_m[i + 1]):
+                still.append(room)
+        open_rooms = still
+    used = {r.name for r in rooms if r.used}
+
+    # 4. new machines for what is left
+    started = _launch(spec, plan, items, len(kept), budget, last_seq)
+    left = sum(it.n for it in items)
+    if left:
+        plan.reasons.append(f"{left} waiting jobs not covered this tick (limits above)")
+
+    # 5. idle machines nobody needs
+    idle = [m for m in kept if m.managed and m.state == M.RUNNING and not m.busy_slots
+            and m.idle_since is not None and now - m.idle_since >= spec.idle_timeout
+            and m.name not in used]
+    idle.sort(key=lambda m: (-_per_core(plan, m), m.idle_since or 0.0, m.name))
+    for m in idle:
+        secs = now - (m.idle_since or now)
+        removals.append(Removal(m.name, M.STOPPING,
+                                f"idle for {secs:.0f}s (>= {spec.idle_timeout:.0f}s)"))
+    gone = {r.name for r in removals}
+    kept_names = [m.name for m in live if m.name not in gone and m.managed]
+    start = tuple(launch.name for launch in started)
+    return Decision(spec.name, start, tuple(removals), tuple(sorted(kept_names + list(start))),
+                    demand, tuple(plan.reasons), tuple(started),
+                    _candidates(spec, plan, started))
+
+
+def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
+           spot_ok: bool) -> frozenset[str]:
+    out = set()
+    for o in spec.offers:
+        if (spot_ok or not o.spot) and o.cores >= cores and o.memory_mb >= memory_mb:
+            out.add(o.pool)
+    return frozenset(out)
+
+
+def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[Item]:
+    items = []
+    shapes = [(o, _slot_offer(spec, o)) for o in spec.offers]
+    known: dict[Requirements, frozenset[str]] = {}
+    for q in queues:
+        if q.waiting <= 0:
+            continue
+        req = q.requirements
+        pools = known.get(req)
+        if pools is None:
+            pools = known[req] = frozenset(o.pool for o, shape in shapes
+                                           if (req.spot or not o.spot) and fits(req, shape))
+        if not pools:
+            allowed = [shape for o, shape in shapes if req.spot or not o.spot]
+            why = (unmatchable_reason(req, allowed) if allowed
+                   else "it needs on-demand machines (spot = false) and none is offered")
+            plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
+                                f"{why}")
+            continue
+        items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools))
+    return items
+
+
+def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
+           now: float) -> list[Room]:
+    """Free capacity, in the order work is placed on it: busy machines (fill them up), then
+    booting ones, then idle ones from the cheapest per core."""
+    rooms = []
+    for m in kept:
+        o = plan.offers.get(m.pool or "")
+        if m.state in (M.BOOTING, M.REQUESTED):
+            if o is None:
+                continue
+            rank = (1, 0.0)
+            room = Room(m.name, o.spot, o.pool, o.n_slots, o.cores, o.memory_mb)
+        else:
+            free_slots = max(m.slots - m.busy_slots, 0)
+            if free_slots <= 0:
+                continue
+            cores = m.free_cores if (m.free_cores or o is None) else o.cores
+            mem = m.free_memory_mb if (m.free_memory_mb or o is None) else o.memory_mb
+            if m.busy_slots == 0 and o is not None:  # idle: its whole machine is free
+                cores, mem = o.cores, o.memory_mb
+            rank = (0, 0.0) if m.busy_slots else (2, _per_core(plan, m))
+            room = Room(m.name, o.spot if o else False, o.pool if o else None, free_slots,
+                        cores, mem)
+        rooms.append((rank, m.name, room))
+    rooms.sort(key=lambda r: (r[0], r[1]))
+    return [r for _, _, r in rooms]
+
+
+def _per_core(plan: Plan, m: MachineView) -> float:
+    o = plan.offers.get(m.pool or "")
+    if o is None:
+        return 0.0
+    p = plan.price(o)
+    return (p if p is not None else o.on_demand_price) / o.cores
+
+
+def _cheapest_per_core(plan: Plan) -> Offer | None:
+    best: tuple[float, Offer] | None = None
+    for o in plan.offers.values():
+        p = plan.price(o)
+        if p is not None and (best is None or p / o.cores < best[0]):
+            best = (p / o.cores, o)
+    return best[1] if best else None
+
+
+def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
+    p = plan.price(o)
+    if p is None:
+        return None, "no spot price known"
+    if o.spot and p > o.bid:
+        return p, f"spot price above max ${o.bid:.4f}/h"
+    return p, ""
+
+
+def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget: Budget,
+            last_seq: int) -> list[Launch]:
+    limits = [("max_machines", spec.max_machines - live),
+              ("max_starts_per_cycle", spec.max_starts_per_cycle)]
+    if budget.machines is not None:
+        limits.append(("the controller's max machines", budget.machines - live))
+    spend_caps = [("max_spend_per_hour", spec.max_spend_per_hour),
+                  ("the controller's max spend per hour", budget.spend_per_hour)]
+    open_offers = []
+    for o in spec.offers:
+        p, why = _available(plan, o)
+        if p is not None and not why:
+            open_offers.append((o, p))
+    launches: list[Launch] = []
+    seq = last_seq
+    capped = ""
+    while any(it.n > 0 for it in items):
+        best: tuple[tuple[float, int, str], Offer, float, list[tuple[Item, int]]] | None = None
+        for o, p in open_offers:
+            taken = _fill(o, items)
+            cores = sum(it.cores * k for it, k in taken)
+            if not cores:
+                continue
+            share = (plan.pool_cores.get(o.pool, 0) + o.cores) / (plan.fleet_cores + o.cores)
+            score = p / cores * (1 + spec.diversity * share)
+            key = (score, -cores, o.pool)
+            if best is None or key < best[0]:
+                best = (key, o, p, taken)
+        if best is None:
+            break
+        _, o, p, taken = best
+        copies = min(it.n // k for it, k in taken)
+        copies = max(1, math.ceil(copies / BATCH_SHARE)) if spec.diversity else copies
+        room = min(n for _, n in limits) - len(launches)
+        for what, cap in spend_caps:
+            if cap is not None:
+                fit = math.floor((cap - plan.spend) / p + 1e-9) if p > 0 else copies
+                if fit < copies:
+                    copies, capped = max(fit, 0), what
+        if room < copies:
+            copies = max(room, 0)
+            capped = next(what for what, n in limits if n - len(launches) == room)
+        if copies <= 0:
+            break
+        used = sum(it.cores * k for it, k in taken)
+        what = ", ".join(f"{k} of {it.label}" for it, k in taken)
+        reason = (f"{o.machine_type} {o.market} in {o.zone} at ${p:.4f}/h: "
+                  f"${p / used:.4f} per used core-hour, holds {what}")
+        for _ in range(copies):
+            seq += 1
+            launches.append(Launch(machine_name(spec.name, seq), o.pool, o.machine_type,
+                                   o.zone, o.market, p, o.cores, o.memory_mb, o.n_slots,
+                                   reason))
+            plan.add(o.pool, o.cores, p)
+        for it, k in taken:
+            it.n -= k * copies
+        if capped:
+            break
+    if capped:
+        plan.reasons.append(f"starting {len(launches)}: capped by {capped}")
+    elif launches:
+        plan.reasons.append(f"starting {len(launches)} for the waiting work")
+    plan.launches = launches
+    return launches
+
+
+def _candidates(spec: EndpointSpec, plan: Plan, started: Sequence[Launch]) -> tuple[
+        Candidate, ...]:
+    counts: dict[str, int] = {}
+    for launch in started:
+        counts[launch.pool] = counts.get(launch.pool, 0) + 1
+    out = []
+    for o in spec.offers:
+        p, why = _available(plan, o)
+        n = counts.get(o.pool, 0)
+        status = why or (f"started {n}" if n else "not needed or not the cheapest fit")
+        out.append(Candidate(o.pool, p, o.bid if o.spot else o.on_demand_price, o.cores,
+                             o.memory_mb, None if p is None else p / o.cores, n, status))
+    out.sort(key=lambda c: (c.per_core_hour is None, c.per_core_hour or 0.0, c.pool))
+    return tuple(out)

@@ -1,0 +1,118 @@
+"""A scheduler tick as plain data: its inputs (endpoint spec, task queue snapshot, machines,
+spot prices, budget, time) and its decision, so a tick can be stored, explained and replayed
+through decide() with the same or another spec. Pure: JSON-ready dicts in and out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from controller.domain.jobs import Requirements
+from controller.domain.machines import MachineState, MachineView
+from controller.domain.matching import SlotOffer
+from controller.domain.pricing import Offer
+from controller.domain.scheduling import Budget, Decision, EndpointSpec, decide
+from controller.domain.taskqueues import TaskQueue
+
+
+@dataclass(frozen=True)
+class TickInputs:
+    spec: EndpointSpec
+    queues: tuple[TaskQueue, ...]
+    machines: tuple[MachineView, ...]
+    now: float
+    last_seq: int
+    prices: dict[str, float]
+    budget: Budget
+
+    def decide(self, spec: EndpointSpec | None = None) -> Decision:
+        """The decision for these inputs, with the recorded spec or another one."""
+        return decide(spec or self.spec, self.queues, self.machines, self.now, self.last_seq,
+                      prices=self.prices, budget=self.budget)
+
+
+def spec_to_dict(s: EndpointSpec) -> dict[str, Any]:
+    d = asdict(s)
+    d["shape"] = {**d["shape"], "tags": sorted(s.shape.tags)}
+    return d
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
+    shape = dict(d["shape"])
+    shape["tags"] = frozenset(shape.get("tags", ()))
+    return EndpointSpec(**{**d, "shape": SlotOffer(**shape),
+                           "offers": tuple(Offer(**o) for o in d.get("offers", ()))})
+
+
+def encode(inputs: TickInputs) -> dict[str, Any]:
+    return {
+        "spec": spec_to_dict(inputs.spec),
+        "queues": [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
+                    "waiting": q.waiting, "requirements": q.requirements.to_dict()}
+                   for q in inputs.queues],
+        "machines": [{**asdict(m), "state": m.state.value} for m in inputs.machines],
+        "now": inputs.now, "last_seq": inputs.last_seq, "prices": dict(inputs.prices),
+        "budget": asdict(inputs.budget),
+    }
+
+
+def decode(d: Mapping[str, Any]) -> TickInputs:
+    return TickInputs(
+        spec=spec_from_dict(d["spec"]),
+        queues=tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
+                               q["group"], q["priority"], q["waiting"]) for q in d["queues"]),
+        machines=tuple(MachineView(**{**m, "state": MachineState(m["state"])})
+                       for m in d["machines"]),
+        now=d["now"], last_seq=d["last_seq"], prices=dict(d["prices"]),
+        budget=Budget(**d.get("budget", {})),
+    )
+
+
+def decision_to_dict(dec: Decision) -> dict[str, Any]:
+    return {
+        "endpoint": dec.endpoint, "start": list(dec.start), "wanted": list(dec.wanted),
+        "remove": [{"name": r.name, "to": r.to.value, "reason": r.reason} for r in dec.remove],
+        "demand": round(dec.demand, 3), "reasons": list(dec.reasons),
+        "launches": [asdict(x) for x in dec.launches],
+        "candidates": [asdict(c) for c in dec.candidates],
+    }
+
+
+def _starts(d: Mapping[str, Any]) -> dict[str, int]:
+    """Started machines by pool (or by 'machine' on single-shape endpoints)."""
+    out: dict[str, int] = {}
+    pools = {x["name"]: x["pool"] for x in d.get("launches", [])}
+    for name in d["start"]:
+        key = pools.get(name, "machine")
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """What the second decision does differently, one line each (empty: the same)."""
+    lines = []
+    a, b = _starts(before), _starts(after)
+    for pool in sorted(set(a) | set(b)):
+        if a.get(pool, 0) != b.get(pool, 0):
+            lines.append(f"start {pool}: {a.get(pool, 0)} -> {b.get(pool, 0)}")
+    ra = {r["name"]: r for r in before["remove"]}
+    rb = {r["name"]: r for r in after["remove"]}
+    for name in sorted(set(ra) - set(rb)):
+        lines.append(f"keep {name} (was: {ra[name]['to']}, {ra[name]['reason']})")
+    for name in sorted(set(rb) - set(ra)):
+        lines.append(f"remove {name} -> {rb[name]['to']}: {rb[name]['reason']}")
+    for r in sorted(set(after["reasons"]) - set(before["reasons"])):
+        lines.append(f"new reason: {r}")
+    return lines
+
+
+def with_spec(inputs: TickInputs, spec: EndpointSpec) -> TickInputs:
+    return replace(inputs, spec=spec)
+
+
+def snapshot(spec: EndpointSpec, queues: Sequence[TaskQueue], machines: Sequence[MachineView],
+             now: float, last_seq: int, prices: Mapping[str, float] | None,
+             budget: Budget | None) -> TickInputs:
+    return TickInputs(spec, tuple(queues), tuple(machines), now, last_seq, dict(prices or {}),
+                      budget or Budget())

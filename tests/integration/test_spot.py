@@ -1,0 +1,162 @@
+"""Spot on a real controller with real pilots: an interruption notice from the instance
+metadata service (a test HTTP server on 127.0.0.1) reschedules the running job without
+using a retry; a priced endpoint starts machines by price, explains it, and a recorded tick
+replays with another config."""
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from tests.conftest import REPO, sh
+
+pytestmark = pytest.mark.integration
+
+
+class Metadata(BaseHTTPRequestHandler):
+    """The two EC2 metadata paths the pilot uses (IMDSv2 token, spot instance-action)."""
+
+    notice: ClassVar[dict | None] = None
+    tokens_seen: ClassVar[list[str]] = []
+
+    def do_PUT(self):
+        body = b"test-token"
+        self.send_response(200 if self.path == "/latest/api/token" else 404)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        Metadata.tokens_seen.append(self.headers.get("X-aws-ec2-metadata-token", ""))
+        if self.path == "/latest/meta-data/spot/instance-action" and Metadata.notice:
+            body = json.dumps(Metadata.notice).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def metadata():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    Metadata.notice = None
+    Metadata.tokens_seen = []
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_interruption_notice_reschedules_without_failure(make_controller, metadata,
+                                                            tmp_path):
+    ctrl = make_controller()
+    mark = tmp_path / "first"
+    (jid,) = ctrl.submit("alice", sh(f"if [ -e {mark} ]; then echo second; exit 0; fi; "
+                                     f"touch {mark}; exec sleep 30"))
+    pilot = ctrl.start_pilot("spot-1", metadata_url=metadata, metadata_interval=0.2)
+    ctrl.wait_state(jid, "running")
+    Metadata.notice = {"action": "terminate", "time": "2022-03-10T00:02:00Z"}
+    j = ctrl.wait_state(jid, "waiting", timeout=20)
+    assert j["retries"] == 0 and j["reschedules"] == 1  # not a failure
+    events = ctrl.events(jid)
+    resched = next(e for e in events if e["to_state"] == "rescheduled")
+    assert "spot interruption notice: terminate at 2022-03-10T00:02:00Z" in resched["reason"]
+    assert pilot.wait(15) == 0  # it stopped taking work and left
+    assert "test-token" in Metadata.tokens_seen  # IMDSv2
+    with ctrl.client() as c:
+        spot1 = next(m for m in c.get("/api/v1/machines", params={"all": True}).json()
+                     if m["name"] == "spot-1")
+    assert spot1["state"] == "stopped" and "spot interruption" in spot1["reason"]
+    ctrl.start_pilot("spot-2")
+    j = ctrl.wait_state(jid, "done", timeout=20)
+    assert j["retries"] == 0 and j["machine"] == "spot-2"
+
+
+PRICE_ROWS = [  # 6-column layout, newest first; zone b is cheaper per core
+    ("0.0300", "2022-03-10T00:00:00+00:00", "t.small", "eu-west-1a"),
+    ("0.0200", "2022-03-10T00:00:00+00:00", "t.small", "eu-west-1b"),
+]
+
+
+def priced_toml(prices, max_machines=3):
+    """A priced endpoint (nested tables, which tests/conftest.py's writer does not do)."""
+    return f"""
+[[endpoints]]
+name = "ec2"
+driver = "local"
+max_machines = {max_machines}
+max_starts_per_cycle = 3
+idle_timeout = 60
+heartbeat_interval = 0.5
+lost_after = 5
+boot_timeout = 30
+diversity = 0.0
+[endpoints.prices]
+source = "file"
+path = {json.dumps(str(prices))}
+[[endpoints.machine_types]]
+name = "t.small"
+cores = 1
+memory_mb = 1024
+on_demand_price = 0.1
+zones = ["eu-west-1a", "eu-west-1b"]
+"""
+
+
+def test_a_priced_endpoint_starts_where_cheapest_explains_and_replays(make_controller,
+                                                                      tmp_path):
+    prices = tmp_path / "prices.tsv"
+    prices.write_text("".join(f"SPOTINSTANCEPRICE\t{p}\t{t}\t{ty}\tLinux/UNIX\t{z}\n"
+                              for p, t, ty, z in PRICE_ROWS))
+    ctrl = make_controller(endpoints=[{"name": "ec2"}], start=False)
+    top = ctrl.config.read_text().split("\n[[endpoints]]")[0]
+    ctrl.config.write_text(top + priced_toml(prices))
+    ctrl.start()
+    ids = ctrl.submit("alice", sh("sleep 1"), sh("sleep 1"))
+    spot_off = ctrl.submit("alice", sh("echo od", spot=False))
+    for jid in ids + spot_off:
+        assert ctrl.wait_state(jid, "done", "failed", timeout=40)["state"] == "done"
+    with ctrl.client() as c:
+        ms = c.get("/api/v1/machines", params={"all": True}).json()
+        info = {m["name"]: json.loads(m["info"]) for m in ms}
+        assert ctrl.job(spot_off[0])["machine"] in {n for n, i in info.items()
+                                                   if i["market"] == "on-demand"}
+        assert any(i["pool"] == "t.small/eu-west-1b/spot" for i in info.values())
+        assert all(i["pool"] != "t.small/eu-west-1a/spot" for i in info.values())
+        ticks = c.get("/api/v1/ticks", params={"changes": True}).json()
+        assert ticks
+        first = min(t["id"] for t in ticks)
+        r = c.get("/api/v1/endpoints/ec2/explain")
+        assert r.status_code == 200
+        doc = r.json()
+        assert {x["pool"] for x in doc["candidates"]} == {
+            f"t.small/eu-west-1{z}/{m}" for z in "ab" for m in ("spot", "on-demand")}
+        assert c.get("/api/v1/endpoints/nope/explain").status_code == 404
+        assert c.get("/api/v1/ticks/999999").status_code == 404
+    env = {"CLOUDPILOT_URL": ctrl.url, "CLOUDPILOT_TOKEN": ctrl.tokens["admin"]}
+    out = subprocess.run([sys.executable, "-m", "controller", "explain", "ec2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=30, env={**env, "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert "candidates (cheapest per core first):" in out.stdout
+    # what if max_machines had been 0?
+    other = tmp_path / "other.toml"
+    other.write_text(priced_toml(prices, max_machines=0))
+    same = subprocess.run([sys.executable, "-m", "controller", "replay", "--tick", str(first)],
+                          cwd=REPO, capture_output=True, text=True, timeout=30, env=env)
+    assert same.returncode == 0, same.stderr
+    assert "the same decision" in same.stdout
+    what_if = subprocess.run([sys.executable, "-m", "controller", "replay", "--tick",
+                              str(first), "--config", str(other)], cwd=REPO,
+                             capture_output=True, text=True, timeout=30, env=env)
+    assert what_if.returncode == 0, what_if.stderr
+    assert "start t.small/eu-west-1b/spot: " in what_if.stdout and "-> 0" in what_if.stdout
+    assert "capped by max_machines" in what_if.stdout

@@ -1,0 +1,161 @@
+"""Price-aware decisions on small cases worked out by hand.
+
+Two machine types in two zones: `s` (2 cores, 4 GB, $0.10/h on demand) and `b` (8 cores,
+16 GB, $0.40/h on demand). Spot per core-hour: s/a 0.015, s/b 0.016, b/a 0.0125, b/b 0.01375.
+"""
+
+from dataclasses import replace
+
+from controller.domain.jobs import Requirements
+from controller.domain.machines import MachineState as M
+from controller.domain.machines import MachineView
+from controller.domain.matching import SlotOffer
+from controller.domain.pricing import Offer
+from controller.domain.scheduling import Budget, EndpointSpec, decide
+from controller.domain.taskqueues import TaskQueue
+
+NOW = 50_000.0
+OFFERS = tuple(
+    Offer(t, z, mk, cores, mem, od)
+    for t, cores, mem, od in (("s", 2, 4096, 0.10), ("b", 8, 16384, 0.40))
+    for z in ("a", "b")
+    for mk in ("spot", "on-demand")
+)
+PRICES = {"s/a": 0.030, "s/b": 0.032, "b/a": 0.100, "b/b": 0.110}
+SPEC = EndpointSpec("ec2", SlotOffer("ec2", 8, 16384, frozenset({"linux"})), slots=8,
+                    max_machines=20, max_starts_per_cycle=10, idle_timeout=60, offers=OFFERS)
+
+
+def tq(waiting, tq_id=1, **req):
+    return TaskQueue(tq_id, Requirements(**req), "alice", "g", 0, waiting)
+
+
+def pools(d):
+    return sorted(launch.pool for launch in d.launches)
+
+
+def run(queues, machines=(), spec=SPEC, prices=PRICES, **kw):
+    return decide(spec, queues, list(machines), NOW, len(machines), prices=prices, **kw)
+
+
+def view(name, pool, busy=0, state=M.RUNNING, idle_for=0.0, free_cores=None):
+    cores = 8 if pool.startswith("b/") else 2
+    return MachineView(name, "ec2", state, NOW - 100, slots=cores, busy_slots=busy,
+                       free_cores=cores - busy if free_cores is None else free_cores,
+                       free_memory_mb=(16384 if cores == 8 else 4096) - busy * 512,
+                       idle_since=None if busy else NOW - idle_for, last_seen=NOW, pool=pool)
+
+
+def test_a_full_big_machine_is_cheapest_per_used_core():
+    d = run([tq(8)])
+    assert pools(d) == ["b/a/spot"]  # 0.100 / 8 used cores = 0.0125 < 0.015 (s/a)
+    assert d.start == ("ec2-0001",)
+    assert "$0.0125 per used core-hour" in d.launches[0].reason
+
+
+def test_a_few_small_jobs_go_on_small_machines():
+    # 3 jobs: b/a would use 3 of 8 cores (0.0333 per used core); s/a holds 2 at 0.015, then
+    # the last job: s/a at 0.030 per used core beats b/a at 0.100
+    assert pools(run([tq(3)])) == ["s/a/spot", "s/a/spot"]
+
+
+def test_memory_limits_how_many_fit():
+    # 3 GB jobs: one per small machine (4 GB), five per big one (16 GB)
+    d = run([tq(5, memory_mb=3072)])
+    assert pools(d) == ["b/a/spot"]  # 0.100 / 5 = 0.02 < 0.030 / 1
+    d = run([tq(2, memory_mb=3072)])
+    assert pools(d) == ["s/a/spot", "s/a/spot"]  # 0.030 / 1 < 0.100 / 2
+
+
+def test_jobs_too_big_for_small_machines_go_on_big_ones():
+    assert pools(run([tq(2, cores=4)])) == ["b/a/spot"]
+    d = run([tq(2, cores=16)])
+    assert d.start == ()
+    assert any("task queue 1 (2 waiting) cannot run here: no endpoint can run it" in r
+               for r in d.reasons)
+
+
+def test_jobs_that_opt_out_of_spot_get_on_demand():
+    d = run([tq(1, spot=False)])
+    assert pools(d) == ["s/a/on-demand"]  # $0.10 beats $0.40 for one core; zone a by name
+    assert d.launches[0].price == 0.10
+
+
+def test_a_spot_price_above_max_closes_the_pool():
+    d = run([tq(8)], prices={**PRICES, "b/a": 0.45})
+    assert pools(d) == ["b/b/spot"]
+    cand = {c.pool: c for c in d.candidates}
+    assert cand["b/a/spot"].status == "spot price above max $0.4000/h"
+    assert cand["b/b/spot"].started == 1
+    spec = replace(SPEC, offers=tuple(replace(o, max_price=0.105) for o in OFFERS))
+    assert pools(run([tq(8)], spec=spec)) == ["b/a/spot"]  # b/b (0.110) above its max now
+
+
+def test_diversity_spreads_over_zones():
+    spec = replace(SPEC, diversity=0.3)
+    # first: every pool would hold the whole fleet (x 1.3): b/a (0.0125) wins; second: b/a
+    # would hold all 16 cores (0.0125 x 1.3 = 0.01625), b/b half (0.01375 x 1.15 = 0.01581),
+    # s/a 2 of 10 (0.015 x 1.06 = 0.0159): b/b
+    assert pools(run([tq(16)], spec=spec)) == ["b/a/spot", "b/b/spot"]
+    assert pools(run([tq(16)])) == ["b/a/spot", "b/a/spot"]  # no diversity: cheapest only
+
+
+def test_free_capacity_is_used_before_starting():
+    ms = [view("ec2-0001", "b/a/spot", busy=5), view("ec2-0002", "s/a/spot", state=M.BOOTING)]
+    assert run([tq(5)], ms).start == ()  # 3 free on the busy one, 2 on the booting one
+    assert pools(run([tq(6)], ms)) == ["s/a/spot"]
+
+
+def test_spot_capacity_does_not_count_for_on_demand_jobs():
+    ms = [view("ec2-0001", "b/a/spot")]
+    d = run([tq(1, spot=False)], ms)
+    assert pools(d) == ["s/a/on-demand"]
+
+
+def test_a_priced_out_spot_machine_is_replaced_where_it_is_cheapest():
+    ms = [view("ec2-0001", "b/a/spot", busy=3)]
+    d = run([], ms, prices={**PRICES, "b/a": 0.50})
+    assert [(r.name, r.to) for r in d.remove] == [("ec2-0001", M.STOPPING)]
+    assert "spot price $0.5000/h of b/a/spot is above its max $0.4000/h" in d.remove[0].reason
+    # its 3 jobs: s/a (0.015) holds 2, then one more s/a for the last
+    assert pools(d) == ["s/a/spot", "s/a/spot"]
+    assert d.start == ("ec2-0002", "ec2-0003") and d.wanted == d.start
+
+
+def test_limits_cap_starts_and_spend():
+    d = run([tq(40)], spec=replace(SPEC, max_starts_per_cycle=3))
+    assert len(d.start) == 3 and any("capped by max_starts_per_cycle" in r for r in d.reasons)
+    d = run([tq(40)], spec=replace(SPEC, max_spend_per_hour=0.25))
+    assert len(d.start) == 2  # 2 x $0.10 fits in $0.25, a third does not
+    assert any("capped by max_spend_per_hour" in r for r in d.reasons)
+    ms = [view("ec2-0001", "b/a/spot", busy=8)]  # already spending $0.10
+    d = run([tq(40)], ms, budget=Budget(spend_per_hour=0.25))
+    assert len(d.start) == 1 and any("controller's max spend" in r for r in d.reasons)
+    d = run([tq(40)], ms, budget=Budget(machines=3))
+    assert len(d.start) == 2
+
+
+def test_idle_machines_stop_most_expensive_first_unless_needed():
+    ms = [view("ec2-0001", "s/a/spot", idle_for=100), view("ec2-0002", "b/b/spot", idle_for=100),
+          view("ec2-0003", "s/b/spot", idle_for=10)]
+    d = run([tq(1)], ms)
+    # the job goes on the cheapest idle machine per core (b/b 0.01375 < s/a 0.015); s/a goes;
+    # s/b has not been idle long enough
+    assert [r.name for r in d.remove] == ["ec2-0001"]
+    assert d.start == ()
+    d = run([], ms)
+    assert [r.name for r in d.remove] == ["ec2-0001", "ec2-0002"]  # 0.015/core before 0.01375
+
+
+def test_candidates_explain_every_offer():
+    d = run([tq(8)], prices={k: v for k, v in PRICES.items() if k != "s/b"})
+    cand = {c.pool: c for c in d.candidates}
+    assert len(cand) == len(OFFERS)
+    assert cand["s/b/spot"].status == "no spot price known"
+    assert cand["b/a/spot"].per_core_hour == 0.0125
+    assert d.candidates[0].pool == "b/a/spot"  # sorted cheapest per core first
+
+
+def test_priced_decide_is_pure():
+    args = ([tq(13), tq(2, tq_id=2, cores=4, spot=False)], [view("ec2-0001", "s/a/spot", busy=1)])
+    assert run(*args) == run(*args)
