@@ -49,6 +49,9 @@ class AwsConfig(CloudConfig):
     ami: str = Field(pattern=r"^ami-[0-9a-f]+$", description="the machine image (with python3)")
     instance_type: str = "t3.small"
     subnet_id: str | None = Field(None, description="the subnet (and so the AZ) to start in")
+    subnets: dict[str, str] = Field(
+        default_factory=dict, description="priced endpoints: the subnet of each zone the "
+        "scheduler may choose (zone -> subnet id)")
     availability_zone: str | None = None
     vpc_id: str | None = Field(None, description="the VPC of the security group (default VPC)")
     spot: bool = False

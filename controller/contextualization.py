@@ -29,6 +29,7 @@ PILOT_PACKAGE = REPO_ROOT / "pilot"
 PILOT_CONFIG_PATH = "/etc/cloudpilot/pilot.json"
 PILOT_WORKDIR = "/var/lib/cloudpilot/work"
 EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
+EC2_METADATA_URL = "http://169.254.169.254"
 
 # The top-level keys cloud-init (22.4) knows. `cloud-init schema` does not flag unknown ones,
 # so a misspelt module key would be silently ignored on the machine: check them here.
@@ -115,6 +116,8 @@ def pilot_settings(endpoint: EndpointConfig, controller_url: str, token: str,
         "idle_timeout": e.idle_timeout * 2 + 5,
         "heartbeat_interval": e.heartbeat_interval,
         "workdir": PILOT_WORKDIR,
+        # on EC2 the pilot watches the metadata service for a spot interruption notice
+        **({"metadata_url": EC2_METADATA_URL} if e.driver == "aws" else {}),
     }
 
 

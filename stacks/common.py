@@ -25,6 +25,9 @@ class Common:
     key_name: str | None = None
     ssh_cidr: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # priced endpoints: what the scheduler chose for a machine (instanceType or flavor,
+    # availabilityZone, spot); machines not named here get the endpoint's settings
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def read_common(cfg: pulumi.Config) -> Common:
@@ -41,6 +44,7 @@ def read_common(cfg: pulumi.Config) -> Common:
         key_name=cfg.get("keyName"),
         ssh_cidr=cfg.get("sshCidr"),
         tags=json.loads(cfg.get("tags") or "{}"),
+        specs=json.loads(cfg.get("machineSpecs") or "{}"),
     )
 
 

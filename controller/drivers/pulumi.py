@@ -20,6 +20,7 @@ the stack state says exists, so the controller's view of its machines is never l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -63,8 +64,30 @@ def stack_name(endpoint: str) -> str:
     return endpoint
 
 
-def stack_config(endpoint: EndpointConfig, machines: Iterable[str]) -> dict[str, str]:
-    """The stack's config (not secret): the endpoint's cloud section and the named machines."""
+Spec = Mapping[str, Any]
+
+
+def machine_specs(kind: str, specs: Mapping[str, Spec]) -> dict[str, dict[str, Any]]:
+    """Priced endpoints: what the scheduler chose for each new machine (type, zone, market),
+    in the stack's terms. Machines without a spec get the endpoint's defaults."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in sorted(specs.items()):
+        one: dict[str, Any] = {}
+        if spec.get("type"):
+            one["instanceType" if kind == "aws" else "flavor"] = spec["type"]
+        if spec.get("zone"):
+            one["availabilityZone"] = spec["zone"]
+        if kind == "aws" and spec.get("market"):
+            one["spot"] = spec["market"] == "spot"
+        if one:
+            out[name] = one
+    return out
+
+
+def stack_config(endpoint: EndpointConfig, machines: Iterable[str],
+                 specs: Mapping[str, Spec] | None = None) -> dict[str, str]:
+    """The stack's config (not secret): the endpoint's cloud section, the named machines and,
+    on priced endpoints, each new machine's type, zone and market."""
     cloud = endpoint.cloud()
     if cloud is None:
         raise DriverSetupError(f"endpoint {endpoint.name} has no cloud section")
@@ -81,12 +104,15 @@ def stack_config(endpoint: EndpointConfig, machines: Iterable[str]) -> dict[str,
         "keyName": cloud.key_name,
         "sshCidr": cloud.ssh_cidr,
         "tags": json.dumps(cloud.tags, sort_keys=True) if cloud.tags else None,
+        "machineSpecs": json.dumps(machine_specs(endpoint.driver, specs), sort_keys=True)
+        if specs and machine_specs(endpoint.driver, specs) else None,
     }
     if endpoint.aws is not None:
         a = endpoint.aws
         cfg.update({
             "aws:region": a.region, "ami": a.ami, "instanceType": a.instance_type,
             "subnetId": a.subnet_id, "availabilityZone": a.availability_zone,
+            "subnets": json.dumps(a.subnets, sort_keys=True) if a.subnets else None,
             "vpcId": a.vpc_id, "spot": "true" if a.spot else "false",
             "spotMaxPrice": None if a.spot_max_price is None else f"{a.spot_max_price:g}",
             "rootVolumeGb": a.root_volume_gb,
@@ -214,12 +240,16 @@ class PulumiDriver:
         return {"PULUMI_BACKEND_URL": f"file://{self.root / 'state'}",
                 "PULUMI_SKIP_UPDATE_CHECK": "true"}
 
-    def user_data(self, machines: Iterable[str]) -> dict[str, str]:
+    def user_data(self, machines: Iterable[str],
+                  specs: Mapping[str, Spec] | None = None) -> dict[str, str]:
+        specs = specs or {}
         return {m: contextualization.user_data(self.endpoint, self.controller_url,
-                                               self.pilot_token, m) for m in machines}
+                                               self.pilot_token, m, specs.get(m))
+                for m in machines}
 
-    def _program(self, machines: Iterable[str]) -> Callable[[], None]:
-        data = self.user_data(machines)
+    def _program(self, machines: Iterable[str],
+                 specs: Mapping[str, Spec] | None = None) -> Callable[[], None]:
+        data = self.user_data(machines, specs)
         if self.kind == "aws":
             from stacks.aws import program as aws_program
 
@@ -267,14 +297,18 @@ class PulumiDriver:
         self._stack = stack
         return stack
 
-    def _configure(self, machines: Iterable[str]) -> Any:
+    def _configure(self, machines: Iterable[str],
+                   specs: Mapping[str, Spec] | None = None) -> Any:
         from pulumi import automation as auto
 
         stack = self.stack()
         names = sorted(set(machines))
-        cfg = stack_config(self.endpoint, names)
+        cfg = stack_config(self.endpoint, names, specs)
+        if "cloudpilot:machineSpecs" not in cfg:
+            with contextlib.suppress(Exception):  # an earlier apply's specs: no longer needed
+                stack.remove_config("cloudpilot:machineSpecs")
         stack.set_all_config({k: auto.ConfigValue(v) for k, v in cfg.items()})
-        stack.workspace.program = self._program(names)
+        stack.workspace.program = self._program(names, specs)
         return stack
 
     # the driver interface ----------------------------------------------------------------------
@@ -327,7 +361,7 @@ class PulumiDriver:
         wanted = set(diff.wanted) if (diff.wanted or not diff.create) else \
             (known - set(diff.delete)) | set(diff.create)
         self._previews = {}
-        stack = self._configure(wanted)
+        stack = self._configure(wanted, diff.specs)
         try:
             if wanted:
                 stack.up(color="never", on_output=lambda line: log.debug("%s", line))

@@ -5,8 +5,9 @@ each machine's user-data attached as a secret."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
@@ -28,6 +29,7 @@ class AwsSettings:
     spot: bool = False
     spot_max_price: str | None = None  # USD per hour, as EC2 takes it
     root_volume_gb: int | None = None
+    subnets: dict[str, str] = field(default_factory=dict)  # zone -> subnet (priced endpoints)
 
 
 def read_settings(cfg: pulumi.Config) -> AwsSettings:
@@ -42,6 +44,7 @@ def read_settings(cfg: pulumi.Config) -> AwsSettings:
         spot=cfg.get_bool("spot") or False,
         spot_max_price=cfg.get("spotMaxPrice"),
         root_volume_gb=volume,
+        subnets=json.loads(cfg.get("subnets") or "{}"),
     )
 
 
@@ -79,6 +82,18 @@ def security_group(common: Common, settings: AwsSettings) -> aws.ec2.SecurityGro
     )
 
 
+def market(spot: bool, settings: AwsSettings) -> aws.ec2.InstanceInstanceMarketOptionsArgs | None:
+    """On-demand (None), or a one-time spot request that ends with the machine."""
+    if not spot:
+        return None
+    return aws.ec2.InstanceInstanceMarketOptionsArgs(
+        market_type="spot",
+        spot_options=aws.ec2.InstanceInstanceMarketOptionsSpotOptionsArgs(
+            max_price=settings.spot_max_price,  # None: up to the on-demand price
+            spot_instance_type="one-time",
+            instance_interruption_behavior="terminate"))
+
+
 def build(common: Common, settings: AwsSettings,
           user_data: dict[str, pulumi.Output[str]]) -> AwsMachines:
     sg = security_group(common, settings)
@@ -90,30 +105,25 @@ def build(common: Common, settings: AwsSettings,
             public_key=common.public_key,
             tags={**common.tags, "cloudpilot:endpoint": common.endpoint})
         key_name = key_pair.key_name
-    market = None
-    if settings.spot:
-        market = aws.ec2.InstanceInstanceMarketOptionsArgs(
-            market_type="spot",
-            spot_options=aws.ec2.InstanceInstanceMarketOptionsSpotOptionsArgs(
-                max_price=settings.spot_max_price,  # None: up to the on-demand price
-                spot_instance_type="one-time",
-                instance_interruption_behavior="terminate"))
     root = None
     if settings.root_volume_gb:
         root = aws.ec2.InstanceRootBlockDeviceArgs(volume_size=settings.root_volume_gb,
                                                    delete_on_termination=True)
     instances = {}
     for name in common.machines:
+        spec = common.specs.get(name, {})
+        zone = spec.get("availabilityZone", settings.availability_zone)
+        subnet = settings.subnets.get(zone, settings.subnet_id) if zone else settings.subnet_id
         instances[name] = aws.ec2.Instance(
             name,
             ami=settings.ami,
-            instance_type=settings.instance_type,
-            subnet_id=settings.subnet_id,
-            availability_zone=settings.availability_zone,
+            instance_type=spec.get("instanceType", settings.instance_type),
+            subnet_id=subnet,
+            availability_zone=zone,
             vpc_security_group_ids=[sg.id],
             key_name=key_name,
             user_data=user_data[name],
-            instance_market_options=market,
+            instance_market_options=market(spec.get("spot", settings.spot), settings),
             # the machine powers itself off when its pilot ends idle: that ends it
             instance_initiated_shutdown_behavior="terminate",
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),

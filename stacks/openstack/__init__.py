@@ -80,6 +80,7 @@ def build(common: Common, settings: OpenStackSettings,
     network = openstack.networking.get_network_output(name=settings.network)
     out = OpenStackMachines(sg, key_pair, {}, {})
     for name in common.machines:
+        spec = common.specs.get(name, {})
         meta = {**common.tags, "cloudpilot-endpoint": common.endpoint,
                 "cloudpilot-machine": name}
         port = openstack.networking.Port(
@@ -89,10 +90,10 @@ def build(common: Common, settings: OpenStackSettings,
         out.instances[name] = openstack.compute.Instance(
             name,
             name=name,
-            flavor_name=settings.flavor,
+            flavor_name=spec.get("flavor", settings.flavor),
             image_name=settings.image,
             key_pair=key_name,
-            availability_zone=settings.availability_zone,
+            availability_zone=spec.get("availabilityZone", settings.availability_zone),
             networks=[openstack.compute.InstanceNetworkArgs(port=port.id)],
             metadata=meta,
             user_data=user_data[name],

@@ -86,7 +86,8 @@ def test_pilot_mode_writes_the_pilot_config_installs_and_starts_it():
     assert cfg == {"controller_url": "http://10.0.0.5:8080", "token": TOKEN,
                    "endpoint": "aws-pilot", "machine": "aws-pilot-0001", "slots": 2,
                    "cores": 2, "memory_mb": 2048, "tags": ["linux"], "idle_timeout": 65.0,
-                   "heartbeat_interval": 10.0, "workdir": "/var/lib/cloudpilot/work"}
+                   "heartbeat_interval": 10.0, "workdir": "/var/lib/cloudpilot/work",
+                   "metadata_url": "http://169.254.169.254"}
     files = {f["path"]: f for f in doc["write_files"]}
     assert files[ctx.PILOT_CONFIG_PATH]["permissions"] == "0600"
     unit = files["/etc/systemd/system/cloudpilot-pilot.service"]["content"]

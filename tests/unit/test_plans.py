@@ -64,6 +64,9 @@ def test_threshold_on_new_machines_and_cost():
     assert not ok and "0.3/h > auto_apply_max_cost_per_hour 0.25" in why
     ok, why = auto_approval(ApprovalPolicy(False, max_cost_per_hour=1.0), diff(["a"]))
     assert not ok and "cost is unknown" in why
+    # a priced endpoint: each new machine's price, as the scheduler chose it
+    priced = PlanDiff("ep", ("a", "b"), (), specs={"a": {"price": 0.07}, "b": {"price": 0.1}})
+    assert plan_cost(ApprovalPolicy(False), priced) == 0.17
 
 
 def test_endpoint_defaults_auto_apply_by_driver():

@@ -3,8 +3,11 @@ a preview result as a plan, stack outputs and state as machines, error lines, an
 error when the CLI is missing (the real Automation API call, on a PATH without `pulumi`)."""
 
 
+import json
+
 import pytest
 
+from controller.contextualization import pilot_settings_from
 from controller.drivers.pulumi import (
     PulumiDriver,
     Step,
@@ -51,6 +54,22 @@ def test_aws_config_mapping():
         "cloudpilot:spotMaxPrice": "0.035",
     }
     assert not any("token" in v or "userData" in k for k, v in cfg.items())
+
+
+def test_priced_machines_config_mapping():
+    specs = {"aws-spot-0003": {"type": "c5.xlarge", "zone": "eu-west-1a", "market": "spot",
+                               "price": 0.07, "cores": 4, "memory_mb": 8192, "slots": 4},
+             "aws-spot-0004": {"type": "m5.large", "zone": "eu-west-1b",
+                               "market": "on-demand"}}
+    cfg = stack_config(AWS, ["aws-spot-0003", "aws-spot-0004"], specs)
+    assert json.loads(cfg["cloudpilot:machineSpecs"]) == {
+        "aws-spot-0003": {"instanceType": "c5.xlarge", "availabilityZone": "eu-west-1a",
+                          "spot": True},
+        "aws-spot-0004": {"instanceType": "m5.large", "availabilityZone": "eu-west-1b",
+                          "spot": False}}
+    assert "cloudpilot:machineSpecs" not in stack_config(AWS, ["aws-spot-0003"])
+    os_cfg = stack_config(OPENSTACK, ["os-0001"], {"os-0001": {"type": "m1.xlarge"}})
+    assert json.loads(os_cfg["cloudpilot:machineSpecs"]) == {"os-0001": {"flavor": "m1.xlarge"}}
 
 
 def test_openstack_config_mapping():
@@ -154,7 +173,12 @@ def test_a_missing_passphrase_is_named(tmp_path, monkeypatch):
 
 def test_user_data_holds_the_token_for_each_named_machine(tmp_path):
     driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", "cp_token-abc")
-    data = driver.user_data(["aws-spot-0001", "aws-spot-0002"])
+    data = driver.user_data(["aws-spot-0001", "aws-spot-0002"],
+                            {"aws-spot-0002": {"cores": 8, "memory_mb": 16000, "slots": 8}})
     assert sorted(data) == ["aws-spot-0001", "aws-spot-0002"]
-    assert all(d.startswith("#cloud-config\n") for d in data.values())
-    assert data["aws-spot-0001"] != data["aws-spot-0002"]  # the machine name differs
+    one, two = (pilot_settings_from(data[n]) for n in ("aws-spot-0001", "aws-spot-0002"))
+    assert (one["machine"], one["token"], one["cores"], one["slots"]) == (
+        "aws-spot-0001", "cp_token-abc", 2, 2)
+    assert (two["machine"], two["cores"], two["memory_mb"], two["slots"]) == (
+        "aws-spot-0002", 8, 16000, 8)  # the machine type the scheduler chose
+    assert one["metadata_url"] == "http://169.254.169.254"  # watches for spot interruptions

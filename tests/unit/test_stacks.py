@@ -43,12 +43,12 @@ class Mocks(pulumi.runtime.Mocks):
         return {r.name: r for r in self.resources if r.typ == typ}
 
 
-def run(kind, endpoint, machines, user_data=None, outputs=None):
+def run(kind, endpoint, machines, user_data=None, outputs=None, specs=None):
     """Run a stack's program under mocks with the config the driver writes for `endpoint`;
     the stack's outputs, resolved, go into `outputs`."""
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, project="cloudpilot", stack=endpoint.name, preview=False)
-    pulumi.runtime.set_all_config(stack_config(endpoint, machines))
+    pulumi.runtime.set_all_config(stack_config(endpoint, machines, specs))
     data = {m: f"#cloud-config\n# user-data of {m}\n" for m in machines} \
         if user_data is None else user_data
     if kind == "aws":
@@ -112,6 +112,23 @@ def test_aws_spot_with_a_max_price():
         "instanceInterruptionBehavior": "terminate"}}
 
 
+def test_aws_machines_the_price_aware_scheduler_placed():
+    """A priced endpoint: each new machine gets the type, zone (and its subnet) and market the
+    scheduler chose; a machine without a spec gets the endpoint's settings."""
+    ep = aws_endpoint(subnets={"eu-west-1a": "subnet-a", "eu-west-1c": "subnet-c"})
+    specs = {"aws-spot-0001": {"type": "c5.xlarge", "zone": "eu-west-1a", "market": "spot",
+                               "price": 0.07, "cores": 4, "memory_mb": 8192, "slots": 4},
+             "aws-spot-0002": {"type": "m5.large", "zone": "eu-west-1c",
+                               "market": "on-demand", "price": 0.107}}
+    mocks = run("aws", ep, ["aws-spot-0001", "aws-spot-0002", "aws-spot-0003"], specs=specs)
+    got = {n: r.inputs for n, r in mocks.of("aws:ec2/instance:Instance").items()}
+    assert [(got[n]["instanceType"], got[n]["availabilityZone"], got[n]["subnetId"],
+             "instanceMarketOptions" in got[n]) for n in sorted(got)] == [
+        ("c5.xlarge", "eu-west-1a", "subnet-a", True),
+        ("m5.large", "eu-west-1c", "subnet-c", False),
+        ("c6a.large", "eu-west-1b", "subnet-1", False)]
+
+
 def test_aws_security_group_opens_only_what_the_mode_needs():
     sg = run("aws", aws_endpoint(), ["aws-spot-0001"]).of(
         "aws:ec2/securityGroup:SecurityGroup")["aws-spot-sg"].inputs
@@ -161,6 +178,15 @@ def test_openstack_flavor_image_network_and_metadata():
     sg_rules = mocks.of("openstack:networking/secGroupRule:SecGroupRule")
     assert sg_rules == {}  # pilot mode: no inbound rule
     assert mocks.of("openstack:networking/floatingIp:FloatingIp") == {}
+
+
+def test_openstack_flavor_and_zone_per_machine_on_a_priced_endpoint():
+    mocks = run("openstack", openstack_endpoint(), ["os-0001", "os-0002"],
+                specs={"os-0001": {"type": "m1.xlarge", "zone": "nova-2"}})
+    got = {n: r.inputs for n, r in mocks.of("openstack:compute/instance:Instance").items()}
+    assert (got["os-0001"]["flavorName"], got["os-0001"]["availabilityZone"]) == (
+        "m1.xlarge", "nova-2")
+    assert got["os-0002"]["flavorName"] == "m1.large"
 
 
 def test_openstack_floating_ips_when_a_pool_is_set():
