@@ -23,11 +23,11 @@ demo: .stamp-core
 	$(BIN)/cloudpilot demo
 
 lint: .stamp-dev
-	$(BIN)/ruff check controller pilot tests bench
-	$(BIN)/mypy controller pilot
+	$(BIN)/ruff check controller pilot stacks tests bench
+	$(BIN)/mypy controller pilot stacks
 
 test: .stamp-dev lint
-	bash tests/system-deps.sh openssh-server openssh-client iproute2 python3
+	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3
 	$(BIN)/pytest -q
 
 bench: .stamp-dev

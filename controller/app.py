@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, hosts, info, jobs, pilots, ticks
+from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
@@ -45,6 +45,11 @@ def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
             drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
         elif ep.driver == "ssh":
             drivers[ep.name] = make_ssh_driver(settings, store, ep)
+        elif ep.driver in ("aws", "openstack"):
+            from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
+
+            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
+            drivers[ep.name] = PulumiDriver(ep, settings.data_dir, settings.url, token)
     return drivers
 
 
@@ -93,8 +98,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.reconciler = None
-    for r in (jobs.router, pilots.router, info.router, admin.router, ticks.router,
-              hosts.router):
+    for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
+              ticks.router, hosts.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

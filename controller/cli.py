@@ -170,6 +170,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
                   f"remove {[r['name'] for r in d['remove']] or '-'}")
             for r in d["reasons"]:
                 print(f"    {r}")
+        for ev in e.get("events") or []:
+            print(f"  {_when(ev['at'])} {ev['state']}: {ev['message']}")
     return 0
 
 
@@ -216,6 +218,83 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         print("\nrecent events:")
     for e in c.host_events(args.endpoint, args.name, args.limit):
         print(f"  {_when(e['at'])}  {e['host']:<12} {e['event']:<14} {e['detail'] or ''}")
+    return 0
+
+
+def _change(p: dict[str, Any]) -> str:
+    return " ".join(x for x in (f"+{len(p['create'])}" if p["create"] else "",
+                                f"-{len(p['delete'])}" if p["delete"] else "") if x)
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    rows = [[p["id"], p["endpoint"], p["state"], _change(p), p["asked_by"],
+             _when(p["updated_at"]), p["message"]]
+            for p in _client(args).plans(endpoint=args.endpoint, state=args.state,
+                                         limit=args.limit)]
+    print(_table(rows, ["ID", "ENDPOINT", "STATE", "CHANGE", "ASKED BY", "UPDATED", "MESSAGE"]))
+    return 0
+
+
+def print_plan(p: dict[str, Any]) -> None:
+    """A plan as an operator reads it: what changes, why, what the driver will do."""
+    print(f"plan {p['id']} for endpoint {p['endpoint']}: {p['state']} (asked by "
+          f"{p['asked_by']} at {_when(p['created_at'])})")
+    if p["approved_by"]:
+        print(f"  approved by {p['approved_by']}")
+    if p["message"]:
+        print(f"  {p['message']}")
+    why = {r.split(": ", 1)[0]: r.split(": ", 1)[1] for r in p["reasons"] if ": " in r}
+    print("change:")
+    for n in p["create"]:
+        spec = p.get("specs", {}).get(n)
+        where = f" ({spec['type']} {spec['market']} in {spec['zone']}, {spec['price']:g}/h)" \
+            if spec and {"type", "market", "zone", "price"} <= set(spec) else ""
+        print(f"  + {n}   {why.get(n, 'new machine')}{where}")
+    for n in p["delete"]:
+        print(f"  - {n}   {why.get(n, 'not wanted')}")
+    rest = ", ".join(p["wanted"][:8]) + (" ..." if len(p["wanted"]) > 8 else "")
+    print(f"after it: {len(p['wanted'])} machine(s)" + (f" ({rest})" if rest else ""))
+    if p["cost_per_hour"]:
+        print(f"adds about {p['cost_per_hour']:g} per hour")
+    named = set(p["create"]) | set(p["delete"])
+    general = [r for r in p["reasons"] if r.split(": ", 1)[0] not in named]
+    if general:
+        print("why:")
+        for r in general:
+            print(f"  {r}")
+    if p["detail"]:
+        print("the driver's view:")
+        for line in p["detail"].splitlines():
+            print(f"  {line}")
+    if p.get("events"):
+        print("history:")
+        for e in p["events"]:
+            print(f"  {_when(e['at'])}  {e['from_state'] or '-':>8} -> {e['to_state']:<10} "
+                  f"{e['reason'] or ''}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    c = _client(args)
+    if args.plan_cmd == "approve":
+        p = c.approve(args.id)
+        print(f"plan {p['id']} approved: the controller applies it at its next tick "
+              f"({_change(p) or 'no change'} on {p['endpoint']})")
+        return 0
+    print_plan(c.plan(args.id))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    out = _client(args).up(args.endpoint)
+    print(f"{args.endpoint}: {out['message']}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    out = _client(args).down(args.endpoint)
+    dropped = ", ".join(map(str, out["superseded"]))
+    print(f"{args.endpoint}: down; {out['message']}"
+          + (f" (open plans superseded: {dropped})" if dropped else ""))
     return 0
 
 
@@ -369,6 +448,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-key", help="pin the host's key: a known_hosts line (join)")
     p.add_argument("--limit", type=int, default=20, help="events shown (20)")
     p.set_defaults(fn=cmd_hosts)
+
+    p = sub.add_parser("plans", help="list plans: each endpoint's proposed and applied changes")
+    client_opts(p)
+    p.add_argument("--endpoint", help="only this endpoint")
+    p.add_argument("--state", choices=["open", "pending", "approved", "applied", "failed",
+                                       "superseded"], help="only plans in this state "
+                   "(open: pending or approved)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many, newest first (50)")
+    p.set_defaults(fn=cmd_plans)
+
+    p = sub.add_parser("plan", help="show or approve one plan")
+    psub = p.add_subparsers(dest="plan_cmd", required=True, metavar="PLAN_COMMAND")
+    q = psub.add_parser("show", help="the plan's change, reasons, driver's view and history")
+    client_opts(q)
+    q.add_argument("id", type=int, help="plan id")
+    q = psub.add_parser("approve", help="approve a pending plan (admin); the loop applies it")
+    client_opts(q)
+    q.add_argument("id", type=int, help="plan id")
+    p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("up", help="apply an endpoint's wanted state now (ends a `down`; admin)")
+    client_opts(p)
+    p.add_argument("endpoint", help="endpoint name")
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("down", help="remove all of an endpoint's machines and start none "
+                       "until `up` (admin)")
+    client_opts(p)
+    p.add_argument("endpoint", help="endpoint name")
+    p.set_defaults(fn=cmd_down)
 
     p = sub.add_parser("admin", help="users and tokens (works on the database directly)")
     asub = p.add_subparsers(dest="admin_cmd", required=True, metavar="ADMIN_COMMAND")

@@ -68,6 +68,22 @@ class ApiClient:
     def summary(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/summary")
 
+    def plans(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self.request("GET", "/api/v1/plans", params=params)
+
+    def plan(self, plan_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/plans/{plan_id}")
+
+    def approve(self, plan_id: int) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/plans/{plan_id}/approve")
+
+    def up(self, endpoint: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/endpoints/{endpoint}/up")
+
+    def down(self, endpoint: str) -> dict[str, Any]:
+        return self.request("POST", f"/api/v1/endpoints/{endpoint}/down")
+
     def explain(self, endpoint: str) -> dict[str, Any]:
         return self.request("GET", f"/api/v1/endpoints/{endpoint}/explain")
 

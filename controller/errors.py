@@ -19,6 +19,15 @@ class CloudpilotError(Exception):
         return str(self)
 
 
+class DriverError(CloudpilotError):
+    """An endpoint's driver could not do what it was asked; the loop records the message as
+    the endpoint's state and tries again after a back-off."""
+
+
+class DriverSetupError(DriverError):
+    """An endpoint's driver cannot work here until something is installed or configured."""
+
+
 class PermanentError(CloudpilotError):
     """The request cannot succeed as it is."""
 

@@ -13,6 +13,7 @@ from controller.domain.hostpool import (
     HostView,
     Membership,
     decide_hosts,
+    take_down,
 )
 from controller.domain.machines import MachineState
 from controller.domain.matching import SlotOffer
@@ -123,6 +124,9 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
     views, host_of = _views(r, ep, driver, now)
     hd = decide_hosts(ep.spec(), store.jobs.queue_snapshot(), views, now,
                       Backoff(ep.ssh.retry_after, ep.ssh.retry_max))
+    down_by = store.plans.marks(ep.name).down_by
+    if down_by:
+        hd = take_down(hd, views, down_by)
     d = hd.decision
     requeued = 0
     for rm in d.remove:
@@ -134,12 +138,15 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
         store.machines.move(name, M.REQUESTED, why, now)
     stopping = tuple(rm.name for rm in d.remove if rm.to == M.STOPPING)
     if hd.probe or hd.retry or d.start or stopping:
-        driver.in_background(lambda: _ssh_work(r, ep, driver, host_of, hd, stopping))
+        driver.in_background(lambda: _ssh_work(r, ep, driver, host_of, hd, stopping,
+                                               down_by))
+    elif down_by:
+        store.machines.set_endpoint_state(ep.name, "down", f"taken down by {down_by}", now)
     return d, requeued
 
 
 def _ssh_work(r: Reconciler, ep: EndpointConfig, driver: SshDriver, host_of: dict[str, str],
-              hd: HostDecision, stopping: tuple[str, ...]) -> None:
+              hd: HostDecision, stopping: tuple[str, ...], down_by: str | None) -> None:
     """Probe joining hosts, retry failed ones, deploy and stop pilots; record what happened.
     Jobs of hosts found unreachable go back to the queue (pilots get them at their next
     poll)."""
@@ -172,6 +179,8 @@ def _ssh_work(r: Reconciler, ep: EndpointConfig, driver: SshDriver, host_of: dic
 
     if errors:
         store.machines.set_endpoint_state(ep.name, "error", "; ".join(errors)[:2000], r.clock())
+    elif down_by:
+        store.machines.set_endpoint_state(ep.name, "down", f"taken down by {down_by}", r.clock())
     else:
         store.machines.set_endpoint_state(ep.name, "ok", "", r.clock())
 

@@ -2,7 +2,10 @@
 
 Each tick first records what the world reports (machines gone, pilots silent, jobs stalled),
 then asks domain.scheduling.decide() what each endpoint should have, then lets the endpoint's
-driver diff and apply it. Driver errors become endpoint state, never exceptions out of the loop.
+driver diff it into a plan. A plan is kept in the store; it is applied at once when the
+endpoint's policy allows (auto_apply, or under its threshold), else when an operator approves
+it (a later tick applies it). Driver errors become endpoint state and a back-off before the
+driver is asked again, never exceptions out of the loop.
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ from typing import Any
 from controller.domain import ticks
 from controller.domain.jobs import JobState
 from controller.domain.machines import LIVE_STATES, MachineState, MachineView
+from controller.domain.plans import (
+    Backoff,
+    Plan,
+    PlanState,
+    auto_approval,
+    down_decision,
+    plan_cost,
+)
 from controller.domain.scheduling import Budget, Decision, decide
-from controller.drivers.base import Driver, ObservedMachine
+from controller.drivers.base import ApplyResult, Driver, ObservedMachine
 from controller.drivers.ssh import SshDriver
 from controller.errors import CloudpilotError, NotFound
 from controller.hostloop import reconcile_hosts
@@ -52,6 +63,7 @@ class Reconciler:
         # After a controller restart, pilots need a moment to reach it again: heartbeats missed
         # while it was down must not count, so silence is measured from this instant at most.
         self.started = clock()
+        self._shown: dict[str, tuple[str, str]] = {}  # endpoint state last written
 
     def tick(self) -> TickResult:
         now = self.clock()
@@ -61,12 +73,15 @@ class Reconciler:
             driver = self.drivers.get(ep.name)
             if driver is None:
                 continue
+            if not self.store.plans.marks(ep.name).backoff.ready(now):
+                continue  # a failing driver is left alone until its retry time
             try:
                 seen[ep.name] = driver.observe()
             except Exception as e:  # a driver failure is data: record it, keep going
-                log.warning("observe %s failed: %s", ep.name, e)
-                self.store.machines.set_endpoint_state(ep.name, "error", f"observe failed: {e}")
+                self._failed(ep.name, f"observe failed: {e}", now)
                 continue
+            self.store.machines.record_observed(
+                ep.name, {m.name: (m.address, m.detail) for m in seen[ep.name]})
             if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/hostloop.py)
                 requeued += self._gone(ep.name, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after
@@ -168,54 +183,119 @@ class Reconciler:
         if isinstance(driver, SshDriver):
             self.last[endpoint], requeued = reconcile_hosts(self, ep, driver, now)
             return self.last[endpoint], requeued
+        marks = self.store.plans.marks(endpoint)
         inputs = ticks.snapshot(ep.spec(), self.store.jobs.queue_snapshot(),
                                 self._views(endpoint, ep.slots), now,
                                 self.store.machines.last_seq(endpoint), self._prices(ep, now),
                                 self._budget(endpoint) if ep.machine_types else None)
         decision = decide(inputs.spec, inputs.queues, inputs.machines, now, inputs.last_seq,
                           prices=inputs.prices, budget=inputs.budget)
+        self._record(inputs, decision)  # what decide() made of its inputs, for replay
+        if marks.down_by:
+            decision = down_decision(decision, inputs.machines, marks.down_by)
         self.last[endpoint] = decision
-        self._record(inputs, decision)
         requeued = 0
+        # What the world says (lost, failed) is recorded now; stopping an idle machine is a
+        # wish, recorded when a plan that deletes it is applied.
         for r in decision.remove:
+            if r.to == M.STOPPING:
+                continue
             self.store.machines.move(r.name, r.to, r.reason, now)
             if r.to in (M.LOST, M.FAILED):
                 requeued += self._requeue(r.name, f"machine {r.to.value}: {r.reason}", now)
-        why = "; ".join(decision.reasons) or "wanted"
-        launches = {x.name: x for x in decision.launches}
-        for name in decision.start:
-            x = launches.get(name)
-            self.store.machines.create(name, endpoint, _seq(name), x.reason if x else why, now,
-                                       info=x.info() if x else None)
-        diff = driver.plan(current, decision.wanted)
-        if ep.machine_types and diff.create:
-            diff = dataclasses.replace(diff, specs=self._specs(diff.create))
-        if diff.empty:
+        approved = self.store.plans.open(endpoint, PlanState.APPROVED)
+        if approved is not None:  # approved by an operator since the last tick
+            self._apply(approved, driver, now)
             return decision, requeued
-        log.info("endpoint %s: %s", endpoint, diff.describe().replace("\n", " "))
         try:
-            result = driver.apply(diff)
+            diff = driver.plan(current, decision.wanted)
         except Exception as e:
-            log.warning("apply on %s failed: %s", endpoint, e)
-            self.store.machines.set_endpoint_state(endpoint, "error", f"apply failed: {e}")
+            self._failed(endpoint, f"plan failed: {e}", now)
             return decision, requeued
-        for name in result.created:
-            self.store.machines.move(name, M.BOOTING, now=now)
-        for name, msg in result.errors.items():
-            self.store.machines.move(name, M.FAILED, msg, now)
-        for name in result.deleted:
-            try:
-                was = M(self.store.machines.get(name)["state"])
-            except NotFound:
-                continue  # a leftover the store never knew
-            if was in LIVE_STATES | {M.LOST}:
-                self.store.machines.move(name, M.STOPPED, "removed by the driver", now)
-        state, msg = ("error", "; ".join(result.errors.values())) if result.errors else ("ok", "")
-        self.store.machines.set_endpoint_state(endpoint, state, msg, now)
+        launches = {x.name: x for x in decision.launches}
+        if diff.create and (launches or ep.machine_types):  # priced: each machine's type
+            diff = dataclasses.replace(diff, specs={
+                **self._specs(diff.create),
+                **{n: x.info() for n, x in launches.items() if n in diff.create}})
+        if diff.empty:
+            self.store.plans.withdraw(endpoint, "nothing left to change", now)
+            if marks.up_by:
+                self.store.plans.ask_up(endpoint, None)
+            self._ok(endpoint, marks.down_by, now)
+            return decision, requeued
+        policy = ep.approval_policy()
+        if marks.down_by:
+            ok, why, asked_by = True, f"{marks.down_by} (cloudpilot down)", marks.down_by
+        elif marks.up_by:
+            ok, why, asked_by = True, f"{marks.up_by} (cloudpilot up)", "scheduler"
+        else:
+            (ok, why), asked_by = auto_approval(policy, diff), "scheduler"
+        why_each = {r.name: r.reason for r in decision.remove}
+        reasons = [*decision.reasons,
+                   *(f"{n}: {launches[n].reason}" for n in diff.create if n in launches),
+                   *(f"{n}: {why_each.get(n, 'not wanted')}" for n in diff.delete)]
+        plan, new = self.store.plans.propose(diff, reasons, asked_by, plan_cost(policy, diff),
+                                             "" if ok else why, now)
+        if new:
+            log.info("endpoint %s: plan %d: %s", endpoint, plan.id,
+                     diff.describe().replace("\n", " "))
+        if not ok:
+            self._ok(endpoint, marks.down_by, now,
+                     f"plan {plan.id} {why} (cloudpilot plan approve {plan.id})")
+            return decision, requeued
+        if marks.up_by:
+            self.store.plans.ask_up(endpoint, None)
+        self._apply(self.store.plans.approve(plan.id, why, now), driver, now)
         return decision, requeued
 
+    def _apply(self, plan: Plan, driver: Driver, now: float) -> None:
+        """Apply an approved plan and record what it did to each machine. Machines it creates
+        are recorded (requested) before the driver is called, so a pilot that registers at once
+        finds its machine; the driver's answer moves them on (booting, or failed with its
+        message); a driver that raises has created nothing."""
+        endpoint = plan.endpoint
+        known = {m["name"] for m in self.store.machines.find(endpoint)}
+        for name in plan.create:
+            if name not in known:
+                self.store.machines.create(name, endpoint, _seq(name),
+                                           f"{plan.reason_for(name)} (plan {plan.id})", now,
+                                           info=dict(plan.specs.get(name) or {}) or None)
+        for name in plan.delete:
+            if name in known:  # else: a leftover the store never knew
+                self.store.machines.move(name, M.STOPPING,
+                                         f"{plan.reason_for(name)} (plan {plan.id})", now)
+        try:
+            result = driver.apply(plan.diff)
+        except Exception as e:
+            msg = _one_line(e)
+            for name in plan.create:
+                self.store.machines.move(name, M.FAILED, f"plan {plan.id} failed: {msg}", now)
+            self.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
+            self._failed(endpoint, f"plan {plan.id} failed: {msg}", now)
+            return
+        self._record_result(plan, result, known, now)
+        if result.errors:
+            msg = "; ".join(f"{n}: {m}" for n, m in sorted(result.errors.items()))
+            self.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
+            self._failed(endpoint, f"plan {plan.id} failed: {msg}", now)
+        else:
+            self.store.plans.finish(plan.id, PlanState.APPLIED, _applied(result), now)
+            self._ok(endpoint, self.store.plans.marks(endpoint).down_by, now, reset=True)
+
+    def _record_result(self, plan: Plan, result: ApplyResult, known: set[str],
+                       now: float) -> None:
+        for name in result.created:
+            self.store.machines.move(name, M.BOOTING, now=now)  # unless its pilot came up
+        for name, msg in result.errors.items():
+            if name in plan.create:
+                self.store.machines.move(name, M.FAILED, msg, now)
+        for name in result.deleted:
+            if name in known and M(self.store.machines.get(name)["state"]) in \
+                    LIVE_STATES | {M.LOST}:
+                self.store.machines.move(name, M.STOPPED, "removed by the driver", now)
 
     def _specs(self, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """What the store keeps of machines already recorded (priced endpoints)."""
         out = {}
         for name in names:
             try:
@@ -225,6 +305,46 @@ class Reconciler:
             if info:
                 out[name] = json.loads(info)
         return out
+
+    # endpoint state and back-off ---------------------------------------------------------
+    def _failed(self, endpoint: str, message: str, now: float) -> None:
+        backoff = self.store.plans.marks(endpoint).backoff.failed(now)
+        self.store.plans.set_backoff(endpoint, backoff)
+        msg = f"{_one_line(message)} (attempt {backoff.failures}; retry in " \
+              f"{backoff.wait(now):.0f}s)"
+        log.warning("endpoint %s: %s", endpoint, msg)
+        self.store.machines.set_endpoint_state(endpoint, "error", msg, now)
+        self.store.plans.endpoint_event(endpoint, "error", msg, now)
+        self._shown[endpoint] = ("error", msg)
+
+    def _ok(self, endpoint: str, down_by: str | None, now: float, message: str = "",
+            reset: bool = False) -> None:
+        if reset or self.store.plans.marks(endpoint).backoff.failures:
+            self.store.plans.set_backoff(endpoint, Backoff())
+        state = "down" if down_by else "ok"
+        if down_by and not message:
+            message = f"taken down by {down_by}"
+        shown = self._shown.get(endpoint)
+        if shown != (state, message):  # write only what changed
+            self.store.machines.set_endpoint_state(endpoint, state, message, now)
+            if shown is not None and shown[0] == "error":  # a recovery
+                self.store.plans.endpoint_event(endpoint, state,
+                                                message or "the driver works again", now)
+            self._shown[endpoint] = (state, message)
+
+
+def _one_line(e: object) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " / ".join(lines[:3])[:500] or type(e).__name__
+
+
+def _applied(result: ApplyResult) -> str:
+    parts = []
+    if result.created:
+        parts.append("created " + ", ".join(result.created))
+    if result.deleted:
+        parts.append("deleted " + ", ".join(result.deleted))
+    return "; ".join(parts) or "nothing to do"
 
 
 def _seq(name: str) -> int:

@@ -11,10 +11,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.clouds import AwsConfig, OpenStackConfig
 from controller.domain.matching import SlotOffer
+from controller.domain.plans import ApprovalPolicy
 from controller.domain.pricing import Market, Offer
 from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
+
+CLOUD_DRIVERS = ("aws", "openstack")
 
 
 class SshHostConfig(BaseModel):
@@ -145,6 +149,59 @@ class EndpointConfig(BaseModel):
     def offers(self) -> tuple[Offer, ...]:
         return tuple(o for t in self.machine_types for o in t.offers())
 
+    # plans: applied automatically, under a threshold, or after an operator approves them
+    auto_apply: bool | None = Field(
+        None, description="apply every plan automatically (default: true for local and ssh, "
+        "false for clouds)")
+    auto_apply_max_new: int | None = Field(
+        None, ge=0, description="apply plans automatically up to this many new machines")
+    auto_apply_max_cost_per_hour: float | None = Field(
+        None, ge=0, description="... and up to this added cost per hour")
+    cost_per_hour: float | None = Field(
+        None, ge=0, description="what one machine costs per hour (default: a spot max price)")
+    # cloud endpoints: how machines are contextualized, and the cloud's own section
+    contextualization: Literal["pilot", "ssh"] = "pilot"
+    ssh_endpoint: str | None = Field(
+        None, description="ssh mode: the SSH endpoint that deploys pilots on these machines")
+    aws: AwsConfig | None = None
+    openstack: OpenStackConfig | None = None
+
+    @model_validator(mode="after")
+    def _driver_sections(self) -> EndpointConfig:
+        if self.auto_apply is None:
+            self.auto_apply = self.driver not in CLOUD_DRIVERS
+        for kind in CLOUD_DRIVERS:
+            if self.driver == kind and getattr(self, kind) is None:
+                raise ValueError(f"driver {kind!r} needs an [endpoints.{kind}] section")
+            if self.driver != kind and getattr(self, kind) is not None:
+                raise ValueError(f"an [endpoints.{kind}] section needs driver = {kind!r}")
+        if self.contextualization == "ssh":
+            cloud = self.cloud()
+            if cloud is None:
+                raise ValueError("contextualization = 'ssh' is for cloud endpoints")
+            if not (cloud.public_key or cloud.public_key_file):
+                raise ValueError("contextualization = 'ssh' needs a public_key (or "
+                                 "public_key_file) in the cloud section")
+            if not cloud.ssh_cidr:
+                raise ValueError("contextualization = 'ssh' needs ssh_cidr in the cloud "
+                                 "section: who may reach the machines' port 22")
+            if not self.ssh_endpoint:
+                raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
+                                 "endpoint that deploys pilots on these machines")
+        return self
+
+    def cloud(self) -> AwsConfig | OpenStackConfig | None:
+        return self.aws or self.openstack
+
+    def machine_cost_per_hour(self) -> float | None:
+        if self.cost_per_hour is not None:
+            return self.cost_per_hour
+        return self.aws.spot_max_price if self.aws is not None else None
+
+    def approval_policy(self) -> ApprovalPolicy:
+        return ApprovalPolicy(bool(self.auto_apply), self.auto_apply_max_new,
+                              self.auto_apply_max_cost_per_hour, self.machine_cost_per_hour())
+
     @model_validator(mode="after")
     def _ssh_section(self) -> EndpointConfig:
         if self.driver == "ssh" and self.ssh is None:
@@ -215,6 +272,16 @@ class Settings(BaseSettings):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"endpoint names must be unique: {sorted(dup)}")
+        for e in self.endpoints:
+            if e.driver in CLOUD_DRIVERS and e.contextualization == "pilot" \
+                    and not self.public_url:
+                raise ValueError(f"endpoint {e.name} starts pilots on cloud machines: set "
+                                 "public_url to a controller URL those machines can reach")
+            if e.ssh_endpoint is not None:
+                other = self.endpoint(e.ssh_endpoint)
+                if other is None or other.driver != "ssh":
+                    raise ValueError(f"endpoint {e.name}: ssh_endpoint {e.ssh_endpoint!r} is "
+                                     "not an endpoint with driver 'ssh'")
         return self
 
     @property

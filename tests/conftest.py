@@ -42,6 +42,12 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float =
         time.sleep(interval)
 
 
+def path_without(binary: str) -> str:
+    """$PATH minus the folders holding `binary` (to test what happens where it is missing)."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(d for d in dirs if not os.path.exists(os.path.join(d, binary)))
+
+
 def toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -49,9 +55,9 @@ def toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):  # an inline table (e.g. an endpoint's ssh section)
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()
-                                if x is not None) + " }"
+    if isinstance(v, dict):  # an inline table, e.g. an endpoint's [endpoints.aws] section
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()
+                               if x is not None) + "}"
     return str(v)
 
 

@@ -28,6 +28,8 @@ def endpoints(request: Request, store: StoreDep, settings: SettingsDep,
         out.append({
             "name": ep["name"], "driver": ep["driver"], "state": ep["state"],
             "message": ep["message"], "config": ep["config"], "machines": by_state,
+            "down_by": ep.get("down_by"), "retry_at": ep.get("retry_at"),
+            "events": store.plans.endpoint_events(ep["name"], 3),
             "last_decision": None if d is None else {
                 "start": list(d.start), "demand": round(d.demand, 2),
                 "remove": [{"name": r.name, "to": r.to.value, "reason": r.reason}

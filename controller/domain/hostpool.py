@@ -180,3 +180,16 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     decision = Decision(spec.name, tuple(start), tuple(removals), wanted,
                         demand / max(spec.slots, 1), tuple(reasons))
     return HostDecision(decision, tuple(probe), tuple(retry))
+
+
+def take_down(hd: HostDecision, hosts: Sequence[HostView], by: str) -> HostDecision:
+    """An SSH endpoint an operator took down (`cloudpilot down`): no pilot starts, every
+    running one is stopped (hosts already found lost or failed keep that verdict). Joining
+    and failed hosts are still reached, so the endpoint is ready when it comes up."""
+    d = hd.decision
+    gone = {r.name for r in d.remove}
+    stop = tuple(Removal(h.name, M.STOPPING, f"the endpoint is down ({by})") for h in hosts
+                 if h.state in (M.BOOTING, M.RUNNING) and h.name not in gone)
+    down = Decision(d.endpoint, (), d.remove + stop, (), d.demand,
+                    (f"the endpoint is down: taken down by {by}",))
+    return HostDecision(down, hd.probe, hd.retry)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from controller import contextualization
 from controller.domain.plans import PlanDiff
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.settings import EndpointConfig
@@ -60,24 +61,15 @@ class LocalDriver:
 
     def pilot_config(self, name: str,
                      spec: Mapping[str, Any] | None = None) -> dict[str, object]:
-        """What the pilot of machine `name` is told; `spec` (priced endpoints) gives the
-        machine type's cores, memory and slots."""
-        e = self.endpoint
-        spec = spec or {}
-        return {
-            "controller_url": self.controller_url,
-            "token": self.pilot_token,
-            "endpoint": e.name,
-            "machine": name,
-            "slots": spec.get("slots", e.slots),
-            "cores": spec.get("cores", e.cores),
-            "memory_mb": spec.get("memory_mb", e.memory_mb),
-            "tags": e.tags,
-            # a safety net: the controller normally stops idle machines first, by name
-            "idle_timeout": e.idle_timeout * 2 + 5,
-            "heartbeat_interval": e.heartbeat_interval,
-            "workdir": str(self._dir(name) / "work"),
-        }
+        """The settings the endpoint's `pilot` user-data (cloud-init/pilot.yaml) writes for this
+        machine: rendered and read back, so the local endpoint runs what cloud machines run.
+        `spec` (priced endpoints) gives the machine type's cores, memory and slots. Only the
+        work directory is this host's own (the machine's directory)."""
+        user_data = contextualization.render_pilot(contextualization.pilot_settings(
+            self.endpoint, self.controller_url, self.pilot_token, name, spec))
+        cfg = contextualization.pilot_settings_from(user_data)
+        cfg["workdir"] = str(self._dir(name) / "work")
+        return cfg
 
     # the driver interface ----------------------------------------------------------------
     def observe(self) -> list[ObservedMachine]:

@@ -34,12 +34,14 @@ class Store:
         from controller.store.hosts import HostStore
         from controller.store.jobs import JobStore
         from controller.store.machines import MachineStore
+        from controller.store.plans import PlanStore
         from controller.store.ticks import TickStore
         from controller.store.tokens import TokenStore
 
         self.jobs = JobStore(self)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
+        self.plans = PlanStore(self)
         self.ticks = TickStore(self)
         self.hosts = HostStore(self)
 

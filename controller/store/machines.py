@@ -124,6 +124,23 @@ class MachineStore:
         with self.store.read() as c:
             return [dict(r) for r in c.execute(sql + " ORDER BY created_at, name", args)]
 
+    def record_observed(self, endpoint: str, seen: dict[str, tuple[str | None, str]]) -> int:
+        """Keep what the driver reports of each machine (address, and a detail such as the
+        cloud instance's id) where it changed."""
+        if not seen:
+            return 0
+        marks = ",".join("?" * len(seen))
+        with self.store.read() as c:
+            rows = {r["name"]: (r["address"], r["observed"]) for r in c.execute(
+                f"SELECT name, address, observed FROM machines WHERE endpoint = ? AND name IN"
+                f" ({marks})", (endpoint, *seen))}
+        changed = [(a, o, n) for n, (a, o) in seen.items() if n in rows and rows[n] != (a, o)]
+        if changed:
+            with self.store.tx() as c:
+                c.executemany("UPDATE machines SET address = ?, observed = ? WHERE name = ?",
+                              changed)
+        return len(changed)
+
     def events(self, name: str) -> list[dict[str, Any]]:
         with self.store.read() as c:
             return [dict(r) for r in c.execute(

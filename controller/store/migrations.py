@@ -116,6 +116,43 @@ def m002_held_counts(db: Database) -> None:
         SELECT 'group', grp, COUNT(*) FROM jobs WHERE state IN {HELD} GROUP BY grp""")
 
 
+def m003_plans(db: Database) -> None:
+    """Plans (a driver's change to an endpoint, kept for review and approval), their state
+    history, the endpoints' events, and the marks that steer an endpoint's plans (down, up,
+    back-off)."""
+    db.table("plans").create(
+        {
+            "id": int, "endpoint": str, "state": str, "creates": str, "deletes": str,
+            "wanted": str, "reasons": str, "detail": str, "asked_by": str, "approved_by": str,
+            "message": str, "cost_per_hour": float, "specs": str, "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"endpoint", "state", "creates", "deletes", "wanted", "reasons", "asked_by",
+                  "created_at", "updated_at"},
+    )
+    db.execute("CREATE INDEX idx_plans_open ON plans(endpoint, state)"
+               " WHERE state IN ('pending', 'approved')")
+    db.table("plans").create_index(["endpoint", "id"])
+    db.table("plan_events").create(
+        {"id": int, "plan_id": int, "at": float, "from_state": str, "to_state": str,
+         "reason": str},
+        pk="id",
+    )
+    db.table("plan_events").create_index(["plan_id"])
+    # what happened to an endpoint: driver failures with their message, recoveries, down, up
+    db.table("endpoint_events").create(
+        {"id": int, "endpoint": str, "at": float, "state": str, "message": str}, pk="id")
+    db.table("endpoint_events").create_index(["endpoint", "id"])
+    # what the driver reports of a machine besides its address (a cloud instance's id...)
+    db.table("machines").add_column("observed", str)
+    # marks on an endpoint that steer its plans
+    db.table("endpoints").add_column("down_by", str)  # who took it down; NULL: it is up
+    db.table("endpoints").add_column("up_by", str)  # who asked to apply its next plan now
+    db.table("endpoints").add_column("failures", int, not_null_default=0)  # in a row
+    db.table("endpoints").add_column("retry_at", float)  # back-off: leave the driver until then
+
+
 def m004_ssh_hosts(db: Database) -> None:
     """Hosts of SSH endpoints (listed in the config, or joined at run time) and what happened
     to each: joined, facts, host key trusted on first use, unreachable, left."""
@@ -151,6 +188,7 @@ def m005_ticks(db: Database) -> None:
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
+    ("003_plans", m003_plans),
     ("004_ssh_hosts", m004_ssh_hosts),
     ("005_ticks", m005_ticks),
 ]

@@ -102,3 +102,14 @@ def test_every_ssh_edge_is_in_the_table_with_a_reason():
                      (M.STOPPING, M.UNREACHABLE), (M.FAILED, M.STOPPED)]:
         assert check_transition(old, new) == TRANSITIONS[(old, new)]
     assert (M.UNREACHABLE, M.RUNNING) not in TRANSITIONS
+
+
+def test_an_endpoint_taken_down_starts_nothing_and_stops_its_pilots():
+    from controller.domain.hostpool import take_down
+
+    hosts = [host("a", M.RUNNING, busy=1), host("b"), host("c", M.RUNNING, last_seen=NOW - 60),
+             host("d", None, Membership.JOINING, shape=None)]
+    d = take_down(decide_hosts(SPEC, [tq(4)], hosts, NOW), hosts, "alice")
+    assert d.decision.start == () and d.decision.wanted == ()
+    assert names(d) == {"lab-a": M.STOPPING, "lab-c": M.LOST}  # the lost verdict stands
+    assert d.probe == ("lab-d",)

@@ -1,0 +1,175 @@
+"""Contextualization: the cloud-init user-data each machine boots with (templates in
+cloud-init/). `pilot` mode starts a pilot at boot; `ssh` mode only makes a user with the
+endpoint's public key.
+
+The user-data of a pilot machine holds the endpoint's pilot token: never log it. Rendering is
+deterministic (same inputs, same bytes), so a stack never sees a change that is not one."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import re
+import tarfile
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.errors import ConfigError
+from controller.settings import EndpointConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO_ROOT / "cloud-init"
+PILOT_PACKAGE = REPO_ROOT / "pilot"
+PILOT_CONFIG_PATH = "/etc/cloudpilot/pilot.json"
+PILOT_WORKDIR = "/var/lib/cloudpilot/work"
+EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
+EC2_METADATA_URL = "http://169.254.169.254"
+
+# The top-level keys cloud-init (22.4) knows. `cloud-init schema` does not flag unknown ones,
+# so a misspelt module key would be silently ignored on the machine: check them here.
+CLOUD_CONFIG_KEYS = frozenset("""
+allow_public_ssh_keys ansible apk_repos apt apt_pipelining apt_reboot_if_required apt_update
+apt_upgrade authkey_hash autoinstall bootcmd byobu_by_default ca-certs ca_certs chef chpasswd
+cloud_config_modules cloud_final_modules cloud_init_modules device_aliases disable_ec2_metadata
+disable_root disable_root_opts disk_setup drivers fan final_message fqdn fs_setup groups growpart
+grub-dpkg grub_dpkg hostname keyboard landscape locale locale_configfile lxd manage_etc_hosts
+manage_resolv_conf mcollective migrate mount_default_fields mounts no_ssh_fingerprints ntp
+package_reboot_if_required package_update package_upgrade packages password phone_home
+power_state prefer_fqdn_over_hostname preserve_hostname puppet random_seed reporting
+resize_rootfs resolv_conf rh_subscription rsyslog runcmd salt_minion snap spacewalk ssh
+ssh_authorized_keys ssh_deletekeys ssh_fp_console_blacklist ssh_genkeytypes ssh_import_id
+ssh_key_console_blacklist ssh_keys ssh_publish_hostkeys ssh_pwauth ssh_quiet_keygen swap
+timezone ubuntu_advantage updates user users vendor_data wireguard write_files yum_repo_dir
+yum_repos zypper
+""".split())
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
+
+
+class ContextualizationError(ConfigError):
+    """The machine's user-data could not be rendered."""
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill a template's {{ name }} placeholders with JSON-quoted values (YAML strings)."""
+    text = (TEMPLATES / template).read_text()
+    missing = sorted({m.group(1) for m in _PLACEHOLDER.finditer(text)} - set(values))
+    if missing:
+        raise ContextualizationError(f"template {template} needs values for {missing}")
+    out = _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+    check_cloud_config(out, template)
+    return out
+
+
+def check_cloud_config(text: str, what: str = "user-data",
+                       known: frozenset[str] = CLOUD_CONFIG_KEYS) -> dict[str, Any]:
+    """Parse a #cloud-config document; refuse one cloud-init would misread."""
+    if not text.startswith("#cloud-config\n"):
+        raise ContextualizationError(f"{what} does not start with #cloud-config")
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ContextualizationError(f"{what} is not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ContextualizationError(f"{what} is not a mapping")
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ContextualizationError(f"{what} has keys cloud-init does not know: {unknown}")
+    return doc
+
+
+@lru_cache(maxsize=1)
+def pilot_tarball() -> bytes:
+    """The pilot package as a reproducible .tar.gz (fixed times and owners, sorted names)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(PILOT_PACKAGE.glob("*.py")):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(f"pilot/{path.name}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
+
+
+def pilot_settings(endpoint: EndpointConfig, controller_url: str, token: str,
+                   machine: str, spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a pilot started on one of the endpoint's machines is told; `spec` (priced
+    endpoints) gives the machine type's cores, memory and slots."""
+    e = endpoint
+    spec = spec or {}
+    return {
+        "controller_url": controller_url,
+        "token": token,
+        "endpoint": e.name,
+        "machine": machine,
+        "slots": spec.get("slots", e.slots),
+        "cores": spec.get("cores", e.cores),
+        "memory_mb": spec.get("memory_mb", e.memory_mb),
+        "tags": list(e.tags),
+        # a safety net: the controller normally stops idle machines first, by name
+        "idle_timeout": e.idle_timeout * 2 + 5,
+        "heartbeat_interval": e.heartbeat_interval,
+        "workdir": PILOT_WORKDIR,
+        # on EC2 the pilot watches the metadata service for a spot interruption notice
+        **({"metadata_url": EC2_METADATA_URL} if e.driver == "aws" else {}),
+    }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def render_pilot(settings: dict[str, Any]) -> str:
+    """`pilot` mode user-data for one machine."""
+    config = json.dumps(settings, sort_keys=True).encode()
+    return render("pilot.yaml", {"pilot_config_b64": _b64(config),
+                                 "pilot_tarball_b64": _b64(pilot_tarball())})
+
+
+def render_ssh(user: str, public_key: str) -> str:
+    """`ssh` mode user-data: one user holding the endpoint's public key."""
+    if not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", public_key):
+        raise ContextualizationError("the public key is not an OpenSSH public key line")
+    return render("ssh.yaml", {"ssh_user": user, "public_key": public_key})
+
+
+def user_data(endpoint: EndpointConfig, controller_url: str, token: str, machine: str,
+              spec: Mapping[str, Any] | None = None) -> str:
+    """The user-data of one of the endpoint's machines, in the endpoint's mode."""
+    if endpoint.contextualization == "ssh":
+        cloud = endpoint.cloud()
+        try:
+            key = cloud.read_public_key() if cloud else None
+        except ValueError as e:
+            raise ContextualizationError(f"endpoint {endpoint.name}: {e}") from None
+        if not key or cloud is None:
+            raise ContextualizationError(f"endpoint {endpoint.name} has no public key")
+        return render_ssh(cloud.ssh_user, key)
+    return render_pilot(pilot_settings(endpoint, controller_url, token, machine, spec))
+
+
+def written_file(user_data_text: str, path: str) -> bytes:
+    """The content a cloud-config writes to `path` (write_files), decoded."""
+    doc = check_cloud_config(user_data_text)
+    for f in doc.get("write_files", []):
+        if f.get("path") == path:
+            content = f.get("content", "")
+            enc = f.get("encoding", "text")
+            if enc in ("b64", "base64"):
+                return base64.b64decode(content)
+            if enc in ("gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+                return gzip.decompress(base64.b64decode(content))
+            return str(content).encode()
+    raise ContextualizationError(f"the user-data writes no {path}")
+
+
+def pilot_settings_from(user_data_text: str) -> dict[str, Any]:
+    """The pilot settings a `pilot` mode user-data writes (what the local driver runs with)."""
+    data: dict[str, Any] = json.loads(written_file(user_data_text, PILOT_CONFIG_PATH))
+    return data

@@ -1,0 +1,203 @@
+"""Plans: each endpoint's proposed changes, their approval and outcome, and `down` marks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from controller.domain.plans import Backoff, Plan, PlanDiff, PlanState, check_transition
+from controller.domain.transitions import IllegalTransition
+from controller.errors import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from controller.store.db import Store
+
+P = PlanState
+
+
+class PlanStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # reading -----------------------------------------------------------------------------
+    def get(self, plan_id: int) -> Plan:
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM plans WHERE id = ?", (plan_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no plan {plan_id}")
+        return Plan.from_row(row)
+
+    def find(self, endpoint: str | None = None, states: Sequence[PlanState] = (),
+             limit: int = 100) -> list[Plan]:
+        """The newest plans first."""
+        where, args = [], []
+        if endpoint:
+            where.append("endpoint = ?")
+            args.append(endpoint)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args += [s.value for s in states]
+        sql = "SELECT * FROM plans" + (" WHERE " + " AND ".join(where) if where else "")
+        with self.store.read() as c:
+            rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [Plan.from_row(r) for r in rows]
+
+    def open(self, endpoint: str, state: PlanState) -> Plan | None:
+        """The endpoint's oldest plan in `state` (pending or approved)."""
+        with self.store.read() as c:
+            row = c.execute("SELECT * FROM plans WHERE endpoint = ? AND state = ?"
+                            " ORDER BY id LIMIT 1", (endpoint, state.value)).fetchone()
+        return Plan.from_row(row) if row else None
+
+    def events(self, plan_id: int) -> list[dict[str, Any]]:
+        with self.store.read() as c:
+            return [dict(r) for r in c.execute(
+                "SELECT at, from_state, to_state, reason FROM plan_events WHERE plan_id = ?"
+                " ORDER BY id", (plan_id,))]
+
+    # writing -----------------------------------------------------------------------------
+    def _event(self, c: sqlite3.Connection, plan_id: int, old: str | None, new: str,
+               reason: str, now: float) -> None:
+        c.execute("INSERT INTO plan_events (plan_id, at, from_state, to_state, reason)"
+                  " VALUES (?, ?, ?, ?, ?)", (plan_id, now, old, new, reason))
+
+    def _move(self, c: sqlite3.Connection, plan_id: int, new: PlanState, reason: str | None,
+              now: float, **fields: Any) -> None:
+        row = c.execute("SELECT state FROM plans WHERE id = ?", (plan_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no plan {plan_id}")
+        old = P(row["state"])
+        try:
+            default = check_transition(old, new)
+        except IllegalTransition:
+            raise Conflict(f"plan {plan_id} is {old.value}; it cannot become {new.value}") \
+                from None
+        sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
+        c.execute(f"UPDATE plans SET {sets} WHERE id = ?",
+                  (new.value, now, *fields.values(), plan_id))
+        self._event(c, plan_id, old.value, new.value, reason or default, now)
+
+    def propose(self, diff: PlanDiff, reasons: Sequence[str], asked_by: str,
+                cost_per_hour: float | None, note: str = "",
+                now: float | None = None) -> tuple[Plan, bool]:
+        """Record a wanted change as a pending plan. The endpoint's pending plan is kept (and
+        refreshed) when it makes the same change; otherwise the new plan supersedes it.
+        Returns the plan and whether it is new."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            row = c.execute("SELECT * FROM plans WHERE endpoint = ? AND state = 'pending'"
+                            " ORDER BY id DESC LIMIT 1", (diff.endpoint,)).fetchone()
+            if row is not None and Plan.from_row(row).diff.same_change(diff) \
+                    and row["asked_by"] == asked_by:
+                c.execute("UPDATE plans SET wanted = ?, reasons = ?, detail = ?, message = ?,"
+                          " cost_per_hour = ?, specs = ?, updated_at = ? WHERE id = ?",
+                          (json.dumps(list(diff.wanted)), json.dumps(list(reasons)),
+                           diff.detail, note, cost_per_hour, _specs(diff), now, row["id"]))
+                plan_id, new = row["id"], False
+            else:
+                cur = c.execute(
+                    "INSERT INTO plans (endpoint, state, creates, deletes, wanted, reasons,"
+                    " detail, asked_by, message, cost_per_hour, specs, created_at, updated_at)"
+                    " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (diff.endpoint, json.dumps(list(diff.create)), json.dumps(list(diff.delete)),
+                     json.dumps(list(diff.wanted)), json.dumps(list(reasons)), diff.detail,
+                     asked_by, note, cost_per_hour, _specs(diff), now, now))
+                plan_id, new = int(cur.lastrowid or 0), True
+                self._event(c, plan_id, None, P.PENDING.value, f"asked by {asked_by}", now)
+                for old in c.execute("SELECT id FROM plans WHERE endpoint = ? AND"
+                                     " state = 'pending' AND id != ?",
+                                     (diff.endpoint, plan_id)).fetchall():
+                    self._move(c, old["id"], P.SUPERSEDED, f"replaced by plan {plan_id}", now,
+                               message=f"replaced by plan {plan_id}")
+            row = c.execute("SELECT * FROM plans WHERE id = ?", (plan_id,)).fetchone()
+        return Plan.from_row(row), new
+
+    def withdraw(self, endpoint: str, why: str, now: float | None = None,
+                 states: Sequence[PlanState] = (P.PENDING,)) -> list[int]:
+        """Supersede the endpoint's pending (or also approved) plans: no longer wanted."""
+        now = time.time() if now is None else now
+        sql = (f"SELECT id FROM plans WHERE endpoint = ? AND state IN"
+               f" ({','.join('?' * len(states))})")
+        args = (endpoint, *(s.value for s in states))
+        with self.store.read() as c:  # most ticks: nothing open, no write transaction
+            if c.execute(sql, args).fetchone() is None:
+                return []
+        with self.store.tx() as c:
+            ids = [r["id"] for r in c.execute(sql, args)]
+            for pid in ids:
+                self._move(c, pid, P.SUPERSEDED, why, now, message=why)
+        return ids
+
+    def approve(self, plan_id: int, by: str, now: float | None = None) -> Plan:
+        """Approve a pending plan (the loop applies it at its next tick)."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            self._move(c, plan_id, P.APPROVED, f"approved by {by}", now, approved_by=by)
+        return self.get(plan_id)
+
+    def finish(self, plan_id: int, state: PlanState, message: str,
+               now: float | None = None) -> None:
+        """An approved plan was applied (or failed to be)."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            self._move(c, plan_id, state, message or None, now, message=message)
+
+    # marks on an endpoint that steer its plans: down, up (apply now), back-off -----------------
+    def marks(self, endpoint: str) -> EndpointMarks:
+        with self.store.read() as c:
+            row = c.execute("SELECT down_by, up_by, failures, retry_at FROM endpoints"
+                            " WHERE name = ?", (endpoint,)).fetchone()
+        if row is None:
+            raise NotFound(f"no endpoint {endpoint}")
+        return EndpointMarks(row["down_by"], row["up_by"],
+                             Backoff(row["failures"] or 0, row["retry_at"] or 0.0))
+
+    def set_down(self, endpoint: str, by: str | None) -> None:
+        """Take an endpoint down (its machines go, no new ones start), or up again (None)."""
+        self._set(endpoint, down_by=by)
+
+    def ask_up(self, endpoint: str, by: str | None) -> None:
+        """Apply the endpoint's next plan without waiting for approval (None: done)."""
+        self._set(endpoint, up_by=by)
+
+    def set_backoff(self, endpoint: str, backoff: Backoff) -> None:
+        self._set(endpoint, failures=backoff.failures, retry_at=backoff.not_before or None)
+
+    # endpoint events ----------------------------------------------------------------------------
+    def endpoint_event(self, endpoint: str, state: str, message: str,
+                       now: float | None = None) -> None:
+        """Record what happened to an endpoint (a failure and its message, a recovery...)."""
+        with self.store.tx() as c:
+            c.execute("INSERT INTO endpoint_events (endpoint, at, state, message)"
+                      " VALUES (?, ?, ?, ?)",
+                      (endpoint, time.time() if now is None else now, state, message))
+
+    def endpoint_events(self, endpoint: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The endpoint's events, newest first."""
+        with self.store.read() as c:
+            return [dict(r) for r in c.execute(
+                "SELECT at, state, message FROM endpoint_events WHERE endpoint = ?"
+                " ORDER BY id DESC LIMIT ?", (endpoint, limit))]
+
+    def _set(self, endpoint: str, **fields: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.store.tx() as c:
+            cur = c.execute(f"UPDATE endpoints SET {sets} WHERE name = ?",
+                            (*fields.values(), endpoint))
+            if cur.rowcount == 0:
+                raise NotFound(f"no endpoint {endpoint}")
+
+
+def _specs(diff: PlanDiff) -> str | None:
+    return json.dumps({k: dict(v) for k, v in diff.specs.items()}) if diff.specs else None
+
+
+@dataclass(frozen=True)
+class EndpointMarks:
+    down_by: str | None  # who took the endpoint down (None: it is up)
+    up_by: str | None  # who asked for its next plan to be applied now
+    backoff: Backoff

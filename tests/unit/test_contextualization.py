@@ -1,0 +1,132 @@
+"""cloud-init user-data: every rendered template passes `cloud-init schema` and our own check of
+top-level keys; the pilot mode writes exactly the settings the local driver runs with."""
+
+import base64
+import gzip
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller import contextualization as ctx
+from controller.drivers.local import LocalDriver
+from controller.settings import EndpointConfig
+
+CLOUD_INIT = shutil.which("cloud-init")
+SCHEMA = Path("/usr/lib/python3/dist-packages/cloudinit/config/schemas/"
+              "schema-cloud-config-v1.json")
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhGk2c3cl2hSAFA0xD8i8T1QqBJ8GiqNcXd cloudpilot@ctl"
+TOKEN = "cp_secret-pilot-token-for-tests"
+
+AWS = {"region": "eu-west-1", "ami": "ami-0abc", "ssh_cidr": "10.0.0.5/32",
+       "public_key": KEY}
+ENDPOINTS = {
+    "local": EndpointConfig(name="local", slots=3, tags=["linux", "fast"]),
+    "aws-pilot": EndpointConfig(name="aws-pilot", driver="aws", aws=AWS),
+    "aws-ssh": EndpointConfig(name="aws-ssh", driver="aws", aws=AWS, contextualization="ssh",
+                              ssh_endpoint="hosts"),
+}
+
+
+def rendered(name):
+    return ctx.user_data(ENDPOINTS[name], "http://10.0.0.5:8080", TOKEN, f"{name}-0001")
+
+
+def schema_keys():
+    """The top-level keys of cloud-init's own schema (where it is installed)."""
+    s = json.loads(SCHEMA.read_text())
+    keys = set()
+    for ref in s["allOf"]:
+        keys |= set(s["$defs"][ref["$ref"].rsplit("/", 1)[1]].get("properties", {}))
+    return frozenset(keys)
+
+
+@pytest.mark.skipif(CLOUD_INIT is None, reason="cloud-init is not installed (make test "
+                    "installs the Debian package: bash tests/system-deps.sh cloud-init)")
+@pytest.mark.parametrize("name", sorted(ENDPOINTS))
+def test_every_rendered_user_data_is_valid_cloud_config(name, tmp_path):
+    text = rendered(name)
+    f = tmp_path / "user-data"
+    f.write_text(text)
+    r = subprocess.run([CLOUD_INIT, "schema", "--config-file", str(f)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Valid cloud-config" in r.stdout
+    # cloud-init does not flag unknown top-level keys: check them against its own schema
+    ctx.check_cloud_config(text, name, known=schema_keys() if SCHEMA.exists() else
+                           ctx.CLOUD_CONFIG_KEYS)
+
+
+def test_our_key_list_is_cloud_inits():
+    if not SCHEMA.exists():
+        pytest.skip("cloud-init is not installed")
+    assert schema_keys() == ctx.CLOUD_CONFIG_KEYS
+
+
+def test_unknown_keys_and_bad_documents_are_refused():
+    with pytest.raises(ctx.ContextualizationError, match=r"\['write_file'\]"):
+        ctx.check_cloud_config("#cloud-config\nwrite_file: []\n")
+    with pytest.raises(ctx.ContextualizationError, match="#cloud-config"):
+        ctx.check_cloud_config("packages: []\n")
+    with pytest.raises(ctx.ContextualizationError, match="not a mapping"):
+        ctx.check_cloud_config("#cloud-config\n- a\n")
+    with pytest.raises(ctx.ContextualizationError, match="OpenSSH public key"):
+        ctx.render_ssh("cloudpilot", "not a key")
+
+
+def test_pilot_mode_writes_the_pilot_config_installs_and_starts_it():
+    text = rendered("aws-pilot")
+    doc = yaml.safe_load(text)
+    cfg = ctx.pilot_settings_from(text)
+    assert cfg == {"controller_url": "http://10.0.0.5:8080", "token": TOKEN,
+                   "endpoint": "aws-pilot", "machine": "aws-pilot-0001", "slots": 2,
+                   "cores": 2, "memory_mb": 2048, "tags": ["linux"], "idle_timeout": 65.0,
+                   "heartbeat_interval": 10.0, "workdir": "/var/lib/cloudpilot/work",
+                   "metadata_url": "http://169.254.169.254"}
+    files = {f["path"]: f for f in doc["write_files"]}
+    assert files[ctx.PILOT_CONFIG_PATH]["permissions"] == "0600"
+    unit = files["/etc/systemd/system/cloudpilot-pilot.service"]["content"]
+    assert "ExecStart=/usr/bin/python3 -m pilot --config /etc/cloudpilot/pilot.json" in unit
+    assert "User=cloudpilot" in unit and "WantedBy=multi-user.target" in unit
+    assert "poweroff" in files["/opt/cloudpilot/after-pilot.sh"]["content"]
+    assert ["systemctl", "enable", "--now", "cloudpilot-pilot.service"] in doc["runcmd"]
+    assert doc["packages"] == ["python3"]  # the pilot's only dependency
+    # the shipped pilot is the repository's pilot package
+    tar = tarfile.open(fileobj=io.BytesIO(ctx.written_file(text, "/opt/cloudpilot/pilot.tar.gz")))
+    names = sorted(tar.getnames())
+    assert "pilot/__main__.py" in names and "pilot/agent.py" in names
+    agent = tar.extractfile("pilot/agent.py")
+    assert agent is not None and agent.read() == (ctx.PILOT_PACKAGE / "agent.py").read_bytes()
+    # fits EC2's user-data limit, and renders the same bytes every time
+    assert len(text.encode()) < ctx.EC2_USER_DATA_LIMIT
+    assert rendered("aws-pilot") == text
+
+
+def test_ssh_mode_is_only_a_user_with_the_endpoints_key():
+    doc = yaml.safe_load(rendered("aws-ssh"))
+    (user,) = doc["users"]
+    assert user["name"] == "cloudpilot" and user["ssh_authorized_keys"] == [KEY]
+    assert doc["disable_root"] is True and doc["ssh_pwauth"] is False
+    assert "write_files" not in doc and TOKEN not in rendered("aws-ssh")
+
+
+def test_the_local_driver_runs_the_pilot_templates_settings(tmp_path):
+    ep = ENDPOINTS["local"]
+    driver = LocalDriver(ep, tmp_path, "http://127.0.0.1:9", TOKEN)
+    cfg = driver.pilot_config("local-0007")
+    from_template = ctx.pilot_settings_from(ctx.render_pilot(
+        ctx.pilot_settings(ep, "http://127.0.0.1:9", TOKEN, "local-0007")))
+    assert cfg == {**from_template, "workdir": str(tmp_path / "machines/local/local-0007/work")}
+    assert cfg["slots"] == 3 and cfg["tags"] == ["linux", "fast"]
+
+
+def test_the_tarball_is_reproducible():
+    blob = ctx.pilot_tarball()
+    assert gzip.decompress(blob)  # a gzip stream, mtime 0: same bytes for the same sources
+    assert blob[4:8] == b"\0\0\0\0"
+    assert base64.b64encode(blob).decode() in rendered("local")
