@@ -248,6 +248,17 @@ def test_a_vm_joining_over_ssh_receives_work_and_leaves(make_controller, hosts):
     for jid in ids:
         j = ctrl.wait_state(jid, "done", timeout=40)
         assert j["machine"] == "cloud-vm-1"
+    # an operator takes the endpoint down: its pilot stops, none starts until `up`
+    cli(ctrl, "down", "cloud")
+    wait_until(lambda: machine(ctrl, "cloud-vm-1")["state"] == "stopped", 20, 0.3,
+               "the pilot to stop (down)")
+    assert any(e["to_state"] == "stopping" and "the endpoint is down" in e["reason"]
+               for e in machine_events(ctrl, "cloud-vm-1"))
+    (late,) = ctrl.submit("bob", sh("echo after up", memory_mb=256))
+    time.sleep(1.5)
+    assert ctrl.job(late)["state"] == "waiting"
+    cli(ctrl, "up", "cloud")
+    assert ctrl.wait_state(late, "done", timeout=30)["machine"] == "cloud-vm-1"
     out = cli(ctrl, "hosts", "cloud", "leave", "vm-1")
     assert "left cloud" in out
     wait_until(lambda: machine(ctrl, "cloud-vm-1")["state"] == "stopped", 20, 0.3,
