@@ -5,6 +5,8 @@ Relative paths in the file are taken relative to the file's folder."""
 from __future__ import annotations
 
 import tomllib
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +21,12 @@ from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
 
 CLOUD_DRIVERS = ("aws", "openstack")
+
+
+def repeated(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    seen = Counter(names)
+    return sorted(n for n, k in seen.items() if k > 1)
 
 
 class SshHostConfig(BaseModel):
@@ -55,10 +63,9 @@ class SshConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique_hosts(self) -> SshConfig:
-        names = [h.name for h in self.hosts]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = repeated(h.name for h in self.hosts)
         if dup:
-            raise ValueError(f"host names must be unique: {sorted(dup)}")
+            raise ValueError(f"host names must be unique: {dup}")
         return self
 
 
@@ -268,10 +275,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Settings:
-        names = [e.name for e in self.endpoints]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = repeated(e.name for e in self.endpoints)
         if dup:
-            raise ValueError(f"endpoint names must be unique: {sorted(dup)}")
+            raise ValueError(f"endpoint names must be unique: {dup}")
         for e in self.endpoints:
             if e.driver in CLOUD_DRIVERS and e.contextualization == "pilot" \
                     and not self.public_url:
