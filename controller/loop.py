@@ -10,6 +10,7 @@ driver is asked again, never exceptions out of the loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from controller import pairing
 from controller.domain import ticks
 from controller.domain.jobs import JobState
 from controller.domain.machines import LIVE_STATES, MachineState, MachineView
@@ -84,6 +86,7 @@ class Reconciler:
                 ep.name, {m.name: (m.address, m.detail) for m in seen[ep.name]})
             if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/hostloop.py)
                 requeued += self._gone(ep.name, seen[ep.name], now)
+            pairing.sync(self.store, ep, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after
         if cutoff > self.started:
             silent = self.store.jobs.stall(silent_since=cutoff, now=now)
@@ -131,11 +134,17 @@ class Reconciler:
     def _views(self, endpoint: str, slots: int) -> list[MachineView]:
         busy = self.store.jobs.busy_by_machine()
         held = self.store.jobs.busy_resources_by_machine()
+        ep = self.settings.endpoint(endpoint)
         views = []
         for m in self.store.machines.find(endpoint, live=True):
-            b = busy.get(m["name"], 0)
+            host = pairing.host_of(ep, m["name"]) if ep else None
+            if host is not None:  # a VM in ssh mode: its pilot runs on its joined host
+                m = {**m, "last_seen": None}  # the SSH endpoint watches reachability
+                with contextlib.suppress(NotFound):
+                    m["last_busy_at"] = self.store.machines.get(host)["last_busy_at"]
+            b = busy.get(host or m["name"], 0)
             info = json.loads(m["info"]) if m.get("info") else {}
-            cores, mem = held.get(m["name"], (0, 0))
+            cores, mem = held.get(host or m["name"], (0, 0))
             views.append(MachineView(
                 name=m["name"], endpoint=endpoint, state=M(m["state"]),
                 created_at=m["created_at"], slots=info.get("slots", slots), busy_slots=b,
