@@ -122,7 +122,7 @@ def reconcile_hosts(r: Reconciler, ep: EndpointConfig, driver: SshDriver,
         return last or Decision(ep.name, (), (), (), 0.0, ("an Ansible run is under way",)), 0
     store = r.store
     views, host_of = _views(r, ep, driver, now)
-    hd = decide_hosts(ep.spec(), store.jobs.queue_snapshot(), views, now,
+    hd = decide_hosts(ep.spec(), r.queue, views, now,
                       Backoff(ep.ssh.retry_after, ep.ssh.retry_max))
     down_by = store.plans.marks(ep.name).down_by
     if down_by:

@@ -32,6 +32,7 @@ from controller.domain.plans import (
     plan_cost,
 )
 from controller.domain.scheduling import Budget, Decision, decide
+from controller.domain.taskqueues import TaskQueue
 from controller.drivers.base import ApplyResult, Driver, ObservedMachine
 from controller.drivers.ssh import SshDriver
 from controller.errors import CloudpilotError, NotFound
@@ -66,6 +67,7 @@ class Reconciler:
         # while it was down must not count, so silence is measured from this instant at most.
         self.started = clock()
         self._shown: dict[str, tuple[str, str]] = {}  # endpoint state last written
+        self.queue: list[TaskQueue] = []  # this tick's queue snapshot
 
     def tick(self) -> TickResult:
         now = self.clock()
@@ -91,6 +93,9 @@ class Reconciler:
         if cutoff > self.started:
             silent = self.store.jobs.stall(silent_since=cutoff, now=now)
             requeued += sum(1 for _, s in silent if s == JobState.WAITING)
+        # the queue by task queue, once a tick for every endpoint (a GROUP BY over all waiting
+        # jobs); jobs requeued while endpoints are decided are seen at the next tick
+        self.queue = self.store.jobs.queue_snapshot()
         decisions = []
         for ep in self.settings.endpoints:
             driver = self.drivers.get(ep.name)
@@ -193,7 +198,7 @@ class Reconciler:
             self.last[endpoint], requeued = reconcile_hosts(self, ep, driver, now)
             return self.last[endpoint], requeued
         marks = self.store.plans.marks(endpoint)
-        inputs = ticks.snapshot(ep.spec(), self.store.jobs.queue_snapshot(),
+        inputs = ticks.snapshot(ep.spec(), self.queue,
                                 self._views(endpoint, ep.slots), now,
                                 self.store.machines.last_seq(endpoint), self._prices(ep, now),
                                 self._budget(endpoint) if ep.machine_types else None)
