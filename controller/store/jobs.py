@@ -56,9 +56,7 @@ class JobStore:
         self._tqs: dict[int, TaskQueue] = {}
         self._tq_keys: dict[str, int] = {}
         self._tq_memo: dict[tuple[Requirements, str, str, int], int] = {}
-        with store.read() as c:
-            for r in c.execute("SELECT * FROM task_queues"):
-                self._remember_tq(r)
+        self.reload_task_queues()
 
     def _remember_tq(self, r: sqlite3.Row) -> TaskQueue:
         tq = TaskQueue(r["id"], Requirements.from_dict(json.loads(r["requirements"])),
@@ -151,6 +149,7 @@ class JobStore:
         return ids
 
     def reload_task_queues(self) -> None:
+        """Load the task queues from the database (at start, and after a rolled-back submit)."""
         self._tqs.clear()
         self._tq_keys.clear()
         self._tq_memo.clear()
@@ -198,9 +197,6 @@ class JobStore:
             sql, args = sql + " WHERE owner = ?", (owner,)
         with self.store.read() as c:
             return {r[0]: r[1] for r in c.execute(sql + " GROUP BY state", args)}
-
-    def task_queue(self, tq_id: int) -> TaskQueue:
-        return self._tqs[tq_id]
 
     def queue_snapshot(self) -> list[TaskQueue]:
         """Task queues with their waiting counts (the scheduler's view of the queue)."""
