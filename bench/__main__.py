@@ -35,7 +35,7 @@ import httpx
 from bench.server import ENDPOINT, bench_settings
 from controller.api.schemas import BulkIn
 from controller.auth import Role
-from controller.demo import Server, free_port
+from controller.cli.demo import Server, free_port
 from controller.domain.jobs import Job, NewJob, Requirements
 from controller.domain.matching import SlotOffer
 from controller.store import Store
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matches", type=int, default=5_000, help="matches to time")
     ap.add_argument("--threads", type=int, default=4, help="concurrent matching clients")
     ap.add_argument("--in-thread", action="store_true",
-                    help="run the controller in a thread of this process (controller.demo."
+                    help="run the controller in a thread of this process (controller.cli.demo."
                          "Server) instead of a child process; client and server then share "
                          "one GIL")
     ap.add_argument("--profile", action="store_true",

@@ -11,7 +11,7 @@ from pathlib import Path
 import uvicorn
 
 from controller.app import create_app
-from controller.settings import EndpointConfig, Settings
+from controller.config.settings import EndpointConfig, Settings
 
 ENDPOINT = "bench"
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from controller.prices import read_history
+from controller.drivers.prices import read_history
 from controller.simulate.policies import POLICIES
 from controller.simulate.report import text_table
 from controller.simulate.run import load_config, map_prices, simulate

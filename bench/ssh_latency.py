@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.auth import Role
-from controller.client import ApiClient
-from controller.demo import Server, free_port
-from controller.settings import EndpointConfig, Settings, SshConfig, SshHostConfig
+from controller.cli.client import ApiClient
+from controller.cli.demo import Server, free_port
+from controller.config.settings import EndpointConfig, Settings, SshConfig, SshHostConfig
 from controller.store import Store
 from tests.conftest import wait_until
 from tests.sshhosts import SshHosts

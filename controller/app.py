@@ -16,15 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
+from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
 from controller.errors import CloudpilotError
-from controller.hostloop import make_ssh_driver
-from controller.loop import Reconciler
 from controller.notify import Notifier
-from controller.secrets import stored_pilot_token
-from controller.settings import Settings
+from controller.reconcile.hosts import make_ssh_driver
+from controller.reconcile.loop import Reconciler
+from controller.services.secrets import stored_pilot_token
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot")

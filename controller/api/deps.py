@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from controller.auth import Principal, Role
+from controller.config.settings import Settings
 from controller.errors import Forbidden, Unauthorized
-from controller.settings import Settings
 from controller.store import Store
 from controller.store.tokens import TokenStore
 

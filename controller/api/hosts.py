@@ -11,7 +11,7 @@ from pydantic import Field
 
 from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth
 from controller.api.schemas import Strict
-from controller.membership import join, leave, ssh_endpoint
+from controller.services.membership import join, leave, ssh_endpoint
 from controller.store import Store
 
 router = APIRouter(prefix="/api/v1/endpoints", tags=["hosts"])

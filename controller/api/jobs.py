@@ -8,10 +8,10 @@ from starlette.concurrency import run_in_threadpool
 from controller.api.deps import SettingsDep, StoreDep, UserAuth
 from controller.api.schemas import BulkIn, EventOut, JobIn, JobOut, OutputOut, Submitted
 from controller.auth import Principal, Role
+from controller.config.settings import Settings
 from controller.domain.jobs import Job, JobState, NewJob
 from controller.domain.matching import unmatchable_reason
 from controller.errors import Forbidden, InvalidInput, NotFound, TooLarge
-from controller.settings import Settings
 from controller.store import Store
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Query, Request
 
 from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth
 from controller.auth import Principal
+from controller.config.settings import Settings
 from controller.domain.plans import Backoff, PlanState
 from controller.errors import NotFound
-from controller.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["plans"])
 

@@ -1,5 +1,5 @@
 """Machine offers and prices: what an endpoint can start (type x zone x market) and what it
-costs. Pure: price histories come in as data (controller/prices.py reads them)."""
+costs. Pure: price histories come in as data (controller/drivers/prices.py reads them)."""
 
 from __future__ import annotations
 

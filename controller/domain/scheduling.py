@@ -1,6 +1,6 @@
 """The VM scheduler's decision: a pure function of (queue state, machines, endpoint config,
-time). The loop in controller/loop.py does the I/O around it; the same function can be replayed
-from recorded inputs."""
+time). The loop in controller/reconcile/loop.py does the I/O around it; the same function can be
+replayed from recorded inputs."""
 
 from __future__ import annotations
 

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from controller import contextualization
+from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
+from controller.drivers import contextualization
 from controller.drivers.base import ApplyResult, ObservedMachine
-from controller.settings import EndpointConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -32,11 +32,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from controller import contextualization
+from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
+from controller.drivers import contextualization
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.errors import DriverError, DriverSetupError
-from controller.settings import EndpointConfig
 
 log = logging.getLogger("cloudpilot.pulumi")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.config.settings import EndpointConfig, SshConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers.ansible import (
     PLAYBOOKS,
@@ -36,7 +37,6 @@ from controller.drivers.ansible import (
 )
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.bundle import pilot_zipapp
-from controller.settings import EndpointConfig, SshConfig
 
 log = logging.getLogger("cloudpilot.ssh")
 SSH_ARGS = "-o ControlMaster=no -o ControlPersist=no"  # leave no `ssh [mux]` process behind

@@ -5,7 +5,7 @@ times, a simulated fleet, and the controller's own code for every decision:
 - matching: controller.domain.matching.fits, the same check the store's matcher makes, with
   the same order (fair share, then priority, then the oldest job),
 - the scheduler: controller.domain.scheduling.decide, called every `tick` seconds exactly as
-  controller/loop.py calls it (task queue snapshot, machine views, spot prices now).
+  controller/reconcile/loop.py calls it (task queue snapshot, machine views, spot prices now).
 
 The simulator adds only what the cloud and the pilots would do: machines come up after
 `boot_time`, jobs run for their traced run time, spot machines are interrupted when the

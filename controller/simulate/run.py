@@ -15,10 +15,10 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller.config.settings import EndpointConfig, Settings, read_toml
 from controller.domain.pricing import PriceSeries
+from controller.drivers.prices import read_history, window
 from controller.errors import ConfigError
-from controller.prices import read_history, window
-from controller.settings import EndpointConfig, Settings, read_toml
 from controller.simulate.engine import Outcome, SimOptions, Simulation
 from controller.simulate.policies import POLICIES, make_policy
 from controller.simulate.report import (

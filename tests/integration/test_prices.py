@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from controller.domain.pricing import PriceSeries
+from controller.drivers.prices import AwsPriceSource, FilePriceSource, read_history
 from controller.errors import ConfigError
-from controller.prices import AwsPriceSource, FilePriceSource, read_history
 from tests.conftest import free_port, wait_until
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "spot-prices"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.prices import read_history
+from controller.drivers.prices import read_history
 from controller.simulate.policies import POLICIES
 from controller.simulate.run import load_config, map_prices, simulate
 from controller.simulate.trace import TraceJob, read_swf

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from controller.config.settings import Settings
 from controller.drivers.ansible import end_orphaned_runs
 from controller.drivers.ssh import HostTarget, SshDriver, fingerprint
-from controller.settings import Settings
 from tests.conftest import REPO, sh, wait_until
 from tests.sshhosts import SshHosts
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.config.settings import Settings
 from controller.errors import ConfigError
-from controller.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

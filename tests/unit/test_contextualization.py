@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller import contextualization as ctx
+from controller.config.settings import EndpointConfig
+from controller.drivers import contextualization as ctx
 from controller.drivers.local import LocalDriver
-from controller.settings import EndpointConfig
 
 CLOUD_INIT = shutil.which("cloud-init")
 SCHEMA = Path("/usr/lib/python3/dist-packages/cloudinit/config/schemas/"

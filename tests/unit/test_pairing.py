@@ -5,7 +5,7 @@ import pytest
 
 from controller.domain.jobs import NewJob
 from controller.domain.machines import MachineState as M
-from controller.loop import Reconciler
+from controller.reconcile.loop import Reconciler
 from controller.store import Store
 from tests.unit.test_cloud_settings import AWS, load
 from tests.unit.test_plans import Clock, FakeCloudDriver

@@ -4,6 +4,7 @@ end-to-end tests are in tests/integration/test_plans.py)."""
 
 import pytest
 
+from controller.config.settings import EndpointConfig, Settings
 from controller.domain.jobs import NewJob, Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.plans import (
@@ -21,8 +22,7 @@ from controller.domain.scheduling import Decision
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.errors import Conflict, DriverError, NotFound
-from controller.loop import Reconciler
-from controller.settings import EndpointConfig, Settings
+from controller.reconcile.loop import Reconciler
 from controller.store import Store
 
 P = PlanState

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from controller.contextualization import pilot_settings_from
+from controller.config.settings import EndpointConfig
+from controller.drivers.contextualization import pilot_settings_from
 from controller.drivers.pulumi import (
     PulumiDriver,
     Step,
@@ -20,7 +21,6 @@ from controller.drivers.pulumi import (
     stack_name,
 )
 from controller.errors import DriverSetupError
-from controller.settings import EndpointConfig
 from tests.conftest import path_without
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhGk2c3cl2hSAFA0xD8i8T1QqBJ8GiqNcXd cloudpilot@ctl"

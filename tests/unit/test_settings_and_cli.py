@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import build_parser
+from controller.cli.main import build_parser
+from controller.config.settings import Settings
 from controller.errors import ConfigError
-from controller.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

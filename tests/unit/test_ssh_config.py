@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from controller.config.settings import Settings
 from controller.drivers.bundle import pilot_zipapp
 from controller.drivers.ssh import fingerprint
 from controller.errors import ConfigError
-from controller.settings import Settings
 
 
 def test_ssh_config_is_validated(tmp_path: Path):
@@ -82,8 +82,8 @@ def test_no_ansible_playbook_is_a_setup_error_not_a_host_failure(tmp_path: Path,
 
 def test_membership_join_and_leave_at_the_store(tmp_path: Path):
     """What a cloud endpoint in `ssh` contextualization mode calls: no SSH, just the wish."""
-    from controller import membership
     from controller.errors import Conflict, InvalidInput, NotFound
+    from controller.services import membership
     from controller.store import Store
 
     store = Store(tmp_path / "db")

@@ -6,8 +6,8 @@ import json
 import pulumi
 import pytest
 
+from controller.config.settings import EndpointConfig
 from controller.drivers.pulumi import stack_config
-from controller.settings import EndpointConfig
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhGk2c3cl2hSAFA0xD8i8T1QqBJ8GiqNcXd cloudpilot@ctl"
 SECRET = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret value

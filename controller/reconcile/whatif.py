@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from controller.config.settings import Settings
 from controller.domain import ticks
 from controller.errors import ConfigError
-from controller.settings import Settings
 
 
 def _price(p: float | None) -> str:

@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from controller.config.settings import EndpointConfig
 from controller.errors import ConfigError
-from controller.settings import EndpointConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO_ROOT / "cloud-init"
 PILOT_PACKAGE = REPO_ROOT / "pilot"
 PILOT_CONFIG_PATH = "/etc/cloudpilot/pilot.json"

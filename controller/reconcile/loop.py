@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller import pairing
+from controller.config.settings import EndpointConfig, Settings
 from controller.domain import ticks
 from controller.domain.jobs import JobState
 from controller.domain.machines import LIVE_STATES, MachineState, MachineView
@@ -34,11 +34,11 @@ from controller.domain.plans import (
 from controller.domain.scheduling import Budget, Decision, decide
 from controller.domain.taskqueues import TaskQueue
 from controller.drivers.base import ApplyResult, Driver, ObservedMachine
+from controller.drivers.prices import PriceSource, make_price_source
 from controller.drivers.ssh import SshDriver
 from controller.errors import CloudpilotError, NotFound
-from controller.hostloop import reconcile_hosts
-from controller.prices import PriceSource, make_price_source
-from controller.settings import EndpointConfig, Settings
+from controller.reconcile import pairing
+from controller.reconcile.hosts import reconcile_hosts
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot.loop")
@@ -86,7 +86,7 @@ class Reconciler:
                 continue
             self.store.machines.record_observed(
                 ep.name, {m.name: (m.address, m.detail) for m in seen[ep.name]})
-            if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/hostloop.py)
+            if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/reconcile/hosts.py)
                 requeued += self._gone(ep.name, seen[ep.name], now)
             pairing.sync(self.store, ep, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from controller.clouds import AwsConfig, OpenStackConfig
+from controller.config.clouds import AwsConfig, OpenStackConfig
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import ApprovalPolicy
 from controller.domain.pricing import Market, Offer

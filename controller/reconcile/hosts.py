@@ -1,4 +1,4 @@
-"""One reconcile step of an SSH endpoint (called by controller.loop for `ssh` endpoints):
+"""One reconcile step of an SSH endpoint (called by controller.reconcile.loop for `ssh` endpoints):
 hosts as recorded -> decide_hosts() (pure) -> probe joining hosts, retry failed ones, deploy
 and stop pilots through the driver -> record what happened (states, facts, failures, host keys
 trusted on first use, every Ansible task's result as a machine event)."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from controller.config.settings import EndpointConfig, Settings
 from controller.domain.hostpool import (
     Backoff,
     HostDecision,
@@ -21,12 +22,11 @@ from controller.domain.plans import PlanDiff
 from controller.domain.scheduling import Decision
 from controller.drivers.ssh import HostTarget, SshDriver, SshResult
 from controller.errors import NotFound
-from controller.membership import host_pilot_token, revoke_host_token
-from controller.settings import EndpointConfig, Settings
+from controller.services.membership import host_pilot_token, revoke_host_token
 from controller.store import Store
 
 if TYPE_CHECKING:
-    from controller.loop import Reconciler
+    from controller.reconcile.loop import Reconciler
 
 M = MachineState
 LIVE = (M.REQUESTED, M.BOOTING, M.RUNNING, M.STOPPING)

@@ -11,9 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from controller.client import ApiClient, ApiError
+from controller.cli.client import ApiClient, ApiError
+from controller.config.settings import Settings
 from controller.errors import CloudpilotError
-from controller.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -334,14 +334,14 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from controller.whatif import format_explain
+    from controller.reconcile.whatif import format_explain
 
     print(format_explain(_client(args).explain(args.endpoint)))
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from controller.whatif import replay
+    from controller.reconcile.whatif import replay
 
     c = _client(args)
     if args.tick is None:
@@ -360,7 +360,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from controller.demo import run_demo
+    from controller.cli.demo import run_demo
 
     return run_demo(keep=args.keep)
 

@@ -12,10 +12,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from controller.config.settings import EndpointConfig, Settings
 from controller.domain.hostpool import Membership
 from controller.errors import InvalidInput, NotFound, Unauthorized
-from controller.secrets import stored_pilot_token
-from controller.settings import EndpointConfig, Settings
+from controller.services.secrets import stored_pilot_token
 from controller.store import Store
 
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")

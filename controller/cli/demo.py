@@ -19,8 +19,8 @@ import uvicorn
 
 from controller.app import create_app
 from controller.auth import Role
-from controller.client import ApiClient
-from controller.settings import EndpointConfig, Settings
+from controller.cli.client import ApiClient
+from controller.config.settings import EndpointConfig, Settings
 from controller.store import Store
 
 TIME_LIMIT = 55.0

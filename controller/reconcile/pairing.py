@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from controller import membership
+from controller.config.settings import EndpointConfig
 from controller.domain.machines import MachineState
 from controller.drivers.base import ObservedMachine
 from controller.errors import CloudpilotError, NotFound
-from controller.settings import EndpointConfig
+from controller.services import membership
 from controller.store import Store
 from controller.store.hosts import host_machine
 
