@@ -134,6 +134,8 @@ class EndpointConfig(BaseModel):
     boot_timeout: float = Field(120.0, gt=0)
     lost_after: float = Field(60.0, gt=0, description="a pilot silent this long is lost (s)")
     heartbeat_interval: float = Field(10.0, gt=0)
+    apply_timeout: float = Field(1800.0, gt=0, description="longest apply (a Pulumi up, an "
+                                 "Ansible run) before it counts as failed (s)")
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
     # price-aware endpoints: several machine types x zones, spot or on demand
     machine_types: list[MachineTypeConfig] = Field(default_factory=list)

@@ -23,11 +23,13 @@ from controller.domain.jobs import (
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.taskqueues import TaskQueue, fair_share_order
 from controller.errors import Conflict, NotFound
+from controller.store.sql import in_list
 
 if TYPE_CHECKING:
     from controller.store.db import Store
 
 S = JobState
+HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -209,7 +211,7 @@ class JobStore:
     def busy_by_machine(self) -> dict[str, int]:
         with self.store.read() as c:
             return dict(c.execute(
-                "SELECT machine, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
+                f"SELECT machine, COUNT(*) FROM jobs WHERE state IN {HELD}"
                 " GROUP BY machine").fetchall())
 
     def busy_resources_by_machine(self) -> dict[str, tuple[int, int]]:
@@ -218,7 +220,7 @@ class JobStore:
             return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in c.execute(
                 "SELECT machine, SUM(json_extract(requirements, '$.cores')),"
                 " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
-                " WHERE state IN ('matched', 'running') GROUP BY machine")}
+                f" WHERE state IN {HELD} GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
     def match(
@@ -357,12 +359,12 @@ class JobStore:
             rows = []
             if silent_since is not None:
                 rows += c.execute(
-                    "SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                    f"SELECT * FROM jobs WHERE state IN {HELD}"
                     " AND last_heartbeat < ?", (silent_since,)).fetchall()
             if machines:
                 marks = ",".join("?" * len(machines))
                 rows += c.execute(
-                    f"SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                    f"SELECT * FROM jobs WHERE state IN {HELD}"
                     f" AND machine IN ({marks})", machines).fetchall()
             seen = set()
             for r in rows:
