@@ -12,7 +12,14 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from controller.store.endpoints import EndpointStore
+from controller.store.hosts import HostStore
+from controller.store.jobs import JobStore
+from controller.store.machines import MachineStore
 from controller.store.migrations import migrate
+from controller.store.plans import PlanStore
+from controller.store.ticks import TickStore
+from controller.store.tokens import TokenStore
 
 
 class Store:
@@ -33,14 +40,6 @@ class Store:
         self._depth = 0  # nested tx() blocks of the thread holding the lock
         with self.lock:
             migrate(self.db)
-        from controller.store.endpoints import EndpointStore
-        from controller.store.hosts import HostStore
-        from controller.store.jobs import JobStore
-        from controller.store.machines import MachineStore
-        from controller.store.plans import PlanStore
-        from controller.store.ticks import TickStore
-        from controller.store.tokens import TokenStore
-
         self.endpoints = EndpointStore(self)
         self.jobs = JobStore(self)
         self.machines = MachineStore(self)

@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.endpoints import Backoff, Endpoint, EndpointState
 from controller.errors import NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 
 def bump_seq(c: sqlite3.Connection, endpoint: str, seq: int) -> None:
@@ -24,7 +22,7 @@ def bump_seq(c: sqlite3.Connection, endpoint: str, seq: int) -> None:
 
 
 class EndpointStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     def sync(self, configs: list[dict[str, Any]], now: float | None = None) -> None:

@@ -8,20 +8,18 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.hostpool import Host, Membership, host_machine
 from controller.domain.machines import MachineState
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 M = MachineState
 
 
 class HostStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     def _event(self, c: sqlite3.Connection, endpoint: str, host: str, event: str, detail: str,

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.jobs import (
     ACTIVE_STATES,
@@ -23,10 +23,7 @@ from controller.domain.jobs import (
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.taskqueues import TaskQueue, fair_share_order
 from controller.errors import Conflict, NotFound
-from controller.store.sql import in_list
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions, in_list
 
 S = JobState
 HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
@@ -53,7 +50,7 @@ def _input(f: InputFile) -> dict[str, str]:
 
 
 class JobStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
         self._tqs: dict[int, TaskQueue] = {}
         self._tq_keys: dict[str, int] = {}

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.machines import (
     LIVE_STATES,
@@ -18,16 +18,13 @@ from controller.domain.machines import (
 )
 from controller.errors import Conflict, NotFound
 from controller.store.endpoints import bump_seq
-from controller.store.sql import in_list
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions, in_list
 
 M = MachineState
 
 
 class MachineStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
         self._pilots: dict[str, dict[str, Any]] = {}  # registrations do not change
 

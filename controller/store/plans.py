@@ -6,20 +6,18 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.plans import Plan, PlanDiff, PlanState, check_transition
 from controller.domain.transitions import IllegalTransition
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 P = PlanState
 
 
 class PlanStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     # reading -----------------------------------------------------------------------------

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from enum import StrEnum
+from typing import Protocol
+
+
+class Transactions(Protocol):
+    """What a query module needs of the Store (controller/store/db.py): a write transaction
+    and a read, on the one connection."""
+
+    def tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def read(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
 
 def in_list(states: Iterable[StrEnum]) -> str:
