@@ -46,6 +46,7 @@ class HostPoolEndpoint:
         self.env = env
         self.worker = Worker(config.name, config.apply_timeout, env.clock)
         self.backoff = Backoff(config.ssh.retry_after, config.ssh.retry_max)
+        self._failing = False  # the last SSH run failed on some host (its state says which)
 
     def observe(self, now: float) -> None:
         """The hosts' addresses; whether a pilot runs on one is learned from its heartbeats
@@ -82,7 +83,9 @@ class HostPoolEndpoint:
             return Step(d, step.inputs, recorded, requeued,
                         work=lambda: self._ssh_work(host_of, hd, stopping, down_by),
                         what="an Ansible run")
-        return Step(d, step.inputs, recorded, requeued, outcome=Outcome(down_by=down_by))
+        # with nothing to do, the state stands until an SSH run says otherwise (or a down)
+        idle = None if self._failing and not down_by else Outcome(down_by=down_by)
+        return Step(d, step.inputs, recorded, requeued, outcome=idle)
 
     def _views(self, now: float) -> tuple[list[HostView], dict[str, str]]:
         """The hosts as decide_hosts() sees them (hosts that left and whose pilot stopped
@@ -159,6 +162,7 @@ class HostPoolEndpoint:
                 store.machines.move(name, M.STOPPED, "its pilot was stopped", now,
                                     if_in=states_into(M.STOPPED))
             errors += self._failed(host_of, res, now, M.UNREACHABLE, M.FAILED)
+        self._failing = bool(errors)
         if errors:
             return Outcome(error="; ".join(errors)[:2000], back_off=False)
         return Outcome(down_by=down_by)

@@ -150,7 +150,7 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     out = cli(ctrl, "explain", "ssh")
     assert out.startswith("endpoint ssh: tick") and "machine ssh-h1 stopped" in out
     (tick,) = get(ctrl, "/api/v1/ticks", endpoint="ssh", changes="true", limit=1)
-    assert "the same decision" in cli(ctrl, "replay", str(tick["id"]))
+    assert "the same decision" in cli(ctrl, "replay", "--tick", str(tick["id"]))
     assert get(ctrl, "/api/v1/endpoints")[0]["state"] == "ok"
 
 
