@@ -73,11 +73,6 @@ class Host:
             failures=int(row["failures"] or 0), last_failure_at=row["last_failure_at"],
             last_error=row["last_error"], host_key=row["host_key"])
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
-            "membership": self.membership.value,
-            "facts": None if self.facts is None else dict(self.facts)}
-
 
 @dataclass(frozen=True)
 class Backoff:

@@ -114,10 +114,6 @@ class Machine:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def live(self) -> bool:
-        return self.state in LIVE_STATES
-
-    @property
     def price(self) -> float:
         return float(self.info.get("price", 0.0))
 

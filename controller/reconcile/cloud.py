@@ -30,7 +30,7 @@ from controller.domain.plans import Plan, PlanState, auto_approval, down_decisio
 from controller.domain.scheduling import Budget, Decision, decide
 from controller.drivers.base import ApplyResult, Driver, ObservedMachine
 from controller.drivers.prices import PriceSource
-from controller.errors import DriverError, NotFound
+from controller.errors import Conflict, DriverError, NotFound
 from controller.reconcile import pairing
 from controller.reconcile.endpoint import LoopEnv, Outcome, Step, Tick, one_line
 from controller.reconcile.worker import Worker
@@ -217,10 +217,14 @@ class CloudEndpoint:
         if not ok:
             return Outcome(message=f"plan {plan.id} {why} (cloudpilot plan approve {plan.id})",
                            down_by=ep.down_by)
-        with store.tx():
-            if ep.up_by:
-                store.endpoints.ask_up(self.name, None)
-            plan = store.plans.approve(plan.id, why, now)
+        try:
+            with store.tx():
+                if ep.up_by:
+                    store.endpoints.ask_up(self.name, None)
+                plan = store.plans.approve(plan.id, why, now)
+        except Conflict as e:  # an operator's `down` superseded it meanwhile
+            log.info("endpoint %s: %s", self.name, e)
+            return None
         return self._apply(plan)
 
     def _apply(self, plan: Plan) -> Outcome | None:
@@ -230,18 +234,12 @@ class CloudEndpoint:
         message); a driver that raises has created nothing."""
         store, now = self.env.store, self.env.clock()
         known = {m.name: m for m in store.machines.find(self.name)}
-        with store.tx():
-            plan = store.plans.start_applying(plan.id, now)
-            for name in plan.create:
-                if name not in known:
-                    store.machines.create(name, self.name, _seq(name),
-                                          f"{plan.reason_for(name)} (plan {plan.id})", now,
-                                          info=dict(plan.specs.get(name) or {}) or None)
-            for name in plan.delete:  # else: a leftover the store never knew
-                if name in known:
-                    store.machines.move(name, M.STOPPING,
-                                        f"{plan.reason_for(name)} (plan {plan.id})", now,
-                                        if_in=ACTIVE_STATES)
+        try:
+            with store.tx():
+                plan = self._start(plan, known, now)
+        except Conflict as e:  # an operator's `down` superseded it meanwhile
+            log.info("endpoint %s: %s", self.name, e)
+            return None
         self._applying, self.worker.what = plan.id, f"applying plan {plan.id}"
         try:
             result = self.driver.apply(plan.diff)
@@ -262,6 +260,22 @@ class CloudEndpoint:
             return self._failed(plan, msg)
         store.plans.finish(plan.id, PlanState.APPLIED, _applied(result), self.env.clock())
         return Outcome(down_by=store.endpoints.get(self.name).down_by, reset=True)
+
+    def _start(self, plan: Plan, known: dict[str, Machine], now: float) -> Plan:
+        """Mark the plan applying; record the machines it creates (requested) and those it
+        deletes (stopping)."""
+        store = self.env.store
+        plan = store.plans.start_applying(plan.id, now)
+        for name in plan.create:
+            if name not in known:
+                store.machines.create(name, self.name, _seq(name),
+                                      f"{plan.reason_for(name)} (plan {plan.id})", now,
+                                      info=dict(plan.specs.get(name) or {}) or None)
+        for name in plan.delete:  # else: a leftover the store never knew
+            if name in known:
+                store.machines.move(name, M.STOPPING, f"{plan.reason_for(name)} (plan {plan.id})",
+                                    now, if_in=ACTIVE_STATES)
+        return plan
 
     def _failed(self, plan: Plan, msg: str, create_failed: bool = False) -> Outcome | None:
         if plan.id in self._abandoned:

@@ -185,13 +185,12 @@ class MachineStore:
             return cached
         with self.store.read() as c:
             row = c.execute("SELECT * FROM pilots WHERE id = ?", (pilot_id,)).fetchone()
-            m = c.execute("SELECT info FROM machines WHERE name = ?",
+            m = c.execute("SELECT * FROM machines WHERE name = ?",
                           (row["machine"] if row else "",)).fetchone()
         if row is None:
             raise NotFound(f"no pilot {pilot_id}; register first")
-        info = json.loads(m["info"]) if m and m["info"] else {}
-        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]),
-                                              spot=info.get("market") == "spot")
+        spot = m is not None and Machine.from_row(m).spot
+        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]), spot=spot)
         return pilot
 
     def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:
