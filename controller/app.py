@@ -9,7 +9,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,32 +23,27 @@ from controller.errors import CloudpilotError
 from controller.notify import Notifier
 from controller.reconcile.hosts import make_ssh_driver
 from controller.reconcile.loop import Reconciler
-from controller.services.secrets import stored_pilot_token
+from controller.services.secrets import bootstrap_token
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot")
 
 
-def endpoint_pilot_token(store: Store, data_dir: Path, endpoint: str) -> str:
-    """The pilot token the controller gives the machines it starts on an endpoint, kept in
-    data_dir/secrets (mode 0600) so pilots keep working across controller restarts."""
-    return stored_pilot_token(store, data_dir / "secrets" / f"{endpoint}.pilot-token", endpoint,
-                              "machines started by the controller")
-
-
 def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
     drivers: dict[str, Driver] = {}
     for ep in settings.endpoints:
+        def token_for(machine: str, endpoint: str = ep.name) -> str:
+            return bootstrap_token(store, settings.data_dir, endpoint, machine)
+
         if ep.driver == "local":
-            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
-            drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
+            drivers[ep.name] = LocalDriver(ep, settings.local_machines_dir, settings.url,
+                                           token_for, hide=settings.controller_paths())
         elif ep.driver == "ssh":
             drivers[ep.name] = make_ssh_driver(settings, store, ep)
         elif ep.driver in ("aws", "openstack"):
             from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
 
-            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
-            drivers[ep.name] = PulumiDriver(ep, settings.data_dir, settings.url, token)
+            drivers[ep.name] = PulumiDriver(ep, settings.data_dir, settings.url, token_for)
     return drivers
 
 

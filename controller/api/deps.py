@@ -30,23 +30,36 @@ async def get_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     tokens: TokenStore = request.app.state.store.tokens
-    hit = tokens.cached(token)
-    return hit if hit is not None else await run_in_threadpool(tokens.verify, token)
+    return await run_in_threadpool(tokens.verify, token)
+
+
+def _kind(p: Principal) -> str:
+    return "bootstrap" if p.is_bootstrap else p.role.value
 
 
 def _require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     async def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if p.role not in roles:
+        if p.role not in roles or p.is_bootstrap:
             allowed = ", ".join(r.value for r in roles)
-            raise Forbidden(f"a {p.role.value} token may not do this (needs: {allowed})")
+            raise Forbidden(f"a {_kind(p)} token may not do this (needs: {allowed})")
         return p
 
     return dep
+
+
+async def _bootstrap(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not p.is_bootstrap:
+        raise Forbidden(f"a {_kind(p)} token may not register a pilot (needs: a bootstrap "
+                        "pilot token, which registering spends)")
+    return p
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnyPrincipal = Annotated[Principal, Depends(get_principal)]
 UserAuth = Annotated[Principal, Depends(_require(Role.USER, Role.JOB, Role.ADMIN))]
+# a pilot's own credential (from registering): only its own pilot routes
 PilotAuth = Annotated[Principal, Depends(_require(Role.PILOT))]
+# a one-time bootstrap token: only registration
+BootstrapAuth = Annotated[Principal, Depends(_bootstrap)]
 AdminAuth = Annotated[Principal, Depends(_require(Role.ADMIN))]

@@ -152,6 +152,11 @@ class RegisterOut(BaseModel):
     pilot_id: str
     heartbeat_interval: float
     endpoint: str
+    token: str = Field(description="the pilot's own credential: every later request of this "
+                       "pilot carries it (the bootstrap token is spent)")
+    input_url_allow: list[str] = Field(
+        default_factory=list, description="addresses input URLs may reach although they are "
+        "loopback, link-local or private (the controller's input_url_allow)")
 
 
 class MatchIn(Strict):
