@@ -38,7 +38,7 @@ def _tail(fd: int, limit: int) -> tuple[str, bool]:
     size = os.fstat(fd).st_size
     start = max(0, size - limit)
     raw = os.pread(fd, size - start, start)
-    text = raw.decode(errors="replace")
+    text = raw.decode(errors="replace").replace("\0", "\ufffd")  # the controller takes no NUL
     if len(text.encode()) > limit:  # replacement characters can make text longer than bytes
         text = text.encode()[-limit:].decode(errors="ignore")
     return text, size > limit

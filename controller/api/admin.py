@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from controller.api.deps import AdminAuth, SettingsDep, StoreDep
+from controller.api.deps import AdminAuth, Id, SettingsDep, StoreDep
 from controller.api.schemas import TokenIn, TokenOut, UserIn
 from controller.auth import Role
 from controller.errors import InvalidInput
@@ -44,6 +44,6 @@ def tokens(store: StoreDep, p: AdminAuth) -> list[dict[str, Any]]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke(token_id: int, store: StoreDep, p: AdminAuth) -> Response:
+def revoke(token_id: Id, store: StoreDep, p: AdminAuth) -> Response:
     store.tokens.revoke(token_id)
     return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from controller.auth import Principal, Role
@@ -54,6 +54,8 @@ async def _bootstrap(p: Annotated[Principal, Depends(get_principal)]) -> Princip
     return p
 
 
+# a numeric id in a path: within what the store holds, so a huge number is a 422, not a 500
+Id = Annotated[int, Path(ge=0, le=2**63 - 1)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnyPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -15,7 +15,7 @@ import uuid
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import BootstrapAuth, PilotAuth, SettingsDep, StoreDep
+from controller.api.deps import BootstrapAuth, Id, PilotAuth, SettingsDep, StoreDep
 from controller.api.schemas import (
     HeartbeatIn,
     HeartbeatOut,
@@ -80,6 +80,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     margin = settings.job_token_margin
 
     def issue(conn: sqlite3.Connection, job: Job) -> str:
+        # inside the claim's transaction: a job that cannot be answered is never claimed
+        JobOut.of(job).model_dump_json()
         return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id,
                                   lifetime=job.requirements.max_runtime + margin,
                                   note=f"job {job.id}", conn=conn)
@@ -138,7 +140,7 @@ def deregister(pilot_id: str, store: StoreDep, p: PilotAuth,
 
 
 @router.post("/{pilot_id}/jobs/{job_id}/output", status_code=204)
-def upload_output(pilot_id: str, job_id: int, body: OutputIn, store: StoreDep,
+def upload_output(pilot_id: str, job_id: Id, body: OutputIn, store: StoreDep,
                   settings: SettingsDep, p: PilotAuth) -> Response:
     """The job's stdout and stderr (bounded by max_output_bytes in all)."""
     _own_pilot(store, p, pilot_id)
@@ -151,7 +153,7 @@ def upload_output(pilot_id: str, job_id: int, body: OutputIn, store: StoreDep,
 
 
 @router.post("/{pilot_id}/jobs/{job_id}/report", response_model=JobOut)
-async def report(pilot_id: str, job_id: int, body: ReportIn, request: Request,
+async def report(pilot_id: str, job_id: Id, body: ReportIn, request: Request,
                  store: StoreDep, p: PilotAuth) -> JobOut:
     """The job's end: done, failed (with exit code) or interrupted (rescheduled)."""
     await run_in_threadpool(_own_pilot, store, p, pilot_id)

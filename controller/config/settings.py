@@ -274,6 +274,8 @@ class Settings(BaseSettings):
     job_token_margin: int = Field(600, ge=0, description="job token life beyond max_runtime (s)")
     max_output_bytes: int = Field(1_048_576, ge=1024)
     max_bulk_jobs: int = Field(10_000, ge=1)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=65536,
+                                   description="largest request body (413 beyond)")
     long_poll_max: float = Field(30.0, gt=0)
     fair_share_by: Literal["owner", "group"] = "owner"
     max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
