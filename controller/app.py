@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
 from controller.api.limits import BodyLimit
+from controller.api.schemas import ERRORS
 from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
@@ -95,7 +96,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.reconciler = None
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
               ticks.router, hosts.router):
-        app.include_router(r)
+        app.include_router(r, responses=ERRORS)  # every error a route can answer, declared
     # the body's size, encoding and bulk count are checked before it is parsed
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        max_bulk_jobs=settings.max_bulk_jobs)

@@ -47,6 +47,11 @@ def _require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return dep
 
 
+def sees(p: Principal, owner: str | None) -> bool:
+    """Whether this caller may read work of `owner`: admins all, others their own."""
+    return p.is_admin or owner == p.owner
+
+
 async def _bootstrap(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not p.is_bootstrap:
         raise Forbidden(f"a {_kind(p)} token may not register a pilot (needs: a bootstrap "

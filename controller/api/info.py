@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from controller.api.deps import AnyPrincipal, SettingsDep, StoreDep, UserAuth
+from controller.api.deps import SettingsDep, StoreDep, UserAuth, sees
 from controller.domain.matching import unmatchable_reason
 
 router = APIRouter(prefix="/api/v1", tags=["info"])
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/v1", tags=["info"])
 
 @router.get("/endpoints")
 def endpoints(request: Request, store: StoreDep, settings: SettingsDep,
-              p: AnyPrincipal) -> list[dict[str, Any]]:
+              p: UserAuth) -> list[dict[str, Any]]:
     """Each endpoint: driver, state, machines by state, and the last scheduling decision."""
     machines = store.machines.find()
     last = request.app.state.reconciler.last if request.app.state.reconciler else {}
@@ -41,7 +41,7 @@ def endpoints(request: Request, store: StoreDep, settings: SettingsDep,
 
 
 @router.get("/machines")
-def machines(store: StoreDep, p: AnyPrincipal, endpoint: str | None = None,
+def machines(store: StoreDep, p: UserAuth, endpoint: str | None = None,
              all: bool = False) -> list[dict[str, Any]]:
     """Machines (live ones unless all=true) with their running job count."""
     busy = store.jobs.busy_by_machine()
@@ -50,7 +50,7 @@ def machines(store: StoreDep, p: AnyPrincipal, endpoint: str | None = None,
 
 
 @router.get("/machines/{name}/events")
-def machine_events(name: str, store: StoreDep, p: AnyPrincipal) -> list[dict[str, Any]]:
+def machine_events(name: str, store: StoreDep, p: UserAuth) -> list[dict[str, Any]]:
     store.machines.get(name)
     return store.machines.events(name)
 
@@ -58,13 +58,14 @@ def machine_events(name: str, store: StoreDep, p: AnyPrincipal) -> list[dict[str
 @router.get("/taskqueues")
 def taskqueues(store: StoreDep, settings: SettingsDep, p: UserAuth) -> list[dict[str, Any]]:
     """Task queues with waiting jobs: requirements, owner, priority, count, and why a queue
-    no endpoint can serve is stuck."""
+    no endpoint can serve is stuck. Users see their own; admins all."""
     shapes = [e.shape() for e in settings.endpoints]
     return [
         {"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
          "waiting": q.waiting, "requirements": q.requirements.to_dict(),
          "unmatchable": unmatchable_reason(q.requirements, shapes)}
         for q in sorted(store.jobs.queue_snapshot(), key=lambda q: q.id)
+        if sees(p, q.owner)
     ]
 
 

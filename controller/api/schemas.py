@@ -48,6 +48,31 @@ def bad_text(value: Any, where: str = "") -> str | None:
     return None
 
 
+class ErrorOut(BaseModel):
+    """Every error answer: what went wrong, in one sentence."""
+
+    detail: str
+
+
+class InvalidOut(ErrorOut):
+    """A 422: the request is malformed; `errors` names each wrong field."""
+
+    errors: list[str]
+
+
+# what any API route may answer besides its success (declared on every router, in app.py)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the request cannot succeed as it is"},
+    401: {"model": ErrorOut, "description": "no, unknown, expired or revoked token"},
+    403: {"model": ErrorOut, "description": "this token's role or scope may not do this"},
+    404: {"model": ErrorOut, "description": "no such object (or another owner's)"},
+    409: {"model": ErrorOut, "description": "the object is not in a state that allows this"},
+    413: {"model": ErrorOut, "description": "the body, the output or the bulk is too large"},
+    422: {"model": InvalidOut, "description": "malformed: each wrong field is named"},
+    503: {"model": ErrorOut, "description": "the database is busy: retry"},
+}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

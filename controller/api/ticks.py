@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth
+from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth, sees
 from controller.errors import NotFound
 
 router = APIRouter(prefix="/api/v1", tags=["ticks"])
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/v1", tags=["ticks"])
 def explain(name: str, store: StoreDep, settings: SettingsDep, p: UserAuth) -> dict[str, Any]:
     """The endpoint's last scheduler tick: its inputs (task queues, machines, spot prices,
     budget, config), the candidate offers with their prices, and why each machine was
-    started or removed."""
+    started or removed. Users see their own task queues in it; admins all."""
     if settings.endpoint(name) is None:
         raise NotFound(f"no endpoint {name}")
     tick = store.ticks.latest(name)
@@ -26,7 +26,7 @@ def explain(name: str, store: StoreDep, settings: SettingsDep, p: UserAuth) -> d
     return {
         "tick": tick["id"], "at": tick["at"], "endpoint": name,
         "config": inputs["spec"],
-        "queues": inputs["queues"],
+        "queues": [q for q in inputs["queues"] if sees(p, q.get("owner"))],
         "machines": inputs["machines"],
         "prices": inputs["prices"],
         "budget": inputs["budget"],

@@ -86,7 +86,9 @@ def test_controller_restart_mid_run_loses_nothing(make_controller):
 
 
 def test_a_lost_local_machine_has_its_jobs_rescheduled(make_controller, tmp_path):
-    ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1}])
+    # isolation none: the payload marks its first run in the test's directory
+    ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1,
+                                       "isolation": "none"}])
     mark = tmp_path / "first"
     (jid,) = ctrl.submit("alice", sh(f"if [ -e {mark} ]; then exit 0; fi; touch {mark}; "
                                      "exec sleep 10"))
