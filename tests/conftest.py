@@ -202,6 +202,27 @@ MANUAL = {"name": "manual", "driver": "local", "cores": 8, "memory_mb": 8192, "s
           "lost_after": 3, "idle_timeout": 60}
 
 
+def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
+                   **settings: Any) -> Controller:
+    """A controller's config and database (users alice, bob, carol; an admin token; a
+    bootstrap token per endpoint), not yet started."""
+    root.mkdir(exist_ok=True)
+    eps = endpoints if endpoints is not None else [MANUAL]
+    base = {"loop_interval": 0.3, "stalled_after": 3, "max_retries": 2}
+    ctrl = Controller(root, free_port(), {**base, **settings}, eps)
+    ctrl.write_config()
+    store = Store(ctrl.database)
+    for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
+        store.tokens.create_user(user, group)
+        ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
+    ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
+    for ep in eps:
+        ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
+                                                                endpoint=ep["name"])
+    store.close()
+    return ctrl
+
+
 @pytest.fixture
 def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
     """Build and start a controller: make_controller(endpoints=[...], **settings)."""
@@ -209,21 +230,7 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
 
     def make(endpoints: list[dict[str, Any]] | None = None, start: bool = True,
              root: Path | None = None, **settings: Any) -> Controller:
-        root = root or tmp_path / f"ctrl{len(made)}"
-        root.mkdir(exist_ok=True)
-        eps = endpoints if endpoints is not None else [MANUAL]
-        base = {"loop_interval": 0.3, "stalled_after": 3, "max_retries": 2}
-        ctrl = Controller(root, free_port(), {**base, **settings}, eps)
-        ctrl.write_config()
-        store = Store(ctrl.database)
-        for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
-            store.tokens.create_user(user, group)
-            ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
-        ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
-        for ep in eps:
-            ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
-                                                                    endpoint=ep["name"])
-        store.close()
+        ctrl = new_controller(root or tmp_path / f"ctrl{len(made)}", endpoints, **settings)
         made.append(ctrl)
         if start:
             ctrl.start()

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import MANUAL, sh
+from tests.conftest import MANUAL, new_controller, sh
 
 pytestmark = pytest.mark.integration
 BIG = 2**63
@@ -17,20 +17,8 @@ BIG = 2**63
 @pytest.fixture(scope="module")
 def ctrl(tmp_path_factory):
     """One controller for the whole module (nothing here may change it)."""
-    from tests.conftest import Controller, free_port
-
-    root = tmp_path_factory.mktemp("inputs")
-    c = Controller(root, free_port(), {"loop_interval": 0.3, "max_bulk_jobs": 10,
-                                       "max_request_bytes": 2 * 1024 * 1024}, [MANUAL])
-    c.write_config()
-    from controller.auth import Role
-    from controller.store import Store
-
-    store = Store(c.database)
-    store.tokens.create_user("alice", "physics")
-    c.tokens["alice"] = store.tokens.issue(Role.USER, owner="alice")
-    c.tokens["admin"] = store.tokens.issue(Role.ADMIN)
-    store.close()
+    c = new_controller(tmp_path_factory.mktemp("inputs"), [MANUAL], max_bulk_jobs=10,
+                       max_request_bytes=2 * 1024 * 1024)
     c.start()
     yield c
     c.stop()
