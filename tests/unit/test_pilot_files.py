@@ -5,6 +5,7 @@ descriptors. Real files, real processes, a real HTTP server on 127.0.0.1."""
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 from collections.abc import Iterator
 
@@ -115,3 +116,25 @@ def test_sandbox_hides_what_it_is_told(tmp_path):
     cmd = box.command(["/bin/true"], tmp_path)
     assert cmd[:3] == ["bwrap", "--ro-bind", "/"] and cmd[-2:] == ["--", "/bin/true"]
     assert Sandbox("none").command(["/bin/true"], tmp_path) == ["/bin/true"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user isolation needs a pilot running as root")
+def test_user_isolation_runs_the_payload_as_the_payload_user(tmp_path):
+    secret = tmp_path / "pilot.json"
+    secret.write_text("cp_secret")
+    secret.chmod(0o600)
+    tmp_path.chmod(0o711)
+    spec = {"id": 8, "executable": "/bin/sh",
+            "arguments": ["-c", f"id -un; cat {secret} || echo refused; echo hi > mine"],
+            "requirements": {"cores": 1, "memory_mb": 64, "max_runtime": 30}}
+    (tmp_path / "work").mkdir(mode=0o711)
+    run = JobRun(spec, "cp_jobtoken", tmp_path / "work", "http://127.0.0.1:9",
+                 sandbox=Sandbox("user", payload_user="nobody"))
+    run.sandbox.check()
+    run.prepare()
+    run.start()
+    assert run.wait().status == "done"
+    out, err, _ = run.output(1000)
+    assert out.split() == ["nobody", "refused"] and "Permission denied" in err
+    assert (run.dir / "mine").stat().st_uid == run.sandbox.popen_options()["user"]
+    run.cleanup()
