@@ -142,7 +142,12 @@ class JobRun:
             "CLOUDPILOT_URL": self.controller_url,
             "CLOUDPILOT_PROGRESS_FILE": str(self.progress_file),
         })
-        argv = [self.job["executable"], *self.job.get("arguments", [])]
+        exe = self.job["executable"]
+        found = (str(self.dir / exe) if "/" in exe else shutil.which(exe, path=env.get("PATH")))
+        if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+            # said here, as the job's reason, rather than by the sandbox as an exit code
+            raise FileNotFoundError(f"{exe}: no such executable")
+        argv = [exe, *self.job.get("arguments", [])]
         self.proc = subprocess.Popen(
             self.sandbox.command(argv, self.dir, self.own), cwd=self.dir, env=env,
             stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,

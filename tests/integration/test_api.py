@@ -166,3 +166,33 @@ def test_list_filter_kill_and_events(ctrl):
         assert c.get("/api/v1/jobs", params={"endpoint": "manual"}).json() == []
         s = c.get("/api/v1/summary").json()
         assert s["jobs"] == {"killed": 1, "waiting": 3}
+
+
+def test_bootstrap_tokens_are_spent_and_revocation_takes_effect_at_once(ctrl):
+    boot = ctrl.bootstrap("manual")
+    body = {"machine": "b1", "cores": 1, "memory_mb": 512, "slots": 1}
+    auth = {"Authorization": f"Bearer {boot}"}
+    r = httpx.post(ctrl.url + "/api/v1/pilots/register", json=body, headers=auth)
+    assert r.status_code == 201
+    pid, cred = r.json()["pilot_id"], r.json()["token"]
+    assert cred != boot
+    # spent: the same bootstrap token registers nothing more
+    r = httpx.post(ctrl.url + "/api/v1/pilots/register", json={**body, "machine": "b2"},
+                   headers=auth)
+    assert r.status_code == 401
+    # a bootstrap token bound to a machine registers only that machine
+    store = Store(ctrl.database)
+    bound = store.tokens.issue(Role.PILOT, endpoint="manual", machine="b3")
+    store.close()
+    r = httpx.post(ctrl.url + "/api/v1/pilots/register", json={**body, "machine": "b4"},
+                   headers={"Authorization": f"Bearer {bound}"})
+    assert r.status_code == 403 and "for machine b3" in r.json()["detail"]
+    # the pilot's credential works until it is revoked, then not once more
+    mine = httpx.Client(base_url=ctrl.url, headers={"Authorization": f"Bearer {cred}"})
+    assert mine.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []}).status_code == 200
+    with ctrl.client() as admin:
+        (tid,) = [t["id"] for t in admin.get("/api/v1/admin/tokens").json()
+                  if t["pilot_id"] == pid]
+        assert admin.delete(f"/api/v1/admin/tokens/{tid}").status_code == 204
+    r = mine.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []})
+    assert r.status_code == 401 and r.json()["detail"] == "unknown token"

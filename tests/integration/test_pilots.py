@@ -157,3 +157,17 @@ def test_an_idle_pilot_exits_and_says_goodbye(ctrl):
     with ctrl.client() as c:
         m = c.get("/api/v1/machines", params={"all": True}).json()[0]
     assert m["state"] == "stopped" and "idle for more than 1s" in m["reason"]
+
+
+def test_a_payload_that_cannot_start_is_a_failed_job_with_the_reason(ctrl):
+    missing, not_executable = ctrl.submit(
+        "alice", {"executable": "/nonexistent/tool", "requirements": {"max_runtime": 60}},
+        {**sh("./run.sh"), "inputs": [{"name": "run.sh", "content": "echo not executable"}]})
+    ctrl.start_pilot("m1", slots=2)
+    j = ctrl.wait_state(missing, "failed")
+    assert j["reason"] == "could not start: /nonexistent/tool: no such executable"
+    j = ctrl.wait_state(not_executable, "done", "failed")
+    assert j["state"] == "failed"  # sh ran it and said why: permission denied, exit 126
+    with ctrl.client("alice") as c:
+        out = c.get(f"/api/v1/jobs/{not_executable}/output").json()
+    assert "Permission denied" in out["stderr"]
