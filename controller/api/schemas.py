@@ -1,7 +1,7 @@
 """Request and response bodies. Requests forbid unknown fields, so a typo is a clear 422; they
-are strict (a boolean or a string is not a number), every string is free of NUL bytes and lone
-surrogates (it must be storable and answerable as UTF-8), every integer fits what the store
-holds, and every list and text has a size limit."""
+are strict (a boolean or a string is not a number), every integer fits what the store holds,
+and every list and text has a size limit. (Every string is free of NUL characters and lone
+surrogates: api/limits.py refuses such a body before it is parsed.)"""
 
 from __future__ import annotations
 
@@ -22,30 +22,6 @@ INT64 = 2**63 - 1  # SQLite's largest integer
 
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:+-]{1,64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@:-]{1,64}$")]
-
-
-def bad_text(value: Any, where: str = "") -> str | None:
-    """Where a NUL byte or a lone surrogate hides in a (nested) JSON value, if anywhere."""
-    if isinstance(value, str):
-        if "\0" in value:
-            return f"{where or 'value'}: NUL bytes are not allowed"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return f"{where or 'value'}: lone surrogates are not valid Unicode text"
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            here = f"{where}.{k}" if where else str(k)
-            found = bad_text(k, here) or bad_text(v, here)
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = bad_text(v, f"{where}.{i}" if where else str(i))
-            if found:
-                return found
-    return None
 
 
 class ErrorOut(BaseModel):
@@ -74,15 +50,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """A request body: unknown fields and loose types refused. (NUL characters and lone
+    surrogates never reach it: the body is refused before parsing, api/limits.py.)"""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _text(cls, data: Any) -> Any:
-        found = bad_text(data)
-        if found:
-            raise ValueError(found)
-        return data
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RequirementsIn(Strict):
