@@ -242,3 +242,23 @@ def test_the_authorization_matrix(world):
         assert c.get(f"/api/v1/jobs/{world.running}/output").json()["stdout"] == \
             "from pilot of X"
     assert world.ctrl.job(world.running)["state"] == "running"
+
+
+def test_users_see_only_their_own_task_queues(world):
+    world.waiting_job()
+    (bobs,) = world.ctrl.submit("bob", sh("true", cores=3))
+
+    def queues(who: str, path: str) -> list[dict[str, Any]] | None:
+        r = world.call(who, "GET", path)
+        assert r.status_code == 200, r.text
+        return list(r.json()["queues"] if path.endswith("explain") else r.json())
+
+    for path in ("/api/v1/taskqueues", "/api/v1/endpoints/manual/explain"):
+        # the tick recording both owners' queues may be a moment away
+        wait_until(lambda p=path: {q["owner"] for q in queues("admin", p) or []}
+                   >= {"alice", "bob"}, what=f"both owners' queues in {path}")
+        assert {q["owner"] for q in queues("user A", path) or []} == {"alice"}
+        assert {q["owner"] for q in queues("job token (running)", path) or []} == {"alice"}
+        assert {q["owner"] for q in queues("user B", path) or []} == {"bob"}
+    with world.ctrl.client("bob") as c:
+        assert c.post(f"/api/v1/jobs/{bobs}/kill").status_code == 200
