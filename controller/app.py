@@ -15,12 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
+from controller.api import admin, events, hosts, info, jobs, monitoring, pilots, plans, ticks
 from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
 from controller.errors import CloudpilotError
+from controller.metrics import Metrics
 from controller.notify import Notifier
 from controller.reconcile.hosts import make_ssh_driver
 from controller.reconcile.loop import Reconciler
@@ -61,6 +62,9 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:
                 notifier.fire()
+            # issue 12: tick duration, fleet samples for the dashboard, one log line a decision
+            metrics: Metrics = app.state.metrics
+            await asyncio.to_thread(metrics.after_tick, result, time.monotonic() - started)
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
         # sleep until the interval is over, or a bit after the queue changes
@@ -75,6 +79,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         store = Store(settings.database)
         store.machines.sync_endpoints([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
+        app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
         app.state.notifier.bind(asyncio.get_running_loop())
         task = None
         if run_loop:
@@ -99,7 +104,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.notifier = Notifier()
     app.state.reconciler = None
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
-              ticks.router, hosts.router):
+              ticks.router, hosts.router, events.router, monitoring.router):
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

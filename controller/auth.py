@@ -6,7 +6,8 @@ random secret needs no salt). Roles:
 - user: acts for one owner (submit, list, kill its own jobs);
 - pilot: acts for one endpoint; may only register, match, heartbeat and report;
 - job: given to a pilot with each job, scoped to that job and its owner, with a lifetime; the
-  payload gets it in its environment (CLOUDPILOT_JOB_TOKEN) and may act for the owner with it.
+  payload gets it in its environment (CLOUDPILOT_JOB_TOKEN) and may act for the owner with it;
+- metrics: may only scrape GET /metrics (for Prometheus; an admin token may scrape too).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Role(StrEnum):
     USER = "user"
     PILOT = "pilot"
     JOB = "job"
+    METRICS = "metrics"
 
 
 @dataclass(frozen=True)

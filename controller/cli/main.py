@@ -315,7 +315,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 tok = store.tokens.issue(Role.PILOT, endpoint=args.pilot,
                                          lifetime=args.lifetime, note=args.note)
             else:
-                tok = store.tokens.issue(Role.ADMIN, lifetime=args.lifetime, note=args.note)
+                role = Role.METRICS if args.metrics else Role.ADMIN
+                tok = store.tokens.issue(role, lifetime=args.lifetime, note=args.note)
             print(tok)
         elif args.admin_cmd == "users":
             print(_table([[u["name"], u["group"], u["share"]] for u in store.tokens.users()],
@@ -492,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="a user token acting for this owner")
     who.add_argument("--pilot", metavar="ENDPOINT", help="a pilot token for this endpoint")
     who.add_argument("--admin", action="store_true", help="an admin token")
+    who.add_argument("--metrics", action="store_true",
+                     help="a token that may only scrape GET /metrics (for Prometheus)")
     q.add_argument("--lifetime", type=float, help="seconds until it expires (never)")
     q.add_argument("--note", default="", help="what the token is for")
     q = asub.add_parser("users", help="list users")

@@ -269,6 +269,13 @@ class Settings(BaseSettings):
     max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
     max_machines_total: int | None = Field(None, ge=0, description="all endpoints")
     tick_retention: int = Field(2000, ge=10, description="scheduler ticks kept per endpoint")
+    # issue 12: logs, the dashboard and its charts
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object a line, with endpoint, job, machine, pilot")
+    sample_interval: float = Field(60.0, gt=0, description="seconds between the fleet samples "
+                                   "the dashboard's charts draw")
+    sample_retention: float = Field(7 * 86400.0, gt=0, description="samples kept (s)")
+    session_lifetime: float = Field(12 * 3600.0, gt=0, description="dashboard login (s)")
     # the embedded default: one local endpoint whose machines are pilot processes on this host
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])
