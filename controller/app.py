@@ -27,6 +27,7 @@ from controller.reconcile.hosts import make_ssh_driver
 from controller.reconcile.loop import Reconciler
 from controller.services.secrets import stored_pilot_token
 from controller.store import Store
+from controller.web import actions, pages
 
 log = logging.getLogger("cloudpilot")
 
@@ -104,7 +105,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.notifier = Notifier()
     app.state.reconciler = None
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
-              ticks.router, hosts.router, events.router, monitoring.router):
+              ticks.router, hosts.router, events.router, monitoring.router,
+              pages.router, actions.router):  # issue 12: the dashboard (controller/web/)
         app.include_router(r)
 
     @app.exception_handler(CloudpilotError)

@@ -193,19 +193,7 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
              **settings: Any) -> Controller:
         root = tmp_path / f"ctrl{len(made)}"
         root.mkdir()
-        eps = endpoints if endpoints is not None else [MANUAL]
-        base = {"loop_interval": 0.3, "stalled_after": 3, "max_retries": 2}
-        ctrl = Controller(root, free_port(), {**base, **settings}, eps)
-        ctrl.write_config()
-        store = Store(ctrl.database)
-        for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
-            store.tokens.create_user(user, group)
-            ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
-        ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
-        for ep in eps:
-            ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
-                                                                    endpoint=ep["name"])
-        store.close()
+        ctrl = new_controller(root, endpoints, **settings)
         made.append(ctrl)
         if start:
             ctrl.start()
@@ -213,14 +201,39 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
 
     yield make
     for c in made:
-        for p in c.pilots:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        c.stop()
-        # machines the local driver started live in their own sessions: end them
-        for pid_file in (c.root / "data").glob("machines/*/*/pilot.pid"):
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError, PermissionError):
-                pass
+        end_controller(c)
+
+
+def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
+                   **settings: Any) -> Controller:
+    """A controller's config and database in `root`, with users alice, bob and carol, an
+    admin token and a pilot token per endpoint (not started)."""
+    eps = endpoints if endpoints is not None else [MANUAL]
+    base = {"loop_interval": 0.3, "stalled_after": 3, "max_retries": 2}
+    ctrl = Controller(root, free_port(), {**base, **settings}, eps)
+    ctrl.write_config()
+    store = Store(ctrl.database)
+    for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
+        store.tokens.create_user(user, group)
+        ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
+    ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
+    for ep in eps:
+        ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
+                                                                endpoint=ep["name"])
+    store.close()
+    return ctrl
+
+
+def end_controller(c: Controller) -> None:
+    """Stop a controller, its pilots, and the machines its local driver started."""
+    for p in c.pilots:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+    c.stop()
+    # machines the local driver started live in their own sessions: end them
+    for pid_file in (c.root / "data").glob("machines/*/*/pilot.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass
