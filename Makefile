@@ -1,5 +1,6 @@
 # Two commands a newcomer runs on a fresh machine:
-#   make demo   set up, then run the whole loop on this machine (local endpoint)
+#   make demo   set up, then run the whole loop on this machine (local endpoint); it prints the
+#               dashboard's address (make demo STAY=1: keep the controller up at the end)
 #   make test   set up (Python deps and the Debian packages the tests need), lint, type-check, test
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,7 @@ $(BIN)/python:
 	touch .stamp-core $@
 
 demo: .stamp-core
-	$(BIN)/cloudpilot demo
+	$(BIN)/cloudpilot demo $(if $(STAY),--stay)
 
 lint: .stamp-dev
 	$(BIN)/ruff check controller pilot stacks tests bench

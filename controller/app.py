@@ -21,6 +21,7 @@ from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
 from controller.errors import CloudpilotError
+from controller.logs import RequestLog
 from controller.metrics import Metrics
 from controller.notify import Notifier
 from controller.reconcile.hosts import make_ssh_driver
@@ -108,6 +109,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
               ticks.router, hosts.router, events.router, monitoring.router,
               pages.router, actions.router):  # issue 12: the dashboard (controller/web/)
         app.include_router(r)
+    app.add_middleware(RequestLog)  # issue 12: one log line per request
 
     @app.exception_handler(CloudpilotError)
     async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:

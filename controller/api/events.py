@@ -82,7 +82,8 @@ async def _stream(request: Request, store: Store, cursor: views.Cursor,
                   job: int | None) -> AsyncIterator[str]:
     started = last_sent = time.monotonic()
     yield f"retry: 1000\n: cursor {cursor}\n\n"
-    while time.monotonic() - started < STREAM_MAX:
+    while time.monotonic() - started < STREAM_MAX \
+            and not getattr(request.app.state, "closing", False):  # controller/server.py
         batch, cursor = await run_in_threadpool(views.events_after, store, cursor, kinds=kinds,
                                                 owner=owner, job=job)
         if batch:

@@ -190,11 +190,14 @@ def jobs_by_owner_state(store: Store) -> list[tuple[str, str, int]]:
 
 
 def waiting_by_task_queue(store: Store) -> list[tuple[int, str, int]]:
-    """(task queue id, owner, waiting jobs) for each queue with waiting jobs."""
+    """(task queue id, owner, waiting jobs) for each queue with waiting jobs (counted on the
+    matcher's partial index of waiting jobs alone, then named)."""
     with store.read() as c:
-        return [(r[0], r[1], r[2]) for r in c.execute(
-            "SELECT j.tq_id, q.owner, COUNT(*) FROM jobs j JOIN task_queues q ON q.id = j.tq_id"
-            " WHERE j.state = 'waiting' GROUP BY j.tq_id")]
+        # INDEXED BY: SQLite would pick idx_jobs_state and read every waiting row (4x slower)
+        counts = c.execute("SELECT tq_id, COUNT(*) FROM jobs INDEXED BY idx_jobs_waiting"
+                           " WHERE state = 'waiting' GROUP BY tq_id").fetchall()
+        owners = dict(c.execute("SELECT id, owner FROM task_queues").fetchall())
+    return [(tq, owners.get(tq, ""), n) for tq, n in counts]
 
 
 def machines_by_endpoint_state(store: Store) -> list[tuple[str, str, int]]:

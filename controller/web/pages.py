@@ -154,7 +154,10 @@ def endpoints(request: Request, s: WebSession, store: StoreDep,
         if cfg is None:
             continue
         sites.append({
-            "name": ep["name"], "driver": ep["driver"], "state": ep["state"],
+            "name": ep["name"], "driver": ep["driver"],
+            # down/up show at once (the loop writes the state at its next tick)
+            "state": "down" if ep.get("down_by") else (
+                "ok" if ep["state"] == "down" else ep["state"]),
             "message": ep["message"], "down_by": ep.get("down_by"), "config": cfg,
             "machines": [dict(m, jobs=busy.get(m["name"], 0)) for m in machines
                          if m["endpoint"] == ep["name"]],

@@ -185,6 +185,7 @@ def plan_state(ctrl: Controller, plan_id: int) -> str:
 
 
 def test_admin_approves_a_pending_plan(ctrl: Controller, browser: Any) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     d = browser
@@ -207,6 +208,29 @@ def test_admin_approves_a_pending_plan(ctrl: Controller, browser: Any) -> None:
                                 (plan,)).fetchone()[0]
     assert approved_by.startswith("admin token")
     ctrl.wait_state(job, "done", timeout=40)
+
+    # take the gated endpoint down and up again from its site on the endpoints page
+    def site_state() -> str:
+        try:
+            return str(d.find_element(By.CSS_SELECTOR, "#site-gated h2 .state").text)
+        except StaleElementReferenceException:  # the live part was just reloaded
+            return ""
+
+    def click(css: str) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    d.get(ctrl.url + "/endpoints")
+    wait_until(lambda: click("form[action='/ui/endpoints/gated/down'] button"), 5)
+    wait_until(lambda: d.find_elements(By.ID, "message"), 10, what="the outcome banner")
+    wait_until(lambda: site_state() == "down", 15, 0.3, "the endpoint to show down")
+    with sqlite3.connect(ctrl.database) as c:
+        assert c.execute("SELECT down_by FROM endpoints WHERE name = 'gated'").fetchone()[0]
+    wait_until(lambda: click("form[action='/ui/endpoints/gated/up'] button"), 5)
+    wait_until(lambda: site_state() == "ok", 15, 0.3, "the endpoint to show up again")
     d.get(ctrl.url + "/scheduler")
     assert d.find_elements(By.ID, "decision-gated")
     shot(d, "scheduler")

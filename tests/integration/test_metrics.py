@@ -3,6 +3,7 @@ scrape; counters derived from the database survive a restart."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.auth import Role
 from controller.store import Store
-from tests.conftest import MANUAL, sh, wait_until
+from tests.conftest import MANUAL, REPO, sh, wait_until
 
 
 def scrape(url: str, token: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -86,3 +87,16 @@ def test_metrics_match_the_database_and_survive_restart(make_controller: Any) ->
         assert again[key] == m[key], key
     wait_until(lambda: scrape(ctrl.url, metrics_token).get(
         ("cloudpilot_tick_duration_seconds_count", ()), 0) > 0, what="a tick to be timed")
+
+    # the README's table lists every metric, and the Grafana dashboard uses only these
+    r = httpx.get(ctrl.url + "/metrics", headers={"Authorization": f"Bearer {metrics_token}"})
+    families = {f.name for f in text_string_to_metric_families(r.text)
+                if f.name.startswith("cloudpilot_")}
+    documented = {n.removesuffix("_total") for n in re.findall(
+        r"^\| `(cloudpilot_\w+)` \|", (REPO / "README.md").read_text(), re.M)}
+    assert documented == families
+    used = set(re.findall(r"cloudpilot_\w+", (REPO / "examples" / "grafana-dashboard.json")
+                          .read_text()))
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    assert {next((u.removesuffix(x) for x in suffixes if u.endswith(x)), u) for u in used} \
+        <= families
