@@ -47,8 +47,10 @@ def _cookie(request: Request, response: Response, name: str, value: str, max_age
 def _back(target: str, **outcome: str) -> RedirectResponse:
     """A redirect to a page of this site (never elsewhere), with the outcome shown there."""
     u = urlsplit(target)
-    path = u.path if target.startswith("/") and not target.startswith("//") else "/"
-    query = "&".join(f"{k}={quote(v)}" for k, v in outcome.items())
+    local = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    path, kept = (u.path, u.query) if local else ("/", "")
+    query = "&".join([*([kept] if kept and not outcome else []),
+                      *(f"{k}={quote(v)}" for k, v in outcome.items())])
     return RedirectResponse(path + (f"?{query}" if query else ""), status_code=303)
 
 

@@ -185,7 +185,6 @@ def plan_state(ctrl: Controller, plan_id: int) -> str:
 
 
 def test_admin_approves_a_pending_plan(ctrl: Controller, browser: Any) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     d = browser
@@ -209,28 +208,6 @@ def test_admin_approves_a_pending_plan(ctrl: Controller, browser: Any) -> None:
     assert approved_by.startswith("admin token")
     ctrl.wait_state(job, "done", timeout=40)
 
-    # take the gated endpoint down and up again from its site on the endpoints page
-    def site_state() -> str:
-        try:
-            return str(d.find_element(By.CSS_SELECTOR, "#site-gated h2 .state").text)
-        except StaleElementReferenceException:  # the live part was just reloaded
-            return ""
-
-    def click(css: str) -> bool:
-        try:
-            d.find_element(By.CSS_SELECTOR, css).click()
-            return True
-        except StaleElementReferenceException:
-            return False
-
-    d.get(ctrl.url + "/endpoints")
-    wait_until(lambda: click("form[action='/ui/endpoints/gated/down'] button"), 5)
-    wait_until(lambda: d.find_elements(By.ID, "message"), 10, what="the outcome banner")
-    wait_until(lambda: site_state() == "down", 15, 0.3, "the endpoint to show down")
-    with sqlite3.connect(ctrl.database) as c:
-        assert c.execute("SELECT down_by FROM endpoints WHERE name = 'gated'").fetchone()[0]
-    wait_until(lambda: click("form[action='/ui/endpoints/gated/up'] button"), 5)
-    wait_until(lambda: site_state() == "ok", 15, 0.3, "the endpoint to show up again")
     d.get(ctrl.url + "/scheduler")
     assert d.find_elements(By.ID, "decision-gated")
     shot(d, "scheduler")
@@ -256,6 +233,9 @@ class _Attacker(http.server.BaseHTTPRequestHandler):
 
 
 def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
     d = browser
     login(d, ctrl, "admin")
     ctrl.submit("carol", sh("echo gated again", endpoints=["gated"]))
@@ -263,7 +243,8 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
 
     # a page on another origin makes the logged-in admin's browser post an approval
     _Attacker.target = f"{ctrl.url}/ui/plans/{plan}/approve"
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Attacker)
+    # threading: Chromium opens a spare connection that a one-at-a-time server would wait on
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Attacker)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         d.get(f"http://127.0.0.1:{server.server_port}/")
@@ -271,6 +252,7 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
         assert "refused" in d.page_source
     finally:
         server.shutdown()
+        server.server_close()
     assert plan_state(ctrl, plan) == "pending"
 
     # the same with a client that holds the session cookie: no CSRF token, a wrong one,
@@ -294,3 +276,26 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
                    headers={"Origin": ctrl.url})
     assert r.status_code == 303 and "approved" in r.headers["location"]
     assert plan_state(ctrl, plan) in ("approved", "applied")
+
+    # take the gated endpoint down and up again from its site on the endpoints page
+    def site_state() -> str:
+        try:
+            return str(d.find_element(By.CSS_SELECTOR, "#site-gated h2 .state").text)
+        except StaleElementReferenceException:  # the live part was just reloaded
+            return ""
+
+    def click(css: str) -> bool:
+        try:
+            d.find_element(By.CSS_SELECTOR, css).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    d.get(ctrl.url + "/endpoints")
+    wait_until(lambda: click("form[action='/ui/endpoints/gated/down'] button"), 5)
+    wait_until(lambda: d.find_elements(By.ID, "message"), 10, what="the outcome banner")
+    wait_until(lambda: site_state() == "down", 15, 0.3, "the endpoint to show down")
+    with sqlite3.connect(ctrl.database) as c:
+        assert c.execute("SELECT down_by FROM endpoints WHERE name = 'gated'").fetchone()[0]
+    wait_until(lambda: click("form[action='/ui/endpoints/gated/up'] button"), 5)
+    wait_until(lambda: site_state() == "ok", 15, 0.3, "the endpoint to show up again")
