@@ -31,8 +31,14 @@ ARTIFACTS = Path(os.environ.get("CLOUDPILOT_TEST_ARTIFACTS", REPO / "test-artifa
 
 @pytest.fixture(scope="module")
 def ctrl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
-    c = new_controller(tmp_path_factory.mktemp("dashboard"), [LOCAL, GATED],
-                       sample_interval=1)
+    root = tmp_path_factory.mktemp("dashboard")
+    key = root / "id_test"  # never used to reach anything: the joined host does not answer
+    key.write_text("not a key\n")
+    key.chmod(0o600)
+    hosts = {"name": "hosts", "driver": "ssh", "max_machines": 2, "idle_timeout": 2,
+             "ssh": {"user": "root", "key": str(key), "connect_timeout": 2,
+                     "retry_after": 60}}
+    c = new_controller(root, [LOCAL, GATED, hosts], sample_interval=1)
     c.start()
     yield c
     end_controller(c)
@@ -179,6 +185,14 @@ def pending_plan(ctrl: Controller) -> int:
     return int(wait_until(pending, 20, 0.2, "a pending plan on the gated endpoint"))
 
 
+def not_approved(ctrl: Controller, plan_id: int) -> bool:
+    """Nobody approved it (the scheduler may have replaced it by a newer plan meanwhile)."""
+    with sqlite3.connect(ctrl.database) as c:
+        state, by = c.execute("SELECT state, approved_by FROM plans WHERE id = ?",
+                              (plan_id,)).fetchone()
+    return state in ("pending", "superseded") and by is None
+
+
 def plan_state(ctrl: Controller, plan_id: int) -> str:
     with sqlite3.connect(ctrl.database) as c:
         return str(c.execute("SELECT state FROM plans WHERE id = ?", (plan_id,)).fetchone()[0])
@@ -253,7 +267,7 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
     finally:
         server.shutdown()
         server.server_close()
-    assert plan_state(ctrl, plan) == "pending"
+    assert not_approved(ctrl, plan)
 
     # the same with a client that holds the session cookie: no CSRF token, a wrong one,
     # or another origin: all refused, nothing changes
@@ -261,20 +275,22 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
     page = httpx.get(ctrl.url + "/plans", cookies={"cloudpilot_session": sid})
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert csrf is not None
+    plan = pending_plan(ctrl)
     url = f"{ctrl.url}/ui/plans/{plan}/approve"
     cookies = {"cloudpilot_session": sid}
     for data, headers in (({}, {}), ({"csrf": "wrong"}, {}),
                           ({"csrf": csrf.group(1)}, {"Origin": "http://evil.example"})):
         r = httpx.post(url, data=data, headers=headers, cookies=cookies)
         assert r.status_code == 403, r.text
-    assert plan_state(ctrl, plan) == "pending"
+    assert not_approved(ctrl, plan)
     # a login form posted from elsewhere (no login cookie) is refused too
     r = httpx.post(ctrl.url + "/login", data={"token": ctrl.tokens["admin"], "csrf": "x"})
     assert r.status_code == 403
     # with the page's token, from this origin, it works
-    r = httpx.post(url, data={"csrf": csrf.group(1)}, cookies=cookies,
-                   headers={"Origin": ctrl.url})
-    assert r.status_code == 303 and "approved" in r.headers["location"]
+    plan = pending_plan(ctrl)
+    r = httpx.post(f"{ctrl.url}/ui/plans/{plan}/approve", data={"csrf": csrf.group(1)},
+                   cookies=cookies, headers={"Origin": ctrl.url})
+    assert r.status_code == 303 and "approved" in r.headers["location"], r.headers
     assert plan_state(ctrl, plan) in ("approved", "applied")
 
     # take the gated endpoint down and up again from its site on the endpoints page
@@ -299,3 +315,30 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
         assert c.execute("SELECT down_by FROM endpoints WHERE name = 'gated'").fetchone()[0]
     wait_until(lambda: click("form[action='/ui/endpoints/gated/up'] button"), 5)
     wait_until(lambda: site_state() == "ok", 15, 0.3, "the endpoint to show up again")
+
+    # a host joins the SSH endpoint from its site, then leaves; bad input changes nothing
+    def join(name: str, address: str) -> None:
+        form = "form[action='/ui/endpoints/hosts/hosts']"
+        d.find_element(By.CSS_SELECTOR, f"{form} input[name=name]").send_keys(name)
+        d.find_element(By.CSS_SELECTOR, f"{form} input[name=address]").send_keys(address)
+        port = d.find_element(By.CSS_SELECTOR, f"{form} input[name=port]")
+        port.clear()
+        port.send_keys("1")  # nothing listens there
+        d.find_element(By.CSS_SELECTOR, f"{form} button").click()
+        wait_until(lambda: d.find_elements(By.CSS_SELECTOR, "#message, #error"), 10,
+                   what="the outcome banner")
+
+    d.get(ctrl.url + "/endpoints")
+    join("Bad Name", "127.0.0.1")
+    assert "host not joined: name" in d.find_element(By.ID, "error").text
+    join("h1", "127.0.0.1")
+    assert "host h1 joins hosts" in d.find_element(By.ID, "message").text
+    assert d.find_elements(By.ID, "host-hosts-h1")
+    with ctrl.client() as api:
+        assert [h["name"] for h in api.get("/api/v1/endpoints/hosts/hosts").json()] == ["h1"]
+    wait_until(lambda: click("form[action='/ui/endpoints/hosts/hosts/h1/leave'] button"), 5)
+    wait_until(lambda: d.find_elements(By.ID, "message"), 10, what="the outcome banner")
+    with ctrl.client() as api:
+        [h1] = api.get("/api/v1/endpoints/hosts/hosts").json()
+    assert h1["membership"] == "left"
+    shot(d, "endpoints-admin")
