@@ -64,10 +64,12 @@ def test_prometheus_scrapes_the_controller(make_controller: Any, tmp_path: Path)
     try:
         # the first sample is queryable a few seconds after the first scrape
         def sampled() -> bool:
-            try:
-                return bool(query(url, "cloudpilot_jobs_submitted_total"))
+            try:  # not listening yet, or still starting (503 until its storage is ready)
+                if httpx.get(url + "/-/ready", timeout=5).status_code != 200:
+                    return False
             except httpx.TransportError:
-                return False  # not listening yet
+                return False
+            return bool(query(url, "cloudpilot_jobs_submitted_total"))
 
         wait_until(sampled, 30, 0.5, "Prometheus to hold a sample")
         up = query(url, 'up{job="cloudpilot"}')
