@@ -74,8 +74,8 @@ def overview(request: Request, s: WebSession, store: StoreDep,
              settings: SettingsDep) -> HTMLResponse:
     now = time.time()
     o = views.overview(store, configured_prices(settings), _owner(s), now, day_start(now))
-    start = now - CHART_HOURS * 3600
-    samples = views.samples(store, start)
+    samples = views.samples(store, now - CHART_HOURS * 3600)
+    start = samples[0].at if samples else now - CHART_HOURS * 3600  # a young controller: its life
     charts = [chart(title, [(x.at, float(getattr(x, key))) for x in samples], start, now)
               for title, key in (("waiting jobs", "waiting"), ("running jobs", "running"),
                                  ("machines", "machines"))]
