@@ -1,5 +1,6 @@
 # Two commands a newcomer runs on a fresh machine:
-#   make demo   set up, then run the whole loop on this machine (local endpoint)
+#   make demo   set up, then run the whole loop on this machine (local endpoint); it prints the
+#               dashboard's address (make demo STAY=1: keep the controller up at the end)
 #   make test   set up (Python deps and the Debian packages the tests need), lint, type-check, test
 PYTHON ?= python3
 VENV := .venv
@@ -20,14 +21,15 @@ $(BIN)/python:
 	touch .stamp-core $@
 
 demo: .stamp-core
-	$(BIN)/cloudpilot demo
+	$(BIN)/cloudpilot demo $(if $(STAY),--stay)
 
 lint: .stamp-dev
 	$(BIN)/ruff check controller pilot stacks tests bench
 	$(BIN)/mypy controller pilot stacks
 
 test: .stamp-dev lint
-	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 bubblewrap
+	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \
+		bubblewrap chromium chromium-driver prometheus
 	$(BIN)/pytest -q
 
 bench: .stamp-dev

@@ -14,15 +14,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
+from controller.api import admin, events, hosts, info, jobs, monitoring, pilots, plans, ticks
 from controller.api.limits import BodyLimit
 from controller.api.schemas import ERRORS
 from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
 from controller.errors import CloudpilotError
+from controller.logs import RequestLog
+from controller.metrics import Metrics
 from controller.notify import Notifier
 from controller.reconcile.loop import Reconciler
 from controller.store import Store
+from controller.web import actions, pages
 
 log = logging.getLogger("cloudpilot")
 
@@ -35,6 +38,9 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:
                 notifier.fire()
+            # issue 12: tick duration, fleet samples for the dashboard, one log line a decision
+            metrics: Metrics = app.state.metrics
+            await asyncio.to_thread(metrics.after_tick, result, time.monotonic() - started)
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
         # sleep until the interval is over, or a bit after the queue changes
@@ -49,6 +55,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         store = Store(settings.database)
         store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
+        app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
         notifier: Notifier = app.state.notifier
         notifier.bind(asyncio.get_running_loop())
         task = None
@@ -72,11 +79,14 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.notifier = Notifier()
     app.state.reconciler = None
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
-              ticks.router, hosts.router):
+              ticks.router, hosts.router, events.router, monitoring.router):
         app.include_router(r, responses=ERRORS)  # every error a route can answer, declared
+    for r in (pages.router, actions.router):  # the dashboard (controller/web/): HTML pages
+        app.include_router(r)
     # the body's size, encoding and bulk count are checked before it is parsed
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        max_bulk_jobs=settings.max_bulk_jobs)
+    app.add_middleware(RequestLog)  # one log line per request
 
     @app.exception_handler(CloudpilotError)
     async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:

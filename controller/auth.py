@@ -9,7 +9,8 @@ random secret needs no salt). Roles:
   answers the pilot's own credential (bound to that pilot id), which may only match,
   heartbeat, upload output, report and say goodbye for that one pilot;
 - job: given to a pilot with each job, scoped to that job and its owner, with a lifetime; the
-  payload gets it in its environment (CLOUDPILOT_JOB_TOKEN) and may act for the owner with it.
+  payload gets it in its environment (CLOUDPILOT_JOB_TOKEN) and may act for the owner with it;
+- metrics: may only scrape GET /metrics (for Prometheus; an admin token may scrape too).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Role(StrEnum):
     USER = "user"
     PILOT = "pilot"
     JOB = "job"
+    METRICS = "metrics"
 
 
 @dataclass(frozen=True)

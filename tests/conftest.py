@@ -238,14 +238,19 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
 
     yield make
     for c in made:
-        for p in c.pilots:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        c.stop()
-        # machines the local driver started live in their own sessions: end them
-        for pid_file in (c.root / "data-machines").glob("*/*/pilot.pid"):
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError, PermissionError):
-                pass
+        end_controller(c)
+
+
+def end_controller(c: Controller) -> None:
+    """Stop a controller, its pilots, and the machines its local driver started."""
+    for p in c.pilots:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+    c.stop()
+    # machines the local driver started live in their own sessions: end them
+    for pid_file in (c.root / "data-machines").glob("*/*/pilot.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, PermissionError):
+            pass

@@ -68,6 +68,9 @@ class ApiClient:
     def summary(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/summary")
 
+    def overview(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/overview")
+
     def plans(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         return self.request("GET", "/api/v1/plans", params=params)

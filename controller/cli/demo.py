@@ -21,6 +21,7 @@ from controller.app import create_app
 from controller.auth import Role
 from controller.cli.client import ApiClient
 from controller.config.settings import EndpointConfig, Settings
+from controller.server import mark_closing
 from controller.store import Store
 
 TIME_LIMIT = 55.0
@@ -41,7 +42,7 @@ def demo_isolation() -> str:
 def demo_settings(root: Path, port: int) -> Settings:
     return Settings(
         database=root / "cloudpilot.db", data_dir=root / "data", port=port,
-        loop_interval=0.5, stalled_after=20,
+        loop_interval=0.5, stalled_after=20, sample_interval=2,
         endpoints=[EndpointConfig(
             name="local", cores=2, memory_mb=2048, slots=2, tags=["linux"], max_machines=3,
             max_starts_per_cycle=2, idle_timeout=3, heartbeat_interval=1, lost_after=15,
@@ -65,8 +66,9 @@ def demo_jobs() -> dict[str, list[dict[str, Any]]]:
 
 class Server:
     def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
         self.server = uvicorn.Server(uvicorn.Config(
-            create_app(settings), host=settings.host, port=settings.port, log_level="error"))
+            self.app, host=settings.host, port=settings.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> Server:
@@ -79,6 +81,7 @@ class Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        mark_closing(self.app)  # open event streams (a dashboard) end too
         self.server.should_exit = True
         self.thread.join(timeout=20)
 
@@ -92,7 +95,7 @@ def _line(summary: dict[str, Any], elapsed: float) -> str:
     return f"[{elapsed:5.1f}s] jobs: {jobs} | machines: {up} up, {boot} booting"
 
 
-def run_demo(keep: bool = False, out: Any = None) -> int:
+def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
     out = out or sys.stdout
     root = Path(tempfile.mkdtemp(prefix="cloudpilot-demo-"))
     settings = demo_settings(root, free_port())
@@ -103,6 +106,10 @@ def run_demo(keep: bool = False, out: Any = None) -> int:
         tokens[user] = store.tokens.issue(Role.USER, owner=user, note="demo")
     admin = store.tokens.issue(Role.ADMIN, note="demo")
     store.close()
+    for who, token in (("admin", admin), *tokens.items()):
+        f = root / f"{who}.token"
+        f.write_text(token + "\n")
+        f.chmod(0o600)
     print(f"cloudpilot demo: controller on {settings.url}, local endpoint 'local' "
           f"(up to 3 machines x 2 slots of 2 cores), data in {root}", file=out)
     if settings.endpoints[0].isolation == "none":
@@ -111,6 +118,8 @@ def run_demo(keep: bool = False, out: Any = None) -> int:
               "bubblewrap for the default isolation. !!!", file=out)
     else:
         print("payloads run sandboxed by bubblewrap (isolation = bwrap)", file=out)
+    print(f"dashboard: {settings.url}/  (log in with the token in {root}/admin.token, or "
+          f"alice.token, bob.token)", file=out, flush=True)
     start = time.monotonic()
     rc = 0
     try:
@@ -148,6 +157,14 @@ def run_demo(keep: bool = False, out: Any = None) -> int:
             if tty:
                 print(file=out)
             _summary(watch, out, time.monotonic() - start)
+            if stay:
+                print(f"\nthe controller stays up: dashboard {settings.url}/ (token in "
+                      f"{root}/admin.token); Ctrl-C to stop", file=out, flush=True)
+                try:
+                    while True:
+                        time.sleep(3600)
+                except KeyboardInterrupt:
+                    print(file=out)
     finally:
         if keep:
             print(f"kept {root}", file=out)

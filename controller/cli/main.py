@@ -44,19 +44,17 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
 
 # commands ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    import uvicorn
-
+    from controller import logs
     from controller.app import create_app
+    from controller.server import ControllerServer
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = _settings(args).model_copy(update=overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.setup(settings.log_format)
     print(f"cloudpilot controller on {settings.url} (database {settings.database}, "
           f"endpoints {', '.join(e.name for e in settings.endpoints) or 'none'})", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning")
+    ControllerServer(create_app(settings), host=settings.host, port=settings.port,
+                     log_level="warning", log_config=None).run()
     return 0
 
 
@@ -111,6 +109,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_job(args: argparse.Namespace) -> int:
     c = _client(args)
+    if args.follow:
+        from controller.cli.live import follow_job
+
+        return follow_job(c, args.id)
     j = c.job(args.id)
     print(f"job {j['id']} {j['name'] or ''}".rstrip())
     for k in ("state", "owner", "group", "executable", "arguments", "priority", "machine",
@@ -134,6 +136,13 @@ def cmd_job(args: argparse.Namespace) -> int:
             raise
         print("output: none yet")
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from controller.cli.live import watch
+
+    return watch(_client(args), plain=True if args.plain else None, once=args.once,
+                 interval=args.interval)
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
@@ -317,7 +326,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 tok = store.tokens.issue(Role.PILOT, endpoint=args.pilot,
                                          lifetime=args.lifetime, note=args.note)
             else:
-                tok = store.tokens.issue(Role.ADMIN, lifetime=args.lifetime, note=args.note)
+                role = Role.METRICS if args.metrics else Role.ADMIN
+                tok = store.tokens.issue(role, lifetime=args.lifetime, note=args.note)
             print(tok)
         elif args.admin_cmd == "users":
             print(_table([[u["name"], u["group"], u["share"]] for u in store.tokens.users()],
@@ -364,7 +374,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from controller.cli.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, stay=args.stay)
 
 
 # the parser -------------------------------------------------------------------------------
@@ -415,7 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("job", help="one job: state, events and output")
     client_opts(p)
     p.add_argument("id", type=int, help="job id")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="print its events as they happen, then its output, until it ends "
+                   "(exit status 0 if it ended done)")
     p.set_defaults(fn=cmd_job)
+
+    p = sub.add_parser("watch", help="a live view: jobs by state, machines by endpoint, spend")
+    client_opts(p)
+    p.add_argument("--plain", action="store_true",
+                   help="one plain line per change (the default when not on a terminal)")
+    p.add_argument("--once", action="store_true", help="print once and exit")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (2)")
+    p.set_defaults(fn=cmd_watch)
 
     p = sub.add_parser("kill", help="kill jobs")
     client_opts(p)
@@ -495,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--pilot", metavar="ENDPOINT",
                      help="a one-time bootstrap token: it registers one pilot of this endpoint")
     who.add_argument("--admin", action="store_true", help="an admin token")
+    who.add_argument("--metrics", action="store_true",
+                     help="a token that may only scrape GET /metrics (for Prometheus)")
     q.add_argument("--lifetime", type=float, help="seconds until it expires (never)")
     q.add_argument("--note", default="", help="what the token is for")
     q = asub.add_parser("users", help="list users")
@@ -539,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the whole loop on this machine with a local endpoint")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--stay", action="store_true", help="keep the controller up at the end, "
+                   "for a look at the dashboard, until Ctrl-C")
     p.set_defaults(fn=cmd_demo)
     return ap
 

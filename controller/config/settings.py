@@ -286,6 +286,13 @@ class Settings(BaseSettings):
     input_url_allow: list[str] = Field(
         default_factory=list, description="input URLs may reach these addresses (CIDRs) or "
         "host names although they are loopback, link-local, private or metadata addresses")
+    # issue 12: logs, the dashboard and its charts
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one JSON object a line, with endpoint, job, machine, pilot")
+    sample_interval: float = Field(60.0, gt=0, description="seconds between the fleet samples "
+                                   "the dashboard's charts draw")
+    sample_retention: float = Field(7 * 86400.0, gt=0, description="samples kept (s)")
+    session_lifetime: float = Field(12 * 3600.0, gt=0, description="dashboard login (s)")
     # the embedded default: one local endpoint whose machines are pilot processes on this host
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])

@@ -204,6 +204,28 @@ def m007_i9_pilot_credentials(db: Database) -> None:
     db.table("tokens").create_index(["pilot_id"])
 
 
+def i12_web_sessions(db: Database) -> None:
+    """Dashboard sessions: a random session id (only its hash kept) bound to the token that
+    logged in (revoking the token ends its sessions), with its CSRF secret."""
+    db.table("web_sessions").create(
+        {"hash": str, "token_id": int, "csrf": str, "created_at": float, "expires_at": float},
+        pk="hash", not_null={"token_id", "csrf", "created_at", "expires_at"})
+    db.table("web_sessions").create_index(["token_id"])
+
+
+def i12_samples(db: Database) -> None:
+    """A sample of the fleet every `sample_interval` seconds, for the overview's charts."""
+    db.table("samples").create(
+        {"at": float, "waiting": int, "running": int, "machines": int, "spend_rate": float},
+        pk="at")
+
+
+def i12_jobs_keyset(db: Database) -> None:
+    """The dashboard's job list sorted by last change pages by (updated_at, id): keyset
+    pagination, each page one index range whatever its depth (by id it needs no index)."""
+    db.execute("CREATE INDEX idx_jobs_updated ON jobs(updated_at, id)")
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
@@ -212,6 +234,9 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("005_ticks", m005_ticks),
     ("006_i10_plans_applying", m006_i10_plans_applying),
     ("007_i9_pilot_credentials", m007_i9_pilot_credentials),
+    ("008_i12_web_sessions", i12_web_sessions),
+    ("009_i12_samples", i12_samples),
+    ("010_i12_jobs_keyset", i12_jobs_keyset),
 ]
 
 

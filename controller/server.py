@@ -1,0 +1,26 @@
+"""Running the controller's app under uvicorn, telling open event streams when to end.
+
+uvicorn waits for open responses before it stops, and an event stream never ends by itself;
+so when a stop is asked for, the app's state says `closing` and every stream ends within a
+poll (controller/api/events.py)."""
+
+from __future__ import annotations
+
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def mark_closing(app: FastAPI) -> None:
+    app.state.closing = True
+
+
+class ControllerServer(uvicorn.Server):
+    def __init__(self, app: FastAPI, **config: object) -> None:
+        super().__init__(uvicorn.Config(app, **config))  # type: ignore[arg-type]
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        mark_closing(self.app)
+        super().handle_exit(sig, frame)
