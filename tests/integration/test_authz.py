@@ -39,10 +39,17 @@ class World:
     machine: str
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
 
-    def call(self, who: str, method: str, path: str, body: Any = None) -> httpx.Response:
+    def call(self, who: str, method: str, path: str, body: Any = None,
+             stream: bool = False) -> httpx.Response:
         token = self.tokens[who]
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return self.http.request(method, self.ctrl.url + path, json=body, headers=headers)
+        if not stream:
+            return self.http.request(method, self.ctrl.url + path, json=body, headers=headers)
+        # an endless stream (server-sent events): its status, and the body of a refusal only
+        with self.http.stream(method, self.ctrl.url + path, headers=headers) as r:
+            if r.status_code >= 400:
+                r.read()
+            return r
 
     def waiting_job(self) -> int:
         (jid,) = self.ctrl.submit("alice", sh("true"))
@@ -116,6 +123,7 @@ class Route:
     allowed: dict[str, int]  # live callers -> status; every other live caller: 403
     body: Callable[[World, str], Any] = lambda w, who: None
     open: bool = False  # no token needed
+    stream: bool = False  # an endless answer (server-sent events)
 
 
 def users(ok: int, b: int | None = None, job: int | None = None,
@@ -163,7 +171,10 @@ ROUTES = [
           users(422)),  # not an SSH endpoint
     Route("GET", "/api/v1/endpoints/{endpoint}/hosts/events",
           own("/api/v1/endpoints/manual/hosts/events"), users(422)),
-    # admins only
+    Route("GET", "/api/v1/overview", own("/api/v1/overview"), users(200)),
+    Route("GET", "/api/v1/events", own("/api/v1/events"), users(200), stream=True),
+    # admins only (and, for /metrics, a metrics token)
+    Route("GET", "/metrics", own("/metrics"), {"admin": 200}),
     Route("POST", "/api/v1/plans/{plan_id}/approve", own("/api/v1/plans/999999/approve"),
           {"admin": 404}),
     Route("POST", "/api/v1/endpoints/{name}/down", own("/api/v1/endpoints/spare/down"),
@@ -227,7 +238,8 @@ def test_the_authorization_matrix(world):
         # callers that may act go last, so what they change (a kill, a goodbye) is not
         # what the others are refused on
         for who in sorted(CALLERS, key=lambda c: expected(route, c) < 400):
-            r = world.call(who, route.method, route.url(world), route.body(world, who))
+            r = world.call(who, route.method, route.url(world), route.body(world, who),
+                           stream=route.stream)
             cells += 1
             want = expected(route, who)
             if r.status_code != want:
