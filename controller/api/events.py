@@ -47,7 +47,7 @@ def parse_kinds(kinds: str | None) -> tuple[str, ...]:
 
 
 @router.get("/events", response_class=StreamingResponse, responses={200: {
-    "content": {"text/event-stream": {}},
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
     "description": "a stream of `id:`, `event:` (the kind) and `data:` (JSON) records"}})
 async def events(
     request: Request, p: Viewer,

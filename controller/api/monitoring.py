@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.api.deps import AnyPrincipal, SettingsDep, StoreDep
+from controller.api.responses import OverviewOut
 from controller.api.viewer import Viewer
 from controller.auth import Role
 from controller.errors import Forbidden
@@ -22,7 +22,8 @@ router = APIRouter(tags=["monitoring"])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {
-    "content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}})
+    "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+    "description": "Prometheus text format"}})
 def metrics(request: Request, p: AnyPrincipal) -> Response:
     """Every metric in the README's table. Scraped with an admin token or a metrics token
     (`cloudpilot admin create-token --metrics`)."""
@@ -38,11 +39,11 @@ def day_start(now: float) -> float:
                                                microsecond=0).timestamp()
 
 
-@router.get("/api/v1/overview")
-def overview(store: StoreDep, settings: SettingsDep, p: Viewer) -> dict[str, Any]:
+@router.get("/api/v1/overview", response_model=OverviewOut)
+def overview(store: StoreDep, settings: SettingsDep, p: Viewer) -> OverviewOut:
     """Jobs by state (yours, or everyone's for an admin), machines by endpoint and state, and
     spend per endpoint: USD per hour now, USD today (since local midnight) and in all."""
     now = time.time()
-    return views.overview(store, configured_prices(settings),
-                          None if p.role == Role.ADMIN else p.owner, now,
-                          day_start(now)).to_dict()
+    seen = views.overview(store, configured_prices(settings),
+                          None if p.role == Role.ADMIN else p.owner, now, day_start(now))
+    return OverviewOut(**seen.to_dict())

@@ -231,3 +231,14 @@ class TokenInfoOut(BaseModel):
     created_at: float
     expires_at: float | None
     note: str | None
+
+
+class OverviewOut(BaseModel):
+    """The dashboard's overview: jobs by state (yours, or everyone's for an admin), machines
+    by endpoint and state, and spend per endpoint."""
+
+    jobs: dict[str, int] = Field(description="jobs by state")
+    machines: dict[str, dict[str, int]] = Field(description="endpoint -> state -> count")
+    spend_rate: dict[str, float] = Field(description="endpoint -> USD per hour now")
+    spent_today: dict[str, float] = Field(description="endpoint -> USD since local midnight")
+    spent_total: dict[str, float] = Field(description="endpoint -> USD in all")
