@@ -85,7 +85,9 @@ def cli(ctrl, *args):
 
 def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
         make_controller, hosts):
-    ctrl = controller(make_controller, hosts, ssh_endpoint(hosts, idle_timeout=6))
+    # idle_timeout 10: the pilots' own safety net (2 x 10 + 5 s) leaves the controller time
+    # to stop each one by name even when a stop-pilot run takes 10 s on a busy machine
+    ctrl = controller(make_controller, hosts, ssh_endpoint(hosts, idle_timeout=10))
     ids = ctrl.submit("alice", *[sh("sleep 1.5; echo on $(cat /proc/sys/kernel/hostname)",
                                     memory_mb=256)] * 12)
     peak, stop = 0, threading.Event()
@@ -120,11 +122,14 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     assert redeploy.changed == {f"deploy-pilot.yml ssh-h{i}": 0 for i in (1, 2, 3)}
 
     # idle for idle_timeout: the controller stops each pilot, by name, with stop-pilot.yml
-    def stopped(name):
-        return any(e["reason"] == "stop-pilot: [changed] Stop the pilot"
-                   for e in machine_events(ctrl, name))
+    # ([changed]; or [ok] when the pilot, told to drain at its heartbeat because its machine
+    # is stopping, left before the playbook reached the host)
+    stops = ("stop-pilot: [changed] Stop the pilot", "stop-pilot: [ok] Stop the pilot")
 
-    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 40, 0.3,
+    def stopped(name):
+        return any(e["reason"] in stops for e in machine_events(ctrl, name))
+
+    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 60, 0.3,
                "idle pilots to be stopped")
     assert all(machine(ctrl, f"ssh-h{i}")["state"] == "stopped" for i in (1, 2, 3))
     assert all(not h.processes(PILOT) for h in hosts.hosts)
@@ -133,7 +138,7 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     assert moves == ["stopped", "requested", "booting", "running", "stopping", "stopped"]
     notes = [e["reason"] for e in ev if e["from_state"] == e["to_state"]]
     assert "deploy-pilot: [changed] Start the pilot" in notes
-    assert "stop-pilot: [changed] Stop the pilot" in notes
+    assert set(stops) & set(notes)
     assert "idle for" in next(e["reason"] for e in ev if e["to_state"] == "stopping")
     # before it joined, h1 had no machine: its probe's tasks are events of the host
     assert any(e["event"] == "ansible" and e["detail"].startswith(
