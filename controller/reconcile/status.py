@@ -26,24 +26,25 @@ class EndpointStatus:
     def failed(self, message: str, now: float, back_off: bool = True) -> None:
         """The endpoint failed: error state and an event; with `back_off`, its kind is left
         alone for a doubling delay."""
-        with self._lock:
+        # one transaction: an operator's `up` (which clears the back-off) comes before or
+        # after this failure, never in the middle of counting it
+        with self._lock, self.store.tx():
             msg = one_line(message)
             if back_off:
                 backoff = self.backoff().failed(now)
                 self.store.endpoints.set_backoff(self.endpoint, backoff)
                 msg = (f"{msg} (attempt {backoff.failures}; retry in "
                        f"{backoff.wait(now):.0f}s)")
-            log.warning("endpoint %s: %s", self.endpoint, msg)
-            with self.store.tx():
-                self.store.endpoints.set_state(self.endpoint, EndpointState.ERROR, msg, now)
-                self.store.endpoints.event(self.endpoint, EndpointState.ERROR.value, msg, now)
+            self.store.endpoints.set_state(self.endpoint, EndpointState.ERROR, msg, now)
+            self.store.endpoints.event(self.endpoint, EndpointState.ERROR.value, msg, now)
             self._shown = (EndpointState.ERROR, msg)
+        log.warning("endpoint %s: %s", self.endpoint, msg)
 
     def ok(self, now: float, message: str = "", down_by: str | None = None,
            reset: bool = False) -> None:
         """The endpoint works (or is down, as an operator asked); after an error, say it
         recovered."""
-        with self._lock:
+        with self._lock, self.store.tx():
             if reset or self.backoff().failures:
                 self.store.endpoints.set_backoff(self.endpoint, Backoff())
             state = EndpointState.DOWN if down_by else EndpointState.OK
@@ -51,11 +52,10 @@ class EndpointStatus:
                 message = f"taken down by {down_by}"
             if self._shown == (state, message):
                 return  # write only what changed
-            with self.store.tx():
-                self.store.endpoints.set_state(self.endpoint, state, message, now)
-                if self._shown is not None and self._shown[0] == EndpointState.ERROR:
-                    self.store.endpoints.event(self.endpoint, state.value,
-                                               message or "the endpoint works again", now)
+            self.store.endpoints.set_state(self.endpoint, state, message, now)
+            if self._shown is not None and self._shown[0] == EndpointState.ERROR:
+                self.store.endpoints.event(self.endpoint, state.value,
+                                           message or "the endpoint works again", now)
             self._shown = (state, message)
 
     def report(self, outcome: Outcome, now: float) -> None:

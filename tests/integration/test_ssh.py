@@ -102,7 +102,8 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     t = threading.Thread(target=watch)
     t.start()
     try:
-        done = [ctrl.wait_state(i, "done", "failed", timeout=60) for i in ids]
+        # a first contact copies the pilot to each host: 30-45 s on a busy 2-core machine
+        done = [ctrl.wait_state(i, "done", "failed", timeout=120) for i in ids]
     finally:
         stop.set()
         t.join()
@@ -123,11 +124,14 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     assert redeploy.changed == {f"deploy-pilot.yml ssh-h{i}": 0 for i in (1, 2, 3)}
 
     # idle for idle_timeout: the controller stops each pilot, by name, with stop-pilot.yml
-    def stopped(name):
-        return any(e["reason"] == "stop-pilot: [changed] Stop the pilot"
-                   for e in machine_events(ctrl, name))
+    # ([changed]; or [ok] when the pilot, told to drain at its heartbeat because its machine
+    # is stopping, left before the playbook reached the host)
+    stops = ("stop-pilot: [changed] Stop the pilot", "stop-pilot: [ok] Stop the pilot")
 
-    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 40, 0.3,
+    def stopped(name):
+        return any(e["reason"] in stops for e in machine_events(ctrl, name))
+
+    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 60, 0.3,
                "idle pilots to be stopped")
     assert all(machine(ctrl, f"ssh-h{i}")["state"] == "stopped" for i in (1, 2, 3))
     assert all(not h.processes(PILOT) for h in hosts.hosts)
@@ -136,7 +140,7 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     assert moves == ["stopped", "requested", "booting", "running", "stopping", "stopped"]
     notes = [e["reason"] for e in ev if e["from_state"] == e["to_state"]]
     assert "deploy-pilot: [changed] Start the pilot" in notes
-    assert "stop-pilot: [changed] Stop the pilot" in notes
+    assert set(stops) & set(notes)
     assert "idle for" in next(e["reason"] for e in ev if e["to_state"] == "stopping")
     # before it joined, h1 had no machine: its probe's tasks are events of the host
     assert any(e["event"] == "ansible" and e["detail"].startswith(
@@ -169,7 +173,7 @@ def test_a_host_that_dies_is_unreachable_and_its_jobs_run_elsewhere(make_control
     hosts.host("h2").crash(marker="/ssh-h2/")  # sshd, pilot and payloads die at once
 
     for jid in on_h2:
-        j = ctrl.wait_state(jid, "done", timeout=40)
+        j = ctrl.wait_state(jid, "done", timeout=90)
         assert j["machine"] in ("ssh-h1", "ssh-h3") and j["retries"] == 1
     assert all(ctrl.wait_state(i, "done", timeout=30) for i in ids)
     m = wait_until(lambda: (m := machine(ctrl, "ssh-h2"))["state"] == "unreachable" and m,
@@ -257,7 +261,7 @@ def test_a_vm_joining_over_ssh_receives_work_and_leaves(make_controller, hosts):
                20, 0.3, "vm-1 to join")
     ids = ctrl.submit("bob", *[sh("echo hello from the vm", memory_mb=256)] * 3)
     for jid in ids:
-        j = ctrl.wait_state(jid, "done", timeout=40)
+        j = ctrl.wait_state(jid, "done", timeout=90)
         assert j["machine"] == "cloud-vm-1"
     # an operator takes the endpoint down: its pilot stops, none starts until `up`
     cli(ctrl, "down", "cloud")
