@@ -102,7 +102,8 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     t = threading.Thread(target=watch)
     t.start()
     try:
-        done = [ctrl.wait_state(i, "done", "failed", timeout=60) for i in ids]
+        # the first deploy (Ansible over SSH) takes seconds, much longer on a busy machine
+        done = [ctrl.wait_state(i, "done", "failed", timeout=150) for i in ids]
     finally:
         stop.set()
         t.join()
