@@ -128,7 +128,7 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
         return any(e["reason"] == "stop-pilot: [changed] Stop the pilot"
                    for e in machine_events(ctrl, name))
 
-    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 40, 0.3,
+    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 90, 0.3,
                "idle pilots to be stopped")
     assert all(machine(ctrl, f"ssh-h{i}")["state"] == "stopped" for i in (1, 2, 3))
     assert all(not h.processes(PILOT) for h in hosts.hosts)
