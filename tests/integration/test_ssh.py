@@ -103,7 +103,7 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     t.start()
     try:
         # a first contact copies the pilot to each host: 30-45 s on a busy 2-core machine
-        done = [ctrl.wait_state(i, "done", "failed", timeout=120) for i in ids]
+        done = [ctrl.wait_state(i, "done", "failed", timeout=150) for i in ids]
     finally:
         stop.set()
         t.join()
@@ -131,7 +131,7 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     def stopped(name):
         return any(e["reason"] in stops for e in machine_events(ctrl, name))
 
-    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 60, 0.3,
+    wait_until(lambda: all(stopped(f"ssh-h{i}") for i in (1, 2, 3)), 90, 0.3,
                "idle pilots to be stopped")
     assert all(machine(ctrl, f"ssh-h{i}")["state"] == "stopped" for i in (1, 2, 3))
     assert all(not h.processes(PILOT) for h in hosts.hosts)
