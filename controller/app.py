@@ -22,6 +22,7 @@ from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
 from controller.errors import CloudpilotError
 from controller.notify import Notifier
+from controller.reconcile.batch import make_batch_endpoint
 from controller.reconcile.hosts import make_ssh_driver
 from controller.reconcile.loop import Reconciler
 from controller.services.secrets import stored_pilot_token
@@ -45,6 +46,9 @@ def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
             drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
         elif ep.driver == "ssh":
             drivers[ep.name] = make_ssh_driver(settings, store, ep)
+        elif ep.driver == "slurm":
+            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
+            drivers[ep.name] = make_batch_endpoint(settings, ep, token)
         elif ep.driver in ("aws", "openstack"):
             from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
 

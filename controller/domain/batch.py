@@ -197,8 +197,8 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
             reasons.append(f"submitting {n} pilot jobs for {demand:.1f} pilots of waiting work")
         new = n
     start = tuple(machine_name(spec.name, last_seq + i + 1) for i in range(new))
-    gone = {r.name for r in removals}
-    wanted = tuple(sorted([p.machine.name for p in kept if p.machine.name not in gone]
+    removed = {r.name for r in removals}
+    wanted = tuple(sorted([p.machine.name for p in kept if p.machine.name not in removed]
                           + list(start)))
     return BatchDecision(Decision(spec.name, start, tuple(removals), wanted, demand,
                                   tuple(reasons)), tuple(cancel), tuple(interrupted),

@@ -86,7 +86,9 @@ class Reconciler:
                 continue
             self.store.machines.record_observed(
                 ep.name, {m.name: (m.address, m.detail) for m in seen[ep.name]})
-            if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/reconcile/hosts.py)
+            # SSH hosts: heartbeats tell (reconcile/hosts.py); kinds with their own
+            # reconcile step judge their machines there (reconcile/batch.py)
+            if ep.driver != "ssh" and not hasattr(driver, "reconcile"):
                 requeued += self._gone(ep.name, seen[ep.name], now)
             pairing.sync(self.store, ep, seen[ep.name], now)
         cutoff = now - self.settings.stalled_after
@@ -196,6 +198,10 @@ class Reconciler:
         assert ep is not None
         if isinstance(driver, SshDriver):
             self.last[endpoint], requeued = reconcile_hosts(self, ep, driver, now)
+            return self.last[endpoint], requeued
+        own = getattr(driver, "reconcile", None)
+        if own is not None:  # an endpoint kind with its own step (batch systems)
+            self.last[endpoint], requeued = own(self, ep, now)
             return self.last[endpoint], requeued
         marks = self.store.plans.marks(endpoint)
         inputs = ticks.snapshot(ep.spec(), self.queue,
