@@ -31,8 +31,16 @@ SYSTEMS: dict[str, Callable[[EndpointConfig], BatchSystem]] = {"slurm": Slurm}
 class Snapshot:
     """The batch system's answer to the last status query."""
 
-    jobs: dict[str, BatchJob] = field(default_factory=dict)  # by machine
+    jobs: dict[str, BatchJob] = field(default_factory=dict)  # by job id
     at: float | None = None  # when it was asked (None: not yet)
+
+    def latest(self) -> dict[str, BatchJob]:
+        """The newest job of each machine (a name may recur after the controller's database
+        was reset, while the batch system still remembers the old job)."""
+        out: dict[str, BatchJob] = {}
+        for j in sorted(self.jobs.values(), key=lambda j: (len(j.id), j.id)):
+            out[j.machine] = j
+        return out
 
 
 class BatchDriver:
@@ -128,12 +136,12 @@ class BatchDriver:
         """Ask the batch system for every pilot job of this endpoint. A job seen running gets
         the controller's time of first sight as its start (clocks of sites differ)."""
         asked = self.clock()
-        jobs = {j.machine: j for j in self.system.status(self.shell, self.name)}
-        for m, j in list(jobs.items()):
+        jobs = {j.id: j for j in self.system.status(self.shell, self.name)}
+        for i, j in list(jobs.items()):
             if j.state == BatchState.RUNNING:
-                since = self._running_since.setdefault(m, asked)
-                jobs[m] = dataclasses.replace(j, started_at=since)
-        self._running_since = {m: t for m, t in self._running_since.items() if m in jobs}
+                since = self._running_since.setdefault(i, asked)
+                jobs[i] = dataclasses.replace(j, started_at=since)
+        self._running_since = {i: t for i, t in self._running_since.items() if i in jobs}
         self.snapshot = Snapshot(jobs, asked)
         return self.snapshot
 
@@ -142,7 +150,7 @@ class BatchDriver:
         """The pilot jobs as last reported (the query itself runs in the worker)."""
         return [ObservedMachine(m, j.state != BatchState.ENDED, j.node,
                                 f"{self.system.name} job {j.id}: {j.detail}")
-                for m, j in self.snapshot.jobs.items()]
+                for m, j in self.snapshot.latest().items()]
 
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         return PlanDiff.between(self.name, current, wanted)
@@ -156,6 +164,6 @@ class BatchDriver:
                 errors[m] = str(got)
             else:
                 created.append(m)
-        ids = [j.id for m, j in self.snapshot.jobs.items() if m in diff.delete]
+        ids = [j.id for m, j in self.snapshot.latest().items() if m in diff.delete]
         self.cancel(ids)
         return ApplyResult(tuple(created), tuple(diff.delete), errors)

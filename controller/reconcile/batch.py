@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from controller.config.settings import EndpointConfig, Settings
 from controller.domain.batch import BatchSpec, BatchState, PilotJob, decide_batch
-from controller.domain.machines import LIVE_STATES, MachineState
+from controller.domain.machines import MachineState
 from controller.domain.plans import PlanDiff
 from controller.domain.scheduling import Decision
 from controller.drivers.base import ApplyResult, ObservedMachine
@@ -72,7 +72,7 @@ class BatchEndpoint:
         for v in r._views(ep.name, ep.slots):
             info = json.loads(rows[v.name]["info"] or "{}") if v.name in rows else {}
             pilots.append(PilotJob(v, info.get("batch_job"), info.get("submitted_at"),
-                                   snap.jobs.get(v.name)))
+                                   snap.jobs.get(str(info.get("batch_job")))))
         down_by = store.plans.marks(ep.name).down_by
         bd = decide_batch(batch_spec(ep), r.queue, pilots, now,
                           store.machines.last_seq(ep.name), seen_at=snap.at,
@@ -95,9 +95,9 @@ class BatchEndpoint:
                                         "slots": ep.slots})
         ids = {p.machine.name: p.batch_id for p in pilots if p.batch_id}
         cancel = [ids[n] for n in bd.cancel if n in ids]
-        live = {n for n, m in rows.items() if M(m["state"]) in LIVE_STATES} - set(bd.cancel)
-        cancel += [j.id for m, j in snap.jobs.items()  # left over: its machine is gone
-                   if j.state != BatchState.ENDED and m not in live and m not in ids]
+        mine = set(ids.values())  # jobs of live machines; any other that runs is left over
+        cancel += [i for i, j in snap.jobs.items() if j.state != BatchState.ENDED
+                   and i not in mine and i not in cancel]
         d.in_background(lambda: self._work(r, ep, decision.start, cancel, down_by))
         return decision, requeued
 
