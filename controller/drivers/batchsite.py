@@ -86,7 +86,9 @@ class BatchDriver:
         self.worker.run(work)
 
     def close(self) -> None:
-        """Nothing to cancel: every command is bounded by command_timeout."""
+        """Let work under way finish (each command is bounded by command_timeout), so that
+        what it did is recorded before the store closes."""
+        self.worker.wait(self.cfg.command_timeout)
 
     # the commands ------------------------------------------------------------------------
     def place(self) -> list[str]:

@@ -34,3 +34,8 @@ class Worker:
 
         self._thread = threading.Thread(target=guarded, name=self.name, daemon=True)
         self._thread.start()
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for work under way to end (at shutdown)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
