@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from controller.domain.batch import BatchJob
-from controller.drivers.remote import RemoteShell
+from controller.drivers.remote import Shell
 from controller.errors import DriverError
 
 JOB_PREFIX = "cp-"  # pilot jobs are named cp-MACHINE (machine names are ENDPOINT-NNNN)
@@ -53,12 +53,12 @@ class BatchSystem(Protocol):
 
     def script(self) -> str: ...
 
-    def submit(self, shell: RemoteShell, base: str,
+    def submit(self, shell: Shell, base: str,
                pilots: Sequence[PilotSubmission]) -> dict[str, str | BatchCommandError]: ...
 
-    def status(self, shell: RemoteShell, endpoint: str) -> list[BatchJob]: ...
+    def status(self, shell: Shell, endpoint: str) -> list[BatchJob]: ...
 
-    def cancel(self, shell: RemoteShell, ids: Sequence[str]) -> None: ...
+    def cancel(self, shell: Shell, ids: Sequence[str]) -> None: ...
 
 
 def remote_base(remote_dir: str, endpoint: str) -> str:

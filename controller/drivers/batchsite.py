@@ -18,7 +18,7 @@ from controller.domain.plans import PlanDiff
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.batch import BatchCommandError, BatchSystem, PilotSubmission, remote_base
 from controller.drivers.bundle import pilot_zipapp
-from controller.drivers.remote import RemoteShell
+from controller.drivers.remote import RemoteSession, RemoteShell
 from controller.drivers.slurm import Slurm
 from controller.drivers.worker import Worker
 from controller.errors import DriverError
@@ -64,9 +64,10 @@ class BatchDriver:
         known[0].touch(mode=0o600, exist_ok=True)
         if self.cfg.known_hosts is not None:
             known.insert(0, self.cfg.known_hosts.expanduser())
-        self.shell = RemoteShell(self.cfg.address, self.cfg.port, self.cfg.user, self.cfg.key,
-                                 tuple(known), self.cfg.trust_on_first_use,
-                                 self.cfg.connect_timeout, self.cfg.command_timeout)
+        c = self.cfg  # one connection and one remote shell for all commands
+        self.shell = RemoteSession(RemoteShell(c.address, c.port, c.user, c.key, tuple(known),
+                                               c.trust_on_first_use, c.connect_timeout,
+                                               c.command_timeout))
         self.base = remote_base(self.cfg.remote_dir, ep.name)
         self.files = {"pilot.pyz": pilot_zipapp(self.root / "pilot.pyz").read_bytes(),
                       "pilot.sh": system.script().encode()}
@@ -89,6 +90,7 @@ class BatchDriver:
         """Let work under way finish (each command is bounded by command_timeout), so that
         what it did is recorded before the store closes."""
         self.worker.wait(self.cfg.command_timeout)
+        self.shell.close()
 
     # the commands ------------------------------------------------------------------------
     def place(self) -> list[str]:

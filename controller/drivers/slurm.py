@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from controller.config.settings import EndpointConfig, SlurmConfig
 from controller.domain.batch import BatchJob, BatchState
 from controller.drivers.batch import JOB_PREFIX, BatchCommandError, PilotSubmission
-from controller.drivers.remote import RemoteShell
+from controller.drivers.remote import Shell
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
            "RESV_DEL_HOLD", "SUSPENDED", "RESIZING"}
@@ -70,7 +70,7 @@ class Slurm:
                 opts.append(f"{flag}={value}")
         return opts + list(c.sbatch_options)
 
-    def submit(self, shell: RemoteShell, base: str,
+    def submit(self, shell: Shell, base: str,
                pilots: Sequence[PilotSubmission]) -> dict[str, str | BatchCommandError]:
         """Write each pilot's config (read from stdin, one line each: they hold tokens) to
         BASE/MACHINE/pilot.json with mode 0600 and sbatch it, all in one SSH session."""
@@ -108,14 +108,14 @@ done
             got.setdefault(p.machine, BatchCommandError("sbatch gave no answer"))
         return got
 
-    def status(self, shell: RemoteShell, endpoint: str) -> list[BatchJob]:
+    def status(self, shell: Shell, endpoint: str) -> list[BatchJob]:
         """Every pilot job of this endpoint (this user's jobs named cp-ENDPOINT-...), in any
         state Slurm still remembers."""
         fmt = SEP.join(["%i", "%j", "%T", "%r", "%N"])
         _, out, _ = shell.run(f'squeue -h -t all -u "$(id -un)" -o {shlex.quote(fmt)}')
         return parse_squeue(out, endpoint)
 
-    def cancel(self, shell: RemoteShell, ids: Sequence[str]) -> None:
+    def cancel(self, shell: Shell, ids: Sequence[str]) -> None:
         if not ids:
             return
         rc, out, err = shell.run("scancel " + " ".join(shlex.quote(i) for i in ids),

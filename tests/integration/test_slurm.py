@@ -9,6 +9,10 @@ import time
 
 import pytest
 
+from controller.config.settings import EndpointConfig
+from controller.domain.batch import BatchState
+from controller.drivers.batchsite import SYSTEMS, BatchDriver
+from controller.drivers.remote import Unreachable
 from tests.conftest import peaks, sh, wait_until
 from tests.slurmcluster import SlurmCluster
 
@@ -129,3 +133,45 @@ def test_a_job_longer_than_the_wall_time_waits_with_that_reason_and_errors_are_s
                                   if e["name"] == "hpc" and e["state"] == "error"), None),
                     30, what="the endpoint error")
     assert "invalid partition specified: nosuchpartition" in ep["message"]
+
+
+def test_the_login_nodes_host_key_is_checked_and_secrets_stay_off_command_lines(
+        cluster, tmp_path):
+    ep = EndpointConfig(**slurm_endpoint(cluster))
+    assert ep.slurm is not None
+    stranger = ep.model_copy(update={"slurm": ep.slurm.model_copy(
+        update={"known_hosts": tmp_path / "empty_known_hosts"})})
+    (tmp_path / "empty_known_hosts").write_text("")
+    d = BatchDriver(stranger, tmp_path / "a", "http://127.0.0.1:9", "secret-token",
+                    SYSTEMS["slurm"](stranger))
+    with pytest.raises(Unreachable, match="Host key verification failed"):
+        d.refresh()
+    d.close()
+
+    d = BatchDriver(ep, tmp_path / "b", "http://127.0.0.1:9", "secret-token-123",
+                    SYSTEMS["slurm"](ep.model_copy(update={"slurm": ep.slurm.model_copy(
+                        update={"sbatch_options": ["--hold"]})})))
+    try:
+        [job_id] = d.submit(["hpc-0901"]).values()
+        assert isinstance(job_id, str)
+        cfg = cluster.root / "remote" / "hpc" / "hpc-0901" / "pilot.json"
+        assert cfg.stat().st_mode & 0o777 == 0o600
+        assert json.loads(cfg.read_text())["token"] == "secret-token-123"
+        # the one SSH session's command lines, here and on the login node, hold no token
+        ssh = d.shell.proc
+        assert ssh is not None and ssh.poll() is None
+        lines = [_cmdline(ssh.pid)] + [_cmdline(p) for p in cluster.login.processes()]
+        assert all("secret-token" not in ln for ln in lines)
+        assert d.refresh().jobs[job_id].state == BatchState.PENDING  # held
+        d.cancel([job_id])
+    finally:
+        d.close()
+    assert ssh.poll() is not None  # the session's ssh ended with the driver
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
