@@ -9,7 +9,7 @@ temporary database) with a Slurm endpoint reaching that login node over SSH. Mea
   scheduled by Slurm, started, and its pilot to register and match (each `--rounds` times);
 - pilot idle: a pilot job already runs there, idle (a long-poll, woken by the submission);
 - submission rate: `--pilots` pilot jobs submitted by the driver in one SSH session (held in
-  Slurm with --hold, then cancelled), and the same number one session each;
+  Slurm with --hold, then cancelled), and the same number one sbatch command each;
 - one status query (squeue over SSH).
 Latency = the job's `started_at` (the controller's clock) - the time just before the submit
 request. Everything temporary is removed and every daemon stopped at the end."""
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  pilot idle in a running Slurm job                        "
           f"{r['pilot_idle_median_s']:6.3f} s  (median of {r['pilot_idle_s']})")
     print(f"pilot jobs submitted per second, {args.pilots} in one SSH session: "
-          f"{r['one_session_per_s']:.1f}/s; one session each: {r['one_each_per_s']:.1f}/s")
+          f"{r['one_session_per_s']:.1f}/s; one sbatch per command: {r['one_each_per_s']:.1f}/s")
     print(f"one status query (squeue -t all over SSH): {r['status_query_s']:.2f} s")
     return 0
 
