@@ -38,7 +38,6 @@ from controller.drivers.ansible import (
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.bundle import pilot_zipapp
 from controller.drivers.remote import ssh_options
-from controller.drivers.worker import Worker
 
 log = logging.getLogger("cloudpilot.ssh")
 SSH_ARGS = "-o ControlMaster=no -o ControlPersist=no"  # leave no `ssh [mux]` process behind
@@ -114,7 +113,7 @@ class SshDriver:
         self.known_hosts.touch(mode=0o600, exist_ok=True)
         self.hosts: dict[str, HostTarget] = {}
         self.cancel = threading.Event()
-        self.worker = Worker(f"ssh-{self.name}")
+        self._worker: threading.Thread | None = None
         end_orphaned_runs(self.root / "runs")  # from a controller that died mid-run
         self._sha_ctl = hashlib.sha1((PLAYBOOKS / "files" / "pilotctl.sh").read_bytes())
         self._sha_pyz = hashlib.sha1(self.bundle.read_bytes()).hexdigest()
@@ -136,12 +135,23 @@ class SshDriver:
     # one run at a time, off the loop's thread ----------------------------------------------
     @property
     def busy(self) -> bool:
-        """Work of this endpoint is under way in its worker thread."""
-        return self.worker.busy
+        """An Ansible run of this endpoint is under way."""
+        return self._worker is not None and self._worker.is_alive()
 
     def in_background(self, work: Callable[[], None]) -> None:
-        """Run `work` in this endpoint's worker thread, one at a time (drivers/worker.py)."""
-        self.worker.run(work)
+        """Run `work` (Ansible runs and recording their results) in this endpoint's worker
+        thread; one at a time. Its failures are logged, never raised into the loop."""
+        if self.busy:
+            raise RuntimeError(f"endpoint {self.name}: an Ansible run is already under way")
+
+        def guarded() -> None:
+            try:
+                work()
+            except Exception:
+                log.exception("endpoint %s: SSH work failed", self.name)
+
+        self._worker = threading.Thread(target=guarded, name=f"ssh-{self.name}", daemon=True)
+        self._worker.start()
 
     # the driver interface ----------------------------------------------------------------
     def observe(self) -> list[ObservedMachine]:
