@@ -135,6 +135,31 @@ def test_a_job_longer_than_the_wall_time_waits_with_that_reason_and_errors_are_s
     assert "invalid partition specified: nosuchpartition" in ep["message"]
 
 
+def test_pilot_jobs_pending_too_long_are_cancelled_and_the_endpoint_backs_off(
+        make_controller, cluster):
+    ctrl = start(make_controller, cluster, slurm={
+        "sbatch_options": ["--hold"],  # the site's queue does not move
+        "pending_timeout": 3, "pending_backoff": 60, "max_queued": 2})
+    ctrl.submit("alice", *[sh("true", memory_mb=128)] * 3)
+    wait_until(lambda: len(cluster.jobs("PENDING")) == 2, 20, what="two pilot jobs pending")
+    assert len(cluster.jobs("PENDING")) == 2  # max_queued, though 3 jobs wait
+
+    def backing_off():
+        ep = get(ctrl, "/api/v1/endpoints")[0]
+        reasons = " ".join((ep["last_decision"] or {}).get("reasons", []))
+        return "none submitted for" in reasons and ep
+
+    wait_until(backing_off, 20, what="the back-off")
+    wait_until(lambda: not cluster.jobs("PENDING"), 20, what="the pending jobs cancelled")
+    ms = machines(ctrl)
+    assert sorted(m["state"] for m in ms.values()) == ["stopped", "stopped"]
+    assert all("pending in the batch system for" in (e["reason"] or "")
+               for m in ms for e in get(ctrl, f"/api/v1/machines/{m}/events")
+               if e["to_state"] == "stopping")
+    time.sleep(2)
+    assert not cluster.jobs("PENDING", "RUNNING") and len(machines(ctrl)) == 2  # held
+
+
 def test_the_login_nodes_host_key_is_checked_and_secrets_stay_off_command_lines(
         cluster, tmp_path):
     ep = EndpointConfig(**slurm_endpoint(cluster))
