@@ -178,10 +178,10 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
                 queued += 1
     new = max(0, math.ceil(demand - supply - 1e-9))
     if new and down_by:
-        reasons.append(f"{new} pilot jobs wanted; none submitted: taken down by {down_by}")
+        reasons.append(f"{_jobs(new)} wanted; none submitted: taken down by {down_by}")
         new = 0
     elif new and now < hold_until:
-        reasons.append(f"{new} pilot jobs wanted; none submitted for {hold_until - now:.0f}s "
+        reasons.append(f"{_jobs(new)} wanted; none submitted for {hold_until - now:.0f}s "
                        "more (a pilot job pended too long)")
         new = 0
     elif new:
@@ -191,10 +191,10 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
         n = max(0, min(new, *caps.values()))
         if n < new:
             held = ", ".join(f"{k} leaves {max(v, 0)}" for k, v in caps.items() if v < new)
-            reasons.append(f"{new} pilot jobs wanted for {demand:.1f} pilots of waiting work; "
+            reasons.append(f"{_jobs(new)} wanted for {demand:.1f} pilots of waiting work; "
                            f"submitting {n} ({held}; {queued} pending, {len(kept)} live)")
         else:
-            reasons.append(f"submitting {n} pilot jobs for {demand:.1f} pilots of waiting work")
+            reasons.append(f"submitting {_jobs(n)} for {demand:.1f} pilots of waiting work")
         new = n
     start = tuple(machine_name(spec.name, last_seq + i + 1) for i in range(new))
     removed = {r.name for r in removals}
@@ -203,6 +203,10 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
     return BatchDecision(Decision(spec.name, start, tuple(removals), wanted, demand,
                                   tuple(reasons)), tuple(cancel), tuple(interrupted),
                          hold_until)
+
+
+def _jobs(n: int) -> str:
+    return f"{n} pilot job{'' if n == 1 else 's'}"
 
 
 def _unseen(p: PilotJob, seen_at: float | None) -> bool:

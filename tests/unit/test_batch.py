@@ -155,3 +155,25 @@ def test_the_example_config_loads():
         raise AssertionError(str(e)) from None
     ep = next(e for e in s.endpoints if e.driver == "slurm")
     assert ep.slurm is not None and ep.slurm.partition
+
+
+def test_jobs_of_a_pilot_job_the_site_took_away_go_back_using_no_retry(tmp_path):
+    from controller.domain.jobs import NewJob
+    from controller.store import Store
+
+    store = Store(tmp_path / "cp.db")
+    try:
+        store.machines.sync_endpoints([{"name": "hpc", "driver": "slurm"}])
+        store.machines.create("hpc-0001", "hpc", 1, "test", NOW)
+        store.machines.register_pilot("p1", "hpc", "hpc-0001", 1, 1024, [], 1, "test")
+        [job_id] = store.jobs.submit([NewJob("/bin/true")], "alice", "g", 3)
+        got = store.jobs.match("p1", "hpc-0001", SlotOffer("hpc", 1, 1024), by="owner", shares={},
+                               issue_token=lambda conn, job: "t")
+        assert [j.id for j, _ in got] == [job_id]
+        assert store.jobs.interrupt("hpc-0001", "pilot job ended by the site") == [job_id]
+        job = store.jobs.get(job_id)
+        assert job.state.value == "waiting" and job.retries == 0
+        assert "pilot job ended by the site" in [e["reason"] for e in store.jobs.events(job_id)]
+        assert store.jobs.interrupt("hpc-0001", "again") == []  # nothing held any more
+    finally:
+        store.close()
