@@ -151,8 +151,9 @@ def test_pilot_jobs_pending_too_long_are_cancelled_and_the_endpoint_backs_off(
 
     wait_until(backing_off, 20, what="the back-off")
     wait_until(lambda: not cluster.jobs("PENDING"), 20, what="the pending jobs cancelled")
-    ms = machines(ctrl)
-    assert sorted(m["state"] for m in ms.values()) == ["stopped", "stopped"]
+    ms = wait_until(lambda: (ms := machines(ctrl)) and all(
+        m["state"] == "stopped" for m in ms.values()) and ms, 20, what="machines stopped")
+    assert len(ms) == 2
     assert all("pending in the batch system for" in (e["reason"] or "")
                for m in ms for e in get(ctrl, f"/api/v1/machines/{m}/events")
                if e["to_state"] == "stopping")
