@@ -62,7 +62,9 @@ def get(ctrl, path, **params):
 
 
 def machines(ctrl):
-    return {m["name"]: dict(m, info=json.loads(m["info"] or "{}"))
+    """Machines by name, each with its info as a dict (the API gives JSON text or an object)."""
+    return {m["name"]: dict(m, info=json.loads(m["info"] or "{}")
+                            if isinstance(m["info"], str) or m["info"] is None else m["info"])
             for m in get(ctrl, "/api/v1/machines", all=True)}
 
 
