@@ -20,10 +20,22 @@ class Notifier:
         return self._event
 
     def fire(self) -> None:
-        """Call from the event loop's thread."""
+        """Wake every waiter now. Safe from any thread: a sync route (run in the thread
+        pool) or an endpoint's worker hands the wake-up to the event loop's thread, since an
+        asyncio.Event set from another thread does not wake a loop asleep in select()."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._on(loop):
+            self._fire()
+        else:
+            loop.call_soon_threadsafe(self._fire)
+
+    @staticmethod
+    def _on(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def _fire(self) -> None:
         old, self._event = self._event, asyncio.Event()
         old.set()
-
-    def fire_threadsafe(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.fire)

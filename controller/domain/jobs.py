@@ -155,7 +155,3 @@ class Job:
     reason: str | None
     progress: str | None
     last_heartbeat: float | None
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES

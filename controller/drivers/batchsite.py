@@ -20,7 +20,6 @@ from controller.drivers.batch import BatchCommandError, BatchSystem, PilotSubmis
 from controller.drivers.bundle import pilot_zipapp
 from controller.drivers.remote import RemoteSession, RemoteShell
 from controller.drivers.slurm import Slurm
-from controller.drivers.worker import Worker
 from controller.errors import DriverError
 
 log = logging.getLogger("cloudpilot.batch")
@@ -45,8 +44,8 @@ class Snapshot:
 
 class BatchDriver:
     """One batch endpoint's login node: places files, submits, cancels, asks for status.
-    Every call is SSH (tenths of a second to seconds): the reconcile step runs them in this
-    driver's worker thread, one batch of work at a time, never in the loop's thread."""
+    Every call is SSH (hundredths of a second to seconds): the batch kind of endpoint
+    (controller/reconcile/batch.py) runs them in its worker, never in the loop's tick."""
 
     def __init__(self, ep: EndpointConfig, data_dir: Path, controller_url: str, token: str,
                  system: BatchSystem, clock: Callable[[], float] = time.time) -> None:
@@ -74,22 +73,9 @@ class BatchDriver:
         self.placed = False
         self.snapshot = Snapshot()
         self._running_since: dict[str, float] = {}
-        self.worker = Worker(f"batch-{self.name}")
-
-    # the worker --------------------------------------------------------------------------
-    @property
-    def busy(self) -> bool:
-        """Work of this endpoint is under way in its worker thread."""
-        return self.worker.busy
-
-    def in_background(self, work: Callable[[], None]) -> None:
-        """Run `work` in this endpoint's worker thread, one at a time (drivers/worker.py)."""
-        self.worker.run(work)
 
     def close(self) -> None:
-        """Let work under way finish (each command is bounded by command_timeout), so that
-        what it did is recorded before the store closes."""
-        self.worker.wait(self.cfg.command_timeout)
+        """End the SSH session (its ssh process, by PID)."""
         self.shell.close()
 
     # the commands ------------------------------------------------------------------------

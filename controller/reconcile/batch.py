@@ -1,30 +1,24 @@
-"""One reconcile step of a batch endpoint (a Slurm cluster over SSH): the pilot jobs as the
-batch system last reported them and the machines as recorded -> decide_batch() (pure) ->
-record what the batch system says (machines gone, lost, failed; their jobs back to the queue)
--> submit and cancel pilot jobs, then ask for their status again, in the endpoint's worker
-thread (SSH: tenths of a second to seconds), never in the loop's thread.
+"""The batch kind of endpoint: a batch system (Slurm) reached over SSH, whose pilots are batch
+jobs submitted, watched and cancelled on the site's login node (controller/drivers/batchsite.py
+running an adapter of controller/drivers/batch.py).
 
-The loop knows this kind only as a driver with a `reconcile(reconciler, endpoint, now)` step.
-"""
+observe: what the batch system last reported of each pilot job (a cache filled by the worker)
+as the machines' observed detail. decide (in the tick): the pilot jobs and the machines as
+recorded -> domain.batch.decide_batch() (pure) -> record what the batch system said (machines
+gone, lost, failed; their jobs back to the queue, as interrupted when the site ended the pilot
+job). The slow part runs in the endpoint's worker: submit and cancel pilot jobs, then ask for
+their status again (one SSH session, tenths of a second)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import EndpointConfig
 from controller.domain.batch import BatchSpec, BatchState, PilotJob, decide_batch
-from controller.domain.machines import MachineState
-from controller.domain.plans import PlanDiff
-from controller.domain.scheduling import Decision
-from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.domain.machines import MachineState, MachineView
 from controller.drivers.batch import BatchCommandError
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
 from controller.errors import DriverError
-
-if TYPE_CHECKING:
-    from controller.reconcile.loop import Reconciler
+from controller.reconcile.endpoint import LoopEnv, Outcome, Step, Tick
+from controller.reconcile.worker import Worker
 
 M = MachineState
 
@@ -38,56 +32,57 @@ def batch_spec(ep: EndpointConfig) -> BatchSpec:
 
 
 class BatchEndpoint:
-    """A batch endpoint as the loop sees it: a driver (observe, plan, apply) with its own
-    reconcile step."""
-
-    def __init__(self, ep: EndpointConfig, driver: BatchDriver) -> None:
-        self.name = ep.name
+    def __init__(self, config: EndpointConfig, driver: BatchDriver, env: LoopEnv) -> None:
+        self.name = config.name
+        self.config = config
         self.driver = driver
+        self.env = env
+        self.worker = Worker(config.name, config.apply_timeout, env.clock)
         self.hold_until = 0.0  # no new pilot jobs before (one pended too long)
 
-    def observe(self) -> list[ObservedMachine]:
-        return self.driver.observe()
+    def observe(self, now: float) -> None:
+        seen = self.driver.observe()
+        self.env.store.machines.record_observed(
+            self.name, {m.name: (m.address, m.detail) for m in seen})
 
-    def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
-        return self.driver.plan(current, wanted)
+    def _views(self) -> list[tuple[MachineView, dict[str, object]]]:
+        store = self.env.store
+        busy = store.jobs.busy_by_machine()
+        out = []
+        for m in store.machines.find(self.name, live=True):
+            b = busy.get(m.name, 0)
+            out.append((MachineView(
+                name=m.name, endpoint=self.name, state=m.state, created_at=m.created_at,
+                slots=m.info.get("slots", self.config.slots), busy_slots=b,
+                idle_since=None if b else (m.last_busy_at or m.created_at),
+                last_seen=max(m.last_seen, self.env.started) if m.last_seen else None,
+                managed=m.managed), dict(m.info)))
+        return out
 
-    def apply(self, diff: PlanDiff) -> ApplyResult:
-        return self.driver.apply(diff)
-
-    def close(self) -> None:
-        self.driver.close()
-
-    def reconcile(self, r: Reconciler, ep: EndpointConfig, now: float) -> tuple[Decision, int]:
-        """Decide in the loop's thread (fast, pure); submit, cancel and ask for status in the
-        worker. While the worker is busy the last decision stands."""
-        d = self.driver
-        if d.busy:
-            last = r.last.get(ep.name)
-            return last or Decision(ep.name, (), (), (), 0.0, ("batch commands under way",)), 0
-        store = r.store
+    def decide(self, tick: Tick) -> Step:
+        store, now, ep, d = self.env.store, tick.now, self.config, self.driver
         snap = d.snapshot
-        rows = {m["name"]: m for m in store.machines.find(ep.name, live=True)}
-        pilots = []
-        for v in r._views(ep.name, ep.slots):
-            info = json.loads(rows[v.name]["info"] or "{}") if v.name in rows else {}
-            pilots.append(PilotJob(v, info.get("batch_job"), info.get("submitted_at"),
-                                   snap.jobs.get(str(info.get("batch_job")))))
-        down_by = store.plans.marks(ep.name).down_by
-        bd = decide_batch(batch_spec(ep), r.queue, pilots, now,
-                          store.machines.last_seq(ep.name), seen_at=snap.at,
+        views = self._views()
+        pilots = [PilotJob(v, _str(info.get("batch_job")), _float(info.get("submitted_at")),
+                           snap.jobs.get(str(info.get("batch_job"))))
+                  for v, info in views]
+        down_by = store.endpoints.get(self.name).down_by
+        bd = decide_batch(batch_spec(ep), tick.queues, pilots, now,
+                          store.endpoints.last_seq(self.name), seen_at=snap.at,
                           hold_until=self.hold_until, down_by=down_by)
         self.hold_until = bd.hold_until
         decision = bd.decision
+        state = {v.name: v.state for v, _ in views}
         requeued = 0
         for rm in decision.remove:
-            if not store.machines.move(rm.name, rm.to, rm.reason, now):
+            if not store.machines.move(rm.name, rm.to, rm.reason, now, if_in={state[rm.name]}):
                 continue
             if rm.name in bd.interrupted:
                 requeued += len(store.jobs.interrupt(rm.name, f"pilot job ended by the site: "
                                                      f"{rm.reason}", now))
             elif rm.to in (M.LOST, M.FAILED):
-                requeued += r._requeue(rm.name, f"machine {rm.to.value}: {rm.reason}", now)
+                requeued += self.env.requeue(rm.name, f"machine {rm.to.value}: {rm.reason}",
+                                             now)
         why = "; ".join(decision.reasons) or "work waits"
         for name in decision.start:
             store.machines.create(name, ep.name, int(name.rsplit("-", 1)[1]), why, now,
@@ -98,30 +93,30 @@ class BatchEndpoint:
         mine = set(ids.values())  # jobs of live machines; any other that runs is left over
         cancel += [i for i, j in snap.jobs.items() if j.state != BatchState.ENDED
                    and i not in mine and i not in cancel]
-        d.in_background(lambda: self._work(r, ep, decision.start, cancel, down_by))
-        return decision, requeued
+        return Step(decision, requeued=requeued, what="batch commands",
+                    work=lambda: self._work(decision.start, cancel, down_by))
 
-    def _work(self, r: Reconciler, ep: EndpointConfig, start: tuple[str, ...],
-              cancel: list[str], down_by: str | None) -> None:
+    def _work(self, start: tuple[str, ...], cancel: list[str], down_by: str | None) -> Outcome:
         """Submit, cancel, then ask for status; record what happened. A command that fails
-        is the endpoint's error, with the batch system's own message, and a back-off."""
-        store, d = r.store, self.driver
+        is the endpoint's error, with the batch system's own message."""
+        store, d, clock = self.env.store, self.driver, self.env.clock
         errors: list[str] = []
         if start:
             try:
                 got = d.submit(start)
             except DriverError as e:
                 got = {m: BatchCommandError(str(e)) for m in start}
-            now = r.clock()
+            now = clock()
             for m, res in got.items():
                 if isinstance(res, BatchCommandError):
-                    store.machines.move(m, M.FAILED, f"submission failed: {res}", now)
+                    store.machines.move(m, M.FAILED, f"submission failed: {res}", now,
+                                        if_in={M.REQUESTED})
                     errors.append(f"{m}: {res}")
                     continue
-                info = {"cores": ep.cores, "memory_mb": ep.memory_mb, "slots": ep.slots,
-                        "batch_system": d.system.name, "batch_job": res, "submitted_at": now}
+                store.machines.update_info(m, batch_system=d.system.name, batch_job=res,
+                                           submitted_at=now)
                 store.machines.move(m, M.BOOTING, f"submitted as {d.system.name} job {res}",
-                                    now, info=json.dumps(info))
+                                    now, if_in={M.REQUESTED})
         if cancel:
             try:
                 d.cancel(cancel)
@@ -131,13 +126,31 @@ class BatchEndpoint:
             d.refresh()
         except DriverError as e:
             errors.append(f"status: {e}")
-        now = r.clock()
         if errors:
-            r._failed(ep.name, "; ".join(errors), now)
-        else:
-            r._ok(ep.name, down_by, now)
+            return Outcome(error="; ".join(errors))
+        return Outcome(down_by=down_by)
+
+    def timed_out(self, now: float) -> str:
+        return (f"batch commands ran past {self.config.apply_timeout:.0f}s (the login node "
+                "does not answer?)")
+
+    def close(self) -> None:
+        """Let the commands under way finish (each is bounded by command_timeout), so that
+        what they did is recorded, then end the SSH session."""
+        assert self.config.slurm is not None
+        self.worker.wait(self.config.slurm.command_timeout)
+        self.driver.close()
 
 
-def make_batch_endpoint(settings: Settings, ep: EndpointConfig, token: str) -> BatchEndpoint:
-    system = SYSTEMS[ep.driver](ep)
-    return BatchEndpoint(ep, BatchDriver(ep, settings.data_dir, settings.url, token, system))
+def _str(x: object) -> str | None:
+    return None if x is None else str(x)
+
+
+def _float(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) else None
+
+
+def make_batch_endpoint(ep: EndpointConfig, env: LoopEnv, token: str) -> BatchEndpoint:
+    s = env.settings
+    driver = BatchDriver(ep, s.data_dir, s.url, token, SYSTEMS[ep.driver](ep))
+    return BatchEndpoint(ep, driver, env)

@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.jobs import (
     ACTIVE_STATES,
@@ -23,11 +23,10 @@ from controller.domain.jobs import (
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.taskqueues import TaskQueue, fair_share_order
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions, in_list
 
 S = JobState
+HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -51,7 +50,7 @@ def _input(f: InputFile) -> dict[str, str]:
 
 
 class JobStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
         self._tqs: dict[int, TaskQueue] = {}
         self._tq_keys: dict[str, int] = {}
@@ -209,7 +208,7 @@ class JobStore:
     def busy_by_machine(self) -> dict[str, int]:
         with self.store.read() as c:
             return dict(c.execute(
-                "SELECT machine, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
+                f"SELECT machine, COUNT(*) FROM jobs WHERE state IN {HELD}"
                 " GROUP BY machine").fetchall())
 
     def busy_resources_by_machine(self) -> dict[str, tuple[int, int]]:
@@ -218,7 +217,7 @@ class JobStore:
             return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in c.execute(
                 "SELECT machine, SUM(json_extract(requirements, '$.cores')),"
                 " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
-                " WHERE state IN ('matched', 'running') GROUP BY machine")}
+                f" WHERE state IN {HELD} GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
     def match(
@@ -372,12 +371,12 @@ class JobStore:
             rows = []
             if silent_since is not None:
                 rows += c.execute(
-                    "SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                    f"SELECT * FROM jobs WHERE state IN {HELD}"
                     " AND last_heartbeat < ?", (silent_since,)).fetchall()
             if machines:
                 marks = ",".join("?" * len(machines))
                 rows += c.execute(
-                    f"SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                    f"SELECT * FROM jobs WHERE state IN {HELD}"
                     f" AND machine IN ({marks})", machines).fetchall()
             seen = set()
             for r in rows:

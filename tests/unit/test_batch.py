@@ -163,7 +163,7 @@ def test_jobs_of_a_pilot_job_the_site_took_away_go_back_using_no_retry(tmp_path)
 
     store = Store(tmp_path / "cp.db")
     try:
-        store.machines.sync_endpoints([{"name": "hpc", "driver": "slurm"}])
+        store.endpoints.sync([{"name": "hpc", "driver": "slurm"}])
         store.machines.create("hpc-0001", "hpc", 1, "test", NOW)
         store.machines.register_pilot("p1", "hpc", "hpc-0001", 1, 1024, [], 1, "test")
         [job_id] = store.jobs.submit([NewJob("/bin/true")], "alice", "g", 3)

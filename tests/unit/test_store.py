@@ -156,3 +156,18 @@ def test_one_request_claims_a_job_per_slot_within_the_offer(store):
     offer = SlotOffer("ep", cores=5, memory_mb=64_000)
     got = store.jobs.match("p1", "m1", offer, by="owner", shares={}, issue_token=issue, count=4)
     assert [j.id for j, _ in got] == [1, 2]  # 5 cores hold two 2-core jobs
+
+
+def test_sqlite_utils_is_pinned_to_the_first_version_with_the_api_the_store_uses():
+    """The store calls Database.atomic() (migrations), first released in sqlite-utils 4.0;
+    every other call it makes (Database(conn), enable_wal, table().create(pk, not_null),
+    create_index(unique), add_column(not_null_default), table_names, rows, insert) is
+    older. Checked against the 3.39 and 4.0 wheels."""
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    (low,) = re.findall(r'"sqlite-utils>=([0-9.]+)"', pyproject)
+    assert tuple(int(x) for x in low.split(".")) == (4, 0)
+    source = (Path(__file__).resolve().parents[2] / "controller/store/migrations.py")
+    assert "db.atomic()" in source.read_text()
