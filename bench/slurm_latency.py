@@ -92,7 +92,7 @@ def latency(cluster: SlurmCluster, root: Path, rounds: int) -> dict[str, list[fl
 
 def submission(cluster: SlurmCluster, root: Path, n: int) -> dict[str, float]:
     ep = endpoint(cluster, root, sbatch_options=["--hold"])
-    d = BatchDriver(ep, root / "data-submit", "http://127.0.0.1:9", "not-a-token",
+    d = BatchDriver(ep, root / "data-submit", "http://127.0.0.1:9", lambda m: "not-a-token",
                     SYSTEMS["slurm"](ep))
     d.place()
     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ ENV = {
     "workdir": "CLOUDPILOT_WORKDIR",
     "metadata_url": "CLOUDPILOT_METADATA_URL",
     "deadline": "CLOUDPILOT_DEADLINE",
+    "isolation": "CLOUDPILOT_ISOLATION",
 }
 
 
@@ -54,6 +55,11 @@ class PilotConfig:
     # on an EC2 spot instance: "http://169.254.169.254", watched for an interruption notice
     metadata_url: str | None = None
     metadata_interval: float = 5.0
+    # how payloads are sandboxed (pilot/sandbox.py): bwrap | user | none (only when asked)
+    isolation: str = "bwrap"
+    hide: list[str] = field(default_factory=list)  # more paths no payload may see
+    payload_user: str = "nobody"  # isolation = user: who runs payloads
+    config_path: str | None = None  # where this config was read from (hidden from payloads)
     # when this pilot will be killed (Unix time; e.g. its batch job's end, set by the batch
     # script); None: no limit. It asks only for jobs that end before it, time_margin earlier.
     deadline: float | None = None
@@ -91,4 +97,8 @@ class PilotConfig:
                     "time_margin"):
             if key in data:
                 data[key] = float(data[key])  # type: ignore[arg-type]
+        if data.get("isolation", "bwrap") not in ("bwrap", "user", "none"):
+            raise ValueError(f"isolation must be bwrap, user or none, not {data['isolation']!r}")
+        if path:
+            data["config_path"] = str(Path(path).resolve())
         return cls(**data)  # type: ignore[arg-type]

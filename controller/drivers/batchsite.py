@@ -47,8 +47,9 @@ class BatchDriver:
     Every call is SSH (hundredths of a second to seconds): the batch kind of endpoint
     (controller/reconcile/batch.py) runs them in its worker, never in the loop's tick."""
 
-    def __init__(self, ep: EndpointConfig, data_dir: Path, controller_url: str, token: str,
-                 system: BatchSystem, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ep: EndpointConfig, data_dir: Path, controller_url: str,
+                 token_for: Callable[[str], str], system: BatchSystem,
+                 clock: Callable[[], float] = time.time, hide: Iterable[str] = ()) -> None:
         assert ep.slurm is not None
         self.name = ep.name
         self.ep = ep
@@ -56,7 +57,10 @@ class BatchDriver:
         self.system = system
         self.clock = clock
         self.controller_url = controller_url
-        self.token = token
+        self.token_for = token_for  # a machine's one-time bootstrap token
+        # what pilots hide from payloads besides their own files: every pilot's directory
+        # on the cluster, and the controller's files where it shares a file system with it
+        self.hide = [self.cfg.remote_dir, *hide]
         self.root = data_dir / "batch" / ep.name
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         known = [self.root / "known_hosts"]  # a key accepted on first use lands here
@@ -103,7 +107,8 @@ class BatchDriver:
     def pilot_config(self, machine: str) -> str:
         e = self.ep
         return json.dumps({
-            "controller_url": self.controller_url, "token": self.token, "endpoint": e.name,
+            "controller_url": self.controller_url, "token": self.token_for(machine),
+            "endpoint": e.name, "isolation": e.isolation, "hide": self.hide,
             "machine": machine, "slots": e.slots, "cores": e.cores, "memory_mb": e.memory_mb,
             "tags": e.tags, "idle_timeout": e.idle_timeout,  # idle pilots leave on their own
             "heartbeat_interval": e.heartbeat_interval, "workdir": "work",

@@ -19,6 +19,7 @@ from controller.drivers.batchsite import SYSTEMS, BatchDriver
 from controller.errors import DriverError
 from controller.reconcile.endpoint import LoopEnv, Outcome, Step, Tick
 from controller.reconcile.worker import Worker
+from controller.services.secrets import BOOTSTRAP_LIFETIME, bootstrap_token
 
 M = MachineState
 
@@ -150,7 +151,16 @@ def _float(x: object) -> float | None:
     return float(x) if isinstance(x, int | float) else None
 
 
-def make_batch_endpoint(ep: EndpointConfig, env: LoopEnv, token: str) -> BatchEndpoint:
+def make_batch_endpoint(ep: EndpointConfig, env: LoopEnv) -> BatchEndpoint:
+    """A batch endpoint; each pilot job gets a one-time bootstrap token that lives as long as
+    the job may pend and boot."""
+    assert ep.slurm is not None
     s = env.settings
-    driver = BatchDriver(ep, s.data_dir, s.url, token, SYSTEMS[ep.driver](ep))
+    lifetime = max(BOOTSTRAP_LIFETIME, ep.slurm.pending_timeout + ep.boot_timeout + 600)
+
+    def token_for(machine: str) -> str:
+        return bootstrap_token(env.store, s.data_dir, ep.name, machine, lifetime=lifetime)
+
+    driver = BatchDriver(ep, s.data_dir, s.url, token_for, SYSTEMS[ep.driver](ep),
+                         hide=s.controller_paths())
     return BatchEndpoint(ep, driver, env)

@@ -195,6 +195,15 @@ def m006_i10_plans_applying(db: Database) -> None:
                f" WHERE state IN {in_list(OPEN_STATES)}")
 
 
+def m007_i9_pilot_credentials(db: Database) -> None:
+    """Pilot credentials of their own. A pilot token with no pilot_id is a one-time bootstrap
+    token (what a machine gets at boot, optionally bound to one machine name); registering
+    exchanges it for a credential bound to the new pilot (pilot_id), and deletes it."""
+    db.table("tokens").add_column("pilot_id", str)
+    db.table("tokens").add_column("machine", str)
+    db.table("tokens").create_index(["pilot_id"])
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
@@ -202,6 +211,7 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("004_ssh_hosts", m004_ssh_hosts),
     ("005_ticks", m005_ticks),
     ("006_i10_plans_applying", m006_i10_plans_applying),
+    ("007_i9_pilot_credentials", m007_i9_pilot_credentials),
 ]
 
 

@@ -170,13 +170,13 @@ def test_the_login_nodes_host_key_is_checked_and_secrets_stay_off_command_lines(
     stranger = ep.model_copy(update={"slurm": ep.slurm.model_copy(
         update={"known_hosts": tmp_path / "empty_known_hosts"})})
     (tmp_path / "empty_known_hosts").write_text("")
-    d = BatchDriver(stranger, tmp_path / "a", "http://127.0.0.1:9", "secret-token",
+    d = BatchDriver(stranger, tmp_path / "a", "http://127.0.0.1:9", lambda m: "secret-token",
                     SYSTEMS["slurm"](stranger))
     with pytest.raises(Unreachable, match="Host key verification failed"):
         d.refresh()
     d.close()
 
-    d = BatchDriver(ep, tmp_path / "b", "http://127.0.0.1:9", "secret-token-123",
+    d = BatchDriver(ep, tmp_path / "b", "http://127.0.0.1:9", lambda m: "secret-token-123",
                     SYSTEMS["slurm"](ep.model_copy(update={"slurm": ep.slurm.model_copy(
                         update={"sbatch_options": ["--hold"]})})))
     try:
