@@ -87,6 +87,8 @@ class Agent:
                 idle = not self.jobs and time.monotonic() - self.last_busy > self.cfg.idle_timeout
             if idle:
                 return self._end(f"idle for more than {self.cfg.idle_timeout:.0f}s")
+            if self.cfg.time_left(time.time()) == 0 and not self.jobs:
+                return self._end("its time is up (deadline)")
             for job, token in self._match(cores, mem, slots):
                 self._start(job, token)
         return self._end(self.exit_reason or "stopped")
@@ -100,11 +102,14 @@ class Agent:
         with self.lock:
             idle_left = self.cfg.idle_timeout - (time.monotonic() - self.last_busy)
         wait = max(0.0, min(self.cfg.poll_wait, idle_left if not self.jobs else self.cfg.poll_wait))
+        ask: dict[str, Any] = {"free_cores": cores, "free_memory_mb": mem, "free_slots": slots,
+                               "wait": round(wait, 1)}
+        left = self.cfg.time_left(time.time())
+        if left is not None:
+            ask["time_left"] = left  # no job that would outlive this pilot
         try:
-            out = self.client.call(
-                "POST", f"/api/v1/pilots/{self.pilot_id}/match",
-                {"free_cores": cores, "free_memory_mb": mem, "free_slots": slots,
-                 "wait": round(wait, 1)}, timeout=wait + 15)
+            out = self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/match", ask,
+                                   timeout=wait + 15)
         except ClientError as e:
             if e.status in (401, 404):  # revoked, or the controller forgot this pilot
                 self.exit_reason = f"the controller no longer accepts this pilot: {e}"

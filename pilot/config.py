@@ -21,6 +21,7 @@ ENV = {
     "idle_timeout": "CLOUDPILOT_IDLE_TIMEOUT",
     "workdir": "CLOUDPILOT_WORKDIR",
     "metadata_url": "CLOUDPILOT_METADATA_URL",
+    "deadline": "CLOUDPILOT_DEADLINE",
     "isolation": "CLOUDPILOT_ISOLATION",
 }
 
@@ -59,6 +60,16 @@ class PilotConfig:
     hide: list[str] = field(default_factory=list)  # more paths no payload may see
     payload_user: str = "nobody"  # isolation = user: who runs payloads
     config_path: str | None = None  # where this config was read from (hidden from payloads)
+    # when this pilot will be killed (Unix time; e.g. its batch job's end, set by the batch
+    # script); None: no limit. It asks only for jobs that end before it, time_margin earlier.
+    deadline: float | None = None
+    time_margin: float = 60.0
+
+    def time_left(self, now: float) -> int | None:
+        """Seconds a job may run here from now; None: no limit."""
+        if self.deadline is None:
+            return None
+        return max(0, int(self.deadline - now - self.time_margin))
 
     @classmethod
     def load(cls, path: str | None = None) -> PilotConfig:
@@ -82,7 +93,8 @@ class PilotConfig:
         for key in ("slots", "cores", "memory_mb"):
             if key in data:
                 data[key] = int(data[key])  # type: ignore[call-overload]
-        for key in ("idle_timeout", "poll_wait", "stop_grace", "metadata_interval"):
+        for key in ("idle_timeout", "poll_wait", "stop_grace", "metadata_interval", "deadline",
+                    "time_margin"):
             if key in data:
                 data[key] = float(data[key])  # type: ignore[arg-type]
         if data.get("isolation", "bwrap") not in ("bwrap", "user", "none"):

@@ -184,6 +184,8 @@ class JobRun:
                 if time.monotonic() - stop_sent > self.stop_grace:
                     self._signal(signal.SIGKILL)
         self._signal(signal.SIGKILL)  # anything the payload left behind in its group
+        if rc == -signal.SIGTERM and self.stop_reason is None:
+            time.sleep(1.0)  # a batch system signals a whole job at once: so is the pilot
         why = self.stop_reason
         if why == "interrupted":
             return Outcome("interrupted", rc, f"pilot stopping ({self.interrupted_by})")

@@ -3,12 +3,14 @@ SQLite file) and real pilot processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +42,28 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def peaks(interval: float = 0.1, **probes: Callable[[], int]) -> Iterator[dict[str, int]]:
+    """While the block runs, sample each probe every `interval` seconds in a thread; the
+    dict yielded holds the highest value each probe gave."""
+    seen = dict.fromkeys(probes, 0)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for name, probe in probes.items():
+                seen[name] = max(seen[name], probe())
+            stop.wait(interval)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        t.join()
 
 
 def path_without(binary: str) -> str:

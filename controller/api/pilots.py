@@ -29,6 +29,7 @@ from controller.api.schemas import (
     ReportIn,
 )
 from controller.auth import Principal, Role
+from controller.config.settings import EndpointConfig
 from controller.domain.jobs import Job
 from controller.domain.machines import DRAIN_STATES
 from controller.domain.matching import SlotOffer
@@ -97,7 +98,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         offer = SlotOffer(endpoint=str(pilot["endpoint"]), cores=body.free_cores,
                           memory_mb=body.free_memory_mb, tags=frozenset(tags),
-                          max_runtime=ep.max_runtime if ep else None,
+                          max_runtime=time_left(ep, body.time_left),
                           spot=bool(pilot.get("spot")))
         return store.jobs.match(pilot_id, machine, offer, by=settings.fair_share_by,
                                 shares=store.tokens.shares(settings.fair_share_by),
@@ -118,6 +119,16 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             return Response(status_code=204)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
+
+
+def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:
+    """The longest job a pilot may take: the endpoint's limit and the pilot's own time left
+    (a batch pilot's wall time runs out); without the pilot's word, what a fresh pilot of the
+    endpoint has."""
+    limit = ep.longest_job() if ep else None
+    if pilot_says is None:
+        return limit
+    return pilot_says if limit is None else min(limit, pilot_says)
 
 
 @router.post("/{pilot_id}/heartbeat", response_model=HeartbeatOut)

@@ -232,6 +232,9 @@ class MatchIn(Strict):
     wait: float = Field(0, ge=0, le=300, description="long-poll: seconds to wait for work")
     count: int | None = Field(None, ge=1, le=1024,
                               description="at most this many jobs (default: one per free slot)")
+    time_left: int | None = Field(None, ge=0, description="seconds the pilot has left (e.g. "
+                                  "its batch job's wall time): no job with a longer "
+                                  "max_runtime is handed to it")
 
 
 class Match(BaseModel):

@@ -4,6 +4,7 @@ Relative paths in the file are taken relative to the file's folder."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections import Counter
 from collections.abc import Iterable
@@ -69,6 +70,61 @@ class SshConfig(BaseModel):
         return self
 
 
+SLURM_NAME = r"^[A-Za-z0-9_.,+-]{1,64}$"
+
+
+class SlurmConfig(BaseModel):
+    """A Slurm cluster reached over SSH (driver = "slurm"): its login node, reached as an SSH
+    endpoint reaches its hosts, and what each pilot job asks Slurm for. Cores, memory and
+    slots per pilot are the endpoint's `cores`, `memory_mb` and `slots`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(pattern=r"^[A-Za-z0-9.:\[\]-]{1,253}$",
+                         description="the login node: IP or DNS name")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
+    key: Path = Field(description="the private key of that user")
+    known_hosts: Path | None = Field(None, description="the login node's pinned host key")
+    trust_on_first_use: bool = Field(False, description="accept and record an unknown key")
+    connect_timeout: int = Field(10, ge=1, le=300)
+    command_timeout: float = Field(60.0, gt=0, description="longest batch command (s)")
+    python: str = Field("python3", pattern=r"^[A-Za-z0-9_./-]{1,200}$",
+                        description="the compute nodes' Python (3.11+)")
+    remote_dir: str = Field("~/.cloudpilot", pattern=r"^[A-Za-z0-9_./~-]{1,200}$",
+                            description="shared by login and compute nodes: pilots live in "
+                            "REMOTE_DIR/ENDPOINT/MACHINE")
+    partition: str | None = Field(None, pattern=SLURM_NAME)
+    account: str | None = Field(None, pattern=SLURM_NAME)
+    qos: str | None = Field(None, pattern=SLURM_NAME)
+    wall_time: int = Field(3600, ge=60, le=366 * 86400, description="per pilot job (s; "
+                           "Slurm counts whole minutes)")
+    sbatch_options: list[str] = Field(default_factory=list, description="more sbatch "
+                                      "options, each '--name' or '--name=value'")
+    max_queued: int = Field(4, ge=1, description="pilot jobs pending in Slurm at once")
+    pending_timeout: float = Field(600.0, gt=0, description="cancel a pilot job pending "
+                                   "longer (s) and back off")
+    pending_backoff: float = Field(300.0, ge=0, description="no new pilot jobs this long "
+                                   "after one was cancelled for pending too long (s)")
+    time_margin: int = Field(60, ge=0, description="of a pilot's time left, kept for "
+                             "uploading output and reporting (s)")
+
+    @model_validator(mode="after")
+    def _options(self) -> SlurmConfig:
+        for o in self.sbatch_options:
+            if not re.fullmatch(r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?", o):
+                raise ValueError(f"sbatch option {o!r}: write it as --name or --name=value "
+                                 "(no spaces, quotes or shell characters)")
+        if self.time_margin >= self.wall_time:
+            raise ValueError("time_margin must be shorter than wall_time")
+        return self
+
+    @property
+    def max_runtime(self) -> int:
+        """The longest job a pilot of this cluster can take when it starts."""
+        return self.wall_time - self.time_margin
+
+
 def _both_markets() -> list[Market]:
     return ["spot", "on-demand"]
 
@@ -123,7 +179,7 @@ class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
-    driver: Literal["local", "ssh", "aws", "openstack"] = "local"
+    driver: Literal["local", "ssh", "slurm", "aws", "openstack"] = "local"
     cores: int = Field(2, ge=1, le=1024, description="cores per machine")
     memory_mb: int = Field(2048, ge=64, description="memory per machine")
     tags: list[str] = Field(default_factory=lambda: ["linux"])
@@ -144,6 +200,8 @@ class EndpointConfig(BaseModel):
     diversity: float = Field(0.1, ge=0, le=10, description="preference for pools (type x "
                              "zone) that hold less of the fleet; 0 = cheapest only")
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
+    slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
+                                      ", wall time, queue limits")
     isolation: Literal["bwrap", "user", "none"] = Field(
         "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
         "only its job directory and the system's read-only files), user (a dedicated "
@@ -225,11 +283,24 @@ class EndpointConfig(BaseModel):
         if self.driver != "ssh" and self.ssh is not None:
             raise ValueError(f"an [endpoints.ssh] section needs driver = \"ssh\", "
                              f"not {self.driver}")
+        if self.driver == "slurm" and self.slurm is None:
+            raise ValueError("a slurm endpoint needs an [endpoints.slurm] section (login "
+                             "node address, user, key)")
+        if self.driver != "slurm" and self.slurm is not None:
+            raise ValueError(f"an [endpoints.slurm] section needs driver = \"slurm\", "
+                             f"not {self.driver}")
         return self
 
     def shape(self) -> SlotOffer:
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
-                         self.max_runtime)
+                         self.longest_job())
+
+    def longest_job(self) -> int | None:
+        """The longest max_runtime a job may have here: the endpoint's limit, and on a batch
+        system what a fresh pilot's wall time leaves."""
+        limits = [x for x in (self.max_runtime,
+                              self.slurm.max_runtime if self.slurm else None) if x is not None]
+        return min(limits) if limits else None
 
     def spec(self) -> EndpointSpec:
         return EndpointSpec(
@@ -360,11 +431,11 @@ class Settings(BaseSettings):
                 if isinstance(prices, dict) and isinstance(prices.get("path"), str):
                     if not Path(prices["path"]).is_absolute():
                         prices["path"] = str(base / prices["path"])
-                ssh = ep.get("ssh")
-                for key in ("key", "known_hosts"):
-                    if isinstance(ssh, dict) and isinstance(ssh.get(key), str) \
-                            and not Path(ssh[key]).expanduser().is_absolute():
-                        ssh[key] = str(base / ssh[key])
+                for section in (ep.get("ssh"), ep.get("slurm")):
+                    for key in ("key", "known_hosts"):
+                        if isinstance(section, dict) and isinstance(section.get(key), str) \
+                                and not Path(section[key]).expanduser().is_absolute():
+                            section[key] = str(base / section[key])
         try:
             data.update(EnvSettingsSource(cls)())  # (the constructor would let the file win)
             data.update(overrides)

@@ -38,6 +38,7 @@ from controller.drivers.ansible import (
 )
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.bundle import pilot_zipapp
+from controller.drivers.remote import ssh_options
 
 log = logging.getLogger("cloudpilot.ssh")
 SSH_ARGS = "-o ControlMaster=no -o ControlPersist=no"  # leave no `ssh [mux]` process behind
@@ -193,15 +194,11 @@ class SshDriver:
         return json.dumps(cfg, sort_keys=True, indent=1) + "\n"
 
     def _ssh_common_args(self) -> str:
-        files = [str(self.known_hosts)]
+        files = [self.known_hosts]
         if self.ssh.known_hosts is not None:
-            files.append(str(self.ssh.known_hosts.expanduser()))
-        strict = "accept-new" if self.ssh.trust_on_first_use else "yes"
-        opts = [f"UserKnownHostsFile={' '.join(files)}", "GlobalKnownHostsFile=/dev/null",
-                f"StrictHostKeyChecking={strict}", "HashKnownHosts=no", "BatchMode=yes",
-                "IdentitiesOnly=yes", "PasswordAuthentication=no",
-                f"ConnectTimeout={self.ssh.connect_timeout}", "ServerAliveInterval=5",
-                "ServerAliveCountMax=3", "LogLevel=ERROR"]
+            files.append(self.ssh.known_hosts.expanduser())
+        opts = ssh_options(files, trust_on_first_use=self.ssh.trust_on_first_use,
+                           connect_timeout=self.ssh.connect_timeout)
         return " ".join(f"-o {shlex.quote(o)}" for o in opts)
 
     def _run(self, playbook: str, names: Iterable[str]) -> SshResult:

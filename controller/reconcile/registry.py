@@ -9,6 +9,7 @@ from controller.config.settings import EndpointConfig
 from controller.drivers.base import Driver
 from controller.drivers.prices import make_price_source
 from controller.drivers.ssh import SshDriver
+from controller.reconcile.batch import make_batch_endpoint
 from controller.reconcile.cloud import CloudEndpoint
 from controller.reconcile.endpoint import EndpointKind, LoopEnv
 from controller.reconcile.hosts import HostPoolEndpoint, make_ssh_driver
@@ -36,6 +37,10 @@ def _cloud(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointK
     return CloudEndpoint(ep, driver, env, prices)
 
 
+def _batch(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointKind:
+    return make_batch_endpoint(ep, env)
+
+
 def _hosts(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointKind:
     ssh = driver if isinstance(driver, SshDriver) else make_ssh_driver(env.settings, env.store,
                                                                         ep)
@@ -48,6 +53,7 @@ KINDS: dict[str, Callable[[EndpointConfig, LoopEnv, Driver | None], EndpointKind
     "aws": _cloud,
     "openstack": _cloud,
     "ssh": _hosts,
+    "slurm": _batch,
 }
 
 

@@ -345,6 +345,21 @@ class JobStore:
                        reason=f"killed by {by}")
             return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
+    def interrupt(self, machine: str, why: str, now: float | None = None) -> list[int]:
+        """Jobs held on a machine the site took away (its batch job cancelled, or out of wall
+        time) before its pilot could report them: rescheduled as interrupted, using no
+        retry."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            rows = c.execute("SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+                             " AND machine = ?", (machine,)).fetchall()
+            for r in rows:
+                self._move(c, r["id"], JobState(r["state"]), S.RESCHEDULED, now, why,
+                           reschedules=r["reschedules"] + 1)
+                self._move(c, r["id"], S.RESCHEDULED, S.WAITING, now, pilot_id=None,
+                           machine=None, endpoint=None, progress=None)
+        return [r["id"] for r in rows]
+
     def stall(self, *, silent_since: float | None = None, machines: Iterable[str] = (),
               now: float | None = None, why: str = "") -> list[tuple[int, JobState]]:
         """Held jobs whose pilot went silent (heartbeat before `silent_since`) or whose machine

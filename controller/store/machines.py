@@ -69,6 +69,15 @@ class MachineStore:
             self._event(c, name, old.value, new.value, reason or default, now)
             return True
 
+    def update_info(self, name: str, **fields: Any) -> None:
+        """Add to what the store keeps of a machine (e.g. a pilot job's batch job id)."""
+        with self.store.tx() as c:
+            row = c.execute("SELECT info FROM machines WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no machine {name}")
+            info = {**(json.loads(row["info"]) if row["info"] else {}), **fields}
+            c.execute("UPDATE machines SET info = ? WHERE name = ?", (json.dumps(info), name))
+
     def note(self, name: str, reason: str, now: float | None = None) -> None:
         """Record something that happened to a machine without a state change (e.g. one
         Ansible task's result): an event whose from and to states are its current state."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from controller.config.settings import Settings
 from controller.drivers.ansible import end_orphaned_runs
 from controller.drivers.ssh import HostTarget, SshDriver, fingerprint
-from tests.conftest import REPO, sh, wait_until
+from tests.conftest import REPO, peaks, sh, wait_until
 from tests.sshhosts import SshHosts
 
 pytestmark = pytest.mark.integration
@@ -91,24 +90,11 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     ctrl = controller(make_controller, hosts, ssh_endpoint(hosts, idle_timeout=12))
     ids = ctrl.submit("alice", *[sh("sleep 1.5; echo on $(cat /proc/sys/kernel/hostname)",
                                     memory_mb=256)] * 12)
-    peak, stop = 0, threading.Event()
-
-    def watch():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, len(get(ctrl, "/api/v1/jobs", state="running", limit=100)))
-            time.sleep(0.1)
-
-    t = threading.Thread(target=watch)
-    t.start()
-    try:
-        # a first contact copies the pilot to each host: 30-45 s on a busy 2-core machine
+    with peaks(running=lambda: len(get(ctrl, "/api/v1/jobs", state="running", limit=100))) \
+            as peak:
         done = [ctrl.wait_state(i, "done", "failed", timeout=150) for i in ids]
-    finally:
-        stop.set()
-        t.join()
     assert [j["state"] for j in done] == ["done"] * 12
-    assert peak == 6  # 3 hosts x 2 slots, and never more
+    assert peak["running"] == 6  # 3 hosts x 2 slots, and never more
     assert {j["machine"] for j in done} == {"ssh-h1", "ssh-h2", "ssh-h3"}
 
     # the same deploy again, as the controller ran it, changes nothing on any host

@@ -1,0 +1,156 @@
+"""Slurm endpoint figures: submission -> job start, and pilot jobs submitted per second.
+
+    .venv/bin/python -m bench.slurm_latency [--rounds 3] [--pilots 20] [--json]   (as root)
+
+A real one-node Slurm cluster (tests/slurmcluster.py: munged, slurmctld, slurmd and sshd on a
+network-namespace host, 4 CPUs) and a controller in this process (uvicorn in a thread, a
+temporary database) with a Slurm endpoint reaching that login node over SSH. Measured:
+- no pilot yet: nothing runs on the cluster; the job waits for a pilot job to be submitted,
+  scheduled by Slurm, started, and its pilot to register and match (each `--rounds` times);
+- pilot idle: a pilot job already runs there, idle (a long-poll, woken by the submission);
+- submission rate: `--pilots` pilot jobs submitted by the driver in one SSH session (held in
+  Slurm with --hold, then cancelled), and the same number one sbatch command each;
+- one status query (squeue over SSH).
+Latency = the job's `started_at` (the controller's clock) - the time just before the submit
+request. Everything temporary is removed and every daemon stopped at the end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.auth import Role
+from controller.cli.client import ApiClient
+from controller.cli.demo import Server, free_port
+from controller.config.settings import EndpointConfig, Settings
+from controller.drivers.batchsite import SYSTEMS, BatchDriver
+from controller.store import Store
+from tests.conftest import wait_until
+from tests.slurmcluster import SlurmCluster
+
+IDLE_TIMEOUT = 8.0
+JOB = {"executable": "/bin/true", "requirements": {"cores": 1, "memory_mb": 64,
+                                                    "max_runtime": 60}}
+
+
+def endpoint(cluster: SlurmCluster, root: Path, **slurm: Any) -> EndpointConfig:
+    h, hs = cluster.login, cluster.hosts
+    root.mkdir(parents=True, exist_ok=True)
+    return EndpointConfig(
+        name="hpc", driver="slurm", cores=1, memory_mb=256, slots=1, max_machines=4,
+        max_starts_per_cycle=4, idle_timeout=IDLE_TIMEOUT, heartbeat_interval=1, lost_after=30,
+        slurm={"address": h.address, "port": h.port, "user": hs.user, "key": str(hs.key),
+               "known_hosts": str(hs.known_hosts(root / "known_hosts")),
+               "remote_dir": str(root / "remote"), "python": "/usr/bin/python3",
+               "partition": "batch", "wall_time": 600, "time_margin": 20, **slurm})
+
+
+def one(api: ApiClient, ready: Any) -> float:
+    wait_until(ready, 90, 0.05, "the endpoint to be ready")
+    t0 = time.time()
+    job_id = api.submit([JOB])["ids"][0]
+    job = wait_until(lambda: (j := api.job(job_id))["started_at"] and j, 90, 0.05,
+                     f"job {job_id} to start")
+    wait_until(lambda: api.job(job_id)["state"] == "done", 60, 0.05, f"job {job_id} to end")
+    return float(job["started_at"] - t0)
+
+
+def latency(cluster: SlurmCluster, root: Path, rounds: int) -> dict[str, list[float]]:
+    port = free_port()
+    s = Settings(database=root / "cloudpilot.db", data_dir=root / "data",
+                 host=cluster.hosts.controller_host, port=port, loop_interval=0.5,
+                 endpoints=[endpoint(cluster, root)])
+    store = Store(s.database)
+    store.tokens.create_user("bench", "bench")
+    api = ApiClient(f"http://{s.host}:{port}", store.tokens.issue(Role.USER, owner="bench"))
+    admin = ApiClient(f"http://{s.host}:{port}", store.tokens.issue(Role.ADMIN))
+    store.close()
+
+    def live() -> list[dict[str, Any]]:
+        return list(admin.request("GET", "/api/v1/machines"))
+
+    def nothing_runs() -> bool:
+        return not live() and not cluster.jobs("PENDING", "RUNNING", "COMPLETING")
+
+    def pilot_idle() -> bool:
+        ms = live()
+        return len(ms) == 1 and ms[0]["state"] == "running" and not ms[0]["jobs"]
+
+    cold, idle = [], []
+    with Server(s):
+        for _ in range(rounds):
+            cold.append(one(api, nothing_runs))
+            idle.append(one(api, pilot_idle))
+    return {"no_pilot": cold, "pilot_idle": idle}
+
+
+def submission(cluster: SlurmCluster, root: Path, n: int) -> dict[str, float]:
+    ep = endpoint(cluster, root, sbatch_options=["--hold"])
+    d = BatchDriver(ep, root / "data-submit", "http://127.0.0.1:9", lambda m: "not-a-token",
+                    SYSTEMS["slurm"](ep))
+    d.place()
+    t0 = time.perf_counter()
+    got = d.submit([f"hpc-{i:04d}" for i in range(1, n + 1)])
+    batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(n + 1, 2 * n + 1):
+        got.update(d.submit([f"hpc-{i:04d}"]))
+    single = time.perf_counter() - t0
+    bad = {m: str(e) for m, e in got.items() if not isinstance(e, str)}
+    if bad:
+        raise RuntimeError(f"sbatch failed: {bad}")
+    t0 = time.perf_counter()
+    jobs = d.refresh().jobs
+    status = time.perf_counter() - t0
+    d.cancel([str(j) for j in got.values()])
+    seen = [i for i in got.values() if i in jobs]
+    if len(seen) != 2 * n:
+        raise RuntimeError(f"squeue shows {len(seen)} of the {2 * n} pilot jobs submitted")
+    return {"one_session_per_s": n / batch, "one_each_per_s": n / single,
+            "status_query_s": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.slurm_latency", description=__doc__)
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each latency (3)")
+    ap.add_argument("--pilots", type=int, default=20, help="pilot jobs per submission run")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="cloudpilot-bench-slurm-") as tmp:
+        root = Path(tmp)
+        cluster = SlurmCluster(root / "cluster")
+        try:
+            cluster.setup().start()
+            lat = latency(cluster, root / "latency", args.rounds)
+            cluster.cancel_all()
+            sub = submission(cluster, root / "submit", args.pilots)
+        finally:
+            cluster.close()
+    r = {"rounds": args.rounds, "pilots": args.pilots,
+         "no_pilot_median_s": round(statistics.median(lat["no_pilot"]), 2),
+         "no_pilot_s": [round(x, 2) for x in lat["no_pilot"]],
+         "pilot_idle_median_s": round(statistics.median(lat["pilot_idle"]), 3),
+         "pilot_idle_s": [round(x, 3) for x in lat["pilot_idle"]],
+         **{k: round(v, 2) for k, v in sub.items()}}
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print("Slurm endpoint, one node (4 CPUs) behind an SSH login node, submission -> start:")
+    print(f"  no pilot yet (sbatch, Slurm starts it, pilot registers)  "
+          f"{r['no_pilot_median_s']:6.2f} s  (median of {r['no_pilot_s']})")
+    print(f"  pilot idle in a running Slurm job                        "
+          f"{r['pilot_idle_median_s']:6.3f} s  (median of {r['pilot_idle_s']})")
+    print(f"pilot jobs submitted per second, {args.pilots} in one SSH session: "
+          f"{r['one_session_per_s']:.1f}/s; one sbatch per command: {r['one_each_per_s']:.1f}/s")
+    print(f"one status query (squeue -t all over SSH): {r['status_query_s']:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Batch-system sites over SSH: the adapter interface a batch system implements (Slurm in
+controller/drivers/slurm.py; the driver that runs it on the site's login node is
+controller/drivers/batchsite.py).
+
+A site defines one user on its login node; the controller reaches it over SSH (host key
+pinned, key only), places the pilot zip application and the batch script once under
+REMOTE_DIR/ENDPOINT (re-sent only when they change), and submits each pilot as one batch job
+named cp-MACHINE whose config (with the pilot token) it writes, mode 0600, to
+REMOTE_DIR/ENDPOINT/MACHINE/pilot.json through the SSH session's stdin. The directory must be
+shared with the compute nodes (a home directory usually is).
+
+To add another batch system (HTCondor, PBS/Torque, SGE), write a class with the four methods
+of `BatchSystem` below, in a module beside slurm.py, and name it in batchsite.SYSTEMS:
+- `script()`: the batch script, run as `pilot.sh DIR WALL_SECONDS` in the pilot's directory;
+  it sets CLOUDPILOT_DEADLINE (Unix time the job will be killed) and execs
+  `python ../pilot.pyz --config pilot.json`;
+- `submit(shell, base, pilots)`: for each pilot, write its config (read from stdin, one line
+  each) and submit the script, all in one session; return machine -> job id, or the error
+  with the system's own message;
+- `status(shell, endpoint)`: every job of this endpoint (named cp-ENDPOINT-...) the system
+  still knows, as BatchJob (pending / running / ended; ended by the site or failed);
+- `cancel(shell, ids)`: cancel these jobs; jobs already gone are not an error.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.domain.batch import BatchJob
+from controller.drivers.remote import Shell
+from controller.errors import DriverError
+
+JOB_PREFIX = "cp-"  # pilot jobs are named cp-MACHINE (machine names are ENDPOINT-NNNN)
+
+
+class BatchCommandError(DriverError):
+    """A batch system command failed; the message is the system's own."""
+
+
+@dataclass(frozen=True)
+class PilotSubmission:
+    machine: str
+    config: str  # the pilot's JSON config; it holds the pilot token: sent on stdin only
+
+
+class BatchSystem(Protocol):
+    """A batch system's commands, run on the login node through `shell`."""
+
+    name: str
+
+    def script(self) -> str: ...
+
+    def submit(self, shell: Shell, base: str,
+               pilots: Sequence[PilotSubmission]) -> dict[str, str | BatchCommandError]: ...
+
+    def status(self, shell: Shell, endpoint: str) -> list[BatchJob]: ...
+
+    def cancel(self, shell: Shell, ids: Sequence[str]) -> None: ...
+
+
+def remote_base(remote_dir: str, endpoint: str) -> str:
+    """REMOTE_DIR/ENDPOINT as a shell word (a leading ~/ is the user's home)."""
+    path = f"{remote_dir.rstrip('/')}/{endpoint}"
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
