@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,7 +22,7 @@ from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
 from controller.drivers.base import Driver
 from controller.drivers.local import LocalDriver
-from controller.errors import CloudpilotError
+from controller.errors import CloudpilotError, TemporaryError, storage_error
 from controller.notify import Notifier
 from controller.reconcile.hosts import make_ssh_driver
 from controller.reconcile.loop import Reconciler
@@ -61,10 +63,14 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:
                 notifier.fire()
+        except sqlite3.Error as e:  # a full or read-only database: say so in one line
+            log.warning("reconcile tick failed: %s", storage_error(e).message)
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
         # sleep until the interval is over, or a bit after the queue changes
         with contextlib.suppress(TimeoutError):
+            if notifier.stopping:
+                return
             await asyncio.wait_for(notifier.current().wait(), timeout=interval)
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
 
@@ -72,7 +78,7 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
 def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database)
+        store = Store(settings.database, lease=settings.stalled_after)
         store.machines.sync_endpoints([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
         app.state.notifier.bind(asyncio.get_running_loop())
@@ -104,7 +110,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
 
     @app.exception_handler(CloudpilotError)
     async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else \
+            {"Retry-After": "1"} if isinstance(exc, TemporaryError) else None
         return JSONResponse({"detail": exc.message}, exc.status_code, headers=headers)
 
     @app.exception_handler(IllegalTransition)
@@ -121,10 +128,32 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         return JSONResponse({"detail": "invalid request: " + "; ".join(errors),
                              "errors": errors}, 422)
 
-    @app.exception_handler(sqlite3.OperationalError)
-    async def _busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
-        log.warning("database error on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": "the database is busy; retry"}, 503,
+    @app.exception_handler(sqlite3.Error)
+    async def _storage(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        err = storage_error(exc)
+        log.warning("database error on %s: %s", request.url.path, err.message)
+        return JSONResponse({"detail": err.message}, err.status_code,
                             headers={"Retry-After": "1"})
 
     return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, releasing long-polls the moment a graceful stop begins (uvicorn waits
+    for every open request before it stops)."""
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.notifier.stop()
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> None:
+    """Run the controller until SIGTERM or SIGINT; a graceful stop takes under 2 s."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            timeout_graceful_shutdown=1)
+    _Server(config, app.state.notifier).run()

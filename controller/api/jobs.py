@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+import hashlib
+import json
+
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import SettingsDep, StoreDep, UserAuth
@@ -13,6 +17,7 @@ from controller.domain.jobs import Job, JobState, NewJob
 from controller.domain.matching import unmatchable_reason
 from controller.errors import Forbidden, InvalidInput, NotFound, TooLarge
 from controller.store import Store
+from controller.store.jobs import IdempotencyKey
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -30,8 +35,23 @@ def _visible(store: Store, p: Principal, job_id: int) -> Job:
     raise NotFound(f"no job {job_id}")  # do not reveal other owners' jobs
 
 
+IdempotencyHeader = Header(
+    None, alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+    description="the same key with the same body answers the first submission's ids again; "
+    "with another body it is a 409")
+
+
+def idempotency(request: Request, body: BaseModel, key: str | None,
+                settings: Settings) -> IdempotencyKey | None:
+    if key is None:
+        return None
+    digest = hashlib.sha256(request.url.path.encode() + b"\n" + json.dumps(
+        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode())
+    return IdempotencyKey(key, digest.hexdigest(), settings.idempotency_keep)
+
+
 async def _submit(request: Request, store: Store, settings: Settings, p: Principal,
-                  jobs: list[NewJob]) -> Submitted:
+                  jobs: list[NewJob], idem: IdempotencyKey | None) -> Submitted:
     if p.owner is None:
         raise Forbidden("an admin token has no owner; submit with a user token")
     if len(jobs) > settings.max_bulk_jobs:
@@ -42,7 +62,7 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
         if unknown and known:
             raise InvalidInput(f"unknown endpoints {sorted(unknown)}; known: {sorted(known)}")
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
-                                  settings.max_retries)
+                                  settings.max_retries, None, idem)
     request.app.state.notifier.fire()
     shapes = [e.shape() for e in settings.endpoints]
     bad = {}
@@ -55,16 +75,18 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
 
 @router.post("", status_code=201, response_model=Submitted)
 async def submit(body: JobIn, request: Request, store: StoreDep, settings: SettingsDep,
-                 p: UserAuth) -> Submitted:
+                 p: UserAuth, key: str | None = IdempotencyHeader) -> Submitted:
     """Submit one job. Owner and group come from the token."""
-    return await _submit(request, store, settings, p, [body.to_domain()])
+    return await _submit(request, store, settings, p, [body.to_domain()],
+                         idempotency(request, body, key, settings))
 
 
 @router.post("/bulk", status_code=201, response_model=Submitted)
 async def submit_bulk(body: BulkIn, request: Request, store: StoreDep, settings: SettingsDep,
-                      p: UserAuth) -> Submitted:
+                      p: UserAuth, key: str | None = IdempotencyHeader) -> Submitted:
     """Submit many jobs in one request (one transaction: all or none)."""
-    return await _submit(request, store, settings, p, [j.to_domain() for j in body.jobs])
+    return await _submit(request, store, settings, p, [j.to_domain() for j in body.jobs],
+                         idempotency(request, body, key, settings))
 
 
 @router.get("", response_model=list[JobOut])

@@ -46,17 +46,17 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
-    from controller.app import create_app
+    from controller.app import serve
+    from controller.store import Store
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = _settings(args).model_copy(update=overrides)
+    Store(settings.database).close()  # a bad path: one line (StorageError), no traceback
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(f"cloudpilot controller on {settings.url} (database {settings.database}, "
           f"endpoints {', '.join(e.name for e in settings.endpoints) or 'none'})", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="warning")
+    serve(settings)
     return 0
 
 

@@ -89,9 +89,11 @@ class Reconciler:
             if ep.driver != "ssh":  # SSH hosts: heartbeats tell (controller/reconcile/hosts.py)
                 requeued += self._gone(ep.name, seen[ep.name], now)
             pairing.sync(self.store, ep, seen[ep.name], now)
-        cutoff = now - self.settings.stalled_after
-        if cutoff > self.started:
-            silent = self.store.jobs.stall(silent_since=cutoff, now=now)
+        # a silent pilot's jobs go back to the queue only once their lease has surely run out
+        # (lease + margin): by then the pilot has killed the payload (issue 11)
+        if now - self.settings.stalled_after > self.started:
+            silent = self.store.jobs.stall(expired_before=now - self.settings.lease_margin,
+                                           now=now)
             requeued += sum(1 for _, s in silent if s == JobState.WAITING)
         # the queue by task queue, once a tick for every endpoint (a GROUP BY over all waiting
         # jobs); jobs requeued while endpoints are decided are seen at the next tick
@@ -132,7 +134,18 @@ class Reconciler:
         return requeued
 
     def _requeue(self, machine: str, why: str, now: float) -> int:
-        moved = self.store.jobs.stall(machines=[machine], now=now, why=why)
+        """A lost machine's jobs back to the queue: at once when its driver has killed all that
+        ran there (payloads included), else only those whose lease has surely run out; the
+        others follow when theirs does (issue 11: never two attempts running at once)."""
+        try:
+            endpoint = self.store.machines.get(machine)["endpoint"]
+        except NotFound:
+            endpoint = ""
+        reap = getattr(self.drivers.get(endpoint), "reap", None)
+        dead = bool(reap(machine)) if reap is not None else False
+        moved = self.store.jobs.stall(
+            machines=[machine], now=now, why=why,
+            expired_before=None if dead else now - self.settings.lease_margin)
         return sum(1 for _, s in moved if s == JobState.WAITING)
 
     # decide, plan, apply -----------------------------------------------------------------

@@ -6,11 +6,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sqlite_utils import Database
 
+from controller.errors import StorageError, storage_error
 from controller.store.migrations import migrate
 
 
@@ -18,19 +19,27 @@ class Store:
     """Owns the database connection. Every query module goes through `tx()` (a write
     transaction) or `read()` so that one process never interleaves two transactions."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, lease: float = 60.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        conn.row_factory = sqlite3.Row
-        self.db = Database(conn)
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: the queue's hot pages stay cached
-        self.lock = threading.RLock()
-        with self.lock:
-            migrate(self.db)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"cannot open the database {self.path}: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            self.db = Database(conn)
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: hot queue pages stay cached
+            self.lock = threading.RLock()
+            with self.lock:
+                migrate(self.db)
+        except sqlite3.Error as e:
+            conn.close()
+            raise storage_error(e, f"opening {self.path}") from None
         from controller.store.hosts import HostStore
         from controller.store.jobs import JobStore
         from controller.store.machines import MachineStore
@@ -38,7 +47,7 @@ class Store:
         from controller.store.ticks import TickStore
         from controller.store.tokens import TokenStore
 
-        self.jobs = JobStore(self)
+        self.jobs = JobStore(self, lease)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
         self.plans = PlanStore(self)
@@ -53,11 +62,14 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                # also when COMMIT itself failed (disk full): leave no transaction open, so the
+                # next request starts clean and works once space returns
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
