@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from controller.auth import Role
+from controller.drivers.proctree import MachineProcesses
 from controller.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
         root = tmp_path / f"ctrl{len(made)}"
         root.mkdir()
         eps = endpoints if endpoints is not None else [MANUAL]
-        base = {"loop_interval": 0.3, "stalled_after": 3, "max_retries": 2}
+        base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
         ctrl = Controller(root, free_port(), {**base, **settings}, eps)
         ctrl.write_config()
         store = Store(ctrl.database)
@@ -218,9 +219,11 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
         c.stop()
-        # machines the local driver started live in their own sessions: end them
+        # machines the local driver started live in their own sessions: end them, with
+        # every payload they started
         for pid_file in (c.root / "data").glob("machines/*/*/pilot.pid"):
             try:
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError, PermissionError):
                 pass
+            MachineProcesses(pid_file.parent.parent, pid_file.parent.name).kill()

@@ -3,6 +3,7 @@ modules that work on it."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from controller.errors import StorageError, storage_error
+from controller.errors import StorageError, StorageReadOnly, storage_error
 from controller.store.migrations import migrate
 
 
@@ -24,6 +25,9 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        except FileExistsError:
+            raise StorageError(f"cannot open the database {self.path}: "
+                               f"{self.path.parent} is a file, not a folder") from None
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"cannot open the database {self.path}: "
                                f"{getattr(e, 'strerror', None) or e}") from None
@@ -39,6 +43,11 @@ class Store:
                 migrate(self.db)
         except sqlite3.Error as e:
             conn.close()
+            ro = next((p for p in (self.path, self.path.parent)
+                       if p.exists() and not os.access(p, os.W_OK)), None)
+            if ro is not None:  # SQLite says only "unable to open database file"
+                raise StorageReadOnly(f"cannot open the database {self.path}: {ro} is "
+                                      f"read-only ({e})") from None
             raise storage_error(e, f"opening {self.path}") from None
         from controller.store.hosts import HostStore
         from controller.store.jobs import JobStore
