@@ -71,7 +71,7 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
         with contextlib.suppress(TimeoutError):
             if notifier.stopping:
                 return
-            await asyncio.wait_for(notifier.current().wait(), timeout=interval)
+            await asyncio.wait_for(notifier.changes().wait(), timeout=interval)
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
 
 

@@ -4,6 +4,8 @@ once when the controller stops."""
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import deque
 
 from controller.errors import TemporaryError
 
@@ -21,11 +23,15 @@ class _Stopped(asyncio.Event):
 
 
 class Notifier:
-    """An asyncio event that is replaced each time it fires: waiters take the current one,
-    so a change that happens between a failed match and the wait is never missed."""
+    """Each long-poll takes its own event (`current()`) before it looks for work, so a change
+    between a failed match and the wait is never missed. `fire(n)` wakes the n long-polls
+    that have waited longest (n new jobs need at most n pilots: a thousand waiting pilots do
+    not all query the database for each submission); `fire()` wakes them all. The loop
+    watches every change through `changes()`."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._waiters: deque[weakref.ref[asyncio.Event]] = deque()
+        self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
 
@@ -33,14 +39,30 @@ class Notifier:
         self._loop = loop
 
     def current(self) -> asyncio.Event:
-        return self._event
-
-    def fire(self) -> None:
-        """Call from the event loop's thread."""
+        """A new event for one waiter, set by the next fire that reaches it."""
         if self.stopping:
-            return
-        old, self._event = self._event, asyncio.Event()
-        old.set()
+            return _Stopped()
+        ev = asyncio.Event()
+        self._waiters.append(weakref.ref(ev))
+        if len(self._waiters) > 4096:  # forget the waits that ended without a fire
+            self._waiters = deque(r for r in self._waiters if r() is not None)
+        return ev
+
+    def changes(self) -> asyncio.Event:
+        """An event set by the next fire, whatever its n (for the reconcile loop)."""
+        return self._changed
+
+    def fire(self, n: int | None = None) -> None:
+        """Wake waiters: all of them, or the n that wait longest. Call from the event loop's
+        thread."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+        woken = 0
+        while self._waiters and (n is None or woken < n):
+            ev = self._waiters.popleft()()
+            if ev is not None and not ev.is_set():
+                ev.set()
+                woken += 1
 
     def fire_threadsafe(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -48,6 +70,5 @@ class Notifier:
 
     def stop(self) -> None:
         """The controller is stopping: wake every waiter; later waits end at once."""
-        old, self._event = self._event, _Stopped()
         self.stopping = True
-        old.set()
+        self.fire()

@@ -63,7 +63,7 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
             raise InvalidInput(f"unknown endpoints {sorted(unknown)}; known: {sorted(known)}")
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
                                   settings.max_retries, None, idem)
-    request.app.state.notifier.fire()
+    request.app.state.notifier.fire(len(ids))  # as many waiting pilots as there are new jobs
     shapes = [e.shape() for e in settings.endpoints]
     bad = {}
     for i, j in zip(ids, jobs, strict=True):
