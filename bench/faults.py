@@ -30,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import Controller
+from bench.harness import make_controller
 from controller.cli.client import ApiClient
 from controller.drivers.proctree import MachineProcesses
+from tests.conftest import Controller
 
 ENDPOINT = "local"
 SETTINGS = {"loop_interval": 0.3, "stalled_after": 6, "lease_margin": 2, "max_retries": 10,
@@ -129,8 +130,7 @@ def cleanup(ctl: Controller) -> None:
 def controller_sigkill(tmp: Path, n_jobs: int) -> Row:
     """The controller is SIGKILLed 5 times (and restarted a second later) while short jobs
     run; submissions go on meanwhile, retried by the client under their keys."""
-    ctl, ledger = Controller(tmp, SETTINGS, [LOCAL]), tmp / "ledger"
-    ctl.prepare()
+    ctl, ledger = make_controller(tmp, SETTINGS, [LOCAL]), tmp / "ledger"
     ctl.start()
     row, t0 = Row("controller SIGKILL x5 during the run"), time.monotonic()
     acked: list[int] = []
@@ -220,8 +220,7 @@ def killed_between_commit_and_answer(tmp: Path, n_jobs: int) -> Row:
     """A bulk submission reaches the controller and is committed; the controller is killed
     before its answer leaves; the client sees a dropped connection and retries (same key)
     until the restarted controller answers."""
-    ctl, ledger = Controller(tmp, SETTINGS, [LOCAL]), tmp / "ledger"
-    ctl.prepare()
+    ctl, ledger = make_controller(tmp, SETTINGS, [LOCAL]), tmp / "ledger"
     ctl.start()
     row, t0 = Row("controller killed between commit and answer"), time.monotonic()
 

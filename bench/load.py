@@ -30,7 +30,9 @@ from typing import Any
 
 import httpx
 
-from bench.harness import ROOT, Controller
+from bench.harness import make_controller, threads
+from tests.conftest import REPO as ROOT
+from tests.conftest import Controller
 
 ENDPOINT = "load"
 
@@ -208,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drive(args: argparse.Namespace, tmp: Path) -> int:
-    ctl = Controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "stalled_after": 120},
+    ctl = make_controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "stalled_after": 120},
                      [{"name": ENDPOINT, "driver": "local", "max_machines": 0, "cores": 1,
                        "memory_mb": 1024, "slots": 1, "heartbeat_interval": args.heartbeat,
                        "lost_after": 300}])
-    ctl.prepare()
     ctl.start()
     stop_file = tmp / "stop"
     procs = []
@@ -234,7 +235,7 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
                 raise RuntimeError("a worker did not start")
         t_reg = time.monotonic() - t_reg
         time.sleep(2.0)  # every pilot now waits in a long-poll on an empty queue
-        idle_threads = max(ctl.threads() for _ in range(10) if time.sleep(0.1) is None)
+        idle_threads = max(threads(ctl) for _ in range(10) if time.sleep(0.1) is None)
         t0 = time.monotonic()
         sent, submit_lat, list_lat = asyncio.run(users(ctl, args.rate, args.seconds, errors))
         with ctl.client() as c:  # let the queue drain (bounded)

@@ -185,6 +185,23 @@ MANUAL = {"name": "manual", "driver": "local", "cores": 8, "memory_mb": 8192, "s
           "lost_after": 3, "idle_timeout": 60}
 
 
+def prepare(ctrl: Controller) -> Controller:
+    """Write its config; make users (alice and carol in physics, bob in biology) with their
+    tokens, an admin token and a pilot token per endpoint."""
+    ctrl.root.mkdir(parents=True, exist_ok=True)
+    ctrl.write_config()
+    store = Store(ctrl.database)
+    for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
+        store.tokens.create_user(user, group)
+        ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
+    ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
+    for ep in ctrl.endpoints:
+        ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
+                                                                endpoint=ep["name"])
+    store.close()
+    return ctrl
+
+
 @pytest.fixture
 def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
     """Build and start a controller: make_controller(endpoints=[...], **settings)."""
@@ -196,17 +213,7 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
         root.mkdir()
         eps = endpoints if endpoints is not None else [MANUAL]
         base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
-        ctrl = Controller(root, free_port(), {**base, **settings}, eps)
-        ctrl.write_config()
-        store = Store(ctrl.database)
-        for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
-            store.tokens.create_user(user, group)
-            ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
-        ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
-        for ep in eps:
-            ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
-                                                                    endpoint=ep["name"])
-        store.close()
+        ctrl = prepare(Controller(root, free_port(), {**base, **settings}, eps))
         made.append(ctrl)
         if start:
             ctrl.start()
