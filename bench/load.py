@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import statistics
 import subprocess
 import sys
@@ -48,22 +49,28 @@ def pct(xs: list[float], p: float) -> float:
 class Pilots:
     def __init__(self, url: str, token: str, heartbeat: float, job_seconds: float,
                  stop_file: Path) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"},
-            # idle connections are dropped before uvicorn's 5 s keep-alive timeout can close
-            # one under a new request
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None,
-                                keepalive_expiry=2.0))
+        self.url, self.headers = url, {"Authorization": f"Bearer {token}"}
+        self.ssl = ssl.create_default_context()  # one for all: making one costs ~20 ms
         self.heartbeat, self.job_seconds, self.stop_file = heartbeat, job_seconds, stop_file
         self.lat: dict[str, list[float]] = {"register": [], "heartbeat": [], "report": []}
         self.matched: list[tuple[float, float, int]] = []  # (request start, answer, job id)
         self.errors: Counter[str] = Counter()
         self.stopping = False
 
-    async def call(self, kind: str, path: str, body: Any) -> httpx.Response | None:
+    def client(self) -> httpx.AsyncClient:
+        """One client per pilot, as real pilots have (one pool shared by hundreds of
+        concurrent requests costs the client more CPU than the controller spends on them),
+        and a new connection per request, as the pilot's urllib makes (a kept-alive one may
+        be closed by uvicorn's keep-alive timeout under a late request of a busy client)."""
+        return httpx.AsyncClient(base_url=self.url, timeout=60, headers=self.headers,
+                                 verify=self.ssl,
+                                 limits=httpx.Limits(max_keepalive_connections=0))
+
+    async def call(self, http: httpx.AsyncClient, kind: str, path: str,
+                   body: Any) -> httpx.Response | None:
         t0 = time.time()
         try:
-            r = await self.http.post(path, json=body)
+            r = await http.post(path, json=body)
         except httpx.HTTPError as e:
             self.errors[f"{kind}: {type(e).__name__}"] += 1
             return None
@@ -75,7 +82,8 @@ class Pilots:
         return r
 
     async def pilot(self, n: int, ready: asyncio.Event, registered: list[int]) -> None:
-        r = await self.call("register", "/api/v1/pilots/register", {
+        http = self.client()
+        r = await self.call(http, "register", "/api/v1/pilots/register", {
             "machine": f"load-{uuid.uuid4().hex[:10]}", "cores": 1, "memory_mb": 1024,
             "slots": 1})
         registered.append(1)
@@ -84,11 +92,11 @@ class Pilots:
         pid = r.json()["pilot_id"]
         await ready.wait()
         held: dict[int, None] = {}
-        beat = asyncio.create_task(self.beats(pid, held))
+        beat = asyncio.create_task(self.beats(http, pid, held))
         while not self.stopping:
             t0 = time.time()
-            r = await self.call("match", f"/api/v1/pilots/{pid}/match", {
-                "free_cores": 1, "free_memory_mb": 1024, "free_slots": 1, "wait": 5})
+            r = await self.call(http, "match", f"/api/v1/pilots/{pid}/match", {
+                "free_cores": 1, "free_memory_mb": 1024, "free_slots": 1, "wait": 20})
             if r is None or r.status_code == 204:
                 if r is None:
                     await asyncio.sleep(1)
@@ -98,18 +106,19 @@ class Pilots:
                 job = m["job"]["id"]
                 self.matched.append((t0, t1, job))
                 held[job] = None
-                await self.call("heartbeat", f"/api/v1/pilots/{pid}/heartbeat",
+                await self.call(http, "heartbeat", f"/api/v1/pilots/{pid}/heartbeat",
                                 {"jobs": [{"id": job, "progress": None}]})
                 await asyncio.sleep(self.job_seconds)
-                await self.call("report", f"/api/v1/pilots/{pid}/jobs/{job}/report",
+                await self.call(http, "report", f"/api/v1/pilots/{pid}/jobs/{job}/report",
                                 {"status": "done", "exit_code": 0})
                 held.pop(job, None)
         beat.cancel()
+        await http.aclose()
 
-    async def beats(self, pid: str, held: dict[int, None]) -> None:
+    async def beats(self, http: httpx.AsyncClient, pid: str, held: dict[int, None]) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
-            await self.call("heartbeat", f"/api/v1/pilots/{pid}/heartbeat",
+            await self.call(http, "heartbeat", f"/api/v1/pilots/{pid}/heartbeat",
                             {"jobs": [{"id": j, "progress": None} for j in held]})
 
     async def run(self, n: int) -> dict[str, Any]:
@@ -123,7 +132,6 @@ class Pilots:
             await asyncio.sleep(0.2)
         self.stopping = True
         await asyncio.wait(tasks, timeout=30)
-        await self.http.aclose()
         return {"lat": self.lat, "matched": self.matched, "errors": dict(self.errors)}
 
 

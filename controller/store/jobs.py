@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from controller.store.db import Store
 
 S = JobState
+SEEN_EVERY = 1.0  # a match records its pilot alive at most this often when nothing is claimed
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -97,6 +98,7 @@ class JobStore:
     def __init__(self, store: Store, lease: float = 60.0) -> None:
         self.store = store
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
+        self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self._tqs: dict[int, TaskQueue] = {}
         self._tq_keys: dict[str, int] = {}
         self._tq_memo: dict[tuple[Requirements, str, str, int], int] = {}
@@ -280,6 +282,17 @@ class JobStore:
                 " WHERE state IN ('matched', 'running') GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
+    def _may_fit(self, offer: SlotOffer) -> bool:
+        """Is any job waiting in a task queue that fits the offer? (A read, no write lock: a
+        long-poll that wakes or re-checks with nothing for it stays cheap.)"""
+        with self.store.read() as c:  # the lock also guards self._tqs
+            fitting = [q.id for q in self._tqs.values() if fits(q.requirements, offer)]
+            if not fitting:
+                return False
+            return c.execute(
+                f"SELECT 1 FROM jobs WHERE state = 'waiting' AND tq_id IN"
+                f" ({','.join('?' * len(fitting))}) LIMIT 1", fitting).fetchone() is not None
+
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
         shares: dict[str, float], issue_token: Callable[[sqlite3.Connection, Job], str],
@@ -292,6 +305,9 @@ class JobStore:
         now = time.time() if now is None else now
         got: list[tuple[Job, str]] = []
         kind = "group" if by == "group" else "owner"
+        if not self._may_fit(offer) and now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
+            return []  # nothing to claim, liveness recorded lately: no write transaction
+        self._seen[pilot_id] = now
         with self.store.tx() as c:
             c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
             c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
