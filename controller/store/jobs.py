@@ -353,10 +353,15 @@ class JobStore:
         return got
 
     # pilot reports -----------------------------------------------------------------------
-    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int) -> sqlite3.Row:
+    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,
+              attempt: int | None = None) -> sqlite3.Row:
+        """The job's row if this pilot holds it (in the given attempt), else a Conflict."""
         row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id}")
+        if attempt is not None and attempt != row["attempt"]:
+            raise Conflict(f"attempt {attempt} of job {job_id} is over (the job is on attempt "
+                           f"{row['attempt']}): stop it")
         if row["pilot_id"] != pilot_id or (
             row["state"] not in ACTIVE_STATES and row["state"] != S.KILLED
         ):
@@ -364,16 +369,19 @@ class JobStore:
         return row
 
     def heartbeat(self, pilot_id: str, progress: dict[int, str | None],
-                  now: float | None = None) -> list[int]:
-        """Record a pilot's heartbeat for its running jobs; return the ids it must stop
-        (killed, or no longer its own)."""
+                  now: float | None = None,
+                  attempts: dict[int, int] | None = None) -> list[int]:
+        """Record a pilot's heartbeat for its running jobs, renewing their leases; return the
+        ids it must stop (killed, no longer its own, or in another attempt than it runs)."""
         now = time.time() if now is None else now
         stop: list[int] = []
+        attempts = attempts or {}
         with self.store.tx() as c:
             for job_id, prog in progress.items():
-                row = c.execute("SELECT state, pilot_id FROM jobs WHERE id = ?",
+                row = c.execute("SELECT state, pilot_id, attempt FROM jobs WHERE id = ?",
                                 (job_id,)).fetchone()
-                if row is None or row["pilot_id"] != pilot_id or row["state"] not in ACTIVE_STATES:
+                if row is None or row["pilot_id"] != pilot_id or row["state"] not in ACTIVE_STATES \
+                        or attempts.get(job_id, row["attempt"]) != row["attempt"]:
                     stop.append(job_id)
                     continue
                 lease = now + self.lease  # renewed by every heartbeat
@@ -386,11 +394,12 @@ class JobStore:
         return stop
 
     def report(self, pilot_id: str, job_id: int, status: str, exit_code: int | None,
-               reason: str | None, now: float | None = None) -> Job:
-        """The pilot's final word on a job: done, failed or interrupted."""
+               reason: str | None, now: float | None = None,
+               attempt: int | None = None) -> Job:
+        """The pilot's final word on a job (in `attempt`): done, failed or interrupted."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            row = self._held(c, pilot_id, job_id)
+            row = self._held(c, pilot_id, job_id, attempt)
             state = JobState(row["state"])
             if state == S.KILLED:  # killed meanwhile: keep it killed, keep the exit code
                 c.execute("UPDATE jobs SET exit_code = ? WHERE id = ?", (exit_code, job_id))
@@ -408,10 +417,11 @@ class JobStore:
             return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
-                    truncated: bool, now: float | None = None) -> None:
+                    truncated: bool, now: float | None = None,
+                    attempt: int | None = None) -> None:
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            self._held(c, pilot_id, job_id)
+            self._held(c, pilot_id, job_id, attempt)
             c.execute(
                 "INSERT OR REPLACE INTO outputs (job_id, stdout, stderr, truncated, uploaded_at)"
                 " VALUES (?, ?, ?, ?, ?)", (job_id, stdout, stderr, int(truncated), now))

@@ -74,3 +74,19 @@ def test_the_same_idempotency_key_answers_the_same_ids_and_another_body_is_refus
     assert store.jobs.submit(jobs, "bob", "bio", 3, now=1003.0, idempotency=key) == [4, 5, 6]
     assert store.jobs.submit(jobs, "alice", "physics", 3, now=1101.0,
                              idempotency=key) == [7, 8, 9]
+
+
+def test_heartbeats_output_and_reports_of_a_stale_attempt_are_refused(store):
+    """The job went back to the queue and the same pilot got it again: what it says about
+    the first attempt must not count for the second."""
+    (jid,) = store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3, now=990.0)
+    claim(store, now=1000.0)
+    store.jobs.stall(expired_before=2000.0, now=1100.0)
+    assert claim(store, now=1101.0).attempt == 2
+    assert store.jobs.heartbeat("p1", {jid: None}, now=1102.0, attempts={jid: 1}) == [jid]
+    assert store.jobs.heartbeat("p1", {jid: None}, now=1102.0, attempts={jid: 2}) == []
+    with pytest.raises(Conflict, match="attempt 1 of job 1 is over"):
+        store.jobs.save_output("p1", jid, "out", "", False, attempt=1)
+    with pytest.raises(Conflict, match="attempt 1 of job 1 is over"):
+        store.jobs.report("p1", jid, "done", 0, None, attempt=1)
+    assert store.jobs.report("p1", jid, "done", 0, None, attempt=2).state == JobState.DONE
