@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -20,39 +19,12 @@ from fastapi.responses import JSONResponse
 from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
 from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
-from controller.drivers.base import Driver
-from controller.drivers.local import LocalDriver
 from controller.errors import CloudpilotError, TemporaryError, storage_error
 from controller.notify import Notifier
-from controller.reconcile.hosts import make_ssh_driver
 from controller.reconcile.loop import Reconciler
-from controller.services.secrets import stored_pilot_token
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot")
-
-
-def endpoint_pilot_token(store: Store, data_dir: Path, endpoint: str) -> str:
-    """The pilot token the controller gives the machines it starts on an endpoint, kept in
-    data_dir/secrets (mode 0600) so pilots keep working across controller restarts."""
-    return stored_pilot_token(store, data_dir / "secrets" / f"{endpoint}.pilot-token", endpoint,
-                              "machines started by the controller")
-
-
-def make_drivers(settings: Settings, store: Store) -> dict[str, Driver]:
-    drivers: dict[str, Driver] = {}
-    for ep in settings.endpoints:
-        if ep.driver == "local":
-            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
-            drivers[ep.name] = LocalDriver(ep, settings.data_dir, settings.url, token)
-        elif ep.driver == "ssh":
-            drivers[ep.name] = make_ssh_driver(settings, store, ep)
-        elif ep.driver in ("aws", "openstack"):
-            from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
-
-            token = endpoint_pilot_token(store, settings.data_dir, ep.name)
-            drivers[ep.name] = PulumiDriver(ep, settings.data_dir, settings.url, token)
-    return drivers
 
 
 async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> None:
@@ -79,12 +51,13 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.database, lease=settings.stalled_after)
-        store.machines.sync_endpoints([e.model_dump(mode="json") for e in settings.endpoints])
+        store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
-        app.state.notifier.bind(asyncio.get_running_loop())
+        notifier: Notifier = app.state.notifier
+        notifier.bind(asyncio.get_running_loop())
         task = None
         if run_loop:
-            reconciler = Reconciler(settings, store, make_drivers(settings, store))
+            reconciler = Reconciler(settings, store, wake=notifier.fire)
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, settings.loop_interval))
         try:
@@ -92,9 +65,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         finally:
             if task is not None:
                 task.cancel()
-                for driver in app.state.reconciler.drivers.values():
-                    if hasattr(driver, "close"):
-                        driver.close()  # cancel an Ansible run in progress
+                app.state.reconciler.close()  # cancel an Ansible run in progress
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             store.close()

@@ -1,7 +1,8 @@
 """Exception types of the controller and their HTTP mapping (in one place: app.py's handler).
 
-Each type's docstring is its default message. Temporary errors mean "retry later"; permanent
-errors mean the request itself is wrong."""
+Each type's docstring is its default message. Driver errors are the loop's (recorded as the
+endpoint's state, retried after a back-off); permanent errors mean the request itself is
+wrong. A busy database is answered 503 with Retry-After by app.py."""
 
 from __future__ import annotations
 
@@ -34,12 +35,6 @@ class PermanentError(CloudpilotError):
     """The request cannot succeed as it is."""
 
     status_code = 400
-
-
-class TemporaryError(CloudpilotError):
-    """The controller is busy; retry later."""
-
-    status_code = 503
 
 
 class InvalidInput(PermanentError):
@@ -80,6 +75,12 @@ class TooLarge(PermanentError):
 
 class ConfigError(PermanentError):
     """The configuration is not valid."""
+
+
+class TemporaryError(CloudpilotError):
+    """The controller cannot do that now; retry later (answered with Retry-After)."""
+
+    status_code = 503
 
 
 class StorageError(TemporaryError):

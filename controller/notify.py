@@ -53,8 +53,24 @@ class Notifier:
         return self._changed
 
     def fire(self, n: int | None = None) -> None:
-        """Wake waiters: all of them, or the n that wait longest. Call from the event loop's
-        thread."""
+        """Wake waiters: all of them, or the n that wait longest. Safe from any thread: a sync
+        route (run in the thread pool) or an endpoint's worker hands the wake-up to the event
+        loop's thread, since an asyncio.Event set from another thread does not wake a loop
+        asleep in select()."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._on(loop):
+            self._fire(n)
+        else:
+            loop.call_soon_threadsafe(self._fire, n)
+
+    @staticmethod
+    def _on(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def _fire(self, n: int | None) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
         woken = 0
@@ -64,11 +80,8 @@ class Notifier:
                 ev.set()
                 woken += 1
 
-    def fire_threadsafe(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.fire)
-
     def stop(self) -> None:
-        """The controller is stopping: wake every waiter; later waits end at once."""
+        """The controller is stopping (call from the event loop's thread): wake every waiter;
+        later waits end at once."""
         self.stopping = True
-        self.fire()
+        self._fire(None)

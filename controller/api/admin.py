@@ -3,11 +3,10 @@ directly, so the first admin token can be made before the service runs)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Response
 
 from controller.api.deps import AdminAuth, SettingsDep, StoreDep
+from controller.api.responses import TokenInfoOut, UserOut
 from controller.api.schemas import TokenIn, TokenOut, UserIn
 from controller.auth import Role
 from controller.errors import InvalidInput
@@ -15,14 +14,14 @@ from controller.errors import InvalidInput
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
 
-@router.post("/users", status_code=201)
-def create_user(body: UserIn, store: StoreDep, p: AdminAuth) -> dict[str, Any]:
-    return store.tokens.create_user(body.name, body.group, body.share)
+@router.post("/users", status_code=201, response_model=UserOut)
+def create_user(body: UserIn, store: StoreDep, p: AdminAuth) -> UserOut:
+    return UserOut.model_validate(store.tokens.create_user(body.name, body.group, body.share))
 
 
-@router.get("/users")
-def users(store: StoreDep, p: AdminAuth) -> list[dict[str, Any]]:
-    return store.tokens.users()
+@router.get("/users", response_model=list[UserOut])
+def users(store: StoreDep, p: AdminAuth) -> list[UserOut]:
+    return [UserOut.model_validate(u) for u in store.tokens.users()]
 
 
 @router.post("/tokens", status_code=201, response_model=TokenOut)
@@ -38,9 +37,10 @@ def create_token(body: TokenIn, store: StoreDep, settings: SettingsDep,
                                              lifetime=body.lifetime, note=body.note))
 
 
-@router.get("/tokens")
-def tokens(store: StoreDep, p: AdminAuth) -> list[dict[str, Any]]:
-    return store.tokens.find()
+@router.get("/tokens", response_model=list[TokenInfoOut])
+def tokens(store: StoreDep, p: AdminAuth) -> list[TokenInfoOut]:
+    """Tokens (never their secret: only a hash is kept), job tokens left out."""
+    return [TokenInfoOut.model_validate(t) for t in store.tokens.find()]
 
 
 @router.delete("/tokens/{token_id}", status_code=204)

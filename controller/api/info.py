@@ -2,82 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
 
 from fastapi import APIRouter, Request
 
 from controller.api.deps import AnyPrincipal, SettingsDep, StoreDep, UserAuth
+from controller.api.responses import (
+    DecisionOut,
+    EndpointEventOut,
+    EndpointOut,
+    Health,
+    MachineOut,
+    StateEventOut,
+    SummaryOut,
+    TaskQueueOut,
+    WorkOut,
+)
 from controller.domain.matching import unmatchable_reason
 
 router = APIRouter(prefix="/api/v1", tags=["info"])
 
 
-@router.get("/endpoints")
-def endpoints(request: Request, store: StoreDep, settings: SettingsDep,
-              p: AnyPrincipal) -> list[dict[str, Any]]:
-    """Each endpoint: driver, state, machines by state, and the last scheduling decision."""
-    machines = store.machines.find()
-    last = request.app.state.reconciler.last if request.app.state.reconciler else {}
+@router.get("/endpoints", response_model=list[EndpointOut])
+def endpoints(request: Request, store: StoreDep, p: AnyPrincipal) -> list[EndpointOut]:
+    """Each endpoint: driver, state, machines by state, the last scheduling decision and the
+    slow work under way (an apply, an Ansible run)."""
+    reconciler = request.app.state.reconciler
+    by_state = Counter((m.endpoint, m.state.value) for m in store.machines.find())
     out = []
-    for ep in store.machines.endpoints():
-        by_state: dict[str, int] = {}
-        for m in machines:
-            if m["endpoint"] == ep["name"]:
-                by_state[m["state"]] = by_state.get(m["state"], 0) + 1
-        d = last.get(ep["name"])
-        out.append({
-            "name": ep["name"], "driver": ep["driver"], "state": ep["state"],
-            "message": ep["message"], "config": ep["config"], "machines": by_state,
-            "down_by": ep.get("down_by"), "retry_at": ep.get("retry_at"),
-            "events": store.plans.endpoint_events(ep["name"], 3),
-            "last_decision": None if d is None else {
-                "start": list(d.start), "demand": round(d.demand, 2),
-                "remove": [{"name": r.name, "to": r.to.value, "reason": r.reason}
-                           for r in d.remove],
-                "reasons": list(d.reasons),
-            },
-        })
+    for ep in store.endpoints.find():
+        d = reconciler.last.get(ep.name) if reconciler else None
+        work = reconciler.work(ep.name) if reconciler else None
+        out.append(EndpointOut(
+            name=ep.name, driver=ep.driver, state=ep.state.value, message=ep.message,
+            config=dict(ep.config),
+            machines={s: n for (e, s), n in by_state.items() if e == ep.name},
+            down_by=ep.down_by, retry_at=ep.backoff.not_before or None,
+            events=[EndpointEventOut(**e) for e in store.endpoints.events(ep.name, 3)],
+            last_decision=None if d is None else DecisionOut.of(d),
+            work=None if work is None else WorkOut(what=work[0], since=work[1])))
     return out
 
 
-@router.get("/machines")
+@router.get("/machines", response_model=list[MachineOut])
 def machines(store: StoreDep, p: AnyPrincipal, endpoint: str | None = None,
-             all: bool = False) -> list[dict[str, Any]]:
+             all: bool = False) -> list[MachineOut]:
     """Machines (live ones unless all=true) with their running job count."""
     busy = store.jobs.busy_by_machine()
-    rows = store.machines.find(endpoint, live=not all)
-    return [dict(m, jobs=busy.get(m["name"], 0)) for m in rows]
+    return [MachineOut.of(m, busy.get(m.name, 0))
+            for m in store.machines.find(endpoint, live=not all)]
 
 
-@router.get("/machines/{name}/events")
-def machine_events(name: str, store: StoreDep, p: AnyPrincipal) -> list[dict[str, Any]]:
+@router.get("/machines/{name}/events", response_model=list[StateEventOut])
+def machine_events(name: str, store: StoreDep, p: AnyPrincipal) -> list[StateEventOut]:
+    """Every state change of the machine (and every Ansible task run on it), oldest first."""
     store.machines.get(name)
-    return store.machines.events(name)
+    return [StateEventOut(**e) for e in store.machines.events(name)]
 
 
-@router.get("/taskqueues")
-def taskqueues(store: StoreDep, settings: SettingsDep, p: UserAuth) -> list[dict[str, Any]]:
+@router.get("/taskqueues", response_model=list[TaskQueueOut])
+def taskqueues(store: StoreDep, settings: SettingsDep, p: UserAuth) -> list[TaskQueueOut]:
     """Task queues with waiting jobs: requirements, owner, priority, count, and why a queue
     no endpoint can serve is stuck."""
     shapes = [e.shape() for e in settings.endpoints]
     return [
-        {"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
-         "waiting": q.waiting, "requirements": q.requirements.to_dict(),
-         "unmatchable": unmatchable_reason(q.requirements, shapes)}
+        TaskQueueOut(id=q.id, owner=q.owner, group=q.group, priority=q.priority,
+                     waiting=q.waiting, requirements=q.requirements.to_dict(),
+                     unmatchable=unmatchable_reason(q.requirements, shapes))
         for q in sorted(store.jobs.queue_snapshot(), key=lambda q: q.id)
     ]
 
 
-@router.get("/summary")
-def summary(store: StoreDep, p: UserAuth) -> dict[str, Any]:
+@router.get("/summary", response_model=SummaryOut)
+def summary(store: StoreDep, p: UserAuth) -> SummaryOut:
     """Jobs by state (yours, or all for an admin) and live machines by state."""
     jobs = store.jobs.counts(None if p.is_admin else p.owner)
-    machines: dict[str, int] = {}
-    for m in store.machines.find(live=True):
-        machines[m["state"]] = machines.get(m["state"], 0) + 1
-    return {"jobs": jobs, "machines": machines}
+    machines = Counter(m.state.value for m in store.machines.find(live=True))
+    return SummaryOut(jobs=jobs, machines=dict(machines))
 
 
-@router.get("/health", tags=["health"])
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/health", tags=["health"], response_model=Health)
+def health() -> Health:
+    return Health(status="ok")

@@ -28,6 +28,7 @@ from controller.api.schemas import (
 )
 from controller.auth import Principal, Role
 from controller.domain.jobs import Job
+from controller.domain.machines import DRAIN_STATES
 from controller.domain.matching import SlotOffer
 from controller.errors import Forbidden, InvalidInput, TooLarge
 from controller.store import Store
@@ -111,7 +112,7 @@ def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, p: PilotAuth) -
     pilot = _own_pilot(store, p, pilot_id)
     state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
     stop = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs})
-    return HeartbeatOut(stop=stop, drain=state in ("stopping", "stopped", "lost", "failed"))
+    return HeartbeatOut(stop=stop, drain=state in DRAIN_STATES)
 
 
 @router.delete("/{pilot_id}", status_code=204)

@@ -164,6 +164,8 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
         print(f"{e['name']} ({e['driver']}): {e['state']} {e['message']}".rstrip())
         print(f"  machines: {ms}; max {cfg['max_machines']}, {cfg['slots']} slots of "
               f"{cfg['cores']} cores / {cfg['memory_mb']} MB, idle timeout {cfg['idle_timeout']}s")
+        if e.get("work"):
+            print(f"  working: {e['work']['what']} since {_when(e['work']['since'])}")
         d = e.get("last_decision")
         if d:
             print(f"  last decision: demand {d['demand']} machines, start {d['start'] or '-'}, "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from controller.config.clouds import AwsConfig, OpenStackConfig
 from controller.domain.matching import SlotOffer
@@ -134,6 +134,8 @@ class EndpointConfig(BaseModel):
     boot_timeout: float = Field(120.0, gt=0)
     lost_after: float = Field(60.0, gt=0, description="a pilot silent this long is lost (s)")
     heartbeat_interval: float = Field(10.0, gt=0)
+    apply_timeout: float = Field(1800.0, gt=0, description="longest apply (a Pulumi up, an "
+                                 "Ansible run) before it counts as failed (s)")
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
     # price-aware endpoints: several machine types x zones, spot or on demand
     machine_types: list[MachineTypeConfig] = Field(default_factory=list)
@@ -305,7 +307,8 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
-        """Read the TOML file (if any), then environment, then explicit overrides."""
+        """Read the TOML file (if any), then CLOUDPILOT_* environment variables, then explicit
+        overrides: each wins over the one before."""
         data: dict[str, Any] = {}
         if path is not None:
             p = Path(path)
@@ -326,8 +329,9 @@ class Settings(BaseSettings):
                     if isinstance(ssh, dict) and isinstance(ssh.get(key), str) \
                             and not Path(ssh[key]).expanduser().is_absolute():
                         ssh[key] = str(base / ssh[key])
-        data.update(overrides)
         try:
+            data.update(EnvSettingsSource(cls)())  # (the constructor would let the file win)
+            data.update(overrides)
             return cls(**data)
         except ValidationError as e:
             lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]

@@ -6,10 +6,19 @@ domain.scheduling.decide(), whose Decision it returns so the API shows both alik
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
-from controller.domain.machines import MachineState
+from controller.domain.machines import (
+    ACTIVE_STATES,
+    DEPLOYED_STATES,
+    RETRY_STATES,
+    STARTING_STATES,
+    MachineState,
+)
 from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
 from controller.domain.scheduling import Decision, EndpointSpec, Removal
 from controller.domain.taskqueues import TaskQueue
@@ -17,12 +26,52 @@ from controller.domain.taskqueues import TaskQueue
 M = MachineState
 
 
-class Membership:
+class Membership(StrEnum):
     """A host's place in its endpoint (kept apart from its machine's lifecycle)."""
 
     JOINING = "joining"  # added; becomes a member once it answers on SSH (facts gathered)
     MEMBER = "member"
     LEFT = "left"  # removed; its pilot is stopped
+
+
+def host_machine(endpoint: str, host: str) -> str:
+    """The name of a host's machine."""
+    return f"{endpoint}-{host}"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host of an SSH endpoint as the store keeps it."""
+
+    endpoint: str
+    name: str
+    machine: str  # host_machine(endpoint, name)
+    address: str
+    port: int
+    slots: int | None  # None: the endpoint's
+    cores: int | None  # overrides; None: its facts
+    memory_mb: int | None
+    source: str  # config, api, cloud:<endpoint>
+    membership: Membership
+    joined_at: float
+    updated_at: float
+    facts: Mapping[str, Any] | None  # what it reported over SSH (cores, memory, Python...)
+    failures: int
+    last_failure_at: float | None
+    last_error: str | None
+    host_key: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Host:
+        return cls(
+            endpoint=row["endpoint"], name=row["name"], machine=row["machine"],
+            address=row["address"], port=row["port"], slots=row["slots"], cores=row["cores"],
+            memory_mb=row["memory_mb"], source=row["source"],
+            membership=Membership(row["membership"]), joined_at=row["joined_at"],
+            updated_at=row["updated_at"],
+            facts=json.loads(row["facts"]) if row["facts"] else None,
+            failures=int(row["failures"] or 0), last_failure_at=row["last_failure_at"],
+            last_error=row["last_error"], host_key=row["host_key"])
 
 
 @dataclass(frozen=True)
@@ -43,7 +92,7 @@ class HostView:
     """What the scheduler knows of one host of the pool at decision time."""
 
     name: str  # the host's machine name: <endpoint>-<host>
-    membership: str
+    membership: Membership
     state: MachineState | None  # None: no machine yet (joining)
     since: float  # when its machine (or its membership) entered its state
     slots: int
@@ -109,7 +158,7 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     removals: list[Removal] = []
     reasons: list[str] = []
     probe, retry = [], []
-    live = (M.REQUESTED, M.BOOTING, M.RUNNING)
+    live = ACTIVE_STATES
     for h in hosts:
         if h.membership == Membership.LEFT:
             if h.state in live:
@@ -122,10 +171,10 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
         if h.state == M.RUNNING and h.last_seen is not None and now - h.last_seen > spec.lost_after:
             removals.append(Removal(h.name, M.LOST, f"no heartbeat for {now - h.last_seen:.0f}s"
                                     f" (> {spec.lost_after:.0f}s)"))
-        elif h.state in (M.REQUESTED, M.BOOTING) and now - h.since > spec.boot_timeout:
+        elif h.state in STARTING_STATES and now - h.since > spec.boot_timeout:
             removals.append(Removal(h.name, M.FAILED, f"no pilot after {now - h.since:.0f}s "
                                     f"(> {spec.boot_timeout:.0f}s)"))
-        elif h.state in (M.LOST, M.UNREACHABLE, M.FAILED) and _due(h, now, backoff):
+        elif h.state in RETRY_STATES and _due(h, now, backoff):
             retry.append(h.name)
         elif h.state == M.STOPPING and now - h.since > spec.boot_timeout and _due(h, now, backoff):
             retry.append(h.name)  # a stop that never finished (say, the controller died)
@@ -189,7 +238,7 @@ def take_down(hd: HostDecision, hosts: Sequence[HostView], by: str) -> HostDecis
     d = hd.decision
     gone = {r.name for r in d.remove}
     stop = tuple(Removal(h.name, M.STOPPING, f"the endpoint is down ({by})") for h in hosts
-                 if h.state in (M.BOOTING, M.RUNNING) and h.name not in gone)
+                 if h.state in DEPLOYED_STATES and h.name not in gone)
     down = Decision(d.endpoint, (), d.remove + stop, (), d.demand,
                     (f"the endpoint is down: taken down by {by}",))
     return HostDecision(down, hd.probe, hd.retry)

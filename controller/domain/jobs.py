@@ -157,7 +157,3 @@ class Job:
     last_heartbeat: float | None
     attempt: int = 0  # the current (or last) attempt's number; each match starts the next
     lease_expires: float | None = None  # when the current attempt's lease runs out
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES

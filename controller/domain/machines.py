@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from controller.domain.transitions import check
 
@@ -23,6 +26,7 @@ M = MachineState
 TRANSITIONS: dict[tuple[MachineState, MachineState], str] = {
     (M.REQUESTED, M.BOOTING): "the driver created it",
     (M.REQUESTED, M.FAILED): "the driver could not create it",
+    (M.REQUESTED, M.STOPPING): "no longer wanted before the driver created it",
     (M.BOOTING, M.RUNNING): "its pilot registered",
     (M.BOOTING, M.FAILED): "no pilot registered within the boot timeout",
     (M.BOOTING, M.STOPPING): "no longer wanted before it came up",
@@ -48,11 +52,28 @@ TRANSITIONS: dict[tuple[MachineState, MachineState], str] = {
     (M.FAILED, M.STOPPED): "a retry reached the host (any leftover pilot stopped)",
 }
 
+# The named sets of machine states, in one place (the store's SQL IN lists are made from them).
+# live: the driver has the machine, or is making or removing it
 LIVE_STATES = frozenset({M.REQUESTED, M.BOOTING, M.RUNNING, M.STOPPING})
+# active: live and still wanted (not on its way out); what `cloudpilot down` stops
+ACTIVE_STATES = frozenset({M.REQUESTED, M.BOOTING, M.RUNNING})
+# starting: asked for, its pilot not registered yet
+STARTING_STATES = frozenset({M.REQUESTED, M.BOOTING})
+# deployed: a pilot was started on it (booting) or runs there
+DEPLOYED_STATES = frozenset({M.BOOTING, M.RUNNING})
+# to retry: an SSH host that went wrong, reached again (with back-off) and cleaned up
+RETRY_STATES = frozenset({M.LOST, M.UNREACHABLE, M.FAILED})
+# draining: its pilot takes no new work and exits
+DRAIN_STATES = frozenset({M.STOPPING, M.STOPPED, M.LOST, M.FAILED})
 
 
 def check_transition(old: MachineState, new: MachineState) -> str:
     return check(TRANSITIONS, "machine", old, new)
+
+
+def states_into(new: MachineState) -> frozenset[MachineState]:
+    """The states from which a machine may move to `new`."""
+    return frozenset(old for old, to in TRANSITIONS if to == new)
 
 
 @dataclass(frozen=True)
@@ -71,3 +92,47 @@ class MachineView:
     last_seen: float | None = None  # last heartbeat of its pilot
     managed: bool = True  # started by the controller's driver (False: a pilot that joined)
     pool: str | None = None  # priced endpoints: 'type/zone/market' it was started in
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A machine as the store keeps it. `info` (what it is: a priced machine's pool, type,
+    zone, market, price, cores, memory and slots; an SSH host's facts, address and port) is
+    parsed here, once."""
+
+    name: str
+    endpoint: str
+    state: MachineState
+    created_at: float
+    updated_at: float
+    last_busy_at: float | None
+    last_seen: float | None
+    address: str | None
+    reason: str | None
+    managed: bool  # started by the controller's driver (False: a pilot that joined)
+    observed: str | None = None  # what the driver reports besides its address
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def price(self) -> float:
+        return float(self.info.get("price", 0.0))
+
+    @property
+    def spot(self) -> bool:
+        return self.info.get("market") == "spot"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Machine:
+        return cls(
+            name=row["name"], endpoint=row["endpoint"], state=MachineState(row["state"]),
+            created_at=row["created_at"], updated_at=row["updated_at"],
+            last_busy_at=row["last_busy_at"], last_seen=row["last_seen"],
+            address=row["address"], reason=row["reason"], managed=bool(row["managed"]),
+            observed=row["observed"], info=json.loads(row["info"]) if row["info"] else {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "endpoint": self.endpoint, "state": self.state.value,
+                "created_at": self.created_at, "updated_at": self.updated_at,
+                "last_busy_at": self.last_busy_at, "last_seen": self.last_seen,
+                "address": self.address, "reason": self.reason, "managed": self.managed,
+                "observed": self.observed, "info": dict(self.info)}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from controller.domain.machines import MachineState, MachineView
+from controller.domain.machines import ACTIVE_STATES, MachineState, MachineView
 from controller.domain.scheduling import Decision, Removal
 from controller.domain.transitions import check
 
@@ -51,6 +51,7 @@ class PlanDiff:
 class PlanState(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
+    APPLYING = "applying"  # the endpoint's worker is making the change
     APPLIED = "applied"
     FAILED = "failed"
     SUPERSEDED = "superseded"
@@ -62,10 +63,13 @@ TRANSITIONS: dict[tuple[PlanState, PlanState], str] = {
     (P.PENDING, P.SUPERSEDED): "a newer plan for the endpoint replaced it, or nothing is left "
                                "to change",
     (P.APPROVED, P.SUPERSEDED): "the endpoint was taken down before it was applied",
-    (P.APPROVED, P.APPLIED): "the driver made the change",
-    (P.APPROVED, P.FAILED): "the driver could not make (all of) the change",
+    (P.APPROVED, P.APPLYING): "the endpoint's worker started applying it",
+    (P.APPLYING, P.APPLIED): "the driver made the change",
+    (P.APPLYING, P.FAILED): "the driver could not make (all of) the change, or timed out",
+    (P.APPLYING, P.APPROVED): "the controller restarted while applying it: it is applied "
+                              "again (drivers are idempotent per machine name)",
 }
-OPEN_STATES = frozenset({P.PENDING, P.APPROVED})
+OPEN_STATES = frozenset({P.PENDING, P.APPROVED, P.APPLYING})
 FINAL_STATES = frozenset({P.APPLIED, P.FAILED, P.SUPERSEDED})
 
 
@@ -131,9 +135,9 @@ def down_decision(decision: Decision, machines: Sequence[MachineView], by: str) 
     """An endpoint an operator took down: no machine is wanted; every live one it manages goes
     (machines already found lost or failed keep that verdict)."""
     gone = {r.name for r in decision.remove}
-    live = (MachineState.REQUESTED, MachineState.BOOTING, MachineState.RUNNING)
     stop = tuple(Removal(m.name, MachineState.STOPPING, f"the endpoint is down ({by})")
-                 for m in machines if m.managed and m.state in live and m.name not in gone)
+                 for m in machines if m.managed and m.state in ACTIVE_STATES
+                 and m.name not in gone)
     return replace(decision, start=(), launches=(), remove=decision.remove + stop, wanted=(),
                    reasons=(f"the endpoint is down: taken down by {by}",))
 
@@ -184,24 +188,3 @@ def auto_approval(policy: ApprovalPolicy, diff: PlanDiff) -> tuple[bool, str]:
                            f"{policy.max_cost_per_hour:g}")
         within.append(f"{cost:g}/h <= {policy.max_cost_per_hour:g}/h")
     return True, "within the auto-apply threshold (" + ", ".join(within) + ")"
-
-
-# back-off after a failed apply or observe --------------------------------------------------------
-@dataclass(frozen=True)
-class Backoff:
-    """Consecutive failures of an endpoint's driver, and when to try again (doubling delays)."""
-
-    failures: int = 0
-    not_before: float = 0.0
-    base: float = 5.0
-    cap: float = 300.0
-
-    def failed(self, now: float) -> Backoff:
-        delay = min(self.cap, self.base * 2 ** self.failures)
-        return Backoff(self.failures + 1, now + delay, self.base, self.cap)
-
-    def ready(self, now: float) -> bool:
-        return now >= self.not_before
-
-    def wait(self, now: float) -> float:
-        return max(0.0, self.not_before - now)

@@ -161,8 +161,3 @@ class Candidate:
     per_core_hour: float | None
     started: int
     status: str  # why it was or was not used
-
-
-def prices_at(series: dict[str, PriceSeries], t: float) -> dict[str, float]:
-    """The spot price of every series at time t."""
-    return {k: s.at(t) for k, s in series.items()}

@@ -1,13 +1,17 @@
 """A scheduler tick as plain data: its inputs (endpoint spec, task queue snapshot, machines,
 spot prices, budget, time) and its decision, so a tick can be stored, explained and replayed
-through decide() with the same or another spec. Pure: JSON-ready dicts in and out."""
+through decide() with the same or another spec. Host-pool (SSH) endpoints' ticks hold their
+hosts instead of machines (`kind: hosts`) and replay through decide_hosts(). Pure: JSON-ready
+dicts in and out."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from controller.domain.hostpool import Backoff as HostBackoff
+from controller.domain.hostpool import HostView, Membership, decide_hosts
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer
@@ -32,6 +36,21 @@ class TickInputs:
                       prices=self.prices, budget=self.budget)
 
 
+@dataclass(frozen=True)
+class HostTickInputs:
+    """The inputs of a host-pool endpoint's tick."""
+
+    spec: EndpointSpec
+    queues: tuple[TaskQueue, ...]
+    hosts: tuple[HostView, ...]
+    now: float
+    backoff: HostBackoff
+
+    def decide(self, spec: EndpointSpec | None = None) -> Decision:
+        return decide_hosts(spec or self.spec, self.queues, self.hosts, self.now,
+                            self.backoff).decision
+
+
 def spec_to_dict(s: EndpointSpec) -> dict[str, Any]:
     d = asdict(s)
     d["shape"] = {**d["shape"], "tags": sorted(s.shape.tags)}
@@ -45,23 +64,59 @@ def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
                            "offers": tuple(Offer(**o) for o in d.get("offers", ()))})
 
 
+def _queues(queues: Sequence[TaskQueue]) -> list[dict[str, Any]]:
+    return [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
+             "waiting": q.waiting, "requirements": q.requirements.to_dict()} for q in queues]
+
+
+def _queues_from(d: Sequence[Mapping[str, Any]]) -> tuple[TaskQueue, ...]:
+    return tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
+                           q["group"], q["priority"], q["waiting"]) for q in d)
+
+
+def encode_hosts(inputs: HostTickInputs) -> dict[str, Any]:
+    """A host-pool tick: the same keys as a cloud tick's (so `explain` reads both), its hosts
+    under `machines`."""
+    hosts = []
+    for h in inputs.hosts:
+        d = asdict(h)
+        d["state"] = h.state.value if h.state is not None else None
+        d["membership"] = h.membership.value
+        d["shape"] = None if h.shape is None else {**asdict(h.shape),
+                                                   "tags": sorted(h.shape.tags)}
+        hosts.append(d)
+    return {"kind": "hosts", "spec": spec_to_dict(inputs.spec),
+            "queues": _queues(inputs.queues), "machines": hosts, "now": inputs.now,
+            "last_seq": 0, "prices": {}, "budget": {}, "backoff": asdict(inputs.backoff)}
+
+
+def _host_from(d: Mapping[str, Any]) -> HostView:
+    shape = d.get("shape")
+    return HostView(**{
+        **d, "state": None if d["state"] is None else MachineState(d["state"]),
+        "membership": Membership(d["membership"]),
+        "shape": None if shape is None else SlotOffer(**{**shape,
+                                                          "tags": frozenset(shape["tags"])})})
+
+
 def encode(inputs: TickInputs) -> dict[str, Any]:
     return {
         "spec": spec_to_dict(inputs.spec),
-        "queues": [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
-                    "waiting": q.waiting, "requirements": q.requirements.to_dict()}
-                   for q in inputs.queues],
+        "queues": _queues(inputs.queues),
         "machines": [{**asdict(m), "state": m.state.value} for m in inputs.machines],
         "now": inputs.now, "last_seq": inputs.last_seq, "prices": dict(inputs.prices),
         "budget": asdict(inputs.budget),
     }
 
 
-def decode(d: Mapping[str, Any]) -> TickInputs:
+def decode(d: Mapping[str, Any]) -> TickInputs | HostTickInputs:
+    if d.get("kind") == "hosts":
+        return HostTickInputs(spec_from_dict(d["spec"]), _queues_from(d["queues"]),
+                              tuple(_host_from(h) for h in d["machines"]), d["now"],
+                              HostBackoff(**d["backoff"]))
     return TickInputs(
         spec=spec_from_dict(d["spec"]),
-        queues=tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
-                               q["group"], q["priority"], q["waiting"]) for q in d["queues"]),
+        queues=_queues_from(d["queues"]),
         machines=tuple(MachineView(**{**m, "state": MachineState(m["state"])})
                        for m in d["machines"]),
         now=d["now"], last_seq=d["last_seq"], prices=dict(d["prices"]),
@@ -105,10 +160,6 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
     for r in sorted(set(after["reasons"]) - set(before["reasons"])):
         lines.append(f"new reason: {r}")
     return lines
-
-
-def with_spec(inputs: TickInputs, spec: EndpointSpec) -> TickInputs:
-    return replace(inputs, spec=spec)
 
 
 def snapshot(spec: EndpointSpec, queues: Sequence[TaskQueue], machines: Sequence[MachineView],

@@ -1,4 +1,7 @@
-"""The interface every endpoint driver implements (local now; SSH and Pulumi later)."""
+"""The interface every machine driver implements: local processes (drivers/local.py), Pulumi
+stacks (drivers/pulumi.py), SSH hosts (drivers/ssh.py), and the in-memory driver the tests
+use (controller/testing.py). The endpoint kinds in controller/reconcile/ call them: observe in
+the loop's tick, refresh, plan and apply in the endpoint's own worker thread."""
 
 from __future__ import annotations
 
@@ -33,14 +36,23 @@ class Driver(Protocol):
       learns that it is up when its pilot registers, not from `apply`'s return.
     - Every operation is idempotent per machine name: creating a name that exists, or deleting
       one that is gone, is not an error.
-    - `observe` may lag (clouds are eventually consistent); errors are returned as data
-      (ApplyResult.errors), not raised through the loop.
+    - `observe` is called in the loop's tick: it must be fast (a cache is fine) and may lag
+      (clouds are eventually consistent). Slow calls (`refresh`, `plan`, `apply`) run in the
+      endpoint's worker thread, one at a time.
+    - Per-machine errors are returned as data (ApplyResult.errors); a driver that cannot work
+      at all raises DriverError (the loop records it and backs off). Anything else it raises
+      is a bug, logged with its traceback.
     """
 
     name: str
 
-    def observe(self) -> list[ObservedMachine]:
-        """The machines that exist now, as the driver sees them."""
+    def observe(self) -> list[ObservedMachine] | None:
+        """The machines that exist, as the driver last saw them; None when it does not know
+        (yet, or any more): then `refresh` is called first."""
+        ...
+
+    def refresh(self) -> None:
+        """Bring what `observe` reports up to date (may be slow: a cloud API call)."""
         ...
 
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
@@ -49,4 +61,8 @@ class Driver(Protocol):
 
     def apply(self, diff: PlanDiff) -> ApplyResult:
         """Make the change: create the named machines, delete the named machines."""
+        ...
+
+    def close(self) -> None:
+        """The controller is stopping: cancel a run in progress, if the driver can."""
         ...

@@ -22,6 +22,7 @@ from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.proctree import MachineProcesses
+from controller.errors import DriverError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,8 +76,12 @@ class LocalDriver:
 
     # the driver interface ----------------------------------------------------------------
     def observe(self) -> list[ObservedMachine]:
+        try:
+            dirs = sorted(self.root.iterdir())
+        except OSError as e:
+            raise DriverError(f"cannot read {self.root}: {e}") from None
         out = []
-        for d in sorted(self.root.iterdir()):
+        for d in dirs:
             if d.is_dir() and (d / "pilot.pid").exists():
                 pid = self._pid(d.name)
                 out.append(ObservedMachine(d.name, self._alive(d.name), "127.0.0.1",
@@ -85,6 +90,12 @@ class LocalDriver:
             if proc.poll() is not None:
                 del self._procs[name]  # reaped
         return out
+
+    def refresh(self) -> None:
+        """observe() reads the machines' directories each time: nothing to refresh."""
+
+    def close(self) -> None:
+        """Pilot processes outlive the controller (their own sessions): nothing to stop."""
 
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         return PlanDiff.between(self.name, current, wanted)

@@ -8,14 +8,16 @@
   holds the endpoint's pilot token) is handed to the inline program in-process and becomes a
   Pulumi secret there, so it is never on a command line nor in the stack's config file.
 - plan = `preview` with the new set of named machines, apply = `up` (or `destroy` when no
-  machine is wanted), observe = the stack's `machines` output (re-read after each apply and
-  at least every `observe_every` seconds).
+  machine is wanted), refresh = read the stack's `machines` output; observe = what it last
+  read (None when that is older than `observe_every` seconds: the endpoint's worker then
+  refreshes it; apply re-reads it too).
 
-Assumptions, as the Driver protocol says: apply is synchronous here (it returns when `up` is
-done; the machines then boot and their pilots register), and idempotent per machine name (the
-stack declares the wanted set). Errors are raised as DriverError with one clear line; the
-loop turns them into endpoint state and a back-off. A failed `up` reports, per machine, what
-the stack state says exists, so the controller's view of its machines is never lost.
+Assumptions, as the Driver protocol says: apply returns when `up` is done (the machines then
+boot and their pilots register) and runs in the endpoint's worker thread, never in the loop's
+tick; it is idempotent per machine name (the stack declares the wanted set). Errors are raised
+as DriverError with one clear line; the loop turns them into endpoint state and a back-off. A
+failed `up` reports, per machine, what the stack state says exists, so the controller's view
+of its machines is never lost.
 """
 
 from __future__ import annotations
@@ -312,18 +314,23 @@ class PulumiDriver:
         return stack
 
     # the driver interface ----------------------------------------------------------------------
-    def observe(self) -> list[ObservedMachine]:
-        now = self.clock()
-        if self._observed is None or now - self._observed_at >= self.observe_every:
-            from pulumi import automation as auto
-
-            stack = self.stack()
-            try:
-                outputs = {k: v.value for k, v in stack.outputs().items()}
-            except auto.errors.CommandError as e:
-                raise DriverError(f"reading stack {self.name}: {error_line(e)}") from None
-            self._observed, self._observed_at = machines_from_outputs(outputs), now
+    def observe(self) -> list[ObservedMachine] | None:
+        if self._observed is None or self.clock() - self._observed_at >= self.observe_every:
+            return None
         return list(self._observed)
+
+    def refresh(self) -> None:
+        from pulumi import automation as auto
+
+        stack = self.stack()
+        try:
+            outputs = {k: v.value for k, v in stack.outputs().items()}
+        except auto.errors.CommandError as e:
+            raise DriverError(f"reading stack {self.name}: {error_line(e)}") from None
+        self._observed, self._observed_at = machines_from_outputs(outputs), self.clock()
+
+    def close(self) -> None:
+        """An `up` in progress finishes on its own (cancelling one leaves the stack locked)."""
 
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         cur, want = frozenset(current), frozenset(wanted)
@@ -372,8 +379,9 @@ class PulumiDriver:
         except auto.errors.CommandError as e:
             return self._after_failure(diff, error_line(e))
         finally:
-            self._observed = None  # re-read the outputs at the next observe
-        exists = {m.name for m in self.observe()}
+            self._observed = None  # re-read the outputs
+        self.refresh()
+        exists = {m.name for m in self.observe() or ()}
         errors = {n: "not in the stack's outputs after up" for n in diff.create
                   if n not in exists}
         return ApplyResult(tuple(n for n in diff.create if n in exists),

@@ -8,9 +8,10 @@ from the endpoint's membership (config and joins), which the loop hands over wit
 pinned in `known_hosts` unless trust-on-first-use is on, in which case a new key is accepted,
 written to the controller's own known_hosts file for the endpoint and reported (`tofu`).
 
-Every Ansible run happens in the reconcile loop's thread, never on a request. Results are
-returned as data: per host ok / unreachable / failed with the failing task and its message,
-and every task's result, which the loop stores as machine events."""
+Every Ansible run happens in the endpoint's own worker thread (controller/reconcile/worker.py),
+one at a time, never in the loop's tick nor on a request. Results are returned as data: per
+host ok / unreachable / failed with the failing task and its message, and every task's result,
+which the host-pool kind (controller/reconcile/hosts.py) stores as machine events."""
 
 from __future__ import annotations
 
@@ -112,7 +113,6 @@ class SshDriver:
         self.known_hosts.touch(mode=0o600, exist_ok=True)
         self.hosts: dict[str, HostTarget] = {}
         self.cancel = threading.Event()
-        self._worker: threading.Thread | None = None
         end_orphaned_runs(self.root / "runs")  # from a controller that died mid-run
         self._sha_ctl = hashlib.sha1((PLAYBOOKS / "files" / "pilotctl.sh").read_bytes())
         self._sha_pyz = hashlib.sha1(self.bundle.read_bytes()).hexdigest()
@@ -131,26 +131,8 @@ class SshDriver:
         """Cancel a run in progress (the controller is shutting down)."""
         self.cancel.set()
 
-    # one run at a time, off the loop's thread ----------------------------------------------
-    @property
-    def busy(self) -> bool:
-        """An Ansible run of this endpoint is under way."""
-        return self._worker is not None and self._worker.is_alive()
-
-    def in_background(self, work: Callable[[], None]) -> None:
-        """Run `work` (Ansible runs and recording their results) in this endpoint's worker
-        thread; one at a time. Its failures are logged, never raised into the loop."""
-        if self.busy:
-            raise RuntimeError(f"endpoint {self.name}: an Ansible run is already under way")
-
-        def guarded() -> None:
-            try:
-                work()
-            except Exception:
-                log.exception("endpoint %s: SSH work failed", self.name)
-
-        self._worker = threading.Thread(target=guarded, name=f"ssh-{self.name}", daemon=True)
-        self._worker.start()
+    def refresh(self) -> None:
+        """observe() reports the hosts handed over by set_hosts(): nothing to refresh."""
 
     # the driver interface ----------------------------------------------------------------
     def observe(self) -> list[ObservedMachine]:

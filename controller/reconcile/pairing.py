@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 
 from controller.config.settings import EndpointConfig
+from controller.domain.hostpool import host_machine
 from controller.domain.machines import MachineState
 from controller.drivers.base import ObservedMachine
 from controller.errors import CloudpilotError, NotFound
 from controller.services import membership
 from controller.store import Store
-from controller.store.hosts import host_machine
 
 log = logging.getLogger("cloudpilot.pairing")
 
@@ -35,8 +35,7 @@ def sync(store: Store, ep: EndpointConfig, observed: list[ObservedMachine],
     if ssh is None:
         return
     source = f"cloud:{ep.name}"
-    joined = {h["name"] for h in store.hosts.find(ssh, include_left=False)
-              if h["source"] == source}
+    joined = {h.name for h in store.hosts.find(ssh, include_left=False) if h.source == source}
     up = {m.name: m for m in observed if m.alive and m.address}
     for name, m in sorted(up.items()):
         try:
@@ -47,15 +46,16 @@ def sync(store: Store, ep: EndpointConfig, observed: list[ObservedMachine],
     for name in sorted(joined - up.keys()):
         membership.leave(store, ssh, name, source=source, now=now)
     for vm in store.machines.find(ep.name, live=True):
-        if vm["state"] != MachineState.BOOTING or vm["name"] not in up:
+        if vm.state != MachineState.BOOTING or vm.name not in up:
             continue
         try:
-            host = store.machines.get(host_machine(ssh, vm["name"]))
+            host = store.machines.get(host_machine(ssh, vm.name))
         except NotFound:
             continue  # not reached over SSH yet
-        if host["state"] == MachineState.RUNNING:
-            store.machines.move(vm["name"], MachineState.RUNNING,
-                                f"joined {ssh} as host {vm['name']}; its pilot runs there", now)
+        if host.state == MachineState.RUNNING:
+            store.machines.move(vm.name, MachineState.RUNNING,
+                                f"joined {ssh} as host {vm.name}; its pilot runs there", now,
+                                if_in={MachineState.BOOTING})
 
 
 def host_of(ep: EndpointConfig, vm: str) -> str | None:

@@ -1,6 +1,7 @@
-"""Hosts joining and leaving SSH endpoints at run time.
+"""Hosts joining and leaving SSH endpoints at run time, each one transaction.
 
-Called by the API (POST/DELETE /api/v1/endpoints/{name}/hosts), the CLI, and by cloud
+Called by the API (POST/DELETE /api/v1/endpoints/{name}/hosts, and so `cloudpilot hosts
+ENDPOINT join|leave`), and by cloud
 endpoints in `ssh` contextualization mode: when such an endpoint's VM is up it calls
 `join(store, paired_ssh_endpoint, name, address, source="cloud:<endpoint>")`, and `leave(...)`
 when the VM is deleted. A joined host is `joining` until the SSH endpoint's loop reaches it
@@ -10,10 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from controller.config.settings import EndpointConfig, Settings
-from controller.domain.hostpool import Membership
+from controller.domain.hostpool import Host, Membership
 from controller.errors import InvalidInput, NotFound, Unauthorized
 from controller.services.secrets import stored_pilot_token
 from controller.store import Store
@@ -36,7 +36,7 @@ def ssh_endpoint(settings: Settings, endpoint: str) -> EndpointConfig:
 
 def join(store: Store, ssh_endpoint: str, name: str, address: str, port: int = 22, *,
          source: str = "api", slots: int | None = None, host_key: str | None = None,
-         now: float | None = None) -> dict[str, Any]:
+         now: float | None = None) -> Host:
     """Add a host to an SSH endpoint. It joins (takes work) once it answers on SSH.
 
     `host_key`, a known_hosts line ("ADDRESS TYPE BASE64"), pins the host's key (e.g. read
@@ -50,15 +50,19 @@ def join(store: Store, ssh_endpoint: str, name: str, address: str, port: int = 2
         raise InvalidInput(f"invalid port {port}")
     if host_key is not None and not KEY_LINE.match(host_key.strip()):
         raise InvalidInput("host_key must be a known_hosts line: 'ADDRESS TYPE BASE64KEY'")
-    known = {e["name"]: e["driver"] for e in store.machines.endpoints()}
-    if known.get(ssh_endpoint) != "ssh":
-        raise NotFound(f"no ssh endpoint {ssh_endpoint}")
-    return store.hosts.join(ssh_endpoint, name, address, port, slots=slots, source=source,
-                            host_key=host_key.strip() if host_key else None, now=now)
+    with store.tx():
+        try:
+            driver = store.endpoints.get(ssh_endpoint).driver
+        except NotFound:
+            driver = None
+        if driver != "ssh":
+            raise NotFound(f"no ssh endpoint {ssh_endpoint}")
+        return store.hosts.join(ssh_endpoint, name, address, port, slots=slots, source=source,
+                                host_key=host_key.strip() if host_key else None, now=now)
 
 
 def leave(store: Store, ssh_endpoint: str, name: str, *, source: str = "api",
-          now: float | None = None) -> dict[str, Any]:
+          now: float | None = None) -> Host:
     """Remove a host: the loop stops its pilot (running jobs are interrupted and go back to
     the queue) and revokes its pilot token."""
     return store.hosts.leave(ssh_endpoint, name, source=source, now=now)
@@ -66,7 +70,7 @@ def leave(store: Store, ssh_endpoint: str, name: str, *, source: str = "api",
 
 def is_member(store: Store, ssh_endpoint: str, name: str) -> bool:
     h = store.hosts.get(ssh_endpoint, name, missing_ok=True)
-    return h is not None and h["membership"] == Membership.MEMBER
+    return h is not None and h.membership == Membership.MEMBER
 
 
 # per-host pilot tokens ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The Store: one SQLite file in WAL mode, one connection guarded by a lock, and the query
-modules that work on it."""
+modules that work on it (one per table group: jobs, machines, endpoints, hosts, plans, ticks,
+tokens)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from controller.errors import StorageError, StorageReadOnly, storage_error
+from controller.store.endpoints import EndpointStore
+from controller.store.hosts import HostStore
+from controller.store.jobs import JobStore
+from controller.store.machines import MachineStore
 from controller.store.migrations import migrate
+from controller.store.plans import PlanStore
+from controller.store.ticks import TickStore
+from controller.store.tokens import TokenStore
 
 
 class Store:
@@ -39,6 +47,7 @@ class Store:
             self.db.execute("PRAGMA busy_timeout=30000")
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: hot queue pages stay cached
             self.lock = threading.RLock()
+            self._depth = 0  # nested tx() blocks of the thread holding the lock
             with self.lock:
                 migrate(self.db)
         except sqlite3.Error as e:
@@ -49,13 +58,7 @@ class Store:
                 raise StorageReadOnly(f"cannot open the database {self.path}: {ro} is "
                                       f"read-only ({e})") from None
             raise storage_error(e, f"opening {self.path}") from None
-        from controller.store.hosts import HostStore
-        from controller.store.jobs import JobStore
-        from controller.store.machines import MachineStore
-        from controller.store.plans import PlanStore
-        from controller.store.ticks import TickStore
-        from controller.store.tokens import TokenStore
-
+        self.endpoints = EndpointStore(self)
         self.jobs = JobStore(self, lease)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
@@ -65,10 +68,20 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: take the write lock up front)."""
+        """One write transaction (BEGIN IMMEDIATE: take the write lock up front). A tx() inside
+        another (same thread) joins it: a service that calls several query methods in
+        `with store.tx():` commits all of their writes, or none."""
         with self.lock:
             conn = self.db.conn
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._depth -= 1
+                return
             conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -79,6 +92,8 @@ class Store:
                     with suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

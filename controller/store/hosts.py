@@ -8,24 +8,18 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from controller.domain.hostpool import Membership
+from controller.domain.hostpool import Host, Membership, host_machine
 from controller.domain.machines import MachineState
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 M = MachineState
 
 
-def host_machine(endpoint: str, host: str) -> str:
-    return f"{endpoint}-{host}"
-
-
 class HostStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     def _event(self, c: sqlite3.Connection, endpoint: str, host: str, event: str, detail: str,
@@ -41,7 +35,7 @@ class HostStore:
     def join(self, endpoint: str, host: str, address: str, port: int = 22, *,
              slots: int | None = None, cores: int | None = None, memory_mb: int | None = None,
              source: str = "api", host_key: str | None = None,
-             now: float | None = None) -> dict[str, Any]:
+             now: float | None = None) -> Host:
         """Add a host (joining until it answers on SSH). Joining again with the same address
         is a no-op; a host that left joins anew."""
         now = time.time() if now is None else now
@@ -66,7 +60,7 @@ class HostStore:
                     "INSERT INTO ssh_hosts (endpoint, name, machine, address, port, slots, cores,"
                     " memory_mb, source, host_key, membership, joined_at, updated_at, failures)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                    (endpoint, host, machine, *fields, Membership.JOINING, now, now))
+                    (endpoint, host, machine, *fields, Membership.JOINING.value, now, now))
             else:
                 c.execute(
                     "UPDATE ssh_hosts SET address = ?, port = ?, slots = ?, cores = ?,"
@@ -74,14 +68,14 @@ class HostStore:
                     " updated_at = ?,"
                     " failures = 0, last_failure_at = NULL, last_error = NULL"
                     " WHERE endpoint = ? AND name = ?",
-                    (*fields, Membership.JOINING, now, now, endpoint, host))
+                    (*fields, Membership.JOINING.value, now, now, endpoint, host))
             self._event(c, endpoint, host, "joining",
                         f"{address}:{port} added by {source}; it joins once it answers on SSH",
                         now)
             return self._public(self._row(c, endpoint, host))
 
     def leave(self, endpoint: str, host: str, *, source: str = "api",
-              now: float | None = None) -> dict[str, Any]:
+              now: float | None = None) -> Host:
         """Remove a host: its pilot is stopped by the loop (running jobs are interrupted and
         rescheduled)."""
         now = time.time() if now is None else now
@@ -90,7 +84,8 @@ class HostStore:
             if row is None or row["membership"] == Membership.LEFT:
                 raise NotFound(f"no host {host} in endpoint {endpoint}")
             c.execute("UPDATE ssh_hosts SET membership = ?, updated_at = ?"
-                      " WHERE endpoint = ? AND name = ?", (Membership.LEFT, now, endpoint, host))
+                      " WHERE endpoint = ? AND name = ?",
+                      (Membership.LEFT.value, now, endpoint, host))
             self._event(c, endpoint, host, "left", f"removed by {source}", now)
             return self._public(self._row(c, endpoint, host))
 
@@ -102,16 +97,16 @@ class HostStore:
         listed = {h["name"]: h for h in hosts}
         for h in listed.values():
             current = self.get(endpoint, h["name"], missing_ok=True)
-            if current is not None and current["membership"] != Membership.LEFT and \
-                    (current["address"], current["port"]) != (h["address"], h["port"]):
+            if current is not None and current.membership != Membership.LEFT and \
+                    (current.address, current.port) != (h["address"], h["port"]):
                 self.leave(endpoint, h["name"], source="config (address changed)", now=now)
             self.join(endpoint, h["name"], h["address"], h["port"], slots=h.get("slots"),
                       cores=h.get("cores"), memory_mb=h.get("memory_mb"), source="config",
                       now=now)
-        for h in self.find(endpoint):
-            if h["source"] == "config" and h["name"] not in listed \
-                    and h["membership"] != Membership.LEFT:
-                self.leave(endpoint, h["name"], source="config (no longer listed)", now=now)
+        for known in self.find(endpoint):
+            if known.source == "config" and known.name not in listed \
+                    and known.membership != Membership.LEFT:
+                self.leave(endpoint, known.name, source="config (no longer listed)", now=now)
 
     # what the loop learns ----------------------------------------------------------------
     def answered(self, endpoint: str, host: str, facts: dict[str, Any],
@@ -138,7 +133,7 @@ class HostStore:
                 return False
             c.execute("UPDATE ssh_hosts SET membership = ?, failures = 0, last_failure_at = NULL,"
                       " last_error = NULL WHERE endpoint = ? AND name = ?",
-                      (Membership.MEMBER, endpoint, host))
+                      (Membership.MEMBER.value, endpoint, host))
             self._event(c, endpoint, host, "joined", "answers on SSH: " + summary, now)
             if c.execute("SELECT 1 FROM machines WHERE name = ?", (machine,)).fetchone() is None:
                 c.execute(
@@ -177,13 +172,11 @@ class HostStore:
 
     # reading -----------------------------------------------------------------------------
     @staticmethod
-    def _public(row: sqlite3.Row | None) -> dict[str, Any]:
+    def _public(row: Any) -> Host:
         assert row is not None
-        d = dict(row)
-        d["facts"] = json.loads(d["facts"]) if d.get("facts") else None
-        return d
+        return Host.from_row(row)
 
-    def get(self, endpoint: str, host: str, missing_ok: bool = False) -> dict[str, Any] | None:
+    def get(self, endpoint: str, host: str, missing_ok: bool = False) -> Host | None:
         with self.store.read() as c:
             row = self._row(c, endpoint, host)
         if row is None:
@@ -192,10 +185,10 @@ class HostStore:
             raise NotFound(f"no host {host} in endpoint {endpoint}")
         return self._public(row)
 
-    def find(self, endpoint: str, include_left: bool = True) -> list[dict[str, Any]]:
+    def find(self, endpoint: str, include_left: bool = True) -> list[Host]:
         sql = "SELECT * FROM ssh_hosts WHERE endpoint = ?"
         if not include_left:
-            sql += f" AND membership != '{Membership.LEFT}'"
+            sql += f" AND membership != '{Membership.LEFT.value}'"
         with self.store.read() as c:
             return [self._public(r) for r in c.execute(sql + " ORDER BY name", (endpoint,))]
 

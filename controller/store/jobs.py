@@ -7,7 +7,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.domain.jobs import (
     ACTIVE_STATES,
@@ -23,11 +23,10 @@ from controller.domain.jobs import (
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.taskqueues import TaskQueue, fair_share_order
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions, in_list
 
 S = JobState
+HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
 SEEN_EVERY = 1.0  # a match records its pilot alive at most this often when nothing is claimed
 
 
@@ -87,7 +86,7 @@ def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer
     n, cores, mem = c.execute(
         "SELECT COUNT(*), COALESCE(SUM(json_extract(requirements, '$.cores')), 0),"
         " COALESCE(SUM(json_extract(requirements, '$.memory_mb')), 0) FROM jobs"
-        " WHERE machine = ? AND state IN ('matched', 'running') AND pilot_id = ?",
+        f" WHERE machine = ? AND state IN {HELD} AND pilot_id = ?",
         (machine, pilot_id)).fetchone()
     bounded = dataclasses.replace(offer, cores=min(offer.cores, reg["cores"] - cores),
                                   memory_mb=min(offer.memory_mb, reg["memory_mb"] - mem))
@@ -95,7 +94,7 @@ def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer
 
 
 class JobStore:
-    def __init__(self, store: Store, lease: float = 60.0) -> None:
+    def __init__(self, store: Transactions, lease: float = 60.0) -> None:
         self.store = store
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
@@ -270,7 +269,7 @@ class JobStore:
     def busy_by_machine(self) -> dict[str, int]:
         with self.store.read() as c:
             return dict(c.execute(
-                "SELECT machine, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
+                f"SELECT machine, COUNT(*) FROM jobs WHERE state IN {HELD}"
                 " GROUP BY machine").fetchall())
 
     def busy_resources_by_machine(self) -> dict[str, tuple[int, int]]:
@@ -279,7 +278,7 @@ class JobStore:
             return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in c.execute(
                 "SELECT machine, SUM(json_extract(requirements, '$.cores')),"
                 " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
-                " WHERE state IN ('matched', 'running') GROUP BY machine")}
+                f" WHERE state IN {HELD} GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
     def _may_fit(self, offer: SlotOffer) -> bool:
@@ -449,7 +448,7 @@ class JobStore:
         now = time.time() if now is None else now
         if expired_before is None and machines is None:
             raise ValueError("stall what? give expired_before, machines or both")
-        where: list[str] = ["state IN ('matched', 'running')"]
+        where: list[str] = [f"state IN {HELD}"]
         args: list[object] = []
         if expired_before is not None:
             where.append("COALESCE(lease_expires, last_heartbeat, updated_at) < ?")

@@ -1,56 +1,32 @@
-"""Endpoints, machines and pilots."""
+"""Machines and pilots. Machines leave the store as typed records (domain.machines.Machine);
+every state change goes through the transition table and is kept as an event."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import Any
 
-from controller.domain.machines import LIVE_STATES, MachineState, check_transition
+from controller.domain.machines import (
+    LIVE_STATES,
+    STARTING_STATES,
+    Machine,
+    MachineState,
+    check_transition,
+)
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.endpoints import bump_seq
+from controller.store.sql import Transactions, in_list
 
 M = MachineState
 
 
 class MachineStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
         self._pilots: dict[str, dict[str, Any]] = {}  # registrations do not change
-
-    # endpoints ---------------------------------------------------------------------------
-    def sync_endpoints(self, configs: list[dict[str, Any]], now: float | None = None) -> None:
-        """Record the configured endpoints (keeping each one's machine name counter)."""
-        now = time.time() if now is None else now
-        with self.store.tx() as c:
-            for cfg in configs:
-                c.execute(
-                    "INSERT INTO endpoints (name, driver, config, last_seq, state, message,"
-                    " updated_at) VALUES (?, ?, ?, 0, 'ok', '', ?) ON CONFLICT(name) DO UPDATE"
-                    " SET driver = excluded.driver, config = excluded.config,"
-                    " updated_at = excluded.updated_at",
-                    (cfg["name"], cfg["driver"], json.dumps(cfg), now),
-                )
-
-    def endpoints(self) -> list[dict[str, Any]]:
-        with self.store.read() as c:
-            rows = c.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
-        return [dict(r, config=json.loads(r["config"])) for r in rows]
-
-    def last_seq(self, endpoint: str) -> int:
-        with self.store.read() as c:
-            row = c.execute("SELECT last_seq FROM endpoints WHERE name = ?",
-                            (endpoint,)).fetchone()
-        return row[0] if row else 0
-
-    def set_endpoint_state(self, name: str, state: str, message: str,
-                           now: float | None = None) -> None:
-        with self.store.tx() as c:
-            c.execute("UPDATE endpoints SET state = ?, message = ?, updated_at = ? WHERE name = ?",
-                      (state, message, time.time() if now is None else now, name))
 
     # machines ----------------------------------------------------------------------------
     def _event(self, c: sqlite3.Connection, name: str, old: str | None, new: str, reason: str,
@@ -69,28 +45,27 @@ class MachineStore:
                 " last_busy_at, reason, managed, info) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
                 (name, endpoint, M.REQUESTED.value, now, now, None, reason,
                  json.dumps(info) if info else None))
-            c.execute("UPDATE endpoints SET last_seq = MAX(last_seq, ?) WHERE name = ?",
-                      (seq, endpoint))
+            bump_seq(c, endpoint, seq)
             self._event(c, name, None, M.REQUESTED.value, reason, now)
 
     def move(self, name: str, new: MachineState, reason: str | None = None,
-             now: float | None = None, **fields: Any) -> bool:
-        """Move a machine to `new` if the table allows it from where it is; False if not."""
+             now: float | None = None, *, if_in: Collection[MachineState] | None = None) -> bool:
+        """Move a machine to `new`. Returns False when it is there already, or when `if_in`
+        is given and it is in none of those states (the caller's move no longer applies: say,
+        its pilot registered first). A move the transition table refuses raises
+        IllegalTransition: a caller that asks for one has a bug, which must not pass
+        silently."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
             row = c.execute("SELECT state FROM machines WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise NotFound(f"no machine {name}")
             old = M(row["state"])
-            if old == new:
+            if old == new or (if_in is not None and old not in if_in):
                 return False
-            try:
-                default = check_transition(old, new)
-            except ValueError:
-                return False
-            sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", "reason", *fields])
-            c.execute(f"UPDATE machines SET {sets} WHERE name = ?",
-                      (new.value, now, reason or default, *fields.values(), name))
+            default = check_transition(old, new)
+            c.execute("UPDATE machines SET state = ?, updated_at = ?, reason = ? WHERE name = ?",
+                      (new.value, now, reason or default, name))
             self._event(c, name, old.value, new.value, reason or default, now)
             return True
 
@@ -103,26 +78,26 @@ class MachineStore:
             if row is not None:
                 self._event(c, name, row["state"], row["state"], reason, now)
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str) -> Machine:
         with self.store.read() as c:
             row = c.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFound(f"no machine {name}")
-        return dict(row)
+        return Machine.from_row(row)
 
-    def find(self, endpoint: str | None = None, live: bool = False) -> list[dict[str, Any]]:
+    def find(self, endpoint: str | None = None, live: bool = False) -> list[Machine]:
         sql, args = "SELECT * FROM machines", []
         where = []
         if endpoint:
             where.append("endpoint = ?")
             args.append(endpoint)
         if live:
-            where.append(f"state IN ({','.join('?' * len(LIVE_STATES))})")
-            args += [s.value for s in LIVE_STATES]
+            where.append(f"state IN {in_list(LIVE_STATES)}")
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self.store.read() as c:
-            return [dict(r) for r in c.execute(sql + " ORDER BY created_at, name", args)]
+            return [Machine.from_row(r)
+                    for r in c.execute(sql + " ORDER BY created_at, name", args)]
 
     def record_observed(self, endpoint: str, seen: dict[str, tuple[str | None, str]]) -> int:
         """Keep what the driver reports of each machine (address, and a detail such as the
@@ -173,7 +148,7 @@ class MachineStore:
             if row["endpoint"] != endpoint:
                 raise Conflict(f"machine {machine} belongs to endpoint {row['endpoint']}")
             old = M(row["state"])
-            if old in (M.REQUESTED, M.BOOTING):
+            if old in STARTING_STATES:
                 if old == M.REQUESTED:
                     self._event(c, machine, old.value, M.BOOTING.value,
                                 check_transition(old, M.BOOTING), now)
@@ -214,13 +189,12 @@ class MachineStore:
             return cached
         with self.store.read() as c:
             row = c.execute("SELECT * FROM pilots WHERE id = ?", (pilot_id,)).fetchone()
-            m = c.execute("SELECT info FROM machines WHERE name = ?",
+            m = c.execute("SELECT * FROM machines WHERE name = ?",
                           (row["machine"] if row else "",)).fetchone()
         if row is None:
             raise NotFound(f"no pilot {pilot_id}; register first")
-        info = json.loads(m["info"]) if m and m["info"] else {}
-        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]),
-                                              spot=info.get("market") == "spot")
+        spot = m is not None and Machine.from_row(m).spot
+        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]), spot=spot)
         return pilot
 
     def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:

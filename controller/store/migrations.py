@@ -6,6 +6,12 @@ from collections.abc import Callable
 
 from sqlite_utils import Database
 
+from controller.domain.jobs import ACTIVE_STATES as ACTIVE_JOB_STATES
+from controller.domain.plans import OPEN_STATES
+from controller.store.sql import in_list
+
+HELD = in_list(ACTIVE_JOB_STATES)  # ('matched', 'running'): jobs a pilot holds
+
 
 def m001_initial(db: Database) -> None:
     db.table("users").create(
@@ -46,8 +52,7 @@ def m001_initial(db: Database) -> None:
         "CREATE INDEX idx_jobs_waiting ON jobs(tq_id, id) WHERE state = 'waiting'"
     )
     db.execute(
-        "CREATE INDEX idx_jobs_active ON jobs(machine, state) "
-        "WHERE state IN ('matched', 'running')"
+        f"CREATE INDEX idx_jobs_active ON jobs(machine, state) WHERE state IN {HELD}"
     )
     db.table("jobs").create_index(["state"])
     db.table("jobs").create_index(["owner", "state"])
@@ -90,9 +95,6 @@ def m001_initial(db: Database) -> None:
         pk="id",
     )
     db.table("pilots").create_index(["machine"])
-
-
-HELD = "('matched', 'running')"
 
 
 def m002_held_counts(db: Database) -> None:
@@ -185,6 +187,14 @@ def m005_ticks(db: Database) -> None:
     db.table("ticks").create_index(["endpoint", "id"])
 
 
+def m006_i10_plans_applying(db: Database) -> None:
+    """Plans have an `applying` state (the endpoint's worker is making the change): the index
+    of open plans covers it."""
+    db.execute("DROP INDEX IF EXISTS idx_plans_open")
+    db.execute(f"CREATE INDEX idx_plans_open ON plans(endpoint, state)"
+               f" WHERE state IN {in_list(OPEN_STATES)}")
+
+
 def i11_idempotency(db: Database) -> None:
     """Idempotency keys of submissions: a retried submission with the same key (and the same
     body) answers the jobs the first one created. Written in the submission's transaction;
@@ -216,6 +226,7 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("003_plans", m003_plans),
     ("004_ssh_hosts", m004_ssh_hosts),
     ("005_ticks", m005_ticks),
+    ("006_i10_plans_applying", m006_i10_plans_applying),
     ("i11_idempotency", i11_idempotency),
     ("i11_attempts", i11_attempts),
 ]

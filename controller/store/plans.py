@@ -1,4 +1,4 @@
-"""Plans: each endpoint's proposed changes, their approval and outcome, and `down` marks."""
+"""Plans: each endpoint's proposed changes, their approval, application and outcome."""
 
 from __future__ import annotations
 
@@ -6,21 +6,18 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from controller.domain.plans import Backoff, Plan, PlanDiff, PlanState, check_transition
+from controller.domain.plans import Plan, PlanDiff, PlanState, check_transition
 from controller.domain.transitions import IllegalTransition
 from controller.errors import Conflict, NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 P = PlanState
 
 
 class PlanStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     # reading -----------------------------------------------------------------------------
@@ -133,71 +130,39 @@ class PlanStore:
         return ids
 
     def approve(self, plan_id: int, by: str, now: float | None = None) -> Plan:
-        """Approve a pending plan (the loop applies it at its next tick)."""
+        """Approve a pending plan (the endpoint's worker applies it after the next tick)."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
             self._move(c, plan_id, P.APPROVED, f"approved by {by}", now, approved_by=by)
         return self.get(plan_id)
 
+    def start_applying(self, plan_id: int, now: float | None = None) -> Plan:
+        """The endpoint's worker takes up an approved plan."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            self._move(c, plan_id, P.APPLYING, None, now)
+        return self.get(plan_id)
+
     def finish(self, plan_id: int, state: PlanState, message: str,
                now: float | None = None) -> None:
-        """An approved plan was applied (or failed to be)."""
+        """A plan being applied was applied (or failed to be)."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
             self._move(c, plan_id, state, message or None, now, message=message)
 
-    # marks on an endpoint that steer its plans: down, up (apply now), back-off -----------------
-    def marks(self, endpoint: str) -> EndpointMarks:
-        with self.store.read() as c:
-            row = c.execute("SELECT down_by, up_by, failures, retry_at FROM endpoints"
-                            " WHERE name = ?", (endpoint,)).fetchone()
-        if row is None:
-            raise NotFound(f"no endpoint {endpoint}")
-        return EndpointMarks(row["down_by"], row["up_by"],
-                             Backoff(row["failures"] or 0, row["retry_at"] or 0.0))
-
-    def set_down(self, endpoint: str, by: str | None) -> None:
-        """Take an endpoint down (its machines go, no new ones start), or up again (None)."""
-        self._set(endpoint, down_by=by)
-
-    def ask_up(self, endpoint: str, by: str | None) -> None:
-        """Apply the endpoint's next plan without waiting for approval (None: done)."""
-        self._set(endpoint, up_by=by)
-
-    def set_backoff(self, endpoint: str, backoff: Backoff) -> None:
-        self._set(endpoint, failures=backoff.failures, retry_at=backoff.not_before or None)
-
-    # endpoint events ----------------------------------------------------------------------------
-    def endpoint_event(self, endpoint: str, state: str, message: str,
-                       now: float | None = None) -> None:
-        """Record what happened to an endpoint (a failure and its message, a recovery...)."""
+    def resume_interrupted(self, endpoint: str, now: float | None = None) -> list[int]:
+        """Plans a controller was applying when it stopped go back to approved: the next
+        tick applies them again (drivers are idempotent per machine name)."""
+        now = time.time() if now is None else now
         with self.store.tx() as c:
-            c.execute("INSERT INTO endpoint_events (endpoint, at, state, message)"
-                      " VALUES (?, ?, ?, ?)",
-                      (endpoint, time.time() if now is None else now, state, message))
-
-    def endpoint_events(self, endpoint: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The endpoint's events, newest first."""
-        with self.store.read() as c:
-            return [dict(r) for r in c.execute(
-                "SELECT at, state, message FROM endpoint_events WHERE endpoint = ?"
-                " ORDER BY id DESC LIMIT ?", (endpoint, limit))]
-
-    def _set(self, endpoint: str, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.store.tx() as c:
-            cur = c.execute(f"UPDATE endpoints SET {sets} WHERE name = ?",
-                            (*fields.values(), endpoint))
-            if cur.rowcount == 0:
-                raise NotFound(f"no endpoint {endpoint}")
+            ids = [r["id"] for r in c.execute(
+                "SELECT id FROM plans WHERE endpoint = ? AND state = ?",
+                (endpoint, P.APPLYING.value))]
+            for pid in ids:
+                self._move(c, pid, P.APPROVED, None, now,
+                           message="interrupted by a controller restart; applied again")
+        return ids
 
 
 def _specs(diff: PlanDiff) -> str | None:
     return json.dumps({k: dict(v) for k, v in diff.specs.items()}) if diff.specs else None
-
-
-@dataclass(frozen=True)
-class EndpointMarks:
-    down_by: str | None  # who took the endpoint down (None: it is up)
-    up_by: str | None  # who asked for its next plan to be applied now
-    backoff: Backoff

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controller.errors import NotFound
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 
 def _pack(doc: dict[str, Any]) -> bytes:
@@ -21,7 +19,7 @@ def _unpack(blob: bytes) -> dict[str, Any]:
 
 
 class TickStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     def record(self, endpoint: str, at: float, inputs: dict[str, Any],

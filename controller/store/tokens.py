@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from controller.auth import Principal, Role, hash_token, new_token
 from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
-
-if TYPE_CHECKING:
-    from controller.store.db import Store
+from controller.store.sql import Transactions
 
 
 class TokenStore:
     SHARES_TTL = 10.0  # users made by another process (the admin command) show up this soon
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
         self._shares: dict[str, tuple[float, dict[str, float]]] = {}
         # pilot tokens are checked on every match and heartbeat: remember them briefly

@@ -83,7 +83,7 @@ def test_manual_approval_superseded_plans_and_up(make_controller):
     out = r.stdout
     assert f"plan {p2['id']} for endpoint local: applied" in out
     assert "+ local-0003   new machine" in out and "approved by admin token" in out
-    assert "pending ->" in out and "approved -> applied" in out
+    assert "pending ->" in out and "approved -> applying" in out and "applying -> applied" in out
 
     # the idle machines go through a plan too: it waits, and `cloudpilot up` applies it
     down_plan = wait_until(lambda: [p for p in plans(ctrl, state="pending") if p["delete"]],

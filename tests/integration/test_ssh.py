@@ -146,6 +146,13 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     out = cli(ctrl, "hosts", "ssh")
     assert "h3" in out and "member" in out and "joined" in out
 
+    # an SSH endpoint's ticks are recorded like any other's: explain and replay work
+    out = cli(ctrl, "explain", "ssh")
+    assert out.startswith("endpoint ssh: tick") and "machine ssh-h1 stopped" in out
+    (tick,) = get(ctrl, "/api/v1/ticks", endpoint="ssh", changes="true", limit=1)
+    assert "the same decision" in cli(ctrl, "replay", "--tick", str(tick["id"]))
+    assert get(ctrl, "/api/v1/endpoints")[0]["state"] == "ok"
+
 
 def test_a_host_that_dies_is_unreachable_and_its_jobs_run_elsewhere(make_controller, hosts):
     ctrl = controller(make_controller, hosts, ssh_endpoint(hosts))

@@ -7,8 +7,9 @@ from controller.domain.jobs import NewJob
 from controller.domain.machines import MachineState as M
 from controller.reconcile.loop import Reconciler
 from controller.store import Store
+from controller.testing import Clock, InMemoryDriver
 from tests.unit.test_cloud_settings import AWS, load
-from tests.unit.test_plans import Clock, FakeCloudDriver
+from tests.unit.test_reconcile import tick
 
 CONFIG = ('[[endpoints]]\nname = "lab"\ndriver = "ssh"\n'
           '[endpoints.ssh]\nuser = "ops"\nkey = "id_ed25519"\n'
@@ -22,9 +23,9 @@ CONFIG = ('[[endpoints]]\nname = "lab"\ndriver = "ssh"\n'
 def world(tmp_path):
     settings = load(tmp_path, CONFIG)
     store = Store(tmp_path / "p.db")
-    store.machines.sync_endpoints([e.model_dump(mode="json") for e in settings.endpoints])
+    store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
     store.tokens.create_user("alice", "g")
-    cloud, clock = FakeCloudDriver("vms"), Clock()
+    cloud, clock = InMemoryDriver("vms"), Clock()
     loop = Reconciler(settings, store, {"vms": cloud}, clock=clock)
     yield store, cloud, loop, clock
     store.close()
@@ -33,25 +34,25 @@ def world(tmp_path):
 def test_vms_join_the_ssh_endpoint_run_through_it_and_leave(world):
     store, cloud, loop, clock = world
     store.jobs.submit([NewJob("/bin/true")] * 2, "alice", "g", 3)
-    loop.tick()
+    tick(loop)
     assert cloud.machines == {"vms-0001"}  # 2 jobs, 2 slots per VM
-    loop.tick()  # the cloud reports it up at 10.0.0.1: it joins lab as a host
+    tick(loop)  # the cloud reports it up at 10.0.0.1: it joins lab as a host
     (host,) = store.hosts.find("lab")
-    assert (host["name"], host["address"], host["source"], host["membership"]) == (
+    assert (host.name, host.address, host.source, host.membership) == (
         "vms-0001", "10.0.0.1", "cloud:vms", "joining")
-    assert store.machines.get("vms-0001")["state"] == M.BOOTING
+    assert store.machines.get("vms-0001").state == M.BOOTING
     # the SSH endpoint reached it and started a pilot there (as its Ansible run would)
     store.machines.register_pilot("p1", "lab", "lab-vms-0001", 2, 2048, [], 2, "test")
     clock.t += 5
-    loop.tick()
+    tick(loop)
     vm = store.machines.get("vms-0001")
-    assert vm["state"] == M.RUNNING and "joined lab as host vms-0001" in vm["reason"]
+    assert vm.state == M.RUNNING and "joined lab as host vms-0001" in vm.reason
     clock.t += 600  # silent, as far as the VM itself goes: not lost, the SSH side watches
-    loop.tick()
-    assert store.machines.get("vms-0001")["state"] != M.LOST
+    tick(loop)
+    assert store.machines.get("vms-0001").state != M.LOST
     cloud.machines.clear()  # deleted in the cloud
-    loop.tick()
-    assert store.hosts.get("lab", "vms-0001")["membership"] == "left"
+    tick(loop)
+    assert store.hosts.get("lab", "vms-0001").membership == "left"
     events = [e["event"] for e in store.hosts.events("lab", "vms-0001")]
     assert "joining" in events and "left" in events
 
@@ -59,8 +60,8 @@ def test_vms_join_the_ssh_endpoint_run_through_it_and_leave(world):
 def test_a_busy_host_keeps_its_vm(world):
     store, cloud, loop, clock = world
     store.jobs.submit([NewJob("/bin/true")], "alice", "g", 3)
-    loop.tick()
-    loop.tick()
+    tick(loop)
+    tick(loop)
     store.machines.register_pilot("p1", "lab", "lab-vms-0001", 2, 2048, [], 2, "test")
 
     def issue(conn, job):
@@ -72,6 +73,6 @@ def test_a_busy_host_keeps_its_vm(world):
                            shares={}, issue_token=issue)
     assert len(got) == 1
     clock.t += 3600  # far past the idle timeout, but its host runs a job
-    loop.tick()
-    assert store.machines.get("vms-0001")["state"] == M.RUNNING
+    tick(loop)
+    assert store.machines.get("vms-0001").state == M.RUNNING
     assert cloud.machines == {"vms-0001"}

@@ -151,7 +151,7 @@ def test_a_missing_cli_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", path_without("pulumi"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
     driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", "cp_token")
-    for call in (driver.observe, lambda: driver.plan([], ["aws-spot-0001"]),
+    for call in (driver.refresh, lambda: driver.plan([], ["aws-spot-0001"]),
                  lambda: driver.apply(driver.plan([], []))):
         with pytest.raises(DriverSetupError) as e:
             call()

@@ -49,3 +49,16 @@ def test_every_command_and_option_has_help():
     assert len(items) > 40
     missing = [name for name, help_ in items if not help_]
     assert missing == []
+
+
+def test_environment_variables_override_the_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('port = 9000\nhost = "127.0.0.2"\nloop_interval = 5.0\n')
+    monkeypatch.setenv("CLOUDPILOT_PORT", "7777")
+    monkeypatch.setenv("CLOUDPILOT_LOOP_INTERVAL", "0.5")
+    s = Settings.load(cfg)
+    assert (s.port, s.loop_interval, s.host) == (7777, 0.5, "127.0.0.2")
+    assert Settings.load(cfg, port=1234).port == 1234  # explicit overrides win over both
+    monkeypatch.setenv("CLOUDPILOT_PORT", "not a port")
+    with pytest.raises(ConfigError, match="port"):
+        Settings.load(cfg)

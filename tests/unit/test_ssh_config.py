@@ -87,11 +87,11 @@ def test_membership_join_and_leave_at_the_store(tmp_path: Path):
     from controller.store import Store
 
     store = Store(tmp_path / "db")
-    store.machines.sync_endpoints([{"name": "lab", "driver": "ssh"},
+    store.endpoints.sync([{"name": "lab", "driver": "ssh"},
                                    {"name": "local", "driver": "local"}])
     h = membership.join(store, "lab", "vm-1", "198.51.100.7", source="cloud:aws", now=1.0)
-    assert (h["membership"], h["machine"], h["source"]) == ("joining", "lab-vm-1", "cloud:aws")
-    assert membership.join(store, "lab", "vm-1", "198.51.100.7")["joined_at"] == 1.0  # no-op
+    assert (h.membership, h.machine, h.source) == ("joining", "lab-vm-1", "cloud:aws")
+    assert membership.join(store, "lab", "vm-1", "198.51.100.7").joined_at == 1.0  # no-op
     with pytest.raises(Conflict):
         membership.join(store, "lab", "vm-1", "198.51.100.8")
     with pytest.raises(NotFound):
@@ -101,8 +101,8 @@ def test_membership_join_and_leave_at_the_store(tmp_path: Path):
     assert not membership.is_member(store, "lab", "vm-1")
     store.hosts.answered("lab", "vm-1", {"cores": 2, "memory_mb": 1024, "python": "3.11.2"})
     assert membership.is_member(store, "lab", "vm-1")
-    assert store.machines.get("lab-vm-1")["state"] == "stopped"
-    assert membership.leave(store, "lab", "vm-1", source="cloud:aws")["membership"] == "left"
+    assert store.machines.get("lab-vm-1").state == "stopped"
+    assert membership.leave(store, "lab", "vm-1", source="cloud:aws").membership == "left"
     with pytest.raises(NotFound):
         membership.leave(store, "lab", "vm-1")
     events = [e["event"] for e in store.hosts.events("lab", "vm-1")]

@@ -184,3 +184,18 @@ def test_a_pilot_is_offered_no_more_than_it_registered_minus_what_it_holds(store
     held = store.jobs.find(state="matched")
     store.jobs.report("p1", held[0].id, "done", 0, None)
     assert len(claim(8)) == 1  # one finished: room for one again
+
+
+def test_sqlite_utils_is_pinned_to_the_first_version_with_the_api_the_store_uses():
+    """The store calls Database.atomic() (migrations), first released in sqlite-utils 4.0;
+    every other call it makes (Database(conn), enable_wal, table().create(pk, not_null),
+    create_index(unique), add_column(not_null_default), table_names, rows, insert) is
+    older. Checked against the 3.39 and 4.0 wheels."""
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    (low,) = re.findall(r'"sqlite-utils>=([0-9.]+)"', pyproject)
+    assert tuple(int(x) for x in low.split(".")) == (4, 0)
+    source = (Path(__file__).resolve().parents[2] / "controller/store/migrations.py")
+    assert "db.atomic()" in source.read_text()

@@ -1,0 +1,61 @@
+"""Which kind of endpoint each `driver` setting is, and how one is built. A new kind is a
+new module implementing controller.reconcile.endpoint.EndpointKind, plus one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from controller.config.settings import EndpointConfig
+from controller.drivers.base import Driver
+from controller.drivers.prices import make_price_source
+from controller.drivers.ssh import SshDriver
+from controller.reconcile.cloud import CloudEndpoint
+from controller.reconcile.endpoint import EndpointKind, LoopEnv
+from controller.reconcile.hosts import HostPoolEndpoint, make_ssh_driver
+from controller.services.secrets import stored_pilot_token
+from controller.store import Store
+
+
+def endpoint_pilot_token(store: Store, data_dir: Path, endpoint: str) -> str:
+    """The pilot token the controller gives the machines it starts on an endpoint, kept in
+    data_dir/secrets (mode 0600) so pilots keep working across controller restarts."""
+    return stored_pilot_token(store, data_dir / "secrets" / f"{endpoint}.pilot-token", endpoint,
+                              "machines started by the controller")
+
+
+def _cloud(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointKind:
+    s = env.settings
+    if driver is None:
+        token = endpoint_pilot_token(env.store, s.data_dir, ep.name)
+        if ep.driver == "local":
+            from controller.drivers.local import LocalDriver
+
+            driver = LocalDriver(ep, s.data_dir, s.url, token)
+        else:
+            from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
+
+            driver = PulumiDriver(ep, s.data_dir, s.url, token)
+    prices = None if ep.prices is None else make_price_source(
+        ep.prices, {t.name for t in ep.machine_types})
+    return CloudEndpoint(ep, driver, env, prices)
+
+
+def _hosts(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointKind:
+    ssh = driver if isinstance(driver, SshDriver) else make_ssh_driver(env.settings, env.store,
+                                                                        ep)
+    return HostPoolEndpoint(ep, ssh, env)
+
+
+# driver setting -> how to build that kind of endpoint (with a given driver, for tests)
+KINDS: dict[str, Callable[[EndpointConfig, LoopEnv, Driver | None], EndpointKind]] = {
+    "local": _cloud,
+    "aws": _cloud,
+    "openstack": _cloud,
+    "ssh": _hosts,
+}
+
+
+def make_endpoint(ep: EndpointConfig, env: LoopEnv,
+                  driver: Driver | None = None) -> EndpointKind:
+    return KINDS[ep.driver](ep, env, driver)
