@@ -75,10 +75,9 @@ def small_disk(path: Path, size: str) -> Iterator[Path]:
 def fill(path: Path) -> Path:
     """Fill the disk holding `path` with one file; return it."""
     filler = path / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
-            f.write(b"\0" * 65536)
-            f.flush()
+            f.write(b"\0" * 65536)  # unbuffered: ENOSPC comes here, not at close
     return filler
 
 
