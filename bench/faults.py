@@ -13,13 +13,17 @@ show as overlapping intervals.
 Per scenario it prints: jobs submitted (acknowledged), done, lost (acknowledged but not done
 in the time allowed), jobs whose payload ran twice at once, duplicate completions (a payload
 ran to its end more than once) and duplicate submissions (more jobs in the database than
-were submitted). The aim is 0 in the last four columns, in every scenario."""
+were submitted). The aim is 0 lost, 0 run twice at once and 0 duplicate submissions in every
+scenario. Duplicate completions are the price of "at least once": a payload that finished
+while its pilot could not report it (frozen, killed) runs again."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import os
 import signal
 import sqlite3
 import sys
@@ -33,14 +37,19 @@ from pathlib import Path
 from bench.harness import make_controller
 from controller.cli.client import ApiClient
 from controller.drivers.proctree import MachineProcesses
+from pilot.config import PilotConfig
 from tests.conftest import Controller
 
 ENDPOINT = "local"
+# the payloads write one ledger, outside their job directories: no sandbox (where pilots have
+# one: isolation = "none")
+UNSANDBOXED = {"isolation": "none"} if "isolation" in {
+    f.name for f in dataclasses.fields(PilotConfig)} else {}
 SETTINGS = {"loop_interval": 0.3, "stalled_after": 6, "lease_margin": 2, "max_retries": 10,
             "long_poll_max": 10}
 LOCAL = {"name": ENDPOINT, "driver": "local", "cores": 4, "memory_mb": 4096, "slots": 4,
          "max_machines": 4, "max_starts_per_cycle": 4, "idle_timeout": 5,
-         "heartbeat_interval": 0.5, "lost_after": 5, "boot_timeout": 30}
+         "heartbeat_interval": 0.5, "lost_after": 5, "boot_timeout": 30, **UNSANDBOXED}
 
 
 def payload(ledger: Path, seconds: float) -> dict[str, object]:
@@ -121,15 +130,16 @@ def wait_done(ctl: Controller, n: int, timeout: float) -> None:
 def cleanup(ctl: Controller) -> None:
     """Stop the controller, then every process of every machine it started."""
     ctl.stop()
-    for d in (ctl.root / "data" / "machines" / ENDPOINT).glob("*"):
+    for d in ctl.root.glob(f"data*/**/{ENDPOINT}/*"):  # the local endpoint's machine dirs
         if d.is_dir():
             MachineProcesses(d.parent, d.name).kill()
 
 
 # scenarios ----------------------------------------------------------------------------------
-def controller_sigkill(tmp: Path, n_jobs: int) -> Row:
-    """The controller is SIGKILLed 5 times (and restarted a second later) while short jobs
-    run; submissions go on meanwhile, retried by the client under their keys."""
+def controller_sigkill(tmp: Path, n_jobs: int, every: float = 3.0) -> Row:
+    """The controller is SIGKILLed 5 times, `every` seconds (and restarted a second later)
+    while short jobs run; submissions go on meanwhile, retried by the client under their
+    keys."""
     ctl, ledger = make_controller(tmp, SETTINGS, [LOCAL]), tmp / "ledger"
     ctl.start()
     row, t0 = Row("controller SIGKILL x5 during the run"), time.monotonic()
@@ -145,7 +155,7 @@ def controller_sigkill(tmp: Path, n_jobs: int) -> Row:
         sub = threading.Thread(target=submit)
         sub.start()
         for _ in range(5):
-            time.sleep(3.0)
+            time.sleep(every)
             ctl.stop(signal.SIGKILL)
             time.sleep(1.0)
             ctl.start()
@@ -245,9 +255,88 @@ def killed_between_commit_and_answer(tmp: Path, n_jobs: int) -> Row:
         cleanup(ctl)
 
 
+MANUAL = {"name": "manual", "driver": "local", "cores": 4, "memory_mb": 4096, "slots": 4,
+          "max_machines": 0, "heartbeat_interval": 0.5, "lost_after": 60, "idle_timeout": 60}
+
+
+def pilots_faulted(tmp: Path, n_jobs: int, fault: str) -> Row:
+    """Three pilots (4 slots each) run short jobs; three times, one of them is SIGKILLed,
+    SIGSTOPped (and resumed once its lease has surely run out) or SIGTERMed mid-job, and a new
+    pilot takes its place."""
+    ctl, ledger = make_controller(tmp, SETTINGS, [MANUAL]), tmp / "ledger"
+    ctl.start()
+    row, t0 = Row(f"pilot {fault} mid-job x3"), time.monotonic()
+    n = 0
+
+    def new_pilot() -> None:
+        nonlocal n
+        n += 1
+        ctl.start_pilot(f"m{n}", slots=4, cores=4, **UNSANDBOXED)
+
+    try:
+        for _ in range(3):
+            new_pilot()
+        api = ApiClient(ctl.url, ctl.tokens["alice"], retry_for=60)
+        row.submitted = len(set(api.submit([payload(ledger, 1.0)] * n_jobs)["ids"]))
+        lease = float(SETTINGS["stalled_after"]) + float(SETTINGS["lease_margin"])
+        for k in range(3):
+            time.sleep(2.0)
+            victim = ctl.pilots[k]  # the oldest pilots, each holding jobs by now
+            if fault == "SIGSTOP":
+                victim.send_signal(signal.SIGSTOP)
+                new_pilot()
+                threading.Timer(lease + 2, victim.send_signal, (signal.SIGCONT,)).start()
+            else:
+                victim.send_signal(signal.SIGKILL if fault == "SIGKILL" else signal.SIGTERM)
+                new_pilot()
+        wait_done(ctl, n_jobs, 150)
+        return tally(row, ctl, ledger, n_jobs)
+    finally:
+        row.seconds = time.monotonic() - t0
+        for p in ctl.pilots:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGCONT)
+                os.killpg(p.pid, signal.SIGKILL)
+        ctl.stop()
+
+
+def controller_frozen(tmp: Path, n_jobs: int) -> Row:
+    """The controller is frozen (SIGSTOP) longer than a lease while pilots run jobs: the
+    pilots cannot renew, so their shepherds end the payloads when the leases run out; the
+    resumed controller gives the jobs out again."""
+    ctl, ledger = make_controller(tmp, SETTINGS, [MANUAL]), tmp / "ledger"
+    ctl.start()
+    row, t0 = Row("controller frozen longer than a lease"), time.monotonic()
+    try:
+        for n in range(3):
+            ctl.start_pilot(f"m{n}", slots=4, cores=4, **UNSANDBOXED)
+        api = ApiClient(ctl.url, ctl.tokens["alice"], retry_for=60)
+        row.submitted = len(set(api.submit([payload(ledger, 3.0)] * n_jobs)["ids"]))
+        time.sleep(3.0)
+        assert ctl.proc is not None
+        ctl.proc.send_signal(signal.SIGSTOP)
+        time.sleep(float(SETTINGS["stalled_after"]) + 3)
+        ctl.proc.send_signal(signal.SIGCONT)
+        wait_done(ctl, n_jobs, 150)
+        return tally(row, ctl, ledger, n_jobs)
+    finally:
+        row.seconds = time.monotonic() - t0
+        if ctl.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                ctl.proc.send_signal(signal.SIGCONT)
+        for p in ctl.pilots:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        ctl.stop()
+
+
 SCENARIOS: dict[str, Callable[[Path, int], Row]] = {
     "controller-sigkill": controller_sigkill,
     "commit-then-kill": killed_between_commit_and_answer,
+    "pilot-sigkill": lambda tmp, n: pilots_faulted(tmp, n, "SIGKILL"),
+    "pilot-sigstop": lambda tmp, n: pilots_faulted(tmp, n, "SIGSTOP"),
+    "pilot-sigterm": lambda tmp, n: pilots_faulted(tmp, n, "SIGTERM"),
+    "controller-sigstop": controller_frozen,
 }
 
 
@@ -277,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows[-1:]).splitlines()[2], flush=True)
     print()
     print(table(rows))
-    bad = any(r.lost or r.ran_twice_at_once or r.duplicate_completions
-              or r.duplicate_submissions for r in rows)
+    bad = any(r.lost or r.ran_twice_at_once or r.duplicate_submissions for r in rows)
     return 1 if bad else 0
 
 

@@ -4,6 +4,7 @@ limit, stop it on request, collect the tail of its output."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pilot import shepherd
 
 
 @dataclass
@@ -52,7 +55,9 @@ class JobRun:
         self.dir = workdir / f"job-{self.id}"
         self.controller_url = controller_url
         self.stop_grace = stop_grace
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
+        self.attempt: int | None = job.get("attempt")
+        self.lease_until = float("inf")  # Unix time the payload must be dead by, unless renewed
         self.stop_reason: str | None = None
         self.interrupted_by = "SIGTERM"  # what interrupted the pilot, for the job's record
         self._lock = threading.Lock()
@@ -91,9 +96,30 @@ class JobRun:
             "CLOUDPILOT_PROGRESS_FILE": str(self.progress_file),
         })
         argv = [self.job["executable"], *self.job.get("arguments", [])]
+        # under a shepherd: it ends the payload's processes when the payload ends, when the
+        # lease runs out without renewal, and when this pilot is gone (pilot/shepherd.py)
+        cmd = shepherd.command(argv, self.lease_until, self.stop_grace)
         with open(self.dir / ".stdout", "wb") as out, open(self.dir / ".stderr", "wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=out, stderr=err,
+                                         stdin=subprocess.PIPE, start_new_session=True)
+
+    def renew(self, until: float) -> None:
+        """The controller renewed the lease: the payload may run until `until` (Unix time)."""
+        self.lease_until = max(self.lease_until, until)
+        self._tell(f"{until:.3f}")
+
+    def revoke(self) -> None:
+        """The attempt is no longer this pilot's: its shepherd kills the payload at once."""
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = "lost"
+        self._tell("kill")
+
+    def _tell(self, line: str) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            if self.proc is not None and self.proc.stdin is not None:
+                self.proc.stdin.write(line.encode() + b"\n")
+                self.proc.stdin.flush()
 
     def stop(self, why: str) -> None:
         with self._lock:
@@ -121,14 +147,21 @@ class JobRun:
                 pass
             if time.monotonic() > deadline and self.stop_reason is None:
                 self.stop("timeout")
+            if time.time() >= self.lease_until and self.stop_reason is None:
+                self.stop("lease")  # its shepherd kills it now
             if self.stop_reason is not None:
                 stop_sent = stop_sent or time.monotonic()
-                if time.monotonic() - stop_sent > self.stop_grace:
-                    self._signal(signal.SIGKILL)
-        self._signal(signal.SIGKILL)  # anything the payload left behind in its group
+                if time.monotonic() - stop_sent > self.stop_grace + 5:
+                    self._signal(signal.SIGKILL)  # the shepherd itself does not end
         why = self.stop_reason
+        if rc == 0 and why in ("interrupted", "lease", "lost"):
+            why = None  # it ended on its own, successfully, before the stop reached it
         if why == "interrupted":
             return Outcome("interrupted", rc, f"pilot stopping ({self.interrupted_by})")
+        if why in ("lease", "lost"):
+            return Outcome("interrupted", rc, "its lease ran out: the controller did not renew "
+                           "it in time" if why == "lease" else "the attempt is no longer "
+                           "this pilot's")
         if why == "killed":
             return Outcome("failed", rc, "killed")
         if why == "timeout":
@@ -146,4 +179,7 @@ class JobRun:
         return out, err, t1 or t2
 
     def cleanup(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -52,6 +52,15 @@ def _input(f: InputFile) -> dict[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Renewal:
+    """A heartbeat's answer about the jobs it named."""
+
+    stop: list[int]  # stop these: killed, or no longer the pilot's
+    lost: list[int]  # of those, the attempts no longer the pilot's: kill them at once
+    lease: float  # the others' leases now run this long from the heartbeat
+
+
+@dataclasses.dataclass(frozen=True)
 class IdempotencyKey:
     """A submission's Idempotency-Key, a digest of its request, and how long to keep it."""
 
@@ -369,19 +378,24 @@ class JobStore:
 
     def heartbeat(self, pilot_id: str, progress: dict[int, str | None],
                   now: float | None = None,
-                  attempts: dict[int, int] | None = None) -> list[int]:
-        """Record a pilot's heartbeat for its running jobs, renewing their leases; return the
-        ids it must stop (killed, no longer its own, or in another attempt than it runs)."""
+                  attempts: dict[int, int] | None = None) -> Renewal:
+        """Record a pilot's heartbeat for its running jobs, renewing their leases; say which
+        it must stop: killed ones (gracefully), and those no longer its own (another pilot's,
+        over, or in another attempt than it runs: at once)."""
         now = time.time() if now is None else now
         stop: list[int] = []
+        lost: list[int] = []
         attempts = attempts or {}
         with self.store.tx() as c:
             for job_id, prog in progress.items():
                 row = c.execute("SELECT state, pilot_id, attempt FROM jobs WHERE id = ?",
                                 (job_id,)).fetchone()
-                if row is None or row["pilot_id"] != pilot_id or row["state"] not in ACTIVE_STATES \
-                        or attempts.get(job_id, row["attempt"]) != row["attempt"]:
+                own = row is not None and row["pilot_id"] == pilot_id \
+                    and attempts.get(job_id, row["attempt"]) == row["attempt"]
+                if not own or row["state"] not in ACTIVE_STATES:
                     stop.append(job_id)
+                    if not own or row["state"] != S.KILLED:
+                        lost.append(job_id)
                     continue
                 lease = now + self.lease  # renewed by every heartbeat
                 if row["state"] == S.MATCHED:
@@ -390,7 +404,7 @@ class JobStore:
                 else:
                     c.execute("UPDATE jobs SET last_heartbeat = ?, progress = ?,"
                               " lease_expires = ? WHERE id = ?", (now, prog, lease, job_id))
-        return stop
+        return Renewal(stop, lost, self.lease)
 
     def report(self, pilot_id: str, job_id: int, status: str, exit_code: int | None,
                reason: str | None, now: float | None = None,

@@ -83,8 +83,10 @@ def test_heartbeats_output_and_reports_of_a_stale_attempt_are_refused(store):
     claim(store, now=1000.0)
     store.jobs.stall(expired_before=2000.0, now=1100.0)
     assert claim(store, now=1101.0).attempt == 2
-    assert store.jobs.heartbeat("p1", {jid: None}, now=1102.0, attempts={jid: 1}) == [jid]
-    assert store.jobs.heartbeat("p1", {jid: None}, now=1102.0, attempts={jid: 2}) == []
+    stale = store.jobs.heartbeat("p1", {jid: None}, now=1102.0, attempts={jid: 1})
+    assert (stale.stop, stale.lost) == ([jid], [jid])  # kill it at once
+    current = store.jobs.heartbeat("p1", {jid: None}, now=1102.0, attempts={jid: 2})
+    assert (current.stop, current.lost, current.lease) == ([], [], 30.0)
     with pytest.raises(Conflict, match="attempt 1 of job 1 is over"):
         store.jobs.save_output("p1", jid, "out", "", False, attempt=1)
     with pytest.raises(Conflict, match="attempt 1 of job 1 is over"):

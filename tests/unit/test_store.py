@@ -125,7 +125,7 @@ def test_kill_keeps_killed_even_if_the_pilot_reports_later(store):
     store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
     job, _ = match(store)
     assert store.jobs.kill(job.id, "alice").state == JobState.KILLED
-    assert store.jobs.heartbeat("p1", {job.id: None}) == [job.id]
+    assert store.jobs.heartbeat("p1", {job.id: None}).stop == [job.id]
     j = store.jobs.report("p1", job.id, "failed", -15, "killed")
     assert (j.state, j.exit_code) == (JobState.KILLED, -15)
     with pytest.raises(Conflict, match="already killed"):
