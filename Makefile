@@ -27,7 +27,7 @@ lint: .stamp-dev
 	$(BIN)/mypy controller pilot stacks
 
 test: .stamp-dev lint
-	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3
+	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 bubblewrap
 	$(BIN)/pytest -q
 
 bench: .stamp-dev

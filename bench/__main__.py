@@ -199,19 +199,22 @@ def http_submit(url: str, tokens: dict[str, str], plan: list[tuple[str, list[int
     return Figure("bulk submit, HTTP", n, dt, SUBMIT_AIM)
 
 
-def http_match(url: str, pilot_token: str, n_matches: int, n_threads: int, per_request: int = 1
-               ) -> tuple[Figure, Counter[str]]:
-    auth = {"Authorization": f"Bearer {pilot_token}", "Content-Type": "application/json"}
-    pilots = []
-    with httpx.Client(base_url=url, timeout=60, headers=auth) as client:
+def http_match(url: str, admin_token: str, n_matches: int, n_threads: int,
+               per_request: int = 1) -> tuple[Figure, Counter[str]]:
+    pilots: list[tuple[str, str]] = []  # (pilot id, its own credential)
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=url, timeout=60) as client:
         for i in range(n_threads):
-            r = client.post("/api/v1/pilots/register", json={
+            boot = client.post("/api/v1/admin/tokens", headers=admin,
+                               json={"role": "pilot", "endpoint": ENDPOINT}).json()["token"]
+            r = client.post("/api/v1/pilots/register", headers={
+                "Authorization": f"Bearer {boot}"}, json={
                 "machine": f"bench-pilot-{per_request}-{i}", "endpoint": ENDPOINT,
                 "cores": MACHINE_CORES, "memory_mb": MACHINE_MEMORY, "slots": MACHINE_SLOTS,
                 "version": "bench"})
             if r.status_code != 201:
                 raise RuntimeError(f"register: HTTP {r.status_code}: {r.text[:500]}")
-            pilots.append(r.json()["pilot_id"])
+            pilots.append((r.json()["pilot_id"], r.json()["token"]))
     # a pilot asks for one job per free slot: `per_request` free slots per request
     offer = json.dumps({"free_cores": MACHINE_CORES, "free_memory_mb": MACHINE_MEMORY,
                         "free_slots": per_request, "wait": 0})
@@ -222,8 +225,10 @@ def http_match(url: str, pilot_token: str, n_matches: int, n_threads: int, per_r
     lock = threading.Lock()
     start = threading.Barrier(n_threads + 1)
 
-    def work(pilot_id: str, count: int) -> None:
+    def work(pilot: tuple[str, str], count: int) -> None:
+        pilot_id, credential = pilot
         got: Counter[str] = Counter()
+        auth = {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
         with httpx.Client(base_url=url, timeout=60, headers=auth) as c:
             path = f"/api/v1/pilots/{pilot_id}/match"
             start.wait()
@@ -357,17 +362,17 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp) / "http"
         store = Store(root / "cloudpilot.db")
         tokens = make_users(store)
-        pilot_token = store.tokens.issue(Role.PILOT, endpoint=ENDPOINT, note="bench")
+        admin_token = store.tokens.issue(Role.ADMIN, note="bench")
         store.close()
         with controller(root, args.in_thread) as url:
             print(f"controller on {url}; submitting...", flush=True)
             figures.append(http_submit(url, tokens, plan, specs))
             states["http"] = check_db(root / "cloudpilot.db", args.jobs, args.queues)
             print("matching...", flush=True)
-            f, owners = http_match(url, pilot_token, args.matches, args.threads)
+            f, owners = http_match(url, admin_token, args.matches, args.threads)
             figures.append(f)
             fair["http"] = dict(owners)
-            f, owners = http_match(url, pilot_token, args.matches, args.threads, per_request=8)
+            f, owners = http_match(url, admin_token, args.matches, args.threads, per_request=8)
             figures.append(f)
             fair["http, 8-slot pilots"] = dict(owners)
         # the same at the store

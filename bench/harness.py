@@ -7,13 +7,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Controller, free_port, prepare
+from controller.auth import Role
+from controller.store import Store
+from tests.conftest import Controller, new_controller
 
 
 def make_controller(root: Path, settings: dict[str, Any],
                     endpoints: list[dict[str, Any]]) -> Controller:
-    """A controller in `root`, prepared (config, users, tokens), not yet started."""
-    return prepare(Controller(root, free_port(), settings, endpoints))
+    """A controller in `root` (config, users, tokens), not yet started."""
+    return new_controller(root, endpoints, **settings)
+
+
+def bootstrap_tokens(ctl: Controller, endpoint: str, n: int) -> list[str]:
+    """`n` one-time bootstrap tokens of an endpoint (each registers one pilot)."""
+    store = Store(ctl.database)
+    try:
+        return [store.tokens.issue(Role.PILOT, endpoint=endpoint, note="bench")
+                for _ in range(n)]
+    finally:
+        store.close()
 
 
 def threads(ctl: Controller) -> int:

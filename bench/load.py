@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import make_controller, threads
+from bench.harness import bootstrap_tokens, make_controller, threads
 from tests.conftest import REPO as ROOT
 from tests.conftest import Controller
 
@@ -47,9 +47,9 @@ def pct(xs: list[float], p: float) -> float:
 
 # a worker process: many pilots ---------------------------------------------------------------
 class Pilots:
-    def __init__(self, url: str, token: str, heartbeat: float, job_seconds: float,
+    def __init__(self, url: str, tokens: list[str], heartbeat: float, job_seconds: float,
                  stop_file: Path) -> None:
-        self.url, self.headers = url, {"Authorization": f"Bearer {token}"}
+        self.url, self.tokens = url, tokens  # one bootstrap token per pilot
         self.ssl = ssl.create_default_context()  # one for all: making one costs ~20 ms
         self.heartbeat, self.job_seconds, self.stop_file = heartbeat, job_seconds, stop_file
         self.lat: dict[str, list[float]] = {"register": [], "heartbeat": [], "report": []}
@@ -57,12 +57,13 @@ class Pilots:
         self.errors: Counter[str] = Counter()
         self.stopping = False
 
-    def client(self) -> httpx.AsyncClient:
+    def client(self, token: str) -> httpx.AsyncClient:
         """One client per pilot, as real pilots have (one pool shared by hundreds of
         concurrent requests costs the client more CPU than the controller spends on them),
         and a new connection per request, as the pilot's urllib makes (a kept-alive one may
         be closed by uvicorn's keep-alive timeout under a late request of a busy client)."""
-        return httpx.AsyncClient(base_url=self.url, timeout=60, headers=self.headers,
+        return httpx.AsyncClient(base_url=self.url, timeout=60,
+                                 headers={"Authorization": f"Bearer {token}"},
                                  verify=self.ssl,
                                  limits=httpx.Limits(max_keepalive_connections=0))
 
@@ -82,14 +83,16 @@ class Pilots:
         return r
 
     async def pilot(self, n: int, ready: asyncio.Event, registered: list[int]) -> None:
-        http = self.client()
-        r = await self.call(http, "register", "/api/v1/pilots/register", {
+        boot = self.client(self.tokens[n])
+        r = await self.call(boot, "register", "/api/v1/pilots/register", {
             "machine": f"load-{uuid.uuid4().hex[:10]}", "cores": 1, "memory_mb": 1024,
             "slots": 1})
+        await boot.aclose()
         registered.append(1)
         if r is None:
             return
         pid = r.json()["pilot_id"]
+        http = self.client(r.json()["token"])  # the pilot's own credential from now on
         await ready.wait()
         held: dict[int, None] = {}
         beat = asyncio.create_task(self.beats(http, pid, held))
@@ -136,7 +139,8 @@ class Pilots:
 
 
 def worker(args: argparse.Namespace) -> None:
-    p = Pilots(args.url, args.token, args.heartbeat, args.job_seconds, Path(args.stop_file))
+    tokens = Path(args.tokens).read_text().split()
+    p = Pilots(args.url, tokens, args.heartbeat, args.job_seconds, Path(args.stop_file))
     out = asyncio.run(p.run(args.pilots))
     print(json.dumps(out), flush=True)
 
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat", type=float, default=10.0)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
-    ap.add_argument("--token", help=argparse.SUPPRESS)
+    ap.add_argument("--tokens", help=argparse.SUPPRESS)
     ap.add_argument("--stop-file", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -218,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drive(args: argparse.Namespace, tmp: Path) -> int:
+    endpoint = {"name": ENDPOINT, "driver": "local", "max_machines": 0, "cores": 1,
+                "memory_mb": 1024, "slots": 1, "heartbeat_interval": args.heartbeat,
+                "lost_after": 300}
     ctl = make_controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "stalled_after": 120},
-                     [{"name": ENDPOINT, "driver": "local", "max_machines": 0, "cores": 1,
-                       "memory_mb": 1024, "slots": 1, "heartbeat_interval": args.heartbeat,
-                       "lost_after": 300}])
+                          [endpoint])
     ctl.start()
     stop_file = tmp / "stop"
     procs = []
@@ -229,10 +234,12 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
     try:
         share = [args.pilots // args.workers + (i < args.pilots % args.workers)
                  for i in range(args.workers)]
-        for n in share:
+        for i, n in enumerate(share):
+            tokens = tmp / f"tokens-{i}"  # a one-time bootstrap token per pilot
+            tokens.write_text("\n".join(bootstrap_tokens(ctl, ENDPOINT, n)))
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "bench.load", "--worker", "--pilots", str(n),
-                 "--url", ctl.url, "--token", ctl.tokens[f"pilot:{ENDPOINT}"],
+                 "--url", ctl.url, "--tokens", str(tokens),
                  "--stop-file", str(stop_file), "--heartbeat", str(args.heartbeat),
                  "--job-seconds", str(args.job_seconds)],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True))

@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from controller.api import admin, hosts, info, jobs, pilots, plans, ticks
+from controller.api.limits import BodyLimit
+from controller.api.schemas import ERRORS
 from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
 from controller.errors import CloudpilotError, TemporaryError, storage_error
@@ -77,13 +79,19 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.reconciler = None
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
               ticks.router, hosts.router):
-        app.include_router(r)
+        app.include_router(r, responses=ERRORS)  # every error a route can answer, declared
+    # the body's size, encoding and bulk count are checked before it is parsed
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       max_bulk_jobs=settings.max_bulk_jobs)
 
     @app.exception_handler(CloudpilotError)
     async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else \
             {"Retry-After": "1"} if isinstance(exc, TemporaryError) else None
-        return JSONResponse({"detail": exc.message}, exc.status_code, headers=headers)
+        body: dict[str, object] = {"detail": exc.message}
+        if exc.status_code == 422:  # every 422 has the one declared shape
+            body["errors"] = [exc.message]
+        return JSONResponse(body, exc.status_code, headers=headers)
 
     @app.exception_handler(IllegalTransition)
     async def _illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
@@ -98,6 +106,12 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
             errors.append(f"{where}: {msg}" if where else msg)
         return JSONResponse({"detail": "invalid request: " + "; ".join(errors),
                              "errors": errors}, 422)
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(request: Request, exc: OverflowError) -> JSONResponse:
+        # a last guard: every path and body integer is bounded where it is declared
+        msg = "a number is larger than the store holds"
+        return JSONResponse({"detail": f"invalid request: {msg}", "errors": [msg]}, 422)
 
     @app.exception_handler(sqlite3.Error)
     async def _storage(request: Request, exc: sqlite3.Error) -> JSONResponse:

@@ -4,7 +4,10 @@ Tokens are random 256-bit strings; only their SHA-256 is stored (like API keys e
 random secret needs no salt). Roles:
 - admin: everything;
 - user: acts for one owner (submit, list, kill its own jobs);
-- pilot: acts for one endpoint; may only register, match, heartbeat and report;
+- pilot: two kinds. A bootstrap token (no pilot id) is what a machine gets at boot: it may
+  only register, once (optionally only as one machine name); registering deletes it and
+  answers the pilot's own credential (bound to that pilot id), which may only match,
+  heartbeat, upload output, report and say goodbye for that one pilot;
 - job: given to a pilot with each job, scoped to that job and its owner, with a lifetime; the
   payload gets it in its environment (CLOUDPILOT_JOB_TOKEN) and may act for the owner with it.
 """
@@ -36,10 +39,17 @@ class Principal:
     group: str | None = None
     endpoint: str | None = None  # pilot tokens
     job_id: int | None = None  # job tokens
+    pilot_id: str | None = None  # a pilot's own credential (None: a bootstrap token)
+    machine: str | None = None  # pilot tokens bound to one machine name
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
+
+    @property
+    def is_bootstrap(self) -> bool:
+        """A one-time pilot token: it may register one pilot and nothing else."""
+        return self.role == Role.PILOT and self.pilot_id is None
 
 
 def new_token() -> str:

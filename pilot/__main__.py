@@ -10,6 +10,7 @@ import threading
 
 from pilot.agent import Agent
 from pilot.config import PilotConfig
+from pilot.sandbox import SandboxError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> None:
         try:
             result.append(agent.run())
+        except SandboxError as e:  # nothing registered, nothing run
+            logging.getLogger("pilot").error("cannot sandbox payloads: %s", e)
+            result.append(f"error: {e}")
         except Exception as e:  # report and exit non-zero rather than hang
             logging.getLogger("pilot").exception("pilot failed")
             result.append(f"error: {e}")

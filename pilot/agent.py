@@ -16,6 +16,7 @@ from pilot.client import Client, ClientError
 from pilot.config import PilotConfig
 from pilot.metadata import spot_notice
 from pilot.runner import JobRun
+from pilot.sandbox import Sandbox
 
 log = logging.getLogger("pilot")
 
@@ -32,8 +33,13 @@ class Agent:
         self.pilot_id: str | None = None
         self.heartbeat_interval = cfg.heartbeat_interval or 10.0
         self.last_busy = time.monotonic()
-        self.workdir = Path(cfg.workdir)
+        self.workdir = Path(cfg.workdir).resolve()
         self.exit_reason = ""
+        self.sandbox = Sandbox(cfg.isolation, tuple(cfg.hide), cfg.payload_user)
+        # hidden from payloads whatever the config says: this pilot's config and work dirs
+        self.own = tuple(p for p in (str(self.workdir), cfg.config_path and
+                                     str(Path(cfg.config_path).parent)) if p)
+        self.url_allow: list[str] = []
 
     # resources ---------------------------------------------------------------------------
     def free(self) -> tuple[int, int, int]:
@@ -51,13 +57,20 @@ class Agent:
             "version": __version__,
         })
         self.pilot_id = out["pilot_id"]
+        # from now on this pilot's own credential (held in memory only); the bootstrap token
+        # it started with is spent
+        self.client.token = out["token"]
+        self.url_allow = list(out.get("input_url_allow", []))
         if c.heartbeat_interval is None:
             self.heartbeat_interval = float(out["heartbeat_interval"])
         log.info("registered as pilot %s on %s (%s)", self.pilot_id, c.machine, out["endpoint"])
 
     def run(self) -> str:
         """Run until idle, drained or stopped; return why it ended."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sandbox.check()  # before registering: a pilot that cannot sandbox runs nothing
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.cfg.isolation == "user":
+            self.workdir.chmod(0o711)  # the payload's user reaches its own job dir only
         self.register()
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
         if self.cfg.metadata_url:
@@ -94,8 +107,9 @@ class Agent:
                 {"free_cores": cores, "free_memory_mb": mem, "free_slots": slots,
                  "wait": round(wait, 1)}, timeout=wait + 15)
         except ClientError as e:
-            if e.status == 404:  # the controller forgot us (new database): register again
-                self.register()
+            if e.status in (401, 404):  # revoked, or the controller forgot this pilot
+                self.exit_reason = f"the controller no longer accepts this pilot: {e}"
+                self.stopping.set()
                 return []
             log.error("match refused: %s", e)
             self.stopping.wait(2)
@@ -108,7 +122,8 @@ class Agent:
                 for m in out["matches"]]
 
     def _start(self, job: dict[str, Any], token: str, lease_until: float) -> None:
-        run = JobRun(job, token, self.workdir, self.cfg.controller_url, self.cfg.stop_grace)
+        run = JobRun(job, token, self.workdir, self.cfg.controller_url, self.cfg.stop_grace,
+                     self.sandbox, self.own, self.url_allow)
         run.lease_until = lease_until
         with self.lock:
             self.jobs[run.id] = run
@@ -125,9 +140,9 @@ class Agent:
                 run.prepare()
                 if run.stop_reason is None:
                     run.start()
-            except OSError as e:
+            except Exception as e:  # any failure to start is the job's failure, with why
                 log.warning("job %s could not start: %s", run.id, e)
-                self._finish(run, "failed", None, f"could not start: {e}")
+                self._finish(run, "failed", None, f"could not start: {e}"[:2000])
                 return
             if run.proc is None:
                 self._finish(run, "interrupted", None, "pilot stopping before start")

@@ -21,6 +21,7 @@ ENV = {
     "idle_timeout": "CLOUDPILOT_IDLE_TIMEOUT",
     "workdir": "CLOUDPILOT_WORKDIR",
     "metadata_url": "CLOUDPILOT_METADATA_URL",
+    "isolation": "CLOUDPILOT_ISOLATION",
 }
 
 
@@ -53,6 +54,11 @@ class PilotConfig:
     # on an EC2 spot instance: "http://169.254.169.254", watched for an interruption notice
     metadata_url: str | None = None
     metadata_interval: float = 5.0
+    # how payloads are sandboxed (pilot/sandbox.py): bwrap | user | none (only when asked)
+    isolation: str = "bwrap"
+    hide: list[str] = field(default_factory=list)  # more paths no payload may see
+    payload_user: str = "nobody"  # isolation = user: who runs payloads
+    config_path: str | None = None  # where this config was read from (hidden from payloads)
 
     @classmethod
     def load(cls, path: str | None = None) -> PilotConfig:
@@ -79,4 +85,8 @@ class PilotConfig:
         for key in ("idle_timeout", "poll_wait", "stop_grace", "metadata_interval"):
             if key in data:
                 data[key] = float(data[key])  # type: ignore[arg-type]
+        if data.get("isolation", "bwrap") not in ("bwrap", "user", "none"):
+            raise ValueError(f"isolation must be bwrap, user or none, not {data['isolation']!r}")
+        if path:
+            data["config_path"] = str(Path(path).resolve())
         return cls(**data)  # type: ignore[arg-type]

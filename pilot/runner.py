@@ -1,22 +1,31 @@
-"""Run one job: prepare its working directory, start the payload as a subprocess with a time
-limit, stop it on request, collect the tail of its output."""
+"""Run one job: prepare its working directory, start the payload in its sandbox with a time
+limit, stop it on request, collect the tail of its output.
+
+The job directory is made fresh by the pilot (an existing one is refused: nothing planted there
+is followed), and every file the pilot opens in it is opened relative to that directory
+without following symlinks (O_NOFOLLOW), so a payload cannot make the pilot write or read
+anywhere else."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
-import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pilot import shepherd
+from pilot.sandbox import Sandbox
+from pilot.urls import open_url
 
 
 @dataclass
@@ -26,26 +35,26 @@ class Outcome:
     reason: str | None
 
 
-def _tail(path: Path, limit: int) -> tuple[str, bool]:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return "", False
-    with open(path, "rb") as f:
-        if size > limit:
-            f.seek(size - limit)
-        text = f.read().decode(errors="replace")
-    raw = text.encode()
-    if len(raw) > limit:  # replacement characters can make text longer than its bytes
-        text = raw[-limit:].decode(errors="ignore")
+def _tail(fd: int, limit: int) -> tuple[str, bool]:
+    """The last `limit` bytes of an open file, as text."""
+    size = os.fstat(fd).st_size
+    start = max(0, size - limit)
+    raw = os.pread(fd, size - start, start)
+    text = raw.decode(errors="replace").replace("\0", "\ufffd")  # the controller takes no NUL
+    if len(text.encode()) > limit:  # replacement characters can make text longer than bytes
+        text = text.encode()[-limit:].decode(errors="ignore")
     return text, size > limit
+
+
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class JobRun:
     """One running job. `stop(why)` asks it to end: 'killed', 'interrupted' or 'timeout'."""
 
     def __init__(self, job: dict[str, Any], token: str, workdir: Path, controller_url: str,
-                 stop_grace: float = 5.0) -> None:
+                 stop_grace: float = 5.0, sandbox: Sandbox | None = None,
+                 own: tuple[str, ...] = (), url_allow: Iterable[str] = ()) -> None:
         self.job = job
         self.id: int = job["id"]
         self.cores: int = job["requirements"]["cores"]
@@ -55,6 +64,13 @@ class JobRun:
         self.dir = workdir / f"job-{self.id}"
         self.controller_url = controller_url
         self.stop_grace = stop_grace
+        self.sandbox = sandbox or Sandbox("none")
+        self.own = own  # the pilot's own paths, hidden from the payload
+        self.url_allow = list(url_allow)
+        self._dirfd: int | None = None
+        self._made = False  # the job directory is ours to remove
+        self._out: int | None = None
+        self._err: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
         self.attempt: int | None = job.get("attempt")
         self.lease_until = float("inf")  # Unix time the payload must be dead by, unless renewed
@@ -66,28 +82,63 @@ class JobRun:
     def progress_file(self) -> Path:
         return self.dir / ".progress"
 
+    def _open(self, name: str, flags: int, mode: int = 0o600) -> int:
+        """Open a file of the job directory, never through a symlink."""
+        assert self._dirfd is not None, "prepare() first"
+        return os.open(name, flags | NOFOLLOW, mode, dir_fd=self._dirfd)
+
     def progress(self) -> str | None:
+        """The last line the payload wrote to its progress file (a regular file only)."""
+        if self._dirfd is None:
+            return None
         try:
-            return self.progress_file.read_text()[-1000:].strip() or None
+            fd = self._open(".progress", os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text, _ = _tail(fd, 1000)
+            return text.strip() or None
+        finally:
+            os.close(fd)
 
     def prepare(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Make the job directory (it must not exist) and write the inputs into it."""
+        try:
+            os.mkdir(self.dir, 0o700)
+        except FileExistsError:
+            raise FileExistsError(f"the job directory {self.dir} exists already (the pilot "
+                                  "makes it fresh; it follows nothing planted there)") from None
+        self._made = True
+        self._dirfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+        self.sandbox.give(self._dirfd)
         for f in self.job.get("inputs", []):
-            target = self.dir / Path(f["name"]).name
-            if "content" in f:
-                target.write_text(f["content"])
-            elif "content_b64" in f:
-                target.write_bytes(base64.b64decode(f["content_b64"]))
-            elif "url" in f:
-                with urllib.request.urlopen(f["url"], timeout=60) as r, open(target, "wb") as o:
-                    shutil.copyfileobj(r, o)
+            name = Path(f["name"]).name
+            if name in ("", ".", "..") or name.startswith(".std"):
+                raise ValueError(f"input file name {f['name']!r} is not allowed")
+            fd = self._open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with os.fdopen(fd, "wb") as out:
+                self.sandbox.give(out.fileno())
+                if "content" in f:
+                    out.write(f["content"].encode())
+                elif "content_b64" in f:
+                    try:
+                        out.write(base64.b64decode(f["content_b64"], validate=True))
+                    except binascii.Error as e:
+                        raise ValueError(f"input {name}: invalid base64: {e}") from None
+                elif "url" in f:
+                    with open_url(f["url"], self.url_allow, timeout=60) as r:
+                        shutil.copyfileobj(r, out)
+        self._out = self._open(".stdout", os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        self._err = self._open(".stderr", os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        for fd in (self._out, self._err):
+            self.sandbox.give(fd)
 
     def start(self) -> None:
         env = dict(os.environ)
         for k in [k for k in env if k.startswith("CLOUDPILOT_")]:
-            del env[k]  # never hand the pilot token to a payload
+            del env[k]  # never hand the pilot's settings to a payload
         env.update(self.job.get("env", {}))
         env.update({
             "CLOUDPILOT_JOB_ID": str(self.id),
@@ -95,13 +146,20 @@ class JobRun:
             "CLOUDPILOT_URL": self.controller_url,
             "CLOUDPILOT_PROGRESS_FILE": str(self.progress_file),
         })
-        argv = [self.job["executable"], *self.job.get("arguments", [])]
+        exe = self.job["executable"]
+        found = (str(self.dir / exe) if "/" in exe else shutil.which(exe, path=env.get("PATH")))
+        if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+            # said here, as the job's reason, rather than by the sandbox as an exit code
+            raise FileNotFoundError(f"{exe}: no such executable")
+        argv = [exe, *self.job.get("arguments", [])]
         # under a shepherd: it ends the payload's processes when the payload ends, when the
         # lease runs out without renewal, and when this pilot is gone (pilot/shepherd.py)
-        cmd = shepherd.command(argv, self.lease_until, self.stop_grace)
-        with open(self.dir / ".stdout", "wb") as out, open(self.dir / ".stderr", "wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=out, stderr=err,
-                                         stdin=subprocess.PIPE, start_new_session=True)
+        user = self.sandbox.popen_options()
+        cmd = shepherd.command(self.sandbox.command(argv, self.dir, self.own), self.lease_until,
+                               self.stop_grace, user.get("user", -1), user.get("group", -1))
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=self._out,
+                                     stderr=self._err, stdin=subprocess.PIPE,
+                                     start_new_session=True)
 
     def renew(self, until: float) -> None:
         """The controller renewed the lease: the payload may run until `until` (Unix time)."""
@@ -173,13 +231,22 @@ class JobRun:
         return Outcome("failed", rc, f"exited with code {rc}")
 
     def output(self, limit: int) -> tuple[str, str, bool]:
+        """The tails of stdout and stderr, read from the files the pilot opened (whatever the
+        payload did to their names)."""
+        if self._out is None or self._err is None:
+            return "", "", False
         half = limit // 2
-        out, t1 = _tail(self.dir / ".stdout", half)
-        err, t2 = _tail(self.dir / ".stderr", half)
+        out, t1 = _tail(self._out, half)
+        err, t2 = _tail(self._err, half)
         return out, err, t1 or t2
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        for fd in (self._out, self._err, self._dirfd):
+            if fd is not None:
+                os.close(fd)
+        self._out = self._err = self._dirfd = None
+        if self._made:
+            shutil.rmtree(self.dir, ignore_errors=True)

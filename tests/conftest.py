@@ -130,17 +130,35 @@ class Controller:
         return httpx.Client(base_url=self.url, timeout=30,
                             headers={"Authorization": f"Bearer {self.tokens[who]}"})
 
+    def bootstrap(self, endpoint: str = "manual") -> str:
+        """A fresh one-time bootstrap token of the endpoint (registering spends it)."""
+        with self.client() as c:
+            r = c.post("/api/v1/admin/tokens", json={"role": "pilot", "endpoint": endpoint})
+        assert r.status_code == 201, r.text
+        return str(r.json()["token"])
+
+    def register(self, endpoint: str = "manual", machine: str = "m1", **kw: Any) -> str:
+        """Register a pilot over HTTP (the test acting as the pilot); its own credential is
+        kept as tokens[pilot_id]."""
+        body = {"machine": machine, "cores": 4, "memory_mb": 4096, "slots": 2,
+                "tags": ["linux"], **kw}
+        r = httpx.post(self.url + "/api/v1/pilots/register", json=body, headers={
+            "Authorization": f"Bearer {self.bootstrap(endpoint)}"})
+        assert r.status_code == 201, r.text
+        self.tokens[r.json()["pilot_id"]] = r.json()["token"]
+        return str(r.json()["pilot_id"])
+
     def start_pilot(self, machine: str, *, endpoint: str = "manual", slots: int = 1,
                     cores: int = 2, memory_mb: int = 2048, tags: list[str] | None = None,
                     idle_timeout: float = 60, **extra: Any) -> subprocess.Popen[bytes]:
         """A real pilot process, started by hand (not by the scheduler)."""
         d = self.root / "pilots" / machine
         d.mkdir(parents=True, exist_ok=True)
-        cfg = {"controller_url": self.url, "token": self.tokens[f"pilot:{endpoint}"],
+        cfg = {"controller_url": self.url, "token": self.bootstrap(endpoint),
                "endpoint": endpoint, "machine": machine, "slots": slots, "cores": cores,
                "memory_mb": memory_mb, "tags": tags or ["linux"], "idle_timeout": idle_timeout,
                "heartbeat_interval": 0.5, "poll_wait": 5, "workdir": str(d / "work"),
-               "stop_grace": 2, **extra}
+               "stop_grace": 2, "isolation": "bwrap", **extra}
         (d / "pilot.json").write_text(json.dumps(cfg))
         env = dict(os.environ, PYTHONPATH=str(REPO))
         p = subprocess.Popen([sys.executable, "-m", "pilot", "--config", str(d / "pilot.json")],
@@ -185,17 +203,21 @@ MANUAL = {"name": "manual", "driver": "local", "cores": 8, "memory_mb": 8192, "s
           "lost_after": 3, "idle_timeout": 60}
 
 
-def prepare(ctrl: Controller) -> Controller:
-    """Write its config; make users (alice and carol in physics, bob in biology) with their
-    tokens, an admin token and a pilot token per endpoint."""
-    ctrl.root.mkdir(parents=True, exist_ok=True)
+def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
+                   **settings: Any) -> Controller:
+    """A controller's config and database (users alice, bob, carol; an admin token; a
+    bootstrap token per endpoint), not yet started."""
+    root.mkdir(exist_ok=True)
+    eps = endpoints if endpoints is not None else [MANUAL]
+    base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
+    ctrl = Controller(root, free_port(), {**base, **settings}, eps)
     ctrl.write_config()
     store = Store(ctrl.database)
     for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
         store.tokens.create_user(user, group)
         ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
     ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
-    for ep in ctrl.endpoints:
+    for ep in eps:
         ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
                                                                 endpoint=ep["name"])
     store.close()
@@ -208,12 +230,8 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
     made: list[Controller] = []
 
     def make(endpoints: list[dict[str, Any]] | None = None, start: bool = True,
-             **settings: Any) -> Controller:
-        root = tmp_path / f"ctrl{len(made)}"
-        root.mkdir()
-        eps = endpoints if endpoints is not None else [MANUAL]
-        base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
-        ctrl = prepare(Controller(root, free_port(), {**base, **settings}, eps))
+             root: Path | None = None, **settings: Any) -> Controller:
+        ctrl = new_controller(root or tmp_path / f"ctrl{len(made)}", endpoints, **settings)
         made.append(ctrl)
         if start:
             ctrl.start()
@@ -228,7 +246,7 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
         c.stop()
         # machines the local driver started live in their own sessions: end them, with
         # every payload they started
-        for pid_file in (c.root / "data").glob("machines/*/*/pilot.pid"):
+        for pid_file in (c.root / "data-machines").glob("*/*/pilot.pid"):
             try:
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError, PermissionError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from controller.api.deps import AdminAuth, SettingsDep, StoreDep
+from controller.api.deps import AdminAuth, Id, SettingsDep, StoreDep
 from controller.api.responses import TokenInfoOut, UserOut
 from controller.api.schemas import TokenIn, TokenOut, UserIn
 from controller.auth import Role
@@ -44,6 +44,6 @@ def tokens(store: StoreDep, p: AdminAuth) -> list[TokenInfoOut]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke(token_id: int, store: StoreDep, p: AdminAuth) -> Response:
+def revoke(token_id: Id, store: StoreDep, p: AdminAuth) -> Response:
     store.tokens.revoke(token_id)
     return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from controller.auth import Principal, Role
@@ -30,23 +30,43 @@ async def get_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     tokens: TokenStore = request.app.state.store.tokens
-    hit = tokens.cached(token)
-    return hit if hit is not None else await run_in_threadpool(tokens.verify, token)
+    return await run_in_threadpool(tokens.verify, token)
+
+
+def _kind(p: Principal) -> str:
+    return "bootstrap" if p.is_bootstrap else p.role.value
 
 
 def _require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     async def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if p.role not in roles:
+        if p.role not in roles or p.is_bootstrap:
             allowed = ", ".join(r.value for r in roles)
-            raise Forbidden(f"a {p.role.value} token may not do this (needs: {allowed})")
+            raise Forbidden(f"a {_kind(p)} token may not do this (needs: {allowed})")
         return p
 
     return dep
 
 
+def sees(p: Principal, owner: str | None) -> bool:
+    """Whether this caller may read work of `owner`: admins all, others their own."""
+    return p.is_admin or owner == p.owner
+
+
+async def _bootstrap(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    if not p.is_bootstrap:
+        raise Forbidden(f"a {_kind(p)} token may not register a pilot (needs: a bootstrap "
+                        "pilot token, which registering spends)")
+    return p
+
+
+# a numeric id in a path: within what the store holds, so a huge number is a 422, not a 500
+Id = Annotated[int, Path(ge=0, le=2**63 - 1)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AnyPrincipal = Annotated[Principal, Depends(get_principal)]
 UserAuth = Annotated[Principal, Depends(_require(Role.USER, Role.JOB, Role.ADMIN))]
+# a pilot's own credential (from registering): only its own pilot routes
 PilotAuth = Annotated[Principal, Depends(_require(Role.PILOT))]
+# a one-time bootstrap token: only registration
+BootstrapAuth = Annotated[Principal, Depends(_bootstrap)]
 AdminAuth = Annotated[Principal, Depends(_require(Role.ADMIN))]

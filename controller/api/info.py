@@ -6,7 +6,7 @@ from collections import Counter
 
 from fastapi import APIRouter, Request
 
-from controller.api.deps import AnyPrincipal, SettingsDep, StoreDep, UserAuth
+from controller.api.deps import SettingsDep, StoreDep, UserAuth, sees
 from controller.api.responses import (
     DecisionOut,
     EndpointEventOut,
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api/v1", tags=["info"])
 
 
 @router.get("/endpoints", response_model=list[EndpointOut])
-def endpoints(request: Request, store: StoreDep, p: AnyPrincipal) -> list[EndpointOut]:
+def endpoints(request: Request, store: StoreDep, p: UserAuth) -> list[EndpointOut]:
     """Each endpoint: driver, state, machines by state, the last scheduling decision and the
     slow work under way (an apply, an Ansible run)."""
     reconciler = request.app.state.reconciler
@@ -45,7 +45,7 @@ def endpoints(request: Request, store: StoreDep, p: AnyPrincipal) -> list[Endpoi
 
 
 @router.get("/machines", response_model=list[MachineOut])
-def machines(store: StoreDep, p: AnyPrincipal, endpoint: str | None = None,
+def machines(store: StoreDep, p: UserAuth, endpoint: str | None = None,
              all: bool = False) -> list[MachineOut]:
     """Machines (live ones unless all=true) with their running job count."""
     busy = store.jobs.busy_by_machine()
@@ -54,7 +54,7 @@ def machines(store: StoreDep, p: AnyPrincipal, endpoint: str | None = None,
 
 
 @router.get("/machines/{name}/events", response_model=list[StateEventOut])
-def machine_events(name: str, store: StoreDep, p: AnyPrincipal) -> list[StateEventOut]:
+def machine_events(name: str, store: StoreDep, p: UserAuth) -> list[StateEventOut]:
     """Every state change of the machine (and every Ansible task run on it), oldest first."""
     store.machines.get(name)
     return [StateEventOut(**e) for e in store.machines.events(name)]
@@ -63,13 +63,14 @@ def machine_events(name: str, store: StoreDep, p: AnyPrincipal) -> list[StateEve
 @router.get("/taskqueues", response_model=list[TaskQueueOut])
 def taskqueues(store: StoreDep, settings: SettingsDep, p: UserAuth) -> list[TaskQueueOut]:
     """Task queues with waiting jobs: requirements, owner, priority, count, and why a queue
-    no endpoint can serve is stuck."""
+    no endpoint can serve is stuck. Users see their own; admins all."""
     shapes = [e.shape() for e in settings.endpoints]
     return [
         TaskQueueOut(id=q.id, owner=q.owner, group=q.group, priority=q.priority,
                      waiting=q.waiting, requirements=q.requirements.to_dict(),
                      unmatchable=unmatchable_reason(q.requirements, shapes))
         for q in sorted(store.jobs.queue_snapshot(), key=lambda q: q.id)
+        if sees(p, q.owner)
     ]
 
 

@@ -9,15 +9,16 @@ from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import SettingsDep, StoreDep, UserAuth
+from controller.api.deps import Id, SettingsDep, StoreDep, UserAuth
 from controller.api.schemas import BulkIn, EventOut, JobIn, JobOut, OutputOut, Submitted
 from controller.auth import Principal, Role
 from controller.config.settings import Settings
 from controller.domain.jobs import Job, JobState, NewJob
 from controller.domain.matching import unmatchable_reason
-from controller.errors import Forbidden, InvalidInput, NotFound, TooLarge
+from controller.errors import Forbidden, InvalidInput, NotFound
 from controller.store import Store
 from controller.store.jobs import IdempotencyKey
+from pilot.urls import UrlRefused, check_url
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -28,7 +29,7 @@ def waiting_reason(settings: Settings, job: Job) -> str | None:
     return unmatchable_reason(job.requirements, [e.shape() for e in settings.endpoints])
 
 
-def _visible(store: Store, p: Principal, job_id: int) -> Job:
+def _visible(store: Store, p: Principal, job_id: Id) -> Job:
     job = store.jobs.get(job_id)
     if p.role == Role.ADMIN or job.owner == p.owner:
         return job
@@ -52,15 +53,19 @@ def idempotency(request: Request, body: BaseModel, key: str | None,
 
 async def _submit(request: Request, store: Store, settings: Settings, p: Principal,
                   jobs: list[NewJob], idem: IdempotencyKey | None) -> Submitted:
-    if p.owner is None:
-        raise Forbidden("an admin token has no owner; submit with a user token")
-    if len(jobs) > settings.max_bulk_jobs:
-        raise TooLarge(f"at most {settings.max_bulk_jobs} jobs per request, got {len(jobs)}")
+    if p.role == Role.ADMIN or p.owner is None:
+        raise Forbidden("an admin token acts for no owner; submit with a user token")
     known = {e.name for e in settings.endpoints}
     for j in jobs:
         unknown = (j.requirements.endpoints | j.requirements.banned_endpoints) - known
         if unknown and known:
             raise InvalidInput(f"unknown endpoints {sorted(unknown)}; known: {sorted(known)}")
+        for f in j.inputs:
+            if f.url is not None:
+                try:
+                    check_url(f.url, settings.input_url_allow)
+                except UrlRefused as e:
+                    raise InvalidInput(f"input {f.name}: {e}") from None
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
                                   settings.max_retries, None, idem)
     request.app.state.notifier.fire(len(ids))  # as many waiting pilots as there are new jobs
@@ -93,7 +98,7 @@ async def submit_bulk(body: BulkIn, request: Request, store: StoreDep, settings:
 def list_jobs(store: StoreDep, settings: SettingsDep, p: UserAuth,
               state: JobState | None = None, owner: str | None = None,
               endpoint: str | None = None, limit: int = Query(100, ge=1, le=10_000),
-              offset: int = Query(0, ge=0)) -> list[JobOut]:
+              offset: int = Query(0, ge=0, le=2**63 - 1)) -> list[JobOut]:
     """List jobs, filtered by state, owner and endpoint. Users see their own jobs."""
     if p.role != Role.ADMIN:
         if owner is not None and owner != p.owner:
@@ -105,28 +110,28 @@ def list_jobs(store: StoreDep, settings: SettingsDep, p: UserAuth,
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: int, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
+def get_job(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
     job = _visible(store, p, job_id)
     return JobOut.of(job, waiting_reason(settings, job))
 
 
 @router.post("/{job_id}/kill", response_model=JobOut)
-def kill_job(job_id: int, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
+def kill_job(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
     """Kill a job; a running one is stopped by its pilot at its next heartbeat."""
     _visible(store, p, job_id)
-    who = p.owner or "admin"
+    who = f"admin (token {p.token_id})" if p.is_admin else str(p.owner)
     return JobOut.of(store.jobs.kill(job_id, who))
 
 
 @router.get("/{job_id}/events", response_model=list[EventOut])
-def job_events(job_id: int, store: StoreDep, p: UserAuth) -> list[EventOut]:
+def job_events(job_id: Id, store: StoreDep, p: UserAuth) -> list[EventOut]:
     """Every state change of the job, with time and reason."""
     _visible(store, p, job_id)
     return [EventOut(**e) for e in store.jobs.events(job_id)]
 
 
 @router.get("/{job_id}/output", response_model=OutputOut)
-def job_output(job_id: int, store: StoreDep, p: UserAuth) -> OutputOut:
+def job_output(job_id: Id, store: StoreDep, p: UserAuth) -> OutputOut:
     _visible(store, p, job_id)
     out = store.jobs.output(job_id)
     if out is None:

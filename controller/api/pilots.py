@@ -1,6 +1,8 @@
 """The pilot API: register, match (long-poll), heartbeat, output, report.
 
-Pilot tokens act for one endpoint and may do only this."""
+A machine boots with a one-time bootstrap token, which may only register: registering spends
+it and answers the pilot's own credential. Every other route here is about one pilot and
+needs that pilot's own credential."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import uuid
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import PilotAuth, SettingsDep, StoreDep
+from controller.api.deps import BootstrapAuth, Id, PilotAuth, SettingsDep, StoreDep
 from controller.api.schemas import (
     HeartbeatIn,
     HeartbeatOut,
@@ -30,32 +32,42 @@ from controller.auth import Principal, Role
 from controller.domain.jobs import Job
 from controller.domain.machines import DRAIN_STATES
 from controller.domain.matching import SlotOffer
-from controller.errors import Forbidden, InvalidInput, TooLarge
+from controller.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from controller.store import Store
 
 router = APIRouter(prefix="/api/v1/pilots", tags=["pilots"])
 
 
 def _own_pilot(store: Store, p: Principal, pilot_id: str) -> dict[str, object]:
-    pilot = store.machines.pilot(pilot_id)
-    if pilot["endpoint"] != p.endpoint:
-        raise Forbidden(f"pilot {pilot_id} belongs to another endpoint")
-    return pilot
+    """The pilot, when `p` is its own credential."""
+    if p.pilot_id != pilot_id:
+        raise Forbidden(f"this credential is pilot {p.pilot_id}'s, not pilot {pilot_id}'s")
+    return store.machines.pilot(pilot_id)
 
 
 @router.post("/register", status_code=201, response_model=RegisterOut)
 def register(body: RegisterIn, store: StoreDep, settings: SettingsDep,
-             p: PilotAuth) -> RegisterOut:
-    """A pilot starting on a machine says what the machine offers."""
+             p: BootstrapAuth) -> RegisterOut:
+    """A pilot starting on a machine says what the machine offers, with the machine's
+    one-time bootstrap token; it gets its own credential back (the bootstrap token is dead
+    from then on)."""
     assert p.endpoint is not None
     if body.endpoint is not None and body.endpoint != p.endpoint:
         raise Forbidden(f"this pilot token is for endpoint {p.endpoint}, not {body.endpoint}")
+    if p.machine is not None and body.machine != p.machine:
+        raise Forbidden(f"this bootstrap token is for machine {p.machine}, not {body.machine}")
     pilot_id = uuid.uuid4().hex[:12]
     store.machines.register_pilot(pilot_id, p.endpoint, body.machine, body.cores,
                                   body.memory_mb, body.tags, body.slots, body.version)
+    try:
+        credential = store.tokens.exchange(p, pilot_id, body.machine)
+    except Unauthorized:  # spent by a concurrent registration: undo ours
+        store.machines.pilot_left(pilot_id, body.machine, "its bootstrap token was spent")
+        raise
     ep = settings.endpoint(p.endpoint)
-    return RegisterOut(pilot_id=pilot_id, endpoint=p.endpoint,
-                       heartbeat_interval=ep.heartbeat_interval if ep else 10.0)
+    return RegisterOut(pilot_id=pilot_id, endpoint=p.endpoint, token=credential,
+                       heartbeat_interval=ep.heartbeat_interval if ep else 10.0,
+                       input_url_allow=list(settings.input_url_allow))
 
 
 @router.post("/{pilot_id}/match", response_model=MatchOut,
@@ -69,6 +81,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     margin = settings.job_token_margin
 
     def issue(conn: sqlite3.Connection, job: Job) -> str:
+        # inside the claim's transaction: a job that cannot be answered is never claimed
+        JobOut.of(job).model_dump_json()
         return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id,
                                   lifetime=job.requirements.max_runtime + margin,
                                   note=f"job {job.id} attempt {job.attempt}", conn=conn)
@@ -127,11 +141,12 @@ def deregister(pilot_id: str, store: StoreDep, p: PilotAuth,
     machine's last pilot."""
     pilot = _own_pilot(store, p, pilot_id)
     store.machines.pilot_left(pilot_id, str(pilot["machine"]), reason)
+    store.tokens.revoke_pilot(pilot_id)
     return Response(status_code=204)
 
 
 @router.post("/{pilot_id}/jobs/{job_id}/output", status_code=204)
-def upload_output(pilot_id: str, job_id: int, body: OutputIn, store: StoreDep,
+def upload_output(pilot_id: str, job_id: Id, body: OutputIn, store: StoreDep,
                   settings: SettingsDep, p: PilotAuth) -> Response:
     """The job's stdout and stderr (bounded by max_output_bytes in all)."""
     _own_pilot(store, p, pilot_id)
@@ -145,7 +160,7 @@ def upload_output(pilot_id: str, job_id: int, body: OutputIn, store: StoreDep,
 
 
 @router.post("/{pilot_id}/jobs/{job_id}/report", response_model=JobOut)
-async def report(pilot_id: str, job_id: int, body: ReportIn, request: Request,
+async def report(pilot_id: str, job_id: Id, body: ReportIn, request: Request,
                  store: StoreDep, p: PilotAuth) -> JobOut:
     """The job's end: done, failed (with exit code) or interrupted (rescheduled)."""
     await run_in_threadpool(_own_pilot, store, p, pilot_id)

@@ -225,6 +225,9 @@ class TokenInfoOut(BaseModel):
     owner: str | None
     endpoint: str | None
     job_id: int | None
+    machine: str | None = Field(None, description="a pilot token bound to one machine")
+    pilot_id: str | None = Field(None, description="a registered pilot's own credential; "
+                                 "a pilot token without one is a one-time bootstrap token")
     created_at: float
     expires_at: float | None
     note: str | None

@@ -1,27 +1,69 @@
-"""Request and response bodies. Requests forbid unknown fields, so a typo is a clear 422."""
+"""Request and response bodies. Requests forbid unknown fields, so a typo is a clear 422; they
+are strict (a boolean or a string is not a number), every integer fits what the store holds,
+and every list and text has a size limit. (Every string is free of NUL characters and lone
+surrogates: api/limits.py refuses such a body before it is parsed.)"""
 
 from __future__ import annotations
 
-from typing import Literal
+import base64
+import binascii
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from controller.api.limits import MAX_BULK_JOBS
 from controller.domain.jobs import InputFile, Job, NewJob, Requirements
+from controller.errors import TooLarge
 
 MAX_INLINE = 256 * 1024
+MAX_ARG = 128 * 1024  # Linux's limit for one argument or environment string
+MAX_ARGV_ENV = 1024 * 1024  # arguments and environment of one job, in all
+INT64 = 2**63 - 1  # SQLite's largest integer
+
+Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:+-]{1,64}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@:-]{1,64}$")]
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: what went wrong, in one sentence."""
+
+    detail: str
+
+
+class InvalidOut(ErrorOut):
+    """A 422: the request is malformed; `errors` names each wrong field."""
+
+    errors: list[str]
+
+
+# what any API route may answer besides its success (declared on every router, in app.py)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "the request cannot succeed as it is"},
+    401: {"model": ErrorOut, "description": "no, unknown, expired or revoked token"},
+    403: {"model": ErrorOut, "description": "this token's role or scope may not do this"},
+    404: {"model": ErrorOut, "description": "no such object (or another owner's)"},
+    409: {"model": ErrorOut, "description": "the object is not in a state that allows this"},
+    413: {"model": ErrorOut, "description": "the body, the output or the bulk is too large"},
+    422: {"model": InvalidOut, "description": "malformed: each wrong field is named"},
+    503: {"model": ErrorOut, "description": "the database is busy: retry"},
+}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields and loose types refused. (NUL characters and lone
+    surrogates never reach it: the body is refused before parsing, api/limits.py.)"""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RequirementsIn(Strict):
     cores: int = Field(1, ge=1, le=1024)
     memory_mb: int = Field(512, ge=1, le=4_194_304)
-    tags: list[str] = Field(default_factory=list, max_length=32)
+    tags: list[Tag] = Field(default_factory=list, max_length=32)
     max_runtime: int = Field(3600, ge=1, le=30 * 86400, description="seconds")
-    endpoints: list[str] = Field(default_factory=list, description="allowed; empty = any")
-    banned_endpoints: list[str] = Field(default_factory=list)
+    endpoints: list[Name] = Field(default_factory=list, max_length=64,
+                                  description="allowed; empty = any")
+    banned_endpoints: list[Name] = Field(default_factory=list, max_length=64)
     spot: bool = Field(True, description="may run on spot machines (false: on-demand only)")
 
 
@@ -29,35 +71,49 @@ class InputFileIn(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-][A-Za-z0-9._ -]{0,127}$")
     content: str | None = Field(None, max_length=MAX_INLINE)
     content_b64: str | None = Field(None, max_length=MAX_INLINE * 4 // 3 + 4)
-    url: str | None = Field(None, pattern=r"^https?://", max_length=2048)
+    url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                            description="http(s); no loopback, link-local, private or "
+                            "metadata address unless the controller's input_url_allow "
+                            "names it")
 
     @model_validator(mode="after")
     def _one_source(self) -> InputFileIn:
         given = [x for x in (self.content, self.content_b64, self.url) if x is not None]
         if len(given) != 1:
             raise ValueError("an input file needs exactly one of content, content_b64, url")
-        if self.name in (".", ".."):
-            raise ValueError("an input file name cannot be . or ..")
+        if self.name in (".", "..") or self.name.startswith(".std"):
+            raise ValueError(f"an input file cannot be named {self.name}")
+        if self.content_b64 is not None:
+            try:
+                base64.b64decode(self.content_b64, validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise ValueError(f"content_b64 is not valid base64: {e}") from None
         return self
 
 
 class JobIn(Strict):
     executable: str = Field(min_length=1, max_length=4096)
-    arguments: list[str] = Field(default_factory=list, max_length=10_000)
-    env: dict[str, str] = Field(default_factory=dict)
+    arguments: list[Annotated[str, StringConstraints(max_length=MAX_ARG)]] = Field(
+        default_factory=list, max_length=4096)
+    env: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")],
+              Annotated[str, StringConstraints(max_length=MAX_ARG)]] = Field(
+        default_factory=dict, max_length=1024)
     inputs: list[InputFileIn] = Field(default_factory=list, max_length=64)
     requirements: RequirementsIn = Field(default_factory=RequirementsIn)
     priority: int = Field(0, ge=-1000, le=1000)
     name: str = Field("", max_length=200)
     max_retries: int | None = Field(None, ge=0, le=100)
 
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not k or "=" in k or "\0" in k or k.startswith("CLOUDPILOT_"):
-                raise ValueError(f"invalid environment variable name {k!r}")
-        return v
+    @model_validator(mode="after")
+    def _sizes(self) -> JobIn:
+        for k in self.env:
+            if k.startswith("CLOUDPILOT_"):
+                raise ValueError(f"env: {k} is the pilot's to set")
+        size = sum(len(a.encode()) for a in self.arguments) + sum(
+            len(k.encode()) + len(v.encode()) for k, v in self.env.items())
+        if size > MAX_ARGV_ENV:
+            raise ValueError(f"arguments and env take {size} bytes; at most {MAX_ARGV_ENV}")
+        return self
 
     def to_domain(self) -> NewJob:
         r = self.requirements
@@ -78,7 +134,17 @@ class JobIn(Strict):
 
 
 class BulkIn(Strict):
-    jobs: list[JobIn] = Field(min_length=1)
+    jobs: list[JobIn] = Field(min_length=1, description="at most the controller's "
+                              "max_bulk_jobs (413 beyond, before any job is validated)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_first(cls, data: Any) -> Any:
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        limit = MAX_BULK_JOBS.get()
+        if isinstance(jobs, list) and len(jobs) > limit:
+            raise TooLarge(f"at most {limit} jobs per request, got {len(jobs)}")
+        return data
 
 
 class Submitted(BaseModel):
@@ -141,24 +207,29 @@ class OutputOut(BaseModel):
 
 class RegisterIn(Strict):
     machine: str = Field(min_length=1, max_length=200)
-    endpoint: str | None = None
+    endpoint: str | None = Field(None, max_length=64)
     cores: int = Field(ge=1, le=1024)
-    memory_mb: int = Field(ge=1)
-    tags: list[str] = Field(default_factory=list)
+    memory_mb: int = Field(ge=1, le=2**40)
+    tags: list[Tag] = Field(default_factory=list, max_length=64)
     slots: int = Field(ge=1, le=1024)
-    version: str = ""
+    version: str = Field("", max_length=100)
 
 
 class RegisterOut(BaseModel):
     pilot_id: str
     heartbeat_interval: float
     endpoint: str
+    token: str = Field(description="the pilot's own credential: every later request of this "
+                       "pilot carries it (the bootstrap token is spent)")
+    input_url_allow: list[str] = Field(
+        default_factory=list, description="addresses input URLs may reach although they are "
+        "loopback, link-local or private (the controller's input_url_allow)")
 
 
 class MatchIn(Strict):
-    free_cores: int = Field(ge=0)
-    free_memory_mb: int = Field(ge=0)
-    free_slots: int = Field(ge=0)
+    free_cores: int = Field(ge=0, le=INT64)
+    free_memory_mb: int = Field(ge=0, le=INT64)
+    free_slots: int = Field(ge=0, le=INT64)
     wait: float = Field(0, ge=0, le=300, description="long-poll: seconds to wait for work")
     count: int | None = Field(None, ge=1, le=1024,
                               description="at most this many jobs (default: one per free slot)")
@@ -181,13 +252,13 @@ class MatchOut(BaseModel):
 
 
 class JobProgress(Strict):
-    id: int
-    attempt: int | None = Field(None, ge=1, description="the attempt it runs")
+    id: int = Field(ge=0, le=INT64)
+    attempt: int | None = Field(None, ge=1, le=INT64, description="the attempt it runs")
     progress: str | None = Field(None, max_length=1000)
 
 
 class HeartbeatIn(Strict):
-    jobs: list[JobProgress] = Field(default_factory=list)
+    jobs: list[JobProgress] = Field(default_factory=list, max_length=4096)
 
 
 class HeartbeatOut(BaseModel):
@@ -201,14 +272,14 @@ class HeartbeatOut(BaseModel):
 
 class ReportIn(Strict):
     status: Literal["done", "failed", "interrupted"]
-    attempt: int | None = Field(None, ge=1, description="the attempt it ran (a "
-                                "stale attempt's report is a 409)")
-    exit_code: int | None = None
+    attempt: int | None = Field(None, ge=1, le=INT64, description="the attempt it ran "
+                                "(a stale attempt's report is a 409)")
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str | None = Field(None, max_length=2000)
 
 
 class OutputIn(Strict):
-    attempt: int | None = Field(None, ge=1, description="the attempt it ran")
+    attempt: int | None = Field(None, ge=1, le=INT64, description="the attempt it ran")
     stdout: str = ""
     stderr: str = ""
     truncated: bool = False
@@ -217,15 +288,25 @@ class OutputIn(Strict):
 class UserIn(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     group: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
-    share: float = Field(1.0, gt=0)
+    share: float = Field(1.0, gt=0, le=1e6)
 
 
 class TokenIn(Strict):
-    role: Literal["admin", "user", "pilot"]
-    owner: str | None = None
-    endpoint: str | None = None
-    lifetime: float | None = Field(None, gt=0, description="seconds; none = no expiry")
-    note: str = ""
+    role: Literal["admin", "user", "pilot"] = Field(
+        description="pilot: a one-time bootstrap token that registers one pilot")
+    owner: Name | None = Field(None, description="user tokens only")
+    endpoint: Name | None = Field(None, description="pilot tokens only")
+    lifetime: float | None = Field(None, gt=0, le=100 * 365 * 86400,
+                                   description="seconds; none = no expiry")
+    note: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _scope(self) -> TokenIn:
+        if self.owner is not None and self.role != "user":
+            raise ValueError(f"a {self.role} token has no owner")
+        if self.endpoint is not None and self.role != "pilot":
+            raise ValueError(f"a {self.role} token has no endpoint")
+        return self
 
 
 class TokenOut(BaseModel):

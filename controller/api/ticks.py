@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth
+from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth, sees
 from controller.api.responses import ExplainOut, TickOut, TickSummaryOut
 from controller.services.plans import configured
 
@@ -16,14 +16,15 @@ router = APIRouter(prefix="/api/v1", tags=["ticks"])
 def explain(name: str, store: StoreDep, settings: SettingsDep, p: UserAuth) -> ExplainOut:
     """The endpoint's last scheduler tick, whatever its kind: its inputs (task queues,
     machines or hosts, spot prices, budget, config), the candidate offers with their prices,
-    and why each machine was started or removed."""
+    and why each machine was started or removed. Users see their own task queues in it;
+    admins all."""
     tick = store.ticks.latest(configured(settings, name))
     inputs, decision = tick["inputs"], tick["decision"]
     launches = {x["name"]: x for x in decision["launches"]}
     return ExplainOut(
         tick=tick["id"], at=tick["at"], endpoint=name,
         config=inputs["spec"],
-        queues=inputs["queues"],
+        queues=[q for q in inputs["queues"] if sees(p, q.get("owner"))],
         machines=inputs["machines"],
         prices=inputs["prices"],
         budget=inputs["budget"],

@@ -32,6 +32,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def demo_isolation() -> str:
+    """The demo sandboxes payloads with bubblewrap where it is installed; it installs nothing,
+    so on a machine without it the demo asks for no isolation, and says so loudly."""
+    return "bwrap" if shutil.which("bwrap") else "none"
+
+
 def demo_settings(root: Path, port: int) -> Settings:
     return Settings(
         database=root / "cloudpilot.db", data_dir=root / "data", port=port,
@@ -39,7 +45,7 @@ def demo_settings(root: Path, port: int) -> Settings:
         endpoints=[EndpointConfig(
             name="local", cores=2, memory_mb=2048, slots=2, tags=["linux"], max_machines=3,
             max_starts_per_cycle=2, idle_timeout=3, heartbeat_interval=1, lost_after=15,
-            boot_timeout=30)],
+            boot_timeout=30, isolation=demo_isolation())],
     )
 
 
@@ -99,6 +105,12 @@ def run_demo(keep: bool = False, out: Any = None) -> int:
     store.close()
     print(f"cloudpilot demo: controller on {settings.url}, local endpoint 'local' "
           f"(up to 3 machines x 2 slots of 2 cores), data in {root}", file=out)
+    if settings.endpoints[0].isolation == "none":
+        print("!!! bubblewrap (bwrap) is not installed: the demo runs its payloads WITHOUT a "
+              "sandbox (isolation = none) only because the demo asks for it. Install "
+              "bubblewrap for the default isolation. !!!", file=out)
+    else:
+        print("payloads run sandboxed by bubblewrap (isolation = bwrap)", file=out)
     start = time.monotonic()
     rc = 0
     try:

@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_opt(q)
     who = q.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user token acting for this owner")
-    who.add_argument("--pilot", metavar="ENDPOINT", help="a pilot token for this endpoint")
+    who.add_argument("--pilot", metavar="ENDPOINT",
+                     help="a one-time bootstrap token: it registers one pilot of this endpoint")
     who.add_argument("--admin", action="store_true", help="an admin token")
     q.add_argument("--lifetime", type=float, help="seconds until it expires (never)")
     q.add_argument("--note", default="", help="what the token is for")

@@ -144,6 +144,10 @@ class EndpointConfig(BaseModel):
     diversity: float = Field(0.1, ge=0, le=10, description="preference for pools (type x "
                              "zone) that hold less of the fleet; 0 = cheapest only")
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
+    isolation: Literal["bwrap", "user", "none"] = Field(
+        "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
+        "only its job directory and the system's read-only files), user (a dedicated "
+        "unprivileged user; the pilot must run as root), none (no sandbox: only when asked)")
 
     @model_validator(mode="after")
     def _types_need_prices(self) -> EndpointConfig:
@@ -197,6 +201,9 @@ class EndpointConfig(BaseModel):
             if not self.ssh_endpoint:
                 raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
                                  "endpoint that deploys pilots on these machines")
+        if self.driver in CLOUD_DRIVERS and self.isolation == "user":
+            raise ValueError("isolation = 'user' needs a pilot running as root; cloud "
+                             "machines run it as the user cloudpilot: use 'bwrap'")
         return self
 
     def cloud(self) -> AwsConfig | OpenStackConfig | None:
@@ -257,6 +264,9 @@ class Settings(BaseSettings):
 
     database: Path = Path("cloudpilot.db")
     data_dir: Path = Path("cloudpilot-data")
+    machines_dir: Path | None = Field(
+        None, description="local endpoints' machine and job directories; outside data_dir "
+        "(default: DATA_DIR-machines beside it)")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL pilots use to reach the controller")
@@ -272,11 +282,16 @@ class Settings(BaseSettings):
     max_bulk_jobs: int = Field(10_000, ge=1)
     idempotency_keep: float = Field(86_400.0, gt=0, description="how long a submission's "
                                     "Idempotency-Key answers its first jobs again (s)")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=65536,
+                                   description="largest request body (413 beyond)")
     long_poll_max: float = Field(30.0, gt=0)
     fair_share_by: Literal["owner", "group"] = "owner"
     max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
     max_machines_total: int | None = Field(None, ge=0, description="all endpoints")
     tick_retention: int = Field(2000, ge=10, description="scheduler ticks kept per endpoint")
+    input_url_allow: list[str] = Field(
+        default_factory=list, description="input URLs may reach these addresses (CIDRs) or "
+        "host names although they are loopback, link-local, private or metadata addresses")
     # the embedded default: one local endpoint whose machines are pilot processes on this host
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])
@@ -298,6 +313,26 @@ class Settings(BaseSettings):
                                      "not an endpoint with driver 'ssh'")
         return self
 
+    @model_validator(mode="after")
+    def _machines_outside_data(self) -> Settings:
+        data, machines = self.data_dir.resolve(), self.local_machines_dir.resolve()
+        if machines == data or data in machines.parents or machines in data.parents:
+            raise ValueError(f"machines_dir ({machines}) must be outside data_dir ({data}): "
+                             "payloads must never see the controller's files")
+        return self
+
+    @property
+    def local_machines_dir(self) -> Path:
+        """Where the local driver keeps its machines' and jobs' directories."""
+        if self.machines_dir is not None:
+            return self.machines_dir
+        return self.data_dir.parent / f"{self.data_dir.name}-machines"
+
+    def controller_paths(self) -> list[str]:
+        """What no payload may see of the controller: its data dir and its database."""
+        db = self.database.resolve()
+        return [str(self.data_dir.resolve()), str(db), f"{db}-wal", f"{db}-shm"]
+
     @property
     def url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
@@ -314,7 +349,7 @@ class Settings(BaseSettings):
             p = Path(path)
             data = read_toml(p)
             base = p.resolve().parent
-            for key in ("database", "data_dir"):
+            for key in ("database", "data_dir", "machines_dir"):
                 if key in data and not Path(data[key]).is_absolute():
                     data[key] = str(base / data[key])
             for ep in data.get("endpoints") or []:

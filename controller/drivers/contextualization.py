@@ -2,11 +2,13 @@
 cloud-init/). `pilot` mode starts a pilot at boot; `ssh` mode only makes a user with the
 endpoint's public key.
 
-The user-data of a pilot machine holds the endpoint's pilot token: never log it. Rendering is
+The user-data of a pilot machine holds the machine's one-time bootstrap token: never log it
+(its pilot spends it when it registers, so what the metadata service keeps is dead). Rendering is
 deterministic (same inputs, same bytes), so a stack never sees a change that is not one."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import bz2
 import gzip
@@ -28,7 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO_ROOT / "cloud-init"
 PILOT_PACKAGE = REPO_ROOT / "pilot"
 PILOT_CONFIG_PATH = "/etc/cloudpilot/pilot.json"
-PILOT_WORKDIR = "/var/lib/cloudpilot/work"
+PILOT_HOME = "/var/lib/cloudpilot"
+PILOT_WORKDIR = f"{PILOT_HOME}/work"
+PILOT_CODE = "/opt/cloudpilot"
 EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
 EC2_METADATA_URL = "http://169.254.169.254"
 
@@ -85,6 +89,19 @@ def check_cloud_config(text: str, what: str = "user-data",
     return doc
 
 
+def shipped_source(path: Path) -> bytes:
+    """A pilot module as cloud machines get it: the same code without its comments and
+    docstrings (EC2 takes at most 16 KB of user-data)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return (ast.unparse(tree) + "\n").encode()
+
+
 @lru_cache(maxsize=1)
 def pilot_tarball() -> bytes:
     """The pilot package as a reproducible .tar.bz2 (fixed times and owners, sorted names;
@@ -93,7 +110,7 @@ def pilot_tarball() -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(PILOT_PACKAGE.glob("*.py")):
-            data = path.read_bytes()
+            data = shipped_source(path)
             info = tarfile.TarInfo(f"pilot/{path.name}")
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
@@ -119,6 +136,8 @@ def pilot_settings(endpoint: EndpointConfig, controller_url: str, token: str,
         "idle_timeout": e.idle_timeout * 2 + 5,
         "heartbeat_interval": e.heartbeat_interval,
         "workdir": PILOT_WORKDIR,
+        "isolation": e.isolation,
+        "hide": [PILOT_HOME, PILOT_CODE],  # besides its config and work dirs
         # on EC2 the pilot watches the metadata service for a spot interruption notice
         **({"metadata_url": EC2_METADATA_URL} if e.driver == "aws" else {}),
     }

@@ -1,7 +1,9 @@
 """The `local` driver: a machine is a pilot process in its own directory on this host.
 
 This is the embedded default, so the whole loop (queue -> scheduler -> machines -> pilots ->
-jobs -> idle machines stopped) runs on one laptop with no cloud."""
+jobs -> idle machines stopped) runs on one laptop with no cloud. The machines' directories
+live outside the controller's data dir (settings.local_machines_dir), and each pilot is told
+to hide them, the data dir and the database from its payloads."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LocalDriver:
-    def __init__(self, endpoint: EndpointConfig, data_dir: Path, controller_url: str,
-                 pilot_token: str, stop_grace: float = 10.0) -> None:
+    def __init__(self, endpoint: EndpointConfig, machines_dir: Path, controller_url: str,
+                 token_for: Callable[[str], str], hide: Iterable[str] = (),
+                 stop_grace: float = 10.0) -> None:
         self.name = endpoint.name
         self.endpoint = endpoint
-        self.root = data_dir / "machines" / endpoint.name
-        self.root.mkdir(parents=True, exist_ok=True)
+        machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = machines_dir / endpoint.name
+        self.root.mkdir(exist_ok=True, mode=0o700)
         self.controller_url = controller_url
-        self.pilot_token = pilot_token
+        self.token_for = token_for  # each machine's one-time bootstrap token
+        # what the pilots hide from payloads: every machine's directory, the controller's files
+        self.hide = [str(machines_dir.resolve()), *hide]
         self.stop_grace = stop_grace
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -67,11 +73,12 @@ class LocalDriver:
         """The settings the endpoint's `pilot` user-data (cloud-init/pilot.yaml) writes for this
         machine: rendered and read back, so the local endpoint runs what cloud machines run.
         `spec` (priced endpoints) gives the machine type's cores, memory and slots. Only the
-        work directory is this host's own (the machine's directory)."""
+        work directory and what the pilot hides from payloads are this host's own."""
         user_data = contextualization.render_pilot(contextualization.pilot_settings(
-            self.endpoint, self.controller_url, self.pilot_token, name, spec))
+            self.endpoint, self.controller_url, self.token_for(name), name, spec))
         cfg = contextualization.pilot_settings_from(user_data)
         cfg["workdir"] = str(self._dir(name) / "work")
+        cfg["hide"] = self.hide
         return cfg
 
     # the driver interface ----------------------------------------------------------------
@@ -123,7 +130,7 @@ class LocalDriver:
         if self._alive(name):
             return  # idempotent
         d = self._dir(name)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
         cfg = d / "pilot.json"
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -179,5 +186,5 @@ class LocalDriver:
                 pass
         self._tree(name).kill()  # payloads the pilot left behind
         (d / "pilot.pid").unlink(missing_ok=True)
-        (d / "pilot.json").unlink(missing_ok=True)  # it holds the pilot token
+        (d / "pilot.json").unlink(missing_ok=True)  # it held the (spent) bootstrap token
         shutil.rmtree(d / "work", ignore_errors=True)

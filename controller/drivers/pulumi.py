@@ -214,7 +214,7 @@ def error_line(e: BaseException) -> str:
 # the driver -------------------------------------------------------------------------------------
 class PulumiDriver:
     def __init__(self, endpoint: EndpointConfig, data_dir: Path, controller_url: str,
-                 pilot_token: str, observe_every: float = 60.0,
+                 token_for: Callable[[str], str], observe_every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if endpoint.driver not in INSTANCE_TYPES:
             raise DriverSetupError(f"endpoint {endpoint.name}: the Pulumi driver is for aws "
@@ -224,7 +224,7 @@ class PulumiDriver:
         self.endpoint = endpoint
         self.root = data_dir / "pulumi"
         self.controller_url = controller_url
-        self.pilot_token = pilot_token
+        self.token_for = token_for  # each machine's one-time bootstrap token
         self.observe_every = observe_every
         self.clock = clock
         self._stack: Any = None
@@ -246,7 +246,7 @@ class PulumiDriver:
                   specs: Mapping[str, Spec] | None = None) -> dict[str, str]:
         specs = specs or {}
         return {m: contextualization.user_data(self.endpoint, self.controller_url,
-                                               self.pilot_token, m, specs.get(m))
+                                               self.token_for(m), m, specs.get(m))
                 for m in machines}
 
     def _program(self, machines: Iterable[str],

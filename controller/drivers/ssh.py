@@ -99,13 +99,16 @@ def _facts_of(outcome: RunOutcome, machine: str) -> dict[str, Any]:
 
 class SshDriver:
     def __init__(self, endpoint: EndpointConfig, data_dir: Path, controller_url: str,
-                 token_for: Callable[[str], str]) -> None:
+                 token_for: Callable[[str], str], hide: Iterable[str] = ()) -> None:
         assert endpoint.ssh is not None
         self.name = endpoint.name
         self.endpoint = endpoint
         self.ssh: SshConfig = endpoint.ssh
         self.controller_url = controller_url
-        self.token_for = token_for
+        self.token_for = token_for  # each host's one-time bootstrap token
+        # what pilots hide from payloads besides their own files: every pilot's directory on
+        # the host (and the controller's files, should it share a filesystem with a host)
+        self.hide = [self.ssh.remote_dir, *hide]
         self.root = data_dir / "ssh" / endpoint.name
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.bundle = pilot_zipapp(self.root / "pilot.pyz")
@@ -180,6 +183,8 @@ class SshDriver:
             "idle_timeout": e.idle_timeout * 2 + 5,
             "heartbeat_interval": e.heartbeat_interval,
             "workdir": "work",  # inside the pilot's directory on the host
+            "isolation": e.isolation,
+            "hide": self.hide,
         }
         if h.cores is not None:
             cfg["cores"] = h.cores

@@ -222,4 +222,5 @@ def make_ssh_driver(settings: Settings, store: Store, ep: EndpointConfig) -> Ssh
     assert ep.ssh is not None
     store.hosts.sync_config(ep.name, [h.model_dump() for h in ep.ssh.hosts])
     return SshDriver(ep, settings.data_dir, settings.url,
-                     lambda machine: host_pilot_token(store, settings.data_dir, ep.name, machine))
+                     lambda machine: host_pilot_token(store, settings.data_dir, ep.name, machine),
+                     hide=settings.controller_paths())

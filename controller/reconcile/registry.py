@@ -4,7 +4,6 @@ new module implementing controller.reconcile.endpoint.EndpointKind, plus one ent
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from controller.config.settings import EndpointConfig
 from controller.drivers.base import Driver
@@ -13,29 +12,25 @@ from controller.drivers.ssh import SshDriver
 from controller.reconcile.cloud import CloudEndpoint
 from controller.reconcile.endpoint import EndpointKind, LoopEnv
 from controller.reconcile.hosts import HostPoolEndpoint, make_ssh_driver
-from controller.services.secrets import stored_pilot_token
-from controller.store import Store
-
-
-def endpoint_pilot_token(store: Store, data_dir: Path, endpoint: str) -> str:
-    """The pilot token the controller gives the machines it starts on an endpoint, kept in
-    data_dir/secrets (mode 0600) so pilots keep working across controller restarts."""
-    return stored_pilot_token(store, data_dir / "secrets" / f"{endpoint}.pilot-token", endpoint,
-                              "machines started by the controller")
+from controller.services.secrets import bootstrap_token
 
 
 def _cloud(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointKind:
     s = env.settings
     if driver is None:
-        token = endpoint_pilot_token(env.store, s.data_dir, ep.name)
+        def token_for(machine: str, endpoint: str = ep.name) -> str:
+            """A machine's one-time bootstrap token (exchanged at its pilot's registration)."""
+            return bootstrap_token(env.store, s.data_dir, endpoint, machine)
+
         if ep.driver == "local":
             from controller.drivers.local import LocalDriver
 
-            driver = LocalDriver(ep, s.data_dir, s.url, token)
+            driver = LocalDriver(ep, s.local_machines_dir, s.url, token_for,
+                                 hide=s.controller_paths())
         else:
             from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
 
-            driver = PulumiDriver(ep, s.data_dir, s.url, token)
+            driver = PulumiDriver(ep, s.data_dir, s.url, token_for)
     prices = None if ep.prices is None else make_price_source(
         ep.prices, {t.name for t in ep.machine_types})
     return CloudEndpoint(ep, driver, env, prices)

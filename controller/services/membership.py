@@ -14,8 +14,8 @@ from pathlib import Path
 
 from controller.config.settings import EndpointConfig, Settings
 from controller.domain.hostpool import Host, Membership
-from controller.errors import InvalidInput, NotFound, Unauthorized
-from controller.services.secrets import stored_pilot_token
+from controller.errors import InvalidInput, NotFound
+from controller.services.secrets import bootstrap_token, forget_machine
 from controller.store import Store
 
 HOST_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
@@ -74,26 +74,13 @@ def is_member(store: Store, ssh_endpoint: str, name: str) -> bool:
 
 
 # per-host pilot tokens ---------------------------------------------------------------------
-def _token_path(data_dir: Path, endpoint: str, machine: str) -> Path:
-    return data_dir / "secrets" / endpoint / f"{machine}.pilot-token"
-
-
 def host_pilot_token(store: Store, data_dir: Path, endpoint: str, machine: str) -> str:
-    """The pilot token of one SSH host: its own, so that one host's token can be revoked
-    alone (data_dir/secrets/ENDPOINT/MACHINE.pilot-token, mode 0600)."""
-    return stored_pilot_token(store, _token_path(data_dir, endpoint, machine), endpoint,
-                              f"ssh host {machine}")
+    """The bootstrap token of one SSH host's next pilot: its own, one-time, bound to the host's
+    machine name (data_dir/secrets/ENDPOINT/MACHINE.pilot-token, mode 0600)."""
+    return bootstrap_token(store, data_dir, endpoint, machine, f"ssh host {machine}")
 
 
 def revoke_host_token(store: Store, data_dir: Path, endpoint: str, machine: str) -> bool:
-    """Forget a host's pilot token (it left): revoke it and delete the file."""
-    path = _token_path(data_dir, endpoint, machine)
-    if not path.exists():
-        return False
-    token = path.read_text().strip()
-    try:
-        store.tokens.revoke(store.tokens.verify(token).token_id)
-    except (Unauthorized, NotFound):
-        pass
-    path.unlink(missing_ok=True)
-    return True
+    """Forget a host's pilot tokens (it left): its bootstrap token and its pilots'
+    credentials are revoked and the file deleted."""
+    return forget_machine(store, data_dir, endpoint, machine)

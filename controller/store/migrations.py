@@ -195,6 +195,15 @@ def m006_i10_plans_applying(db: Database) -> None:
                f" WHERE state IN {in_list(OPEN_STATES)}")
 
 
+def m007_i9_pilot_credentials(db: Database) -> None:
+    """Pilot credentials of their own. A pilot token with no pilot_id is a one-time bootstrap
+    token (what a machine gets at boot, optionally bound to one machine name); registering
+    exchanges it for a credential bound to the new pilot (pilot_id), and deletes it."""
+    db.table("tokens").add_column("pilot_id", str)
+    db.table("tokens").add_column("machine", str)
+    db.table("tokens").create_index(["pilot_id"])
+
+
 def i11_idempotency(db: Database) -> None:
     """Idempotency keys of submissions: a retried submission with the same key (and the same
     body) answers the jobs the first one created. Written in the submission's transaction;
@@ -227,6 +236,7 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("004_ssh_hosts", m004_ssh_hosts),
     ("005_ticks", m005_ticks),
     ("006_i10_plans_applying", m006_i10_plans_applying),
+    ("007_i9_pilot_credentials", m007_i9_pilot_credentials),
     ("i11_idempotency", i11_idempotency),
     ("i11_attempts", i11_attempts),
 ]

@@ -15,8 +15,6 @@ class TokenStore:
     def __init__(self, store: Transactions) -> None:
         self.store = store
         self._shares: dict[str, tuple[float, dict[str, float]]] = {}
-        # pilot tokens are checked on every match and heartbeat: remember them briefly
-        self._pilot_tokens: dict[str, tuple[float, float | None, Principal]] = {}
 
     # users -------------------------------------------------------------------------------
     def create_user(self, name: str, group: str, share: float = 1.0) -> dict[str, object]:
@@ -59,11 +57,14 @@ class TokenStore:
         owner: str | None = None,
         endpoint: str | None = None,
         job_id: int | None = None,
+        machine: str | None = None,
+        pilot_id: str | None = None,
         lifetime: float | None = None,
         note: str = "",
         conn: object = None,
     ) -> str:
-        """Create a token and return it; only its hash is kept."""
+        """Create a token and return it; only its hash is kept. A pilot token without a
+        pilot_id is a one-time bootstrap token (bound to `machine` when given)."""
         group = None
         if role in (Role.USER, Role.JOB):
             with self.store.read() as c:
@@ -71,17 +72,21 @@ class TokenStore:
             if row is None:
                 raise NotFound(f"no user {owner}; create it first")
             group = row["grp"]
+        elif owner is not None:
+            raise InvalidInput(f"a {role.value} token has no owner")
         if role == Role.PILOT and not endpoint:
             raise InvalidInput("a pilot token needs an endpoint")
+        if role != Role.PILOT and (endpoint or machine or pilot_id):
+            raise InvalidInput("only pilot tokens have an endpoint, machine or pilot")
         token = new_token()
         now = time.time()
         values = (
-            hash_token(token), role.value, owner, group, endpoint, job_id, now,
-            now + lifetime if lifetime else None, note,
+            hash_token(token), role.value, owner, group, endpoint, job_id, machine, pilot_id,
+            now, now + lifetime if lifetime else None, note,
         )
         sql = (
-            "INSERT INTO tokens (hash, role, owner, grp, endpoint, job_id, created_at,"
-            " expires_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO tokens (hash, role, owner, grp, endpoint, job_id, machine, pilot_id,"
+            " created_at, expires_at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         if conn is not None:  # inside the caller's transaction
             conn.execute(sql, values)  # type: ignore[attr-defined]
@@ -90,45 +95,57 @@ class TokenStore:
                 c.execute(sql, values)
         return token
 
-    PILOT_TOKEN_TTL = 10.0  # a pilot token revoked from another process stops working this soon
-
-    def cached(self, token: str, now: float | None = None) -> Principal | None:
-        """A pilot token verified in the last PILOT_TOKEN_TTL seconds, if still valid."""
-        hit = self._pilot_tokens.get(hash_token(token))
-        if hit is None or time.monotonic() - hit[0] > self.PILOT_TOKEN_TTL:
-            return None
-        now = time.time() if now is None else now
-        if hit[1] is not None and hit[1] < now:
-            return None
-        return hit[2]
-
     def verify(self, token: str, now: float | None = None) -> Principal:
+        """Who holds this token. Read from the database on every request, so a revoked
+        token stops working at once."""
         now = time.time() if now is None else now
-        digest = hash_token(token)
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM tokens WHERE hash = ?", (digest,)).fetchone()
+            row = c.execute("SELECT * FROM tokens WHERE hash = ?", (hash_token(token),)
+                            ).fetchone()
         if row is None:
             raise Unauthorized("unknown token")
         if row["expires_at"] is not None and row["expires_at"] < now:
             raise Unauthorized("token expired")
-        p = Principal(
+        return Principal(
             token_id=row["id"], role=Role(row["role"]), owner=row["owner"], group=row["grp"],
-            endpoint=row["endpoint"], job_id=row["job_id"],
+            endpoint=row["endpoint"], job_id=row["job_id"], pilot_id=row["pilot_id"],
+            machine=row["machine"],
         )
-        if p.role == Role.PILOT:
-            self._pilot_tokens[digest] = (time.monotonic(), row["expires_at"], p)
-        return p
+
+    def exchange(self, bootstrap: Principal, pilot_id: str, machine: str,
+                 note: str = "") -> str:
+        """Spend a bootstrap token: delete it and issue the pilot's own credential, in one
+        transaction. A bootstrap token already spent (or revoked) gets Unauthorized."""
+        if not bootstrap.is_bootstrap:
+            raise InvalidInput("only a bootstrap token can be exchanged")
+        with self.store.tx() as c:
+            if c.execute("DELETE FROM tokens WHERE id = ? AND pilot_id IS NULL",
+                         (bootstrap.token_id,)).rowcount != 1:
+                raise Unauthorized("this bootstrap token was used already")
+            return self.issue(Role.PILOT, endpoint=bootstrap.endpoint, machine=machine,
+                              pilot_id=pilot_id, note=note or f"pilot {pilot_id}", conn=c)
+
+    def revoke_pilot(self, pilot_id: str) -> int:
+        """Revoke a pilot's own credential (it said goodbye)."""
+        with self.store.tx() as c:
+            return c.execute("DELETE FROM tokens WHERE pilot_id = ?", (pilot_id,)).rowcount
+
+    def revoke_machine(self, endpoint: str, machine: str) -> int:
+        """Revoke every pilot token bound to one machine: its bootstrap token and the
+        credentials of the pilots that registered from it (the host left)."""
+        with self.store.tx() as c:
+            return c.execute("DELETE FROM tokens WHERE role = 'pilot' AND endpoint = ? AND"
+                             " machine = ?", (endpoint, machine)).rowcount
 
     def find(self) -> list[dict[str, object]]:
         with self.store.read() as c:
             rows = c.execute(
-                "SELECT id, role, owner, endpoint, job_id, created_at, expires_at, note"
-                " FROM tokens WHERE role != 'job' ORDER BY id"
+                "SELECT id, role, owner, endpoint, job_id, machine, pilot_id, created_at,"
+                " expires_at, note FROM tokens WHERE role != 'job' ORDER BY id"
             ).fetchall()
         return [dict(r) for r in rows]
 
     def revoke(self, token_id: int) -> None:
-        self._pilot_tokens.clear()
         with self.store.tx() as c:
             if c.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount == 0:
                 raise NotFound(f"no token {token_id}")

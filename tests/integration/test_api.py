@@ -19,12 +19,7 @@ def ctrl(make_controller):
 
 
 def register(c, pilot="pilot:manual", machine="m1", **kw):
-    body = {"machine": machine, "cores": 4, "memory_mb": 4096, "slots": 2, "tags": ["linux"],
-            **kw}
-    with c.client(pilot) as h:
-        r = h.post("/api/v1/pilots/register", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()["pilot_id"]
+    return c.register(pilot.removeprefix("pilot:"), machine, **kw)
 
 
 def test_tokens_are_required_and_checked(ctrl):
@@ -44,16 +39,16 @@ def test_roles(ctrl):
     with ctrl.client("alice") as c:
         r = c.post("/api/v1/pilots/register",
                    json={"machine": "x", "cores": 1, "memory_mb": 1, "slots": 1})
-        assert r.status_code == 403 and "a user token may not do this" in r.json()["detail"]
+        assert r.status_code == 403 and "a user token may not register" in r.json()["detail"]
         assert c.get("/api/v1/admin/users").status_code == 403
     with ctrl.client("pilot:manual") as c:
         r = c.post("/api/v1/jobs", json=sh("true"))
-        assert r.status_code == 403 and "a pilot token may not" in r.json()["detail"]
+        assert r.status_code == 403 and "a bootstrap token may not" in r.json()["detail"]
         r = c.post("/api/v1/pilots/register", json={"machine": "x", "endpoint": "other",
                                                      "cores": 1, "memory_mb": 1, "slots": 1})
         assert r.status_code == 403 and "for endpoint manual" in r.json()["detail"]
-    pid = register(ctrl)
-    with ctrl.client("pilot:other") as c:  # a pilot token of another endpoint
+    pid, other = register(ctrl), register(ctrl, "pilot:other", machine="o1")
+    with ctrl.client(other) as c:  # a pilot of another endpoint
         r = c.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []})
         assert r.status_code == 403
     with ctrl.client("admin") as c:
@@ -70,7 +65,7 @@ def test_owners_see_only_their_jobs_and_job_tokens_act_for_the_owner(ctrl):
         assert c.get("/api/v1/jobs").json() == []
         assert c.get("/api/v1/jobs", params={"owner": "alice"}).status_code == 403
     pid = register(ctrl)
-    with ctrl.client("pilot:manual") as c:
+    with ctrl.client(pid) as c:
         (m,) = c.post(f"/api/v1/pilots/{pid}/match",
                       json={"free_cores": 4, "free_memory_mb": 4096, "free_slots": 2}
                       ).json()["matches"]
@@ -123,15 +118,24 @@ def test_a_job_bigger_than_any_endpoint_is_accepted_and_reported(ctrl):
 def test_pilot_reporting_on_a_job_it_does_not_hold(ctrl):
     (jid,) = ctrl.submit("alice", sh("true"))
     p1, p2 = register(ctrl, machine="m1"), register(ctrl, machine="m2")
-    with ctrl.client("pilot:manual") as c:
+    with ctrl.client(p2) as c:
+        r = c.post(f"/api/v1/pilots/{p1}/match",  # p2's credential cannot act for p1
+                   json={"free_cores": 1, "free_memory_mb": 1024, "free_slots": 1})
+        assert r.status_code == 403 and "not pilot" in r.json()["detail"]
+        r = c.post(f"/api/v1/pilots/{p2}/jobs/{jid}/report", json={"status": "done",
+                                                                   "exit_code": 0})
+        assert r.status_code == 409 and "not held by this pilot" in r.json()["detail"]
+    with ctrl.client(p1) as c:
         r = c.post(f"/api/v1/pilots/{p1}/match",
                    json={"free_cores": 1, "free_memory_mb": 1024, "free_slots": 1})
         assert r.json()["matches"][0]["job"]["id"] == jid
+    with ctrl.client(p2) as c:
         r = c.post(f"/api/v1/pilots/{p2}/jobs/{jid}/report", json={"status": "done",
                                                                    "exit_code": 0})
         assert r.status_code == 409 and "not held by this pilot" in r.json()["detail"]
         r = c.post(f"/api/v1/pilots/{p2}/jobs/{jid}/output", json={"stdout": "x"})
         assert r.status_code == 409
+    with ctrl.client(p1) as c:
         r = c.post(f"/api/v1/pilots/{p1}/jobs/4242/report", json={"status": "done"})
         assert r.status_code == 404
         r = c.post(f"/api/v1/pilots/{p1}/jobs/{jid}/report", json={"status": "weird"})
@@ -139,7 +143,7 @@ def test_pilot_reporting_on_a_job_it_does_not_hold(ctrl):
         r = c.post(f"/api/v1/pilots/{p1}/jobs/{jid}/output", json={"stdout": "x" * 2_000_000})
         assert r.status_code == 413 and "at most" in r.json()["detail"]
         r = c.post("/api/v1/pilots/nope/heartbeat", json={"jobs": []})
-        assert r.status_code == 404 and "register first" in r.json()["detail"]
+        assert r.status_code == 403
     assert ctrl.job(jid)["state"] == "matched"
 
 
@@ -162,3 +166,33 @@ def test_list_filter_kill_and_events(ctrl):
         assert c.get("/api/v1/jobs", params={"endpoint": "manual"}).json() == []
         s = c.get("/api/v1/summary").json()
         assert s["jobs"] == {"killed": 1, "waiting": 3}
+
+
+def test_bootstrap_tokens_are_spent_and_revocation_takes_effect_at_once(ctrl):
+    boot = ctrl.bootstrap("manual")
+    body = {"machine": "b1", "cores": 1, "memory_mb": 512, "slots": 1}
+    auth = {"Authorization": f"Bearer {boot}"}
+    r = httpx.post(ctrl.url + "/api/v1/pilots/register", json=body, headers=auth)
+    assert r.status_code == 201
+    pid, cred = r.json()["pilot_id"], r.json()["token"]
+    assert cred != boot
+    # spent: the same bootstrap token registers nothing more
+    r = httpx.post(ctrl.url + "/api/v1/pilots/register", json={**body, "machine": "b2"},
+                   headers=auth)
+    assert r.status_code == 401
+    # a bootstrap token bound to a machine registers only that machine
+    store = Store(ctrl.database)
+    bound = store.tokens.issue(Role.PILOT, endpoint="manual", machine="b3")
+    store.close()
+    r = httpx.post(ctrl.url + "/api/v1/pilots/register", json={**body, "machine": "b4"},
+                   headers={"Authorization": f"Bearer {bound}"})
+    assert r.status_code == 403 and "for machine b3" in r.json()["detail"]
+    # the pilot's credential works until it is revoked, then not once more
+    mine = httpx.Client(base_url=ctrl.url, headers={"Authorization": f"Bearer {cred}"})
+    assert mine.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []}).status_code == 200
+    with ctrl.client() as admin:
+        (tid,) = [t["id"] for t in admin.get("/api/v1/admin/tokens").json()
+                  if t["pilot_id"] == pid]
+        assert admin.delete(f"/api/v1/admin/tokens/{tid}").status_code == 204
+    r = mine.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []})
+    assert r.status_code == 401 and r.json()["detail"] == "unknown token"

@@ -63,7 +63,7 @@ def test_scale_up_run_and_scale_down_by_name(make_controller):
                                            "stopped"]
     assert "idle for" in ev[3]["reason"]
     # no pilot process is left behind
-    for d in (ctrl.root / "data" / "machines" / "local").iterdir():
+    for d in (ctrl.root / "data-machines" / "local").iterdir():
         assert not (d / "pilot.pid").exists()
 
 
@@ -86,12 +86,14 @@ def test_controller_restart_mid_run_loses_nothing(make_controller):
 
 
 def test_a_lost_local_machine_has_its_jobs_rescheduled(make_controller, tmp_path):
-    ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1}])
+    # isolation none: the payload marks its first run in the test's directory
+    ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1,
+                                       "isolation": "none"}])
     mark = tmp_path / "first"
     (jid,) = ctrl.submit("alice", sh(f"if [ -e {mark} ]; then exit 0; fi; touch {mark}; "
                                      "exec sleep 10"))
     j = ctrl.wait_state(jid, "running", timeout=20)
-    pid = int((ctrl.root / "data" / "machines" / "local" / j["machine"] / "pilot.pid")
+    pid = int((ctrl.root / "data-machines" / "local" / j["machine"] / "pilot.pid")
               .read_text())
     os.killpg(pid, signal.SIGKILL)  # the machine dies with its payload
     j2 = ctrl.wait_state(jid, "done", timeout=30)

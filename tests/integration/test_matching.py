@@ -20,8 +20,8 @@ def register(ctrl, **kw):
     return api_register(ctrl, **{"cores": 16, "memory_mb": 16384, "slots": 8, **kw})
 
 
-def take(ctrl, pilot_id, pilot="pilot:manual", cores=8, mem=8192, slots=1):
-    with ctrl.client(pilot) as c:
+def take(ctrl, pilot_id, cores=8, mem=8192, slots=1):
+    with ctrl.client(pilot_id) as c:
         r = c.post(f"/api/v1/pilots/{pilot_id}/match",
                    json={"free_cores": cores, "free_memory_mb": mem, "free_slots": slots})
     assert r.status_code in (200, 204), r.text
@@ -52,7 +52,7 @@ def test_allowed_and_banned_endpoints(ctrl):
     o = register(ctrl, pilot="pilot:other", machine="o")
     assert take(ctrl, m)["id"] == not_other
     assert take(ctrl, m) is None
-    assert take(ctrl, o, pilot="pilot:other")["id"] == only_other
+    assert take(ctrl, o)["id"] == only_other
 
 
 def test_priority_orders_an_owners_jobs(ctrl):
@@ -80,7 +80,7 @@ def test_long_poll_hands_out_a_job_submitted_during_the_wait(ctrl):
 
     def poll():
         t0 = time.monotonic()
-        with ctrl.client("pilot:manual") as c:
+        with ctrl.client(m) as c:
             r = c.post(f"/api/v1/pilots/{m}/match", json={
                 "free_cores": 1, "free_memory_mb": 1024, "free_slots": 1, "wait": 20})
         got["status"], got["elapsed"] = r.status_code, time.monotonic() - t0

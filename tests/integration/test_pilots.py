@@ -44,7 +44,7 @@ def test_a_job_runs_with_inputs_env_token_and_output(ctrl, tmp_path):
                                                          "running", "done"]
 
 
-def test_an_input_file_by_url(ctrl, tmp_path):
+def test_an_input_file_by_url(make_controller, tmp_path):
     import http.server
     import threading
     from functools import partial
@@ -54,6 +54,8 @@ def test_an_input_file_by_url(ctrl, tmp_path):
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    # loopback addresses are refused unless allowed: this test's server is on 127.0.0.1
+    ctrl = make_controller(input_url_allow=["127.0.0.1/32"])
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/table.csv"
         (jid,) = ctrl.submit("alice", {**sh("cat t.csv"), "inputs": [{"name": "t.csv",
@@ -84,12 +86,24 @@ def test_failures_time_limit_and_bounded_output(ctrl):
         assert c.get(f"/api/v1/jobs/{fail}/output").json()["stderr"] == "oops\n"
 
 
-def test_kill_stops_a_running_payload(ctrl, tmp_path):
-    pidfile = tmp_path / "payload.pid"
-    (jid,) = ctrl.submit("alice", sh(f"echo $$ > {pidfile}; exec sleep 20"))
+def payload_pid(marker: str) -> int | None:
+    """The host's pid of a payload whose command line holds `marker` (a sandboxed payload
+    has another pid in its own namespace, and writes nowhere the test can read)."""
+    for d in os.listdir("/proc"):
+        try:
+            argv = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] in (b"sleep", b"/bin/sleep", b"/usr/bin/sleep") and marker.encode() in argv:
+            return int(d)
+    return None
+
+
+def test_kill_stops_a_running_payload(ctrl):
+    (jid,) = ctrl.submit("alice", sh("exec sleep 20.0317"))
     ctrl.start_pilot("m1")
     ctrl.wait_state(jid, "running")
-    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    pid = wait_until(lambda: payload_pid("20.0317"), what="the sandboxed payload")
     with ctrl.client("alice") as c:
         assert c.post(f"/api/v1/jobs/{jid}/kill").json()["state"] == "killed"
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="the payload to stop")
@@ -103,13 +117,14 @@ def test_pilot_killed_mid_job_stalls_and_reschedules(ctrl, tmp_path):
     script = (f"if [ -e {mark} ]; then echo second run; exit 0; fi; touch {mark}; "
               f"echo $$ > {pidfile}; exec sleep 15")
     (jid,) = ctrl.submit("alice", sh(script))
-    p1 = ctrl.start_pilot("m1")
+    # isolation none: the payload marks its first run in the test's directory
+    p1 = ctrl.start_pilot("m1", isolation="none")
     ctrl.wait_state(jid, "running")
     wait_until(pidfile.exists)
     os.kill(p1.pid, signal.SIGKILL)  # the pilot dies; its payload is orphaned
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
     ctrl.wait_state(jid, "waiting", timeout=20)
-    ctrl.start_pilot("m2")
+    ctrl.start_pilot("m2", isolation="none")
     j = ctrl.wait_state(jid, "done", timeout=20)
     assert j["retries"] == 1 and j["machine"] == "m2"
     states = [e["to_state"] for e in ctrl.events(jid)]
@@ -142,3 +157,17 @@ def test_an_idle_pilot_exits_and_says_goodbye(ctrl):
     with ctrl.client() as c:
         m = c.get("/api/v1/machines", params={"all": True}).json()[0]
     assert m["state"] == "stopped" and "idle for more than 1s" in m["reason"]
+
+
+def test_a_payload_that_cannot_start_is_a_failed_job_with_the_reason(ctrl):
+    missing, not_executable = ctrl.submit(
+        "alice", {"executable": "/nonexistent/tool", "requirements": {"max_runtime": 60}},
+        {**sh("./run.sh"), "inputs": [{"name": "run.sh", "content": "echo not executable"}]})
+    ctrl.start_pilot("m1", slots=2)
+    j = ctrl.wait_state(missing, "failed")
+    assert j["reason"] == "could not start: /nonexistent/tool: no such executable"
+    j = ctrl.wait_state(not_executable, "done", "failed")
+    assert j["state"] == "failed"  # sh ran it and said why: permission denied, exit 126
+    with ctrl.client("alice") as c:
+        out = c.get(f"/api/v1/jobs/{not_executable}/output").json()
+    assert "Permission denied" in out["stderr"]

@@ -39,12 +39,13 @@ def machines(ctrl):
                 c.get("/api/v1/machines", params={"all": True}).json()}
 
 
-def assert_no_secret_logged(ctrl):
-    """The endpoints' pilot tokens appear in no log and in no plan."""
-    tokens = [p.read_text().strip() for p in (ctrl.root / "data" / "secrets").glob("*")]
-    assert tokens
-    logs = [ctrl.log()] + [p.read_text(errors="replace")
-                           for p in (ctrl.root / "data").rglob("*.log")]
+def assert_no_secret_logged(ctrl, started_machines=True):
+    """The machines' bootstrap tokens appear in no log and in no plan."""
+    tokens = [p.read_text().strip()
+              for p in (ctrl.root / "data" / "secrets").glob("*/*.pilot-token")]
+    assert bool(tokens) == started_machines
+    logs = [ctrl.log()] + [p.read_text(errors="replace") for d in ("data", "data-machines")
+                           for p in (ctrl.root / d).rglob("*.log")]
     shown = json.dumps(plans(ctrl, limit=1000))
     for t in tokens:
         assert all(t not in text for text in logs)
@@ -66,7 +67,7 @@ def test_manual_approval_superseded_plans_and_up(make_controller):
     assert old["id"] == p1["id"] and old["message"] == f"replaced by plan {p2['id']}"
     # nothing was started while the plans waited
     assert machines(ctrl) == {} and ctrl.job(first)["state"] == "waiting"
-    assert not list((ctrl.root / "data" / "machines" / "local").iterdir())
+    assert not list((ctrl.root / "data-machines" / "local").iterdir())
     assert f"cloudpilot plan approve {p2['id']}" in endpoint(ctrl, "local")["message"]
 
     r = cli(ctrl, "plan", "approve", str(p1["id"]))
@@ -107,7 +108,7 @@ def test_manual_approval_superseded_plans_and_up(make_controller):
 def test_automatic_plans_and_a_failing_apply(make_controller):
     ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1}], start=False)
     # local-0001 cannot be made: its machine directory is taken by a file
-    root = ctrl.root / "data" / "machines" / "local"
+    root = ctrl.root / "data-machines" / "local"
     root.mkdir(parents=True)
     (root / "local-0001").write_text("in the way")
     ctrl.start()
@@ -129,7 +130,9 @@ def test_automatic_plans_and_a_failing_apply(make_controller):
 
 
 def test_down_removes_the_machines_until_up(make_controller, tmp_path):
-    ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1}])
+    # isolation none: the payload marks its first run in the test's directory
+    ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "slots": 1,
+                                       "isolation": "none"}])
     mark = tmp_path / "ran-once"
     (jid,) = ctrl.submit("alice", sh(f"if [ -e {mark} ]; then exit 0; fi; touch {mark}; "
                                      "exec sleep 30"))
@@ -194,4 +197,4 @@ def test_a_cloud_endpoint_without_the_pulumi_cli(make_controller, monkeypatch):
     assert [e["state"] for e in events][:3] == ["error", "up", "error"]
     assert "attempt 1" in events[0]["message"] and "attempt 1" in events[2]["message"]
     assert endpoint(ctrl, "local")["state"] == "ok"  # the other endpoint carries on
-    assert_no_secret_logged(ctrl)
+    assert_no_secret_logged(ctrl, started_machines=False)

@@ -62,7 +62,9 @@ def test_an_interruption_notice_reschedules_without_failure(make_controller, met
     mark = tmp_path / "first"
     (jid,) = ctrl.submit("alice", sh(f"if [ -e {mark} ]; then echo second; exit 0; fi; "
                                      f"touch {mark}; exec sleep 30"))
-    pilot = ctrl.start_pilot("spot-1", metadata_url=metadata, metadata_interval=0.2)
+    # isolation none: the payload marks its first run in the test's directory
+    pilot = ctrl.start_pilot("spot-1", metadata_url=metadata, metadata_interval=0.2,
+                             isolation="none")
     ctrl.wait_state(jid, "running")
     Metadata.notice = {"action": "terminate", "time": "2022-03-10T00:02:00Z"}
     j = ctrl.wait_state(jid, "waiting", timeout=20)
@@ -76,7 +78,7 @@ def test_an_interruption_notice_reschedules_without_failure(make_controller, met
         spot1 = next(m for m in c.get("/api/v1/machines", params={"all": True}).json()
                      if m["name"] == "spot-1")
     assert spot1["state"] == "stopped" and "spot interruption" in spot1["reason"]
-    ctrl.start_pilot("spot-2")
+    ctrl.start_pilot("spot-2", isolation="none")
     j = ctrl.wait_state(jid, "done", timeout=20)
     assert j["retries"] == 0 and j["machine"] == "spot-2"
 

@@ -83,9 +83,12 @@ def cli(ctrl, *args):
     return r.stdout
 
 
+@pytest.mark.timeout(240)  # about a minute; more on a busy machine
 def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
         make_controller, hosts):
-    ctrl = controller(make_controller, hosts, ssh_endpoint(hosts, idle_timeout=6))
+    # idle_timeout: long enough for the redeploy below to find every pilot still running (a
+    # stopped pilot's bootstrap token is spent: only the controller's next deploy brings a new one)
+    ctrl = controller(make_controller, hosts, ssh_endpoint(hosts, idle_timeout=12))
     ids = ctrl.submit("alice", *[sh("sleep 1.5; echo on $(cat /proc/sys/kernel/hostname)",
                                     memory_mb=256)] * 12)
     peak, stop = 0, threading.Event()
@@ -112,7 +115,8 @@ def test_three_hosts_with_two_slots_run_twelve_jobs_then_their_pilots_stop(
     ep = settings.endpoint("ssh")
     secrets = ctrl.root / "data" / "secrets" / "ssh"
     again = SshDriver(ep, settings.data_dir, settings.url,
-                      lambda m: (secrets / f"{m}.pilot-token").read_text().strip())
+                      lambda m: (secrets / f"{m}.pilot-token").read_text().strip(),
+                      hide=settings.controller_paths())
     again.set_hosts(HostTarget(f"ssh-{h.name}", h.address, h.port, 2) for h in ep.ssh.hosts)
     redeploy = again._run("deploy-pilot.yml", again.hosts)
     assert redeploy.errors == {}

@@ -87,7 +87,8 @@ def test_pilot_mode_writes_the_pilot_config_installs_and_starts_it():
                    "endpoint": "aws-pilot", "machine": "aws-pilot-0001", "slots": 2,
                    "cores": 2, "memory_mb": 2048, "tags": ["linux"], "idle_timeout": 65.0,
                    "heartbeat_interval": 10.0, "workdir": "/var/lib/cloudpilot/work",
-                   "metadata_url": "http://169.254.169.254"}
+                   "metadata_url": "http://169.254.169.254", "isolation": "bwrap",
+                   "hide": ["/var/lib/cloudpilot", "/opt/cloudpilot"]}
     files = {f["path"]: f for f in doc["write_files"]}
     assert files[ctx.PILOT_CONFIG_PATH]["permissions"] == "0600"
     unit = files["/etc/systemd/system/cloudpilot-pilot.service"]["content"]
@@ -95,13 +96,16 @@ def test_pilot_mode_writes_the_pilot_config_installs_and_starts_it():
     assert "User=cloudpilot" in unit and "WantedBy=multi-user.target" in unit
     assert "poweroff" in files["/opt/cloudpilot/after-pilot.sh"]["content"]
     assert ["systemctl", "enable", "--now", "cloudpilot-pilot.service"] in doc["runcmd"]
-    assert doc["packages"] == ["python3"]  # the pilot's only dependency
+    # the pilot's only dependency, and the sandbox its payloads run in
+    assert doc["packages"] == ["python3", "bubblewrap"]
     # the shipped pilot is the repository's pilot package
     tar = tarfile.open(fileobj=io.BytesIO(ctx.written_file(text, "/opt/cloudpilot/pilot.tar.bz2")))
     names = sorted(tar.getnames())
     assert "pilot/__main__.py" in names and "pilot/agent.py" in names
     agent = tar.extractfile("pilot/agent.py")
-    assert agent is not None and agent.read() == (ctx.PILOT_PACKAGE / "agent.py").read_bytes()
+    assert agent is not None and agent.read() == ctx.shipped_source(ctx.PILOT_PACKAGE /
+                                                                    "agent.py")
+    assert "class Agent" in ctx.shipped_source(ctx.PILOT_PACKAGE / "agent.py").decode()
     # fits EC2's user-data limit, and renders the same bytes every time
     assert len(text.encode()) < ctx.EC2_USER_DATA_LIMIT
     assert rendered("aws-pilot") == text
@@ -117,11 +121,15 @@ def test_ssh_mode_is_only_a_user_with_the_endpoints_key():
 
 def test_the_local_driver_runs_the_pilot_templates_settings(tmp_path):
     ep = ENDPOINTS["local"]
-    driver = LocalDriver(ep, tmp_path, "http://127.0.0.1:9", TOKEN)
+    driver = LocalDriver(ep, tmp_path / "machines", "http://127.0.0.1:9", lambda m: TOKEN,
+                         hide=["/srv/controller-data"])
     cfg = driver.pilot_config("local-0007")
     from_template = ctx.pilot_settings_from(ctx.render_pilot(
         ctx.pilot_settings(ep, "http://127.0.0.1:9", TOKEN, "local-0007")))
-    assert cfg == {**from_template, "workdir": str(tmp_path / "machines/local/local-0007/work")}
+    assert cfg == {**from_template, "workdir": str(tmp_path / "machines/local/local-0007/work"),
+                   "hide": [str(tmp_path / "machines"), "/srv/controller-data"]}
+    assert cfg["isolation"] == "bwrap" and from_template["hide"] == ["/var/lib/cloudpilot",
+                                                                     "/opt/cloudpilot"]
     assert cfg["slots"] == 3 and cfg["tags"] == ["linux", "fast"]
 
 

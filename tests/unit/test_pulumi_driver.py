@@ -150,7 +150,7 @@ def test_error_lines_are_the_errors_not_the_whole_output():
 def test_a_missing_cli_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", path_without("pulumi"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
-    driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", "cp_token")
+    driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", lambda m: "cp_token")
     for call in (driver.refresh, lambda: driver.plan([], ["aws-spot-0001"]),
                  lambda: driver.apply(driver.plan([], []))):
         with pytest.raises(DriverSetupError) as e:
@@ -164,7 +164,7 @@ def test_a_missing_cli_is_one_clear_line(tmp_path, monkeypatch):
 def test_a_missing_passphrase_is_named(tmp_path, monkeypatch):
     for var in ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE"):
         monkeypatch.delenv(var, raising=False)
-    driver = PulumiDriver(OPENSTACK, tmp_path, "http://10.0.0.5:8080", "cp_token")
+    driver = PulumiDriver(OPENSTACK, tmp_path, "http://10.0.0.5:8080", lambda m: "cp_token")
     with pytest.raises(DriverSetupError, match="set PULUMI_CONFIG_PASSPHRASE"):
         driver.env()
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE_FILE", str(tmp_path / "p"))
@@ -172,7 +172,7 @@ def test_a_missing_passphrase_is_named(tmp_path, monkeypatch):
 
 
 def test_user_data_holds_the_token_for_each_named_machine(tmp_path):
-    driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", "cp_token-abc")
+    driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", lambda m: "cp_token-abc")
     data = driver.user_data(["aws-spot-0001", "aws-spot-0002"],
                             {"aws-spot-0002": {"cores": 8, "memory_mb": 16000, "slots": 8}})
     assert sorted(data) == ["aws-spot-0001", "aws-spot-0002"]

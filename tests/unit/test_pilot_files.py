@@ -1,0 +1,140 @@
+"""The pilot's side of hostile input: job directories it makes fresh, files it opens without
+following symlinks, input URLs checked (and their redirects), output it reads from its own
+descriptors. Real files, real processes, a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from pilot.runner import JobRun
+from pilot.sandbox import Sandbox
+from pilot.urls import UrlRefused, check_url, open_url
+
+
+def run_of(tmp_path, **job) -> JobRun:
+    (tmp_path / "work").mkdir(exist_ok=True)
+    spec = {"id": 7, "executable": "/bin/sh", "arguments": ["-c", "true"],
+            "requirements": {"cores": 1, "memory_mb": 64, "max_runtime": 30}, **job}
+    return JobRun(spec, "cp_jobtoken", tmp_path / "work", "http://127.0.0.1:9",
+                  sandbox=Sandbox("none"))
+
+
+def test_a_planted_job_directory_is_refused_and_left_alone(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    run = run_of(tmp_path, inputs=[{"name": "in.txt", "content": "x"}])
+    (tmp_path / "work" / "job-7").symlink_to(victim)
+    with pytest.raises(FileExistsError, match="exists already"):
+        run.prepare()
+    run.cleanup()
+    assert list(victim.iterdir()) == [] and (tmp_path / "work" / "job-7").is_symlink()
+
+
+def test_the_payload_cannot_redirect_the_pilots_reads(tmp_path):
+    secret = tmp_path / "pilot-token"
+    secret.write_text("cp_secret")
+    run = run_of(tmp_path, arguments=["-c", f"echo out; ln -sf {secret} .progress; "
+                                      f"rm .stdout; ln -s {secret} .stdout"])
+    run.prepare()
+    run.start()
+    assert run.wait().status == "done"
+    assert run.progress() is None  # a symlink is not followed
+    out, err, truncated = run.output(1000)
+    assert out == "out\n" and "cp_secret" not in out + err and not truncated
+    run.cleanup()
+    assert not (tmp_path / "work" / "job-7").exists() and secret.read_text() == "cp_secret"
+
+
+def test_bad_base64_is_a_clear_error(tmp_path):
+    run = run_of(tmp_path, inputs=[{"name": "a", "content_b64": "***"}])
+    with pytest.raises(ValueError, match="invalid base64"):
+        run.prepare()
+    run.cleanup()
+
+
+@pytest.mark.parametrize("url", [
+    "file:///etc/passwd", "ftp://example.org/x", "http://169.254.169.254/latest/user-data",
+    "http://[fd00:ec2::254]/", "http://127.0.0.1/", "http://localhost/", "http://0.0.0.0/",
+    "http://10.0.0.1/", "http://[::ffff:127.0.0.1]/", "http://metadata.google.internal/",
+    "http://user:pw@example.org/", "http://example.org:99999/"])
+def test_urls_refused_by_default(url):
+    with pytest.raises(UrlRefused):
+        check_url(url)
+
+
+def test_allowed_and_resolved_urls():
+    assert check_url("https://example.org/data") == "https://example.org/data"
+    assert check_url("http://127.0.0.1:8/x", ["127.0.0.1/32"])
+    with pytest.raises(UrlRefused, match="loopback"):  # a name resolving to loopback
+        check_url("http://files.example/x", resolve=lambda h: ["127.0.0.1"])
+
+
+@pytest.fixture
+def redirecting() -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/ok":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"fine")
+                return
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/user-data"
+                             if self.path == "/meta" else "/ok")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_redirects_are_checked_again(redirecting):
+    allow = ["127.0.0.1/32"]
+    with open_url(redirecting + "/elsewhere", allow, timeout=5) as r:
+        assert r.read() == b"fine"
+    with pytest.raises(UrlRefused, match=r"169\.254\.169\.254"):
+        open_url(redirecting + "/meta", allow, timeout=5)
+
+
+def test_sandbox_hides_what_it_is_told(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "inner").mkdir()
+    (tmp_path / "db").write_text("x")
+    box = Sandbox("bwrap", hide=(str(tmp_path / "db"), str(tmp_path / "missing")))
+    dirs, files = box.hidden((str(tmp_path / "cfg"), str(tmp_path / "cfg" / "inner")))
+    assert dirs == [str(tmp_path / "cfg")] and files == [str(tmp_path / "db")]
+    cmd = box.command(["/bin/true"], tmp_path)
+    assert cmd[:3] == ["bwrap", "--ro-bind", "/"] and cmd[-2:] == ["--", "/bin/true"]
+    assert Sandbox("none").command(["/bin/true"], tmp_path) == ["/bin/true"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user isolation needs a pilot running as root")
+def test_user_isolation_runs_the_payload_as_the_payload_user(tmp_path):
+    secret = tmp_path / "pilot.json"
+    secret.write_text("cp_secret")
+    secret.chmod(0o600)
+    tmp_path.chmod(0o711)
+    spec = {"id": 8, "executable": "/bin/sh",
+            "arguments": ["-c", f"id -un; cat {secret} || echo refused; echo hi > mine"],
+            "requirements": {"cores": 1, "memory_mb": 64, "max_runtime": 30}}
+    (tmp_path / "work").mkdir(mode=0o711)
+    run = JobRun(spec, "cp_jobtoken", tmp_path / "work", "http://127.0.0.1:9",
+                 sandbox=Sandbox("user", payload_user="nobody"))
+    run.sandbox.check()
+    run.prepare()
+    run.start()
+    assert run.wait().status == "done"
+    out, err, _ = run.output(1000)
+    assert out.split() == ["nobody", "refused"] and "Permission denied" in err
+    assert (run.dir / "mine").stat().st_uid == run.sandbox.popen_options()["user"]
+    run.cleanup()
