@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.faults import UNSANDBOXED, overlapping, payload, read_ledger
 from tests.conftest import sh, wait_until
@@ -36,8 +37,9 @@ def running_pids(ledger: Path, job: int) -> set[int]:
     return set(spans.get(job, {}))
 
 
-def test_a_killed_pilots_payload_dies_at_once_and_runs_again_only_after_its_lease(
-        make_controller, tmp_path):
+def running_on_one_pilot(make_controller, tmp_path: Path) -> tuple[Any, Path, int, Any, int]:
+    """A controller, a job writing the ledger, running on pilot m1: (controller, ledger, job
+    id, the pilot's process, the payload's PID)."""
     ctrl = make_controller()
     ledger = tmp_path / "ledger"
     (jid,) = ctrl.submit("alice", payload(ledger, 30))
@@ -45,6 +47,12 @@ def test_a_killed_pilots_payload_dies_at_once_and_runs_again_only_after_its_leas
     ctrl.wait_state(jid, "running")
     wait_until(lambda: running_pids(ledger, jid), 10, what="the payload")
     (pid,) = running_pids(ledger, jid)
+    return ctrl, ledger, jid, first, pid
+
+
+def test_a_killed_pilots_payload_dies_at_once_and_runs_again_only_after_its_lease(
+        make_controller, tmp_path):
+    ctrl, ledger, jid, first, pid = running_on_one_pilot(make_controller, tmp_path)
     os.kill(first.pid, signal.SIGKILL)
     killed = time.monotonic()
     wait_until(lambda: not alive(pid), 3, what="the payload to die with its pilot")
@@ -60,13 +68,7 @@ def test_a_killed_pilots_payload_dies_at_once_and_runs_again_only_after_its_leas
 
 def test_a_frozen_pilots_payload_is_killed_by_its_lease_and_the_pilot_then_stands_down(
         make_controller, tmp_path):
-    ctrl = make_controller()
-    ledger = tmp_path / "ledger"
-    (jid,) = ctrl.submit("alice", payload(ledger, 30))
-    first = pilot(ctrl, "m1")
-    ctrl.wait_state(jid, "running")
-    wait_until(lambda: running_pids(ledger, jid), 10, what="the payload")
-    (pid,) = running_pids(ledger, jid)
+    ctrl, ledger, jid, first, pid = running_on_one_pilot(make_controller, tmp_path)
     os.kill(first.pid, signal.SIGSTOP)  # frozen: no heartbeat, no renewal, no kill from it
     try:
         wait_until(lambda: not alive(pid), LEASE + 2, what="the shepherd to end the payload")
