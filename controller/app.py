@@ -19,11 +19,12 @@ from controller.api.limits import BodyLimit
 from controller.api.schemas import ERRORS
 from controller.config.settings import Settings
 from controller.domain.transitions import IllegalTransition
-from controller.errors import CloudpilotError
+from controller.errors import CloudpilotError, TemporaryError, storage_error
 from controller.logs import RequestLog
 from controller.metrics import Metrics
 from controller.notify import Notifier
 from controller.reconcile.loop import Reconciler
+from controller.server import ControllerServer
 from controller.store import Store
 from controller.web import actions, pages
 
@@ -41,18 +42,22 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
             # issue 12: tick duration, fleet samples for the dashboard, one log line a decision
             metrics: Metrics = app.state.metrics
             await asyncio.to_thread(metrics.after_tick, result, time.monotonic() - started)
+        except sqlite3.Error as e:  # a full or read-only database: say so in one line
+            log.warning("reconcile tick failed: %s", storage_error(e).message)
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
         # sleep until the interval is over, or a bit after the queue changes
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(notifier.current().wait(), timeout=interval)
+            if notifier.stopping:
+                return
+            await asyncio.wait_for(notifier.changes().wait(), timeout=interval)
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
 
 
 def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database)
+        store = Store(settings.database, lease=settings.stalled_after)
         store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
         app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
@@ -90,7 +95,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
 
     @app.exception_handler(CloudpilotError)
     async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else \
+            {"Retry-After": "1"} if isinstance(exc, TemporaryError) else None
         body: dict[str, object] = {"detail": exc.message}
         if exc.status_code == 422:  # every 422 has the one declared shape
             body["errors"] = [exc.message]
@@ -116,10 +122,17 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         msg = "a number is larger than the store holds"
         return JSONResponse({"detail": f"invalid request: {msg}", "errors": [msg]}, 422)
 
-    @app.exception_handler(sqlite3.OperationalError)
-    async def _busy(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
-        log.warning("database error on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": "the database is busy; retry"}, 503,
+    @app.exception_handler(sqlite3.Error)
+    async def _storage(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        err = storage_error(exc)
+        log.warning("database error on %s: %s", request.url.path, err.message)
+        return JSONResponse({"detail": err.message}, err.status_code,
                             headers={"Retry-After": "1"})
 
     return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the controller until SIGTERM or SIGINT; a graceful stop takes under 2 s."""
+    ControllerServer(create_app(settings), host=settings.host, port=settings.port,
+                     log_level="warning", log_config=None, timeout_graceful_shutdown=1).run()

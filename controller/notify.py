@@ -1,33 +1,67 @@
-"""Wake long-polling pilots (and the loop) when the queue changes."""
+"""Wake long-polling pilots (and the loop) when the queue changes, and release them all at
+once when the controller stops."""
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import deque
+
+from controller.errors import TemporaryError
+
+
+class ControllerStopping(TemporaryError):
+    """The controller is stopping; retry in a moment."""
+
+
+class _Stopped(asyncio.Event):
+    """The event handed out once the controller is stopping: waiting on it ends the wait with
+    ControllerStopping (503, retry), so a long-poll never holds up a graceful stop."""
+
+    async def wait(self) -> bool:  # type: ignore[override]
+        raise ControllerStopping()
 
 
 class Notifier:
-    """An asyncio event that is replaced each time it fires: waiters take the current one,
-    so a change that happens between a failed match and the wait is never missed."""
+    """Each long-poll takes its own event (`current()`) before it looks for work, so a change
+    between a failed match and the wait is never missed. `fire(n)` wakes the n long-polls
+    that have waited longest (n new jobs need at most n pilots: a thousand waiting pilots do
+    not all query the database for each submission); `fire()` wakes them all. The loop
+    watches every change through `changes()`."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._waiters: deque[weakref.ref[asyncio.Event]] = deque()
+        self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def current(self) -> asyncio.Event:
-        return self._event
+        """A new event for one waiter, set by the next fire that reaches it."""
+        if self.stopping:
+            return _Stopped()
+        ev = asyncio.Event()
+        self._waiters.append(weakref.ref(ev))
+        if len(self._waiters) > 4096:  # forget the waits that ended without a fire
+            self._waiters = deque(r for r in self._waiters if r() is not None)
+        return ev
 
-    def fire(self) -> None:
-        """Wake every waiter now. Safe from any thread: a sync route (run in the thread
-        pool) or an endpoint's worker hands the wake-up to the event loop's thread, since an
-        asyncio.Event set from another thread does not wake a loop asleep in select()."""
+    def changes(self) -> asyncio.Event:
+        """An event set by the next fire, whatever its n (for the reconcile loop)."""
+        return self._changed
+
+    def fire(self, n: int | None = None) -> None:
+        """Wake waiters: all of them, or the n that wait longest. Safe from any thread: a sync
+        route (run in the thread pool) or an endpoint's worker hands the wake-up to the event
+        loop's thread, since an asyncio.Event set from another thread does not wake a loop
+        asleep in select()."""
         loop = self._loop
         if loop is None or loop.is_closed() or self._on(loop):
-            self._fire()
+            self._fire(n)
         else:
-            loop.call_soon_threadsafe(self._fire)
+            loop.call_soon_threadsafe(self._fire, n)
 
     @staticmethod
     def _on(loop: asyncio.AbstractEventLoop) -> bool:
@@ -36,6 +70,18 @@ class Notifier:
         except RuntimeError:
             return False
 
-    def _fire(self) -> None:
-        old, self._event = self._event, asyncio.Event()
-        old.set()
+    def _fire(self, n: int | None) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+        woken = 0
+        while self._waiters and (n is None or woken < n):
+            ev = self._waiters.popleft()()
+            if ev is not None and not ev.is_set():
+                ev.set()
+                woken += 1
+
+    def stop(self) -> None:
+        """The controller is stopping (call from the event loop's thread): wake every waiter;
+        later waits end at once."""
+        self.stopping = True
+        self._fire(None)

@@ -2,10 +2,11 @@
 
 uvicorn waits for open responses before it stops, and an event stream never ends by itself;
 so when a stop is asked for, the app's state says `closing` and every stream ends within a
-poll (controller/api/events.py)."""
+poll (controller/api/events.py), and every long-polling pilot is answered at once."""
 
 from __future__ import annotations
 
+import socket
 from types import FrameType
 
 import uvicorn
@@ -24,3 +25,7 @@ class ControllerServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         mark_closing(self.app)
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.app.state.notifier.stop()  # long-polls are released at once (uvicorn waits for
+        await super().shutdown(sockets)  # every open request before it stops)

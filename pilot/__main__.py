@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     threading.Thread(target=work, name="agent", daemon=True).start()
-    while not done.wait(0.2):
-        if agent.stopping.is_set():
-            # interrupted: let running jobs report 'interrupted', then leave
-            agent.wait_jobs(cfg.stop_grace + 10)
-            break
+    while not done.wait(0.2) and not agent.stopping.is_set():
+        pass
+    # every job it holds reports before the pilot says goodbye (whether the agent loop ended
+    # first or SIGTERM came first): interrupted ones are rescheduled at once
+    agent.wait_jobs(cfg.stop_grace + 10)
     agent.goodbye(result[0] if result else agent.exit_reason or "stopped")
     return 1 if result and result[0].startswith("error") else 0
 

@@ -89,8 +89,8 @@ class Agent:
                 return self._end(f"idle for more than {self.cfg.idle_timeout:.0f}s")
             if self.cfg.time_left(time.time()) == 0 and not self.jobs:
                 return self._end("its time is up (deadline)")
-            for job, token in self._match(cores, mem, slots):
-                self._start(job, token)
+            for job, token, lease_until in self._match(cores, mem, slots):
+                self._start(job, token, lease_until)
         return self._end(self.exit_reason or "stopped")
 
     def _end(self, why: str) -> str:
@@ -98,7 +98,7 @@ class Agent:
         log.info("pilot exiting: %s", why)
         return why
 
-    def _match(self, cores: int, mem: int, slots: int) -> list[tuple[dict[str, Any], str]]:
+    def _match(self, cores: int, mem: int, slots: int) -> list[tuple[dict[str, Any], str, float]]:
         with self.lock:
             idle_left = self.cfg.idle_timeout - (time.monotonic() - self.last_busy)
         wait = max(0.0, min(self.cfg.poll_wait, idle_left if not self.jobs else self.cfg.poll_wait))
@@ -107,6 +107,7 @@ class Agent:
         left = self.cfg.time_left(time.time())
         if left is not None:
             ask["time_left"] = left  # no job that would outlive this pilot
+        sent = time.time()  # the lease counts from here: never later than the controller's
         try:
             out = self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/match", ask,
                                    timeout=wait + 15)
@@ -122,11 +123,13 @@ class Agent:
             return []  # stopping while the controller was unreachable
         if not out:
             return []
-        return [(m["job"], m["token"]) for m in out["matches"]]
+        return [(m["job"], m["token"], sent + m.get("lease", float("inf")))
+                for m in out["matches"]]
 
-    def _start(self, job: dict[str, Any], token: str) -> None:
+    def _start(self, job: dict[str, Any], token: str, lease_until: float) -> None:
         run = JobRun(job, token, self.workdir, self.cfg.controller_url, self.cfg.stop_grace,
                      self.sandbox, self.own, self.url_allow)
+        run.lease_until = lease_until
         with self.lock:
             self.jobs[run.id] = run
             self.last_busy = time.monotonic()
@@ -149,12 +152,13 @@ class Agent:
             if run.proc is None:
                 self._finish(run, "interrupted", None, "pilot stopping before start")
                 return
-            self._beat({run.id: None})  # matched -> running now, not at the next beat
+            self._beat([run])  # matched -> running now, not at the next beat
             outcome = run.wait()
             out, err, cut = run.output(self.cfg.max_output_bytes)
             try:
                 self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}/output",
-                                 {"stdout": out, "stderr": err, "truncated": cut})
+                                 {"stdout": out, "stderr": err, "truncated": cut,
+                                  "attempt": run.attempt})
             except (ClientError, OSError) as e:
                 log.warning("output of job %s not uploaded: %s", run.id, e)
             self._finish(run, outcome.status, outcome.exit_code, outcome.reason)
@@ -168,7 +172,8 @@ class Agent:
     def _finish(self, run: JobRun, status: str, code: int | None, reason: str | None) -> None:
         try:
             self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}/report",
-                             {"status": status, "exit_code": code, "reason": reason})
+                             {"status": status, "exit_code": code, "reason": reason,
+                              "attempt": run.attempt})
             log.info("job %s %s (exit %s)", run.id, status, code)
         except ClientError as e:
             log.warning("report of job %s refused: %s", run.id, e)
@@ -176,12 +181,18 @@ class Agent:
             log.warning("report of job %s not delivered: %s", run.id, e)
 
     # heartbeats --------------------------------------------------------------------------
-    def _beat(self, progress: dict[int, str | None]) -> None:
+    def _beat(self, runs: list[JobRun]) -> None:
+        """Heartbeat: renew the leases of the attempts the controller still calls ours (from
+        when the heartbeat was sent), stop the killed ones, kill at once the ones that are no
+        longer ours."""
+        sent = time.time()
+        lease = min((r.lease_until - sent for r in runs), default=30.0)
         try:
             out = self.client.call(
                 "POST", f"/api/v1/pilots/{self.pilot_id}/heartbeat",
-                {"jobs": [{"id": i, "progress": p} for i, p in progress.items()]},
-                timeout=15, retry=False)
+                {"jobs": [{"id": r.id, "attempt": r.attempt, "progress": r.progress()}
+                          for r in runs]},
+                timeout=max(1.0, min(15.0, lease / 3)), retry=False)
         except ClientError as e:
             if e.status == 404:
                 return
@@ -190,12 +201,17 @@ class Agent:
         except OSError as e:
             log.warning("heartbeat failed: %s", e)
             return
-        for job_id in out.get("stop", []):
-            with self.lock:
-                run = self.jobs.get(job_id)
-            if run is not None:
-                log.info("controller says stop job %s", job_id)
+        stop, lost = set(out.get("stop", [])), set(out.get("lost", []))
+        for run in runs:
+            if run.id in lost:
+                log.info("job %s attempt %s is no longer this pilot's: killing it", run.id,
+                         run.attempt)
+                run.revoke()
+            elif run.id in stop:
+                log.info("controller says stop job %s", run.id)
                 run.stop("killed")
+            elif "lease" in out:
+                run.renew(sent + float(out["lease"]))
         if out.get("drain") and not self.draining.is_set():
             log.info("controller is removing this machine: draining")
             self.draining.set()
@@ -204,7 +220,7 @@ class Agent:
         while not self.stopping.wait(self.heartbeat_interval):
             with self.lock:
                 runs = list(self.jobs.values())
-            self._beat({r.id: r.progress() for r in runs})
+            self._beat(runs)
 
     def goodbye(self, why: str) -> None:
         """Tell the controller this pilot is leaving (best effort: it also notices silence)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pilot import shepherd
 from pilot.sandbox import Sandbox
 from pilot.urls import open_url
 
@@ -69,7 +71,9 @@ class JobRun:
         self._made = False  # the job directory is ours to remove
         self._out: int | None = None
         self._err: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
+        self.attempt: int | None = job.get("attempt")
+        self.lease_until = float("inf")  # Unix time the payload must be dead by, unless renewed
         self.stop_reason: str | None = None
         self.interrupted_by = "SIGTERM"  # what interrupted the pilot, for the job's record
         self._lock = threading.Lock()
@@ -148,10 +152,32 @@ class JobRun:
             # said here, as the job's reason, rather than by the sandbox as an exit code
             raise FileNotFoundError(f"{exe}: no such executable")
         argv = [exe, *self.job.get("arguments", [])]
-        self.proc = subprocess.Popen(
-            self.sandbox.command(argv, self.dir, self.own), cwd=self.dir, env=env,
-            stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL,
-            start_new_session=True, **self.sandbox.popen_options())
+        # under a shepherd: it ends the payload's processes when the payload ends, when the
+        # lease runs out without renewal, and when this pilot is gone (pilot/shepherd.py)
+        user = self.sandbox.popen_options()
+        cmd = shepherd.command(self.sandbox.command(argv, self.dir, self.own), self.lease_until,
+                               self.stop_grace, user.get("user", -1), user.get("group", -1))
+        self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=self._out,
+                                     stderr=self._err, stdin=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def renew(self, until: float) -> None:
+        """The controller renewed the lease: the payload may run until `until` (Unix time)."""
+        self.lease_until = max(self.lease_until, until)
+        self._tell(f"{until:.3f}")
+
+    def revoke(self) -> None:
+        """The attempt is no longer this pilot's: its shepherd kills the payload at once."""
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = "lost"
+        self._tell("kill")
+
+    def _tell(self, line: str) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            if self.proc is not None and self.proc.stdin is not None:
+                self.proc.stdin.write(line.encode() + b"\n")
+                self.proc.stdin.flush()
 
     def stop(self, why: str) -> None:
         with self._lock:
@@ -179,16 +205,23 @@ class JobRun:
                 pass
             if time.monotonic() > deadline and self.stop_reason is None:
                 self.stop("timeout")
+            if time.time() >= self.lease_until and self.stop_reason is None:
+                self.stop("lease")  # its shepherd kills it now
             if self.stop_reason is not None:
                 stop_sent = stop_sent or time.monotonic()
-                if time.monotonic() - stop_sent > self.stop_grace:
-                    self._signal(signal.SIGKILL)
-        self._signal(signal.SIGKILL)  # anything the payload left behind in its group
+                if time.monotonic() - stop_sent > self.stop_grace + 5:
+                    self._signal(signal.SIGKILL)  # the shepherd itself does not end
         if rc == -signal.SIGTERM and self.stop_reason is None:
             time.sleep(1.0)  # a batch system signals a whole job at once: so is the pilot
         why = self.stop_reason
+        if rc == 0 and why in ("interrupted", "lease", "lost"):
+            why = None  # it ended on its own, successfully, before the stop reached it
         if why == "interrupted":
             return Outcome("interrupted", rc, f"pilot stopping ({self.interrupted_by})")
+        if why in ("lease", "lost"):
+            return Outcome("interrupted", rc, "its lease ran out: the controller did not renew "
+                           "it in time" if why == "lease" else "the attempt is no longer "
+                           "this pilot's")
         if why == "killed":
             return Outcome("failed", rc, "killed")
         if why == "timeout":
@@ -210,6 +243,9 @@ class JobRun:
         return out, err, t1 or t2
 
     def cleanup(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         for fd in (self._out, self._err, self._dirfd):
             if fd is not None:
                 os.close(fd)

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from controller.auth import Role
+from controller.drivers.proctree import MachineProcesses
 from controller.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,7 +233,7 @@ def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
     bootstrap token per endpoint), not yet started."""
     root.mkdir(exist_ok=True)
     eps = endpoints if endpoints is not None else [MANUAL]
-    base = {"loop_interval": 0.3, "stalled_after": 3, "max_retries": 2}
+    base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
     ctrl = Controller(root, free_port(), {**base, **settings}, eps)
     ctrl.write_config()
     store = Store(ctrl.database)
@@ -272,9 +273,11 @@ def end_controller(c: Controller) -> None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(5)
     c.stop()
-    # machines the local driver started live in their own sessions: end them
+    # machines the local driver started live in their own sessions: end them, with every
+    # payload they started
     for pid_file in (c.root / "data-machines").glob("*/*/pilot.pid"):
         try:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (ProcessLookupError, ValueError, PermissionError):
             pass
+        MachineProcesses(pid_file.parent.parent, pid_file.parent.name).kill()

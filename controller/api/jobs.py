@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+import hashlib
+import json
+
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import Id, SettingsDep, StoreDep, UserAuth
@@ -13,6 +17,7 @@ from controller.domain.jobs import Job, JobState, NewJob
 from controller.domain.matching import unmatchable_reason
 from controller.errors import Forbidden, InvalidInput, NotFound
 from controller.store import Store
+from controller.store.jobs import IdempotencyKey
 from pilot.urls import UrlRefused, check_url
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -31,8 +36,23 @@ def _visible(store: Store, p: Principal, job_id: Id) -> Job:
     raise NotFound(f"no job {job_id}")  # do not reveal other owners' jobs
 
 
+IdempotencyHeader = Header(
+    None, alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+    description="the same key with the same body answers the first submission's ids again; "
+    "with another body it is a 409")
+
+
+def idempotency(request: Request, body: BaseModel, key: str | None,
+                settings: Settings) -> IdempotencyKey | None:
+    if key is None:
+        return None
+    digest = hashlib.sha256(request.url.path.encode() + b"\n" + json.dumps(
+        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode())
+    return IdempotencyKey(key, digest.hexdigest(), settings.idempotency_keep)
+
+
 async def _submit(request: Request, store: Store, settings: Settings, p: Principal,
-                  jobs: list[NewJob]) -> Submitted:
+                  jobs: list[NewJob], idem: IdempotencyKey | None) -> Submitted:
     if p.role == Role.ADMIN or p.owner is None:
         raise Forbidden("an admin token acts for no owner; submit with a user token")
     known = {e.name for e in settings.endpoints}
@@ -47,8 +67,8 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
                 except UrlRefused as e:
                     raise InvalidInput(f"input {f.name}: {e}") from None
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
-                                  settings.max_retries)
-    request.app.state.notifier.fire()
+                                  settings.max_retries, None, idem)
+    request.app.state.notifier.fire(len(ids))  # as many waiting pilots as there are new jobs
     shapes = [e.shape() for e in settings.endpoints]
     bad = {}
     for i, j in zip(ids, jobs, strict=True):
@@ -60,16 +80,18 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
 
 @router.post("", status_code=201, response_model=Submitted)
 async def submit(body: JobIn, request: Request, store: StoreDep, settings: SettingsDep,
-                 p: UserAuth) -> Submitted:
+                 p: UserAuth, key: str | None = IdempotencyHeader) -> Submitted:
     """Submit one job. Owner and group come from the token."""
-    return await _submit(request, store, settings, p, [body.to_domain()])
+    return await _submit(request, store, settings, p, [body.to_domain()],
+                         idempotency(request, body, key, settings))
 
 
 @router.post("/bulk", status_code=201, response_model=Submitted)
 async def submit_bulk(body: BulkIn, request: Request, store: StoreDep, settings: SettingsDep,
-                      p: UserAuth) -> Submitted:
+                      p: UserAuth, key: str | None = IdempotencyHeader) -> Submitted:
     """Submit many jobs in one request (one transaction: all or none)."""
-    return await _submit(request, store, settings, p, [j.to_domain() for j in body.jobs])
+    return await _submit(request, store, settings, p, [j.to_domain() for j in body.jobs],
+                         idempotency(request, body, key, settings))
 
 
 @router.get("", response_model=list[JobOut])

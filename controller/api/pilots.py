@@ -86,7 +86,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         JobOut.of(job).model_dump_json()
         return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id,
                                   lifetime=job.requirements.max_runtime + margin,
-                                  note=f"job {job.id}", conn=conn)
+                                  note=f"job {job.id} attempt {job.attempt}", conn=conn)
 
     def attempt() -> list[tuple[Job, str]]:
         """One thread hop, one transaction: check the pilot, note it is alive, claim."""
@@ -112,7 +112,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         if got:
             return MatchOut(matches=[
                 Match(job=JobOut.of(job), token=token,
-                      token_expires_in=job.requirements.max_runtime + margin)
+                      token_expires_in=job.requirements.max_runtime + margin,
+                      attempt=job.attempt, lease=store.jobs.lease)
                 for job, token in got])
         left = deadline - time.monotonic()
         if count <= 0 or left <= 0 or await request.is_disconnected():
@@ -133,11 +134,15 @@ def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:
 
 @router.post("/{pilot_id}/heartbeat", response_model=HeartbeatOut)
 def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, p: PilotAuth) -> HeartbeatOut:
-    """The pilot is alive; per running job, its progress. Answers which jobs to stop."""
+    """The pilot is alive; per running job, its attempt and progress. Renews the leases of
+    the attempts that are still its own; answers which jobs to stop (and which of them at
+    once: no longer its own)."""
     pilot = _own_pilot(store, p, pilot_id)
     state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
-    stop = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs})
-    return HeartbeatOut(stop=stop, drain=state in DRAIN_STATES)
+    got = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs},
+                               attempts={j.id: j.attempt for j in body.jobs if j.attempt})
+    return HeartbeatOut(stop=got.stop, lost=got.lost, lease=got.lease,
+                        drain=state in DRAIN_STATES)
 
 
 @router.delete("/{pilot_id}", status_code=204)
@@ -160,7 +165,8 @@ def upload_output(pilot_id: str, job_id: Id, body: OutputIn, store: StoreDep,
     if size > settings.max_output_bytes:
         raise TooLarge(f"output is {size} bytes; at most {settings.max_output_bytes}: "
                        "keep the tail")
-    store.jobs.save_output(pilot_id, job_id, body.stdout, body.stderr, body.truncated)
+    store.jobs.save_output(pilot_id, job_id, body.stdout, body.stderr, body.truncated,
+                           attempt=body.attempt)
     return Response(status_code=204)
 
 
@@ -172,7 +178,7 @@ async def report(pilot_id: str, job_id: Id, body: ReportIn, request: Request,
     if body.status == "failed" and body.exit_code == 0 and not body.reason:
         raise InvalidInput("a failed job with exit code 0 needs a reason")
     job = await run_in_threadpool(store.jobs.report, pilot_id, job_id, body.status,
-                                  body.exit_code, body.reason)
+                                  body.exit_code, body.reason, None, body.attempt)
     if body.status == "interrupted":
         request.app.state.notifier.fire()
     return JobOut.of(job)

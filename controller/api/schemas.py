@@ -179,6 +179,7 @@ class JobOut(BaseModel):
     reason: str | None
     progress: str | None
     last_heartbeat: float | None
+    attempt: int = Field(0, description="the current (or last) attempt; each match starts one")
     waiting_reason: str | None = None
 
     @classmethod
@@ -239,8 +240,14 @@ class MatchIn(Strict):
 
 class Match(BaseModel):
     job: JobOut
-    token: str = Field(description="job token: scoped to this job and its owner")
+    token: str = Field(description="job token: scoped to this job, its owner and this attempt "
+                       "(revoked when the attempt ends)")
     token_expires_in: int
+    attempt: int = Field(description="the attempt this match starts: name it in heartbeats, "
+                         "output and report")
+    lease: float = Field(description="seconds the attempt may run without a renewal: each "
+                         "answered heartbeat renews it from when it was sent; a pilot that "
+                         "cannot renew it kills the payload before it runs out")
 
 
 class MatchOut(BaseModel):
@@ -249,6 +256,7 @@ class MatchOut(BaseModel):
 
 class JobProgress(Strict):
     id: int = Field(ge=0, le=INT64)
+    attempt: int | None = Field(None, ge=1, le=INT64, description="the attempt it runs")
     progress: str | None = Field(None, max_length=1000)
 
 
@@ -258,16 +266,23 @@ class HeartbeatIn(Strict):
 
 class HeartbeatOut(BaseModel):
     stop: list[int] = Field(description="jobs to stop now (killed, or no longer yours)")
+    lost: list[int] = Field(default_factory=list, description="of those, the attempts that are "
+                            "no longer yours: kill them at once")
+    lease: float = Field(description="the other jobs' leases now run this long from when this "
+                         "heartbeat was sent (s)")
     drain: bool = Field(description="take no new work and exit: the machine is going away")
 
 
 class ReportIn(Strict):
     status: Literal["done", "failed", "interrupted"]
+    attempt: int | None = Field(None, ge=1, le=INT64, description="the attempt it ran "
+                                "(a stale attempt's report is a 409)")
     exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1)
     reason: str | None = Field(None, max_length=2000)
 
 
 class OutputIn(Strict):
+    attempt: int | None = Field(None, ge=1, le=INT64, description="the attempt it ran")
     stdout: str = ""
     stderr: str = ""
     truncated: bool = False

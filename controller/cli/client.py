@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import httpx
+
+# Answers after which the same request may succeed: the controller restarting or busy.
+RETRY_STATUSES = frozenset({0, 502, 503, 504})
 
 
 class ApiError(Exception):
@@ -15,9 +20,11 @@ class ApiError(Exception):
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0,
+                 retry_for: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.retry_for = retry_for  # how long a submission is retried (same Idempotency-Key)
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -32,10 +39,27 @@ class ApiClient:
             raise ApiError(r.status_code, str(detail))
         return r.json() if r.content else None
 
-    def submit(self, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    def retrying(self, method: str, path: str, **kw: Any) -> Any:
+        """`request`, retried with back-off for `retry_for` seconds while the controller is
+        unreachable or answers 502/503/504. Only for requests that are safe to repeat."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.2
+        while True:
+            try:
+                return self.request(method, path, **kw)
+            except ApiError as e:
+                if e.status not in RETRY_STATUSES or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def submit(self, jobs: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:
+        """Submit jobs under one Idempotency-Key (a new one unless given), retried until the
+        controller answers: a retry of a submission that was stored answers its ids again."""
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex}
         if len(jobs) == 1:
-            return self.request("POST", "/api/v1/jobs", json=jobs[0])
-        return self.request("POST", "/api/v1/jobs/bulk", json={"jobs": jobs})
+            return self.retrying("POST", "/api/v1/jobs", json=jobs[0], headers=headers)
+        return self.retrying("POST", "/api/v1/jobs/bulk", json={"jobs": jobs}, headers=headers)
 
     def jobs(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -45,16 +45,17 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
 # commands ---------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from controller import logs
-    from controller.app import create_app
-    from controller.server import ControllerServer
+    from controller.app import serve
+    from controller.store import Store
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = _settings(args).model_copy(update=overrides)
+    Store(settings.database).close()  # a bad path: one line (StorageError), no traceback
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs.setup(settings.log_format)
     print(f"cloudpilot controller on {settings.url} (database {settings.database}, "
           f"endpoints {', '.join(e.name for e in settings.endpoints) or 'none'})", flush=True)
-    ControllerServer(create_app(settings), host=settings.host, port=settings.port,
-                     log_level="warning", log_config=None).run()
+    serve(settings)
     return 0
 
 

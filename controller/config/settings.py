@@ -342,11 +342,17 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL pilots use to reach the controller")
     loop_interval: float = Field(2.0, gt=0)
-    stalled_after: float = Field(60.0, gt=0, description="a held job silent this long stalls")
+    stalled_after: float = Field(60.0, gt=0, description="the lease of a job's attempt: a "
+                                 "pilot's heartbeats renew it; a pilot that cannot renew it "
+                                 "kills the payload before it runs out (s)")
+    lease_margin: float = Field(10.0, ge=0, description="a silent pilot's jobs are rescheduled "
+                                "only this long after their lease ran out (s)")
     max_retries: int = Field(3, ge=0, le=100)
     job_token_margin: int = Field(600, ge=0, description="job token life beyond max_runtime (s)")
     max_output_bytes: int = Field(1_048_576, ge=1024)
     max_bulk_jobs: int = Field(10_000, ge=1)
+    idempotency_keep: float = Field(86_400.0, gt=0, description="how long a submission's "
+                                    "Idempotency-Key answers its first jobs again (s)")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=65536,
                                    description="largest request body (413 beyond)")
     long_poll_max: float = Field(30.0, gt=0)

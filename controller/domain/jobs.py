@@ -155,3 +155,5 @@ class Job:
     reason: str | None
     progress: str | None
     last_heartbeat: float | None
+    attempt: int = 0  # the current (or last) attempt's number; each match starts the next
+    lease_expires: float | None = None  # when the current attempt's lease runs out

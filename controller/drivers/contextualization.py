@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import bz2
 import gzip
 import io
 import json
@@ -103,7 +104,9 @@ def shipped_source(path: Path) -> bytes:
 
 @lru_cache(maxsize=1)
 def pilot_tarball() -> bytes:
-    """The pilot package as a reproducible .tar.gz (fixed times and owners, sorted names)."""
+    """The pilot package as a reproducible .tar.bz2 (fixed times and owners, sorted names;
+    bzip2 packs these sources about 9% smaller than gzip, which keeps the user-data within
+    EC2's 16 KB; the machine unpacks it with Python's tarfile, no bzip2 tool needed)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(PILOT_PACKAGE.glob("*.py")):
@@ -111,7 +114,7 @@ def pilot_tarball() -> bytes:
             info = tarfile.TarInfo(f"pilot/{path.name}")
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
+    return bz2.compress(raw.getvalue(), compresslevel=9)
 
 
 def pilot_settings(endpoint: EndpointConfig, controller_url: str, token: str,

@@ -7,6 +7,7 @@ to hide them, the data dir and the database from its payloads."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
 from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.drivers.proctree import MachineProcesses
 from controller.errors import DriverError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -136,14 +138,30 @@ class LocalDriver:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                            env.get("PYTHONPATH")]))
+        tree = self._tree(name)  # every process of the machine, payloads included
+        env.update(tree.env())
         with open(d / "pilot.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pilot", "--config", str(cfg)],
+                tree.wrap([sys.executable, "-m", "pilot", "--config", str(cfg)]),
                 cwd=d, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,  # survives a controller restart
             )
         self._procs[name] = proc
         (d / "pilot.pid").write_text(str(proc.pid))
+
+    def _tree(self, name: str) -> MachineProcesses:
+        return MachineProcesses(self.root, name)
+
+    def reap(self, name: str) -> bool:
+        """Kill everything of the machine (its pilot and every payload, also those in their
+        own sessions) and wait for it: True when nothing of it runs any more, so its jobs
+        may run elsewhere at once."""
+        dead = self._tree(name).kill()
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)  # reap our child
+        return dead and not self._alive(name)
 
     def _signal(self, name: str, sig: int) -> bool:
         if not self._alive(name):
@@ -166,6 +184,7 @@ class LocalDriver:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        self._tree(name).kill()  # payloads the pilot left behind
         (d / "pilot.pid").unlink(missing_ok=True)
         (d / "pilot.json").unlink(missing_ok=True)  # it held the (spent) bootstrap token
         shutil.rmtree(d / "work", ignore_errors=True)

@@ -83,11 +83,17 @@ class CloudEndpoint:
                 if store.machines.move(m.name, M.LOST, "its pilot process is gone", now,
                                        if_in={m.state}):
                     requeued += self.env.requeue(m.name, "machine lost: pilot process gone",
-                                                 now)
+                                                 now, dead=self._reap(m.name))
             else:
                 why = None if m.state == M.STOPPING else "its pilot exited on its own"
                 store.machines.move(m.name, M.STOPPED, why, now, if_in={m.state})
         return requeued
+
+    def _reap(self, machine: str) -> bool:
+        """Have the driver end everything of a lost machine, payloads included, if it can
+        (the local driver: the machine's cgroup); True when nothing of it runs any more."""
+        reap = getattr(self.driver, "reap", None)
+        return bool(reap(machine)) if reap is not None else False
 
     # decide ------------------------------------------------------------------------------
     def decide(self, tick: Tick) -> Step:
@@ -114,7 +120,8 @@ class CloudEndpoint:
                 continue
             if store.machines.move(r.name, r.to, r.reason, now, if_in={state[r.name]}) \
                     and r.to in (M.LOST, M.FAILED):
-                requeued += self.env.requeue(r.name, f"machine {r.to.value}: {r.reason}", now)
+                requeued += self.env.requeue(r.name, f"machine {r.to.value}: {r.reason}", now,
+                                             dead=self._reap(r.name))
         step = Step(decision, ticks.encode(inputs), recorded, requeued)
         approved = store.plans.open(self.name, PlanState.APPROVED)
         if approved is not None:  # approved by an operator since the last tick

@@ -71,9 +71,15 @@ class LoopEnv:
     def __post_init__(self) -> None:
         self.started = self.started or self.clock()
 
-    def requeue(self, machine: str, why: str, now: float) -> int:
-        """Put the jobs held on a machine that is gone back in the queue; how many went."""
-        moved = self.store.jobs.stall(machines=[machine], now=now, why=why)
+    def requeue(self, machine: str, why: str, now: float, dead: bool = False) -> int:
+        """Put the jobs held on a machine that is gone back in the queue; how many went. Only
+        those whose lease has surely run out (lease + margin: their payloads' shepherds have
+        ended them), unless `dead`: the driver has ended everything of the machine, payloads
+        included. The others follow when their leases run out (issue 11: never two attempts
+        of a job running at once)."""
+        moved = self.store.jobs.stall(
+            machines=[machine], now=now, why=why,
+            expired_before=None if dead else now - self.settings.lease_margin)
         return sum(1 for _, s in moved if s == JobState.WAITING)
 
 

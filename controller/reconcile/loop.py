@@ -71,9 +71,11 @@ class Reconciler:
                 log.exception("endpoint %s: observing failed (a bug)", e.name)
                 continue
             ready.append(e)
-        cutoff = now - self.settings.stalled_after
-        if cutoff > self.env.started:
-            silent = self.store.jobs.stall(silent_since=cutoff, now=now)
+        # a silent pilot's jobs go back to the queue only once their lease has surely run out
+        # (lease + margin): by then the payload's shepherd has ended it (issue 11)
+        if now - self.settings.stalled_after > self.env.started:
+            silent = self.store.jobs.stall(expired_before=now - self.settings.lease_margin,
+                                           now=now)
             requeued += sum(1 for _, s in silent if s == JobState.WAITING)
         # the queue by task queue, once a tick for every endpoint (a GROUP BY over all waiting
         # jobs); jobs requeued while endpoints are decided are seen at the next tick

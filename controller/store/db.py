@@ -4,14 +4,16 @@ tokens)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from sqlite_utils import Database
 
+from controller.errors import StorageError, StorageReadOnly, storage_error
 from controller.store.endpoints import EndpointStore
 from controller.store.hosts import HostStore
 from controller.store.jobs import JobStore
@@ -26,22 +28,38 @@ class Store:
     """Owns the database connection. Every query module goes through `tx()` (a write
     transaction) or `read()` so that one process never interleaves two transactions."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, lease: float = 60.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        conn.row_factory = sqlite3.Row
-        self.db = Database(conn)
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: the queue's hot pages stay cached
-        self.lock = threading.RLock()
-        self._depth = 0  # nested tx() blocks of the thread holding the lock
-        with self.lock:
-            migrate(self.db)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        except FileExistsError:
+            raise StorageError(f"cannot open the database {self.path}: "
+                               f"{self.path.parent} is a file, not a folder") from None
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"cannot open the database {self.path}: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            self.db = Database(conn)
+            self.db.enable_wal()
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: hot queue pages stay cached
+            self.lock = threading.RLock()
+            self._depth = 0  # nested tx() blocks of the thread holding the lock
+            with self.lock:
+                migrate(self.db)
+        except sqlite3.Error as e:
+            conn.close()
+            ro = next((p for p in (self.path, self.path.parent)
+                       if p.exists() and not os.access(p, os.W_OK)), None)
+            if ro is not None:  # SQLite says only "unable to open database file"
+                raise StorageReadOnly(f"cannot open the database {self.path}: {ro} is "
+                                      f"read-only ({e})") from None
+            raise storage_error(e, f"opening {self.path}") from None
         self.endpoints = EndpointStore(self)
-        self.jobs = JobStore(self)
+        self.jobs = JobStore(self, lease)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
         self.plans = PlanStore(self)
@@ -66,11 +84,14 @@ class Store:
             self._depth = 1
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                # also when COMMIT itself failed (disk full): leave no transaction open, so the
+                # next request starts clean and works once space returns
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
             finally:
                 self._depth = 0
 

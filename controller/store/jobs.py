@@ -27,6 +27,7 @@ from controller.store.sql import Transactions, in_list
 
 S = JobState
 HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
+SEEN_EVERY = 1.0  # a match records its pilot alive at most this often when nothing is claimed
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -41,7 +42,8 @@ def _job(row: sqlite3.Row) -> Job:
         updated_at=row["updated_at"], started_at=row["started_at"], ended_at=row["ended_at"],
         pilot_id=row["pilot_id"], machine=row["machine"], endpoint=row["endpoint"],
         exit_code=row["exit_code"], reason=row["reason"], progress=row["progress"],
-        last_heartbeat=row["last_heartbeat"],
+        last_heartbeat=row["last_heartbeat"], attempt=row["attempt"],
+        lease_expires=row["lease_expires"],
     )
 
 
@@ -49,9 +51,62 @@ def _input(f: InputFile) -> dict[str, str]:
     return {k: v for k, v in dataclasses.asdict(f).items() if v is not None}
 
 
+@dataclasses.dataclass(frozen=True)
+class Renewal:
+    """A heartbeat's answer about the jobs it named."""
+
+    stop: list[int]  # stop these: killed, or no longer the pilot's
+    lost: list[int]  # of those, the attempts no longer the pilot's: kill them at once
+    lease: float  # the others' leases now run this long from the heartbeat
+
+
+@dataclasses.dataclass(frozen=True)
+class IdempotencyKey:
+    """A submission's Idempotency-Key, a digest of its request, and how long to keep it."""
+
+    key: str
+    request_hash: str
+    keep: float
+
+
+def _replayed(c: sqlite3.Connection, owner: str, idem: IdempotencyKey,
+              now: float) -> list[int] | None:
+    """The ids an earlier submission with this key created, None for a new key; a Conflict
+    when the key was used for another request. Expired keys are forgotten here."""
+    c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+    row = c.execute("SELECT request_hash, first_id, count FROM idempotency_keys"
+                    " WHERE owner = ? AND key = ?", (owner, idem.key)).fetchone()
+    if row is None:
+        return None
+    if row["request_hash"] != idem.request_hash:
+        raise Conflict(f"Idempotency-Key {idem.key!r} was used for another request; use a new "
+                       "key for a new submission")
+    return list(range(row["first_id"], row["first_id"] + row["count"]))
+
+
+def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+                       count: int) -> tuple[SlotOffer, int]:
+    """The offer and count a pilot may be matched for: at most its registered cores, memory
+    and slots minus what it holds now, whatever its request claims."""
+    reg = c.execute("SELECT cores, memory_mb, slots FROM pilots WHERE id = ?",
+                    (pilot_id,)).fetchone()
+    if reg is None:
+        return offer, 0
+    n, cores, mem = c.execute(
+        "SELECT COUNT(*), COALESCE(SUM(json_extract(requirements, '$.cores')), 0),"
+        " COALESCE(SUM(json_extract(requirements, '$.memory_mb')), 0) FROM jobs"
+        f" WHERE machine = ? AND state IN {HELD} AND pilot_id = ?",
+        (machine, pilot_id)).fetchone()
+    bounded = dataclasses.replace(offer, cores=min(offer.cores, reg["cores"] - cores),
+                                  memory_mb=min(offer.memory_mb, reg["memory_mb"] - mem))
+    return bounded, min(count, (reg["slots"] or 1) - n)
+
+
 class JobStore:
-    def __init__(self, store: Transactions) -> None:
+    def __init__(self, store: Transactions, lease: float = 60.0) -> None:
         self.store = store
+        self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
+        self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self._tqs: dict[int, TaskQueue] = {}
         self._tq_keys: dict[str, int] = {}
         self._tq_memo: dict[tuple[Requirements, str, str, int], int] = {}
@@ -86,6 +141,9 @@ class JobStore:
         )
         if new in FINAL_STATES or new in (S.STALLED, S.RESCHEDULED):
             c.execute("DELETE FROM tokens WHERE job_id = ?", (job_id,))
+        if old in ACTIVE_STATES and new not in ACTIVE_STATES:  # the attempt is over
+            c.execute("UPDATE attempts SET ended_at = ?, outcome = ? WHERE job_id = ?"
+                      " AND ended_at IS NULL", (now, new.value, job_id))
 
     # submission --------------------------------------------------------------------------
     def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
@@ -108,13 +166,19 @@ class JobStore:
         return tq_id
 
     def submit(self, jobs: Sequence[NewJob], owner: str, group: str, default_retries: int,
-               now: float | None = None) -> list[int]:
-        """Insert jobs (received -> waiting, both recorded) in one transaction."""
+               now: float | None = None, idempotency: IdempotencyKey | None = None) -> list[int]:
+        """Insert jobs (received -> waiting, both recorded) in one transaction. With an
+        idempotency key, a key seen before answers the ids it created then (the same request)
+        or is a Conflict (another request); a new key is stored in the same transaction."""
         now = time.time() if now is None else now
         if not jobs:
             return []
         try:
             with self.store.tx() as c:
+                if idempotency is not None:
+                    seen = _replayed(c, owner, idempotency, now)
+                    if seen is not None:
+                        return seen
                 rows = []
                 for j in jobs:
                     tq = self._task_queue(c, j, owner, group, now)
@@ -141,6 +205,12 @@ class JobStore:
                     [(i, now, None, S.RECEIVED.value, wait) for i in ids]
                     + [(i, now, S.RECEIVED.value, S.WAITING.value, recv) for i in ids],
                 )
+                if idempotency is not None:
+                    c.execute(
+                        "INSERT INTO idempotency_keys (owner, key, request_hash, first_id,"
+                        " count, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (owner, idempotency.key, idempotency.request_hash, ids[0], len(ids),
+                         now, now + idempotency.keep))
         except BaseException:
             # the transaction rolled back: forget task queues created inside it
             self.reload_task_queues()
@@ -220,6 +290,17 @@ class JobStore:
                 f" WHERE state IN {HELD} GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
+    def _may_fit(self, offer: SlotOffer) -> bool:
+        """Is any job waiting in a task queue that fits the offer? (A read, no write lock: a
+        long-poll that wakes or re-checks with nothing for it stays cheap.)"""
+        with self.store.read() as c:  # the lock also guards self._tqs
+            fitting = [q.id for q in self._tqs.values() if fits(q.requirements, offer)]
+            if not fitting:
+                return False
+            return c.execute(
+                f"SELECT 1 FROM jobs WHERE state = 'waiting' AND tq_id IN"
+                f" ({','.join('?' * len(fitting))}) LIMIT 1", fitting).fetchone() is not None
+
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
         shares: dict[str, float], issue_token: Callable[[sqlite3.Connection, Job], str],
@@ -232,9 +313,13 @@ class JobStore:
         now = time.time() if now is None else now
         got: list[tuple[Job, str]] = []
         kind = "group" if by == "group" else "owner"
+        if not self._may_fit(offer) and now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
+            return []  # nothing to claim, liveness recorded lately: no write transaction
+        self._seen[pilot_id] = now
         with self.store.tx() as c:
             c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
             c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
+            offer, count = _within_registered(c, pilot_id, machine, offer, count)
             empty: set[int] = set()  # queues found empty in this transaction
             while len(got) < count:
                 candidates = [q for q in self._tqs.values()
@@ -253,13 +338,20 @@ class JobStore:
                     empty.add(q.id)
                 if row is None:
                     break
+                attempt, lease_expires = row["attempt"] + 1, now + self.lease
                 self._move(c, row["id"], S.WAITING, S.MATCHED, now,
-                           f"matched to pilot {pilot_id} on {machine}",
+                           f"attempt {attempt}: matched to pilot {pilot_id} on {machine}",
                            pilot_id=pilot_id, machine=machine, endpoint=offer.endpoint,
-                           last_heartbeat=now, reason=None)
+                           last_heartbeat=now, reason=None, attempt=attempt,
+                           lease_expires=lease_expires)
+                c.execute("INSERT INTO attempts (job_id, n, pilot_id, machine, endpoint,"
+                          " started_at, lease_expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          (row["id"], attempt, pilot_id, machine, offer.endpoint, now,
+                           lease_expires))
                 job = dataclasses.replace(
                     _job(row), state=S.MATCHED, pilot_id=pilot_id, machine=machine,
-                    endpoint=offer.endpoint, last_heartbeat=now, updated_at=now, reason=None)
+                    endpoint=offer.endpoint, last_heartbeat=now, updated_at=now, reason=None,
+                    attempt=attempt, lease_expires=lease_expires)
                 got.append((job, issue_token(c, job)))
                 r = job.requirements
                 offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
@@ -269,10 +361,15 @@ class JobStore:
         return got
 
     # pilot reports -----------------------------------------------------------------------
-    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int) -> sqlite3.Row:
+    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,
+              attempt: int | None = None) -> sqlite3.Row:
+        """The job's row if this pilot holds it (in the given attempt), else a Conflict."""
         row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"no job {job_id}")
+        if attempt is not None and attempt != row["attempt"]:
+            raise Conflict(f"attempt {attempt} of job {job_id} is over (the job is on attempt "
+                           f"{row['attempt']}): stop it")
         if row["pilot_id"] != pilot_id or (
             row["state"] not in ACTIVE_STATES and row["state"] != S.KILLED
         ):
@@ -280,32 +377,42 @@ class JobStore:
         return row
 
     def heartbeat(self, pilot_id: str, progress: dict[int, str | None],
-                  now: float | None = None) -> list[int]:
-        """Record a pilot's heartbeat for its running jobs; return the ids it must stop
-        (killed, or no longer its own)."""
+                  now: float | None = None,
+                  attempts: dict[int, int] | None = None) -> Renewal:
+        """Record a pilot's heartbeat for its running jobs, renewing their leases; say which
+        it must stop: killed ones (gracefully), and those no longer its own (another pilot's,
+        over, or in another attempt than it runs: at once)."""
         now = time.time() if now is None else now
         stop: list[int] = []
+        lost: list[int] = []
+        attempts = attempts or {}
         with self.store.tx() as c:
             for job_id, prog in progress.items():
-                row = c.execute("SELECT state, pilot_id FROM jobs WHERE id = ?",
+                row = c.execute("SELECT state, pilot_id, attempt FROM jobs WHERE id = ?",
                                 (job_id,)).fetchone()
-                if row is None or row["pilot_id"] != pilot_id or row["state"] not in ACTIVE_STATES:
+                own = row is not None and row["pilot_id"] == pilot_id \
+                    and attempts.get(job_id, row["attempt"]) == row["attempt"]
+                if not own or row["state"] not in ACTIVE_STATES:
                     stop.append(job_id)
+                    if not own or row["state"] != S.KILLED:
+                        lost.append(job_id)
                     continue
+                lease = now + self.lease  # renewed by every heartbeat
                 if row["state"] == S.MATCHED:
                     self._move(c, job_id, S.MATCHED, S.RUNNING, now, started_at=now,
-                               last_heartbeat=now, progress=prog)
+                               last_heartbeat=now, progress=prog, lease_expires=lease)
                 else:
-                    c.execute("UPDATE jobs SET last_heartbeat = ?, progress = ? WHERE id = ?",
-                              (now, prog, job_id))
-        return stop
+                    c.execute("UPDATE jobs SET last_heartbeat = ?, progress = ?,"
+                              " lease_expires = ? WHERE id = ?", (now, prog, lease, job_id))
+        return Renewal(stop, lost, self.lease)
 
     def report(self, pilot_id: str, job_id: int, status: str, exit_code: int | None,
-               reason: str | None, now: float | None = None) -> Job:
-        """The pilot's final word on a job: done, failed or interrupted."""
+               reason: str | None, now: float | None = None,
+               attempt: int | None = None) -> Job:
+        """The pilot's final word on a job (in `attempt`): done, failed or interrupted."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            row = self._held(c, pilot_id, job_id)
+            row = self._held(c, pilot_id, job_id, attempt)
             state = JobState(row["state"])
             if state == S.KILLED:  # killed meanwhile: keep it killed, keep the exit code
                 c.execute("UPDATE jobs SET exit_code = ? WHERE id = ?", (exit_code, job_id))
@@ -313,7 +420,7 @@ class JobStore:
                 self._move(c, job_id, state, S.RESCHEDULED, now, reason or "pilot interrupted",
                            reschedules=row["reschedules"] + 1)
                 self._move(c, job_id, S.RESCHEDULED, S.WAITING, now, pilot_id=None,
-                           machine=None, endpoint=None, progress=None)
+                           machine=None, endpoint=None, progress=None, lease_expires=None)
             else:
                 new = S.DONE if status == "done" else S.FAILED
                 self._move(c, job_id, state, new, now, reason, exit_code=exit_code,
@@ -323,10 +430,11 @@ class JobStore:
             return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
-                    truncated: bool, now: float | None = None) -> None:
+                    truncated: bool, now: float | None = None,
+                    attempt: int | None = None) -> None:
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            self._held(c, pilot_id, job_id)
+            self._held(c, pilot_id, job_id, attempt)
             c.execute(
                 "INSERT OR REPLACE INTO outputs (job_id, stdout, stderr, truncated, uploaded_at)"
                 " VALUES (?, ?, ?, ?, ?)", (job_id, stdout, stderr, int(truncated), now))
@@ -360,38 +468,38 @@ class JobStore:
                            machine=None, endpoint=None, progress=None)
         return [r["id"] for r in rows]
 
-    def stall(self, *, silent_since: float | None = None, machines: Iterable[str] = (),
-              now: float | None = None, why: str = "") -> list[tuple[int, JobState]]:
-        """Held jobs whose pilot went silent (heartbeat before `silent_since`) or whose machine
-        was lost: stalled, then rescheduled while retries are left, else failed."""
+    def stall(self, *, expired_before: float | None = None,
+              machines: Iterable[str] | None = None, now: float | None = None,
+              why: str = "") -> list[tuple[int, JobState]]:
+        """Held jobs whose attempt's lease ran out before `expired_before`, or (and) which run
+        on `machines`: stalled, then rescheduled while retries are left, else failed. Only a
+        caller that knows the payload is dead (or its lease surely over) may stall a job."""
         now = time.time() if now is None else now
+        if expired_before is None and machines is None:
+            raise ValueError("stall what? give expired_before, machines or both")
+        where: list[str] = [f"state IN {HELD}"]
+        args: list[object] = []
+        if expired_before is not None:
+            where.append("COALESCE(lease_expires, last_heartbeat, updated_at) < ?")
+            args.append(expired_before)
+        if machines is not None:
+            names = list(machines)
+            where.append(f"machine IN ({','.join('?' * len(names))})")
+            args += names
         out: list[tuple[int, JobState]] = []
-        machines = list(machines)
         with self.store.tx() as c:
-            rows = []
-            if silent_since is not None:
-                rows += c.execute(
-                    f"SELECT * FROM jobs WHERE state IN {HELD}"
-                    " AND last_heartbeat < ?", (silent_since,)).fetchall()
-            if machines:
-                marks = ",".join("?" * len(machines))
-                rows += c.execute(
-                    f"SELECT * FROM jobs WHERE state IN {HELD}"
-                    f" AND machine IN ({marks})", machines).fetchall()
-            seen = set()
+            rows = c.execute(f"SELECT * FROM jobs WHERE {' AND '.join(where)}", args).fetchall()
             for r in rows:
-                if r["id"] in seen:
-                    continue
-                seen.add(r["id"])
                 silent = now - (r["last_heartbeat"] or r["updated_at"])
-                reason = why or f"no heartbeat for {silent:.0f}s"
+                reason = why or (f"attempt {r['attempt']}: lease ran out, no heartbeat for "
+                                 f"{silent:.0f}s")
                 self._move(c, r["id"], JobState(r["state"]), S.STALLED, now, reason)
                 if r["retries"] < r["max_retries"]:
                     self._move(c, r["id"], S.STALLED, S.RESCHEDULED, now,
                                f"retry {r['retries'] + 1} of {r['max_retries']}",
                                retries=r["retries"] + 1)
                     self._move(c, r["id"], S.RESCHEDULED, S.WAITING, now, pilot_id=None,
-                               machine=None, endpoint=None, progress=None)
+                               machine=None, endpoint=None, progress=None, lease_expires=None)
                     out.append((r["id"], S.WAITING))
                 else:
                     self._move(c, r["id"], S.STALLED, S.FAILED, now,

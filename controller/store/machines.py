@@ -183,6 +183,10 @@ class MachineStore:
             row = c.execute("SELECT state FROM machines WHERE name = ?", (machine,)).fetchone()
             if others or row is None or M(row["state"]) not in (M.RUNNING, M.STOPPING):
                 return
+            held = c.execute("SELECT COUNT(*) FROM jobs WHERE machine = ?"
+                             " AND state IN ('matched', 'running')", (machine,)).fetchone()[0]
+            if held:  # never stopped while it holds jobs: they end first (or it is lost)
+                return
             c.execute("UPDATE machines SET state = 'stopped', updated_at = ?, reason = ?"
                       " WHERE name = ?", (now, f"its pilot exited: {why}", machine))
             self._event(c, machine, row["state"], M.STOPPED.value, f"its pilot exited: {why}",

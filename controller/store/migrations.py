@@ -226,6 +226,31 @@ def i12_jobs_keyset(db: Database) -> None:
     db.execute("CREATE INDEX idx_jobs_updated ON jobs(updated_at, id)")
 
 
+def i11_idempotency(db: Database) -> None:
+    """Idempotency keys of submissions: a retried submission with the same key (and the same
+    body) answers the jobs the first one created. Written in the submission's transaction;
+    kept until `expires_at`."""
+    db.execute("CREATE TABLE idempotency_keys (owner TEXT NOT NULL, key TEXT NOT NULL,"
+               " request_hash TEXT NOT NULL, first_id INTEGER NOT NULL, count INTEGER NOT NULL,"
+               " created_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (owner, key))")
+    db.execute("CREATE INDEX idx_idempotency_expiry ON idempotency_keys(expires_at)")
+
+
+def i11_attempts(db: Database) -> None:
+    """Numbered attempts: each match starts one, held under a lease that the pilot's heartbeats
+    renew. `jobs.attempt` is the current (or last) attempt's number, `jobs.lease_expires` its
+    lease; `attempts` keeps every attempt and how it ended."""
+    db.execute("ALTER TABLE jobs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_expires REAL")
+    db.execute("UPDATE jobs SET attempt = 1 WHERE pilot_id IS NOT NULL")
+    db.execute("UPDATE jobs SET lease_expires = COALESCE(last_heartbeat, updated_at) + 60"
+               " WHERE state IN ('matched', 'running')")
+    db.execute("CREATE TABLE attempts (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
+               " pilot_id TEXT NOT NULL, machine TEXT, endpoint TEXT,"
+               " started_at REAL NOT NULL, lease_expires REAL NOT NULL, ended_at REAL,"
+               " outcome TEXT, PRIMARY KEY (job_id, n))")
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
@@ -237,6 +262,8 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("008_i12_web_sessions", i12_web_sessions),
     ("009_i12_samples", i12_samples),
     ("010_i12_jobs_keyset", i12_jobs_keyset),
+    ("011_i11_idempotency", i11_idempotency),
+    ("012_i11_attempts", i11_attempts),
 ]
 
 

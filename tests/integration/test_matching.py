@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import MANUAL, sh
-from tests.integration.test_api import register
+from tests.integration.test_api import register as api_register
 
 pytestmark = pytest.mark.integration
 OTHER = {**MANUAL, "name": "other", "tags": ["linux"]}
@@ -12,6 +12,12 @@ OTHER = {**MANUAL, "name": "other", "tags": ["linux"]}
 @pytest.fixture
 def ctrl(make_controller):
     return make_controller(endpoints=[MANUAL, OTHER])
+
+
+def register(ctrl, **kw):
+    """A roomy pilot: these tests hold every job they take, and the matcher offers a pilot no
+    more than it registered minus what it holds."""
+    return api_register(ctrl, **{"cores": 16, "memory_mb": 16384, "slots": 8, **kw})
 
 
 def take(ctrl, pilot_id, cores=8, mem=8192, slots=1):

@@ -144,8 +144,9 @@ def two(tmp_path):
     after 10 s of silence; applies time out after 60 s."""
     eps = [EndpointConfig(name=n, slots=1, max_machines=2, auto_apply=True, apply_timeout=60)
            for n in ("slow", "fast")]
-    settings = Settings(database=tmp_path / "t.db", endpoints=eps, stalled_after=10)
-    store = Store(settings.database)
+    settings = Settings(database=tmp_path / "t.db", endpoints=eps, stalled_after=10,
+                        lease_margin=0)
+    store = Store(settings.database, lease=settings.stalled_after)
     store.endpoints.sync([e.model_dump() for e in eps])
     store.tokens.create_user("alice", "g")
     drivers = {"slow": InMemoryDriver("slow"), "fast": InMemoryDriver("fast")}

@@ -8,7 +8,7 @@ import pytest
 from controller.auth import Role
 from controller.domain.jobs import JobState, NewJob, Requirements
 from controller.domain.matching import SlotOffer
-from controller.errors import Conflict
+from controller.errors import Conflict, NotFound
 from controller.store import Store
 
 OFFER = SlotOffer("ep", cores=64, memory_mb=64_000, tags=frozenset({"linux"}))
@@ -24,6 +24,14 @@ def store(tmp_path):
 
 
 def match(store, pilot="p1", machine="m1", offer=OFFER):
+    """Match one job for a pilot registered with the offer's resources (the matcher offers a
+    pilot no more than it registered)."""
+    try:
+        store.machines.pilot(pilot)
+    except NotFound:
+        store.machines.register_pilot(pilot, offer.endpoint, machine, offer.cores,
+                                      offer.memory_mb, sorted(offer.tags), 64, "test")
+
     def issue(conn, job):
         return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=60,
                                   conn=conn)
@@ -87,11 +95,11 @@ def test_match_gives_a_job_token_scoped_to_the_job(store):
 def test_stalled_jobs_are_rescheduled_then_failed(store):
     store.jobs.submit([NewJob("/bin/true", max_retries=1)], "alice", "physics", 3)
     job, _ = match(store)
-    moved = store.jobs.stall(silent_since=job.last_heartbeat + 1)
+    moved = store.jobs.stall(expired_before=job.lease_expires + 1)
     assert moved == [(job.id, JobState.WAITING)]
     assert store.jobs.get(job.id).retries == 1
     job, _ = match(store, pilot="p2")
-    moved = store.jobs.stall(silent_since=job.last_heartbeat + 1)
+    moved = store.jobs.stall(expired_before=job.lease_expires + 1)
     assert moved == [(job.id, JobState.FAILED)]
     states = [e["to_state"] for e in store.jobs.events(job.id)]
     assert states == ["received", "waiting", "matched", "stalled", "rescheduled", "waiting",
@@ -117,7 +125,7 @@ def test_kill_keeps_killed_even_if_the_pilot_reports_later(store):
     store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
     job, _ = match(store)
     assert store.jobs.kill(job.id, "alice").state == JobState.KILLED
-    assert store.jobs.heartbeat("p1", {job.id: None}) == [job.id]
+    assert store.jobs.heartbeat("p1", {job.id: None}).stop == [job.id]
     j = store.jobs.report("p1", job.id, "failed", -15, "killed")
     assert (j.state, j.exit_code) == (JobState.KILLED, -15)
     with pytest.raises(Conflict, match="already killed"):
@@ -154,8 +162,28 @@ def test_one_request_claims_a_job_per_slot_within_the_offer(store):
         return "t"
 
     offer = SlotOffer("ep", cores=5, memory_mb=64_000)
+    store.machines.register_pilot("p1", "ep", "m1", 8, 64_000, [], 8, "test")
     got = store.jobs.match("p1", "m1", offer, by="owner", shares={}, issue_token=issue, count=4)
     assert [j.id for j, _ in got] == [1, 2]  # 5 cores hold two 2-core jobs
+
+
+def test_a_pilot_is_offered_no_more_than_it_registered_minus_what_it_holds(store):
+    """The request claims 64 free cores and 8 slots; the pilot registered 8 cores and 3 slots
+    and holds one 4-core job: it gets one more 4-core job, not eight."""
+    store.jobs.submit([NewJob("/bin/true", requirements=Requirements(cores=4))] * 10,
+                      "alice", "physics", 3)
+    store.machines.register_pilot("p1", "ep", "m1", 8, 64_000, [], 3, "test")
+
+    def claim(count):
+        return store.jobs.match("p1", "m1", OFFER, by="owner", shares={},
+                                issue_token=lambda conn, job: "t", count=count)
+
+    assert len(claim(1)) == 1
+    assert len(claim(8)) == 1  # 8 - 4 cores left: one more
+    assert claim(8) == []  # full
+    held = store.jobs.find(state="matched")
+    store.jobs.report("p1", held[0].id, "done", 0, None)
+    assert len(claim(8)) == 1  # one finished: room for one again
 
 
 def test_sqlite_utils_is_pinned_to_the_first_version_with_the_api_the_store_uses():
