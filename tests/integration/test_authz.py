@@ -81,7 +81,9 @@ def world(tmp_path_factory) -> Iterator[World]:
     expired = store.tokens.issue(Role.USER, owner="alice", lifetime=0.5)
     store.close()
     ctrl.start()
-    x1, x2, y = (ctrl.register("manual", "x-one"), ctrl.register("manual", "x-two"),
+    # X1 takes a job per caller of the report route: room for all of them
+    x1, x2, y = (ctrl.register("manual", "x-one", slots=16, cores=32, memory_mb=32768),
+                 ctrl.register("manual", "x-two"),
                  ctrl.register("other", "y-one"))
     with ctrl.client("admin") as c:
         revoked = c.post("/api/v1/admin/tokens", json={"role": "user", "owner": "alice"}
