@@ -164,8 +164,9 @@ def assert_nothing_gained(found: dict, bootstrap: str) -> None:
     assert bootstrap.startswith("cp_")
 
 
-def test_a_hostile_payload_on_the_local_endpoint_gains_nothing(make_controller, outside_tmp,
+def test_a_hostile_payload_on_the_local_endpoint_gains_nothing(outside_tmp, make_controller,
                                                                metadata):
+    # outside_tmp first: it is removed after make_controller has ended the machines in it
     ctrl = make_controller(endpoints=[{**LOCAL, "max_machines": 1, "idle_timeout": 30}],
                            root=outside_tmp / "ctrl")
     victim = outside_tmp / "victim"
@@ -188,7 +189,7 @@ def one_host(tmp_path_factory):
         hs.close()
 
 
-def test_a_hostile_payload_on_an_ssh_host_gains_nothing(make_controller, outside_tmp,
+def test_a_hostile_payload_on_an_ssh_host_gains_nothing(outside_tmp, make_controller,
                                                         metadata, one_host):
     ep = ssh_endpoint(one_host, names=("h1",))
     ctrl = make_controller(endpoints=[ep], host=one_host.controller_host,
