@@ -213,6 +213,8 @@ class JobRun:
                     self._signal(signal.SIGKILL)  # the shepherd itself does not end
         if rc == -signal.SIGTERM and self.stop_reason is None:
             time.sleep(1.0)  # a batch system signals a whole job at once: so is the pilot
+        if rc != 0 and self.stop_reason is None and time.time() >= self.lease_until:
+            self.stop_reason = "lease"  # its shepherd ended it at the lease, before our check
         why = self.stop_reason
         if rc == 0 and why in ("interrupted", "lease", "lost"):
             why = None  # it ended on its own, successfully, before the stop reached it

@@ -213,6 +213,11 @@ class Controller:
                                timeout, 0.1, f"job {job_id} to be {'/'.join(states)}"))
 
 
+# A Python for payloads: the system's, outside /tmp (a bubblewrap sandbox gives each payload a
+# fresh /tmp, so a venv in a checkout under /tmp is not there for it)
+PAYLOAD_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
 def sh(script: str, **req: Any) -> dict[str, Any]:
     """A job running a shell script."""
     return {"executable": "/bin/sh", "arguments": ["-c", script],

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL, sh
+from tests.conftest import LOCAL, PAYLOAD_PYTHON, sh
 from tests.integration.test_ssh import PILOT, ssh_endpoint
 from tests.sshhosts import SshHosts
 
@@ -173,7 +172,7 @@ def test_a_hostile_payload_on_the_local_endpoint_gains_nothing(outside_tmp, make
     victim.mkdir()
     machines = ctrl.root / "data-machines" / "local"
     found = run_hostile(ctrl, metadata, "127.0.0.1", lambda m: machines / m, victim,
-                        sys.executable)
+                        PAYLOAD_PYTHON)
     (cfg,) = machines.glob("*/pilot.json")
     assert_nothing_gained(found, json.loads(cfg.read_text())["token"])
 

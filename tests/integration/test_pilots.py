@@ -2,12 +2,11 @@
 
 import os
 import signal
-import sys
 import time
 
 import pytest
 
-from tests.conftest import sh, wait_until
+from tests.conftest import PAYLOAD_PYTHON, sh, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +28,7 @@ def test_a_job_runs_with_inputs_env_token_and_output(ctrl, tmp_path):
         "print('as owner:', json.load(urllib.request.urlopen(req))['owner'])\n"
         "open(os.environ['CLOUDPILOT_PROGRESS_FILE'], 'w').write('50%')\n"
     )
-    job = {"executable": sys.executable, "arguments": ["run.py"], "env": {"MINE": "yes"},
+    job = {"executable": PAYLOAD_PYTHON, "arguments": ["run.py"], "env": {"MINE": "yes"},
            "inputs": [{"name": "run.py", "content": script},
                       {"name": "data.txt", "content_b64": "aGVsbG8gaW5wdXQ="}]}
     (jid,) = ctrl.submit("alice", job)
