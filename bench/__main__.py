@@ -291,7 +291,7 @@ def store_match(store: Store, n_matches: int, profile: bool) -> tuple[Figure, Co
     store.machines.register_pilot(pilot_id, ENDPOINT, machine, MACHINE_CORES, MACHINE_MEMORY,
                                   [], MACHINE_SLOTS, "bench")
     offer = SlotOffer(endpoint=ENDPOINT, cores=MACHINE_CORES, memory_mb=MACHINE_MEMORY)
-    shares = store.tokens.shares("owner")
+    shares = store.tokens.shares()
 
     def issue(conn: sqlite3.Connection, job: Job) -> str:
         life = job.requirements.max_runtime + JOB_TOKEN_MARGIN

@@ -47,7 +47,7 @@ def fill(db: Path, n_jobs: int, n_done: int) -> str:
     pilot, machine = "benchpilot01", "bench-0001"
     store.machines.register_pilot(pilot, ENDPOINT, machine, 64, 262144, [], 64, "bench")
     offer = SlotOffer(endpoint=ENDPOINT, cores=64, memory_mb=262144)
-    shares = store.tokens.shares("owner")
+    shares = store.tokens.shares()
 
     def token(conn: sqlite3.Connection, job: Job) -> str:
         return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=3600,

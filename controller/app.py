@@ -18,6 +18,7 @@ from controller.api import admin, events, hosts, info, jobs, monitoring, pilots,
 from controller.api.limits import BodyLimit
 from controller.api.schemas import ERRORS
 from controller.config.settings import Settings
+from controller.domain.placement import AskingPilots
 from controller.domain.transitions import IllegalTransition
 from controller.errors import CloudpilotError, TemporaryError, storage_error
 from controller.logs import RequestLog
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.database, lease=settings.stalled_after)
+        store.usage.half_life = settings.fair_share_half_life
         store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
         app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
@@ -82,6 +84,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
                   description="A pilot-based workload management system for clouds.")
     app.state.settings = settings
     app.state.notifier = Notifier()
+    app.state.asking = AskingPilots()  # pilots inside a match request (domain/placement.py)
     app.state.reconciler = None
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
               ticks.router, hosts.router, events.router, monitoring.router):

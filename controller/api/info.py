@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from fastapi import APIRouter, Request
 
 from controller.api.deps import SettingsDep, StoreDep, UserAuth, sees
+from controller.api.jobs import registered
 from controller.api.responses import (
     DecisionOut,
     EndpointEventOut,
     EndpointOut,
     Health,
     MachineOut,
+    ShareOut,
+    SharesOut,
     StateEventOut,
     SummaryOut,
     TaskQueueOut,
     WorkOut,
 )
-from controller.domain.matching import unmatchable_reason
+from controller.domain.matching import waiting_reason
+from controller.domain.taskqueues import standings
 
 router = APIRouter(prefix="/api/v1", tags=["info"])
 
@@ -65,10 +70,11 @@ def taskqueues(store: StoreDep, settings: SettingsDep, p: UserAuth) -> list[Task
     """Task queues with waiting jobs: requirements, owner, priority, count, and why a queue
     no endpoint can serve is stuck. Users see their own; admins all."""
     shapes = [e.shape() for e in settings.endpoints]
+    machines = registered(store, settings)
     return [
         TaskQueueOut(id=q.id, owner=q.owner, group=q.group, priority=q.priority,
                      waiting=q.waiting, requirements=q.requirements.to_dict(),
-                     unmatchable=unmatchable_reason(q.requirements, shapes))
+                     unmatchable=waiting_reason(q.requirements, shapes, machines))
         for q in sorted(store.jobs.queue_snapshot(), key=lambda q: q.id)
         if sees(p, q.owner)
     ]
@@ -85,3 +91,17 @@ def summary(store: StoreDep, p: UserAuth) -> SummaryOut:
 @router.get("/health", tags=["health"], response_model=Health)
 def health() -> Health:
     return Health(status="ok")
+
+
+@router.get("/shares", response_model=SharesOut)
+def shares(store: StoreDep, settings: SettingsDep, p: UserAuth) -> SharesOut:
+    """Fair share: each group's and owner's share, recent usage (decayed core-hours), cores
+    held now and effective priority (load: the lowest is served first; rank 1 is next)."""
+    fs = store.usage.standing(settings.fair_share_by, store.tokens.shares(),
+                              settings.group_shares, time.time())
+    groups_of = {str(u["name"]): str(u["group"]) for u in store.tokens.users()}
+    rows = [ShareOut(kind=s.kind, name=s.name, group=s.group, share=s.share,
+                     usage_core_hours=round(s.usage / 3600, 4), held_cores=s.held,
+                     load=round(s.load, 6), rank=s.rank)
+            for s in standings(fs, groups_of)]
+    return SharesOut(by=settings.fair_share_by, half_life=fs.half_life, shares=rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel
@@ -14,7 +15,12 @@ from controller.api.schemas import BulkIn, EventOut, JobIn, JobOut, OutputOut, S
 from controller.auth import Principal, Role
 from controller.config.settings import Settings
 from controller.domain.jobs import Job, JobState, NewJob
-from controller.domain.matching import unmatchable_reason
+from controller.domain.matching import (
+    SlotOffer,
+    machine_offer,
+    unmatchable_reason,
+    waiting_reason,
+)
 from controller.errors import Forbidden, InvalidInput, NotFound
 from controller.store import Store
 from controller.store.jobs import IdempotencyKey
@@ -23,10 +29,29 @@ from pilot.urls import UrlRefused, check_url
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 
-def waiting_reason(settings: Settings, job: Job) -> str | None:
-    if job.state != JobState.WAITING:
-        return None
-    return unmatchable_reason(job.requirements, [e.shape() for e in settings.endpoints])
+def registered(store: Store, settings: Settings) -> list[tuple[str, SlotOffer]]:
+    """What each registered machine offers in all (its pilots' resources, its endpoint's
+    rules)."""
+    out = []
+    for p in store.machines.live_pilots():
+        ep = settings.endpoint(p["endpoint"])
+        if ep is not None:
+            out.append((p["machine"], machine_offer(ep.shape(), p["cores"], p["memory_mb"],
+                                                    p["tags"], p["spot"])))
+    return out
+
+
+def waiting_reasons(store: Store, settings: Settings) -> Callable[[Job], str | None]:
+    """Why a job waits: no endpoint can run it, or no registered machine can (yet)."""
+    shapes = [e.shape() for e in settings.endpoints]
+    machines = registered(store, settings)
+
+    def reason(job: Job) -> str | None:
+        if job.state != JobState.WAITING:
+            return None
+        return waiting_reason(job.requirements, shapes, machines)
+
+    return reason
 
 
 def _visible(store: Store, p: Principal, job_id: Id) -> Job:
@@ -106,13 +131,14 @@ def list_jobs(store: StoreDep, settings: SettingsDep, p: UserAuth,
         owner = p.owner
     jobs = store.jobs.find(state=state.value if state else None, owner=owner,
                            endpoint=endpoint, limit=limit, offset=offset)
-    return [JobOut.of(j, waiting_reason(settings, j)) for j in jobs]
+    why = waiting_reasons(store, settings)
+    return [JobOut.of(j, why(j)) for j in jobs]
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
     job = _visible(store, p, job_id)
-    return JobOut.of(job, waiting_reason(settings, job))
+    return JobOut.of(job, waiting_reasons(store, settings)(job))
 
 
 @router.post("/{job_id}/kill", response_model=JobOut)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import time
 import uuid
@@ -32,7 +33,8 @@ from controller.auth import Principal, Role
 from controller.config.settings import EndpointConfig
 from controller.domain.jobs import Job
 from controller.domain.machines import DRAIN_STATES
-from controller.domain.matching import SlotOffer
+from controller.domain.matching import SlotOffer, machine_offer
+from controller.domain.placement import Asking, AskingPilots, leave_to_fuller
 from controller.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from controller.store import Store
 
@@ -96,30 +98,51 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             store.machines.pilot_seen(pilot_id, machine)
             return []
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
-        offer = SlotOffer(endpoint=str(pilot["endpoint"]), cores=body.free_cores,
-                          memory_mb=body.free_memory_mb, tags=frozenset(tags),
-                          max_runtime=time_left(ep, body.time_left),
-                          spot=bool(pilot.get("spot")))
+        # the endpoint's rules, with the longest job this pilot may still take (its time left)
+        shape = dataclasses.replace(
+            ep.shape() if ep else SlotOffer(str(pilot["endpoint"]), 0, 0),
+            max_runtime=time_left(ep, body.time_left))
+        spot = bool(pilot.get("spot"))
+        offer = machine_offer(shape, body.free_cores, body.free_memory_mb, tags, spot)
+        cores, mem = pilot["cores"], pilot["memory_mb"]
+        assert isinstance(cores, int) and isinstance(mem, int)
+        # what the machine has in all (never less than what it says is free now)
+        whole = machine_offer(shape, max(cores, body.free_cores),
+                              max(mem, body.free_memory_mb), tags, spot)
+        me = Asking(machine, offer, store.jobs.busy_until(machine))
+        if not store.machines.is_draining(machine):
+            asking.enter(pilot_id, me)  # fuller machines asking now are served first
+        others = asking.now()
         return store.jobs.match(pilot_id, machine, offer, by=settings.fair_share_by,
-                                shares=store.tokens.shares(settings.fair_share_by),
-                                issue_token=issue, count=count)
+                                shares=store.tokens.shares(),
+                                group_shares=settings.group_shares, issue_token=issue,
+                                count=count, whole=whole,
+                                reserve_limit=ep.reserve_limit if ep else 0.0,
+                                defer=lambda req: asking.defer(leave_to_fuller(req, me, others)))
 
     deadline = time.monotonic() + min(body.wait, settings.long_poll_max)
     notifier = request.app.state.notifier
-    while True:
-        changed = notifier.current()
-        got = await run_in_threadpool(attempt)
-        if got:
-            return MatchOut(matches=[
-                Match(job=JobOut.of(job), token=token,
-                      token_expires_in=job.requirements.max_runtime + margin,
-                      attempt=job.attempt, lease=store.jobs.lease)
-                for job, token in got])
-        left = deadline - time.monotonic()
-        if count <= 0 or left <= 0 or await request.is_disconnected():
-            return Response(status_code=204)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
+    asking: AskingPilots = request.app.state.asking
+    try:
+        while True:
+            changed = notifier.current()
+            got = await run_in_threadpool(attempt)
+            if got:
+                asking.leave(pilot_id)
+                if asking.deferred():  # work left to this pilot may not be its choice
+                    notifier.fire()
+                return MatchOut(matches=[
+                    Match(job=JobOut.of(job), token=token,
+                          token_expires_in=job.requirements.max_runtime + margin,
+                          attempt=job.attempt, lease=store.jobs.lease)
+                    for job, token in got])
+            left = deadline - time.monotonic()
+            if count <= 0 or left <= 0 or await request.is_disconnected():
+                return Response(status_code=204)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
+    finally:
+        asking.leave(pilot_id)
 
 
 def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:

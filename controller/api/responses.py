@@ -105,6 +105,24 @@ class SummaryOut(BaseModel):
     machines: dict[str, int] = Field(description="live machines by state")
 
 
+class ShareOut(BaseModel):
+    kind: str = Field(description="group or owner")
+    name: str
+    group: str = Field(description="an owner's group (empty for a group)")
+    share: float
+    usage_core_hours: float = Field(description="used core-hours, decayed with the half-life")
+    held_cores: float = Field(description="cores its jobs hold now")
+    load: float = Field(description="(decayed usage / half-life + cores held) / share: "
+                                    "the lowest is served first")
+    rank: int = Field(description="1: served next (owners ranked within their group)")
+
+
+class SharesOut(BaseModel):
+    by: str = Field(description="fair share by owner or by group")
+    half_life: float = Field(description="seconds")
+    shares: list[ShareOut]
+
+
 class PlanOut(BaseModel):
     id: int
     endpoint: str

@@ -65,6 +65,8 @@ class RequirementsIn(Strict):
                                   description="allowed; empty = any")
     banned_endpoints: list[Name] = Field(default_factory=list, max_length=64)
     spot: bool = Field(True, description="may run on spot machines (false: on-demand only)")
+    platforms: list[str] = Field(default_factory=list, max_length=32,
+                                 description="any of these platforms (e.g. el9); empty = any")
 
 
 class InputFileIn(Strict):
@@ -126,6 +128,7 @@ class JobIn(Strict):
                 cores=r.cores, memory_mb=r.memory_mb, tags=frozenset(r.tags),
                 max_runtime=r.max_runtime, endpoints=frozenset(r.endpoints),
                 banned_endpoints=frozenset(r.banned_endpoints), spot=r.spot,
+                platforms=frozenset(r.platforms),
             ),
             priority=self.priority,
             name=self.name,

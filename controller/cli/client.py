@@ -89,6 +89,9 @@ class ApiClient:
     def taskqueues(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/taskqueues")
 
+    def shares(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/shares")
+
     def summary(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/summary")
 

@@ -85,6 +85,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                                "max_runtime": args.max_runtime, "tags": args.tag or [],
                                "endpoints": args.endpoint or [],
                                "banned_endpoints": args.ban_endpoint or []}
+        if args.platform:
+            req["platforms"] = args.platform
         env = dict(e.split("=", 1) for e in args.env or [])
         inputs = [{"name": Path(p).name, "content": Path(p).read_text()} for p in args.input or []]
         jobs = [{"executable": cmd[0], "arguments": cmd[1:], "requirements": req,
@@ -192,6 +194,18 @@ def cmd_taskqueues(args: argparse.Namespace) -> int:
              q["requirements"]["memory_mb"], ",".join(q["requirements"]["tags"]),
              q["unmatchable"] or ""] for q in _client(args).taskqueues()]
     print(_table(rows, ["TQ", "OWNER", "PRIO", "WAITING", "CORES", "MB", "TAGS", "UNMATCHABLE"]))
+    return 0
+
+
+def cmd_shares(args: argparse.Namespace) -> int:
+    out = _client(args).shares()
+    rows = [[s["kind"], s["name"], s["group"] or "", f"{s['share']:g}",
+             f"{s['usage_core_hours']:.2f}", f"{s['held_cores']:g}", f"{s['load']:.4f}",
+             s["rank"]] for s in out["shares"]]
+    print(f"fair share by {out['by']}; usage decays with a half-life of "
+          f"{out['half_life'] / 3600:g} h; the lowest load is served first")
+    print(_table(rows, ["KIND", "NAME", "GROUP", "SHARE", "USED CORE-H", "HELD CORES",
+                        "LOAD", "RANK"]))
     return 0
 
 
@@ -405,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=int, default=512, help="memory in MB (512)")
     p.add_argument("--max-runtime", type=int, default=3600, help="seconds (3600)")
     p.add_argument("--tag", action="append", help="required machine tag (repeatable)")
+    p.add_argument("--platform", action="append",
+                   help="a platform the job runs on, e.g. el9 (repeatable: any of them)")
     p.add_argument("--endpoint", action="append", help="allowed endpoint (repeatable)")
     p.add_argument("--ban-endpoint", action="append", help="banned endpoint (repeatable)")
     p.add_argument("--priority", type=int, default=0, help="priority among your jobs (0)")
@@ -457,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("taskqueues", help="list task queues with waiting jobs")
     client_opts(p)
     p.set_defaults(fn=cmd_taskqueues)
+
+    p = sub.add_parser("shares", help="fair share: each group's and owner's share, recent "
+                       "usage, cores held and effective priority")
+    client_opts(p)
+    p.set_defaults(fn=cmd_shares)
 
     p = sub.add_parser("hosts", help="hosts of an SSH endpoint: list, join, leave, events")
     client_opts(p)

@@ -183,6 +183,10 @@ class EndpointConfig(BaseModel):
     cores: int = Field(2, ge=1, le=1024, description="cores per machine")
     memory_mb: int = Field(2048, ge=64, description="memory per machine")
     tags: list[str] = Field(default_factory=lambda: ["linux"])
+    platform: str | None = Field(None, max_length=64, description="the machines' platform "
+                                 "(e.g. el9): jobs that list platforms need one of theirs")
+    required_tags: list[str] = Field(default_factory=list, description="tags a job must ask "
+                                     "for to run here (a GPU endpoint: [\"gpu\"])")
     slots: int = Field(2, ge=1, le=256, description="pilot slots per machine")
     max_machines: int = Field(4, ge=0)
     max_starts_per_cycle: int = Field(2, ge=1)
@@ -199,6 +203,16 @@ class EndpointConfig(BaseModel):
     max_spend_per_hour: float | None = Field(None, gt=0, description="USD per hour")
     diversity: float = Field(0.1, ge=0, le=10, description="preference for pools (type x "
                              "zone) that hold less of the fleet; 0 = cheapest only")
+    drain_below: float = Field(0.25, ge=0, le=1, description="consolidation: a machine using "
+                               "at most this share of its cores may drain")
+    drain_budget: float = Field(0.0, ge=0, le=1, description="consolidation: at most this "
+                                "share of the live machines drains at once (0: never)")
+    size_tolerance: float = Field(0.05, ge=0, le=1, description="new machines: the smallest "
+                                  "type within this share of the best price per used core")
+    headroom: float = Field(0.0, ge=0, le=1, description="free cores kept (share of the live "
+                            "machines' cores) for work that arrives before a machine boots")
+    reserve_limit: float = Field(300.0, ge=0, description="hold a machine's cores for a wide "
+                                 "job only if its running jobs free them within this (s)")
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")
@@ -293,7 +307,8 @@ class EndpointConfig(BaseModel):
 
     def shape(self) -> SlotOffer:
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
-                         self.longest_job())
+                         self.longest_job(), platform=self.platform,
+                         required_tags=frozenset(self.required_tags))
 
     def longest_job(self) -> int | None:
         """The longest max_runtime a job may have here: the endpoint's limit, and on a batch
@@ -315,6 +330,11 @@ class EndpointConfig(BaseModel):
             offers=self.offers(),
             max_spend_per_hour=self.max_spend_per_hour,
             diversity=self.diversity,
+            drain_below=self.drain_below,
+            drain_budget=self.drain_budget,
+            reserve_limit=self.reserve_limit,
+            size_tolerance=self.size_tolerance,
+            headroom=self.headroom,
         )
 
 
@@ -356,7 +376,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=65536,
                                    description="largest request body (413 beyond)")
     long_poll_max: float = Field(30.0, gt=0)
-    fair_share_by: Literal["owner", "group"] = "owner"
+    fair_share_by: Literal["owner", "group"] = Field(
+        "owner", description="owner: owners against each other; group: groups by their "
+        "share, then the owners within a group by theirs")
+    fair_share_half_life: float = Field(
+        86400.0, gt=0, description="seconds after which used core-seconds count half")
+    group_shares: dict[str, float] = Field(
+        default_factory=dict, description="fair-share weight per group (default 1)")
     max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
     max_machines_total: int | None = Field(None, ge=0, description="all endpoints")
     tick_retention: int = Field(2000, ge=10, description="scheduler ticks kept per endpoint")
@@ -376,6 +402,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Settings:
+        bad = sorted(g for g, v in self.group_shares.items() if v <= 0)
+        if bad:
+            raise ValueError(f"group_shares must be positive: {bad}")
         dup = repeated(e.name for e in self.endpoints)
         if dup:
             raise ValueError(f"endpoint names must be unique: {dup}")

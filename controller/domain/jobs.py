@@ -68,8 +68,11 @@ class Requirements:
     endpoints: frozenset[str] = field(default_factory=frozenset)  # allowed; empty = any
     banned_endpoints: frozenset[str] = field(default_factory=frozenset)
     spot: bool = True  # may run on spot (interruptible) machines; False: on-demand only
+    platforms: frozenset[str] = field(default_factory=frozenset)  # any of; empty = any
 
     def to_dict(self) -> dict[str, object]:
+        # platforms only when given, so the task queue keys of older jobs stay as they were
+        extra: dict[str, object] = {"platforms": sorted(self.platforms)} if self.platforms else {}
         return {
             "cores": self.cores,
             "memory_mb": self.memory_mb,
@@ -78,6 +81,7 @@ class Requirements:
             "endpoints": sorted(self.endpoints),
             "banned_endpoints": sorted(self.banned_endpoints),
             "spot": self.spot,
+            **extra,
         }
 
     @classmethod
@@ -90,6 +94,7 @@ class Requirements:
             endpoints=frozenset(d.get("endpoints", ())),
             banned_endpoints=frozenset(d.get("banned_endpoints", ())),
             spot=bool(d.get("spot", True)),
+            platforms=frozenset(d.get("platforms", ())),
         )
 
     def allows_endpoint(self, endpoint: str) -> bool:

@@ -92,6 +92,7 @@ class MachineView:
     last_seen: float | None = None  # last heartbeat of its pilot
     managed: bool = True  # started by the controller's driver (False: a pilot that joined)
     pool: str | None = None  # priced endpoints: 'type/zone/market' it was started in
+    draining: bool = False  # takes no new jobs; stops when its last job ends
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Machine:
     managed: bool  # started by the controller's driver (False: a pilot that joined)
     observed: str | None = None  # what the driver reports besides its address
     info: Mapping[str, Any] = field(default_factory=dict)
+    draining: bool = False  # consolidation: takes no new jobs; stops when its last job ends
 
     @property
     def price(self) -> float:
@@ -128,7 +130,8 @@ class Machine:
             created_at=row["created_at"], updated_at=row["updated_at"],
             last_busy_at=row["last_busy_at"], last_seen=row["last_seen"],
             address=row["address"], reason=row["reason"], managed=bool(row["managed"]),
-            observed=row["observed"], info=json.loads(row["info"]) if row["info"] else {})
+            observed=row["observed"], info=json.loads(row["info"]) if row["info"] else {},
+            draining=bool(row["draining"]) if "draining" in row.keys() else False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "endpoint": self.endpoint, "state": self.state.value,

@@ -3,8 +3,8 @@ unmatchable-job report."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from controller.domain.jobs import Requirements
 
@@ -19,6 +19,17 @@ class SlotOffer:
     tags: frozenset[str] = field(default_factory=frozenset)
     max_runtime: int | None = None  # None: no limit on how long a job may run here
     spot: bool = False  # a spot (interruptible) machine: jobs with spot = false never go here
+    platform: str | None = None  # e.g. "el9"; a job that lists platforms needs one of them
+    # tags a job must ask for to run here (DIRAC's RequiredTag): a GPU machine takes only
+    # jobs that ask for a GPU
+    required_tags: frozenset[str] = field(default_factory=frozenset)
+
+
+def machine_offer(shape: SlotOffer, cores: int, memory_mb: int, tags: Iterable[str],
+                  spot: bool) -> SlotOffer:
+    """What one registered machine's pilot offers: its own cores, memory and tags, and its
+    endpoint's rules (platform, required tags, max run time)."""
+    return replace(shape, cores=cores, memory_mb=memory_mb, tags=frozenset(tags), spot=spot)
 
 
 def why_not(req: Requirements, offer: SlotOffer) -> str | None:
@@ -34,6 +45,13 @@ def why_not(req: Requirements, offer: SlotOffer) -> str | None:
     missing = req.tags - offer.tags
     if missing:
         return f"needs tags {sorted(missing)}, {offer.endpoint} has {sorted(offer.tags)}"
+    if req.platforms and offer.platform not in req.platforms:
+        return (f"needs a platform among {sorted(req.platforms)}, {offer.endpoint} is "
+                f"{offer.platform or 'of no declared platform'}")
+    unasked = offer.required_tags - req.tags
+    if unasked:
+        return (f"{offer.endpoint} takes only jobs that ask for tags "
+                f"{sorted(offer.required_tags)}; the job does not ask for {sorted(unasked)}")
     if offer.spot and not req.spot:
         return f"the job may not run on spot machines, {offer.endpoint} offers spot"
     if offer.max_runtime is not None and req.max_runtime > offer.max_runtime:
@@ -58,6 +76,29 @@ def unmatchable_reason(req: Requirements, shapes: Iterable[SlotOffer]) -> str | 
     if not reasons:
         return "no endpoint is configured"
     return "no endpoint can run it: " + "; ".join(reasons)
+
+
+def waiting_reason(req: Requirements, shapes: Sequence[SlotOffer],
+                   machines: Sequence[tuple[str, SlotOffer]]) -> str | None:
+    """Why a waiting job waits, or None if it could start on a machine that exists.
+
+    `shapes` are the endpoints' machine shapes (what they can start); `machines` the
+    registered machines (name, what it offers in all). A job that fits a shape but none of the
+    registered machines says so: it waits for a machine to be started (or for ever, where
+    the endpoint starts none)."""
+    r = unmatchable_reason(req, shapes)
+    if r is not None or not machines:
+        return r
+    why = []
+    for name, offer in machines:
+        w = why_not(req, offer)
+        if w is None:
+            return None
+        why.append(f"{name}: {w}")
+    fit = sorted({s.endpoint for s in shapes if fits(req, s)})
+    shown = "; ".join(why[:5]) + (f"; and {len(why) - 5} more" if len(why) > 5 else "")
+    return (f"none of the {len(machines)} registered machines can run it ({shown}); it waits "
+            f"for a new machine of endpoint {', '.join(fit)}")
 
 
 def jobs_per_machine(req: Requirements, shape: SlotOffer, slots: int) -> int:

@@ -27,11 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.domain.jobs import Requirements
-from controller.domain.machines import MachineState, MachineView
-from controller.domain.matching import SlotOffer, fits, unmatchable_reason
-from controller.domain.pricing import Candidate, Launch, Offer
-from controller.domain.scheduling import (
+from controller.domain.fleet import (
     Budget,
     Decision,
     EndpointSpec,
@@ -40,6 +36,10 @@ from controller.domain.scheduling import (
     live_machines,
     machine_name,
 )
+from controller.domain.jobs import Requirements
+from controller.domain.machines import MachineState, MachineView
+from controller.domain.matching import SlotOffer, fits, unmatchable_reason
+from controller.domain.pricing import Candidate, Launch, Offer
 from controller.domain.taskqueues import TaskQueue
 
 M = MachineState
@@ -55,6 +55,7 @@ class Item:
     memory_mb: int
     n: int
     pools: frozenset[str]
+    runtime: float = 3600.0  # how long each may run (its max_runtime): a machine lives as long
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Room:
     cores: int
     memory_mb: int
     used: int = 0
+    draining: bool = False
+    total: int = 0  # the machine's cores in all
 
     def take(self, item: Item, n: int) -> int:
         if self.pool is not None and self.pool not in item.pools:
@@ -95,8 +98,13 @@ class Plan:
     launches: list[Launch] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
+    quotes: dict[str, float | None] = field(default_factory=dict)  # pool -> price now
+
     def price(self, o: Offer) -> float | None:
-        return o.price(self.prices)
+        p = self.quotes.get(o.pool, -1.0)
+        if p == -1.0:
+            p = self.quotes[o.pool] = o.price(self.prices)
+        return p
 
     def add(self, pool: str | None, cores: int, price: float | None) -> None:
         if pool is not None:
@@ -192,27 +200,74 @@ def decide_priced(
         open_rooms = still
     used = {r.name for r in rooms if r.used}
 
-    # 4. new machines for what is left
+    # 4. new machines for what is left, and for the headroom: free cores kept for work that
+    # arrives before the next machine could boot
+    spare = sum(r.cores for r in rooms if not r.draining)
+    in_rooms = {r.name for r in rooms}
+    live_cores = sum(r.total for r in rooms) + sum(
+        _cores(plan, m) for m in kept if m.name not in in_rooms)
+    want = math.ceil(spec.headroom * live_cores) if spec.headroom else 0
+    short = 0
+    if want > spare and spot_ok_pools(plan):
+        short = want - spare
+        items.append(Item("headroom", 1, 1, short, spot_ok_pools(plan), 3600.0))
     started = _launch(spec, plan, items, len(kept), budget, last_seq)
-    left = sum(it.n for it in items)
+    left = sum(it.n for it in items if it.label != "headroom")
     if left:
         plan.reasons.append(f"{left} waiting jobs not covered this tick (limits above)")
+    if short:
+        plan.reasons.append(f"headroom: {want} free cores wanted, {spare} free")
 
-    # 5. idle machines nobody needs
+    # 5. idle machines nobody needs; draining ones as soon as they are empty
     idle = [m for m in kept if m.managed and m.state == M.RUNNING and not m.busy_slots
-            and m.idle_since is not None and now - m.idle_since >= spec.idle_timeout
-            and m.name not in used]
+            and m.idle_since is not None and m.name not in used
+            and (m.draining or now - m.idle_since >= spec.idle_timeout)]
     idle.sort(key=lambda m: (-_per_core(plan, m), m.idle_since or 0.0, m.name))
     for m in idle:
+        if not m.draining and spare - _cores(plan, m) < want:
+            continue  # kept as headroom
+        spare -= 0 if m.draining else _cores(plan, m)
         secs = now - (m.idle_since or now)
-        removals.append(Removal(m.name, M.STOPPING,
-                                f"idle for {secs:.0f}s (>= {spec.idle_timeout:.0f}s)"))
+        why = ("drained: its last job ended" if m.draining
+               else f"idle for {secs:.0f}s (>= {spec.idle_timeout:.0f}s)")
+        removals.append(Removal(m.name, M.STOPPING, why))
     gone = {r.name for r in removals}
+
+    # 6. consolidation: with no work left over, the emptiest machines drain
+    drain = _drain(spec, plan, [m for m in kept if m.name not in gone], used,
+                   bool(left or started))
     kept_names = [m.name for m in live if m.name not in gone and m.managed]
     start = tuple(launch.name for launch in started)
     return Decision(spec.name, start, tuple(removals), tuple(sorted(kept_names + list(start))),
                     demand, tuple(plan.reasons), tuple(started),
-                    _candidates(spec, plan, started))
+                    _candidates(spec, plan, started), drain)
+
+
+def _drain(spec: EndpointSpec, plan: Plan, machines: Sequence[MachineView], used: set[str],
+           short: bool) -> tuple[str, ...]:
+    """Machines that take no new jobs and stop when their last job ends: those draining
+    already (unless waiting work was placed on them), and, when the waiting work is covered
+    without them and nothing is started, the emptiest busy machines using at most
+    `drain_below` of their cores, within `drain_budget` of the live machines."""
+    keep = [m for m in machines if m.draining and m.name not in used]
+    budget = max(1, math.floor(spec.drain_budget * len(machines))) if spec.drain_budget else 0
+    if short or len(keep) >= budget or len(machines) < 2:
+        return tuple(sorted(m.name for m in keep))
+    cands = []
+    for m in machines:
+        o = plan.offers.get(m.pool or "")
+        if (o is None or m.draining or m.name in used or not m.managed
+                or m.state != M.RUNNING or not m.busy_slots):
+            continue
+        share = (o.cores - m.free_cores) / o.cores
+        if share <= spec.drain_below:
+            cands.append((share, -_per_core(plan, m), m.name))
+    cands.sort()
+    names = [m.name for m in keep] + [n for _, _, n in cands[:budget - len(keep)]]
+    if cands[:budget - len(keep)]:
+        plan.reasons.append(f"draining {len(names)} of {len(machines)} machines: the rest "
+                            "hold the waiting work")
+    return tuple(sorted(names))
 
 
 def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
@@ -243,14 +298,15 @@ def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[
             plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
                                 f"{why}")
             continue
-        items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools))
+        items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools,
+                          float(req.max_runtime)))
     return items
 
 
 def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
            now: float) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
-    booting ones, then idle ones from the cheapest per core."""
+    booting ones, then idle ones from the cheapest per core, then draining ones."""
     rooms = []
     for m in kept:
         o = plan.offers.get(m.pool or "")
@@ -258,7 +314,7 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
             if o is None:
                 continue
             rank = (1, 0.0)
-            room = Room(m.name, o.spot, o.pool, o.n_slots, o.cores, o.memory_mb)
+            room = Room(m.name, o.spot, o.pool, o.n_slots, o.cores, o.memory_mb, total=o.cores)
         else:
             free_slots = max(m.slots - m.busy_slots, 0)
             if free_slots <= 0:
@@ -268,11 +324,23 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
             if m.busy_slots == 0 and o is not None:  # idle: its whole machine is free
                 cores, mem = o.cores, o.memory_mb
             rank = (0, 0.0) if m.busy_slots else (2, _per_core(plan, m))
+            if m.draining:  # only if nothing else can hold the work (it stops draining)
+                rank = (3, -free_slots)
             room = Room(m.name, o.spot if o else False, o.pool if o else None, free_slots,
-                        cores, mem)
+                        cores, mem, draining=m.draining, total=o.cores if o else cores)
         rooms.append((rank, m.name, room))
     rooms.sort(key=lambda r: (r[0], r[1]))
     return [r for _, _, r in rooms]
+
+
+def _cores(plan: Plan, m: MachineView) -> int:
+    o = plan.offers.get(m.pool or "")
+    return o.cores if o is not None else m.free_cores
+
+
+def spot_ok_pools(plan: Plan) -> frozenset[str]:
+    """The pools headroom may use: every offer (it stands for work that may run on spot)."""
+    return frozenset(plan.offers)
 
 
 def _per_core(plan: Plan, m: MachineView) -> float:
@@ -318,20 +386,26 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
     seq = last_seq
     capped = ""
     while any(it.n > 0 for it in items):
-        best: tuple[tuple[float, int, str], Offer, float, list[tuple[Item, int]]] | None = None
+        scored: list[tuple[float, int, str, Offer, float, list[tuple[Item, int]]]] = []
         for o, p in open_offers:
             taken = _fill(o, items)
             cores = sum(it.cores * k for it, k in taken)
             if not cores:
                 continue
+            # price per used core-hour over the machine's life: it runs as long as its
+            # longest job, so short jobs beside a long one do not make it full for long
+            life = max(it.runtime for it, _ in taken)
+            work = sum(it.cores * k * it.runtime for it, k in taken)
             share = (plan.pool_cores.get(o.pool, 0) + o.cores) / (plan.fleet_cores + o.cores)
-            score = p / cores * (1 + spec.diversity * share)
-            key = (score, -cores, o.pool)
-            if best is None or key < best[0]:
-                best = (key, o, p, taken)
-        if best is None:
+            scored.append((p * life / work * (1 + spec.diversity * share), o.cores, o.pool, o,
+                           p, taken))
+        if not scored:
             break
-        _, o, p, taken = best
+        # the smallest machine within `size_tolerance` of the best price per used core: a
+        # big machine strands cores as its jobs end at different times
+        low = min(x[0] for x in scored) * (1 + spec.size_tolerance)
+        best = min((x for x in scored if x[0] <= low), key=lambda x: (x[1], x[0], x[2]))
+        o, p, taken = best[3], best[4], best[5]
         copies = min(it.n // k for it, k in taken)
         copies = max(1, math.ceil(copies / BATCH_SHARE)) if spec.diversity else copies
         room = min(n for _, n in limits) - len(launches)

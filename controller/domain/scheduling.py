@@ -6,88 +6,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
+from controller.domain.fleet import (
+    Budget,
+    Decision,
+    EndpointSpec,
+    Removal,
+    check_health,
+    live_machines,
+    machine_name,
+)
 from controller.domain.machines import MachineState, MachineView
-from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
-from controller.domain.pricing import Candidate, Launch, Offer
+from controller.domain.matching import jobs_per_machine, why_not
+from controller.domain.packing import decide_priced
 from controller.domain.taskqueues import TaskQueue
 
-
-@dataclass(frozen=True)
-class EndpointSpec:
-    """The parts of an endpoint's configuration the scheduler needs."""
-
-    name: str
-    shape: SlotOffer  # what one machine offers in total
-    slots: int = 1  # pilot slots per machine
-    max_machines: int = 4
-    max_starts_per_cycle: int = 2
-    idle_timeout: float = 60.0  # stop a machine idle longer than this
-    boot_timeout: float = 300.0  # a machine whose pilot never registers is failed
-    lost_after: float = 60.0  # a pilot silent this long is lost
-    # price-aware endpoints (see domain/packing.py): the machines it can start; empty = `shape`
-    offers: tuple[Offer, ...] = ()
-    max_spend_per_hour: float | None = None  # USD; None = no limit
-    diversity: float = 0.0  # > 0: prefer pools (type x zone) that hold less of the fleet
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What is left of the controller-wide limits for one endpoint this tick."""
-
-    machines: int | None = None
-    spend_per_hour: float | None = None
-
-
-@dataclass(frozen=True)
-class Removal:
-    name: str
-    to: MachineState  # STOPPING (idle), LOST (silent) or FAILED (never came up)
-    reason: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    endpoint: str
-    start: tuple[str, ...]
-    remove: tuple[Removal, ...]
-    wanted: tuple[str, ...]  # the full set of named machines wanted after this decision
-    demand: float  # waiting work, in machines' worth
-    reasons: tuple[str, ...] = field(default_factory=tuple)
-    launches: tuple[Launch, ...] = ()  # priced endpoints: where each started machine goes
-    candidates: tuple[Candidate, ...] = ()  # priced endpoints: every offer, priced, with why
-
-    @property
-    def changes(self) -> bool:
-        return bool(self.start or self.remove)
-
-
-def machine_name(endpoint: str, seq: int) -> str:
-    return f"{endpoint}-{seq:04d}"
-
-
-def live_machines(machines: Sequence[MachineView]) -> list[MachineView]:
-    return [m for m in machines if m.state in (MachineState.BOOTING, MachineState.RUNNING,
-                                               MachineState.REQUESTED)]
-
-
-def check_health(spec: EndpointSpec, live: Sequence[MachineView], now: float) -> list[Removal]:
-    """Running machines silent for `lost_after` are lost; machines booting for longer than
-    `boot_timeout` have failed."""
-    removals = []
-    for m in live:
-        if m.state == MachineState.RUNNING and m.last_seen is not None:
-            silent = now - m.last_seen
-            if silent > spec.lost_after:
-                why = f"no heartbeat for {silent:.0f}s (> {spec.lost_after:.0f}s)"
-                removals.append(Removal(m.name, MachineState.LOST, why))
-        elif m.state in (MachineState.BOOTING, MachineState.REQUESTED):
-            age = now - m.created_at
-            if age > spec.boot_timeout:
-                removals.append(Removal(m.name, MachineState.FAILED,
-                                        f"no pilot after {age:.0f}s (> {spec.boot_timeout:.0f}s)"))
-    return removals
+__all__ = ["Budget", "Decision", "EndpointSpec", "Removal", "decide"]
 
 
 def decide(
@@ -116,8 +50,6 @@ def decide(
        the waiting work.
     """
     if spec.offers:
-        from controller.domain.packing import decide_priced  # it builds on this module
-
         return decide_priced(spec, queues, machines, now, last_seq, prices or {},
                              budget or Budget())
     reasons: list[str] = []

@@ -53,13 +53,15 @@ class HostTickInputs:
 
 def spec_to_dict(s: EndpointSpec) -> dict[str, Any]:
     d = asdict(s)
-    d["shape"] = {**d["shape"], "tags": sorted(s.shape.tags)}
+    d["shape"] = {**d["shape"], "tags": sorted(s.shape.tags),
+                  "required_tags": sorted(s.shape.required_tags)}
     return d
 
 
 def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
     shape = dict(d["shape"])
     shape["tags"] = frozenset(shape.get("tags", ()))
+    shape["required_tags"] = frozenset(shape.get("required_tags", ()))
     return EndpointSpec(**{**d, "shape": SlotOffer(**shape),
                            "offers": tuple(Offer(**o) for o in d.get("offers", ()))})
 
@@ -131,6 +133,7 @@ def decision_to_dict(dec: Decision) -> dict[str, Any]:
         "demand": round(dec.demand, 3), "reasons": list(dec.reasons),
         "launches": [asdict(x) for x in dec.launches],
         "candidates": [asdict(c) for c in dec.candidates],
+        "drain": list(dec.drain),
     }
 
 

@@ -110,6 +110,8 @@ class CloudEndpoint:
         decision = decide(inputs.spec, inputs.queues, inputs.machines, now, inputs.last_seq,
                           prices=inputs.prices, budget=inputs.budget)
         recorded = ticks.decision_to_dict(decision)  # decide()'s own, for replay
+        if self.config.machine_types and decision.drains_differently(inputs.machines):
+            store.machines.set_draining(self.name, decision.drain)  # consolidation
         if ep.down_by:
             decision = down_decision(decision, inputs.machines, ep.down_by)
         # What the world says (lost, failed) is recorded now; stopping an idle machine is a
@@ -157,7 +159,7 @@ class CloudEndpoint:
                 free_memory_mb=max(m.info.get("memory_mb", 0) - mem, 0),
                 idle_since=None if b else (last_busy or m.created_at),
                 last_seen=max(last_seen, self.env.started) if last_seen else None,
-                managed=m.managed, pool=m.info.get("pool"),
+                managed=m.managed, pool=m.info.get("pool"), draining=m.draining,
             ))
         return views
 

@@ -2,30 +2,42 @@
 times, a simulated fleet, and the controller's own code for every decision:
 
 - task queues and fair share: controller.domain.taskqueues (TaskQueue, fair_share_order),
-- matching: controller.domain.matching.fits, the same check the store's matcher makes, with
-  the same order (fair share, then priority, then the oldest job),
+- matching: controller.domain.matching.fits and controller.domain.placement.choose, what
+  the store's matcher calls, with the same order (fair share with memory, then priority,
+  then the oldest job) and the same reservations for wide jobs,
 - the scheduler: controller.domain.scheduling.decide, called every `tick` seconds exactly as
-  controller/reconcile/loop.py calls it (task queue snapshot, machine views, spot prices now).
+  controller/reconcile/loop.py calls it (task queue snapshot, machine views, spot prices
+  now), except at ticks where it would decide nothing new (see `_quiet`).
 
 The simulator adds only what the cloud and the pilots would do: machines come up after
 `boot_time`, jobs run for their traced run time, spot machines are interrupted when the
 market price passes their max price (their jobs go back to the queue, as `interrupted`).
-A waiting job goes to the fullest machine with room (pilots of busy machines ask first),
-so that emptied machines can go away."""
+Machines with room ask for work in the live controller's placement order
+(controller/domain/placement.py: the machine busy longest, then the fullest), so that the
+others empty and go away."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits
+from controller.domain.placement import Running, busy_until, choose, placement_key
 from controller.domain.pricing import Offer, PriceSeries
 from controller.domain.scheduling import Budget, EndpointSpec, decide
-from controller.domain.taskqueues import TaskQueue, fair_share_order
+from controller.domain.taskqueues import (
+    GROUP,
+    OWNER,
+    FairShare,
+    TaskQueue,
+    UsageLedger,
+    fair_share_order,
+)
 from controller.simulate.trace import TraceJob
 
 M = MachineState
@@ -60,6 +72,9 @@ class SimMachine:
     idle_since: float | None = None
     interrupted: bool = False
     largest_job: tuple[int, int] = (0, 0)  # cores, memory of the largest job it ran
+    draining: bool = False  # takes no new jobs (consolidation); stops when empty
+    busy_until: float = 0.0  # the latest its running jobs should end (by max_runtime)
+    version: int = 0  # bumped on every change: older entries in the placement heap are void
 
 
 @dataclass
@@ -97,7 +112,9 @@ class SimOptions:
     tick: float = 60.0
     job_memory_mb: int = 1024  # for jobs whose trace does not say
     shares: dict[str, float] = field(default_factory=dict)
+    group_shares: dict[str, float] = field(default_factory=dict)
     fair_share_by: str = "owner"
+    half_life: float = 86400.0
     sample_every: float = 600.0
 
 
@@ -124,8 +141,11 @@ class Simulation:
         self.trace = self._admit(jobs)
         self.machines: dict[str, SimMachine] = {}
         self.live: dict[str, SimMachine] = {}
-        self.free: dict[str, SimMachine] = {}  # running, with a free slot
-        self.usage: dict[str, int] = {}
+        # machines with room, in placement order (a heap; entries of an older version of a
+        # machine are void)
+        self.order: list[tuple[tuple[float, int, int, str], int, str]] = []
+        self.ledger = UsageLedger(opts.half_life)  # used core-seconds, decayed
+        self.held: dict[tuple[str, str], float] = {}  # cores held now
         self.events: list[tuple[float, int, int, str]] = []
         self.seq = itertools.count()
         self.last_seq = 0
@@ -134,6 +154,9 @@ class Simulation:
         self.interruptions = 0
         self.rescheduled = 0
         self.samples: list[Sample] = []
+        self.dirty = True  # something changed since the last tick's decision
+        self.wholes: dict[str, SlotOffer] = {}  # what a machine of each pool offers in all
+        self.fit_whole: dict[tuple[int, str], bool] = {}  # (task queue, pool) -> fits
 
     # set-up ------------------------------------------------------------------------------
     def _admit(self, jobs: list[TraceJob]) -> list[SimJob]:
@@ -188,7 +211,7 @@ class Simulation:
                     i += 1
             else:
                 break  # nothing left that could end a job
-            if self.n_waiting and self.free:
+            if self.n_waiting and self.order:
                 self._dispatch()
             if self.now >= next_sample:
                 self._sample()
@@ -203,6 +226,8 @@ class Simulation:
                        self.now, self.series)
 
     def _event(self, kind: int, what: str) -> None:
+        if kind != TICK:
+            self.dirty = True
         if kind == TICK:
             self._tick()
             if self.done < len(self.trace):
@@ -214,7 +239,7 @@ class Simulation:
             m = self.machines[what]
             if m.state == M.BOOTING:
                 m.state, m.up_at, m.idle_since = M.RUNNING, self.now, self.now
-                self.free[m.name] = m
+                self._has_room(m)
         elif kind == INTERRUPT:
             key, bid = what.split("|")
             for m in list(self.live.values()):
@@ -236,39 +261,89 @@ class Simulation:
 
     # jobs --------------------------------------------------------------------------------
     def _enqueue(self, j: SimJob) -> None:
+        self.dirty = True
         heapq.heappush(self.waiting.setdefault(j.tq, []), j.trace.id)
         self.n_waiting += 1
 
     def _dispatch(self) -> None:
-        """Free slots ask for work, the fullest machines first."""
-        for m in sorted(self.free.values(), key=lambda m: (m.free_cores, m.name)):
+        """Machines with room ask for work in placement order (domain/placement.py: the
+        machine busy longest first, then the fullest); draining machines take nothing."""
+        unchanged = []
+        while self.order and self.n_waiting:
+            entry = heapq.heappop(self.order)
+            m = self.machines[entry[2]]
+            if entry[1] != m.version:
+                continue  # void: the machine changed since
             self._match(m)
-            if not self.n_waiting:
-                return
+            if m.version == entry[1]:
+                unchanged.append(entry)  # nothing fit: it keeps its place
+        for entry in unchanged:
+            heapq.heappush(self.order, entry)
+
+    def _has_room(self, m: SimMachine) -> None:
+        """Record a change of the machine; put it in placement order if it has room."""
+        m.version += 1
+        if m.state == M.RUNNING and m.free_slots > 0 and m.free_cores > 0 and not m.draining:
+            key = placement_key(m.busy_until, m.free_cores, m.free_mem, m.name)
+            heapq.heappush(self.order, (key, m.version, m.name))
+
+    def _running(self, m: SimMachine) -> list[Running]:
+        return [Running(j.cores, j.memory_mb, self._ends(j))
+                for j in (self.jobs[i] for i in m.jobs)]
+
+    def _ends(self, j: SimJob) -> float:
+        return j.starts[-1] + self.queues[j.tq].requirements.max_runtime
+
+    def _whole(self, o: Offer) -> SlotOffer:
+        whole = self.wholes.get(o.pool)
+        if whole is None:
+            whole = self.wholes[o.pool] = replace(
+                self.spec.shape, endpoint=self.spec.name, cores=o.cores,
+                memory_mb=o.memory_mb, spot=o.spot)
+        return whole
+
+    def _fits_whole(self, q: int, whole: SlotOffer, pool: str) -> bool:
+        k = (q, pool)
+        ok = self.fit_whole.get(k)
+        if ok is None:
+            ok = self.fit_whole[k] = fits(self.queues[q].requirements, whole)
+        return ok
 
     def _match(self, m: SimMachine) -> None:
-        """What the store's matcher does for one pilot: while it has room, the best job that
-        fits, by fair share, then priority, then age."""
-        tags = self.spec.shape.tags
+        """What the store's matcher does for one pilot: while it has room, the job that
+        domain/placement.choose picks among the task queues in fair-share order (with a
+        reservation for a wide job when its cores free up soon)."""
+        whole = self._whole(m.offer)
+        pool = m.offer.pool
+        matched = False
         while m.free_slots > 0 and self.n_waiting:
-            offer = SlotOffer(self.spec.name, m.free_cores, m.free_mem, tags,
-                              self.spec.shape.max_runtime, m.offer.spot)
             cands = [self.queues[q] for q, h in self.waiting.items()
-                     if h and fits(self.queues[q].requirements, offer)]
+                     if h and self._fits_whole(q, whole, pool)]
             if not cands:
                 break
-            q = fair_share_order(cands, self.usage, self.opts.shares,
-                                 self.opts.fair_share_by)[0]
+            free = replace(whole, cores=m.free_cores, memory_mb=m.free_mem)
+            running = self._running(m)
+            q = choose(fair_share_order(cands, self._fair_share()), free, whole, running,
+                       self.now, self.spec.reserve_limit)
+            if q is None:
+                break
             job = self.jobs[heapq.heappop(self.waiting[q.id])]
             if not self.waiting[q.id]:
                 del self.waiting[q.id]
             self.n_waiting -= 1
             self._run(job, m)
-        if m.free_slots <= 0 or m.free_cores <= 0:
-            self.free.pop(m.name, None)
+            matched = True
+        if matched:
+            self._has_room(m)
 
-    def _who(self, j: SimJob) -> str:
-        return j.trace.group if self.opts.fair_share_by == "group" else j.trace.user
+    def _fair_share(self) -> FairShare:
+        o = self.opts
+        return FairShare(o.fair_share_by, o.half_life, o.shares, o.group_shares,
+                         self.ledger.at(self.now), self.held)
+
+    def _hold(self, j: SimJob, sign: int) -> None:
+        for key in ((OWNER, j.trace.user), (GROUP, j.trace.group)):
+            self.held[key] = self.held.get(key, 0.0) + sign * j.cores
 
     def _run(self, j: SimJob, m: SimMachine) -> None:
         j.starts.append(self.now)
@@ -280,8 +355,8 @@ class Simulation:
         m.free_mem -= j.memory_mb
         m.idle_since = None
         m.largest_job = max(m.largest_job, (j.cores, j.memory_mb))
-        who = self._who(j)
-        self.usage[who] = self.usage.get(who, 0) + 1
+        m.busy_until = max(m.busy_until, self._ends(j))
+        self._hold(j, 1)
         self._push(self.now + j.trace.run, END, f"{j.trace.id}:{j.attempt}")
 
     def _release(self, j: SimJob, m: SimMachine) -> None:
@@ -291,8 +366,12 @@ class Simulation:
         m.free_mem += j.memory_mb
         if not m.jobs:
             m.idle_since = self.now
-        who = self._who(j)
-        self.usage[who] -= 1
+        if self._ends(j) >= m.busy_until:
+            m.busy_until = busy_until(self._running(m))
+        self._hold(j, -1)
+        used = j.cores * (self.now - j.starts[-1])
+        self.ledger.charge(OWNER, j.trace.user, used, self.now)
+        self.ledger.charge(GROUP, j.trace.group, used, self.now)
         j.machine = None
 
     def _job_end(self, j: SimJob, attempt: int) -> None:
@@ -303,8 +382,7 @@ class Simulation:
         j.end = self.now
         j.ends += 1
         self.done += 1
-        if m.state == M.RUNNING:
-            self.free[m.name] = m
+        self._has_room(m)
 
     # machines ----------------------------------------------------------------------------
     def _start(self, o: Offer, t: float, name: str | None = None) -> None:
@@ -326,26 +404,58 @@ class Simulation:
         m.state = M.STOPPED
         m.ended = self.now
         self.live.pop(m.name, None)
-        self.free.pop(m.name, None)
+        m.version += 1
 
     def _prices(self) -> dict[str, float]:
         return {k: s.at(self.now) for k, s in self.series.items()}
 
+    def _quiet(self) -> bool:
+        """Whether decide() would decide nothing new now, so the tick can be skipped: no
+        machine booting (its timeout depends on the time) and none idle long enough to stop;
+        and either nothing waits, nothing drains and the headroom is there (then nothing is
+        started, stopped or drained), or nothing changed since a tick that decided
+        nothing."""
+        if self.opts.boot_time >= self.spec.boot_timeout:
+            return False
+        due = self.now - self.spec.idle_timeout
+        for m in self.live.values():
+            if m.state != M.RUNNING or (not m.jobs and (m.draining or (
+                    m.idle_since is not None and m.idle_since <= due))):
+                return False
+        if not self.n_waiting and not self.spec.drain_budget:
+            if not self.spec.headroom:
+                return True
+            # headroom: decide() starts machines only while fewer cores are free than wanted
+            live = spare = 0
+            for m in self.live.values():
+                live += m.offer.cores
+                if not m.draining and m.free_slots > 0:
+                    spare += m.free_cores
+            if spare >= math.ceil(self.spec.headroom * live):
+                return True
+        return not self.dirty
+
     def _tick(self) -> None:
-        if self.static is not None:
+        if self.static is not None or self._quiet():
             return
         views = [MachineView(m.name, self.spec.name, m.state, m.created,
                              m.offer.n_slots, len(m.jobs), m.free_cores, m.free_mem,
-                             m.idle_since, self.now, True, m.offer.pool)
+                             m.idle_since, self.now, True, m.offer.pool, m.draining)
                  for m in self.live.values()]
         queues = [TaskQueue(q.id, q.requirements, q.owner, q.group, q.priority, len(h))
                   for q, h in ((self.queues[i], h) for i, h in self.waiting.items())]
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
                    budget=Budget())
+        self.dirty = d.changes or d.drains_differently(views)
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:
                 self._end_machine(m, r.reason)
+        drain = set(d.drain)
+        for m in self.live.values():
+            if m.draining != (m.name in drain):
+                m.draining = m.name in drain
+                self._has_room(m)
         for launch in d.launches:
             self.last_seq = max(self.last_seq, int(launch.name.rsplit("-", 1)[1]))
             offer = next(o for o in self.spec.offers if o.pool == launch.pool)

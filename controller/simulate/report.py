@@ -4,7 +4,7 @@ makespan, interruptions; the lower bound; as a text table and as JSON."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from controller.domain.pricing import Offer, PriceSeries
 from controller.simulate.engine import Outcome
@@ -12,13 +12,15 @@ from controller.simulate.engine import Outcome
 
 @dataclass(frozen=True)
 class LowerBound:
-    """The trace's core-hours on the cheapest offered machine type, at its time-averaged
-    price, perfectly packed with no idle time."""
+    """Every job's core-hours at the cheapest time-averaged price per core among the offered
+    machine types that can hold it (cores and memory), perfectly packed with no idle time.
+    `pool` is the pool that bounds the most core-hours; `per_core_hour` the mean."""
 
     core_hours: float
     pool: str
     per_core_hour: float
     cost: float
+    by_pool: dict[str, float] = field(default_factory=dict)  # core-hours each pool bounds
 
 
 @dataclass(frozen=True)
@@ -49,22 +51,33 @@ def percentile(values: list[float], q: float) -> float:
     return s[k]
 
 
-def lower_bound(core_hours: float, offers: tuple[Offer, ...],
+def lower_bound(shapes: dict[tuple[int, int], float], offers: tuple[Offer, ...],
                 series: dict[str, PriceSeries], t0: float, t1: float) -> LowerBound:
-    best: tuple[float, str] | None = None
+    """`shapes`: core-hours by (cores, memory MB) of the jobs."""
+    per: list[tuple[float, str, Offer]] = []
     for o in offers:
         if o.spot:
             s = series.get(o.price_key)
             if s is None:
                 continue
-            per = s.mean(t0, t1) / o.cores
+            per.append((s.mean(t0, t1) / o.cores, o.pool, o))
         else:
-            per = o.on_demand_price / o.cores
-        if best is None or (per, o.pool) < best:
-            best = (per, o.pool)
-    if best is None:
+            per.append((o.on_demand_price / o.cores, o.pool, o))
+    per.sort(key=lambda x: (x[0], x[1]))
+    core_hours = sum(shapes.values())
+    cost, by_pool = 0.0, dict[str, float]()
+    for (cores, mem), ch in shapes.items():
+        best = next(((p, pool) for p, pool, o in per
+                     if o.cores >= cores and o.memory_mb >= mem), None)
+        if best is None:
+            return LowerBound(core_hours, "-", math.nan, math.nan)
+        cost += ch * best[0]
+        by_pool[best[1]] = by_pool.get(best[1], 0.0) + ch
+    if not by_pool:
         return LowerBound(core_hours, "-", math.nan, math.nan)
-    return LowerBound(core_hours, best[1], best[0], core_hours * best[0])
+    main = max(by_pool, key=lambda k: (by_pool[k], k))
+    return LowerBound(core_hours, main, cost / core_hours if core_hours else 0.0, cost,
+                      by_pool)
 
 
 def summarize(out: Outcome, note: str, lb: LowerBound | None) -> PolicyReport:
@@ -117,8 +130,12 @@ def text_table(reports: list[PolicyReport], lb: LowerBound | None) -> str:
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     if lb is not None:
+        where = lb.pool if len(lb.by_pool) <= 1 else (
+            ", ".join(f"{p} {ch / lb.core_hours:.0%}" for p, ch in
+                      sorted(lb.by_pool.items(), key=lambda x: -x[1])[:4]))
         lines.append(f"lower bound: {lb.core_hours:,.0f} core-hours x ${lb.per_core_hour:.5f} "
-                     f"per core-hour ({lb.pool}, time-averaged) = ${lb.cost:,.2f}")
+                     f"per core-hour (each job on the cheapest type that holds it, "
+                     f"time-averaged: {where}) = ${lb.cost:,.2f}")
     for r in reports:
         if r.note:
             lines.append(f"{r.policy}: {r.note}")

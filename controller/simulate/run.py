@@ -72,6 +72,7 @@ class Result:
     outcomes: list[Outcome]
     seconds: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # this process's CPU time
 
 
 def map_prices(series: dict[str, PriceSeries], start: str | None) -> tuple[
@@ -122,10 +123,13 @@ def simulate(trace: list[TraceJob], series: dict[str, PriceSeries], cfg: SimConf
         raise ConfigError("the price history has none of the offered spot types and zones")
     opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick, job_memory_mb=cfg.job_memory_mb)
     horizon = max((j.submit + j.run for j in trace), default=0.0)
-    outcomes, reports, seconds = [], [], {}
+    outcomes, reports, seconds, cpu_seconds = [], [], {}, {}
     probe = Simulation("probe", spec, trace, series, opts)  # which jobs fit at all
-    core_hours = sum(j.trace.cores * j.trace.run for j in probe.trace) / 3600
-    lb = lower_bound(core_hours, spec.offers, series, 0.0, horizon)
+    shapes: dict[tuple[int, int], float] = {}
+    for j in probe.trace:
+        key = (j.cores, j.memory_mb)
+        shapes[key] = shapes.get(key, 0.0) + j.cores * j.trace.run / 3600
+    lb = lower_bound(shapes, spec.offers, series, 0.0, horizon)
     for name in policies or cfg.policies:
         try:
             pol = make_policy(name, spec, trace, series)
@@ -134,16 +138,17 @@ def simulate(trace: list[TraceJob], series: dict[str, PriceSeries], cfg: SimConf
         bar: Callable[[float, int], None] | None = None
         if progress is not None:
             bar = Progress(name, horizon, len(probe.trace), progress)
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         out = Simulation(name, pol.spec, trace, series, opts, pol.static, bar).run()
         seconds[name] = time.monotonic() - started
+        cpu_seconds[name] = time.process_time() - cpu
         if isinstance(bar, Progress):
             bar(out.end, sum(1 for j in out.jobs if j.end is not None), final=True)
         outcomes.append(out)
         reports.append(summarize(out, pol.note, lb))
     info = {"jobs": len(trace), "offers": len(spec.offers), "missing_prices": missing,
             "boot_time": cfg.boot_time, "tick": cfg.tick}
-    return Result(reports, lb, outcomes, seconds, info)
+    return Result(reports, lb, outcomes, seconds, info, cpu_seconds)
 
 
 def main(args: Any) -> int:

@@ -1,6 +1,6 @@
 """The Store: one SQLite file in WAL mode, one connection guarded by a lock, and the query
 modules that work on it (one per table group: jobs, machines, endpoints, hosts, plans, ticks,
-tokens)."""
+tokens, usage)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from controller.store.migrations import migrate
 from controller.store.plans import PlanStore
 from controller.store.ticks import TickStore
 from controller.store.tokens import TokenStore
+from controller.store.usage import UsageStore
 
 
 class Store:
@@ -59,7 +60,8 @@ class Store:
                                       f"read-only ({e})") from None
             raise storage_error(e, f"opening {self.path}") from None
         self.endpoints = EndpointStore(self)
-        self.jobs = JobStore(self, lease)
+        self.usage = UsageStore(self)
+        self.jobs = JobStore(self, lease, self.usage)
         self.machines = MachineStore(self)
         self.tokens = TokenStore(self)
         self.plans = PlanStore(self)

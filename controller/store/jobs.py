@@ -21,9 +21,12 @@ from controller.domain.jobs import (
     task_queue_key,
 )
 from controller.domain.matching import SlotOffer, fits
+from controller.domain.placement import Running, busy_until, choose
 from controller.domain.taskqueues import TaskQueue, fair_share_order
 from controller.errors import Conflict, NotFound
+from controller.store.machines import MachineStore
 from controller.store.sql import Transactions, in_list
+from controller.store.usage import UsageStore
 
 S = JobState
 HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
@@ -103,8 +106,10 @@ def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer
 
 
 class JobStore:
-    def __init__(self, store: Transactions, lease: float = 60.0) -> None:
+    def __init__(self, store: Transactions, lease: float = 60.0,
+                 usage: UsageStore | None = None) -> None:
         self.store = store
+        self.usage = usage if usage is not None else UsageStore(store)  # fair share's memory
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self._tqs: dict[int, TaskQueue] = {}
@@ -127,6 +132,12 @@ class JobStore:
         """Move one job old -> new inside the caller's transaction, recording the event.
         Refuses moves the transition table does not allow."""
         default_reason = check_transition(old, new)
+        held = None
+        if old in ACTIVE_STATES and new not in ACTIVE_STATES:  # fair share: what it used
+            held = c.execute(
+                "SELECT owner, grp, json_extract(requirements, '$.cores'),"
+                " COALESCE(started_at, updated_at) FROM jobs WHERE id = ?",
+                (job_id,)).fetchone()
         sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
         cur = c.execute(
             f"UPDATE jobs SET {sets} WHERE id = ? AND state = ?",
@@ -134,6 +145,9 @@ class JobStore:
         )
         if cur.rowcount != 1:
             raise Conflict(f"job {job_id} is no longer {old.value}")
+        if held is not None:
+            owner, group, cores, since = held
+            self.usage.charge(c, owner, group, (cores or 1) * max(now - since, 0.0), now)
         c.execute(
             "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -301,43 +315,65 @@ class JobStore:
                 f"SELECT 1 FROM jobs WHERE state = 'waiting' AND tq_id IN"
                 f" ({','.join('?' * len(fitting))}) LIMIT 1", fitting).fetchone() is not None
 
+    def busy_until(self, machine: str) -> float:
+        """The latest time the jobs a machine holds should end (0: none)."""
+        with self.store.read() as c:
+            return busy_until(self.running(c, machine))
+
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
         shares: dict[str, float], issue_token: Callable[[sqlite3.Connection, Job], str],
-        count: int = 1, now: float | None = None,
+        group_shares: dict[str, float] | None = None, count: int = 1,
+        whole: SlotOffer | None = None, reserve_limit: float = 0.0,
+        defer: Callable[[Requirements], bool] | None = None, now: float | None = None,
     ) -> list[tuple[Job, str]]:
         """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time
-        the best one: fair share across owners (or groups) first, then priority, then age.
-        The offer shrinks by what each claimed job takes. Also records that the pilot is alive.
-        """
+        the best one: fair share across owners (or groups, then owners) first, then priority,
+        then age, as domain/placement.choose picks (`whole`: what the machine has in all, for
+        a reservation held for a wide job; `defer`: work left to a fuller machine asking now).
+        The offer shrinks by what each claimed job takes. A draining machine gets nothing.
+        Also records that the pilot is alive. `shares` are the owners' shares,
+        `group_shares` the groups'."""
         now = time.time() if now is None else now
         got: list[tuple[Job, str]] = []
-        kind = "group" if by == "group" else "owner"
         if not self._may_fit(offer) and now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
             return []  # nothing to claim, liveness recorded lately: no write transaction
         self._seen[pilot_id] = now
         with self.store.tx() as c:
             c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
             c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
+            if MachineStore.draining(c, machine):
+                return got
             offer, count = _within_registered(c, pilot_id, machine, offer, count)
-            empty: set[int] = set()  # queues found empty in this transaction
+            skip: set[int] = set()  # queues found empty, or left to a fuller machine
+            running = self.running(c, machine) if whole is not None else []
+
+            def waits(q: TaskQueue) -> bool:  # before holding cores for it
+                row = c.execute("SELECT 1 FROM jobs WHERE tq_id = ? AND state = 'waiting'"
+                                " LIMIT 1", (q.id,)).fetchone()
+                if row is None:
+                    skip.add(q.id)
+                return row is not None
+
             while len(got) < count:
                 candidates = [q for q in self._tqs.values()
-                              if q.id not in empty and fits(q.requirements, offer)]
+                              if q.id not in skip and fits(q.requirements, whole or offer)]
                 if not candidates:
                     break
-                usage = dict(c.execute("SELECT name, n FROM held WHERE kind = ?", (kind,))
-                             .fetchall())
-                row = None
-                for q in fair_share_order(candidates, usage, shares, by):
-                    row = c.execute(
-                        "SELECT * FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
-                        " LIMIT 1", (q.id,)).fetchone()
-                    if row is not None:
-                        break
-                    empty.add(q.id)
-                if row is None:
+                fs = self.usage.fair_share(c, by, shares, group_shares or {}, now)
+                q = choose(fair_share_order(candidates, fs), offer, whole, running, now,
+                           reserve_limit, waits=waits)
+                if q is None:
                     break
+                if defer is not None and defer(q.requirements):
+                    skip.add(q.id)
+                    continue
+                row = c.execute(
+                    "SELECT * FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
+                    " LIMIT 1", (q.id,)).fetchone()
+                if row is None:
+                    skip.add(q.id)
+                    continue
                 attempt, lease_expires = row["attempt"] + 1, now + self.lease
                 self._move(c, row["id"], S.WAITING, S.MATCHED, now,
                            f"attempt {attempt}: matched to pilot {pilot_id} on {machine}",
@@ -356,9 +392,21 @@ class JobStore:
                 r = job.requirements
                 offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
                                             memory_mb=offer.memory_mb - r.memory_mb)
+                running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
             if got:
                 c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?", (now, machine))
         return got
+
+    @staticmethod
+    def running(c: sqlite3.Connection, machine: str) -> list[Running]:
+        """The jobs a machine holds, each with the latest time it should end."""
+        return [Running(int(r[0] or 1), int(r[1] or 0), float(r[2]) + float(r[3] or 0))
+                for r in c.execute(
+                    "SELECT json_extract(requirements, '$.cores'),"
+                    " json_extract(requirements, '$.memory_mb'),"
+                    " COALESCE(started_at, updated_at), json_extract(requirements,"
+                    " '$.max_runtime') FROM jobs WHERE machine = ?"
+                    " AND state IN ('matched', 'running')", (machine,))]
 
     # pilot reports -----------------------------------------------------------------------
     def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from controller.domain.machines import (
@@ -205,6 +205,37 @@ class MachineStore:
         spot = m is not None and Machine.from_row(m).spot
         self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]), spot=spot)
         return pilot
+
+    # consolidation: machines that take no new jobs (the scheduler's drain set) ---------------
+    def set_draining(self, endpoint: str, names: Iterable[str]) -> None:
+        """Mark exactly these machines of the endpoint as draining."""
+        names = sorted(set(names))
+        marks = ",".join("?" * len(names))
+        with self.store.tx() as c:
+            c.execute("UPDATE machines SET draining = 0 WHERE endpoint = ? AND draining = 1"
+                      + (f" AND name NOT IN ({marks})" if names else ""), [endpoint, *names])
+            if names:
+                c.execute(f"UPDATE machines SET draining = 1 WHERE endpoint = ? AND name IN"
+                          f" ({marks}) AND draining = 0", [endpoint, *names])
+
+    def is_draining(self, machine: str) -> bool:
+        with self.store.read() as c:
+            return self.draining(c, machine)
+
+    @staticmethod
+    def draining(c: sqlite3.Connection, machine: str) -> bool:
+        row = c.execute("SELECT draining FROM machines WHERE name = ?", (machine,)).fetchone()
+        return bool(row and row[0])
+
+    def live_pilots(self) -> list[dict[str, Any]]:
+        """Pilots on live machines, with what each offers in all (for waiting reasons)."""
+        with self.store.read() as c:
+            rows = c.execute(
+                "SELECT p.*, m.info FROM pilots p JOIN machines m ON m.name = p.machine"
+                f" WHERE m.state IN ({','.join('?' * len(LIVE_STATES))})"
+                " ORDER BY p.machine, p.id", [s.value for s in LIVE_STATES]).fetchall()
+        return [dict(r, tags=json.loads(r["tags"]),
+                     spot=json.loads(r["info"] or "{}").get("market") == "spot") for r in rows]
 
     def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:
         """Record that a pilot is alive; return its machine's state."""

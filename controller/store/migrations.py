@@ -251,6 +251,38 @@ def i11_attempts(db: Database) -> None:
                " outcome TEXT, PRIMARY KEY (job_id, n))")
 
 
+def i13_usage(db: Database) -> None:
+    """Fair share with memory: used core-seconds per owner and per group, decayed with a
+    half-life (the value as of `at`), and the cores each holds now beside its slots."""
+    db.execute("CREATE TABLE usage (kind TEXT NOT NULL, name TEXT NOT NULL,"
+               " core_seconds REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (kind, name))")
+    db.execute("ALTER TABLE held ADD COLUMN cores INTEGER NOT NULL DEFAULT 0")
+    cores = "CAST(COALESCE(json_extract(NEW.requirements, '$.cores'), 1) AS INTEGER)"
+    for kind, col in (("owner", "owner"), ("group", "grp")):
+        db.execute(f"DROP TRIGGER held_{kind}")
+        db.execute(f"""
+            CREATE TRIGGER held_{kind} AFTER UPDATE OF state ON jobs
+            WHEN (OLD.state IN {HELD}) != (NEW.state IN {HELD})
+            BEGIN
+                INSERT INTO held (kind, name, n, cores)
+                VALUES ('{kind}', NEW.{col}, CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END,
+                        CASE WHEN NEW.state IN {HELD} THEN {cores} ELSE -{cores} END)
+                ON CONFLICT (kind, name) DO UPDATE
+                SET n = n + excluded.n, cores = cores + excluded.cores;
+            END""")
+    for kind, col in (("owner", "owner"), ("group", "grp")):
+        db.execute(f"""
+            UPDATE held SET cores = (
+                SELECT COALESCE(SUM(json_extract(requirements, '$.cores')), 0) FROM jobs
+                WHERE state IN {HELD} AND jobs.{col} = held.name)
+            WHERE kind = '{kind}'""")
+
+
+def i13_drain(db: Database) -> None:
+    """Consolidation: a machine the scheduler drains takes no new jobs."""
+    db.table("machines").add_column("draining", int, not_null_default=0)
+
+
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("001_initial", m001_initial),
     ("002_held_counts", m002_held_counts),
@@ -264,6 +296,8 @@ MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("010_i12_jobs_keyset", i12_jobs_keyset),
     ("011_i11_idempotency", i11_idempotency),
     ("012_i11_attempts", i11_attempts),
+    ("013_i13_usage", i13_usage),
+    ("014_i13_drain", i13_drain),
 ]
 
 

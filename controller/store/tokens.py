@@ -37,16 +37,13 @@ class TokenStore:
             rows = c.execute("SELECT name, grp, share FROM users ORDER BY name").fetchall()
         return [{"name": r["name"], "group": r["grp"], "share": r["share"]} for r in rows]
 
-    def shares(self, by: str) -> dict[str, float]:
-        """Fair-share weights by owner or by group (a group's share: the sum of its users')."""
-        cached = self._shares.get(by)
+    def shares(self) -> dict[str, float]:
+        """Fair-share weights by owner (groups have theirs in the settings' group_shares)."""
+        cached = self._shares.get("owner")
         if cached is not None and time.monotonic() - cached[0] < self.SHARES_TTL:
             return cached[1]
-        out: dict[str, float] = {}
-        for u in self.users():
-            key = str(u["name"] if by == "owner" else u["group"])
-            out[key] = out.get(key, 0.0) + float(u["share"])  # type: ignore[arg-type]
-        self._shares[by] = (time.monotonic(), out)
+        out = {str(u["name"]): float(u["share"]) for u in self.users()}  # type: ignore[arg-type]
+        self._shares["owner"] = (time.monotonic(), out)
         return out
 
     # tokens ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import SettingsDep, StoreDep
-from controller.api.jobs import waiting_reason
+from controller.api.jobs import waiting_reasons
 from controller.api.monitoring import day_start
 from controller.api.ticks import explain
 from controller.auth import Role
@@ -128,7 +128,7 @@ def job(job_id: int, request: Request, s: WebSession, store: StoreDep,
     return page(request, "job", s, "job", j=j, events=events, attempts=attempts,
                 machine=machine.to_dict() if machine else None, price=price,
                 cost=price * ran / 3600 / max(slots, 1),
-                ran=ran if j.started_at else None, waiting=waiting_reason(settings, j),
+                ran=ran if j.started_at else None, waiting=waiting_reasons(store, settings)(j),
                 stdout=_tail(out["stdout"] if out else ""),
                 stderr=_tail(out["stderr"] if out else ""),
                 truncated=bool(out and out["truncated"]))

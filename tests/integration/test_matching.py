@@ -97,3 +97,36 @@ def test_long_poll_hands_out_a_job_submitted_during_the_wait(ctrl):
     submitted = next(e["at"] for e in ev if e["to_state"] == "waiting")
     matched = next(e["at"] for e in ev if e["to_state"] == "matched")
     assert matched - submitted < 1.0
+
+
+def test_platforms_required_tags_and_waiting_reasons(make_controller):
+    """An el9 GPU endpoint takes only jobs that ask for a GPU and list el9 (or no
+    platform); a job that fits the endpoint's shape but no registered machine says why."""
+    gpu = {**MANUAL, "name": "gpu", "platform": "el9", "required_tags": ["gpu"]}
+    ctrl = make_controller(endpoints=[gpu])
+    el8, plain, anyof, wide = ctrl.submit(
+        "alice", sh("true", tags=["gpu"], platforms=["el8"]), sh("true"),
+        sh("true", tags=["gpu"], platforms=["el8", "el9"]), sh("true", tags=["gpu"], cores=4))
+    assert "needs a platform among ['el8'], gpu is el9" in ctrl.job(el8)["waiting_reason"]
+    assert "takes only jobs that ask for tags ['gpu']" in ctrl.job(plain)["waiting_reason"]
+    assert ctrl.job(anyof)["waiting_reason"] is None
+    assert ctrl.job(wide)["waiting_reason"] is None  # no machine yet: one may be started
+    m = register(ctrl, pilot="pilot:gpu", machine="g1", cores=2, tags=["linux", "gpu"])
+    # the 4-core job fits the endpoint's 8-core shape, not the 2-core machine that exists
+    assert ctrl.job(wide)["waiting_reason"] == (
+        "none of the 1 registered machines can run it (g1: needs 4 cores, gpu offers 2); "
+        "it waits for a new machine of endpoint gpu")
+    with ctrl.client("alice") as c:
+        tqs = {q["id"]: q for q in c.get("/api/v1/taskqueues").json()}
+    assert sum("registered machines" in (q["unmatchable"] or "") for q in tqs.values()) == 1
+    assert take(ctrl, m, cores=2)["id"] == anyof
+    # the matcher offers no more than the machine registered: the 4-core job waits for a
+    # bigger machine
+    assert take(ctrl, m, cores=8) is None
+    big = register(ctrl, pilot="pilot:gpu", machine="g2", cores=8, tags=["linux", "gpu"])
+    assert take(ctrl, big, cores=8)["id"] == wide
+    assert take(ctrl, big, cores=8) is None  # el8 and plain stay waiting
+    # bad input is refused with a message
+    with ctrl.client("alice") as c:
+        r = c.post("/api/v1/jobs", json={**sh("true"), "requirements": {"platforms": "el9"}})
+    assert r.status_code == 422

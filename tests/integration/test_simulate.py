@@ -3,6 +3,7 @@ conservation (every job ends exactly once, no machine runs a job larger than its
 the integral of price over machine lifetimes), and the command's outputs."""
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -117,3 +118,45 @@ def test_the_command_writes_a_table_json_and_plots(tmp_path):
          "--prices", str(PRICES), "--config", str(CONFIG)], cwd=REPO, capture_output=True,
         text=True, timeout=60)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+CTC = DATA / "traces" / "CTC-SP2-1996-3.1-cln.swf.gz"
+
+
+@pytest.mark.skipif(not CTC.exists(), reason=f"the CTC-SP2 trace is not in {DATA}")
+def test_skipping_quiet_ticks_changes_nothing(monkeypatch):
+    """The replay skips ticks where decide() would decide nothing new; on a slice of the
+    multi-core CTC-SP2 trace the outcome is the same as calling it at every tick."""
+    from controller.simulate.engine import SimOptions, Simulation
+
+    cfg, ep = load_config(CONFIG)
+    trace = read_swf(CTC, limit=400)
+    series, _ = map_prices(read_history(PRICES, {t.name for t in ep.machine_types}),
+                           cfg.price_start)
+    opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick)
+    quiet = Simulation._quiet
+    for spec in (replace(ep.spec(), headroom=0.0), replace(ep.spec(), headroom=0.05)):
+        outcomes = []
+        for skip in (True, False):
+            monkeypatch.setattr(Simulation, "_quiet", quiet if skip else lambda self: False)
+            out = Simulation("cloudpilot", spec, trace, series, opts).run()
+            outcomes.append(([(j.starts, j.end, j.machine) for j in out.jobs],
+                             [(m.name, m.offer.pool, m.created, m.ended)
+                              for m in out.machines]))
+        assert outcomes[0] == outcomes[1]
+        assert len(outcomes[0][1]) > 1 and all(j[1] is not None for j in outcomes[0][0])
+
+
+def test_the_lower_bound_puts_each_job_on_the_cheapest_type_that_holds_it():
+    from controller.domain.pricing import Offer
+    from controller.simulate.report import lower_bound
+
+    small, big = Offer("s", "a", "on-demand", 2, 4096, 0.02), Offer(
+        "b", "a", "on-demand", 8, 16384, 0.24)  # 0.01 and 0.03 per core-hour
+    lb = lower_bound({(1, 1024): 100.0, (4, 1024): 10.0, (2, 8000): 5.0}, (small, big), {},
+                     0.0, 3600.0)
+    # 1-core jobs fit s (0.01); 4-core jobs and 8 GB jobs only b (0.03)
+    assert lb.cost == pytest.approx(100 * 0.01 + 15 * 0.03)
+    assert lb.by_pool == {"s/a/on-demand": 100.0, "b/a/on-demand": 15.0}
+    assert lb.pool == "s/a/on-demand" and lb.core_hours == 115.0
+    assert math.isnan(lower_bound({(16, 1024): 1.0}, (small, big), {}, 0.0, 1.0).cost)

@@ -3,7 +3,9 @@ from controller.domain.matching import (
     SlotOffer,
     fits,
     jobs_per_machine,
+    machine_offer,
     unmatchable_reason,
+    waiting_reason,
     why_not,
 )
 
@@ -42,3 +44,45 @@ def test_jobs_per_machine_is_bounded_by_slots_cores_and_memory():
     assert jobs_per_machine(Requirements(cores=1, memory_mb=100), OFFER, slots=3) == 3
     assert jobs_per_machine(Requirements(cores=2, memory_mb=100), OFFER, slots=8) == 2
     assert jobs_per_machine(Requirements(cores=1, memory_mb=3000), OFFER, slots=8) == 2
+
+
+def test_platforms_are_any_of():
+    el9 = SlotOffer("cloud", 4, 8000, platform="el9")
+    assert fits(Requirements(platforms=frozenset({"el8", "el9"})), el9)
+    assert fits(Requirements(), el9)  # a job that lists none runs anywhere
+    assert why_not(Requirements(platforms=frozenset({"el8"})), el9) == (
+        "needs a platform among ['el8'], cloud is el9")
+    # a machine of no declared platform takes only jobs that list none
+    assert "of no declared platform" in (
+        why_not(Requirements(platforms=frozenset({"el9"})), OFFER) or "")
+
+
+def test_required_tags_keep_other_jobs_off_a_machine():
+    gpu = SlotOffer("gpu", 8, 32000, tags=frozenset({"gpu", "linux"}),
+                    required_tags=frozenset({"gpu"}))
+    assert fits(Requirements(tags=frozenset({"gpu"})), gpu)
+    assert why_not(Requirements(), gpu) == (
+        "gpu takes only jobs that ask for tags ['gpu']; the job does not ask for ['gpu']")
+    # tags stay all-of: a job asking for gpu and cuda needs both
+    assert not fits(Requirements(tags=frozenset({"gpu", "cuda"})), gpu)
+
+
+def test_waiting_reasons_look_at_registered_machines():
+    shapes = [SlotOffer("cloud", 8, 16000)]
+    small = machine_offer(shapes[0], 2, 4000, ["linux"], spot=False)
+    big = machine_offer(shapes[0], 8, 16000, ["linux"], spot=False)
+    wide = Requirements(cores=4)
+    # fits the endpoint's shape, but none of the registered machines: it says so
+    r = waiting_reason(wide, shapes, [("m1", small)])
+    assert r == ("none of the 1 registered machines can run it (m1: needs 4 cores, cloud "
+                 "offers 2); it waits for a new machine of endpoint cloud")
+    assert waiting_reason(wide, shapes, [("m1", small), ("m2", big)]) is None
+    assert waiting_reason(wide, shapes, []) is None  # nothing registered: the scheduler starts
+    # the endpoints' shapes come first
+    assert waiting_reason(Requirements(cores=16), shapes, [("m2", big)]) == (
+        "no endpoint can run it: needs 16 cores, cloud offers 8")
+    # a registered machine keeps its endpoint's rules
+    rules = SlotOffer("cloud", 8, 16000, platform="el9", required_tags=frozenset({"gpu"}))
+    m = machine_offer(rules, 8, 16000, ["gpu"], spot=True)
+    assert (m.platform, m.required_tags, m.spot, m.tags) == (
+        "el9", frozenset({"gpu"}), True, frozenset({"gpu"}))

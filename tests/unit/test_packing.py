@@ -22,8 +22,11 @@ OFFERS = tuple(
     for mk in ("spot", "on-demand")
 )
 PRICES = {"s/a": 0.030, "s/b": 0.032, "b/a": 0.100, "b/b": 0.110}
+# the cases below were worked out for the cheapest price per used core only (no size
+# tolerance); test_the_smallest_type_within_the_tolerance_wins adds it
 SPEC = EndpointSpec("ec2", SlotOffer("ec2", 8, 16384, frozenset({"linux"})), slots=8,
-                    max_machines=20, max_starts_per_cycle=10, idle_timeout=60, offers=OFFERS)
+                    max_machines=20, max_starts_per_cycle=10, idle_timeout=60, offers=OFFERS,
+                    size_tolerance=0.0)
 
 
 def tq(waiting, tq_id=1, **req):
@@ -159,3 +162,62 @@ def test_candidates_explain_every_offer():
 def test_priced_decide_is_pure():
     args = ([tq(13), tq(2, tq_id=2, cores=4, spot=False)], [view("ec2-0001", "s/a/spot", busy=1)])
     assert run(*args) == run(*args)
+
+
+def test_the_smallest_type_within_the_tolerance_wins():
+    # 8 jobs: b/a 0.0125 per used core, s/a 0.015 (20 % more): within a 25 % tolerance the
+    # 2-core type wins (4 of them), within 10 % the 8-core one
+    assert pools(run([tq(8)], spec=replace(SPEC, size_tolerance=0.25))) == ["s/a/spot"] * 4
+    assert pools(run([tq(8)], spec=replace(SPEC, size_tolerance=0.10))) == ["b/a/spot"]
+
+
+def test_a_machine_costs_as_long_as_its_longest_job():
+    # one 4-core job of 10 h and four 1-core jobs of 10 h: one b holds them all
+    # (0.100 x 10 h / 80 core-hours = 0.0125 per used core-hour, s/a 0.015)
+    long = tq(1, cores=4, max_runtime=36000)
+    assert pools(run([long, tq(4, tq_id=2, max_runtime=36000)])) == ["b/a/spot"]
+    # the same with 1-hour 1-core jobs: beside the long job they would keep b's cores busy
+    # 1 h of its 10 (0.100 x 10 / 44 = 0.0227); on s/a they cost 0.015, and b's 4 free
+    # cores stay for later work
+    assert pools(run([long, tq(4, tq_id=2, max_runtime=3600)])) == [
+        "b/a/spot", "s/a/spot", "s/a/spot"]
+
+
+def test_consolidation_drains_the_emptiest_within_a_budget():
+    ms = [view(f"ec2-000{i}", "b/a/spot", busy=b) for i, b in
+          ((1, 1), (2, 2), (3, 6), (4, 8), (5, 1), (6, 7), (7, 8), (8, 8), (9, 8), (10, 8))]
+    spec = replace(SPEC, drain_below=0.25, drain_budget=0.2)
+    d = run([], ms, spec=spec)
+    # at most 20 % of 10 machines at once; the emptiest using at most 25 % of their cores
+    assert d.drain == ("ec2-0001", "ec2-0005") and d.start == () and d.remove == ()
+    assert any("draining 2 of 10 machines" in r for r in d.reasons)
+    # draining machines stay so, and take nothing while the others hold the waiting work
+    drained = [replace(m, draining=m.name in d.drain) for m in ms]
+    d2 = run([tq(2)], drained, spec=spec)
+    assert d2.drain == ("ec2-0001", "ec2-0005") and d2.start == ()
+    # waiting work only they can hold: the first one stops draining and takes it
+    wide = run([tq(1, cores=7)], drained, spec=spec)
+    assert "ec2-0001" not in wide.drain and wide.start == ()
+    # an empty draining machine stops at once (no idle timeout); one holding a job never
+    empty = [replace(m, busy_slots=0, free_cores=8, idle_since=NOW - 1)
+             if m.name == "ec2-0001" else m for m in drained]
+    d3 = run([], empty, spec=spec)
+    assert [(r.name, r.reason) for r in d3.remove] == [
+        ("ec2-0001", "drained: its last job ended")]
+    # with work left over (a start), nothing new drains
+    assert run([tq(80)], ms, spec=spec).drain == ()
+    assert run([], ms, spec=replace(spec, drain_budget=0.0)).drain == ()
+
+
+def test_headroom_keeps_free_cores_for_work_on_its_way():
+    ms = [view(f"ec2-000{i}", "b/a/spot", busy=8) for i in range(1, 5)]  # 32 cores, all busy
+    spec = replace(SPEC, headroom=0.1)
+    d = run([], ms, spec=spec)
+    # 10 % of 32 live cores: 4 free cores wanted, none free: the cheapest that holds 4
+    assert pools(d) == ["s/a/spot", "s/a/spot"]
+    assert "headroom: 4 free cores wanted, 0 free" in d.reasons
+    assert run([], ms).start == ()  # no headroom asked for: nothing starts
+    # an idle machine that is the headroom is kept past its idle timeout
+    idle = [*ms, view("ec2-0009", "b/b/spot", idle_for=100)]
+    assert run([], idle, spec=spec).remove == ()
+    assert [r.name for r in run([], idle).remove] == ["ec2-0009"]

@@ -1,7 +1,15 @@
 from controller.domain.jobs import Requirements, task_queue_key
-from controller.domain.taskqueues import TaskQueue, fair_share_order
+from controller.domain.taskqueues import (
+    FairShare,
+    TaskQueue,
+    UsageLedger,
+    decay,
+    fair_share_order,
+    standings,
+)
 
 R = Requirements()
+HOUR = 3600.0
 
 
 def test_task_queue_key_groups_identical_requirements():
@@ -12,24 +20,79 @@ def test_task_queue_key_groups_identical_requirements():
     assert a != task_queue_key(Requirements(tags=frozenset({"a", "b"})), "bob", "g")
 
 
+def test_platforms_join_the_key_only_when_given():
+    plain = Requirements()
+    assert "platforms" not in plain.to_dict()  # older task queues keep their keys
+    el = Requirements(platforms=frozenset({"el9", "el8"}))
+    assert el.to_dict()["platforms"] == ["el8", "el9"]
+    assert Requirements.from_dict(el.to_dict()) == el
+    assert task_queue_key(el, "a", "g") != task_queue_key(plain, "a", "g")
+
+
 def test_owner_below_share_goes_first_then_priority():
     qs = [TaskQueue(1, R, "alice", "g", 10), TaskQueue(2, R, "bob", "g", 0),
           TaskQueue(3, R, "alice", "g", 50)]
-    order = fair_share_order(qs, usage={"alice": 3, "bob": 1}, shares={})
-    assert [q.id for q in order] == [2, 3, 1]
+    fs = FairShare(held={("owner", "alice"): 3, ("owner", "bob"): 1})
+    assert [q.id for q in fair_share_order(qs, fs)] == [2, 3, 1]
     # with no usage, alice's higher priority queue leads; priority orders within an owner
-    order = fair_share_order(qs, usage={}, shares={})
-    assert [q.id for q in order] == [3, 1, 2]
+    assert [q.id for q in fair_share_order(qs, FairShare())] == [3, 1, 2]
 
 
 def test_shares_weight_usage():
     qs = [TaskQueue(1, R, "alice", "g", 0), TaskQueue(2, R, "bob", "g", 0)]
-    # alice holds 3 slots with share 4 (0.75); bob holds 1 with share 1 (1.0)
-    order = fair_share_order(qs, usage={"alice": 3, "bob": 1}, shares={"alice": 4.0})
-    assert [q.id for q in order] == [1, 2]
+    # alice holds 3 cores with share 4 (0.75); bob holds 1 with share 1 (1.0)
+    fs = FairShare(shares={"alice": 4.0}, held={("owner", "alice"): 3, ("owner", "bob"): 1})
+    assert [q.id for q in fair_share_order(qs, fs)] == [1, 2]
 
 
-def test_fair_share_by_group():
-    qs = [TaskQueue(1, R, "alice", "physics", 0), TaskQueue(2, R, "bob", "bio", 0)]
-    order = fair_share_order(qs, usage={"physics": 5, "bio": 0}, shares={}, by="group")
-    assert [q.id for q in order] == [2, 1]
+def test_past_usage_counts_until_it_decays():
+    """Nobody holds anything now, but alice used the machine recently: bob goes first.
+    Usage decays with the half-life, so old usage weighs less than what is held now."""
+    ledger = UsageLedger(half_life=HOUR)
+    ledger.charge("owner", "alice", 3600.0, now=0.0)  # one core-hour
+    qs = [TaskQueue(1, R, "alice", "g", 0), TaskQueue(2, R, "bob", "g", 0)]
+    fs = FairShare(half_life=HOUR, usage=ledger.at(0.0))
+    assert [q.id for q in fair_share_order(qs, fs)] == [2, 1]
+    assert ledger.at(HOUR)[("owner", "alice")] == 1800.0
+    assert ledger.at(2 * HOUR)[("owner", "alice")] == 900.0
+    # two half-lives later it counts as a quarter of a core: less than bob's one core now
+    fs = FairShare(half_life=HOUR, usage=ledger.at(2 * HOUR), held={("owner", "bob"): 1})
+    assert fs.load("owner", "alice") == 0.25
+    assert [q.id for q in fair_share_order(qs, fs)] == [1, 2]
+    # charging decays what was there first
+    ledger.charge("owner", "alice", 100.0, now=HOUR)
+    assert ledger.at(HOUR)[("owner", "alice")] == 1900.0
+    assert decay(8.0, 0.0, 3 * HOUR, HOUR) == 1.0
+
+
+def test_two_level_group_fair_share():
+    """Groups by their share first, then owners within a group by theirs (not the oldest
+    queue): carol, in alice's group, is served before alice once alice has used more."""
+    qs = [TaskQueue(1, R, "alice", "physics", 0), TaskQueue(2, R, "carol", "physics", 0),
+          TaskQueue(3, R, "bob", "bio", 0)]
+    held = {("owner", "alice"): 4, ("group", "physics"): 4, ("owner", "bob"): 2,
+            ("group", "bio"): 2}
+    fs = FairShare(by="group", held=held)
+    # bio holds less than physics: bob first; inside physics carol (0) before alice (4)
+    assert [q.id for q in fair_share_order(qs, fs)] == [3, 2, 1]
+    # physics with 3 times bio's share: physics (4/3) before bio (2/1)
+    fs = FairShare(by="group", held=held, group_shares={"physics": 3.0})
+    assert [q.id for q in fair_share_order(qs, fs)] == [2, 1, 3]
+    # a group's share is its own, not the sum of its users': a big user share in bio
+    # does not lift bio above physics
+    fs = FairShare(by="group", held=held, shares={"bob": 100.0}, group_shares={"physics": 3})
+    assert fair_share_order(qs, fs)[0].id == 2
+
+
+def test_standings_rank_groups_then_owners_within_them():
+    held = {("owner", "alice"): 4, ("group", "physics"): 4, ("owner", "bob"): 2,
+            ("group", "bio"): 2}
+    fs = FairShare(by="group", half_life=HOUR, held=held, group_shares={"physics": 3.0},
+                   usage={("owner", "carol"): 1800.0, ("group", "physics"): 1800.0})
+    rows = {(s.kind, s.name): s for s in standings(
+        fs, {"alice": "physics", "carol": "physics", "bob": "bio"})}
+    assert rows[("group", "physics")].rank == 1 and rows[("group", "bio")].rank == 2
+    assert rows[("group", "physics")].load == (0.5 + 4) / 3
+    assert rows[("owner", "carol")].rank == 1 and rows[("owner", "alice")].rank == 2
+    assert rows[("owner", "bob")].rank == 1  # alone in bio
+    assert rows[("owner", "carol")].usage == 1800.0 and rows[("owner", "carol")].load == 0.5

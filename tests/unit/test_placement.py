@@ -1,0 +1,98 @@
+"""The placement rule the simulator and the live matcher share (domain/placement.py)."""
+
+import math
+
+from controller.domain.jobs import Requirements
+from controller.domain.matching import SlotOffer
+from controller.domain.placement import (
+    Asking,
+    AskingPilots,
+    Running,
+    busy_until,
+    choose,
+    leave_to_fuller,
+    placement_order,
+    shadow_time,
+)
+from controller.domain.taskqueues import TaskQueue
+
+WHOLE = SlotOffer("ec2", 8, 16000)
+NOW = 1000.0
+
+
+def free(cores, mem=None):
+    return SlotOffer("ec2", cores, mem if mem is not None else cores * 2000)
+
+
+def tq(i, cores=1, runtime=3600):
+    return TaskQueue(i, Requirements(cores=cores, memory_mb=1000, max_runtime=runtime),
+                     "alice", "g", 0, 1)
+
+
+def test_the_fullest_machine_asking_gets_the_job():
+    a, b, c = Asking("a", free(6)), Asking("b", free(2)), Asking("c", free(1))
+    assert [x.machine for x in placement_order([a, b, c])] == ["c", "b", "a"]
+    one, two = Requirements(cores=1), Requirements(cores=2)
+    # a leaves 1-core work to c, the fullest; c keeps it
+    assert leave_to_fuller(one, a, [a, b, c]) and not leave_to_fuller(one, c, [a, b, c])
+    # a 2-core job does not fit c: b, the fullest that can hold it, keeps it
+    assert not leave_to_fuller(two, b, [a, b, c]) and leave_to_fuller(two, a, [a, b, c])
+    # alone, a takes anything it can hold
+    assert not leave_to_fuller(two, a, [a])
+
+
+def test_the_machine_busy_longest_comes_before_the_fullest():
+    """A job placed on the machine whose running jobs end last extends its life least; the
+    machine about to empty gets nothing new and stops."""
+    ending = Asking("ending", free(1), busy_until([Running(7, 1000, NOW + 60)]))
+    lasting = Asking("lasting", free(6), busy_until([Running(2, 1000, NOW + 36000)]))
+    idle = Asking("idle", free(0 + 8))
+    assert [x.machine for x in placement_order([idle, ending, lasting])] == [
+        "lasting", "ending", "idle"]
+    assert leave_to_fuller(Requirements(), ending, [ending, lasting, idle])
+    assert busy_until([]) == 0.0
+
+
+def test_asking_pilots_come_and_go():
+    asking = AskingPilots()
+    asking.enter("p1", Asking("a", free(2)))
+    asking.enter("p2", Asking("b", free(4)))
+    assert {x.machine for x in asking.now()} == {"a", "b"}
+    asking.leave("p1")
+    assert [x.machine for x in asking.now()] == ["b"]
+    assert not asking.deferred()
+    assert asking.defer(True) and asking.deferred() and not asking.deferred()
+
+
+def test_shadow_time_is_when_enough_running_jobs_end():
+    running = [Running(2, 4000, NOW + 300), Running(4, 8000, NOW + 100)]
+    assert shadow_time(Requirements(cores=2, memory_mb=1000), free(2), running, NOW) == NOW
+    assert shadow_time(Requirements(cores=6, memory_mb=1000), free(2), running, NOW) == \
+        NOW + 100
+    assert shadow_time(Requirements(cores=8, memory_mb=1000), free(2), running, NOW) == \
+        NOW + 300
+    assert shadow_time(Requirements(cores=9, memory_mb=1000), free(2), running, NOW) == \
+        math.inf
+
+
+def test_a_wide_job_reserves_cores_and_narrow_ones_backfill_only_before_it():
+    running = [Running(6, 6000, NOW + 200)]  # 2 cores free, 6 more in 200 s
+    wide, long_narrow, short_narrow = tq(1, cores=4), tq(2, runtime=3600), tq(3, runtime=100)
+    order = [wide, long_narrow, short_narrow]  # fair share puts the wide job first
+    # the wide job does not fit 2 free cores: they are held for it; a 100 s job ends before
+    # the reservation's start, a 1 h one would delay it
+    assert choose(order, free(2), WHOLE, running, NOW, reserve_limit=300) == short_narrow
+    assert choose(order[:2], free(2), WHOLE, running, NOW, reserve_limit=300) is None
+    # a reservation further off than the limit is not made: cores are not held idle long
+    assert choose(order, free(2), WHOLE, running, NOW, reserve_limit=100) == long_narrow
+    # without the machine's whole size (no reservations): the first that fits now
+    assert choose(order, free(2), None, running, NOW, reserve_limit=300) == long_narrow
+    # a job the machine can never hold makes no reservation
+    assert choose([tq(4, cores=16), long_narrow], free(2), WHOLE, running, NOW, 300) == \
+        long_narrow
+    # a queue with no job waiting any more holds nothing
+    assert choose(order, free(2), WHOLE, running, NOW, 300,
+                  waits=lambda q: q.id != 1) == long_narrow
+    # the head fits: it goes first; skipped queues are passed over
+    assert choose(order, free(8), WHOLE, [], NOW, 300) == wide
+    assert choose(order, free(8), WHOLE, [], NOW, 300, skip={1}) == long_narrow
