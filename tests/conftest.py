@@ -286,3 +286,25 @@ def end_controller(c: Controller) -> None:
         except (ProcessLookupError, ValueError, PermissionError):
             pass
         MachineProcesses(pid_file.parent.parent, pid_file.parent.name).kill()
+
+
+# PostgreSQL (issue 15) ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (tests/pgserver.py), stopped by PID."""
+    from tests import pgserver
+
+    why = pgserver.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with pgserver.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's database for a test, once per backend: a SQLite file, or a fresh database
+    on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "q.db")
+    return str(request.getfixturevalue("postgres_server").create_database())

@@ -1,64 +1,52 @@
-"""The Store: one SQLite file in WAL mode, one connection guarded by a lock, and the query
-modules that work on it (one per table group: jobs, machines, endpoints, hosts, plans, ticks,
-tokens, usage)."""
+"""The Store: the database (SQLite, the embedded default, or PostgreSQL shared by several
+controller processes) and the query modules that work on it (one per table group: jobs,
+machines, endpoints, hosts, plans, ticks, tokens, usage)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
-from sqlite_utils import Database
-
-from controller.errors import StorageError, StorageReadOnly, storage_error
 from controller.store.endpoints import EndpointStore
 from controller.store.hosts import HostStore
 from controller.store.jobs import JobStore
 from controller.store.machines import MachineStore
-from controller.store.migrations import migrate
+from controller.store.migrations import migrate, migrate_postgres
 from controller.store.plans import PlanStore
+from controller.store.postgres import PostgresBackend, is_postgres
+from controller.store.sql import Dialect
+from controller.store.sqlite import SqliteBackend
 from controller.store.ticks import TickStore
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 
 class Store:
-    """Owns the database connection. Every query module goes through `tx()` (a write
-    transaction) or `read()` so that one process never interleaves two transactions."""
+    """Owns the database. Every query module goes through `tx()` (a write transaction) or
+    `read()`. `database` is a SQLite file's path or a `postgresql://` URL."""
 
-    def __init__(self, path: str | Path, *, lease: float = 60.0) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        except FileExistsError:
-            raise StorageError(f"cannot open the database {self.path}: "
-                               f"{self.path.parent} is a file, not a folder") from None
-        except (OSError, sqlite3.Error) as e:
-            raise StorageError(f"cannot open the database {self.path}: "
-                               f"{getattr(e, 'strerror', None) or e}") from None
-        try:
-            conn.row_factory = sqlite3.Row
-            self.db = Database(conn)
-            self.db.enable_wal()
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("PRAGMA busy_timeout=30000")
-            self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: hot queue pages stay cached
-            self.lock = threading.RLock()
-            self._depth = 0  # nested tx() blocks of the thread holding the lock
-            with self.lock:
-                migrate(self.db)
-        except sqlite3.Error as e:
-            conn.close()
-            ro = next((p for p in (self.path, self.path.parent)
-                       if p.exists() and not os.access(p, os.W_OK)), None)
-            if ro is not None:  # SQLite says only "unable to open database file"
-                raise StorageReadOnly(f"cannot open the database {self.path}: {ro} is "
-                                      f"read-only ({e})") from None
-            raise storage_error(e, f"opening {self.path}") from None
+    def __init__(self, database: str | Path, *, lease: float = 60.0) -> None:
+        self.backend: SqliteBackend | PostgresBackend
+        if is_postgres(str(database)):
+            pg = PostgresBackend(str(database))
+            try:
+                with pg.pool.connection() as conn:
+                    migrate_postgres(conn)
+            except Exception:
+                pg.close()
+                raise
+            self.backend, self.dialect = pg, Dialect.postgres()
+        else:
+            lite = SqliteBackend(database)
+            try:
+                with lite.lock:
+                    migrate(lite.db)
+            except sqlite3.Error as e:
+                lite.db.conn.close()
+                raise lite.open_error(e) from None
+            self.backend, self.dialect = lite, Dialect.sqlite()
         self.endpoints = EndpointStore(self)
         self.usage = UsageStore(self)
         self.jobs = JobStore(self, lease, self.usage)
@@ -68,40 +56,24 @@ class Store:
         self.ticks = TickStore(self)
         self.hosts = HostStore(self)
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: take the write lock up front). A tx() inside
-        another (same thread) joins it: a service that calls several query methods in
-        `with store.tx():` commits all of their writes, or none."""
-        with self.lock:
-            conn = self.db.conn
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield conn
-                finally:
-                    self._depth -= 1
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # also when COMMIT itself failed (disk full): leave no transaction open, so the
-                # next request starts clean and works once space returns
-                if conn.in_transaction:
-                    with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
+    @property
+    def shared(self) -> bool:
+        """Several controller processes may share this database (PostgreSQL)."""
+        return isinstance(self.backend, PostgresBackend)
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
-            yield self.db.conn
+    def tx(self) -> AbstractContextManager[Any]:
+        """One write transaction. A tx() inside another (same thread) joins it: a service that
+        calls several query methods in `with store.tx():` commits all of their writes, or
+        none."""
+        return self.backend.tx()
+
+    def read(self) -> AbstractContextManager[Any]:
+        return self.backend.read()
 
     def close(self) -> None:
-        with self.lock:
-            self.db.conn.close()
+        self.backend.close()
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of one query in the store's SQL (for tests and tools)."""
+        with self.read() as c:
+            return list(c.execute(sql, params).fetchall())

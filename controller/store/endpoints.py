@@ -17,8 +17,8 @@ from controller.store.sql import Transactions
 def bump_seq(c: sqlite3.Connection, endpoint: str, seq: int) -> None:
     """Keep the endpoint's machine name counter at least `seq` (inside the caller's
     transaction: a machine is recorded with its number at once)."""
-    c.execute("UPDATE endpoints SET last_seq = MAX(last_seq, ?) WHERE name = ?",
-              (seq, endpoint))
+    c.execute("UPDATE endpoints SET last_seq = ? WHERE name = ? AND last_seq < ?",
+              (seq, endpoint, seq))
 
 
 class EndpointStore:

@@ -23,7 +23,7 @@ from controller.domain.jobs import (
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose
 from controller.domain.taskqueues import TaskQueue, fair_share_order
-from controller.errors import Conflict, NotFound
+from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.machines import MachineStore
 from controller.store.sql import Transactions, in_list
 from controller.store.usage import UsageStore
@@ -77,14 +77,16 @@ def _replayed(c: sqlite3.Connection, owner: str, idem: IdempotencyKey,
     """The ids an earlier submission with this key created, None for a new key; a Conflict
     when the key was used for another request. Expired keys are forgotten here."""
     c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
-    row = c.execute("SELECT request_hash, first_id, count FROM idempotency_keys"
+    row = c.execute("SELECT request_hash, first_id, count, ids FROM idempotency_keys"
                     " WHERE owner = ? AND key = ?", (owner, idem.key)).fetchone()
     if row is None:
         return None
     if row["request_hash"] != idem.request_hash:
         raise Conflict(f"Idempotency-Key {idem.key!r} was used for another request; use a new "
                        "key for a new submission")
-    return list(range(row["first_id"], row["first_id"] + row["count"]))
+    if row["ids"] is not None:
+        return [int(i) for i in json.loads(row["ids"])]
+    return list(range(row["first_id"], row["first_id"] + row["count"]))  # before migration 015
 
 
 def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
@@ -103,6 +105,26 @@ def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer
     bounded = dataclasses.replace(offer, cores=min(offer.cores, reg["cores"] - cores),
                                   memory_mb=min(offer.memory_mb, reg["memory_mb"] - mem))
     return bounded, min(count, (reg["slots"] or 1) - n)
+
+
+_JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
+                " requirements, max_retries, retries, reschedules, created_at, updated_at")
+_INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
+
+
+def _insert_jobs(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+    """Insert job rows; their ids in the rows' order. Ids come from the statement (RETURNING),
+    not from counting back from the last one: with several controller processes inserting at
+    once one submission's ids need not be consecutive."""
+    ids: list[int] = []
+    one = "(" + ",".join("?" * 16) + ")"
+    for at in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[at:at + _INSERT_CHUNK]
+        got = c.execute(
+            f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES {','.join([one] * len(chunk))}"
+            " RETURNING id", [v for r in chunk for v in r]).fetchall()
+        ids.extend(sorted(r[0] for r in got))  # ids rise in the order the rows are inserted
+    return ids
 
 
 class JobStore:
@@ -169,9 +191,9 @@ class JobStore:
         key = task_queue_key(job.requirements, owner, group) + f":{job.priority}"
         tq_id = self._tq_keys.get(key)
         if tq_id is None:
-            c.execute(
+            c.execute(  # another controller process may have made it a moment ago
                 "INSERT INTO task_queues (key, owner, grp, priority, requirements, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
                 (key, owner, group, job.priority, json.dumps(job.requirements.to_dict()), now),
             )
             row = c.execute("SELECT * FROM task_queues WHERE key = ?", (key,)).fetchone()
@@ -180,10 +202,13 @@ class JobStore:
         return tq_id
 
     def submit(self, jobs: Sequence[NewJob], owner: str, group: str, default_retries: int,
-               now: float | None = None, idempotency: IdempotencyKey | None = None) -> list[int]:
+               now: float | None = None, idempotency: IdempotencyKey | None = None,
+               *, again: bool = False) -> list[int]:
         """Insert jobs (received -> waiting, both recorded) in one transaction. With an
         idempotency key, a key seen before answers the ids it created then (the same request)
-        or is a Conflict (another request); a new key is stored in the same transaction."""
+        or is a Conflict (another request); a new key is stored in the same transaction (the
+        same key sent to two controller processes at once: one stores it, the other's
+        transaction fails on it and is run again, answering the first one's ids)."""
         now = time.time() if now is None else now
         if not jobs:
             return []
@@ -204,14 +229,7 @@ class JobStore:
                         default_retries if j.max_retries is None else j.max_retries,
                         0, 0, now, now,
                     ))
-                c.executemany(
-                    "INSERT INTO jobs (name, owner, grp, tq_id, state, priority, executable,"
-                    " arguments, env, inputs, requirements, max_retries, retries, reschedules,"
-                    " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    rows,
-                )
-                last = c.execute("SELECT last_insert_rowid()").fetchone()[0]
-                ids = list(range(last - len(rows) + 1, last + 1))
+                ids = _insert_jobs(c, rows)
                 recv, wait = check_transition(S.RECEIVED, S.WAITING), "submitted"
                 c.executemany(
                     "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
@@ -222,14 +240,27 @@ class JobStore:
                 if idempotency is not None:
                     c.execute(
                         "INSERT INTO idempotency_keys (owner, key, request_hash, first_id,"
-                        " count, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        " count, ids, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (owner, idempotency.key, idempotency.request_hash, ids[0], len(ids),
-                         now, now + idempotency.keep))
-        except BaseException:
+                         json.dumps(ids), now, now + idempotency.keep))
+        except BaseException as e:
             # the transaction rolled back: forget task queues created inside it
             self.reload_task_queues()
+            if isinstance(e, StorageBusy) and idempotency is not None and not again:
+                return self.submit(jobs, owner, group, default_retries, now, idempotency,
+                                   again=True)
             raise
         return ids
+
+    def _learn_task_queues(self, c: sqlite3.Connection) -> None:
+        """Learn the task queues other controller processes made (a shared PostgreSQL store;
+        with SQLite this process made them all). Ids are not committed in order across
+        processes, so the count tells, not the highest id."""
+        if self.store.dialect.claim and c.execute(
+                "SELECT COUNT(*) FROM task_queues").fetchone()[0] != len(self._tqs):
+            for r in c.execute("SELECT * FROM task_queues").fetchall():
+                if r["id"] not in self._tqs:
+                    self._remember_tq(r)
 
     def reload_task_queues(self) -> None:
         """Load the task queues from the database (at start, and after a rolled-back submit)."""
@@ -284,6 +315,7 @@ class JobStore:
     def queue_snapshot(self) -> list[TaskQueue]:
         """Task queues with their waiting counts (the scheduler's view of the queue)."""
         with self.store.read() as c:
+            self._learn_task_queues(c)
             counts = dict(c.execute(
                 "SELECT tq_id, COUNT(*) FROM jobs WHERE state = 'waiting' GROUP BY tq_id"
             ).fetchall())
@@ -307,8 +339,9 @@ class JobStore:
     def _may_fit(self, offer: SlotOffer) -> bool:
         """Is any job waiting in a task queue that fits the offer? (A read, no write lock: a
         long-poll that wakes or re-checks with nothing for it stays cheap.)"""
-        with self.store.read() as c:  # the lock also guards self._tqs
-            fitting = [q.id for q in self._tqs.values() if fits(q.requirements, offer)]
+        with self.store.read() as c:
+            self._learn_task_queues(c)
+            fitting = [q.id for q in list(self._tqs.values()) if fits(q.requirements, offer)]
             if not fitting:
                 return False
             return c.execute(
@@ -339,62 +372,71 @@ class JobStore:
         if not self._may_fit(offer) and now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
             return []  # nothing to claim, liveness recorded lately: no write transaction
         self._seen[pilot_id] = now
-        with self.store.tx() as c:
-            c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
-            c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
-            if MachineStore.draining(c, machine):
+        asked = offer, count
+        for tries in range(3):  # PostgreSQL: a deadlock with another process claiming
+            got, (offer, count) = [], asked
+            try:
+                with self.store.tx() as c:
+                    c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
+                    c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
+                    if MachineStore.draining(c, machine):
+                        return got
+                    offer, count = _within_registered(c, pilot_id, machine, offer, count)
+                    skip: set[int] = set()  # queues found empty, or left to a fuller machine
+                    running = self.running(c, machine) if whole is not None else []
+
+                    def waits(q: TaskQueue) -> bool:  # before holding cores for it
+                        row = c.execute("SELECT 1 FROM jobs WHERE tq_id = ? AND state = 'waiting'"
+                                        " LIMIT 1", (q.id,)).fetchone()
+                        if row is None:
+                            skip.add(q.id)  # noqa: B023 (called in this try only)
+                        return row is not None
+
+                    while len(got) < count:
+                        candidates = [q for q in list(self._tqs.values())
+                                      if q.id not in skip and fits(q.requirements, whole or offer)]
+                        if not candidates:
+                            break
+                        fs = self.usage.fair_share(c, by, shares, group_shares or {}, now)
+                        q = choose(fair_share_order(candidates, fs), offer, whole, running, now,
+                                   reserve_limit, waits=waits)
+                        if q is None:
+                            break
+                        if defer is not None and defer(q.requirements):
+                            skip.add(q.id)
+                            continue
+                        row = c.execute(
+                            "SELECT * FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
+                            " LIMIT 1" + self.store.dialect.claim, (q.id,)).fetchone()
+                        if row is None:
+                            skip.add(q.id)
+                            continue
+                        attempt, lease_expires = row["attempt"] + 1, now + self.lease
+                        self._move(c, row["id"], S.WAITING, S.MATCHED, now,
+                                   f"attempt {attempt}: matched to pilot {pilot_id} on {machine}",
+                                   pilot_id=pilot_id, machine=machine, endpoint=offer.endpoint,
+                                   last_heartbeat=now, reason=None, attempt=attempt,
+                                   lease_expires=lease_expires)
+                        c.execute("INSERT INTO attempts (job_id, n, pilot_id, machine, endpoint,"
+                                  " started_at, lease_expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  (row["id"], attempt, pilot_id, machine, offer.endpoint, now,
+                                   lease_expires))
+                        job = dataclasses.replace(
+                            _job(row), state=S.MATCHED, pilot_id=pilot_id, machine=machine,
+                            endpoint=offer.endpoint, last_heartbeat=now, updated_at=now,
+                            reason=None, attempt=attempt, lease_expires=lease_expires)
+                        got.append((job, issue_token(c, job)))
+                        r = job.requirements
+                        offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
+                                                    memory_mb=offer.memory_mb - r.memory_mb)
+                        running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
+                    if got:
+                        c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
+                                  (now, machine))
                 return got
-            offer, count = _within_registered(c, pilot_id, machine, offer, count)
-            skip: set[int] = set()  # queues found empty, or left to a fuller machine
-            running = self.running(c, machine) if whole is not None else []
-
-            def waits(q: TaskQueue) -> bool:  # before holding cores for it
-                row = c.execute("SELECT 1 FROM jobs WHERE tq_id = ? AND state = 'waiting'"
-                                " LIMIT 1", (q.id,)).fetchone()
-                if row is None:
-                    skip.add(q.id)
-                return row is not None
-
-            while len(got) < count:
-                candidates = [q for q in self._tqs.values()
-                              if q.id not in skip and fits(q.requirements, whole or offer)]
-                if not candidates:
-                    break
-                fs = self.usage.fair_share(c, by, shares, group_shares or {}, now)
-                q = choose(fair_share_order(candidates, fs), offer, whole, running, now,
-                           reserve_limit, waits=waits)
-                if q is None:
-                    break
-                if defer is not None and defer(q.requirements):
-                    skip.add(q.id)
-                    continue
-                row = c.execute(
-                    "SELECT * FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
-                    " LIMIT 1", (q.id,)).fetchone()
-                if row is None:
-                    skip.add(q.id)
-                    continue
-                attempt, lease_expires = row["attempt"] + 1, now + self.lease
-                self._move(c, row["id"], S.WAITING, S.MATCHED, now,
-                           f"attempt {attempt}: matched to pilot {pilot_id} on {machine}",
-                           pilot_id=pilot_id, machine=machine, endpoint=offer.endpoint,
-                           last_heartbeat=now, reason=None, attempt=attempt,
-                           lease_expires=lease_expires)
-                c.execute("INSERT INTO attempts (job_id, n, pilot_id, machine, endpoint,"
-                          " started_at, lease_expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          (row["id"], attempt, pilot_id, machine, offer.endpoint, now,
-                           lease_expires))
-                job = dataclasses.replace(
-                    _job(row), state=S.MATCHED, pilot_id=pilot_id, machine=machine,
-                    endpoint=offer.endpoint, last_heartbeat=now, updated_at=now, reason=None,
-                    attempt=attempt, lease_expires=lease_expires)
-                got.append((job, issue_token(c, job)))
-                r = job.requirements
-                offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
-                                            memory_mb=offer.memory_mb - r.memory_mb)
-                running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
-            if got:
-                c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?", (now, machine))
+            except StorageBusy:
+                if tries == 2:
+                    raise
         return got
 
     @staticmethod
@@ -484,8 +526,11 @@ class JobStore:
         with self.store.tx() as c:
             self._held(c, pilot_id, job_id, attempt)
             c.execute(
-                "INSERT OR REPLACE INTO outputs (job_id, stdout, stderr, truncated, uploaded_at)"
-                " VALUES (?, ?, ?, ?, ?)", (job_id, stdout, stderr, int(truncated), now))
+                "INSERT INTO outputs (job_id, stdout, stderr, truncated, uploaded_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id) DO UPDATE SET"
+                " stdout = excluded.stdout, stderr = excluded.stderr,"
+                " truncated = excluded.truncated, uploaded_at = excluded.uploaded_at",
+                (job_id, stdout, stderr, int(truncated), now))
 
     # kill and reschedule -----------------------------------------------------------------
     def kill(self, job_id: int, by: str, now: float | None = None) -> Job:

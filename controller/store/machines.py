@@ -139,8 +139,13 @@ class MachineStore:
         now = time.time() if now is None else now
         with self.store.tx() as c:
             c.execute(
-                "INSERT OR REPLACE INTO pilots (id, endpoint, machine, cores, memory_mb, tags,"
-                " slots, version, registered_at, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO pilots (id, endpoint, machine, cores, memory_mb, tags,"
+                " slots, version, registered_at, last_seen) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint,"
+                " machine = excluded.machine, cores = excluded.cores,"
+                " memory_mb = excluded.memory_mb, tags = excluded.tags, slots = excluded.slots,"
+                " version = excluded.version, registered_at = excluded.registered_at,"
+                " last_seen = excluded.last_seen",
                 (pilot_id, endpoint, machine, cores, memory_mb, json.dumps(tags), slots,
                  version, now, now))
             row = c.execute("SELECT state, endpoint FROM machines WHERE name = ?",

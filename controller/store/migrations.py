@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from sqlite_utils import Database
 
 from controller.domain.jobs import ACTIVE_STATES as ACTIVE_JOB_STATES
 from controller.domain.plans import OPEN_STATES
+from controller.store.schema_pg import BASELINE
 from controller.store.sql import in_list
 
 HELD = in_list(ACTIVE_JOB_STATES)  # ('matched', 'running'): jobs a pilot holds
@@ -283,37 +287,80 @@ def i13_drain(db: Database) -> None:
     db.table("machines").add_column("draining", int, not_null_default=0)
 
 
-MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
-    ("001_initial", m001_initial),
-    ("002_held_counts", m002_held_counts),
-    ("003_plans", m003_plans),
-    ("004_ssh_hosts", m004_ssh_hosts),
-    ("005_ticks", m005_ticks),
-    ("006_i10_plans_applying", m006_i10_plans_applying),
-    ("007_i9_pilot_credentials", m007_i9_pilot_credentials),
-    ("008_i12_web_sessions", i12_web_sessions),
-    ("009_i12_samples", i12_samples),
-    ("010_i12_jobs_keyset", i12_jobs_keyset),
-    ("011_i11_idempotency", i11_idempotency),
-    ("012_i11_attempts", i11_attempts),
-    ("013_i13_usage", i13_usage),
-    ("014_i13_drain", i13_drain),
+def i15_idempotency_ids(db: Database) -> None:
+    """The ids a keyed submission created, as a JSON list: with several controller processes
+    inserting at once (PostgreSQL) one submission's ids need not be consecutive."""
+    db.execute(I15_IDS)
+
+
+I15_IDS = "ALTER TABLE idempotency_keys ADD COLUMN ids TEXT"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: how SQLite takes it, and how PostgreSQL does (SQL statements;
+    None: PostgreSQL's baseline in schema_pg.py already has it)."""
+
+    name: str
+    sqlite: Callable[[Database], None]
+    postgres: list[str] | None = None
+
+
+MIGRATIONS: list[Migration] = [
+    Migration("001_initial", m001_initial, BASELINE),
+    Migration("002_held_counts", m002_held_counts),
+    Migration("003_plans", m003_plans),
+    Migration("004_ssh_hosts", m004_ssh_hosts),
+    Migration("005_ticks", m005_ticks),
+    Migration("006_i10_plans_applying", m006_i10_plans_applying),
+    Migration("007_i9_pilot_credentials", m007_i9_pilot_credentials),
+    Migration("008_i12_web_sessions", i12_web_sessions),
+    Migration("009_i12_samples", i12_samples),
+    Migration("010_i12_jobs_keyset", i12_jobs_keyset),
+    Migration("011_i11_idempotency", i11_idempotency),
+    Migration("012_i11_attempts", i11_attempts),
+    Migration("013_i13_usage", i13_usage),
+    Migration("014_i13_drain", i13_drain),
+    # from here on, one statement for both where the SQL allows
+    Migration("015_i15_idempotency_ids", i15_idempotency_ids, [I15_IDS]),
 ]
 
 
 def migrate(db: Database) -> list[str]:
-    """Apply the migrations not yet recorded; return the names applied."""
+    """Apply the migrations not yet recorded (SQLite); return the names applied."""
     if "_migrations" not in db.table_names():
         db.table("_migrations").create({"name": str, "applied_at": float}, pk="name")
     done = {r["name"] for r in db.table("_migrations").rows}
     applied = []
-    import time
-
-    for name, fn in MIGRATIONS:
-        if name in done:
+    for m in MIGRATIONS:
+        if m.name in done:
             continue
         with db.atomic():
-            fn(db)
-            db.table("_migrations").insert({"name": name, "applied_at": time.time()})
-        applied.append(name)
+            m.sqlite(db)
+            db.table("_migrations").insert({"name": m.name, "applied_at": time.time()})
+        applied.append(m.name)
+    return applied
+
+
+MIGRATE_LOCK = 0x636C6F7564  # the advisory lock processes starting at once migrate under
+
+
+def migrate_postgres(conn: Any) -> list[str]:
+    """Apply the migrations not yet recorded (PostgreSQL), in one transaction, under an
+    advisory lock: of several processes starting at once, one migrates, the others wait and
+    find it done. `conn` is a psycopg connection in autocommit mode."""
+    applied = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY,"
+                     " applied_at DOUBLE PRECISION)")
+        done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+        for m in MIGRATIONS:
+            if m.name in done:
+                continue
+            for sql in m.postgres or []:
+                conn.execute(sql)
+            conn.execute("INSERT INTO _migrations (name, applied_at) VALUES (%s, %s)",
+                         (m.name, time.time()))
+            applied.append(m.name)
     return applied

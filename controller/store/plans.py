@@ -99,11 +99,11 @@ class PlanStore:
                 cur = c.execute(
                     "INSERT INTO plans (endpoint, state, creates, deletes, wanted, reasons,"
                     " detail, asked_by, message, cost_per_hour, specs, created_at, updated_at)"
-                    " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (diff.endpoint, json.dumps(list(diff.create)), json.dumps(list(diff.delete)),
                      json.dumps(list(diff.wanted)), json.dumps(list(reasons)), diff.detail,
                      asked_by, note, cost_per_hour, _specs(diff), now, now))
-                plan_id, new = int(cur.lastrowid or 0), True
+                plan_id, new = int(cur.fetchone()[0]), True
                 self._event(c, plan_id, None, P.PENDING.value, f"asked by {asked_by}", now)
                 for old in c.execute("SELECT id FROM plans WHERE endpoint = ? AND"
                                      " state = 'pending' AND id != ?",

@@ -5,13 +5,35 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """What the query modules say differently to each backend. `claim` ends the SELECT that
+    picks a waiting job to match: on PostgreSQL, rows another process is claiming are skipped,
+    never waited for. `lock` ends a SELECT whose row is then updated from what it read."""
+
+    name: str
+    claim: str = ""
+    lock: str = ""
+
+    @classmethod
+    def sqlite(cls) -> Dialect:
+        return cls("sqlite")  # one writer at a time (BEGIN IMMEDIATE): nothing to add
+
+    @classmethod
+    def postgres(cls) -> Dialect:
+        return cls("postgres", claim=" FOR UPDATE SKIP LOCKED", lock=" FOR UPDATE")
+
+
 class Transactions(Protocol):
-    """What a query module needs of the Store (controller/store/db.py): a write transaction
-    and a read, on the one connection."""
+    """What a query module needs of the Store (controller/store/db.py): a write transaction,
+    a read, and the backend's dialect."""
+
+    dialect: Dialect
 
     def tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 

@@ -28,10 +28,10 @@ class TickStore:
         with self.store.tx() as c:
             cur = c.execute(
                 "INSERT INTO ticks (endpoint, at, starts, removes, inputs, decision)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
                 (endpoint, at, len(decision["start"]), len(decision["remove"]), _pack(inputs),
                  _pack(decision)))
-            tick_id = int(cur.lastrowid or 0)
+            tick_id = int(cur.fetchone()[0])
             row = c.execute("SELECT id FROM ticks WHERE endpoint = ? ORDER BY id DESC"
                             " LIMIT 1 OFFSET ?", (endpoint, keep)).fetchone()
             if row is not None:

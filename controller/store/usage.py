@@ -19,13 +19,15 @@ class UsageStore:
         """Add what a job used (its cores x how long it was held) inside the caller's
         transaction, decaying what was there to `now` first."""
         for kind, name in ((OWNER, owner), (GROUP, group)):
-            row = c.execute("SELECT core_seconds, at FROM usage WHERE kind = ? AND name = ?",
-                            (kind, name)).fetchone()
+            row = c.execute("SELECT core_seconds, at FROM usage WHERE kind = ? AND name = ?"
+                            + self.store.dialect.lock, (kind, name)).fetchone()
             value = core_seconds
             if row is not None:
                 value += decay(row[0], row[1], now, self.half_life)
-            c.execute("INSERT OR REPLACE INTO usage (kind, name, core_seconds, at)"
-                      " VALUES (?, ?, ?, ?)", (kind, name, value, now))
+            c.execute("INSERT INTO usage (kind, name, core_seconds, at) VALUES (?, ?, ?, ?)"
+                      " ON CONFLICT (kind, name) DO UPDATE SET"
+                      " core_seconds = excluded.core_seconds, at = excluded.at",
+                      (kind, name, value, now))
 
     def _read(self, c: sqlite3.Connection, now: float) -> tuple[
             dict[tuple[str, str], float], dict[tuple[str, str], float]]:

@@ -341,10 +341,12 @@ def record_sample(store: Store, now: float, every: float, keep: float,
                              " ('requested', 'booting', 'running', 'stopping')").fetchone()[0]
     rate = sum(m.price for m in machine_lives(store, prices) if m.ended is None)
     with store.tx() as c:
-        c.execute("INSERT OR REPLACE INTO samples (at, waiting, running, machines, spend_rate)"
-                  " VALUES (?, ?, ?, ?, ?)", (now, jobs.get("waiting", 0),
-                                              jobs.get("running", 0) + jobs.get("matched", 0),
-                                              machines, rate))
+        c.execute("INSERT INTO samples (at, waiting, running, machines, spend_rate)"
+                  " VALUES (?, ?, ?, ?, ?) ON CONFLICT (at) DO UPDATE SET"
+                  " waiting = excluded.waiting, running = excluded.running,"
+                  " machines = excluded.machines, spend_rate = excluded.spend_rate",
+                  (now, jobs.get("waiting", 0), jobs.get("running", 0) + jobs.get("matched", 0),
+                   machines, rate))
         c.execute("DELETE FROM samples WHERE at < ?", (now - keep,))
     return True
 

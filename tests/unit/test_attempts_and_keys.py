@@ -1,4 +1,4 @@
-"""Numbered attempts under leases, and idempotency keys, on a real SQLite file (issue 11)."""
+"""Numbered attempts under leases, and idempotency keys, on each backend (issues 11, 15)."""
 
 import pytest
 
@@ -12,8 +12,8 @@ OFFER = SlotOffer("ep", cores=8, memory_mb=8192)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "q.db", lease=30.0)
+def store(database):
+    s = Store(database, lease=30.0)
     s.machines.register_pilot("p1", "ep", "m1", 8, 8192, [], 4, "test")
     s.machines.register_pilot("p2", "ep", "m2", 8, 8192, [], 4, "test")
     yield s
@@ -27,9 +27,9 @@ def claim(store, pilot="p1", machine="m1", now=1000.0):
 
 
 def attempts(store, job_id):
-    return [dict(r) for r in store.db.execute(
+    return [dict(r) for r in store.rows(
         "SELECT n, pilot_id, lease_expires, ended_at, outcome FROM attempts WHERE job_id = ?"
-        " ORDER BY n", (job_id,)).fetchall()]
+        " ORDER BY n", (job_id,))]
 
 
 def test_each_match_starts_a_numbered_attempt_under_a_lease_that_heartbeats_renew(store):

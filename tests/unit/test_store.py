@@ -1,4 +1,4 @@
-"""The queue on a real SQLite file."""
+"""The queue on each backend: a real SQLite file, and a real PostgreSQL database."""
 
 import sqlite3
 import threading
@@ -8,15 +8,15 @@ import pytest
 from controller.auth import Role
 from controller.domain.jobs import JobState, NewJob, Requirements
 from controller.domain.matching import SlotOffer
-from controller.errors import Conflict, NotFound
+from controller.errors import Conflict, NotFound, StorageError
 from controller.store import Store
 
 OFFER = SlotOffer("ep", cores=64, memory_mb=64_000, tags=frozenset({"linux"}))
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "q.db")
+def store(database):
+    s = Store(database)
     s.tokens.create_user("alice", "physics")
     s.tokens.create_user("bob", "bio")
     yield s
@@ -52,12 +52,14 @@ def test_submit_records_received_and_waiting(store):
 
 
 def test_wal_mode(store):
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if store.dialect.name != "sqlite":
+        pytest.skip("WAL is SQLite's journal mode")
+    assert store.rows("PRAGMA journal_mode")[0][0] == "wal"
 
 
 def test_a_failed_bulk_submit_leaves_nothing(store):
     jobs = [NewJob("/bin/true"), NewJob("/bin/true", requirements=Requirements(cores=2))]
-    with pytest.raises(sqlite3.ProgrammingError):
+    with pytest.raises((sqlite3.ProgrammingError, StorageError)):
         store.jobs.submit([*jobs, NewJob(object())], "alice", "physics", 3)  # type: ignore[arg-type]
     assert store.jobs.counts() == {}
     assert store.jobs.queue_snapshot() == []
@@ -142,13 +144,13 @@ def test_held_counts_follow_every_state_change(store):
     store.jobs.stall(machines=[taken[3].machine])
 
     def actual(col):
-        return dict(store.db.execute(
+        return dict(store.rows(
             f"SELECT {col}, COUNT(*) FROM jobs WHERE state IN ('matched', 'running')"
-            f" GROUP BY {col}").fetchall())
+            f" GROUP BY {col}"))
 
     def held(kind):
-        return {k: n for k, n in store.db.execute(
-            "SELECT name, n FROM held WHERE kind = ?", (kind,)).fetchall() if n}
+        return {k: n for k, n in store.rows(
+            "SELECT name, n FROM held WHERE kind = ?", (kind,)) if n}
 
     assert held("owner") == actual("owner") and sum(held("owner").values()) == 2
     assert held("group") == actual("grp")

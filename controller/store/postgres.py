@@ -1,0 +1,179 @@
+"""The PostgreSQL backend (psycopg 3 and its connection pool): several controller processes,
+on one machine or several, share one database.
+
+The query modules write SQL once, in the dialect both backends read (`?` placeholders,
+`json_extract(col, '$.key')`, `INSERT ... ON CONFLICT`, `RETURNING`); `translate()` turns it into
+PostgreSQL's. Rows answer by name and by position, as sqlite3.Row does. What differs beyond
+that is in `Dialect` (claims with FOR UPDATE SKIP LOCKED, row locks before read-modify-write)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+import psycopg
+from psycopg import errors as pgerrors
+from psycopg.adapt import Loader
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from controller.errors import StorageBusy, StorageError
+
+log = logging.getLogger("cloudpilot.store")
+
+_JSON = re.compile(r"json_extract\(([\w.]+), '\$\.(\w+)'\)")
+
+
+@lru_cache(maxsize=4096)
+def translate(sql: str) -> str:
+    """The store's SQL in PostgreSQL's words: `?` -> `%s` (a literal % doubled), and
+    `json_extract(col, '$.key')` -> the number at that key of the JSON text in col."""
+    sql = sql.replace("%", "%%")
+    sql = _JSON.sub(r"CAST((\1)::jsonb ->> '\2' AS NUMERIC)", sql)
+    return sql.replace("?", "%s")
+
+
+_ROWS: dict[tuple[str, ...], type[tuple[Any, ...]]] = {}
+
+
+def _row_class(names: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    """A tuple whose items answer by column name too, and `keys()` (so dict(row) works)."""
+    cls = _ROWS.get(names)
+    if cls is None:
+        index = {n: i for i, n in enumerate(names)}
+        get = tuple.__getitem__
+
+        def __getitem__(self: tuple[Any, ...], k: Any) -> Any:
+            return get(self, index[k]) if isinstance(k, str) else get(self, k)
+
+        def keys(self: tuple[Any, ...]) -> list[str]:
+            return list(names)
+
+        cls = type("Row", (tuple,), {"__slots__": (), "__getitem__": __getitem__,
+                                     "keys": keys})
+        _ROWS[names] = cls
+    return cls
+
+
+def _row_factory(cursor: Any) -> Callable[[Sequence[Any]], Any]:
+    desc = cursor.description
+    if desc is None:
+        return tuple
+    cls = _row_class(tuple(d.name for d in desc))
+    return cls
+
+
+class _Number(Loader):
+    """NUMERIC (a SUM of integers, a number read out of JSON) as int when whole, else float,
+    as SQLite answers them (never Decimal)."""
+
+    def load(self, data: Any) -> int | float:
+        s = bytes(data).decode()
+        try:
+            return int(s)
+        except ValueError:
+            return float(s)
+
+
+def _params(params: Sequence[Any]) -> tuple[Any, ...]:
+    # SQLite stores booleans as 0/1 in INTEGER columns; PostgreSQL's BIGINT takes no boolean
+    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+
+
+class Connection:
+    """What a query module holds inside `store.tx()` or `store.read()`: execute and
+    executemany, as on a sqlite3 connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self.raw.execute(translate(sql), _params(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> psycopg.Cursor[Any]:
+        cur = self.raw.cursor()
+        cur.executemany(translate(sql), [_params(r) for r in rows])
+        return cur
+
+
+def storage_error(exc: psycopg.Error) -> StorageError:
+    """The controller's error for a PostgreSQL error (the one place that reads its codes)."""
+    if isinstance(exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected
+                  | pgerrors.LockNotAvailable):
+        return StorageBusy(f"the database is busy: {exc}; retry")
+    if isinstance(exc, pgerrors.UniqueViolation):
+        return StorageBusy(f"a concurrent change came first: {exc}; retry")
+    if isinstance(exc, psycopg.OperationalError):
+        return StorageError(f"the database is unreachable: {exc}; retry")
+    return StorageError(f"database error: {exc}")
+
+
+class PostgresBackend:
+    """A connection pool; `tx()` a transaction on one of its connections (a tx() inside another
+    on the same thread joins it), `read()` a connection for reads."""
+
+    name = "postgres"
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16) -> None:
+        self.url = url
+        self._local = threading.local()
+        self.pool = ConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, timeout=10,
+            configure=self._configure, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True}, name="cloudpilot")
+        try:
+            self.pool.open(wait=True, timeout=15)
+        except PoolTimeout:
+            self.pool.close()
+            raise StorageError(f"cannot connect to the database {redact(url)} within 15 s; "
+                               "is PostgreSQL running and the URL right?") from None
+
+    @staticmethod
+    def _configure(conn: psycopg.Connection[Any]) -> None:
+        conn.row_factory = _row_factory
+        conn.adapters.register_loader("numeric", _Number)
+
+    @contextmanager
+    def tx(self) -> Iterator[Connection]:
+        current: Connection | None = getattr(self._local, "conn", None)
+        if current is not None:  # join the transaction this thread has open
+            yield current
+            return
+        try:
+            with self.pool.connection() as raw, raw.transaction():
+                conn = self._local.conn = Connection(raw)
+                try:
+                    yield conn
+                finally:
+                    self._local.conn = None
+        except psycopg.Error as e:
+            raise storage_error(e) from None
+        except PoolTimeout:
+            raise StorageBusy("no database connection free within 10 s; retry") from None
+
+    read = tx  # a read is a (short) transaction too: one consistent snapshot per statement
+
+    @contextmanager
+    def session(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of its own, outside the pool (LISTEN, the leader's advisory lock)."""
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def redact(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def is_postgres(database: str) -> bool:
+    return database.startswith(("postgresql://", "postgres://"))
