@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -20,23 +21,31 @@ from controller.api.schemas import ERRORS
 from controller.config.settings import Settings
 from controller.domain.placement import AskingPilots
 from controller.domain.transitions import IllegalTransition
-from controller.errors import CloudpilotError, TemporaryError, storage_error
+from controller.errors import CloudpilotError, StorageError, TemporaryError, storage_error
 from controller.logs import RequestLog
 from controller.metrics import Metrics
 from controller.notify import Notifier
 from controller.reconcile.loop import Reconciler
 from controller.server import ControllerServer
 from controller.store import Store
+from controller.store.channel import FORGET, WAKE
+from controller.store.leader import Leadership
+from controller.supervisor import serve_workers
 from controller.web import actions, pages
 
 log = logging.getLogger("cloudpilot")
 
 
-async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> None:
+async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership,
+                    interval: float) -> None:
     notifier: Notifier = app.state.notifier
     while True:
         started = time.monotonic()
         try:
+            # one process runs the loop (with PostgreSQL, the one holding its lock)
+            if not await asyncio.to_thread(leadership.held):
+                await asyncio.sleep(interval)
+                continue
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:
                 notifier.fire()
@@ -45,6 +54,8 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
             await asyncio.to_thread(metrics.after_tick, result, time.monotonic() - started)
         except sqlite3.Error as e:  # a full or read-only database: say so in one line
             log.warning("reconcile tick failed: %s", storage_error(e).message)
+        except StorageError as e:  # PostgreSQL unreachable (a restart): the same
+            log.warning("reconcile tick failed: %s", e.message)
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
         # sleep until the interval is over, or a bit after the queue changes
@@ -53,6 +64,14 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, interval: float) -> No
                 return
             await asyncio.wait_for(notifier.changes().wait(), timeout=interval)
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+
+
+def _heard(store: Store, notifier: Notifier, kind: str, arg: str) -> None:
+    """A message from another controller process (controller/store/channel.py)."""
+    if kind == WAKE:
+        notifier.fire(int(arg) if arg.isdigit() else None, relay=False)
+    elif kind == FORGET:
+        store.forget(arg)
 
 
 def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
@@ -65,11 +84,19 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
         notifier: Notifier = app.state.notifier
         notifier.bind(asyncio.get_running_loop())
+        # other controller processes on the same database (PostgreSQL): their submissions
+        # wake our long-polls, their changes drop what we cached, and the other way round
+        channel = store.channel()
+        channel.start(lambda kind, arg: _heard(store, notifier, kind, arg))
+        notifier.relay = lambda n: channel.send(WAKE, "" if n is None else str(n))
+        leadership = store.leadership()
+        app.state.leadership = leadership
         task = None
         if run_loop:
             reconciler = Reconciler(settings, store, wake=notifier.fire)
             app.state.reconciler = reconciler
-            task = asyncio.create_task(_run_loop(app, reconciler, settings.loop_interval))
+            task = asyncio.create_task(_run_loop(app, reconciler, leadership,
+                                                 settings.loop_interval))
         try:
             yield
         finally:
@@ -78,6 +105,9 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
                 app.state.reconciler.close()  # cancel an Ansible run in progress
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            notifier.relay = None
+            channel.close()
+            leadership.close()
             store.close()
 
     app = FastAPI(title="cloudpilot", version="0.1.0", lifespan=lifespan,
@@ -136,6 +166,17 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    """Run the controller until SIGTERM or SIGINT; a graceful stop takes under 2 s."""
-    ControllerServer(create_app(settings), host=settings.host, port=settings.port,
-                     log_level="warning", log_config=None, timeout_graceful_shutdown=1).run()
+    """Run the controller until SIGTERM or SIGINT; a graceful stop takes under 2 s. With
+    `workers` above 1, that many processes share the listening socket (controller/
+    supervisor.py) and the database (PostgreSQL)."""
+
+    def one(sock: socket.socket | None = None) -> None:
+        ControllerServer(create_app(settings), host=settings.host, port=settings.port,
+                         log_level="warning", log_config=None,
+                         timeout_graceful_shutdown=1).run(sockets=None if sock is None
+                                                          else [sock])
+
+    if settings.workers == 1:
+        one()
+    else:
+        serve_workers(settings, one)

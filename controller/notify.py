@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 from controller.errors import TemporaryError
 
@@ -34,6 +35,8 @@ class Notifier:
         self._changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
+        # passes each fire on to the other controller processes (a shared PostgreSQL store)
+        self.relay: Callable[[int | None], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -52,11 +55,14 @@ class Notifier:
         """An event set by the next fire, whatever its n (for the reconcile loop)."""
         return self._changed
 
-    def fire(self, n: int | None = None) -> None:
-        """Wake waiters: all of them, or the n that wait longest. Safe from any thread: a sync
-        route (run in the thread pool) or an endpoint's worker hands the wake-up to the event
-        loop's thread, since an asyncio.Event set from another thread does not wake a loop
-        asleep in select()."""
+    def fire(self, n: int | None = None, *, relay: bool = True) -> None:
+        """Wake waiters: all of them, or the n that wait longest (here, and in the other
+        controller processes unless `relay` is off). Safe from any thread: a sync route (run
+        in the thread pool) or an endpoint's worker hands the wake-up to the event loop's
+        thread, since an asyncio.Event set from another thread does not wake a loop asleep in
+        select()."""
+        if relay and self.relay is not None:
+            self.relay(n)
         loop = self._loop
         if loop is None or loop.is_closed() or self._on(loop):
             self._fire(n)

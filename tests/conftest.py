@@ -105,8 +105,9 @@ class Controller:
         return self.root / "cloudpilot.toml"
 
     @property
-    def database(self) -> Path:
-        return self.root / "cloudpilot.db"
+    def database(self) -> Any:
+        """The SQLite file (a Path), or the postgresql:// URL given as `database`."""
+        return self.settings.get("database") or self.root / "cloudpilot.db"
 
     def write_config(self) -> None:
         lines = [f"{k} = {toml_value(v)}" for k, v in {

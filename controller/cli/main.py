@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cli.client import ApiClient, ApiError
+from controller.config.database import redact
 from controller.config.settings import Settings
 from controller.errors import CloudpilotError
 
@@ -48,12 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from controller.app import serve
     from controller.store import Store
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    settings = _settings(args).model_copy(update=overrides)
-    Store(settings.database).close()  # a bad path: one line (StorageError), no traceback
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("workers", args.workers)) if v is not None}
+    path = args.config or os.environ.get("CLOUDPILOT_CONFIG")
+    settings = Settings.load(path, **overrides)
+    # a bad path or an unreachable server: one line (StorageError), no traceback; the schema
+    # is migrated here, once, before any worker starts
+    Store(settings.database).close()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs.setup(settings.log_format)
-    print(f"cloudpilot controller on {settings.url} (database {settings.database}, "
+    db = redact(str(settings.database))
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    print(f"cloudpilot controller on {settings.url} (database {db}{workers}, "
           f"endpoints {', '.join(e.name for e in settings.endpoints) or 'none'})", flush=True)
     serve(settings)
     return 0
@@ -410,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_opt(p)
     p.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default from config: 8080)")
+    p.add_argument("--workers", type=int, help="controller processes on this machine "
+                   "(default from config: 1; more than one needs a postgresql:// database)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("submit", help="submit a command, or a JSON/TOML file of jobs")

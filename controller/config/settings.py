@@ -11,10 +11,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from controller.config.clouds import AwsConfig, OpenStackConfig
+from controller.config.database import is_postgres
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import ApprovalPolicy
 from controller.domain.pricing import Market, Offer
@@ -353,7 +361,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLOUDPILOT_", extra="forbid")
 
-    database: Path = Path("cloudpilot.db")
+    database: Path | str = Field(
+        Path("cloudpilot.db"), description="the store: a SQLite file (the embedded default: one "
+        "controller process), or a postgresql:// URL that several controller processes share "
+        "(its password from PGPASSWORD or ~/.pgpass, not in the URL)")
+    workers: int = Field(1, ge=1, le=64, description="controller processes `serve` runs on "
+                         "this machine (more than one needs a postgresql:// database)")
     data_dir: Path = Path("cloudpilot-data")
     machines_dir: Path | None = Field(
         None, description="local endpoints' machine and job directories; outside data_dir "
@@ -400,6 +413,24 @@ class Settings(BaseSettings):
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])
 
+    @field_validator("database", mode="after")
+    @classmethod
+    def _database(cls, v: Path | str) -> Path | str:
+        return v if isinstance(v, str) and is_postgres(v) else Path(v)
+
+    @property
+    def database_path(self) -> Path | None:
+        """The SQLite file (None: the database is a PostgreSQL server)."""
+        return self.database if isinstance(self.database, Path) else None
+
+    @model_validator(mode="after")
+    def _workers_share_a_server(self) -> Settings:
+        if self.workers > 1 and self.database_path is not None:
+            raise ValueError(f"workers = {self.workers} needs a database several processes "
+                             "share: set database to a postgresql:// URL (SQLite is one "
+                             "process's embedded store)")
+        return self
+
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Settings:
         bad = sorted(g for g, v in self.group_shares.items() if v <= 0)
@@ -437,7 +468,9 @@ class Settings(BaseSettings):
 
     def controller_paths(self) -> list[str]:
         """What no payload may see of the controller: its data dir and its database."""
-        db = self.database.resolve()
+        if self.database_path is None:  # a server: nothing of it on this machine to hide
+            return [str(self.data_dir.resolve())]
+        db = self.database_path.resolve()
         return [str(self.data_dir.resolve()), str(db), f"{db}-wal", f"{db}-shm"]
 
     @property
@@ -457,7 +490,8 @@ class Settings(BaseSettings):
             data = read_toml(p)
             base = p.resolve().parent
             for key in ("database", "data_dir", "machines_dir"):
-                if key in data and not Path(data[key]).is_absolute():
+                if key in data and not is_postgres(str(data[key])) \
+                        and not Path(data[key]).is_absolute():
                     data[key] = str(base / data[key])
             for ep in data.get("endpoints") or []:
                 if not isinstance(ep, dict):

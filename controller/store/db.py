@@ -9,13 +9,16 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from controller.config.database import is_postgres
+from controller.store.channel import FORGET, Channel, PostgresChannel
 from controller.store.endpoints import EndpointStore
 from controller.store.hosts import HostStore
 from controller.store.jobs import JobStore
+from controller.store.leader import Leadership, PostgresLeadership
 from controller.store.machines import MachineStore
 from controller.store.migrations import migrate, migrate_postgres
 from controller.store.plans import PlanStore
-from controller.store.postgres import PostgresBackend, is_postgres
+from controller.store.postgres import PostgresBackend
 from controller.store.sql import Dialect
 from controller.store.sqlite import SqliteBackend
 from controller.store.ticks import TickStore
@@ -47,6 +50,7 @@ class Store:
                 lite.db.conn.close()
                 raise lite.open_error(e) from None
             self.backend, self.dialect = lite, Dialect.sqlite()
+        self._channel: Channel = Channel()
         self.endpoints = EndpointStore(self)
         self.usage = UsageStore(self)
         self.jobs = JobStore(self, lease, self.usage)
@@ -55,6 +59,35 @@ class Store:
         self.plans = PlanStore(self)
         self.ticks = TickStore(self)
         self.hosts = HostStore(self)
+
+    # several processes (PostgreSQL) ----------------------------------------------------------
+    def channel(self) -> Channel:
+        """Messages to and from the other controller processes sharing this database."""
+        if isinstance(self.backend, PostgresBackend):
+            self._channel = PostgresChannel(self.backend.url)
+        return self._channel
+
+    def leadership(self) -> Leadership:
+        """Who runs the reconcile loop: with SQLite this process, with PostgreSQL the process
+        holding the loop's advisory lock."""
+        if isinstance(self.backend, PostgresBackend):
+            return PostgresLeadership(self.backend.url)
+        return Leadership()
+
+    def changed(self, what: str) -> None:
+        """Something other processes may have cached changed ("users", "pilot:<id>"): tell
+        them (their `forget` runs)."""
+        self._channel.send(FORGET, what)
+
+    def forget(self, what: str) -> None:
+        """Drop what this process cached of `what` ("*": everything) because another process
+        changed it."""
+        if what in ("users", "*"):
+            self.tokens.forget_shares()
+        if what.startswith("pilot:"):
+            self.machines.forget_pilot(what.removeprefix("pilot:"))
+        if what == "*":
+            self.machines.forget_pilot(None)
 
     @property
     def shared(self) -> bool:

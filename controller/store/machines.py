@@ -180,7 +180,8 @@ class MachineStore:
                    now: float | None = None) -> None:
         """A pilot said goodbye. With no other pilot left on it, its machine has stopped."""
         now = time.time() if now is None else now
-        self._pilots.pop(pilot_id, None)
+        self.forget_pilot(pilot_id)
+        self.store.changed(f"pilot:{pilot_id}")
         with self.store.tx() as c:
             c.execute("DELETE FROM pilots WHERE id = ?", (pilot_id,))
             others = c.execute("SELECT COUNT(*) FROM pilots WHERE machine = ?",
@@ -196,6 +197,13 @@ class MachineStore:
                       " WHERE name = ?", (now, f"its pilot exited: {why}", machine))
             self._event(c, machine, row["state"], M.STOPPED.value, f"its pilot exited: {why}",
                         now)
+
+    def forget_pilot(self, pilot_id: str | None) -> None:
+        """Drop a cached registration (None: all), when another process says it changed."""
+        if pilot_id is None:
+            self._pilots.clear()
+        else:
+            self._pilots.pop(pilot_id, None)
 
     def pilot(self, pilot_id: str) -> dict[str, Any]:
         cached = self._pilots.get(pilot_id)

@@ -296,6 +296,16 @@ def i15_idempotency_ids(db: Database) -> None:
 I15_IDS = "ALTER TABLE idempotency_keys ADD COLUMN ids TEXT"
 
 
+def i15_leader(db: Database) -> None:
+    """Who leads the reconcile loop, and the how-manyth leader it is (controller/store/
+    leader.py; with SQLite one process always leads and the row stays empty)."""
+    db.execute(I15_LEADER)
+
+
+I15_LEADER = ("CREATE TABLE leader (id INTEGER PRIMARY KEY, holder TEXT NOT NULL,"
+              " epoch BIGINT NOT NULL, since DOUBLE PRECISION NOT NULL)")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: how SQLite takes it, and how PostgreSQL does (SQL statements;
@@ -323,6 +333,7 @@ MIGRATIONS: list[Migration] = [
     Migration("014_i13_drain", i13_drain),
     # from here on, one statement for both where the SQL allows
     Migration("015_i15_idempotency_ids", i15_idempotency_ids, [I15_IDS]),
+    Migration("016_i15_leader", i15_leader, [I15_LEADER]),
 ]
 
 

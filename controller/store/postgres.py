@@ -21,6 +21,7 @@ from psycopg import errors as pgerrors
 from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from controller.config.database import redact
 from controller.errors import StorageBusy, StorageError
 
 log = logging.getLogger("cloudpilot.store")
@@ -168,12 +169,3 @@ class PostgresBackend:
 
     def close(self) -> None:
         self.pool.close()
-
-
-def redact(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
-def is_postgres(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))

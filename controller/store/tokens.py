@@ -29,8 +29,12 @@ class TokenStore:
                 "INSERT INTO users (name, grp, share, created_at) VALUES (?, ?, ?, ?)",
                 (name, group, share, time.time()),
             )
-        self._shares.clear()
+        self.forget_shares()
+        self.store.changed("users")
         return {"name": name, "group": group, "share": share}
+
+    def forget_shares(self) -> None:
+        self._shares.clear()
 
     def users(self) -> list[dict[str, object]]:
         with self.store.read() as c:

@@ -1,0 +1,99 @@
+"""Which controller process runs the reconcile loop. With SQLite there is one process and it
+always does. With PostgreSQL, the one holding a session advisory lock does: the lock lives as
+long as the connection that took it, so when that process dies (or loses the server) the lock is
+free, and the next process to ask takes it, within one loop interval.
+
+Before each tick the leader checks that its connection still holds the lock; a leader that
+finds it lost stops deciding at once. Each tick also runs under the lock's *epoch*: a counter the
+new leader raises when it takes over, written in the `leader` table, so a log line or an
+operator can tell which leader made which decision."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger("cloudpilot.leader")
+
+LOOP_LOCK = 0x636C6F7570  # the advisory lock key of the reconcile loop
+
+
+class Leadership:
+    """One process: always the leader (SQLite)."""
+
+    epoch = 0
+
+    def held(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresLeadership(Leadership):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.me = f"{socket.gethostname()}:{os.getpid()}"
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self.epoch = 0
+        self.since: float | None = None
+
+    def held(self) -> bool:
+        """Is this process the leader now? Takes the lead if it is free."""
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
+                    self.since = None
+                if self.since is not None:  # ours: is the connection (and so the lock) alive?
+                    row = self._conn.execute(
+                        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                        " AND pid = pg_backend_pid() AND objid = %s",
+                        (LOOP_LOCK & 0xFFFFFFFF,)).fetchone()
+                    if row is not None:
+                        return True
+                    log.warning("lost the reconcile loop's lock; another process leads now")
+                    self.since = None
+                    return False
+                got = self._conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                         (LOOP_LOCK,)).fetchone()
+                if not (got and got[0]):
+                    return False
+                self.epoch = self._take_over()
+                self.since = time.time()
+                log.warning("this process (%s) runs the reconcile loop now (epoch %d)",
+                            self.me, self.epoch)
+                return True
+            except psycopg.Error as e:
+                if self.since is not None:
+                    log.warning("lost the database, and with it the reconcile loop's lock: %s",
+                                str(e).strip().splitlines()[0] if str(e).strip() else e)
+                self.since = None
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                return False
+
+    def _take_over(self) -> int:
+        assert self._conn is not None
+        with self._conn.transaction():
+            row = self._conn.execute(
+                "INSERT INTO leader (id, holder, epoch, since) VALUES (1, %s, 1, %s)"
+                " ON CONFLICT (id) DO UPDATE SET holder = excluded.holder,"
+                " epoch = leader.epoch + 1, since = excluded.since RETURNING epoch",
+                (self.me, time.time())).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()  # the lock goes with the session
+                self._conn = None
+            self.since = None
