@@ -30,7 +30,7 @@ lint: .stamp-dev
 test: .stamp-dev lint
 	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \
 		bubblewrap chromium chromium-driver prometheus slurmctld slurmd slurm-client munge \
-		util-linux
+		util-linux postgresql
 	$(BIN)/pytest -q
 
 bench: .stamp-dev

@@ -39,13 +39,18 @@ log = logging.getLogger("cloudpilot")
 async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership,
                     interval: float) -> None:
     notifier: Notifier = app.state.notifier
+    leading = False
     while True:
         started = time.monotonic()
         try:
             # one process runs the loop (with PostgreSQL, the one holding its lock)
             if not await asyncio.to_thread(leadership.held):
+                leading = False
                 await asyncio.sleep(interval)
                 continue
+            if not leading:  # at start, or taking over: pick up what was left half done
+                await asyncio.to_thread(reconciler.lead)
+                leading = True
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:
                 notifier.fire()

@@ -41,6 +41,9 @@ class BatchEndpoint:
         self.worker = Worker(config.name, config.apply_timeout, env.clock)
         self.hold_until = 0.0  # no new pilot jobs before (one pended too long)
 
+    def lead(self, now: float) -> None:
+        pass  # pilot jobs are re-read from the batch system (squeue) each tick
+
     def observe(self, now: float) -> None:
         seen = self.driver.observe()
         self.env.store.machines.record_observed(

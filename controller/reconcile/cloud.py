@@ -53,7 +53,11 @@ class CloudEndpoint:
         self._requeued = 0  # jobs observe() put back in the queue
         self._applying: int | None = None  # the plan the worker applies
         self._abandoned: set[int] = set()  # plans that ran past their timeout
-        env.store.plans.resume_interrupted(config.name, env.clock())
+
+    def lead(self, now: float) -> None:
+        """Plans the last leader was applying when it stopped go back to approved (applied
+        again; drivers are idempotent per machine name)."""
+        self.env.store.plans.resume_interrupted(self.name, now)
 
     # observe -----------------------------------------------------------------------------
     def observe(self, now: float) -> None:

@@ -144,6 +144,11 @@ class EndpointKind(Protocol):
         the message for the endpoint's state."""
         ...
 
+    def lead(self, now: float) -> None:
+        """This process now runs the loop (at start; or, with several controller processes,
+        taking over from one that died): pick up what the last one left half done."""
+        ...
+
     def close(self) -> None:
         """The controller is stopping: cancel what can be cancelled."""
         ...

@@ -48,6 +48,9 @@ class HostPoolEndpoint:
         self.backoff = Backoff(config.ssh.retry_after, config.ssh.retry_max)
         self._failing = False  # the last SSH run failed on some host (its state says which)
 
+    def lead(self, now: float) -> None:
+        pass  # hosts' membership and runs are re-read from the store and the hosts each tick
+
     def observe(self, now: float) -> None:
         """The hosts' addresses; whether a pilot runs on one is learned from its heartbeats
         (asking every host over SSH each tick would cost seconds)."""

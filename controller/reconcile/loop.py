@@ -55,6 +55,17 @@ class Reconciler:
         self.status = {e.name: EndpointStatus(store, e.name) for e in self.endpoints}
         self.last: dict[str, Decision] = {}
 
+    def lead(self) -> None:
+        """This process now runs the loop: at its start, or taking over from another
+        controller process (a shared PostgreSQL store). Each endpoint picks up what the last
+        leader left half done."""
+        now = self.clock()
+        for e in self.endpoints:
+            try:
+                e.lead(now)
+            except Exception:
+                log.exception("endpoint %s: taking over failed", e.name)
+
     def tick(self) -> TickResult:
         now = self.clock()
         requeued = 0

@@ -265,12 +265,3 @@ def test_the_controllers_ride_out_a_database_restart(make_controller, tmp_path, 
     finally:
         b.stop()
 
-
-def test_several_workers_need_postgresql(tmp_path):
-    from controller.config.settings import Settings
-    from controller.errors import ConfigError
-
-    with pytest.raises((ConfigError, ValueError), match="postgresql"):
-        Settings.load(None, database=str(tmp_path / "q.db"), workers=2)
-    s = Settings.load(None, database="postgresql://cp@db.example/cloudpilot", workers=4)
-    assert s.database_path is None and s.workers == 4

@@ -231,6 +231,8 @@ def test_a_restart_mid_apply_applies_the_plan_again(tmp_path):
     driver = InMemoryDriver("ep")
     driver.machines = {"ep-0001"}  # the cloud made it before the controller stopped
     loop = Reconciler(settings, store, {"ep": driver}, clock=Clock())
+    assert store.plans.get(plan.id).state == P.APPLYING  # another process may be applying it
+    loop.lead()  # this process runs the loop now (at start, or taking over)
     assert store.plans.get(plan.id).state == P.APPROVED
     tick(loop)
     assert store.plans.get(plan.id).state == P.APPLIED
