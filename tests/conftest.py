@@ -255,12 +255,18 @@ def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
 
 
 @pytest.fixture
-def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
-    """Build and start a controller: make_controller(endpoints=[...], **settings)."""
+def make_controller(tmp_path: Path,
+                    request: pytest.FixtureRequest) -> Iterator[Callable[..., Controller]]:
+    """Build and start a controller: make_controller(endpoints=[...], **settings). With
+    CLOUDPILOT_TEST_BACKEND=postgres in the environment, controllers that name no database get
+    a fresh one on the session's PostgreSQL (to run the integration tests on that backend)."""
     made: list[Controller] = []
+    on_postgres = os.environ.get("CLOUDPILOT_TEST_BACKEND") == "postgres"
 
     def make(endpoints: list[dict[str, Any]] | None = None, start: bool = True,
              root: Path | None = None, **settings: Any) -> Controller:
+        if on_postgres and "database" not in settings:
+            settings["database"] = request.getfixturevalue("postgres_server").create_database()
         ctrl = new_controller(root or tmp_path / f"ctrl{len(made)}", endpoints, **settings)
         made.append(ctrl)
         if start:

@@ -4,6 +4,7 @@ Relative paths in the file are taken relative to the file's folder."""
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections import Counter
@@ -468,8 +469,9 @@ class Settings(BaseSettings):
 
     def controller_paths(self) -> list[str]:
         """What no payload may see of the controller: its data dir and its database."""
-        if self.database_path is None:  # a server: nothing of it on this machine to hide
-            return [str(self.data_dir.resolve())]
+        if self.database_path is None:  # a server: hide the password file libpq reads
+            pgpass = Path(os.environ.get("PGPASSFILE") or "~/.pgpass").expanduser()
+            return [str(self.data_dir.resolve()), *([str(pgpass)] if pgpass.exists() else [])]
         db = self.database_path.resolve()
         return [str(self.data_dir.resolve()), str(db), f"{db}-wal", f"{db}-shm"]
 

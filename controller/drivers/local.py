@@ -29,6 +29,17 @@ from controller.errors import DriverError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# the controller's own secrets in its environment: the database's (libpq's PG*), the clouds'
+# and Pulumi's credentials, its settings; a local machine's pilot (and so its payloads) gets none
+SECRET_ENV = ("PG", "CLOUDPILOT_", "AWS_", "OS_", "PULUMI_")
+
+
+def pilot_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment a local machine's pilot starts with: the controller's, minus its
+    secrets (SECRET_ENV)."""
+    return {k: v for k, v in environ.items() if not k.startswith(SECRET_ENV)}
+
+
 class LocalDriver:
     def __init__(self, endpoint: EndpointConfig, machines_dir: Path, controller_url: str,
                  token_for: Callable[[str], str], hide: Iterable[str] = (),
@@ -135,7 +146,7 @@ class LocalDriver:
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(self.pilot_config(name, spec), f)
-        env = dict(os.environ)
+        env = pilot_env(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                            env.get("PYTHONPATH")]))
         tree = self._tree(name)  # every process of the machine, payloads included

@@ -157,11 +157,11 @@ def test_the_example_config_loads():
     assert ep.slurm is not None and ep.slurm.partition
 
 
-def test_jobs_of_a_pilot_job_the_site_took_away_go_back_using_no_retry(tmp_path):
+def test_jobs_of_a_pilot_job_the_site_took_away_go_back_using_no_retry(database):
     from controller.domain.jobs import NewJob
     from controller.store import Store
 
-    store = Store(tmp_path / "cp.db")
+    store = Store(database)
     try:
         store.endpoints.sync([{"name": "hpc", "driver": "slurm"}])
         store.machines.create("hpc-0001", "hpc", 1, "test", NOW)

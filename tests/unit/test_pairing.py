@@ -20,9 +20,9 @@ CONFIG = ('[[endpoints]]\nname = "lab"\ndriver = "ssh"\n'
 
 
 @pytest.fixture
-def world(tmp_path):
+def world(tmp_path, database):
     settings = load(tmp_path, CONFIG)
-    store = Store(tmp_path / "p.db")
+    store = Store(database)
     store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
     store.tokens.create_user("alice", "g")
     cloud, clock = InMemoryDriver("vms"), Clock()

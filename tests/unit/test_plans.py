@@ -102,8 +102,8 @@ def test_down_decision_stops_every_managed_machine():
 
 # the store ------------------------------------------------------------------------------------
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "p.db")
+def store(database):
+    s = Store(database)
     s.endpoints.sync([{"name": "ep", "driver": "aws"}])
     yield s
     s.close()

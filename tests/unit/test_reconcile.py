@@ -30,10 +30,10 @@ def tick(loop):
 
 # plans and applies -----------------------------------------------------------------------------
 @pytest.fixture
-def world(tmp_path):
+def world(database):
     ep = EndpointConfig(name="ep", slots=1, max_machines=5, max_starts_per_cycle=5,
                         auto_apply=False, auto_apply_max_new=1)
-    settings = Settings(database=tmp_path / "l.db", endpoints=[ep])
+    settings = Settings(database=database, endpoints=[ep])
     store = Store(settings.database)
     store.endpoints.sync([e.model_dump() for e in settings.endpoints])
     store.tokens.create_user("alice", "g")
@@ -139,12 +139,12 @@ def test_down_removes_every_machine_without_approval(world):
 
 # endpoints that hang, break or are interrupted -------------------------------------------------
 @pytest.fixture
-def two(tmp_path):
+def two(database):
     """Two auto-applied endpoints, `slow` and `fast`, on the in-memory driver; stalled jobs
     after 10 s of silence; applies time out after 60 s."""
     eps = [EndpointConfig(name=n, slots=1, max_machines=2, auto_apply=True, apply_timeout=60)
            for n in ("slow", "fast")]
-    settings = Settings(database=tmp_path / "t.db", endpoints=eps, stalled_after=10,
+    settings = Settings(database=database, endpoints=eps, stalled_after=10,
                         lease_margin=0)
     store = Store(settings.database, lease=settings.stalled_after)
     store.endpoints.sync([e.model_dump() for e in eps])
@@ -215,9 +215,9 @@ def test_a_hanging_driver_holds_up_no_other_endpoint(two, caplog):
     assert store.plans.get(plan.id).state == P.FAILED
 
 
-def test_a_restart_mid_apply_applies_the_plan_again(tmp_path):
+def test_a_restart_mid_apply_applies_the_plan_again(database):
     ep = EndpointConfig(name="ep", slots=1, max_machines=2, auto_apply=True)
-    settings = Settings(database=tmp_path / "r.db", endpoints=[ep])
+    settings = Settings(database=database, endpoints=[ep])
     store = Store(settings.database)
     store.endpoints.sync([ep.model_dump()])
     store.tokens.create_user("alice", "g")

@@ -96,3 +96,17 @@ def test_messages_reach_the_other_processes_and_not_their_sender(postgres_server
     finally:
         a.close()
         b.close()
+
+
+def test_the_database_password_never_reaches_a_pilot_or_a_payload(tmp_path: Path, monkeypatch):
+    from controller.drivers.local import pilot_env
+
+    env = pilot_env({"PATH": "/usr/bin", "PGPASSWORD": "s3cret", "PGHOST": "db",
+                     "CLOUDPILOT_DATABASE": "postgresql://cp:s3cret@db/cp",
+                     "AWS_SECRET_ACCESS_KEY": "k", "OS_PASSWORD": "p", "LANG": "C.UTF-8"})
+    assert env == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text("db:5432:cp:cp:s3cret\n")
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    s = Settings(database="postgresql://cp@db/cp", data_dir=tmp_path / "data")
+    assert str(pgpass) in s.controller_paths()  # the sandbox hides it from payloads
