@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -78,11 +79,26 @@ _EVENT_SQL = {
 }
 
 
+SETTLE = 2.0  # PostgreSQL: how far event readers stay behind the newest event (s)
+
+
+def _top(store: Store, c: Any, table: str) -> int:
+    """The id up to which a reader may take a table's events. With one process (SQLite) every
+    committed event has a lower id than any event still to commit: the newest. With several
+    (PostgreSQL) a transaction may commit id 105 while another still holds 104: readers stay
+    SETTLE seconds behind (the store's transactions last milliseconds), so that a cursor never
+    moves past an event that commits late."""
+    if store.dialect.name == "sqlite":
+        return int(c.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0])
+    row = c.execute(f"SELECT id FROM {table} WHERE at <= ? ORDER BY id DESC LIMIT 1",
+                    (time.time() - SETTLE,)).fetchone()  # walks back the newest few only
+    return int(row[0]) if row else 0
+
+
 def head(store: Store) -> Cursor:
     """The cursor after every event recorded so far."""
     with store.read() as c:
-        return Cursor(*(c.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_TABLES[k]}")
-                        .fetchone()[0] for k in EVENT_KINDS))
+        return Cursor(*(_top(store, c, _TABLES[k]) for k in EVENT_KINDS))
 
 
 def events_after(store: Store, cursor: Cursor, *, kinds: tuple[str, ...] = EVENT_KINDS,
@@ -98,8 +114,8 @@ def events_after(store: Store, cursor: Cursor, *, kinds: tuple[str, ...] = EVENT
     end = cursor
     with store.read() as c:
         for kind in kinds:
-            top = c.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_TABLES[kind]}").fetchone()[0]
-            sql, args = _EVENT_SQL[kind], [cursor.at(kind), top]
+            top = _top(store, c, _TABLES[kind])
+            sql, args = _EVENT_SQL[kind], list[Any]([cursor.at(kind), top])
             if kind == "job" and owner is not None:
                 sql, args = sql + " AND j.owner = ?", [*args, owner]
             if kind == "job" and job is not None:
@@ -144,7 +160,7 @@ class TransitionsSince:
 
 def job_transitions_since(store: Store, after: int) -> TransitionsSince:
     with store.read() as c:
-        top = c.execute("SELECT COALESCE(MAX(id), 0) FROM job_events").fetchone()[0]
+        top = _top(store, c, "job_events")
         counts = {r[0]: r[1] for r in c.execute(
             "SELECT to_state, COUNT(*) FROM job_events WHERE id > ? AND id <= ?"
             " GROUP BY to_state", (after, top))}
@@ -167,7 +183,7 @@ class BootsSince:
 
 def machine_boots_since(store: Store, after: int) -> BootsSince:
     with store.read() as c:
-        top = c.execute("SELECT COALESCE(MAX(id), 0) FROM machine_events").fetchone()[0]
+        top = _top(store, c, "machine_events")
         rows = c.execute(
             "SELECT m.endpoint, e.at - m.created_at FROM machine_events e JOIN machines m"
             " ON m.name = e.machine WHERE e.id > ? AND e.id <= ? AND e.to_state = 'running'"
