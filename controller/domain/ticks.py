@@ -51,18 +51,23 @@ class HostTickInputs:
                             self.backoff).decision
 
 
+def _shape_to_dict(shape: SlotOffer) -> dict[str, Any]:
+    """A slot shape as JSON (its tag sets as sorted lists)."""
+    return {**asdict(shape), "tags": sorted(shape.tags),
+            "required_tags": sorted(shape.required_tags)}
+
+
+def _shape_from(d: Mapping[str, Any]) -> SlotOffer:
+    return SlotOffer(**{**d, "tags": frozenset(d.get("tags", ())),
+                        "required_tags": frozenset(d.get("required_tags", ()))})
+
+
 def spec_to_dict(s: EndpointSpec) -> dict[str, Any]:
-    d = asdict(s)
-    d["shape"] = {**d["shape"], "tags": sorted(s.shape.tags),
-                  "required_tags": sorted(s.shape.required_tags)}
-    return d
+    return {**asdict(s), "shape": _shape_to_dict(s.shape)}
 
 
 def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
-    shape = dict(d["shape"])
-    shape["tags"] = frozenset(shape.get("tags", ()))
-    shape["required_tags"] = frozenset(shape.get("required_tags", ()))
-    return EndpointSpec(**{**d, "shape": SlotOffer(**shape),
+    return EndpointSpec(**{**d, "shape": _shape_from(d["shape"]),
                            "offers": tuple(Offer(**o) for o in d.get("offers", ()))})
 
 
@@ -84,8 +89,7 @@ def encode_hosts(inputs: HostTickInputs) -> dict[str, Any]:
         d = asdict(h)
         d["state"] = h.state.value if h.state is not None else None
         d["membership"] = h.membership.value
-        d["shape"] = None if h.shape is None else {**asdict(h.shape),
-                                                   "tags": sorted(h.shape.tags)}
+        d["shape"] = None if h.shape is None else _shape_to_dict(h.shape)
         hosts.append(d)
     return {"kind": "hosts", "spec": spec_to_dict(inputs.spec),
             "queues": _queues(inputs.queues), "machines": hosts, "now": inputs.now,
@@ -97,8 +101,7 @@ def _host_from(d: Mapping[str, Any]) -> HostView:
     return HostView(**{
         **d, "state": None if d["state"] is None else MachineState(d["state"]),
         "membership": Membership(d["membership"]),
-        "shape": None if shape is None else SlotOffer(**{**shape,
-                                                          "tags": frozenset(shape["tags"])})})
+        "shape": None if shape is None else _shape_from(shape)})
 
 
 def encode(inputs: TickInputs) -> dict[str, Any]:
