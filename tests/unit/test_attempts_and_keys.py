@@ -76,6 +76,35 @@ def test_the_same_idempotency_key_answers_the_same_ids_and_another_body_is_refus
                              idempotency=key) == [7, 8, 9]
 
 
+def test_one_key_sent_to_two_controller_processes_at_once_creates_the_jobs_once(store,
+                                                                             database):
+    """Two stores on one database stand for two controller processes; a retry of a
+    submission reaches the second while the first is still committing."""
+    import threading
+
+    other = Store(database, lease=30.0)
+    try:
+        key = IdempotencyKey("k-race", "hash-a", keep=100.0)
+        jobs = [NewJob("/bin/true")] * 50
+        start = threading.Barrier(2)
+        got: list[list[int]] = []
+
+        def submit(s: Store) -> None:
+            start.wait()
+            got.append(s.jobs.submit(jobs, "alice", "physics", 3, now=1000.0,
+                                     idempotency=key))
+
+        threads = [threading.Thread(target=submit, args=(s,)) for s in (store, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 2 and got[0] == got[1] and len(set(got[0])) == 50
+        assert store.jobs.counts() == {"waiting": 50}
+    finally:
+        other.close()
+
+
 def test_heartbeats_output_and_reports_of_a_stale_attempt_are_refused(store):
     """The job went back to the queue and the same pilot got it again: what it says about
     the first attempt must not count for the second."""
