@@ -233,11 +233,33 @@ MANUAL = {"name": "manual", "driver": "local", "cores": 8, "memory_mb": 8192, "s
           "lost_after": 3, "idle_timeout": 60}
 
 
+_SHARED_PG: Any = None
+
+
+def backend_database() -> str | None:
+    """With CLOUDPILOT_TEST_BACKEND=postgres in the environment, a fresh database on a
+    PostgreSQL server started for the run (to run the integration tests on that backend;
+    tests that read the SQLite file themselves then fail); otherwise None (SQLite)."""
+    global _SHARED_PG
+    if os.environ.get("CLOUDPILOT_TEST_BACKEND") != "postgres":
+        return None
+    if _SHARED_PG is None:
+        import atexit
+
+        from tests import pgserver
+
+        _SHARED_PG = pgserver.PostgresServer().start()
+        atexit.register(_SHARED_PG.close)
+    return str(_SHARED_PG.create_database())
+
+
 def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
                    **settings: Any) -> Controller:
     """A controller's config and database (users alice, bob, carol; an admin token; a
     bootstrap token per endpoint), not yet started."""
     root.mkdir(exist_ok=True)
+    if "database" not in settings and (url := backend_database()) is not None:
+        settings["database"] = url
     eps = endpoints if endpoints is not None else [MANUAL]
     base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
     ctrl = Controller(root, free_port(), {**base, **settings}, eps)
@@ -255,18 +277,12 @@ def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
 
 
 @pytest.fixture
-def make_controller(tmp_path: Path,
-                    request: pytest.FixtureRequest) -> Iterator[Callable[..., Controller]]:
-    """Build and start a controller: make_controller(endpoints=[...], **settings). With
-    CLOUDPILOT_TEST_BACKEND=postgres in the environment, controllers that name no database get
-    a fresh one on the session's PostgreSQL (to run the integration tests on that backend)."""
+def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
+    """Build and start a controller: make_controller(endpoints=[...], **settings)."""
     made: list[Controller] = []
-    on_postgres = os.environ.get("CLOUDPILOT_TEST_BACKEND") == "postgres"
 
     def make(endpoints: list[dict[str, Any]] | None = None, start: bool = True,
              root: Path | None = None, **settings: Any) -> Controller:
-        if on_postgres and "database" not in settings:
-            settings["database"] = request.getfixturevalue("postgres_server").create_database()
         ctrl = new_controller(root or tmp_path / f"ctrl{len(made)}", endpoints, **settings)
         made.append(ctrl)
         if start:

@@ -27,13 +27,15 @@ from controller.errors import StorageBusy, StorageError
 log = logging.getLogger("cloudpilot.store")
 
 _JSON = re.compile(r"json_extract\(([\w.]+), '\$\.(\w+)'\)")
+_INDEXED_BY = re.compile(r" INDEXED BY \w+")  # SQLite's index hint; PostgreSQL plans alone
 
 
 @lru_cache(maxsize=4096)
 def translate(sql: str) -> str:
-    """The store's SQL in PostgreSQL's words: `?` -> `%s` (a literal % doubled), and
-    `json_extract(col, '$.key')` -> the number at that key of the JSON text in col."""
-    sql = sql.replace("%", "%%")
+    """The store's SQL in PostgreSQL's words: `?` -> `%s` (a literal % doubled),
+    `json_extract(col, '$.key')` -> the number at that key of the JSON text in col, and
+    SQLite's `INDEXED BY` hints dropped."""
+    sql = _INDEXED_BY.sub("", sql.replace("%", "%%"))
     sql = _JSON.sub(r"CAST((\1)::jsonb ->> '\2' AS NUMERIC)", sql)
     return sql.replace("?", "%s")
 

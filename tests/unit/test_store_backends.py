@@ -24,6 +24,8 @@ def test_the_store_sql_is_translated_to_postgresql():
         "SELECT * FROM jobs WHERE id = %s AND name LIKE 'a%%'")
     assert translate("SELECT SUM(json_extract(requirements, '$.cores')) FROM jobs") == (
         "SELECT SUM(CAST((requirements)::jsonb ->> 'cores' AS NUMERIC)) FROM jobs")
+    assert translate("SELECT COUNT(*) FROM jobs INDEXED BY idx_jobs_waiting WHERE x = ?") == (
+        "SELECT COUNT(*) FROM jobs WHERE x = %s")
 
 
 def test_database_settings_name_the_backend_and_never_show_a_password(tmp_path: Path):
