@@ -82,9 +82,20 @@ class _Number(Loader):
             return float(s)
 
 
+_INT64 = 2**63
+
+
+def _param(p: Any) -> Any:
+    if isinstance(p, bool):  # SQLite stores booleans as 0/1; PostgreSQL's BIGINT takes none
+        return int(p)
+    if isinstance(p, int) and not -_INT64 <= p < _INT64:
+        # as SQLite does: the API answers 422 "a number is larger than the store holds"
+        raise OverflowError("Python int too large to convert to a 64-bit integer")
+    return p
+
+
 def _params(params: Sequence[Any]) -> tuple[Any, ...]:
-    # SQLite stores booleans as 0/1 in INTEGER columns; PostgreSQL's BIGINT takes no boolean
-    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+    return tuple(_param(p) for p in params)
 
 
 class Connection:
