@@ -35,7 +35,7 @@ def free_share(state: MachineState | None, slots: int, busy_slots: int) -> float
 
 
 def waiting_demand(queues: Sequence[TaskQueue], shape: SlotOffer, slots: int,
-           live: Iterable[MachineView]) -> Demand:
+                   live: Iterable[MachineView]) -> Demand:
     """The waiting work of `queues` that fits one machine of `shape` with `slots` pilot slots,
     in machines' worth (a queue's waiting jobs / the jobs one machine holds at once), and the
     `live` machines' free share (`free_share`) against it. A waiting queue that does not fit
