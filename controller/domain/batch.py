@@ -9,13 +9,13 @@ jobs, which go back to the queue: as interrupted, using no retry, when the site 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from controller.domain.demand import waiting_demand
 from controller.domain.machines import MachineState, MachineView
-from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
+from controller.domain.matching import SlotOffer
 from controller.domain.scheduling import Decision, Removal, machine_name
 from controller.domain.taskqueues import TaskQueue
 
@@ -88,7 +88,8 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
        went silent for `lost_after`, is cancelled. A job submitted after the batch system was
        last asked (`seen_at`) is not judged yet.
     2. Demand: waiting jobs of task queues that fit one pilot job, in pilots' worth; supply:
-       pilots pending or starting (whole), and free slots of registered ones.
+       pilots pending or starting (whole), and free slots of registered ones
+       (domain/demand.py, as for a cloud endpoint's machines).
     3. Submit the difference, capped by `max_machines` (live pilot jobs), `max_queued`
        (pending ones), `max_starts_per_cycle`; nothing while held or taken down.
     Idle pilots are not cancelled: they exit on their own after their idle timeout.
@@ -157,26 +158,12 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
             continue
         kept.append(p)
 
-    demand = 0.0
-    for q in queues:
-        if q.waiting <= 0:
-            continue
-        r = why_not(q.requirements, spec.shape)
-        if r is not None:
-            reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: {r}")
-            continue
-        demand += q.waiting / max(jobs_per_machine(q.requirements, spec.shape, spec.slots), 1)
-    supply = 0.0
-    queued = 0
-    for p in kept:
-        m = p.machine
-        if m.state == M.RUNNING:
-            supply += max(m.slots - m.busy_slots, 0) / max(m.slots, 1)
-        else:
-            supply += 1.0
-            if p.job is None or p.job.state == BatchState.PENDING:
-                queued += 1
-    new = max(0, math.ceil(demand - supply - 1e-9))
+    need = waiting_demand(queues, spec.shape, spec.slots, (p.machine for p in kept))
+    reasons.extend(need.unfit)
+    demand = need.machines
+    queued = sum(1 for p in kept if p.machine.state != M.RUNNING
+                 and (p.job is None or p.job.state == BatchState.PENDING))
+    new = need.uncovered
     if new and down_by:
         reasons.append(f"{_jobs(new)} wanted; none submitted: taken down by {down_by}")
         new = 0

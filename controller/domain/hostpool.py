@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from controller.domain.demand import free_share
 from controller.domain.machines import (
     ACTIVE_STATES,
     DEPLOYED_STATES,
@@ -197,8 +198,7 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
                 key=lambda h: (not h.busy_slots, -(h.idle_since or now)))
     took: dict[str, float] = {}
     for h in up:
-        free = 1.0 if h.state != M.RUNNING else max(h.slots - h.busy_slots, 0) / max(h.slots, 1)
-        took[h.name] = _absorb(h, waiting, queues, free)
+        took[h.name] = _absorb(h, waiting, queues, free_share(h.state, h.slots, h.busy_slots))
 
     start: list[str] = []
     idle_hosts = sorted((h for h in members if h.state == M.STOPPED and h.shape is not None),

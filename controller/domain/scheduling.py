@@ -4,9 +4,9 @@ replayed from recorded inputs."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
+from controller.domain.demand import waiting_demand
 from controller.domain.fleet import (
     Budget,
     Decision,
@@ -17,7 +17,6 @@ from controller.domain.fleet import (
     machine_name,
 )
 from controller.domain.machines import MachineState, MachineView
-from controller.domain.matching import jobs_per_machine, why_not
 from controller.domain.packing import decide_priced
 from controller.domain.taskqueues import TaskQueue
 
@@ -45,7 +44,8 @@ def decide(
     2. Demand: waiting jobs of every task queue that can run here, in machines' worth
        (task queue jobs / jobs one machine holds). Unfit queues are named in the reasons.
     3. Start enough machines to cover demand minus free capacity (free slots of running machines
-       plus machines still booting), capped by max_machines and max_starts_per_cycle.
+       plus machines still booting; domain/demand.py), capped by max_machines and
+       max_starts_per_cycle.
     4. Stop machines idle longer than `idle_timeout`, by name, while what is left still covers
        the waiting work.
     """
@@ -58,25 +58,10 @@ def decide(
     gone = {r.name for r in removals}
     kept = [m for m in live if m.name not in gone]
 
-    demand = 0.0
-    for q in queues:
-        if q.waiting <= 0:
-            continue
-        r = why_not(q.requirements, spec.shape)
-        if r is not None:
-            reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: {r}")
-            continue
-        per = jobs_per_machine(q.requirements, spec.shape, spec.slots)
-        demand += q.waiting / per
-
-    free = 0.0
-    for m in kept:
-        if m.state == MachineState.RUNNING:
-            free += max(m.slots - m.busy_slots, 0) / max(m.slots, 1)
-        else:
-            free += 1.0  # booting: all its slots are on their way
-    uncovered = demand - free
-    new = max(0, math.ceil(uncovered - 1e-9))
+    need = waiting_demand(queues, spec.shape, spec.slots, kept)
+    reasons.extend(need.unfit)
+    demand, free = need.machines, need.supply  # free: of running machines, plus booting ones
+    new = need.uncovered
     if new:
         room = max(spec.max_machines - len(kept), 0)
         n = min(new, room, spec.max_starts_per_cycle)
