@@ -75,8 +75,12 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
         pilot = b.register("manual", "m1")
         match(b, pilot)  # registered and seen: the next long-poll waits on B
         got: list[tuple[float, list[dict[str, Any]]]] = []
-        waiter = threading.Thread(target=lambda: got.append(
-            (time.monotonic(), match(b, pilot, wait=20))))
+
+        def wait() -> None:
+            matches = match(b, pilot, wait=20)
+            got.append((time.monotonic(), matches))
+
+        waiter = threading.Thread(target=wait)
         waiter.start()
         time.sleep(1.0)  # the long-poll is waiting in B
         assert not got
@@ -86,6 +90,7 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
         assert got, "the long-poll on B never returned"
         woke, matches = got[0]
         assert [m["job"]["id"] for m in matches] == [jid]
+        print(f"B's long-poll woke {1000 * (woke - sent):.0f} ms after A's submit")
         assert woke - sent < 1.0, f"B's long-poll woke {woke - sent:.2f} s after A's submit"
     finally:
         b.stop()
@@ -161,6 +166,7 @@ def test_one_process_runs_the_loop_and_another_takes_over_when_it_dies(make_cont
     second = wait_until(lambda: (lead := leader(pg_url)) and lead[1] > first[1] and lead, 15,
                         0.05, "another process to take the loop over")
     took = time.monotonic() - took
+    print(f"the loop moved from pid {first[0]} to {second[0]} in {took:.2f} s")
     assert second[0] != first[0]
     assert took < 5, f"the takeover took {took:.1f} s"
     for jid in ids:
