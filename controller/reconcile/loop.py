@@ -21,7 +21,7 @@ from controller.config.settings import Settings
 from controller.domain.jobs import JobState
 from controller.domain.scheduling import Decision
 from controller.drivers.base import Driver
-from controller.errors import CloudpilotError, DriverError
+from controller.errors import CloudpilotError, DriverError, StorageError
 from controller.reconcile.endpoint import EndpointKind, LoopEnv, Step, Tick, one_line
 from controller.reconcile.registry import make_endpoint
 from controller.reconcile.status import EndpointStatus
@@ -78,6 +78,9 @@ class Reconciler:
             except DriverError as err:  # a driver failure is data: record it, keep going
                 self.status[e.name].failed(f"observe failed: {one_line(err)}", now)
                 continue
+            except StorageError as err:  # the database is busy or away: the next tick again
+                log.warning("endpoint %s: observing failed: %s", e.name, err.message)
+                continue
             except Exception:
                 log.exception("endpoint %s: observing failed (a bug)", e.name)
                 continue
@@ -97,6 +100,9 @@ class Reconciler:
                 step = e.decide(tick)
             except DriverError as err:
                 self.status[e.name].failed(one_line(err), now)
+                continue
+            except StorageError as err:
+                log.warning("endpoint %s: deciding failed: %s", e.name, err.message)
                 continue
             except Exception:
                 log.exception("endpoint %s: deciding failed (a bug)", e.name)

@@ -319,7 +319,10 @@ class JobStore:
             counts = dict(c.execute(
                 "SELECT tq_id, COUNT(*) FROM jobs WHERE state = 'waiting' GROUP BY tq_id"
             ).fetchall())
-        return [dataclasses.replace(self._tqs[i], waiting=n) for i, n in counts.items()]
+            if not counts.keys() <= self._tqs.keys():  # another process made one meanwhile
+                self._learn_task_queues(c)
+        return [dataclasses.replace(self._tqs[i], waiting=n) for i, n in counts.items()
+                if i in self._tqs]
 
     def busy_by_machine(self) -> dict[str, int]:
         with self.store.read() as c:

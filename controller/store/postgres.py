@@ -137,8 +137,7 @@ class PostgresBackend:
         self._local = threading.local()
         self.pool = ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, timeout=10,
-            configure=self._configure, check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True}, name="cloudpilot")
+            configure=self._configure, kwargs={"autocommit": True}, name="cloudpilot")
         try:
             self.pool.open(wait=True, timeout=15)
         except PoolTimeout:
@@ -169,7 +168,21 @@ class PostgresBackend:
         except PoolTimeout:
             raise StorageBusy("no database connection free within 10 s; retry") from None
 
-    read = tx  # a read is a (short) transaction too: one consistent snapshot per statement
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """Reads, each statement on its own (autocommit: no BEGIN and COMMIT round trips);
+        inside this thread's transaction, in it."""
+        current: Connection | None = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        try:
+            with self.pool.connection() as raw:
+                yield Connection(raw)
+        except psycopg.Error as e:
+            raise storage_error(e) from None
+        except PoolTimeout:
+            raise StorageBusy("no database connection free within 10 s; retry") from None
 
     @contextmanager
     def session(self) -> Iterator[psycopg.Connection[Any]]:

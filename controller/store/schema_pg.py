@@ -110,7 +110,19 @@ BASELINE: list[str] = [
     ('CREATE TABLE usage (kind TEXT NOT NULL, name TEXT NOT NULL, '
      'core_seconds DOUBLE PRECISION NOT NULL, at DOUBLE PRECISION NOT NULL, '
      'PRIMARY KEY (kind, name))'),
-    # the slots and cores each owner and group holds now, kept on every job state change
+    # Fair share's counts on PostgreSQL. Every claim and report changes the `held` row of an
+    # owner and of a group, and every ended job the `usage` rows. Updated in place, two
+    # transactions that touch two owners in opposite orders deadlock, and every claim of an
+    # owner waits for the one before it. So a transaction only appends its changes (no locks)
+    # and applies them at commit, summed and in sorted order, in a deferred trigger: the rows
+    # are locked for the commit alone, always in the same order.
+    "CREATE TABLE held_pending (xid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
+    " kind TEXT NOT NULL, name TEXT NOT NULL, n BIGINT NOT NULL, cores BIGINT NOT NULL)",
+    "CREATE INDEX idx_held_pending_xid ON held_pending (xid)",
+    "CREATE TABLE usage_pending (xid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
+    " kind TEXT NOT NULL, name TEXT NOT NULL, core_seconds DOUBLE PRECISION NOT NULL,"
+    " at DOUBLE PRECISION NOT NULL, half_life DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX idx_usage_pending_xid ON usage_pending (xid)",
     f"""CREATE FUNCTION held_change() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         d BIGINT;
@@ -121,14 +133,42 @@ BASELINE: list[str] = [
         END IF;
         d := CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END;
         c := d * COALESCE((NEW.requirements::jsonb ->> 'cores')::NUMERIC::BIGINT, 1);
-        INSERT INTO held (kind, name, n, cores) VALUES ('owner', NEW.owner, d, c)
-        ON CONFLICT (kind, name) DO UPDATE
-        SET n = held.n + excluded.n, cores = held.cores + excluded.cores;
-        INSERT INTO held (kind, name, n, cores) VALUES ('group', NEW.grp, d, c)
-        ON CONFLICT (kind, name) DO UPDATE
-        SET n = held.n + excluded.n, cores = held.cores + excluded.cores;
+        INSERT INTO held_pending (kind, name, n, cores)
+        VALUES ('owner', NEW.owner, d, c), ('group', NEW.grp, d, c);
         RETURN NULL;
     END $$""",
     "CREATE TRIGGER held_change AFTER UPDATE OF state ON jobs FOR EACH ROW"
     " EXECUTE FUNCTION held_change()",
+    """CREATE FUNCTION held_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        WITH mine AS (DELETE FROM held_pending WHERE xid = pg_current_xact_id()
+                      RETURNING kind, name, n, cores)
+        INSERT INTO held (kind, name, n, cores)
+        SELECT kind, name, SUM(n), SUM(cores) FROM mine GROUP BY kind, name
+        ORDER BY kind, name
+        ON CONFLICT (kind, name) DO UPDATE
+        SET n = held.n + excluded.n, cores = held.cores + excluded.cores;
+        RETURN NULL;
+    END $$""",
+    "CREATE CONSTRAINT TRIGGER held_apply AFTER INSERT ON held_pending"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION held_apply()",
+    # usage decays with a half-life: the row keeps the half-life its last change used
+    "ALTER TABLE usage ADD COLUMN half_life DOUBLE PRECISION",
+    """CREATE FUNCTION usage_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        WITH mine AS (DELETE FROM usage_pending WHERE xid = pg_current_xact_id()
+                      RETURNING kind, name, core_seconds, at, half_life)
+        INSERT INTO usage (kind, name, core_seconds, at, half_life)
+        SELECT kind, name, SUM(core_seconds), MAX(at), MAX(half_life) FROM mine
+        GROUP BY kind, name ORDER BY kind, name
+        ON CONFLICT (kind, name) DO UPDATE
+        SET core_seconds = usage.core_seconds
+                * power(0.5, LEAST(GREATEST(excluded.at - usage.at, 0)
+                                   / excluded.half_life, 1000))  -- not below 1e-301
+                + excluded.core_seconds,
+            at = GREATEST(usage.at, excluded.at), half_life = excluded.half_life;
+        RETURN NULL;
+    END $$""",
+    "CREATE CONSTRAINT TRIGGER usage_apply AFTER INSERT ON usage_pending"
+    " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION usage_apply()",
 ]

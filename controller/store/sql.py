@@ -14,11 +14,10 @@ from typing import Protocol
 class Dialect:
     """What the query modules say differently to each backend. `claim` ends the SELECT that
     picks a waiting job to match: on PostgreSQL, rows another process is claiming are skipped,
-    never waited for. `lock` ends a SELECT whose row is then updated from what it read."""
+    never waited for."""
 
     name: str
     claim: str = ""
-    lock: str = ""
 
     @classmethod
     def sqlite(cls) -> Dialect:
@@ -26,7 +25,7 @@ class Dialect:
 
     @classmethod
     def postgres(cls) -> Dialect:
-        return cls("postgres", claim=" FOR UPDATE SKIP LOCKED", lock=" FOR UPDATE")
+        return cls("postgres", claim=" FOR UPDATE SKIP LOCKED")
 
 
 class Transactions(Protocol):

@@ -8,6 +8,16 @@ import sqlite3
 from controller.domain.taskqueues import GROUP, OWNER, FairShare, decay
 from controller.store.sql import Transactions
 
+# the slots and cores each owner and group holds, as this transaction sees them (PostgreSQL:
+# with its own claims, applied to `held` only at its commit)
+HELD_NOW = {
+    "sqlite": "SELECT kind, name, cores FROM held WHERE n > 0",
+    "postgres": "SELECT kind, name, SUM(cores) FROM (SELECT kind, name, n, cores FROM held"
+                " UNION ALL SELECT kind, name, n, cores FROM held_pending"
+                " WHERE xid = pg_current_xact_id_if_assigned()) AS h"
+                " GROUP BY kind, name HAVING SUM(n) > 0",
+}
+
 
 class UsageStore:
     def __init__(self, store: Transactions, half_life: float = 86400.0) -> None:
@@ -17,10 +27,17 @@ class UsageStore:
     def charge(self, c: sqlite3.Connection, owner: str, group: str, core_seconds: float,
                now: float) -> None:
         """Add what a job used (its cores x how long it was held) inside the caller's
-        transaction, decaying what was there to `now` first."""
+        transaction, decaying what was there to `now` first. (PostgreSQL: appended, and
+        applied at commit in sorted order; controller/store/schema_pg.py says why.)"""
+        if self.store.dialect.name == "postgres":
+            c.executemany("INSERT INTO usage_pending (kind, name, core_seconds, at, half_life)"
+                          " VALUES (?, ?, ?, ?, ?)",
+                          [(OWNER, owner, core_seconds, now, self.half_life),
+                           (GROUP, group, core_seconds, now, self.half_life)])
+            return
         for kind, name in ((OWNER, owner), (GROUP, group)):
-            row = c.execute("SELECT core_seconds, at FROM usage WHERE kind = ? AND name = ?"
-                            + self.store.dialect.lock, (kind, name)).fetchone()
+            row = c.execute("SELECT core_seconds, at FROM usage WHERE kind = ? AND name = ?",
+                            (kind, name)).fetchone()
             value = core_seconds
             if row is not None:
                 value += decay(row[0], row[1], now, self.half_life)
@@ -33,8 +50,7 @@ class UsageStore:
             dict[tuple[str, str], float], dict[tuple[str, str], float]]:
         usage = {(r[0], r[1]): decay(r[2], r[3], now, self.half_life)
                  for r in c.execute("SELECT kind, name, core_seconds, at FROM usage")}
-        held = {(r[0], r[1]): float(r[2])
-                for r in c.execute("SELECT kind, name, cores FROM held WHERE n > 0")}
+        held = {(r[0], r[1]): float(r[2]) for r in c.execute(HELD_NOW[self.store.dialect.name])}
         return usage, held
 
     def fair_share(self, c: sqlite3.Connection, by: str, shares: dict[str, float],

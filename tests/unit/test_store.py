@@ -201,3 +201,45 @@ def test_sqlite_utils_is_pinned_to_the_first_version_with_the_api_the_store_uses
     assert tuple(int(x) for x in low.split(".")) == (4, 0)
     source = (Path(__file__).resolve().parents[2] / "controller/store/migrations.py")
     assert "db.atomic()" in source.read_text()
+
+
+def test_claims_of_many_owners_from_two_processes_never_deadlock(store, database):
+    """Two stores on one database stand for two controller processes, each claiming 8 jobs of
+    three owners a request: the fair-share counts are never locked in two orders."""
+    for user, group in (("carol", "physics"),):
+        store.tokens.create_user(user, group)
+    for owner, group in (("alice", "physics"), ("bob", "bio"), ("carol", "physics")):
+        store.jobs.submit([NewJob("/bin/true")] * 200, owner, group, 3)
+    other = Store(database)
+    got: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def claim(s: Store, pilot: str) -> None:
+        s.machines.register_pilot(pilot, "ep", pilot, 1024, 10**7, [], 1024, "test")
+        try:
+            while True:
+                jobs = s.jobs.match(pilot, pilot, OFFER, by="owner", shares={},
+                                    issue_token=lambda conn, job: "t", count=8)
+                if not jobs:
+                    return
+                with lock:
+                    got.extend(j.id for j, _ in jobs)
+        except BaseException as e:  # a deadlock retried three times, and still one
+            errors.append(e)
+
+    threads = [threading.Thread(target=claim, args=(s, f"p{i}"))
+               for i, s in enumerate([store, other, store, other])]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert sorted(got) == list(range(1, 601))
+        if store.dialect.name == "postgres":
+            (deadlocks,) = store.rows("SELECT deadlocks FROM pg_stat_database"
+                                      " WHERE datname = current_database()")
+            assert deadlocks[0] == 0
+    finally:
+        other.close()
