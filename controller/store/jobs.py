@@ -102,8 +102,8 @@ def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer
         " COALESCE(SUM(json_extract(requirements, '$.memory_mb')), 0) FROM jobs"
         f" WHERE machine = ? AND state IN {HELD} AND pilot_id = ?",
         (machine, pilot_id)).fetchone()
-    bounded = dataclasses.replace(offer, cores=min(offer.cores, reg["cores"] - cores),
-                                  memory_mb=min(offer.memory_mb, reg["memory_mb"] - mem))
+    bounded = dataclasses.replace(offer, cores=min(offer.cores, reg["cores"] - int(cores)),
+                                  memory_mb=min(offer.memory_mb, reg["memory_mb"] - int(mem)))
     return bounded, min(count, (reg["slots"] or 1) - n)
 
 
@@ -445,13 +445,13 @@ class JobStore:
     @staticmethod
     def running(c: sqlite3.Connection, machine: str) -> list[Running]:
         """The jobs a machine holds, each with the latest time it should end."""
-        return [Running(int(r[0] or 1), int(r[1] or 0), float(r[2]) + float(r[3] or 0))
-                for r in c.execute(
+        return [Running(int(cores or 1), int(mem or 0), float(since) + float(runtime or 0))
+                for cores, mem, since, runtime in c.execute(
                     "SELECT json_extract(requirements, '$.cores'),"
                     " json_extract(requirements, '$.memory_mb'),"
                     " COALESCE(started_at, updated_at), json_extract(requirements,"
                     " '$.max_runtime') FROM jobs WHERE machine = ?"
-                    " AND state IN ('matched', 'running')", (machine,))]
+                    " AND state IN ('matched', 'running')", (machine,)).fetchall()]
 
     # pilot reports -----------------------------------------------------------------------
     def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,

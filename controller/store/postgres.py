@@ -33,10 +33,11 @@ _INDEXED_BY = re.compile(r" INDEXED BY \w+")  # SQLite's index hint; PostgreSQL 
 @lru_cache(maxsize=4096)
 def translate(sql: str) -> str:
     """The store's SQL in PostgreSQL's words: `?` -> `%s` (a literal % doubled),
-    `json_extract(col, '$.key')` -> the number at that key of the JSON text in col, and
+    `json_extract(col, '$.key')` -> the number at that key of the JSON text in col (a
+    float: read in C, where a NUMERIC is read in Python; the store converts it), and
     SQLite's `INDEXED BY` hints dropped."""
     sql = _INDEXED_BY.sub("", sql.replace("%", "%%"))
-    sql = _JSON.sub(r"CAST((\1)::jsonb ->> '\2' AS NUMERIC)", sql)
+    sql = _JSON.sub(r"CAST((\1)::jsonb ->> '\2' AS DOUBLE PRECISION)", sql)
     return sql.replace("?", "%s")
 
 
