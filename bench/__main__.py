@@ -1,13 +1,19 @@
 """Queue benchmark on SQLite: bulk submission and matching, through HTTP and at the store.
 
     .venv/bin/python -m bench [--jobs 100000] [--queues 50] [--json] [--profile]
+    .venv/bin/python -m bench --backend postgres --workers 1,2,4
 
 Fills a fresh controller (uvicorn on 127.0.0.1, a random port, a temporary database) with
 `--jobs` waiting jobs spread over `--queues` task queues of 3 users, through
 POST /api/v1/jobs/bulk; then has pilots claim `--matches` of them through
 POST /api/v1/pilots/{id}/match from `--threads` client threads. The same work is then done
 on the store directly (controller.store.Store, another temporary database) to show what the
-HTTP layer costs. Everything temporary is removed at the end."""
+HTTP layer costs. Everything temporary is removed at the end.
+
+With `--backend postgres` the same HTTP phases run, side by side in one run, on SQLite (one
+controller process) and on PostgreSQL (a fresh database per `--workers` figure, the controller
+started as `python -m controller serve --workers N`), from client processes that count their
+own CPU time (bench/backends.py)."""
 
 from __future__ import annotations
 
@@ -21,37 +27,42 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 
+from bench import clients
+from bench.clients import MatchWork, SubmitWork, pilots_needed
 from bench.server import ENDPOINT, bench_settings
+from bench.workload import (
+    MACHINE_CORES,
+    MACHINE_MEMORY,
+    MACHINE_SLOTS,
+    USERS,
+    QueueSpec,
+    batches,
+    bodies,
+    job_dict,
+    largest_job,
+    make_users,
+    new_job,
+    queue_specs,
+)
 from controller.api.schemas import BulkIn
 from controller.auth import Role
 from controller.cli.demo import Server, free_port
-from controller.domain.jobs import Job, NewJob, Requirements
+from controller.domain.jobs import Job
 from controller.domain.matching import SlotOffer
 from controller.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-USERS = (("alice", "physics"), ("bob", "biology"), ("carol", "physics"))
-MACHINE_CORES, MACHINE_MEMORY, MACHINE_SLOTS = 64, 262144, 64
 SUBMIT_AIM, MATCH_AIM = 5_000.0, 1_000.0
 JOB_TOKEN_MARGIN = 600  # Settings().job_token_margin, as the match API adds it
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    owner: str
-    cores: int
-    memory_mb: int
 
 
 @dataclass
@@ -68,37 +79,6 @@ class Figure:
     @property
     def met(self) -> bool | None:
         return None if self.aim is None else self.rate >= self.aim
-
-
-# the workload ---------------------------------------------------------------------------------
-def queue_specs(n: int) -> list[QueueSpec]:
-    """n distinct task queues: the owners take turns, memory differs per queue, all fit one
-    machine of the benchmark endpoint."""
-    return [QueueSpec(USERS[i % len(USERS)][0], 1 + i % 4, 512 + 64 * i) for i in range(n)]
-
-
-def job_dict(k: int, q: QueueSpec) -> dict[str, Any]:
-    return {"executable": "/bin/echo", "arguments": ["bench", str(k)], "name": f"bench-{k}",
-            "requirements": {"cores": q.cores, "memory_mb": q.memory_mb, "max_runtime": 3600}}
-
-
-def new_job(k: int, q: QueueSpec) -> NewJob:
-    return NewJob(executable="/bin/echo", arguments=("bench", str(k)), name=f"bench-{k}",
-                  requirements=Requirements(cores=q.cores, memory_mb=q.memory_mb,
-                                            max_runtime=3600))
-
-
-def batches(n_jobs: int, specs: list[QueueSpec], size: int) -> list[tuple[str, list[int]]]:
-    """(owner, job numbers) per request: job k goes to queue k % Q; each owner's jobs are cut
-    into batches, and the owners' batches interleave."""
-    per_owner: dict[str, list[int]] = {u: [] for u, _ in USERS}
-    for k in range(n_jobs):
-        per_owner[specs[k % len(specs)].owner].append(k)
-    cut = {u: [ks[i:i + size] for i in range(0, len(ks), size)] for u, ks in per_owner.items()}
-    out: list[tuple[str, list[int]]] = []
-    for i in range(max((len(b) for b in cut.values()), default=0)):
-        out += [(u, b[i]) for u, b in cut.items() if i < len(b)]
-    return out
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -158,14 +138,6 @@ def controller(root: Path, in_thread: bool) -> Iterator[str]:
         log.close()
 
 
-def make_users(store: Store) -> dict[str, str]:
-    tokens = {}
-    for user, group in USERS:
-        store.tokens.create_user(user, group)
-        tokens[user] = store.tokens.issue(Role.USER, owner=user, note="bench")
-    return tokens
-
-
 def check_db(path: Path, n_jobs: int, n_queues: int) -> dict[str, int]:
     """What the database holds: jobs by state and the number of task queues."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as c:
@@ -182,83 +154,30 @@ def check_db(path: Path, n_jobs: int, n_queues: int) -> dict[str, int]:
 # HTTP -----------------------------------------------------------------------------------------
 def http_submit(url: str, tokens: dict[str, str], plan: list[tuple[str, list[int]]],
                 specs: list[QueueSpec]) -> Figure:
-    # bodies are encoded before the clock starts: the figure is the controller's
-    bodies = [(owner, json.dumps({"jobs": [job_dict(k, specs[k % len(specs)]) for k in ks]}))
-              for owner, ks in plan]
-    headers = {u: {"Authorization": f"Bearer {t}", "Content-Type": "application/json"}
-               for u, t in tokens.items()}
-    n = 0
-    with httpx.Client(base_url=url, timeout=300) as client:
-        t0 = time.perf_counter()
-        for owner, body in bodies:
-            r = client.post("/api/v1/jobs/bulk", content=body, headers=headers[owner])
-            if r.status_code != 201:
-                raise RuntimeError(f"bulk submit: HTTP {r.status_code}: {r.text[:500]}")
-            n += len(r.json()["ids"])
-        dt = time.perf_counter() - t0
-    return Figure("bulk submit, HTTP", n, dt, SUBMIT_AIM)
+    # bodies are encoded before the clock starts: the figure is the controller's; one client
+    # sends them one after the other
+    work = SubmitWork([bodies(plan, specs, tokens)])
+    got = clients.run(url, [work], in_process=True, client_kind="httpx")
+    return Figure("bulk submit, HTTP", got.count, got.seconds, SUBMIT_AIM)
 
 
 def http_match(url: str, admin_token: str, n_matches: int, n_threads: int,
-               per_request: int = 1) -> tuple[Figure, Counter[str]]:
-    pilots: list[tuple[str, str]] = []  # (pilot id, its own credential)
-    admin = {"Authorization": f"Bearer {admin_token}"}
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for i in range(n_threads):
-            boot = client.post("/api/v1/admin/tokens", headers=admin,
-                               json={"role": "pilot", "endpoint": ENDPOINT}).json()["token"]
-            r = client.post("/api/v1/pilots/register", headers={
-                "Authorization": f"Bearer {boot}"}, json={
-                "machine": f"bench-pilot-{per_request}-{i}", "endpoint": ENDPOINT,
-                "cores": MACHINE_CORES, "memory_mb": MACHINE_MEMORY, "slots": MACHINE_SLOTS,
-                "version": "bench"})
-            if r.status_code != 201:
-                raise RuntimeError(f"register: HTTP {r.status_code}: {r.text[:500]}")
-            pilots.append((r.json()["pilot_id"], r.json()["token"]))
-    # a pilot asks for one job per free slot: `per_request` free slots per request
-    offer = json.dumps({"free_cores": MACHINE_CORES, "free_memory_mb": MACHINE_MEMORY,
-                        "free_slots": per_request, "wait": 0})
-    requests = n_matches // per_request
-    share = [requests // n_threads + (i < requests % n_threads) for i in range(n_threads)]
-    owners: Counter[str] = Counter()
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(n_threads + 1)
-
-    def work(pilot: tuple[str, str], count: int) -> None:
-        pilot_id, credential = pilot
-        got: Counter[str] = Counter()
-        auth = {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
-        with httpx.Client(base_url=url, timeout=60, headers=auth) as c:
-            path = f"/api/v1/pilots/{pilot_id}/match"
-            start.wait()
-            for _ in range(count):
-                r = c.post(path, content=offer)
-                if r.status_code == 200:
-                    for m in r.json()["matches"]:
-                        got[m["job"]["owner"]] += 1
-                else:
-                    got[f"HTTP {r.status_code}"] += 1
-                    if r.status_code != 204:
-                        with lock:
-                            errors.append(r.text[:300])
-        with lock:
-            owners.update(got)
-
-    threads = [threading.Thread(target=work, args=(p, k)) for p, k in zip(pilots, share,
-                                                                           strict=True)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    dt = time.perf_counter() - t0
-    if errors:
-        raise RuntimeError(f"match failed {len(errors)} times, e.g. {errors[0]}")
-    matched = sum(v for k, v in owners.items() if not k.startswith("HTTP"))
+               specs: list[QueueSpec], per_request: int = 1) -> tuple[Figure, Counter[str]]:
+    """`n_threads` client threads of this process, each with its own pilots (as many as its
+    share of the matches needs: a pilot holds what it gets, bench/clients.py), each request
+    asking for `per_request` jobs (a job per free slot)."""
+    work = MatchWork(targets=clients.shares(n_matches, n_threads), per_request=per_request,
+                     admin_token=admin_token, endpoint=ENDPOINT,
+                     machine=(MACHINE_CORES, MACHINE_MEMORY, MACHINE_SLOTS),
+                     largest_job=largest_job(specs), tag=f"{per_request}")
+    got = clients.run(url, [work], in_process=True, client_kind="httpx")
+    if got.errors:
+        raise RuntimeError(f"match failed {len(got.errors)} times, e.g. {got.errors[0]}")
+    owners = Counter(got.owners)
+    if got.empty:
+        owners["HTTP 204"] = got.empty
     what = f"match, HTTP, {per_request} job{'s' if per_request > 1 else ''}/request"
-    return Figure(what, matched, dt, MATCH_AIM), owners
+    return Figure(what, got.count, got.seconds, MATCH_AIM), owners
 
 
 # store ----------------------------------------------------------------------------------------
@@ -286,10 +205,17 @@ def store_submit(store: Store, plan: list[tuple[str, list[int]]], specs: list[Qu
     return Figure("bulk submit, store", n, dt)
 
 
-def store_match(store: Store, n_matches: int, profile: bool) -> tuple[Figure, Counter[str]]:
-    pilot_id, machine = "benchpilot01", "bench-store-pilot"
-    store.machines.register_pilot(pilot_id, ENDPOINT, machine, MACHINE_CORES, MACHINE_MEMORY,
-                                  [], MACHINE_SLOTS, "bench")
+def store_match(store: Store, n_matches: int, specs: list[QueueSpec],
+                profile: bool) -> tuple[Figure, Counter[str]]:
+    """Claims one job a call; a pilot holds what it is given (the store bounds it by what it
+    registered), so enough pilots are registered first and the next one is asked when one
+    gets nothing."""
+    need = pilots_needed(n_matches, (MACHINE_CORES, MACHINE_MEMORY, MACHINE_SLOTS),
+                         largest_job(specs))
+    pilots = [(f"benchpilot{i:04d}", f"bench-store-pilot-{i}") for i in range(need)]
+    for pilot_id, machine in pilots:
+        store.machines.register_pilot(pilot_id, ENDPOINT, machine, MACHINE_CORES,
+                                      MACHINE_MEMORY, [], MACHINE_SLOTS, "bench")
     offer = SlotOffer(endpoint=ENDPOINT, cores=MACHINE_CORES, memory_mb=MACHINE_MEMORY)
     shares = store.tokens.shares()
 
@@ -299,11 +225,16 @@ def store_match(store: Store, n_matches: int, profile: bool) -> tuple[Figure, Co
                                   note=f"job {job.id}", conn=conn)
 
     owners: Counter[str] = Counter()
+    at = 0
     with profiled(profile, "store.jobs.match"):
         t0 = time.perf_counter()
         for _ in range(n_matches):
-            got = store.jobs.match(pilot_id, machine, offer, by="owner", shares=shares,
+            got = store.jobs.match(*pilots[at], offer, by="owner", shares=shares,
                                    issue_token=issue)
+            while not got and at + 1 < len(pilots):  # that pilot is full: the next one
+                at += 1
+                got = store.jobs.match(*pilots[at], offer, by="owner", shares=shares,
+                                       issue_token=issue)
             if not got:
                 break
             owners[got[0][0].owner] += 1
@@ -336,7 +267,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the store paths and print the hottest functions")
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                    help="postgres: the HTTP phases on SQLite (one process), then on a fresh "
+                         "PostgreSQL database for each --workers figure, in one table")
+    ap.add_argument("--workers", default="1", metavar="N[,N...]",
+                    help="--backend postgres: controller processes, one run each (default 1)")
+    ap.add_argument("--client-procs", type=int, default=2, metavar="P",
+                    help="--backend postgres: load generator processes the --threads clients "
+                         "are split over (default 2)")
+    ap.add_argument("--phase-limit", type=float, default=30.0, metavar="SECONDS",
+                    help="--backend postgres: a match phase stops after this (default 30)")
+    ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="--backend postgres: the long-poll each match request allows "
+                         "(default 0, as `python -m bench` asks: a pilot that is not handed a "
+                         "job at once is answered 204 and asks again)")
+    ap.add_argument("--connection", choices=("per-request", "keep-alive"),
+                    default="per-request",
+                    help="--backend postgres: a connection for each request, as the real "
+                         "pilot (default), or one kept alive per client")
+    ap.add_argument("--keep", action="store_true",
+                    help="--backend postgres: keep the databases and the logs (under /var/tmp)")
     args = ap.parse_args(argv)
+    try:
+        args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    except ValueError:
+        ap.error("--workers: a comma list of numbers, e.g. 1,2,4")
+    if not args.workers or not all(1 <= w <= 64 for w in args.workers):
+        ap.error("--workers: numbers between 1 and 64")
+    if args.backend == "sqlite" and args.workers != [1]:
+        ap.error("--workers above 1 needs --backend postgres (SQLite serves from one process)")
+    if args.backend == "postgres" and not 1 <= args.client_procs <= args.threads:
+        ap.error("--client-procs must be between 1 and --threads")
     if not 1 <= args.queues <= 4000:
         ap.error("--queues must be between 1 and 4000")
     if args.jobs < args.queues or args.matches < 1 or args.threads < 1:
@@ -345,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--matches cannot exceed --jobs")
     if not 1 <= args.batch <= 10_000:
         ap.error("--batch must be between 1 and 10000 (the controller's max_bulk_jobs)")
+
+    if args.backend == "postgres":
+        if args.in_thread or args.profile:
+            ap.error("--in-thread and --profile are for --backend sqlite")
+        from bench import backends
+
+        return backends.run(args)
 
     specs = queue_specs(args.queues)
     plan = batches(args.jobs, specs, args.batch)
@@ -369,10 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             figures.append(http_submit(url, tokens, plan, specs))
             states["http"] = check_db(root / "cloudpilot.db", args.jobs, args.queues)
             print("matching...", flush=True)
-            f, owners = http_match(url, admin_token, args.matches, args.threads)
+            f, owners = http_match(url, admin_token, args.matches, args.threads, specs)
             figures.append(f)
             fair["http"] = dict(owners)
-            f, owners = http_match(url, admin_token, args.matches, args.threads, per_request=8)
+            f, owners = http_match(url, admin_token, args.matches, args.threads, specs,
+                                   per_request=8)
             figures.append(f)
             fair["http, 8-slot pilots"] = dict(owners)
         # the same at the store
@@ -384,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             make_users(store)
             figures.append(store_submit(store, plan, specs, args.profile))
             states["store"] = check_db(root / "cloudpilot.db", args.jobs, args.queues)
-            f, owners = store_match(store, args.matches, args.profile)
+            f, owners = store_match(store, args.matches, specs, args.profile)
             figures.append(f)
             fair["store"] = dict(owners)
         finally:

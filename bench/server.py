@@ -14,6 +14,9 @@ from controller.app import create_app
 from controller.config.settings import EndpointConfig, Settings
 
 ENDPOINT = "bench"
+# The benchmark's pilots never heartbeat and most of them wait, registered, for their turn:
+# neither they (lost, idle) nor their jobs' leases may run out while a run lasts.
+QUIET = 3600.0
 
 
 def bench_settings(database: Path, data_dir: Path, port: int) -> Settings:
@@ -21,8 +24,9 @@ def bench_settings(database: Path, data_dir: Path, port: int) -> Settings:
     reads the queue; pilots register by hand."""
     return Settings(
         database=database, data_dir=data_dir, host="127.0.0.1", port=port, loop_interval=5.0,
+        stalled_after=QUIET,
         endpoints=[EndpointConfig(name=ENDPOINT, max_machines=0, cores=64, memory_mb=262144,
-                                  slots=64)],
+                                  slots=64, idle_timeout=QUIET, lost_after=QUIET)],
     )
 
 
