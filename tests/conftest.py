@@ -95,6 +95,7 @@ class Controller:
     tokens: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     pilots: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    db_url: str | None = None  # a postgresql:// database instead of the SQLite file
 
     @property
     def url(self) -> str:
@@ -106,8 +107,8 @@ class Controller:
 
     @property
     def database(self) -> Any:
-        """The SQLite file (a Path), or the postgresql:// URL given as `database`."""
-        return self.settings.get("database") or self.root / "cloudpilot.db"
+        """The SQLite file (a Path), or the postgresql:// URL it was made with."""
+        return self.db_url or self.root / "cloudpilot.db"
 
     def write_config(self) -> None:
         lines = [f"{k} = {toml_value(v)}" for k, v in {
@@ -258,11 +259,10 @@ def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
     """A controller's config and database (users alice, bob, carol; an admin token; a
     bootstrap token per endpoint), not yet started."""
     root.mkdir(exist_ok=True)
-    if "database" not in settings and (url := backend_database()) is not None:
-        settings["database"] = url
+    url = settings.pop("database", None) or backend_database()
     eps = endpoints if endpoints is not None else [MANUAL]
     base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
-    ctrl = Controller(root, free_port(), {**base, **settings}, eps)
+    ctrl = Controller(root, free_port(), {**base, **settings}, eps, db_url=url)
     ctrl.write_config()
     store = Store(ctrl.database)
     for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):

@@ -165,7 +165,7 @@ class PostgresBackend:
                 finally:
                     self._local.conn = None
         except psycopg.Error as e:
-            raise storage_error(e) from None
+            raise self._failed(e) from None
         except PoolTimeout:
             raise StorageBusy("no database connection free within 10 s; retry") from None
 
@@ -181,18 +181,20 @@ class PostgresBackend:
             with self.pool.connection() as raw:
                 yield Connection(raw)
         except psycopg.Error as e:
-            raise storage_error(e) from None
+            raise self._failed(e) from None
         except PoolTimeout:
             raise StorageBusy("no database connection free within 10 s; retry") from None
 
-    @contextmanager
-    def session(self) -> Iterator[psycopg.Connection[Any]]:
-        """A connection of its own, outside the pool (LISTEN, the leader's advisory lock)."""
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def _failed(self, e: psycopg.Error) -> StorageError:
+        """The error to raise; when the server went away (a restart), the pool's idle
+        connections are checked and the dead ones dropped, so that the next requests get
+        live ones rather than each failing on one."""
+        if isinstance(e, psycopg.OperationalError):
+            try:
+                self.pool.check()
+            except Exception:  # the server is still away: the next error checks again
+                log.debug("checking the pool's connections failed", exc_info=True)
+        return storage_error(e)
 
     def close(self) -> None:
         self.pool.close()
