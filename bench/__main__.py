@@ -34,11 +34,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
 from bench import clients
 from bench.clients import MatchWork, SubmitWork, pilots_needed
-from bench.server import ENDPOINT, bench_settings
+from bench.server import ENDPOINT, bench_settings, wait_healthy
 from bench.workload import (
     MACHINE_CORES,
     MACHINE_MEMORY,
@@ -115,18 +113,7 @@ def controller(root: Path, in_thread: bool) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.server", str(db), str(data), str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError("the controller did not start:\n"
-                                   + (root / "server.log").read_text()[-2000:])
-            time.sleep(0.05)
+        wait_healthy(url, proc, root / "server.log", 30)
         yield url
     finally:
         proc.terminate()

@@ -34,11 +34,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
 from bench import clients
 from bench.clients import MatchWork, Outcome, SubmitWork
-from bench.server import ENDPOINT, QUIET
+from bench.server import ENDPOINT, QUIET, wait_healthy
 from bench.workload import (
     MACHINE_CORES,
     MACHINE_MEMORY,
@@ -129,18 +127,7 @@ def controller(root: Path, database: Path | str,
          "--workers", str(workers)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError("the controller did not start:\n"
-                                   + log_path.read_text()[-2000:])
-            time.sleep(0.05)
+        wait_healthy(url, proc, log_path, 60)
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -5,9 +5,12 @@ JSON work would otherwise be charged to the controller)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import uvicorn
 
 from controller.app import create_app
@@ -17,6 +20,21 @@ ENDPOINT = "bench"
 # The benchmark's pilots never heartbeat and most of them wait, registered, for their turn:
 # neither they (lost, idle) nor their jobs' leases may run out while a run lasts.
 QUIET = 3600.0
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Wait until the controller started as `proc` answers /api/v1/health; a RuntimeError with
+    the end of its log if it exits or does not answer within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the controller did not start:\n" + log.read_text()[-2000:])
+        time.sleep(0.05)
 
 
 def bench_settings(database: Path, data_dir: Path, port: int) -> Settings:
