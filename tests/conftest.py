@@ -237,13 +237,10 @@ MANUAL = {"name": "manual", "driver": "local", "cores": 8, "memory_mb": 8192, "s
 _SHARED_PG: Any = None
 
 
-def backend_database() -> str | None:
-    """With CLOUDPILOT_TEST_BACKEND=postgres in the environment, a fresh database on a
-    PostgreSQL server started for the run (to run the integration tests on that backend;
-    tests that read the SQLite file themselves then fail); otherwise None (SQLite)."""
+def shared_postgres() -> Any:
+    """The run's one real PostgreSQL server (tests/pgserver.py): started when first asked
+    for, stopped by PID when the run ends."""
     global _SHARED_PG
-    if os.environ.get("CLOUDPILOT_TEST_BACKEND") != "postgres":
-        return None
     if _SHARED_PG is None:
         import atexit
 
@@ -251,7 +248,16 @@ def backend_database() -> str | None:
 
         _SHARED_PG = pgserver.PostgresServer().start()
         atexit.register(_SHARED_PG.close)
-    return str(_SHARED_PG.create_database())
+    return _SHARED_PG
+
+
+def backend_database() -> str | None:
+    """With CLOUDPILOT_TEST_BACKEND=postgres in the environment, a fresh database on the
+    run's PostgreSQL server (to run the integration tests on that backend; tests that read
+    the SQLite file themselves then fail); otherwise None (SQLite)."""
+    if os.environ.get("CLOUDPILOT_TEST_BACKEND") != "postgres":
+        return None
+    return str(shared_postgres().create_database())
 
 
 def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
@@ -313,15 +319,15 @@ def end_controller(c: Controller) -> None:
 
 # PostgreSQL (issue 15) ------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Any]:
-    """One real PostgreSQL server for the session (tests/pgserver.py), stopped by PID."""
+def postgres_server() -> Any:
+    """The run's PostgreSQL server (shared_postgres); skipped, saying why, where none can
+    run."""
     from tests import pgserver
 
     why = pgserver.unavailable()
     if why is not None:
         pytest.skip(why)
-    with pgserver.postgres_server() as server:
-        yield server
+    return shared_postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

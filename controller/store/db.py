@@ -89,11 +89,6 @@ class Store:
         if what == "*":
             self.machines.forget_pilot(None)
 
-    @property
-    def shared(self) -> bool:
-        """Several controller processes may share this database (PostgreSQL)."""
-        return isinstance(self.backend, PostgresBackend)
-
     def tx(self) -> AbstractContextManager[Any]:
         """One write transaction. A tx() inside another (same thread) joins it: a service that
         calls several query methods in `with store.tx():` commits all of their writes, or

@@ -256,7 +256,7 @@ class JobStore:
         """Learn the task queues other controller processes made (a shared PostgreSQL store;
         with SQLite this process made them all). Ids are not committed in order across
         processes, so the count tells, not the highest id."""
-        if self.store.dialect.claim and c.execute(
+        if self.store.dialect.shared and c.execute(
                 "SELECT COUNT(*) FROM task_queues").fetchone()[0] != len(self._tqs):
             for r in c.execute("SELECT * FROM task_queues").fetchall():
                 if r["id"] not in self._tqs:

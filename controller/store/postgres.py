@@ -152,22 +152,28 @@ class PostgresBackend:
         conn.adapters.register_loader("numeric", _Number)
 
     @contextmanager
+    def _pooled(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool, its errors as the controller's."""
+        try:
+            with self.pool.connection() as raw:
+                yield raw
+        except psycopg.Error as e:
+            raise self._failed(e) from None
+        except PoolTimeout:
+            raise StorageBusy("no database connection free within 10 s; retry") from None
+
+    @contextmanager
     def tx(self) -> Iterator[Connection]:
         current: Connection | None = getattr(self._local, "conn", None)
         if current is not None:  # join the transaction this thread has open
             yield current
             return
-        try:
-            with self.pool.connection() as raw, raw.transaction():
-                conn = self._local.conn = Connection(raw)
-                try:
-                    yield conn
-                finally:
-                    self._local.conn = None
-        except psycopg.Error as e:
-            raise self._failed(e) from None
-        except PoolTimeout:
-            raise StorageBusy("no database connection free within 10 s; retry") from None
+        with self._pooled() as raw, raw.transaction():
+            conn = self._local.conn = Connection(raw)
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -177,13 +183,8 @@ class PostgresBackend:
         if current is not None:
             yield current
             return
-        try:
-            with self.pool.connection() as raw:
-                yield Connection(raw)
-        except psycopg.Error as e:
-            raise self._failed(e) from None
-        except PoolTimeout:
-            raise StorageBusy("no database connection free within 10 s; retry") from None
+        with self._pooled() as raw:
+            yield Connection(raw)
 
     def _failed(self, e: psycopg.Error) -> StorageError:
         """The error to raise; when the server went away (a restart), the pool's idle

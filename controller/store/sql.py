@@ -19,6 +19,11 @@ class Dialect:
     name: str
     claim: str = ""
 
+    @property
+    def shared(self) -> bool:
+        """Several controller processes may write at once (PostgreSQL)."""
+        return self.name == "postgres"
+
     @classmethod
     def sqlite(cls) -> Dialect:
         return cls("sqlite")  # one writer at a time (BEGIN IMMEDIATE): nothing to add

@@ -29,7 +29,7 @@ class UsageStore:
         """Add what a job used (its cores x how long it was held) inside the caller's
         transaction, decaying what was there to `now` first. (PostgreSQL: appended, and
         applied at commit in sorted order; controller/store/schema_pg.py says why.)"""
-        if self.store.dialect.name == "postgres":
+        if self.store.dialect.shared:
             c.executemany("INSERT INTO usage_pending (kind, name, core_seconds, at, half_life)"
                           " VALUES (?, ?, ?, ?, ?)",
                           [(OWNER, owner, core_seconds, now, self.half_life),

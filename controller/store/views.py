@@ -88,7 +88,7 @@ def _top(store: Store, c: Any, table: str) -> int:
     (PostgreSQL) a transaction may commit id 105 while another still holds 104: readers stay
     SETTLE seconds behind (the store's transactions last milliseconds), so that a cursor never
     moves past an event that commits late."""
-    if store.dialect.name == "sqlite":
+    if not store.dialect.shared:
         return int(c.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0])
     row = c.execute(f"SELECT id FROM {table} WHERE at <= ? ORDER BY id DESC LIMIT 1",
                     (time.time() - SETTLE,)).fetchone()  # walks back the newest few only
