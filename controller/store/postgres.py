@@ -22,7 +22,7 @@ from psycopg.adapt import Loader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from controller.config.database import redact
-from controller.errors import StorageBusy, StorageError
+from controller.errors import CloudpilotError, InvalidInput, StorageBusy, StorageError
 
 log = logging.getLogger("cloudpilot.store")
 
@@ -115,8 +115,12 @@ class Connection:
         return cur
 
 
-def storage_error(exc: psycopg.Error) -> StorageError:
+def storage_error(exc: psycopg.Error) -> CloudpilotError:
     """The controller's error for a PostgreSQL error (the one place that reads its codes)."""
+    if isinstance(exc, psycopg.DataError):  # a value the request sent that no column holds
+        # (SQLite stores these: a text with a NUL byte): the request's fault, a 422
+        first = (str(exc).strip().splitlines() or ["invalid value"])[0]
+        return InvalidInput(f"invalid request: the store cannot hold a value it sent: {first}")
     if isinstance(exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected
                   | pgerrors.LockNotAvailable):
         return StorageBusy(f"the database is busy: {exc}; retry")
@@ -186,7 +190,7 @@ class PostgresBackend:
         with self._pooled() as raw:
             yield Connection(raw)
 
-    def _failed(self, e: psycopg.Error) -> StorageError:
+    def _failed(self, e: psycopg.Error) -> CloudpilotError:
         """The error to raise; when the server went away (a restart), the pool's idle
         connections are checked and the dead ones dropped, so that the next requests get
         live ones rather than each failing on one."""

@@ -146,6 +146,12 @@ def test_a_revoked_token_is_refused_by_every_process_at_once(make_controller, tm
         with a.client() as c:
             assert c.delete(f"/api/v1/admin/tokens/{token_id}").status_code == 204
         assert httpx.get(b.url + "/api/v1/jobs", headers=headers).status_code == 401
+        # what a user sends that PostgreSQL cannot hold (SQLite can) is a 422, never a 5xx
+        with a.client() as c:
+            r = c.get("/api/v1/jobs", params={"owner": "a\x00b"})
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text
+            r = c.get("/api/v1/machines/a%00b/events")  # a path parameter, into the store
+            assert r.status_code == 422 and "NUL" in r.json()["detail"], r.text
     finally:
         b.stop()
 

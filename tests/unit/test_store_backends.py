@@ -11,7 +11,7 @@ import pytest
 from controller.config.database import is_postgres, redact
 from controller.config.settings import Settings
 from controller.domain.jobs import NewJob, Requirements
-from controller.errors import ConfigError
+from controller.errors import ConfigError, InvalidInput
 from controller.store import Store
 from controller.store.channel import FORGET, WAKE, PostgresChannel
 from controller.store.leader import PostgresLeadership
@@ -45,6 +45,8 @@ def test_rows_answer_by_name_and_position_and_sums_are_numbers(postgres_server):
     try:
         with pytest.raises(OverflowError):  # as SQLite: the API's 422, not a 404
             store.plans.get(2**63)
+        with pytest.raises(InvalidInput, match="NUL"):  # SQLite holds it; never a 5xx here
+            store.jobs.find(owner="a\x00b")
         store.tokens.create_user("alice", "physics", share=2.5)
         (row,) = store.rows("SELECT name, grp, share FROM users")
         assert (row["name"], row[1], dict(row)) == (
