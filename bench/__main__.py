@@ -54,7 +54,6 @@ from bench.workload import (
 from controller.api.schemas import BulkIn
 from controller.auth import Role
 from controller.cli.demo import Server, free_port
-from controller.domain.jobs import Job
 from controller.domain.matching import SlotOffer
 from controller.store import Store
 
@@ -206,22 +205,17 @@ def store_match(store: Store, n_matches: int, specs: list[QueueSpec],
     offer = SlotOffer(endpoint=ENDPOINT, cores=MACHINE_CORES, memory_mb=MACHINE_MEMORY)
     shares = store.tokens.shares()
 
-    def issue(conn: sqlite3.Connection, job: Job) -> str:
-        life = job.requirements.max_runtime + JOB_TOKEN_MARGIN
-        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=life,
-                                  note=f"job {job.id}", conn=conn)
-
     owners: Counter[str] = Counter()
     at = 0
     with profiled(profile, "store.jobs.match"):
         t0 = time.perf_counter()
         for _ in range(n_matches):
             got = store.jobs.match(*pilots[at], offer, by="owner", shares=shares,
-                                   issue_token=issue)
+                                   token_margin=JOB_TOKEN_MARGIN).jobs
             while not got and at + 1 < len(pilots):  # that pilot is full: the next one
                 at += 1
                 got = store.jobs.match(*pilots[at], offer, by="owner", shares=shares,
-                                       issue_token=issue)
+                                       token_margin=JOB_TOKEN_MARGIN).jobs
             if not got:
                 break
             owners[got[0][0].owner] += 1

@@ -24,7 +24,6 @@ import httpx
 from bench.__main__ import controller, make_users, new_job, queue_specs
 from bench.server import ENDPOINT
 from controller.auth import Role
-from controller.domain.jobs import Job
 from controller.domain.matching import SlotOffer
 from controller.store import Store
 
@@ -49,14 +48,10 @@ def fill(db: Path, n_jobs: int, n_done: int) -> str:
     offer = SlotOffer(endpoint=ENDPOINT, cores=64, memory_mb=262144)
     shares = store.tokens.shares()
 
-    def token(conn: sqlite3.Connection, job: Job) -> str:
-        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=3600,
-                                  conn=conn)
-
     done = 0
     while done < n_done:
         got = store.jobs.match(pilot, machine, offer, by="owner", shares=shares,
-                               issue_token=token, count=min(32, n_done - done))
+                               token_margin=3600, count=min(32, n_done - done)).jobs
         if not got:
             break
         store.jobs.heartbeat(pilot, {j.id: None for j, _ in got})

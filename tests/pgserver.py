@@ -80,7 +80,9 @@ class PostgresServer:
                 pw = pwd.getpwnam("postgres")
                 os.chown(self.sockdir, pw.pw_uid, pw.pw_gid)
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockdir} -c fsync=off"
-                " -c max_connections=200 -c synchronous_commit=on")
+                " -c max_connections=200 -c synchronous_commit=on"
+                # statements counted by the work-budget tests (tests/integration/test_budget.py)
+                " -c shared_preload_libraries=pg_stat_statements")
         subprocess.run(self._as_postgres(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
             "-t", "60", "-o", opts, "start"), check=True, capture_output=True, timeout=90)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import sqlite3
 import time
 import uuid
 
@@ -29,9 +28,8 @@ from controller.api.schemas import (
     RegisterOut,
     ReportIn,
 )
-from controller.auth import Principal, Role
 from controller.config.settings import EndpointConfig
-from controller.domain.jobs import Job
+from controller.domain.jobs import Job, Requirements
 from controller.domain.machines import DRAIN_STATES
 from controller.domain.matching import SlotOffer, machine_offer
 from controller.domain.placement import Asking, AskingPilots, leave_to_fuller
@@ -41,8 +39,9 @@ from controller.store import Store
 router = APIRouter(prefix="/api/v1/pilots", tags=["pilots"])
 
 
-def _own_pilot(store: Store, p: Principal, pilot_id: str) -> dict[str, object]:
-    """The pilot, when `p` is its own credential."""
+def _own_pilot(store: Store, credential: PilotAuth, pilot_id: str) -> dict[str, object]:
+    """The pilot, when `credential` is its own (verified here, in the caller's thread)."""
+    p = credential.principal()
     if p.pilot_id != pilot_id:
         raise Forbidden(f"this credential is pilot {p.pilot_id}'s, not pilot {pilot_id}'s")
     return store.machines.pilot(pilot_id)
@@ -80,23 +79,17 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     """Hand the pilot the best waiting jobs that fit its free resources (one per free slot
     unless `count` says fewer), waiting up to `wait` seconds for work to arrive (long-poll)."""
     count = min(body.count or body.free_slots, body.free_slots)
-    ep = settings.endpoint(p.endpoint or "")
     margin = settings.job_token_margin
-
-    def issue(conn: sqlite3.Connection, job: Job) -> str:
-        # inside the claim's transaction: a job that cannot be answered is never claimed
-        JobOut.of(job).model_dump_json()
-        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id,
-                                  lifetime=job.requirements.max_runtime + margin,
-                                  note=f"job {job.id} attempt {job.attempt}", conn=conn)
+    asking: AskingPilots = request.app.state.asking
+    seen = Asking("", SlotOffer("", 0, 0))  # this machine as its last attempt found it
+    draining = False
 
     def attempt() -> list[tuple[Job, str]]:
-        """One thread hop, one transaction: check the pilot, note it is alive, claim."""
+        """One thread hop, one transaction: the credential (verified at the first attempt),
+        the pilot, the claim."""
+        nonlocal seen, draining
         pilot = _own_pilot(store, p, pilot_id)
-        machine = str(pilot["machine"])
-        if count <= 0:
-            store.machines.pilot_seen(pilot_id, machine)
-            return []
+        ep = settings.endpoint(str(pilot["endpoint"]))
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         # the endpoint's rules, with the longest job this pilot may still take (its time left)
         shape = dataclasses.replace(
@@ -109,20 +102,29 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         # what the machine has in all (never less than what it says is free now)
         whole = machine_offer(shape, max(cores, body.free_cores),
                               max(mem, body.free_memory_mb), tags, spot)
-        me = Asking(machine, offer, store.jobs.busy_until(machine))
-        if not store.machines.is_draining(machine):
-            asking.enter(pilot_id, me)  # fuller machines asking now are served first
+        seen = Asking(str(pilot["machine"]), offer, seen.busy_until)
+        if not draining:
+            asking.enter(pilot_id, seen)  # fuller machines asking now are served first
         others = asking.now()
-        return store.jobs.match(pilot_id, machine, offer, by=settings.fair_share_by,
-                                shares=store.tokens.shares(),
-                                group_shares=settings.group_shares, issue_token=issue,
-                                count=count, whole=whole,
-                                reserve_limit=ep.reserve_limit if ep else 0.0,
-                                defer=lambda req: asking.defer(leave_to_fuller(req, me, others)))
+
+        def defer(req: Requirements, busy: float) -> bool:
+            me = dataclasses.replace(seen, busy_until=busy)
+            return asking.defer(leave_to_fuller(req, me, others))
+
+        got = store.jobs.match(pilot_id, seen.machine, offer, by=settings.fair_share_by,
+                               shares=store.tokens.shares(),
+                               group_shares=settings.group_shares, token_margin=margin,
+                               answerable=lambda job: JobOut.of(job).model_dump_json(),
+                               count=max(count, 0), whole=whole,
+                               reserve_limit=ep.reserve_limit if ep else 0.0, defer=defer)
+        seen = dataclasses.replace(seen, busy_until=got.busy_until)
+        draining = got.draining
+        if draining:
+            asking.leave(pilot_id)
+        return got.jobs
 
     deadline = time.monotonic() + min(body.wait, settings.long_poll_max)
     notifier = request.app.state.notifier
-    asking: AskingPilots = request.app.state.asking
     try:
         while True:
             changed = notifier.current()
@@ -159,11 +161,12 @@ def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:
 def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, p: PilotAuth) -> HeartbeatOut:
     """The pilot is alive; per running job, its attempt and progress. Renews the leases of
     the attempts that are still its own; answers which jobs to stop (and which of them at
-    once: no longer its own)."""
+    once: no longer its own). One transaction."""
     pilot = _own_pilot(store, p, pilot_id)
-    state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
-    got = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs},
-                               attempts={j.id: j.attempt for j in body.jobs if j.attempt})
+    with store.tx():
+        state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
+        got = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs},
+                                   attempts={j.id: j.attempt for j in body.jobs if j.attempt})
     return HeartbeatOut(stop=got.stop, lost=got.lost, lease=got.lease,
                         drain=state in DRAIN_STATES)
 
@@ -197,11 +200,15 @@ def upload_output(pilot_id: str, job_id: Id, body: OutputIn, store: StoreDep,
 async def report(pilot_id: str, job_id: Id, body: ReportIn, request: Request,
                  store: StoreDep, p: PilotAuth) -> JobOut:
     """The job's end: done, failed (with exit code) or interrupted (rescheduled)."""
-    await run_in_threadpool(_own_pilot, store, p, pilot_id)
     if body.status == "failed" and body.exit_code == 0 and not body.reason:
         raise InvalidInput("a failed job with exit code 0 needs a reason")
-    job = await run_in_threadpool(store.jobs.report, pilot_id, job_id, body.status,
-                                  body.exit_code, body.reason, None, body.attempt)
+
+    def end() -> Job:  # one thread hop: the credential, then the report's transaction
+        _own_pilot(store, p, pilot_id)
+        return store.jobs.report(pilot_id, job_id, body.status, body.exit_code, body.reason,
+                                 None, body.attempt)
+
+    job = await run_in_threadpool(end)
     if body.status == "interrupted":
         request.app.state.notifier.fire()
     return JobOut.of(job)

@@ -101,6 +101,15 @@ class FairShare:
         return (group, owner, -q.priority, q.id)
 
 
+def holding(fs: FairShare, owner: str, group: str, cores: float) -> FairShare:
+    """The standing once `owner` (of `group`) holds `cores` more: a claim's effect on the
+    next pick of the same match, worked out without reading the store again."""
+    held = dict(fs.held)
+    for key in ((OWNER, owner), (GROUP, group)):
+        held[key] = held.get(key, 0.0) + cores
+    return replace(fs, held=held, _loads={})
+
+
 def fair_share_order(queues: Iterable[TaskQueue], fs: FairShare) -> list[TaskQueue]:
     """Order task queues for a pilot: the owner (or group, then owner) with the lowest load
     first, then the highest priority within it, then the oldest queue (DIRAC's fair share

@@ -22,15 +22,22 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose
-from controller.domain.taskqueues import TaskQueue, fair_share_order
+from controller.domain.taskqueues import TaskQueue, fair_share_order, holding
 from controller.errors import Conflict, NotFound, StorageBusy
-from controller.store.machines import MachineStore
 from controller.store.sql import Transactions, in_list
+from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 S = JobState
 HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
 SEEN_EVERY = 1.0  # a match records its pilot alive at most this often when nothing is claimed
+SEEN_KEEP = 4096  # pilots remembered for that before the stale ones are dropped
+# a claim: the oldest waiting job of a task queue becomes matched, its row answered
+_CLAIM = ("UPDATE jobs SET state = 'matched', updated_at = ?, pilot_id = ?, machine = ?,"
+          " endpoint = ?, last_heartbeat = ?, reason = NULL, attempt = attempt + 1,"
+          " lease_expires = ? WHERE id = (SELECT id FROM jobs WHERE tq_id = ?"
+          " AND state = 'waiting' ORDER BY id LIMIT 1{claim}) AND state = 'waiting'"
+          " RETURNING *")
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -64,6 +71,29 @@ class Renewal:
 
 
 @dataclasses.dataclass(frozen=True)
+class Claim:
+    """A match's outcome: the jobs claimed, each with its job token, and what the match saw
+    of the machine."""
+
+    jobs: list[tuple[Job, str]]
+    draining: bool = False  # the machine takes no new work
+    busy_until: float = 0.0  # when the jobs it held before this match should end
+
+
+@dataclasses.dataclass(frozen=True)
+class _Policy:
+    """What a match weighs, passed through its transaction."""
+
+    by: str
+    shares: dict[str, float]
+    group_shares: dict[str, float]
+    reserve_limit: float
+    defer: Callable[[Requirements, float], bool] | None
+    answerable: Callable[[Job], object] | None
+    token_margin: float
+
+
+@dataclasses.dataclass(frozen=True)
 class IdempotencyKey:
     """A submission's Idempotency-Key, a digest of its request, and how long to keep it."""
 
@@ -89,24 +119,6 @@ def _replayed(c: sqlite3.Connection, owner: str, idem: IdempotencyKey,
     return list(range(row["first_id"], row["first_id"] + row["count"]))  # before migration 015
 
 
-def _within_registered(c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
-                       count: int) -> tuple[SlotOffer, int]:
-    """The offer and count a pilot may be matched for: at most its registered cores, memory
-    and slots minus what it holds now, whatever its request claims."""
-    reg = c.execute("SELECT cores, memory_mb, slots FROM pilots WHERE id = ?",
-                    (pilot_id,)).fetchone()
-    if reg is None:
-        return offer, 0
-    n, cores, mem = c.execute(
-        "SELECT COUNT(*), COALESCE(SUM(json_extract(requirements, '$.cores')), 0),"
-        " COALESCE(SUM(json_extract(requirements, '$.memory_mb')), 0) FROM jobs"
-        f" WHERE machine = ? AND state IN {HELD} AND pilot_id = ?",
-        (machine, pilot_id)).fetchone()
-    bounded = dataclasses.replace(offer, cores=min(offer.cores, reg["cores"] - int(cores)),
-                                  memory_mb=min(offer.memory_mb, reg["memory_mb"] - int(mem)))
-    return bounded, min(count, (reg["slots"] or 1) - n)
-
-
 _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
                 " requirements, max_retries, retries, reschedules, created_at, updated_at")
 _INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
@@ -129,9 +141,10 @@ def _insert_jobs(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list
 
 class JobStore:
     def __init__(self, store: Transactions, lease: float = 60.0,
-                 usage: UsageStore | None = None) -> None:
+                 usage: UsageStore | None = None, tokens: TokenStore | None = None) -> None:
         self.store = store
         self.usage = usage if usage is not None else UsageStore(store)  # fair share's memory
+        self.tokens = tokens if tokens is not None else TokenStore(store)  # a claim's tokens
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self._tqs: dict[int, TaskQueue] = {}
@@ -149,27 +162,26 @@ class JobStore:
     # transitions -------------------------------------------------------------------------
     def _move(
         self, c: sqlite3.Connection, job_id: int, old: JobState, new: JobState, now: float,
-        why: str | None = None, **fields: Any,
-    ) -> None:
-        """Move one job old -> new inside the caller's transaction, recording the event.
-        Refuses moves the transition table does not allow."""
+        why: str | None = None, *, row: sqlite3.Row | None = None, **fields: Any,
+    ) -> sqlite3.Row:
+        """Move one job old -> new inside the caller's transaction, recording the event; the
+        job's row after the move. Refuses moves the transition table does not allow. `row`:
+        the job's row as the caller read it in this transaction (not read again)."""
         default_reason = check_transition(old, new)
-        held = None
-        if old in ACTIVE_STATES and new not in ACTIVE_STATES:  # fair share: what it used
-            held = c.execute(
-                "SELECT owner, grp, json_extract(requirements, '$.cores'),"
-                " COALESCE(started_at, updated_at) FROM jobs WHERE id = ?",
-                (job_id,)).fetchone()
+        ends = old in ACTIVE_STATES and new not in ACTIVE_STATES  # the attempt is over
+        if ends and row is None:  # fair share: what it used
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
-        cur = c.execute(
-            f"UPDATE jobs SET {sets} WHERE id = ? AND state = ?",
+        after = c.execute(
+            f"UPDATE jobs SET {sets} WHERE id = ? AND state = ? RETURNING *",
             (new.value, now, *fields.values(), job_id, old.value),
-        )
-        if cur.rowcount != 1:
+        ).fetchone()
+        if after is None:
             raise Conflict(f"job {job_id} is no longer {old.value}")
-        if held is not None:
-            owner, group, cores, since = held
-            self.usage.charge(c, owner, group, (cores or 1) * max(now - since, 0.0), now)
+        if ends and row is not None:
+            cores = json.loads(row["requirements"]).get("cores") or 1
+            since = row["started_at"] or row["updated_at"]
+            self.usage.charge(c, row["owner"], row["grp"], cores * max(now - since, 0.0), now)
         c.execute(
             "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
             " VALUES (?, ?, ?, ?, ?)",
@@ -177,9 +189,10 @@ class JobStore:
         )
         if new in FINAL_STATES or new in (S.STALLED, S.RESCHEDULED):
             c.execute("DELETE FROM tokens WHERE job_id = ?", (job_id,))
-        if old in ACTIVE_STATES and new not in ACTIVE_STATES:  # the attempt is over
+        if ends:
             c.execute("UPDATE attempts SET ended_at = ?, outcome = ? WHERE job_id = ?"
                       " AND ended_at IS NULL", (now, new.value, job_id))
+        return after
 
     # submission --------------------------------------------------------------------------
     def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
@@ -231,12 +244,13 @@ class JobStore:
                     ))
                 ids = _insert_jobs(c, rows)
                 recv, wait = check_transition(S.RECEIVED, S.WAITING), "submitted"
-                c.executemany(
-                    "INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(i, now, None, S.RECEIVED.value, wait) for i in ids]
-                    + [(i, now, S.RECEIVED.value, S.WAITING.value, recv) for i in ids],
-                )
+                events = [(i, now, None, S.RECEIVED.value, wait) for i in ids] + [
+                    (i, now, S.RECEIVED.value, S.WAITING.value, recv) for i in ids]
+                for at in range(0, len(events), _INSERT_CHUNK):  # a statement per chunk
+                    chunk = events[at:at + _INSERT_CHUNK]
+                    c.execute("INSERT INTO job_events (job_id, at, from_state, to_state,"
+                              " reason) VALUES " + ",".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+                              [v for e in chunk for v in e])
                 if idempotency is not None:
                     c.execute(
                         "INSERT INTO idempotency_keys (owner, key, request_hash, first_id,"
@@ -339,119 +353,163 @@ class JobStore:
                 f" WHERE state IN {HELD} GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
-    def _may_fit(self, offer: SlotOffer) -> bool:
-        """Is any job waiting in a task queue that fits the offer? (A read, no write lock: a
-        long-poll that wakes or re-checks with nothing for it stays cheap.)"""
+    def _fitting(self, offer: SlotOffer, whole: SlotOffer | None) -> tuple[list[TaskQueue], bool]:
+        """The task queues whose requirements fit the machine (`whole`: what it has in all,
+        for reservations; else the offer), and whether a job waits in one that fits the offer
+        now. A read, no write lock: a long-poll that wakes or re-checks with nothing for it
+        stays cheap; the claim then walks only these queues."""
         with self.store.read() as c:
             self._learn_task_queues(c)
-            fitting = [q.id for q in list(self._tqs.values()) if fits(q.requirements, offer)]
-            if not fitting:
-                return False
-            return c.execute(
+            fitting = [q for q in list(self._tqs.values()) if fits(q.requirements, whole or offer)]
+            now = [q.id for q in fitting if whole is None or fits(q.requirements, offer)]
+            if not now:
+                return fitting, False
+            return fitting, c.execute(
                 f"SELECT 1 FROM jobs WHERE state = 'waiting' AND tq_id IN"
-                f" ({','.join('?' * len(fitting))}) LIMIT 1", fitting).fetchone() is not None
+                f" ({','.join('?' * len(now))}) LIMIT 1", now).fetchone() is not None
 
-    def busy_until(self, machine: str) -> float:
-        """The latest time the jobs a machine holds should end (0: none)."""
-        with self.store.read() as c:
-            return busy_until(self.running(c, machine))
+    def _note_seen(self, pilot_id: str, now: float) -> bool:
+        """Whether a match with nothing to claim should record the pilot alive (at most every
+        SEEN_EVERY seconds). Bounded: entries older than that are dropped as it grows."""
+        if now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
+            return False
+        if len(self._seen) >= SEEN_KEEP:
+            self._seen = {p: t for p, t in self._seen.items() if now - t < SEEN_EVERY}
+        self._seen[pilot_id] = now
+        return True
 
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
-        shares: dict[str, float], issue_token: Callable[[sqlite3.Connection, Job], str],
+        shares: dict[str, float], token_margin: float = 0.0,
+        answerable: Callable[[Job], object] | None = None,
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
-        defer: Callable[[Requirements], bool] | None = None, now: float | None = None,
-    ) -> list[tuple[Job, str]]:
+        defer: Callable[[Requirements, float], bool] | None = None, now: float | None = None,
+    ) -> Claim:
         """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time
         the best one: fair share across owners (or groups, then owners) first, then priority,
         then age, as domain/placement.choose picks (`whole`: what the machine has in all, for
-        a reservation held for a wide job; `defer`: work left to a fuller machine asking now).
-        The offer shrinks by what each claimed job takes. A draining machine gets nothing.
-        Also records that the pilot is alive. `shares` are the owners' shares,
-        `group_shares` the groups'."""
+        a reservation held for a wide job; `defer(requirements, busy_until)`: work left to a
+        fuller machine asking now). The offer shrinks by what each claimed job takes. A
+        draining machine gets nothing. Each job gets a job token living its max_runtime plus
+        `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
+        before anything is claimed. Also records that the pilot is alive. `shares` are the
+        owners' shares, `group_shares` the groups'."""
         now = time.time() if now is None else now
-        got: list[tuple[Job, str]] = []
-        if not self._may_fit(offer) and now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
-            return []  # nothing to claim, liveness recorded lately: no write transaction
-        self._seen[pilot_id] = now
-        asked = offer, count
+        fitting, waiting = self._fitting(offer, whole)
+        if not self._note_seen(pilot_id, now) and not waiting:
+            return Claim([])  # nothing to claim, liveness recorded lately: no write
         for tries in range(3):  # PostgreSQL: a deadlock with another process claiming
-            got, (offer, count) = [], asked
             try:
                 with self.store.tx() as c:
-                    c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
-                    c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
-                    if MachineStore.draining(c, machine):
-                        return got
-                    offer, count = _within_registered(c, pilot_id, machine, offer, count)
-                    skip: set[int] = set()  # queues found empty, or left to a fuller machine
-                    running = self.running(c, machine) if whole is not None else []
-
-                    def waits(q: TaskQueue) -> bool:  # before holding cores for it
-                        row = c.execute("SELECT 1 FROM jobs WHERE tq_id = ? AND state = 'waiting'"
-                                        " LIMIT 1", (q.id,)).fetchone()
-                        if row is None:
-                            skip.add(q.id)  # noqa: B023 (called in this try only)
-                        return row is not None
-
-                    while len(got) < count:
-                        candidates = [q for q in list(self._tqs.values())
-                                      if q.id not in skip and fits(q.requirements, whole or offer)]
-                        if not candidates:
-                            break
-                        fs = self.usage.fair_share(c, by, shares, group_shares or {}, now)
-                        q = choose(fair_share_order(candidates, fs), offer, whole, running, now,
-                                   reserve_limit, waits=waits)
-                        if q is None:
-                            break
-                        if defer is not None and defer(q.requirements):
-                            skip.add(q.id)
-                            continue
-                        row = c.execute(
-                            "SELECT * FROM jobs WHERE tq_id = ? AND state = 'waiting' ORDER BY id"
-                            " LIMIT 1" + self.store.dialect.claim, (q.id,)).fetchone()
-                        if row is None:
-                            skip.add(q.id)
-                            continue
-                        attempt, lease_expires = row["attempt"] + 1, now + self.lease
-                        self._move(c, row["id"], S.WAITING, S.MATCHED, now,
-                                   f"attempt {attempt}: matched to pilot {pilot_id} on {machine}",
-                                   pilot_id=pilot_id, machine=machine, endpoint=offer.endpoint,
-                                   last_heartbeat=now, reason=None, attempt=attempt,
-                                   lease_expires=lease_expires)
-                        c.execute("INSERT INTO attempts (job_id, n, pilot_id, machine, endpoint,"
-                                  " started_at, lease_expires) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  (row["id"], attempt, pilot_id, machine, offer.endpoint, now,
-                                   lease_expires))
-                        job = dataclasses.replace(
-                            _job(row), state=S.MATCHED, pilot_id=pilot_id, machine=machine,
-                            endpoint=offer.endpoint, last_heartbeat=now, updated_at=now,
-                            reason=None, attempt=attempt, lease_expires=lease_expires)
-                        got.append((job, issue_token(c, job)))
-                        r = job.requirements
-                        offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
-                                                    memory_mb=offer.memory_mb - r.memory_mb)
-                        running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
-                    if got:
-                        c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
-                                  (now, machine))
-                return got
+                    return self._claim(c, pilot_id, machine, offer, count, whole,
+                                       fitting if waiting else [], now, _Policy(
+                                           by, shares, group_shares or {}, reserve_limit,
+                                           defer, answerable, token_margin))
             except StorageBusy:
                 if tries == 2:
                     raise
+        raise AssertionError("unreachable")
+
+    def _claim(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+               count: int, whole: SlotOffer | None, fitting: list[TaskQueue], now: float,
+               policy: _Policy) -> Claim:
+        """The match's transaction: the pilot and machine seen, what the machine holds (and
+        whether it drains) in one read, the claims, then their events, attempts and tokens
+        written at once."""
+        reg = c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?"
+                        " RETURNING cores, memory_mb, slots", (now, pilot_id)).fetchone()
+        rows = c.execute(
+            "SELECT m.draining, j.pilot_id, json_extract(j.requirements, '$.cores'),"
+            " json_extract(j.requirements, '$.memory_mb'), COALESCE(j.started_at,"
+            " j.updated_at), json_extract(j.requirements, '$.max_runtime') FROM machines m"
+            f" LEFT JOIN jobs j ON j.machine = m.name AND j.state IN {HELD}"
+            " WHERE m.name = ?", (machine,)).fetchall()
+        draining = bool(rows and rows[0][0])
+        held = [r for r in rows if r[1] is not None]
+        running = [Running(int(r[2] or 1), int(r[3] or 0), float(r[4]) + float(r[5] or 0))
+                   for r in held]
+        busy = busy_until(running)
+        got: list[Job] = []
+        if reg is not None and not draining and fitting:
+            # at most what the pilot registered, minus what it holds, whatever it says now
+            mine = [r for r in held if r[1] == pilot_id]
+            offer = dataclasses.replace(
+                offer, cores=min(offer.cores, reg[0] - sum(int(r[2] or 0) for r in mine)),
+                memory_mb=min(offer.memory_mb, reg[1] - sum(int(r[3] or 0) for r in mine)))
+            count = min(count, (reg[2] or 1) - len(mine))
+        if count > 0 and reg is not None and not draining and fitting:
+            got = self._pick(c, pilot_id, machine, offer, count, whole, fitting, running, busy,
+                             now, policy)
+        tokens: list[str] = []
+        if got:
+            self._record_claims(c, got, pilot_id, machine, now)
+            tokens = self.tokens.issue_for_jobs(c, got, policy.token_margin)
+        c.execute("UPDATE machines SET last_seen = ?" + (", last_busy_at = ?" if got else "")
+                  + " WHERE name = ?", (now, now, machine) if got else (now, machine))
+        return Claim(list(zip(got, tokens, strict=True)), draining, busy)
+
+    def _pick(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+              count: int, whole: SlotOffer | None, fitting: list[TaskQueue],
+              running: list[Running], busy: float, now: float, policy: _Policy) -> list[Job]:
+        """Claim the jobs, one statement each: fair share read once and carried forward in
+        memory as each claim adds to what its owner holds."""
+        skip: set[int] = set()  # queues found empty, or left to a fuller machine
+        fs = self.usage.fair_share(c, policy.by, policy.shares, policy.group_shares, now)
+        claim = _CLAIM.format(claim=self.store.dialect.claim)
+        got: list[Job] = []
+
+        def waits(q: TaskQueue) -> bool:  # before holding cores for it
+            row = c.execute("SELECT 1 FROM jobs WHERE tq_id = ? AND state = 'waiting'"
+                            " LIMIT 1", (q.id,)).fetchone()
+            if row is None:
+                skip.add(q.id)
+            return row is not None
+
+        while len(got) < count:
+            candidates = [q for q in fitting
+                          if q.id not in skip and fits(q.requirements, whole or offer)]
+            if not candidates:
+                break
+            q = choose(fair_share_order(candidates, fs), offer, whole, running, now,
+                       policy.reserve_limit, waits=waits)
+            if q is None:
+                break
+            if policy.defer is not None and policy.defer(q.requirements, busy):
+                skip.add(q.id)
+                continue
+            row = c.execute(claim, (now, pilot_id, machine, offer.endpoint, now,
+                                    now + self.lease, q.id)).fetchone()
+            if row is None:
+                skip.add(q.id)
+                continue
+            job = _job(row)
+            if policy.answerable is not None:
+                policy.answerable(job)  # raises: the transaction rolls back, nothing claimed
+            got.append(job)
+            r = job.requirements
+            fs = holding(fs, job.owner, job.group, r.cores)
+            offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
+                                        memory_mb=offer.memory_mb - r.memory_mb)
+            running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
         return got
 
     @staticmethod
-    def running(c: sqlite3.Connection, machine: str) -> list[Running]:
-        """The jobs a machine holds, each with the latest time it should end."""
-        return [Running(int(cores or 1), int(mem or 0), float(since) + float(runtime or 0))
-                for cores, mem, since, runtime in c.execute(
-                    "SELECT json_extract(requirements, '$.cores'),"
-                    " json_extract(requirements, '$.memory_mb'),"
-                    " COALESCE(started_at, updated_at), json_extract(requirements,"
-                    " '$.max_runtime') FROM jobs WHERE machine = ?"
-                    " AND state IN ('matched', 'running')", (machine,)).fetchall()]
+    def _record_claims(c: sqlite3.Connection, jobs: Sequence[Job], pilot_id: str,
+                       machine: str, now: float) -> None:
+        """The claimed jobs' events and attempts, one statement each for all of them."""
+        check_transition(S.WAITING, S.MATCHED)
+        c.execute(
+            "INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?)"] * len(jobs)),
+            [v for j in jobs for v in (
+                j.id, now, S.WAITING.value, S.MATCHED.value,
+                f"attempt {j.attempt}: matched to pilot {pilot_id} on {machine}")])
+        c.execute(
+            "INSERT INTO attempts (job_id, n, pilot_id, machine, endpoint, started_at,"
+            " lease_expires) VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(jobs)),
+            [v for j in jobs for v in (j.id, j.attempt, pilot_id, machine, j.endpoint, now,
+                                       j.lease_expires)])
 
     # pilot reports -----------------------------------------------------------------------
     def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,
@@ -479,24 +537,39 @@ class JobStore:
         stop: list[int] = []
         lost: list[int] = []
         attempts = attempts or {}
+        lease = now + self.lease  # renewed by every heartbeat
+        if not progress:
+            return Renewal(stop, lost, self.lease)
+        ids = list(progress)
+        told = [i for i in ids if i in attempts]  # the attempts the pilot says it runs
+        same = (" AND attempt = CASE id " + " ".join(["WHEN ? THEN ?"] * len(told))
+                + " ELSE attempt END") if told else ""
         with self.store.tx() as c:
-            for job_id, prog in progress.items():
-                row = c.execute("SELECT state, pilot_id, attempt FROM jobs WHERE id = ?",
-                                (job_id,)).fetchone()
+            # the running attempts still the pilot's own, renewed in one statement
+            renewed = {r[0] for r in c.execute(
+                "UPDATE jobs SET last_heartbeat = ?, lease_expires = ?, progress = CASE id "
+                + " ".join(["WHEN ? THEN ?"] * len(ids))
+                + f" END WHERE id IN ({','.join('?' * len(ids))}) AND pilot_id = ?"
+                " AND state = 'running'" + same + " RETURNING id",
+                [now, lease, *[v for i in ids for v in (i, progress[i])], *ids, pilot_id,
+                 *[v for i in told for v in (i, attempts[i])]]).fetchall()}
+            rest = [i for i in ids if i not in renewed]
+            rows = {r["id"]: r for r in c.execute(
+                "SELECT id, state, pilot_id, attempt FROM jobs WHERE id IN"
+                f" ({','.join('?' * len(rest))})", rest).fetchall()} if rest else {}
+            for job_id in rest:  # just started, or no longer its own
+                row = rows.get(job_id)
+                state = row["state"] if row is not None else None
                 own = row is not None and row["pilot_id"] == pilot_id \
                     and attempts.get(job_id, row["attempt"]) == row["attempt"]
-                if not own or row["state"] not in ACTIVE_STATES:
-                    stop.append(job_id)
-                    if not own or row["state"] != S.KILLED:
-                        lost.append(job_id)
-                    continue
-                lease = now + self.lease  # renewed by every heartbeat
-                if row["state"] == S.MATCHED:
+                if own and state == S.MATCHED:
                     self._move(c, job_id, S.MATCHED, S.RUNNING, now, started_at=now,
-                               last_heartbeat=now, progress=prog, lease_expires=lease)
-                else:
-                    c.execute("UPDATE jobs SET last_heartbeat = ?, progress = ?,"
-                              " lease_expires = ? WHERE id = ?", (now, prog, lease, job_id))
+                               last_heartbeat=now, progress=progress[job_id],
+                               lease_expires=lease)
+                    continue
+                stop.append(job_id)
+                if not own or state != S.KILLED:
+                    lost.append(job_id)
         return Renewal(stop, lost, self.lease)
 
     def report(self, pilot_id: str, job_id: int, status: str, exit_code: int | None,
@@ -508,19 +581,21 @@ class JobStore:
             row = self._held(c, pilot_id, job_id, attempt)
             state = JobState(row["state"])
             if state == S.KILLED:  # killed meanwhile: keep it killed, keep the exit code
-                c.execute("UPDATE jobs SET exit_code = ? WHERE id = ?", (exit_code, job_id))
+                after = c.execute("UPDATE jobs SET exit_code = ? WHERE id = ? RETURNING *",
+                                  (exit_code, job_id)).fetchone()
             elif status == "interrupted":
                 self._move(c, job_id, state, S.RESCHEDULED, now, reason or "pilot interrupted",
-                           reschedules=row["reschedules"] + 1)
-                self._move(c, job_id, S.RESCHEDULED, S.WAITING, now, pilot_id=None,
-                           machine=None, endpoint=None, progress=None, lease_expires=None)
+                           row=row, reschedules=row["reschedules"] + 1)
+                after = self._move(c, job_id, S.RESCHEDULED, S.WAITING, now, pilot_id=None,
+                                   machine=None, endpoint=None, progress=None,
+                                   lease_expires=None)
             else:
                 new = S.DONE if status == "done" else S.FAILED
-                self._move(c, job_id, state, new, now, reason, exit_code=exit_code,
-                           ended_at=now, reason=reason)
+                after = self._move(c, job_id, state, new, now, reason, row=row,
+                                   exit_code=exit_code, ended_at=now, reason=reason)
             c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
                       (now, row["machine"]))
-            return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return _job(after)
 
     def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
                     truncated: bool, now: float | None = None,
@@ -545,9 +620,8 @@ class JobStore:
             state = JobState(row["state"])
             if state in FINAL_STATES:
                 raise Conflict(f"job {job_id} is already {state.value}")
-            self._move(c, job_id, state, S.KILLED, now, f"killed by {by}", ended_at=now,
-                       reason=f"killed by {by}")
-            return _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            return _job(self._move(c, job_id, state, S.KILLED, now, f"killed by {by}",
+                                   ended_at=now, reason=f"killed by {by}"))
 
     def interrupt(self, machine: str, why: str, now: float | None = None) -> list[int]:
         """Jobs held on a machine the site took away (its batch job cancelled, or out of wall

@@ -255,6 +255,6 @@ class MachineStore:
         now = time.time() if now is None else now
         with self.store.tx() as c:
             c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?", (now, pilot_id))
-            c.execute("UPDATE machines SET last_seen = ? WHERE name = ?", (now, machine))
-            row = c.execute("SELECT state FROM machines WHERE name = ?", (machine,)).fetchone()
+            row = c.execute("UPDATE machines SET last_seen = ? WHERE name = ? RETURNING state",
+                            (now, machine)).fetchone()
         return row["state"] if row else "unknown"

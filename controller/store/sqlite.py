@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -83,6 +83,11 @@ class SqliteBackend:
     def read(self) -> Iterator[sqlite3.Connection]:
         with self.lock:
             yield self.db.conn
+
+    def trace(self, callback: Callable[[str], None] | None) -> None:
+        """Call `callback` with every statement SQLite runs (None: stop); for the tests that
+        count the work of a request."""
+        self.db.conn.set_trace_callback(callback)
 
     def close(self) -> None:
         with self.lock:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from controller.auth import Principal, Role, hash_token, new_token
+from controller.domain.jobs import Job
 from controller.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from controller.store.sql import Transactions
 
@@ -95,6 +98,20 @@ class TokenStore:
             with self.store.tx() as c:
                 c.execute(sql, values)
         return token
+
+    def issue_for_jobs(self, c: Any, jobs: Sequence[Job], margin: float) -> list[str]:
+        """A job token for each job just claimed, inside the claim's transaction, in one
+        statement: it lives the job's max_runtime plus `margin`, for the job's owner and group
+        (read from the job's row, not looked up again)."""
+        now = time.time()
+        tokens = [new_token() for _ in jobs]
+        c.execute(
+            "INSERT INTO tokens (hash, role, owner, grp, job_id, created_at, expires_at, note)"
+            " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(jobs)),
+            [v for j, t in zip(jobs, tokens, strict=True) for v in (
+                hash_token(t), Role.JOB.value, j.owner, j.group, j.id, now,
+                now + j.requirements.max_runtime + margin, f"job {j.id} attempt {j.attempt}")])
+        return tokens
 
     def verify(self, token: str, now: float | None = None) -> Principal:
         """Who holds this token. Read from the database on every request, so a revoked

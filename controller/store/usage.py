@@ -17,6 +17,10 @@ HELD_NOW = {
                 " WHERE xid = pg_current_xact_id_if_assigned()) AS h"
                 " GROUP BY kind, name HAVING SUM(n) > 0",
 }
+# the usage (0) and held (1) rows, in one statement
+STANDING = {k: "SELECT 0, kind, name, core_seconds, at FROM usage UNION ALL"
+               f" SELECT 1, h.*, 0 FROM ({v}) AS h"
+            for k, v in HELD_NOW.items()}
 
 
 class UsageStore:
@@ -30,27 +34,29 @@ class UsageStore:
         transaction, decaying what was there to `now` first. (PostgreSQL: appended, and
         applied at commit in sorted order; controller/store/schema_pg.py says why.)"""
         if self.store.dialect.shared:
-            c.executemany("INSERT INTO usage_pending (kind, name, core_seconds, at, half_life)"
-                          " VALUES (?, ?, ?, ?, ?)",
-                          [(OWNER, owner, core_seconds, now, self.half_life),
-                           (GROUP, group, core_seconds, now, self.half_life)])
+            c.execute("INSERT INTO usage_pending (kind, name, core_seconds, at, half_life)"
+                      " VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)",
+                      (OWNER, owner, core_seconds, now, self.half_life,
+                       GROUP, group, core_seconds, now, self.half_life))
             return
-        for kind, name in ((OWNER, owner), (GROUP, group)):
-            row = c.execute("SELECT core_seconds, at FROM usage WHERE kind = ? AND name = ?",
-                            (kind, name)).fetchone()
-            value = core_seconds
-            if row is not None:
-                value += decay(row[0], row[1], now, self.half_life)
-            c.execute("INSERT INTO usage (kind, name, core_seconds, at) VALUES (?, ?, ?, ?)"
-                      " ON CONFLICT (kind, name) DO UPDATE SET"
-                      " core_seconds = excluded.core_seconds, at = excluded.at",
-                      (kind, name, value, now))
+        keys = ((OWNER, owner), (GROUP, group))
+        was = {(r[0], r[1]): decay(r[2], r[3], now, self.half_life) for r in c.execute(
+            "SELECT kind, name, core_seconds, at FROM usage WHERE (kind = ? AND name = ?)"
+            " OR (kind = ? AND name = ?)", (OWNER, owner, GROUP, group))}
+        c.execute("INSERT INTO usage (kind, name, core_seconds, at) VALUES (?, ?, ?, ?),"
+                  " (?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET"
+                  " core_seconds = excluded.core_seconds, at = excluded.at",
+                  [v for k in keys for v in (*k, core_seconds + was.get(k, 0.0), now)])
 
     def _read(self, c: sqlite3.Connection, now: float) -> tuple[
             dict[tuple[str, str], float], dict[tuple[str, str], float]]:
-        usage = {(r[0], r[1]): decay(r[2], r[3], now, self.half_life)
-                 for r in c.execute("SELECT kind, name, core_seconds, at FROM usage")}
-        held = {(r[0], r[1]): float(r[2]) for r in c.execute(HELD_NOW[self.store.dialect.name])}
+        usage: dict[tuple[str, str], float] = {}
+        held: dict[tuple[str, str], float] = {}
+        for which, kind, name, value, at in c.execute(STANDING[self.store.dialect.name]):
+            if which:
+                held[(kind, name)] = float(value)
+            else:
+                usage[(kind, name)] = decay(value, at, now, self.half_life)
         return usage, held
 
     def fair_share(self, c: sqlite3.Connection, by: str, shares: dict[str, float],

@@ -167,8 +167,8 @@ def test_jobs_of_a_pilot_job_the_site_took_away_go_back_using_no_retry(database)
         store.machines.create("hpc-0001", "hpc", 1, "test", NOW)
         store.machines.register_pilot("p1", "hpc", "hpc-0001", 1, 1024, [], 1, "test")
         [job_id] = store.jobs.submit([NewJob("/bin/true")], "alice", "g", 3)
-        got = store.jobs.match("p1", "hpc-0001", SlotOffer("hpc", 1, 1024), by="owner", shares={},
-                               issue_token=lambda conn, job: "t")
+        got = store.jobs.match("p1", "hpc-0001", SlotOffer("hpc", 1, 1024), by="owner",
+                               shares={}).jobs
         assert [j.id for j, _ in got] == [job_id]
         assert store.jobs.interrupt("hpc-0001", "pilot job ended by the site") == [job_id]
         job = store.jobs.get(job_id)

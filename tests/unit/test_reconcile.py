@@ -166,7 +166,7 @@ def held_job(store, clock, endpoint, machine):
     store.machines.register_pilot("p1", endpoint, machine, 1, 2048, [], 1, "test",
                                   now=clock())
     got = store.jobs.match("p1", machine, SlotOffer(endpoint, 1, 2048), by="owner",
-                           shares={}, issue_token=lambda c, j: "t", now=clock())
+                           shares={}, now=clock()).jobs
     assert [j.id for j, _ in got] == [job_id]
     return job_id
 

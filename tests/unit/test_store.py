@@ -32,11 +32,7 @@ def match(store, pilot="p1", machine="m1", offer=OFFER):
         store.machines.register_pilot(pilot, offer.endpoint, machine, offer.cores,
                                       offer.memory_mb, sorted(offer.tags), 64, "test")
 
-    def issue(conn, job):
-        return store.tokens.issue(Role.JOB, owner=job.owner, job_id=job.id, lifetime=60,
-                                  conn=conn)
-
-    got = store.jobs.match(pilot, machine, offer, by="owner", shares={}, issue_token=issue)
+    got = store.jobs.match(pilot, machine, offer, by="owner", shares={}, token_margin=60).jobs
     return got[0] if got else None
 
 
@@ -160,12 +156,9 @@ def test_one_request_claims_a_job_per_slot_within_the_offer(store):
     store.jobs.submit([NewJob("/bin/true", requirements=Requirements(cores=2))] * 5,
                       "alice", "physics", 3)
 
-    def issue(conn, job):
-        return "t"
-
     offer = SlotOffer("ep", cores=5, memory_mb=64_000)
     store.machines.register_pilot("p1", "ep", "m1", 8, 64_000, [], 8, "test")
-    got = store.jobs.match("p1", "m1", offer, by="owner", shares={}, issue_token=issue, count=4)
+    got = store.jobs.match("p1", "m1", offer, by="owner", shares={}, count=4).jobs
     assert [j.id for j, _ in got] == [1, 2]  # 5 cores hold two 2-core jobs
 
 
@@ -177,8 +170,7 @@ def test_a_pilot_is_offered_no_more_than_it_registered_minus_what_it_holds(store
     store.machines.register_pilot("p1", "ep", "m1", 8, 64_000, [], 3, "test")
 
     def claim(count):
-        return store.jobs.match("p1", "m1", OFFER, by="owner", shares={},
-                                issue_token=lambda conn, job: "t", count=count)
+        return store.jobs.match("p1", "m1", OFFER, by="owner", shares={}, count=count).jobs
 
     assert len(claim(1)) == 1
     assert len(claim(8)) == 1  # 8 - 4 cores left: one more
@@ -220,7 +212,7 @@ def test_claims_of_many_owners_from_two_processes_never_deadlock(store, database
         try:
             while True:
                 jobs = s.jobs.match(pilot, pilot, OFFER, by="owner", shares={},
-                                    issue_token=lambda conn, job: "t", count=8)
+                                    count=8).jobs
                 if not jobs:
                     return
                 with lock:
