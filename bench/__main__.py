@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import clients
+from bench import bare, clients
 from bench.clients import MatchWork, SubmitWork, pilots_needed
 from bench.server import ENDPOINT, bench_settings, wait_healthy
 from bench.workload import (
@@ -325,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
                                    per_request=8)
             figures.append(f)
             fair["http, 8-slot pilots"] = dict(owners)
+        # the ceiling: a bare FastAPI POST, the same client threads, in the same run
+        print("bare FastAPI POST (the ceiling)...", flush=True)
+        n, dt = bare.ceiling(Path(tmp), args.matches, args.threads)
+        figures.append(Figure("ceiling: bare FastAPI POST, HTTP", n, dt))
         # the same at the store
         print("store paths...", flush=True)
         figures.append(parse_only(plan, specs))
@@ -340,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             store.close()
     total = time.perf_counter() - t_all
-    figures = [figures[i] for i in (0, 3, 4, 1, 2, 5)]  # the submit rows, then the match rows
+    figures = [figures[i] for i in (0, 4, 5, 3, 1, 2, 6)]  # submit, then ceiling and matches
     print()
     print(table(figures))
     print(f"\nafter submission (HTTP db): {states['http']}")

@@ -73,7 +73,8 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership
 
 def _heard(store: Store, notifier: Notifier, kind: str, arg: str) -> None:
     """A message from another controller process (controller/store/channel.py)."""
-    if kind == WAKE:
+    if kind == WAKE:  # work arrived or came back there
+        store.jobs.task_queues.changed()
         notifier.fire(int(arg) if arg.isdigit() else None, relay=False)
     elif kind == FORGET:
         store.forget(arg)

@@ -4,8 +4,10 @@ fair share: which owner's (or group's) work goes first."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import groupby
 
 from controller.domain.jobs import Requirements
 
@@ -114,7 +116,37 @@ def fair_share_order(queues: Iterable[TaskQueue], fs: FairShare) -> list[TaskQue
     """Order task queues for a pilot: the owner (or group, then owner) with the lowest load
     first, then the highest priority within it, then the oldest queue (DIRAC's fair share
     semantics: a heavy user with high priorities cannot starve the others)."""
-    return sorted(queues, key=fs.key)
+    return list(fair_share_walk(by_owner(queues), fs))
+
+
+Owners = Mapping[tuple[str, str], Sequence[TaskQueue]]  # (owner, group) -> its queues
+
+
+def by_owner(queues: Iterable[TaskQueue]) -> dict[tuple[str, str], list[TaskQueue]]:
+    """Task queues by (owner, group), each owner's in the order fair share takes them: the
+    highest priority first, then the oldest."""
+    out: dict[tuple[str, str], list[TaskQueue]] = {}
+    for q in queues:
+        out.setdefault((q.owner, q.group), []).append(q)
+    for qs in out.values():
+        qs.sort(key=_within_owner)
+    return out
+
+
+def _within_owner(q: TaskQueue) -> tuple[int, int]:
+    return (-q.priority, q.id)
+
+
+def fair_share_walk(owners: Owners, fs: FairShare) -> Iterator[TaskQueue]:
+    """fair_share_order of the queues grouped by by_owner, made lazily: only the owners are
+    sorted (a handful), never all the queues, and the walk goes only as far as its caller.
+    Owners with equal loads have their queues merged by priority, then age."""
+    def key(who: tuple[str, str]) -> tuple[float, float]:
+        owner, group = who
+        return (fs.load(GROUP, group) if fs.by == GROUP else 0.0, fs.load(OWNER, owner))
+
+    for _, tied in groupby(sorted(owners, key=key), key=key):
+        yield from heapq.merge(*(owners[w] for w in tied), key=_within_owner)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose
-from controller.domain.taskqueues import TaskQueue, fair_share_order, holding
+from controller.domain.taskqueues import TaskQueue, by_owner, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.sql import Transactions, in_list
+from controller.store.taskqueues import TaskQueues
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
@@ -147,17 +148,7 @@ class JobStore:
         self.tokens = tokens if tokens is not None else TokenStore(store)  # a claim's tokens
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
-        self._tqs: dict[int, TaskQueue] = {}
-        self._tq_keys: dict[str, int] = {}
-        self._tq_memo: dict[tuple[Requirements, str, str, int], int] = {}
-        self.reload_task_queues()
-
-    def _remember_tq(self, r: sqlite3.Row) -> TaskQueue:
-        tq = TaskQueue(r["id"], Requirements.from_dict(json.loads(r["requirements"])),
-                       r["owner"], r["grp"], r["priority"])
-        self._tqs[tq.id] = tq
-        self._tq_keys[r["key"]] = tq.id
-        return tq
+        self.task_queues = TaskQueues()  # what this process knows of them; the live snapshot
 
     # transitions -------------------------------------------------------------------------
     def _move(
@@ -187,6 +178,8 @@ class JobStore:
             " VALUES (?, ?, ?, ?, ?)",
             (job_id, now, old.value, new.value, why or default_reason),
         )
+        if new == S.WAITING:  # back in its task queue
+            self.task_queues.changed()
         if new in FINAL_STATES or new in (S.STALLED, S.RESCHEDULED):
             c.execute("DELETE FROM tokens WHERE job_id = ?", (job_id,))
         if ends:
@@ -198,21 +191,20 @@ class JobStore:
     def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
                     now: float) -> int:
         memo = (job.requirements, owner, group, job.priority)
-        tq_id = self._tq_memo.get(memo)
+        tq_id = self.task_queues.memo(memo)
         if tq_id is not None:
             return tq_id
         key = task_queue_key(job.requirements, owner, group) + f":{job.priority}"
-        tq_id = self._tq_keys.get(key)
-        if tq_id is None:
-            c.execute(  # another controller process may have made it a moment ago
-                "INSERT INTO task_queues (key, owner, grp, priority, requirements, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                (key, owner, group, job.priority, json.dumps(job.requirements.to_dict()), now),
-            )
-            row = c.execute("SELECT * FROM task_queues WHERE key = ?", (key,)).fetchone()
-            tq_id = self._remember_tq(row).id
-        self._tq_memo[memo] = tq_id
-        return tq_id
+        tq_id = self.task_queues.by_key(key)
+        if tq_id is not None:
+            return tq_id
+        c.execute(  # another controller process may have made it a moment ago
+            "INSERT INTO task_queues (key, owner, grp, priority, requirements, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, owner, group, job.priority, json.dumps(job.requirements.to_dict()), now),
+        )
+        row = c.execute("SELECT * FROM task_queues WHERE key = ?", (key,)).fetchone()
+        return self.task_queues.remember(row, memo).id
 
     def submit(self, jobs: Sequence[NewJob], owner: str, group: str, default_retries: int,
                now: float | None = None, idempotency: IdempotencyKey | None = None,
@@ -259,31 +251,14 @@ class JobStore:
                          json.dumps(ids), now, now + idempotency.keep))
         except BaseException as e:
             # the transaction rolled back: forget task queues created inside it
-            self.reload_task_queues()
+            self.task_queues.forget()
             if isinstance(e, StorageBusy) and idempotency is not None and not again:
                 return self.submit(jobs, owner, group, default_retries, now, idempotency,
                                    again=True)
             raise
+        self.task_queues.changed()
+        self.task_queues.trim()
         return ids
-
-    def _learn_task_queues(self, c: sqlite3.Connection) -> None:
-        """Learn the task queues other controller processes made (a shared PostgreSQL store;
-        with SQLite this process made them all). Ids are not committed in order across
-        processes, so the count tells, not the highest id."""
-        if self.store.dialect.shared and c.execute(
-                "SELECT COUNT(*) FROM task_queues").fetchone()[0] != len(self._tqs):
-            for r in c.execute("SELECT * FROM task_queues").fetchall():
-                if r["id"] not in self._tqs:
-                    self._remember_tq(r)
-
-    def reload_task_queues(self) -> None:
-        """Load the task queues from the database (at start, and after a rolled-back submit)."""
-        self._tqs.clear()
-        self._tq_keys.clear()
-        self._tq_memo.clear()
-        with self.store.read() as c:
-            for r in c.execute("SELECT * FROM task_queues"):
-                self._remember_tq(r)
 
     # reading -----------------------------------------------------------------------------
     def get(self, job_id: int) -> Job:
@@ -329,14 +304,12 @@ class JobStore:
     def queue_snapshot(self) -> list[TaskQueue]:
         """Task queues with their waiting counts (the scheduler's view of the queue)."""
         with self.store.read() as c:
-            self._learn_task_queues(c)
             counts = dict(c.execute(
                 "SELECT tq_id, COUNT(*) FROM jobs WHERE state = 'waiting' GROUP BY tq_id"
             ).fetchall())
-            if not counts.keys() <= self._tqs.keys():  # another process made one meanwhile
-                self._learn_task_queues(c)
-        return [dataclasses.replace(self._tqs[i], waiting=n) for i, n in counts.items()
-                if i in self._tqs]
+            known = self.task_queues.known(c, counts)
+        return [dataclasses.replace(known[i], waiting=n) for i, n in counts.items()
+                if i in known]
 
     def busy_by_machine(self) -> dict[str, int]:
         with self.store.read() as c:
@@ -354,19 +327,20 @@ class JobStore:
 
     # matching ----------------------------------------------------------------------------
     def _fitting(self, offer: SlotOffer, whole: SlotOffer | None) -> tuple[list[TaskQueue], bool]:
-        """The task queues whose requirements fit the machine (`whole`: what it has in all,
-        for reservations; else the offer), and whether a job waits in one that fits the offer
-        now. A read, no write lock: a long-poll that wakes or re-checks with nothing for it
-        stays cheap; the claim then walks only these queues."""
+        """The live task queues whose requirements fit the machine (`whole`: what it has in
+        all, for reservations; else the offer), and whether one of them fits the offer now.
+        From the live snapshot (controller/store/taskqueues.py), a fit test per shape: a
+        long-poll that wakes or re-checks with nothing for it costs no statement and no write
+        lock; the claim then walks only these queues."""
         with self.store.read() as c:
-            self._learn_task_queues(c)
-            fitting = [q for q in list(self._tqs.values()) if fits(q.requirements, whole or offer)]
-            now = [q.id for q in fitting if whole is None or fits(q.requirements, offer)]
-            if not now:
-                return fitting, False
-            return fitting, c.execute(
-                f"SELECT 1 FROM jobs WHERE state = 'waiting' AND tq_id IN"
-                f" ({','.join('?' * len(now))}) LIMIT 1", now).fetchone() is not None
+            live = self.task_queues.live(c)
+        fitting: list[TaskQueue] = []
+        waiting = False
+        for req, qs in list(live.items()):  # a fit test per shape, not per queue
+            if fits(req, whole or offer):
+                fitting += qs
+                waiting = waiting or whole is None or fits(req, offer)
+        return fitting, waiting
 
     def _note_seen(self, pilot_id: str, now: float) -> bool:
         """Whether a match with nothing to claim should record the pilot alive (at most every
@@ -457,6 +431,7 @@ class JobStore:
         skip: set[int] = set()  # queues found empty, or left to a fuller machine
         fs = self.usage.fair_share(c, policy.by, policy.shares, policy.group_shares, now)
         claim = _CLAIM.format(claim=self.store.dialect.claim)
+        owners = by_owner(fitting)  # grouped once; each pick walks only as far as it needs
         got: list[Job] = []
 
         def waits(q: TaskQueue) -> bool:  # before holding cores for it
@@ -467,12 +442,11 @@ class JobStore:
             return row is not None
 
         while len(got) < count:
-            candidates = [q for q in fitting
-                          if q.id not in skip and fits(q.requirements, whole or offer)]
-            if not candidates:
-                break
-            q = choose(fair_share_order(candidates, fs), offer, whole, running, now,
-                       policy.reserve_limit, waits=waits)
+            room = whole or offer
+            candidates = (q for q in fair_share_walk(owners, fs)
+                          if q.id not in skip and fits(q.requirements, room))
+            q = choose(candidates, offer, whole, running, now, policy.reserve_limit,
+                       waits=waits)
             if q is None:
                 break
             if policy.defer is not None and policy.defer(q.requirements, busy):
@@ -482,6 +456,7 @@ class JobStore:
                                     now + self.lease, q.id)).fetchone()
             if row is None:
                 skip.add(q.id)
+                self.task_queues.drained(q)
                 continue
             job = _job(row)
             if policy.answerable is not None:

@@ -1,18 +1,25 @@
-"""The SQLite backend, the embedded default: one file in WAL mode, one connection guarded by a
-lock, so that one process never interleaves two transactions."""
+"""The SQLite backend, the embedded default: one file in WAL mode; one writing connection
+guarded by a lock, so that one process never interleaves two transactions, and a reading
+connection per thread (WAL readers see the last commit and never wait for the writer)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 
 from controller.errors import StorageError, StorageReadOnly, storage_error
+
+
+class _Reader(sqlite3.Connection):
+    """A thread's reading connection (a subclass, so that the backend can hold it weakly)."""
 
 
 class SqliteBackend:
@@ -41,6 +48,12 @@ class SqliteBackend:
             raise self.open_error(e) from None
         self.lock = threading.RLock()
         self._depth = 0  # nested tx() blocks of the thread holding the lock
+        self._writer: int | None = None  # the thread inside tx()
+        self._local = threading.local()  # each thread's reading connection
+        # the live ones, for trace() and close(); a thread's goes (and closes) with it
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._trace: Callable[[str], None] | None = None
+        self._row_factory: Callable[[sqlite3.Cursor, tuple[Any, ...]], Any] = sqlite3.Row
 
     def open_error(self, e: sqlite3.Error) -> StorageError:
         ro = next((p for p in (self.path, self.path.parent)
@@ -65,7 +78,7 @@ class SqliteBackend:
                     self._depth -= 1
                 return
             conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
+            self._depth, self._writer = 1, threading.get_ident()
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -77,18 +90,54 @@ class SqliteBackend:
                         conn.execute("ROLLBACK")
                 raise
             finally:
-                self._depth = 0
+                self._depth, self._writer = 0, None
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
+        """Reads on this thread's own connection, each statement seeing the last commit;
+        inside this thread's transaction, in it (its writes seen)."""
+        if self._writer == threading.get_ident():
             yield self.db.conn
+            return
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._reader()
+        yield conn
 
-    def trace(self, callback: Callable[[str], None] | None) -> None:
-        """Call `callback` with every statement SQLite runs (None: stop); for the tests that
-        count the work of a request."""
-        self.db.conn.set_trace_callback(callback)
+    def _reader(self) -> _Reader:
+        try:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30,
+                                   factory=_Reader)
+            conn.row_factory = self._row_factory
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA cache_size=-16384")
+        except sqlite3.Error as e:
+            raise self.open_error(e) from None
+        conn.set_trace_callback(self._trace)
+        with self.lock:
+            self._readers.add(conn)
+        return conn
+
+    def trace(self, callback: Callable[[str], None] | None,
+              rows: Callable[[], None] | None = None) -> None:
+        """Call `callback` with every statement SQLite runs, and `rows` for every row it
+        answers, on every connection (None: stop); for the tests that count the work of a
+        request."""
+        def counted(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> sqlite3.Row:
+            assert rows is not None
+            rows()
+            return sqlite3.Row(cursor, row)
+
+        self._trace = callback
+        self._row_factory = sqlite3.Row if rows is None else counted
+        with self.lock:
+            for conn in [self.db.conn, *list(self._readers)]:
+                conn.set_trace_callback(callback)
+                conn.row_factory = self._row_factory
 
     def close(self) -> None:
         with self.lock:
+            for conn in list(self._readers):
+                conn.close()
+            self._readers.clear()
             self.db.conn.close()

@@ -99,7 +99,8 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
 
 def test_processes_hand_each_job_out_once_and_fair_share_counts_stay_exact(make_controller,
                                                                            tmp_path, pg_url):
-    a = make_controller(database=pg_url)
+    # leases long enough that no job comes back while 240 are handed out on a loaded machine
+    a = make_controller(database=pg_url, stalled_after=120)
     b = peer(a, tmp_path / "b")
     b.start()
     try:

@@ -1,10 +1,16 @@
+import random
+
 from controller.domain.jobs import Requirements, task_queue_key
 from controller.domain.taskqueues import (
+    GROUP,
+    OWNER,
     FairShare,
     TaskQueue,
     UsageLedger,
+    by_owner,
     decay,
     fair_share_order,
+    fair_share_walk,
     standings,
 )
 
@@ -96,3 +102,16 @@ def test_standings_rank_groups_then_owners_within_them():
     assert rows[("owner", "carol")].rank == 1 and rows[("owner", "alice")].rank == 2
     assert rows[("owner", "bob")].rank == 1  # alone in bio
     assert rows[("owner", "carol")].usage == 1800.0 and rows[("owner", "carol")].load == 0.5
+
+
+def test_the_lazy_fair_share_walk_is_the_full_sort():
+    """fair_share_walk (owners sorted, their queues merged lazily) gives the order of sorting
+    every queue by FairShare.key, ties between owners of equal load included."""
+    rng = random.Random(7)
+    owners = [("a", "g1"), ("b", "g1"), ("c", "g2"), ("d", "g2"), ("e", "g3")]
+    for by in (OWNER, GROUP):
+        queues = [TaskQueue(i, Requirements(cores=rng.randint(1, 4)), *rng.choice(owners),
+                            rng.randint(-2, 2)) for i in range(300)]
+        usage = {(OWNER, "a"): 100.0, (OWNER, "b"): 100.0, (GROUP, "g1"): 200.0}
+        fs = FairShare(by, 100.0, {"c": 2.0}, {}, usage, {(OWNER, "d"): 1.0})
+        assert list(fair_share_walk(by_owner(queues), fs)) == sorted(queues, key=fs.key)
