@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable
 
 from fastapi import APIRouter, Header, Query, Request
@@ -93,7 +94,9 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
                     raise InvalidInput(f"input {f.name}: {e}") from None
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
                                   settings.max_retries, None, idem)
-    request.app.state.notifier.fire(len(ids))  # as many waiting pilots as there are new jobs
+    # as many waiting pilots as there are new jobs, each one that can take them
+    request.app.state.notifier.fire(len(ids), needs=list(Counter(
+        j.requirements for j in jobs).items()))
     shapes = [e.shape() for e in settings.endpoints]
     bad = {}
     for i, j in zip(ids, jobs, strict=True):

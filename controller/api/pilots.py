@@ -141,6 +141,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             left = deadline - time.monotonic()
             if count <= 0 or left <= 0 or await request.is_disconnected():
                 return Response(status_code=204)
+            notifier.offers(changed, seen.free)  # woken by work it can take, not by other
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
     finally:

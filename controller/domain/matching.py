@@ -106,3 +106,24 @@ def jobs_per_machine(req: Requirements, shape: SlotOffer, slots: int) -> int:
     by_cores = shape.cores // max(req.cores, 1)
     by_mem = shape.memory_mb // max(req.memory_mb, 1)
     return max(0, min(slots, by_cores, by_mem))
+
+
+def to_wake(waiting: Sequence[SlotOffer | None],
+            needs: Iterable[tuple[Requirements, int]]) -> list[int]:
+    """Which waiting pilots a submission wakes: for each shape of new job (its requirements,
+    how many), that many of the pilots whose offer fits it, those waiting longest first; a
+    pilot that cannot take any of them stays asleep; the shapes fewest pilots fit are served
+    first. `waiting`: the offers of the waiting pilots, longest waiting first (None: unknown,
+    it may take anything). The positions of the pilots to wake, in order."""
+    fitting = [(req, n, [i for i, offer in enumerate(waiting)
+                         if offer is None or fits(req, offer)]) for req, n in needs]
+    fitting.sort(key=lambda f: len(f[2]))  # the scarcest first: a GPU pilot for the GPU job
+    taken: set[int] = set()
+    for _, n, pilots in fitting:
+        for i in pilots:
+            if n <= 0:
+                break
+            if i not in taken:
+                taken.add(i)
+                n -= 1
+    return sorted(taken)

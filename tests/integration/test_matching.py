@@ -1,8 +1,12 @@
 """Matching rules against a real controller, with the test acting as a pilot over HTTP."""
 
+import threading
+import time
+
 import pytest
 
-from tests.conftest import MANUAL, sh
+from controller.store import Store
+from tests.conftest import MANUAL, sh, wait_until
 from tests.integration.test_api import register as api_register
 
 pytestmark = pytest.mark.integration
@@ -130,3 +134,47 @@ def test_platforms_required_tags_and_waiting_reasons(make_controller):
     with ctrl.client("alice") as c:
         r = c.post("/api/v1/jobs", json={**sh("true"), "requirements": {"platforms": "el9"}})
     assert r.status_code == 422
+
+
+def test_a_gpu_job_wakes_the_waiting_gpu_pilot_not_the_plain_ones(ctrl):
+    """20 plain pilots and then one GPU pilot long-poll; a GPU job submitted then reaches the
+    GPU pilot when it is submitted (woken: the submission wakes the pilots that fit it), not
+    at the GPU pilot's own re-check 5 s after it began to wait; no plain pilot gets it."""
+    plain = [register(ctrl, machine=f"plain{i}", tags=["linux"]) for i in range(20)]
+    gpu = register(ctrl, machine="gpu", tags=["linux", "gpu"])
+    got: dict[str, tuple[int | None, float]] = {}
+
+    def poll(pilot: str, wait: float) -> None:
+        with ctrl.client(pilot) as c:
+            r = c.post(f"/api/v1/pilots/{pilot}/match", timeout=60, json={
+                "free_cores": 8, "free_memory_mb": 8192, "free_slots": 1, "wait": wait})
+        assert r.status_code in (200, 204), r.text
+        got[pilot] = (r.json()["matches"][0]["job"]["id"] if r.status_code == 200 else None,
+                      time.monotonic())
+
+    store = Store(ctrl.database)
+
+    def asked(pilots: list[str], since: float) -> bool:  # each made its first attempt
+        marks = ",".join("?" * len(pilots))
+        rows = store.rows(f"SELECT COUNT(*) FROM pilots WHERE id IN ({marks})"
+                          " AND last_seen >= ?", (*pilots, since))
+        return bool(rows[0][0] == len(pilots))
+
+    try:
+        since = time.time()
+        threads = [threading.Thread(target=poll, args=(p, 8.0)) for p in plain]
+        for t in threads:
+            t.start()
+        wait_until(lambda: asked(plain, since), 30, what="the plain pilots waiting")
+        began = time.monotonic()
+        threads.append(threading.Thread(target=poll, args=(gpu, 30.0)))
+        threads[-1].start()
+        wait_until(lambda: asked([gpu], since), 30, what="the GPU pilot waiting")
+        (jid,) = ctrl.submit("alice", sh("true", tags=["gpu"]))
+        for t in threads:
+            t.join(60)
+    finally:
+        store.close()
+    assert got[gpu][0] == jid
+    assert got[gpu][1] - began < 4.5  # before its own re-check (5 s): it was woken
+    assert all(got[p][0] is None for p in plain)
