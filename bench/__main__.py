@@ -112,7 +112,7 @@ def controller(root: Path, in_thread: bool) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.server", str(db), str(data), str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(url, proc, root / "server.log", 30)
+        wait_healthy(url, proc, root / "server.log", 120)  # a loaded machine imports slowly
         yield url
     finally:
         proc.terminate()

@@ -57,7 +57,7 @@ def serve(root: Path) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.bare", str(port)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_healthy(url, proc, root / "bare.log", 30)
+        wait_healthy(url, proc, root / "bare.log", 120)
         yield url
     finally:
         proc.terminate()
