@@ -134,7 +134,13 @@ def _within(what: str, seen: list[str], s: dict[str, Any]) -> None:
 
 
 def test_the_pilot_protocol_stays_within_its_statement_budget(database, tmp_path):
-    asyncio.run(_run(database, tmp_path / "c"))
+    # a loop of its own: asyncio.run would unset the main thread's loop, which Pulumi's mocks
+    # (tests/unit/test_stacks.py) expect to find
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_run(database, tmp_path / "c"))
+    finally:
+        loop.close()
 
 
 async def _protocol(s: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The Pulumi programs under pulumi.runtime.set_mocks (no CLI, no cloud): the config the
 controller's driver writes goes in; exactly the named machines come out."""
 
+import asyncio
 import json
 
 import pulumi
@@ -47,6 +48,8 @@ def run(kind, endpoint, machines, user_data=None, outputs=None, specs=None):
     """Run a stack's program under mocks with the config the driver writes for `endpoint`;
     the stack's outputs, resolved, go into `outputs`."""
     mocks = Mocks()
+    # Pulumi's mocks run on the main thread's current loop: give them one whatever ran before
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(mocks, project="cloudpilot", stack=endpoint.name, preview=False)
     pulumi.runtime.set_all_config(stack_config(endpoint, machines, specs))
     data = {m: f"#cloud-config\n# user-data of {m}\n" for m in machines} \
@@ -204,6 +207,8 @@ def test_the_cli_program_reads_the_user_data_from_secret_config():
     the user-data: it reads the secret config cloudpilot:userData."""
     ep = aws_endpoint()
     mocks = Mocks()
+    # Pulumi's mocks run on the main thread's current loop: give them one whatever ran before
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(mocks, project="cloudpilot", stack="aws-spot", preview=True)
     cfg = stack_config(ep, ["aws-spot-0001"])
     cfg["cloudpilot:userData"] = json.dumps({"aws-spot-0001": "#cloud-config\n"})
