@@ -29,10 +29,10 @@ from controller.api.schemas import (
     ReportIn,
 )
 from controller.config.settings import EndpointConfig
-from controller.domain.jobs import Job, Requirements
+from controller.domain.jobs import Job
 from controller.domain.machines import DRAIN_STATES
 from controller.domain.matching import SlotOffer, machine_offer
-from controller.domain.placement import Asking, AskingPilots, leave_to_fuller
+from controller.domain.placement import Asking, AskingPilots
 from controller.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from controller.store import Store
 
@@ -105,18 +105,18 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         seen = Asking(str(pilot["machine"]), offer, seen.busy_until)
         if not draining:
             asking.enter(pilot_id, seen)  # fuller machines asking now are served first
-        others = asking.now()
-
-        def defer(req: Requirements, busy: float) -> bool:
-            me = dataclasses.replace(seen, busy_until=busy)
-            return asking.defer(leave_to_fuller(req, me, others))
-
+        # work a fuller machine asking now should have is left to it, but only while this
+        # request may still wait: a pilot that cannot (wait 0, or its long-poll's last look)
+        # takes the best job it may take now rather than an empty answer
+        may_wait = deadline - time.monotonic() > 0
         got = store.jobs.match(pilot_id, seen.machine, offer, by=settings.fair_share_by,
                                shares=store.tokens.shares(),
                                group_shares=settings.group_shares, token_margin=margin,
                                answerable=lambda job: JobOut.of(job).model_dump_json(),
                                count=max(count, 0), whole=whole,
-                               reserve_limit=ep.reserve_limit if ep else 0.0, defer=defer)
+                               reserve_limit=ep.reserve_limit if ep else 0.0,
+                               fuller=asking.now() if may_wait else None)
+        asking.defer(got.deferred)
         seen = dataclasses.replace(seen, busy_until=got.busy_until)
         draining = got.draining
         if draining:

@@ -21,7 +21,7 @@ from controller.domain.jobs import (
     task_queue_key,
 )
 from controller.domain.matching import SlotOffer, fits
-from controller.domain.placement import Running, busy_until, choose
+from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
 from controller.domain.taskqueues import TaskQueue, by_owner, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.sql import Transactions, in_list
@@ -79,6 +79,7 @@ class Claim:
     jobs: list[tuple[Job, str]]
     draining: bool = False  # the machine takes no new work
     busy_until: float = 0.0  # when the jobs it held before this match should end
+    deferred: bool = False  # work it could take was left to a fuller machine asking now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Policy:
     shares: dict[str, float]
     group_shares: dict[str, float]
     reserve_limit: float
-    defer: Callable[[Requirements, float], bool] | None
+    fuller: Sequence[Asking] | None  # the machines asking now (None: defer to none)
     answerable: Callable[[Job], object] | None
     token_margin: float
 
@@ -358,17 +359,18 @@ class JobStore:
         answerable: Callable[[Job], object] | None = None,
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
-        defer: Callable[[Requirements, float], bool] | None = None, now: float | None = None,
+        fuller: Sequence[Asking] | None = None, now: float | None = None,
     ) -> Claim:
-        """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time
-        the best one: fair share across owners (or groups, then owners) first, then priority,
-        then age, as domain/placement.choose picks (`whole`: what the machine has in all, for
-        a reservation held for a wide job; `defer(requirements, busy_until)`: work left to a
-        fuller machine asking now). The offer shrinks by what each claimed job takes. A
-        draining machine gets nothing. Each job gets a job token living its max_runtime plus
-        `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
-        before anything is claimed. Also records that the pilot is alive. `shares` are the
-        owners' shares, `group_shares` the groups'."""
+        """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time the
+        best one: fair share across owners (or groups, then owners) first, then priority, then age,
+        as domain/placement.choose picks (`whole`: what the machine has in all, for a reservation
+        held for a wide job; `fuller`: the machines asking at this moment, work one of them should
+        have before this one (domain/placement.leave_to_fuller) is left to it; None: this request
+        cannot wait, it takes the best job it may take now). The offer shrinks by what each claimed
+        job takes. A draining machine gets nothing. Each job gets a job token living its max_runtime
+        plus `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
+        before anything is claimed. Also records that the pilot is alive. `shares` are the owners'
+        shares, `group_shares` the groups'."""
         now = time.time() if now is None else now
         fitting, waiting = self._fitting(offer, whole)
         if not self._note_seen(pilot_id, now) and not waiting:
@@ -379,7 +381,7 @@ class JobStore:
                     return self._claim(c, pilot_id, machine, offer, count, whole,
                                        fitting if waiting else [], now, _Policy(
                                            by, shares, group_shares or {}, reserve_limit,
-                                           defer, answerable, token_margin))
+                                           fuller, answerable, token_margin))
             except StorageBusy:
                 if tries == 2:
                     raise
@@ -405,6 +407,7 @@ class JobStore:
                    for r in held]
         busy = busy_until(running)
         got: list[Job] = []
+        deferred: list[bool] = []
         if reg is not None and not draining and fitting:
             # at most what the pilot registered, minus what it holds, whatever it says now
             mine = [r for r in held if r[1] == pilot_id]
@@ -414,20 +417,23 @@ class JobStore:
             count = min(count, (reg[2] or 1) - len(mine))
         if count > 0 and reg is not None and not draining and fitting:
             got = self._pick(c, pilot_id, machine, offer, count, whole, fitting, running, busy,
-                             now, policy)
+                             now, policy, deferred)
         tokens: list[str] = []
         if got:
             self._record_claims(c, got, pilot_id, machine, now)
             tokens = self.tokens.issue_for_jobs(c, got, policy.token_margin)
         c.execute("UPDATE machines SET last_seen = ?" + (", last_busy_at = ?" if got else "")
                   + " WHERE name = ?", (now, now, machine) if got else (now, machine))
-        return Claim(list(zip(got, tokens, strict=True)), draining, busy)
+        return Claim(list(zip(got, tokens, strict=True)), draining, busy, any(deferred))
 
     def _pick(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
               count: int, whole: SlotOffer | None, fitting: list[TaskQueue],
-              running: list[Running], busy: float, now: float, policy: _Policy) -> list[Job]:
+              running: list[Running], busy: float, now: float, policy: _Policy,
+              deferred: list[bool]) -> list[Job]:
         """Claim the jobs, one statement each: fair share read once and carried forward in
-        memory as each claim adds to what its owner holds."""
+        memory as each claim adds to what its owner holds. A queue left to a fuller machine
+        asking now is noted in `deferred`."""
+        me = Asking(machine, offer, busy)
         skip: set[int] = set()  # queues found empty, or left to a fuller machine
         fs = self.usage.fair_share(c, policy.by, policy.shares, policy.group_shares, now)
         claim = _CLAIM.format(claim=self.store.dialect.claim)
@@ -449,8 +455,9 @@ class JobStore:
                        waits=waits)
             if q is None:
                 break
-            if policy.defer is not None and policy.defer(q.requirements, busy):
+            if policy.fuller is not None and leave_to_fuller(q.requirements, me, policy.fuller):
                 skip.add(q.id)
+                deferred.append(True)
                 continue
             row = c.execute(claim, (now, pilot_id, machine, offer.endpoint, now,
                                     now + self.lease, q.id)).fetchone()

@@ -8,6 +8,7 @@ import pytest
 from controller.auth import Role
 from controller.domain.jobs import JobState, NewJob, Requirements
 from controller.domain.matching import SlotOffer
+from controller.domain.placement import Asking
 from controller.errors import Conflict, NotFound, StorageError
 from controller.store import Store
 
@@ -235,3 +236,17 @@ def test_claims_of_many_owners_from_two_processes_never_deadlock(store, database
             assert deadlocks[0] == 0
     finally:
         other.close()
+
+
+def test_work_a_fuller_machine_asking_should_have_is_left_to_it_only_when_asked(store):
+    """`fuller` names the machines asking at this moment: a job one of them should have
+    (domain/placement.leave_to_fuller: it is fuller) is left to it and the claim says so; a
+    match that cannot wait (`fuller=None`) takes the job at once."""
+    (jid,) = store.jobs.submit([NewJob("/bin/true")], "alice", "physics", 3)
+    store.machines.register_pilot("p1", "ep", "empty", 64, 64_000, ["linux"], 64, "test")
+    full = Asking("full", SlotOffer("ep", cores=2, memory_mb=2_000, tags=frozenset({"linux"})))
+    left = store.jobs.match("p1", "empty", OFFER, by="owner", shares={}, fuller=[full])
+    assert (left.jobs, left.deferred) == ([], True)
+    assert store.jobs.get(jid).state == JobState.WAITING
+    now = store.jobs.match("p1", "empty", OFFER, by="owner", shares={}, fuller=None)
+    assert [j.id for j, _ in now.jobs] == [jid] and not now.deferred
