@@ -1,6 +1,7 @@
 """Queue benchmark on SQLite: bulk submission and matching, through HTTP and at the store.
 
     .venv/bin/python -m bench [--jobs 100000] [--queues 50] [--json] [--profile]
+    .venv/bin/python -m bench --queues 50,200,1000,4000 [--jobs 20000] [--matches 3000]
     .venv/bin/python -m bench --backend postgres --workers 1,2,4
 
 Fills a fresh controller (uvicorn on 127.0.0.1, a random port, a temporary database) with
@@ -13,7 +14,11 @@ HTTP layer costs. Everything temporary is removed at the end.
 With `--backend postgres` the same HTTP phases run, side by side in one run, on SQLite (one
 controller process) and on PostgreSQL (a fresh database per `--workers` figure, the controller
 started as `python -m controller serve --workers N`), from client processes that count their
-own CPU time (bench/backends.py)."""
+own CPU time (bench/backends.py).
+
+With several `--queues` figures the run is a sweep: the same jobs in each number of task
+queues, matched over HTTP (1 job a request) and at the store, each rate beside the first
+figure's (a match's cost should not grow with the task queues)."""
 
 from __future__ import annotations
 
@@ -223,6 +228,48 @@ def store_match(store: Store, n_matches: int, specs: list[QueueSpec],
     return Figure("match, store (1 thread)", sum(owners.values()), dt), owners
 
 
+# the task-queue sweep -------------------------------------------------------------------------
+def queue_sweep(args: argparse.Namespace, counts: list[int]) -> int:
+    """The same jobs in each number of task queues: matches over HTTP (1 job a request, from
+    --threads client threads) and at the store (one thread), each beside the first count's."""
+    print(f"cloudpilot task-queue sweep: {args.jobs:,} jobs in {counts} task queues; "
+          f"{args.matches:,} matches each; SQLite; {os.cpu_count()} CPUs", flush=True)
+    rows: list[tuple[int, Figure, Figure]] = []
+    with tempfile.TemporaryDirectory(prefix="cloudpilot-bench-") as tmp:
+        for n in counts:
+            specs = queue_specs(n)
+            plan = batches(args.jobs, specs, args.batch)
+            root = Path(tmp) / f"http-{n}"
+            store = Store(root / "cloudpilot.db")
+            tokens = make_users(store)
+            admin_token = store.tokens.issue(Role.ADMIN, note="bench")
+            store.close()
+            with controller(root, args.in_thread) as url:
+                http_submit(url, tokens, plan, specs)
+                check_db(root / "cloudpilot.db", args.jobs, n)
+                http, _ = http_match(url, admin_token, args.matches, args.threads, specs)
+            store = Store(Path(tmp) / f"store-{n}" / "cloudpilot.db")
+            try:
+                make_users(store)
+                store_submit(store, plan, specs, False)
+                at_store, _ = store_match(store, args.matches, specs, False)
+            finally:
+                store.close()
+            rows.append((n, http, at_store))
+            print(f"{n:>6} task queues: HTTP {http.rate:,.0f}/s, store {at_store.rate:,.0f}/s",
+                  flush=True)
+    base_http, base_store = rows[0][1].rate, rows[0][2].rate
+    print(f"\n{'task queues':>11} {'HTTP /s':>9} {'vs first':>8} {'store /s':>9} {'vs first':>8}")
+    for n, http, at_store in rows:
+        print(f"{n:>11,} {http.rate:>9,.0f} {http.rate / base_http:>8.0%} "
+              f"{at_store.rate:>9,.0f} {at_store.rate / base_store:>8.0%}")
+    print("aim: every count at least 80 % of the first")
+    if args.json:
+        print(json.dumps([{"queues": n, "http_per_s": round(h.rate, 1),
+                           "store_per_s": round(st.rate, 1)} for n, h, st in rows], indent=2))
+    return 0
+
+
 # main -----------------------------------------------------------------------------------------
 def table(figures: list[Figure]) -> str:
     head = f"{'what':<32} {'count':>9} {'seconds':>8} {'rate /s':>10}  aim"
@@ -237,7 +284,8 @@ def table(figures: list[Figure]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=100_000, help="waiting jobs to submit")
-    ap.add_argument("--queues", type=int, default=50, help="distinct task queues")
+    ap.add_argument("--queues", default="50", metavar="N[,N...]",
+                    help="distinct task queues; several: a sweep over them")
     ap.add_argument("--batch", type=int, default=5_000, help="jobs per bulk request")
     ap.add_argument("--matches", type=int, default=5_000, help="matches to time")
     ap.add_argument("--threads", type=int, default=4, help="concurrent matching clients")
@@ -279,8 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--workers above 1 needs --backend postgres (SQLite serves from one process)")
     if args.backend == "postgres" and not 1 <= args.client_procs <= args.threads:
         ap.error("--client-procs must be between 1 and --threads")
-    if not 1 <= args.queues <= 4000:
+    try:
+        sweep = [int(q) for q in str(args.queues).split(",") if q.strip()]
+    except ValueError:
+        ap.error("--queues: a number or a comma list, e.g. 50,200,1000,4000")
+    if not sweep or not all(1 <= q <= 4000 for q in sweep):
         ap.error("--queues must be between 1 and 4000")
+    args.queues = max(sweep)
     if args.jobs < args.queues or args.matches < 1 or args.threads < 1:
         ap.error("need --jobs >= --queues, --matches >= 1, --threads >= 1")
     if args.matches > args.jobs:
@@ -288,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.batch <= 10_000:
         ap.error("--batch must be between 1 and 10000 (the controller's max_bulk_jobs)")
 
+    if len(sweep) > 1:
+        if args.backend != "sqlite":
+            ap.error("a --queues sweep runs on SQLite")
+        return queue_sweep(args, sweep)
+    args.queues = sweep[0]
     if args.backend == "postgres":
         if args.in_thread or args.profile:
             ap.error("--in-thread and --profile are for --backend sqlite")

@@ -22,10 +22,10 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
-from controller.domain.taskqueues import TaskQueue, by_owner, fair_share_walk, holding
+from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.sql import Transactions, in_list
-from controller.store.taskqueues import TaskQueues
+from controller.store.taskqueues import Snapshot, TaskQueues, View
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
@@ -327,21 +327,17 @@ class JobStore:
                 f" WHERE state IN {HELD} GROUP BY machine")}
 
     # matching ----------------------------------------------------------------------------
-    def _fitting(self, offer: SlotOffer, whole: SlotOffer | None) -> tuple[list[TaskQueue], bool]:
+    def _fitting(self, offer: SlotOffer, whole: SlotOffer | None
+                 ) -> tuple[View, Snapshot, bool]:
         """The live task queues whose requirements fit the machine (`whole`: what it has in
         all, for reservations; else the offer), and whether one of them fits the offer now.
-        From the live snapshot (controller/store/taskqueues.py), a fit test per shape: a
+        From the live snapshot (controller/store/taskqueues.py), worked out once per offer: a
         long-poll that wakes or re-checks with nothing for it costs no statement and no write
         lock; the claim then walks only these queues."""
         with self.store.read() as c:
-            live = self.task_queues.live(c)
-        fitting: list[TaskQueue] = []
-        waiting = False
-        for req, qs in list(live.items()):  # a fit test per shape, not per queue
-            if fits(req, whole or offer):
-                fitting += qs
-                waiting = waiting or whole is None or fits(req, offer)
-        return fitting, waiting
+            snap = self.task_queues.live(c)
+        view = snap.view(offer, whole)
+        return view, snap, snap.waiting(view)
 
     def _note_seen(self, pilot_id: str, now: float) -> bool:
         """Whether a match with nothing to claim should record the pilot alive (at most every
@@ -372,14 +368,15 @@ class JobStore:
         before anything is claimed. Also records that the pilot is alive. `shares` are the owners'
         shares, `group_shares` the groups'."""
         now = time.time() if now is None else now
-        fitting, waiting = self._fitting(offer, whole)
+        view, snap, waiting = self._fitting(offer, whole)
         if not self._note_seen(pilot_id, now) and not waiting:
             return Claim([])  # nothing to claim, liveness recorded lately: no write
         for tries in range(3):  # PostgreSQL: a deadlock with another process claiming
             try:
                 with self.store.tx() as c:
                     return self._claim(c, pilot_id, machine, offer, count, whole,
-                                       fitting if waiting else [], now, _Policy(
+                                       view.owners if waiting else {}, snap.drained, now,
+                                       _Policy(
                                            by, shares, group_shares or {}, reserve_limit,
                                            fuller, answerable, token_margin))
             except StorageBusy:
@@ -388,8 +385,8 @@ class JobStore:
         raise AssertionError("unreachable")
 
     def _claim(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
-               count: int, whole: SlotOffer | None, fitting: list[TaskQueue], now: float,
-               policy: _Policy) -> Claim:
+               count: int, whole: SlotOffer | None, fitting: Owners, drained: set[int],
+               now: float, policy: _Policy) -> Claim:
         """The match's transaction: the pilot and machine seen, what the machine holds (and
         whether it drains) in one read, the claims, then their events, attempts and tokens
         written at once."""
@@ -416,8 +413,8 @@ class JobStore:
                 memory_mb=min(offer.memory_mb, reg[1] - sum(int(r[3] or 0) for r in mine)))
             count = min(count, (reg[2] or 1) - len(mine))
         if count > 0 and reg is not None and not draining and fitting:
-            got = self._pick(c, pilot_id, machine, offer, count, whole, fitting, running, busy,
-                             now, policy, deferred)
+            got = self._pick(c, pilot_id, machine, offer, count, whole, fitting, drained,
+                             running, busy, now, policy, deferred)
         tokens: list[str] = []
         if got:
             self._record_claims(c, got, pilot_id, machine, now)
@@ -427,7 +424,7 @@ class JobStore:
         return Claim(list(zip(got, tokens, strict=True)), draining, busy, any(deferred))
 
     def _pick(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
-              count: int, whole: SlotOffer | None, fitting: list[TaskQueue],
+              count: int, whole: SlotOffer | None, owners: Owners, drained: set[int],
               running: list[Running], busy: float, now: float, policy: _Policy,
               deferred: list[bool]) -> list[Job]:
         """Claim the jobs, one statement each: fair share read once and carried forward in
@@ -437,7 +434,6 @@ class JobStore:
         skip: set[int] = set()  # queues found empty, or left to a fuller machine
         fs = self.usage.fair_share(c, policy.by, policy.shares, policy.group_shares, now)
         claim = _CLAIM.format(claim=self.store.dialect.claim)
-        owners = by_owner(fitting)  # grouped once; each pick walks only as far as it needs
         got: list[Job] = []
 
         def waits(q: TaskQueue) -> bool:  # before holding cores for it
@@ -450,7 +446,8 @@ class JobStore:
         while len(got) < count:
             room = whole or offer
             candidates = (q for q in fair_share_walk(owners, fs)
-                          if q.id not in skip and fits(q.requirements, room))
+                          if q.id not in skip and q.id not in drained
+                          and fits(q.requirements, room))
             q = choose(candidates, offer, whole, running, now, policy.reserve_limit,
                        waits=waits)
             if q is None:
@@ -462,7 +459,7 @@ class JobStore:
             row = c.execute(claim, (now, pilot_id, machine, offer.endpoint, now,
                                     now + self.lease, q.id)).fetchone()
             if row is None:
-                skip.add(q.id)
+                drained.add(q.id)  # for this snapshot's walks, and the live one's
                 self.task_queues.drained(q)
                 continue
             job = _job(row)

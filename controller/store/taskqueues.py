@@ -8,7 +8,14 @@ requirements (one fit test per shape, whatever the owners and priorities). The s
 with one walk of the waiting-jobs index that touches a row per live queue (a loose index scan),
 never one per waiting job or per queue ever made; it is read again after work arrives or comes
 back in this process, after another process says so (its wake-up), and at least every
-`LIVE_TTL` seconds. A queue a claim finds empty leaves the snapshot at once."""
+`LIVE_TTL` seconds. A queue a claim finds empty leaves the snapshot at once (noted as drained:
+the walks skip it).
+
+What fits a machine is worked out once per snapshot and offer (a *view*: the fitting queues
+grouped by owner in fair-share's order within each), so a match costs the same with 50 task
+queues or 4,000: pilots of one machine type ask with a handful of offers, and only a new
+snapshot (work arrived, or `LIVE_TTL` passed) makes them be worked out again. Views are
+bounded per snapshot."""
 
 from __future__ import annotations
 
@@ -16,14 +23,17 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.domain.jobs import Requirements
-from controller.domain.taskqueues import TaskQueue
+from controller.domain.matching import SlotOffer, fits
+from controller.domain.taskqueues import TaskQueue, by_owner
 
 KEEP = 10_000  # task queues remembered besides the live ones before the cache is pruned
 LIVE_TTL = 1.0  # seconds: the live snapshot is read again at least this often
 _CHUNK = 500  # ids in one IN list
+VIEWS_KEEP = 256  # offers whose view one snapshot keeps
 
 # one row per task queue with waiting jobs: a loose index scan of idx_jobs_waiting (tq_id, id)
 LIVE = ("WITH RECURSIVE live(id) AS (SELECT MIN(tq_id) FROM jobs INDEXED BY idx_jobs_waiting"
@@ -36,14 +46,55 @@ LIVE = ("WITH RECURSIVE live(id) AS (SELECT MIN(tq_id) FROM jobs INDEXED BY idx_
 Shapes = dict[Requirements, list[TaskQueue]]  # live task queues by requirements
 
 
+@dataclass(frozen=True)
+class View:
+    """What fits one offer in one snapshot: the queues fitting the machine (or what it has
+    in all, for reservations), by (owner, group), each owner's in fair share's order; and
+    those fitting what it has free now."""
+
+    owners: dict[tuple[str, str], list[TaskQueue]]
+    now: list[TaskQueue]
+
+
+@dataclass
+class Snapshot:
+    """The live task queues at one reading, the views worked out from it, and the queues
+    claims have since found empty."""
+
+    shapes: Shapes
+    at: float
+    views: dict[tuple[SlotOffer, SlotOffer | None], View] = field(default_factory=dict)
+    drained: set[int] = field(default_factory=set)
+
+    def view(self, offer: SlotOffer, whole: SlotOffer | None) -> View:
+        key = (offer, whole)
+        got = self.views.get(key)
+        if got is None:
+            fitting: list[TaskQueue] = []
+            now: list[TaskQueue] = []
+            for req, qs in self.shapes.items():  # a fit test per shape, not per queue
+                if fits(req, whole or offer):
+                    fitting += qs
+                    if whole is None or fits(req, offer):
+                        now += qs
+            got = View(by_owner(fitting), now)
+            if len(self.views) >= VIEWS_KEEP:
+                self.views.clear()
+            self.views[key] = got
+        return got
+
+    def waiting(self, view: View) -> bool:
+        """Whether a queue of the view that fits the offer now still has waiting work."""
+        return any(q.id not in self.drained for q in view.now)
+
+
 class TaskQueues:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._known: dict[int, TaskQueue] = {}
         self._keys: dict[str, int] = {}  # task_queue_key:priority -> id
         self._memo: dict[tuple[Requirements, str, str, int], int] = {}
-        self._live: Shapes | None = None
-        self._live_at = 0.0
+        self._live: Snapshot | None = None
         self._lock = threading.Lock()  # one reader of the snapshot at a time
 
     def __len__(self) -> int:
@@ -85,14 +136,15 @@ class TaskQueues:
                 self.remember(r)
         return {i: self._known[i] for i in ids if i in self._known}
 
-    def live(self, c: Any) -> Shapes:
+    def live(self, c: Any) -> Snapshot:
         """The snapshot: task queues with waiting jobs, by requirements."""
         snap, now = self._live, self._clock()
-        if snap is not None and now - self._live_at < LIVE_TTL:
+        if snap is not None and now - snap.at < LIVE_TTL:
             return snap
         with self._lock:
-            if self._live is not None and now - self._live_at < LIVE_TTL:
-                return self._live
+            snap = self._live
+            if snap is not None and now - snap.at < LIVE_TTL:
+                return snap
             self._live = None  # work arriving while it is read makes it stale again
             ids = [r[0] for r in c.execute(LIVE).fetchall()]
             shapes: Shapes = {}
@@ -101,33 +153,25 @@ class TaskQueues:
             for qs in shapes.values():
                 qs.sort(key=lambda q: q.id)
             self._prune(ids)
+            fresh = Snapshot(shapes, now)
             if self._live is None:
-                self._live, self._live_at = shapes, now
-            return shapes
+                self._live = fresh
+            return fresh
 
     def changed(self) -> None:
         """Work arrived or came back: read the snapshot again before the next match."""
         self._live = None
 
     def drained(self, q: TaskQueue) -> None:
-        """A claim found no waiting job in `q`: out of the snapshot (copied, never changed
-        under another thread's walk)."""
+        """A claim found no waiting job in `q`: the walks of this snapshot skip it."""
         snap = self._live
-        if snap is None or q.requirements not in snap:
-            return
-        left = [x for x in snap[q.requirements] if x.id != q.id]
-        shapes = dict(snap)
-        if left:
-            shapes[q.requirements] = left
-        else:
-            del shapes[q.requirements]
-        if self._live is snap:
-            self._live = shapes
+        if snap is not None:
+            snap.drained.add(q.id)
 
     def trim(self) -> None:
         """Keep the cache within its bound (after a submission)."""
         snap = self._live
-        self._prune([q.id for qs in (snap or {}).values() for q in qs])
+        self._prune([q.id for qs in (snap.shapes if snap else {}).values() for q in qs])
 
     def _prune(self, live: list[int]) -> None:
         """Past KEEP, keep only the live task queues: memory bounded by the work waiting,
