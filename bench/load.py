@@ -10,6 +10,10 @@ Idempotency-Key) and list jobs, for `--seconds`. Before any job exists, every pi
 long-poll and the controller's thread count is sampled: a waiting pilot holds no thread (and
 no database connection: the store has one, shared).
 
+Also measures what idle pilots cost: with every pilot waiting in a long-poll and heartbeating,
+the controller's CPU time over `--idle` seconds, per 1,000 pilots; and the load generator's own
+CPU beside it (on a 2-core machine it competes with the controller).
+
 Prints matches/s, p50/p99 of match (from the submission request to the pilot holding the
 job), heartbeat, report and list, and every error. Everything is bounded in time."""
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import statistics
 import subprocess
@@ -36,6 +41,12 @@ from tests.conftest import REPO as ROOT
 from tests.conftest import Controller
 
 ENDPOINT = "load"
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -209,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=30, help="how long users submit")
     ap.add_argument("--job-seconds", type=float, default=2.0)
     ap.add_argument("--heartbeat", type=float, default=10.0)
+    ap.add_argument("--idle", type=float, default=20.0,
+                    help="seconds the idle pilots' cost is measured over (0: skip)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", help=argparse.SUPPRESS)
@@ -251,6 +264,12 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
         t_reg = time.monotonic() - t_reg
         time.sleep(2.0)  # every pilot now waits in a long-poll on an empty queue
         idle_threads = max(threads(ctl) for _ in range(10) if time.sleep(0.1) is None)
+        # what idle pilots cost: every pilot long-polls and heartbeats, no job exists
+        pids = [ctl.proc.pid] + [p.pid for p in procs]
+        before, t_idle = [cpu_seconds(p) for p in pids], time.monotonic()
+        time.sleep(args.idle)
+        t_idle = time.monotonic() - t_idle
+        idle_cpu = [(cpu_seconds(p) - b) / t_idle for p, b in zip(pids, before, strict=True)]
         t0 = time.monotonic()
         sent, submit_lat, list_lat = asyncio.run(users(ctl, args.rate, args.seconds, errors))
         with ctl.client() as c:  # let the queue drain (bounded)
@@ -291,6 +310,11 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
           f"heartbeat every {args.heartbeat:.0f}s)")
     print(f"  registered all pilots in {t_reg:.1f}s; controller threads while all "
           f"{args.pilots} pilots wait in a long-poll: {idle_threads}")
+    if args.idle > 0:
+        print(f"  idle: the controller used {idle_cpu[0]:.2f} cores with {args.pilots} pilots "
+              f"waiting = {idle_cpu[0] * 1000 / args.pilots:.2f} cores per 1,000 idle pilots "
+              f"(aim: 5,000 under 0.5, i.e. 0.10 per 1,000); load generator "
+              f"{sum(idle_cpu[1:]):.2f} cores, over {t_idle:.0f}s")
     print(f"  jobs submitted {len(sent)}, matched {n_matched}, final states {final}")
     print(f"  matches/s {n_matched / span:.1f} (over {span:.1f}s)")
     rows = [("match (submit -> pilot holds it)", match_lat), ("heartbeat", lat["heartbeat"]),
