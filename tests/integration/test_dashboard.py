@@ -291,7 +291,7 @@ def test_forged_cross_site_posts_are_refused(ctrl: Controller, browser: Any) -> 
     r = httpx.post(f"{ctrl.url}/ui/plans/{plan}/approve", data={"csrf": csrf.group(1)},
                    cookies=cookies, headers={"Origin": ctrl.url})
     assert r.status_code == 303 and "approved" in r.headers["location"], r.headers
-    assert plan_state(ctrl, plan) in ("approved", "applied")
+    assert plan_state(ctrl, plan) in ("approved", "applying", "applied")  # the loop may be at it
 
     # take the gated endpoint down and up again from its site on the endpoints page
     def site_state() -> str:
