@@ -31,7 +31,7 @@ test: .stamp-dev lint
 	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \
 		bubblewrap chromium chromium-driver prometheus slurmctld slurmd slurm-client munge \
 		util-linux postgresql
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3 --dist loadfile  # three at once: most tests wait on processes
 
 bench: .stamp-dev
 	$(BIN)/python -m bench

@@ -121,7 +121,11 @@ def test_processes_hand_each_job_out_once_and_fair_share_counts_stay_exact(make_
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(run, range(8), pilots))
-        assert sorted(handed) == sorted(ids)  # every job once, none twice
+        twice = [j for j in set(handed) if handed.count(j) > 1]
+        assert not twice, ("handed out twice: " + repr(sql(  # with their histories, to see why
+            pg_url, "SELECT job_id, at, from_state, to_state, reason FROM job_events"
+            " WHERE job_id = ANY(%s) ORDER BY job_id, id", twice)))
+        assert sorted(handed) == sorted(ids)  # every job once
         held = dict(sql(pg_url, "SELECT name, n FROM held WHERE kind = 'owner'"))
         actual = dict(sql(pg_url, "SELECT owner, COUNT(*) FROM jobs WHERE state IN"
                           " ('matched', 'running') GROUP BY owner"))
