@@ -265,6 +265,9 @@ class EndpointConfig(BaseModel):
 
     @model_validator(mode="after")
     def _driver_sections(self) -> EndpointConfig:
+        if self.via == "pulumi" and self.driver != "local":
+            raise ValueError("via = 'pulumi' is for driver 'local' (aws and openstack always "
+                             "go through Pulumi)")
         if self.auto_apply is None:
             self.auto_apply = self.driver not in CLOUD_DRIVERS
         for kind in CLOUD_DRIVERS:
@@ -285,9 +288,6 @@ class EndpointConfig(BaseModel):
             if not self.ssh_endpoint:
                 raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
                                  "endpoint that deploys pilots on these machines")
-        if self.via == "pulumi" and self.driver != "local":
-            raise ValueError("via = 'pulumi' is for driver 'local' (aws and openstack always "
-                             "go through Pulumi)")
         if self.driver in CLOUD_DRIVERS and self.isolation == "user":
             raise ValueError("isolation = 'user' needs a pilot running as root; cloud "
                              "machines run it as the user cloudpilot: use 'bwrap'")

@@ -97,9 +97,10 @@ class StackLocked(DriverError):
     """Another update of the stack is running."""
 
 
-_PLAN_REFUSED = re.compile(r"plan (?:for|does not|did not|is not)|not in the plan|"
-                           r"constraint|expected .* but got|unexpected (?:create|delete|update|"
-                           r"replace)|plan.* (?:mismatch|violat)", re.I)
+# how the engine (pkg/resource/deploy) says the world no longer matches a saved plan
+_PLAN_REFUSED = re.compile(r"is not allowed by the plan|violates plan|no plan for resource|"
+                           r"expected a new resource plan|resource unexpectedly not deleted",
+                           re.I)
 
 
 # pure helpers (tested without the CLI) ----------------------------------------------------------
@@ -546,9 +547,7 @@ class PulumiDriver:
             if want:
                 res = stack.preview(on_event=on_event, color="never", plan=str(path))
             else:  # destroy: no saved plan (`destroy` takes none)
-                res = stack.preview_destroy(on_event=on_event, color="never") \
-                    if hasattr(stack, "preview_destroy") else stack.preview(
-                        on_event=on_event, color="never")
+                res = stack.preview_destroy(on_event=on_event, color="never")
         except auto.errors.ConcurrentUpdateError:
             raise StackLocked(f"another update of stack {self.name} is running") from None
         except auto.errors.CommandError as e:

@@ -193,9 +193,13 @@ class CloudEndpoint:
         return prices
 
     def _drift_due(self, now: float) -> bool:
-        return getattr(self.driver, "drift", None) is not None and (
-            self._drift_at is None
-            or now - self._drift_at >= self.env.settings.drift_check_every)
+        """A Pulumi stack's drift is checked every drift_check_every seconds, the first time
+        that long after the controller started."""
+        if getattr(self.driver, "drift", None) is None:
+            return False
+        if self._drift_at is None:
+            self._drift_at = now
+        return now - self._drift_at >= self.env.settings.drift_check_every
 
     # in the worker -----------------------------------------------------------------------
     def _check_drift(self) -> Outcome | None:

@@ -75,8 +75,7 @@ class LocalMachine(Resource, module="cloudpilot", name="LocalMachine"):
                  stop_grace: float) -> None:
         super().__init__(PilotProvider(), name,
                          {"root": root, "machine": name, "config": config,
-                          "stopGrace": stop_grace, "pid": None},
-                         pulumi.ResourceOptions(additional_secret_outputs=["config"]))
+                          "stopGrace": stop_grace, "pid": None})
 
 
 @dataclass

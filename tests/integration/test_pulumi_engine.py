@@ -196,7 +196,8 @@ def test_killed_up_is_recovered_without_starting_a_machine_twice(engine):
                what="eng-0003's pilot started by the update")
     engines = _engine_pids(d)
     assert engines
-    for pid in engines:
+    plugins = _plugin_pids(engines)  # the provider's process: it dies with no engine too
+    for pid in engines + plugins:
         os.kill(pid, signal.SIGKILL)
     t.join(60)
     first_pid = engine.procs.running("eng-0003")
@@ -276,6 +277,19 @@ def _engine_pids(d: PulumiDriver) -> list[int]:
                     out.append(int(proc.name))
             except OSError:
                 continue
+    return out
+
+
+def _plugin_pids(parents: list[int]) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid in parents:
+                out.append(int(proc.name))
     return out
 
 
