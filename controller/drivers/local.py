@@ -58,7 +58,7 @@ class PilotProcesses:
     def _pid(self, name: str) -> int | None:
         try:
             return int((self._dir(name) / "pilot.pid").read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return None
 
     def _alive(self, name: str) -> bool:

@@ -254,6 +254,10 @@ def machines_in_state(kind: str, deployment: Mapping[str, Any]) -> set[str]:
             if r.get("type") == instance and not r.get("delete")}
 
 
+_NOISE = (r"(update|preview|destroy|refresh) failed|\d+ errors? occurred:?|"
+          r"Traceback \(most recent call last\):|Resource monitor has terminated, shutting down")
+
+
 def error_line(e: BaseException) -> str:
     """The useful part of a Pulumi error (what follows its `error:` marks, without the
     "update failed" and "N errors occurred" lines), not its whole output."""
@@ -262,9 +266,12 @@ def error_line(e: BaseException) -> str:
     for ln in text.splitlines():
         m = re.search(r"\berror: (.*)", ln)
         msg = m.group(1).strip() if m else ""
-        if msg and not re.fullmatch(r"(update|preview|destroy) failed|\d+ errors? occurred:?",
-                                    msg):
+        if msg and not re.fullmatch(_NOISE, msg):
             found.append(msg)
+        # a provider's Python traceback: its last line (the exception) says what went wrong
+        m = re.match(r"\s+([A-Za-z_][\w.]*(?:Error|Exception)(?::.*)?)$", ln)
+        if m:
+            found.append(m.group(1).strip())
     line = " / ".join(dict.fromkeys(found)) or next(
         (ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
     return line[:400]
@@ -440,11 +447,25 @@ class PulumiDriver:
             if host == socket.gethostname() and pid and not _alive(pid):
                 log.warning("endpoint %s: removing the lock of a killed update (pid %d, %s)",
                             self.name, pid, lock.get("timestamp"))
+                self._repair_checkpoint()
                 path.unlink(missing_ok=True)
             else:
                 raise StackLocked(f"stack {self.name} is locked by another update (pid {pid} "
                                   f"on {host}, since {lock.get('timestamp')}); it is retried "
                                   "when that update ends")
+
+    def _repair_checkpoint(self) -> None:
+        """A killed engine may leave the checkpoint's metadata file empty (the file backend
+        writes it in place; the engine then fails with `failed to load checkpoint: EOF`) and
+        its temporary files: remove them (no metadata is what a new stack has). The
+        checkpoint itself is replaced atomically, so it is whole."""
+        stacks = Path(self.backend_url[len("file://"):]) / ".pulumi" / "stacks" / PROJECT
+        for p in stacks.glob(f"{self.name}.json*"):
+            empty_attrs = p.name.endswith(".attrs") and p.stat().st_size == 0
+            if empty_attrs or p.name.endswith(".tmp"):
+                log.warning("endpoint %s: removing %s, left by a killed update", self.name,
+                            p.name)
+                p.unlink(missing_ok=True)
 
     def _clear_pending(self, stack: Any) -> bool:
         """Drop the pending operations a killed update left in the state (the engine refuses
