@@ -81,12 +81,14 @@ def test_preview_approve_up_plan_scale_down(make_controller, monkeypatch):
                     what="a pending plan (a preview)")[0]
     assert p1["create"] == ["lp-0001"] and p1["engine_plan"] is True
     assert "pulumi-python:dynamic/cloudpilot:LocalMachine lp-0001" in p1["detail"]
-    assert "1 to create" in p1["detail"]
+    assert p1["detail"].startswith("preview of stack lp: 2 to create")  # the stack, the machine
     assert machines(ctrl) == {}  # nothing happens before the approval
 
     approve(ctrl, p1["id"])
     assert ctrl.wait_state(job, "done", "failed", timeout=90)["state"] == "done"
-    assert plans(ctrl, state="applied")[0]["id"] == p1["id"]
+    # (the pilot may run the job before `up` has returned)
+    wait_until(lambda: [p["id"] for p in plans(ctrl, state="applied")] == [p1["id"]], 30,
+               interval=0.5, what="the plan applied")
     state_file = next((ctrl.root / "data" / "pulumi" / "state").rglob("stacks/**/lp.json"))
     tokens = [p.read_text().strip()
               for p in (ctrl.root / "data" / "secrets").glob("*/*.pilot-token")]
@@ -109,7 +111,8 @@ def test_preview_approve_up_plan_scale_down(make_controller, monkeypatch):
     wait_until(lambda: not Path(f"/proc/{pid}").exists()
                or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 10,
                what="its pilot process gone")
-    assert plans(ctrl, state="applied")[0]["id"] == p2["id"]
+    wait_until(lambda: plans(ctrl, state="applied")[0]["id"] == p2["id"], 60, interval=0.5,
+               what="the second plan applied")
     state = json.loads(state_file.read_text())
     assert not [r for r in state["checkpoint"]["latest"].get("resources") or []
                 if r["type"].endswith("LocalMachine")]
