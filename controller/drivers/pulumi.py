@@ -309,6 +309,7 @@ class PulumiDriver:
         self._observed: list[ObservedMachine] | None = None
         self._observed_at = 0.0
         self._previews: dict[tuple[frozenset[str], frozenset[str]], PlanDiff] = {}
+        self._cancelled = False  # cancel() interrupted the running update
 
     # set-up --------------------------------------------------------------------------------
     @property
@@ -505,6 +506,7 @@ class PulumiDriver:
         """Interrupt the engine running this endpoint's update (SIGINT: it stops after the
         steps in flight and unlocks the stack). True if one was running."""
         found = False
+        self._cancelled = True
         me = os.getpid()
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -591,6 +593,7 @@ class PulumiDriver:
         wanted = set(diff.wanted) if (diff.wanted or not diff.create) else \
             (known - set(diff.delete)) | set(diff.create)
         self._previews = {}
+        self._cancelled = False
         self.recover()
         stack = self._configure(wanted, diff.specs)
         path = self.work / "apply.plan.json"
@@ -607,6 +610,9 @@ class PulumiDriver:
             raise StackLocked(f"another update of stack {self.name} is running") from None
         except auto.errors.CommandError as e:
             line = error_line(e)
+            if self._cancelled:
+                return self._after_failure(diff, "the update was cancelled through the engine "
+                                           "(it ran past apply_timeout)")
             if diff.engine_plan and _PLAN_REFUSED.search(str(e)):
                 raise StalePlan(f"stale plan: stack {self.name} changed since its preview "
                                 f"(the engine refused it: {line}); a new preview follows") \
