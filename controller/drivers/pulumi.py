@@ -192,15 +192,24 @@ def local_stack_config(endpoint: EndpointConfig, machines: Iterable[str], machin
 @dataclass(frozen=True)
 class Step:
     """One resource step of a preview: op (create, delete, replace, update, same...), the
-    resource's type token and its logical name."""
+    resource's type token, its logical name and, for an update or a replacement, the
+    properties that change."""
 
     op: str
     type: str
     name: str
+    changed: tuple[str, ...] = ()
 
     @classmethod
-    def from_urn(cls, op: str, type_: str, urn: str) -> Step:
-        return cls(op, type_, urn.rsplit("::", 1)[-1])
+    def from_urn(cls, op: str, type_: str, urn: str, changed: Iterable[str] = ()) -> Step:
+        return cls(op, type_, urn.rsplit("::", 1)[-1], tuple(changed))
+
+    @classmethod
+    def from_event(cls, metadata: Any) -> Step:
+        """A step from the Automation API's event (StepEventMetadata)."""
+        m = metadata
+        return cls.from_urn(getattr(m.op, "value", str(m.op)), m.type, m.urn,
+                            m.diffs or m.keys or ())
 
 
 _OP_MARK = {"create": "+", "delete": "-", "update": "~", "replace": "+-",
@@ -221,7 +230,8 @@ def plan_from_preview(kind: str, endpoint: str, current: Iterable[str], wanted: 
              + (f", {same} unchanged" if same else "")]
     changed = [s for s in steps if s.op != "same"]
     for s in changed[:40]:
-        lines.append(f"  {_OP_MARK.get(s.op, s.op)} {s.type} {s.name}")
+        lines.append(f"  {_OP_MARK.get(s.op, s.op)} {s.type} {s.name}"
+                     + (f" ({', '.join(s.changed)})" if s.changed else ""))
     if len(changed) > 40:
         lines.append(f"  ... and {len(changed) - 40} more")
     made = {s.name for s in changed if s.type == instance and s.op == "create"}
@@ -562,8 +572,7 @@ class PulumiDriver:
         def on_event(ev: Any) -> None:
             pre = getattr(ev, "resource_pre_event", None)
             if pre is not None:
-                m = pre.metadata
-                steps.append(Step.from_urn(getattr(m.op, "value", str(m.op)), m.type, m.urn))
+                steps.append(Step.from_event(pre.metadata))
 
         path = self.work / "preview.plan.json"
         try:
@@ -642,8 +651,7 @@ class PulumiDriver:
         def on_event(ev: Any) -> None:
             pre = getattr(ev, "resource_pre_event", None)
             if pre is not None and getattr(pre.metadata.op, "value", "") != "same":
-                m = pre.metadata
-                steps.append(Step.from_urn(getattr(m.op, "value", str(m.op)), m.type, m.urn))
+                steps.append(Step.from_event(pre.metadata))
 
         try:
             stack.preview(color="never", refresh=True, expect_no_changes=True,

@@ -201,3 +201,11 @@ def test_local_endpoints_via_pulumi(tmp_path):
     pilot = json.loads(data["lp-0001"])  # the pilot's config, as the local driver writes it
     assert pilot["token"] == "cp_token-l" and pilot["machine"] == "lp-0001"
     assert pilot["workdir"] == f"{tmp_path}/machines/lp/lp-0001/work"
+
+
+def test_an_update_in_a_preview_names_the_changed_properties():
+    steps = [Step.from_urn("update", "aws:ec2/securityGroup:SecurityGroup",
+                           urn("aws:ec2/securityGroup:SecurityGroup", "aws-spot-sg"),
+                           ["ingress", "tags"])]
+    diff = plan_from_preview("aws", "aws-spot", [], ["aws-spot-0001"], steps, {"update": 1})
+    assert "  ~ aws:ec2/securityGroup:SecurityGroup aws-spot-sg (ingress, tags)" in diff.detail
