@@ -25,7 +25,7 @@ $(PULUMI_ROOT)/bin/pulumi: tools/pulumi/go.mod tools/pulumi/go.sum
 		echo "building the Pulumi engine $(PULUMI_VERSION) (once per machine; ~15 min)"; \
 		cd tools/pulumi && GOFLAGS=-buildvcs=false $(GO) build -trimpath \
 			-ldflags="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$(PULUMI_VERSION)" \
-			-o ../../$@.tmp github.com/pulumi/pulumi/pkg/v3/cmd/pulumi && mv ../../$@.tmp ../../$@; \
+			-o $(abspath $@).tmp github.com/pulumi/pulumi/pkg/v3/cmd/pulumi && mv $(abspath $@).tmp $(abspath $@); \
 	fi
 
 $(BIN)/python:

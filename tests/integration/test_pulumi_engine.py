@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -34,7 +35,6 @@ from controller.drivers.pulumi import (
     PulumiDriver,
     StackLocked,
     StalePlan,
-    pulumi_root,
 )
 from controller.errors import DriverSetupError
 from controller.services.secrets import bootstrap_token
@@ -44,7 +44,7 @@ from tests.conftest import LOCAL, sh, wait_until
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(pulumi_root(None) is None and not (BUILT_ROOT / "bin/pulumi").exists(),
+    pytest.mark.skipif(shutil.which("pulumi") is None and not (BUILT_ROOT / "bin/pulumi").exists(),
                        reason="the Pulumi engine is not built: run `make pulumi` "
                               "(`make test` builds it)"),
 ]
