@@ -352,19 +352,27 @@ class PulumiDriver:
             tmp.chmod(0o755)
             tmp.replace(plugin)
 
-    def user_data(self, machines: Iterable[str],
-                  specs: Mapping[str, Spec] | None = None) -> dict[str, str]:
+    def user_data(self, machines: Iterable[str], specs: Mapping[str, Spec] | None = None,
+                  new: Iterable[str] | None = None) -> dict[str, str]:
+        """Each machine's user-data. Local machines: the pilot's config (JSON), as the local
+        driver writes it, for the machines `new` names (all when None); a machine that
+        exists already gets only its name (its provider ignores the config once created), so
+        a preview and the `up` of its saved plan declare the same inputs even when a pilot's
+        bootstrap token was spent (and renewed) between them."""
         specs = specs or {}
-        if self.local is not None:  # the pilot's config (JSON), as the local driver writes it
-            return {m: json.dumps(self.local.pilot_config(m, specs.get(m)), sort_keys=True)
+        if self.local is not None:
+            fresh = None if new is None else set(new)
+            return {m: json.dumps(self.local.pilot_config(m, specs.get(m))
+                                  if fresh is None or m in fresh else {"machine": m},
+                                  sort_keys=True)
                     for m in machines}
         return {m: contextualization.user_data(self.endpoint, self.controller_url,
                                                self.token_for(m), m, specs.get(m))
                 for m in machines}
 
-    def _program(self, machines: Iterable[str],
-                 specs: Mapping[str, Spec] | None = None) -> Callable[[], None]:
-        data = self.user_data(machines, specs)
+    def _program(self, machines: Iterable[str], specs: Mapping[str, Spec] | None = None,
+                 new: Iterable[str] | None = None) -> Callable[[], None]:
+        data = self.user_data(machines, specs, new)
         if self.kind == "local":
             from stacks.local import program as local_program
 
@@ -418,8 +426,8 @@ class PulumiDriver:
         self._stack = stack
         return stack
 
-    def _configure(self, machines: Iterable[str],
-                   specs: Mapping[str, Spec] | None = None) -> Any:
+    def _configure(self, machines: Iterable[str], specs: Mapping[str, Spec] | None = None,
+                   new: Iterable[str] | None = None) -> Any:
         from pulumi import automation as auto
 
         stack = self.stack()
@@ -435,7 +443,7 @@ class PulumiDriver:
             stack.set_all_config({k: auto.ConfigValue(v) for k, v in cfg.items()})
         except auto.errors.CommandError as e:
             raise DriverError(f"configuring stack {self.name}: {error_line(e)}") from None
-        stack.workspace.program = self._program(names, specs)
+        stack.workspace.program = self._program(names, specs, new)
         return stack
 
     # what a killed engine leaves behind ------------------------------------------------------
@@ -566,7 +574,7 @@ class PulumiDriver:
         from pulumi import automation as auto
 
         stack = self.recover()
-        stack = self._configure(want)
+        stack = self._configure(want, new=diff.create)
         steps: list[Step] = []
 
         def on_event(ev: Any) -> None:
@@ -604,7 +612,7 @@ class PulumiDriver:
         self._previews = {}
         self._cancelled = False
         self.recover()
-        stack = self._configure(wanted, diff.specs)
+        stack = self._configure(wanted, diff.specs, new=diff.create)
         path = self.work / "apply.plan.json"
         try:
             if wanted:
@@ -645,7 +653,7 @@ class PulumiDriver:
         stack = self.recover()
         wanted = [m.name for m in self._observed or ()] if self._observed is not None else \
             sorted(machines_in_state(self.kind, stack.export_stack().deployment or {}))
-        stack = self._configure(wanted)
+        stack = self._configure(wanted, new=())
         steps: list[Step] = []
 
         def on_event(ev: Any) -> None:

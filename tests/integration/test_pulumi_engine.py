@@ -7,14 +7,14 @@ each machine a pilot process on this host, declared as a Pulumi dynamic resource
 - Through the driver, on one stack shared by the module's tests: a stale plan refused, a
   create that fails, a stack locked by a live update, an `up` killed midway recovered (no
   machine started twice), an update cancelled through the engine (apply_timeout), drift
-  found by a refreshing preview, a missing or wrong passphrase in one line.
+  found by a refreshing preview, a token renewed between a preview and its `up`, a
+  missing or wrong passphrase in one line.
 
 Each engine command costs seconds (a preview ~8 s, an up ~15 s on a loaded machine): the
 driver tests share one stack and do as few commands as they can."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -37,7 +37,7 @@ from controller.drivers.pulumi import (
     StalePlan,
 )
 from controller.errors import DriverSetupError
-from controller.services.secrets import bootstrap_token
+from controller.services.secrets import bootstrap_token, token_path
 from controller.store import Store
 from tests.conftest import LOCAL, sh, wait_until
 
@@ -202,8 +202,6 @@ def test_locked_stack_fails_clearly_and_changes_nothing(engine):
     assert engine.in_state() == {"eng-0002"}
 
 
-# the inline program's server dies with the engine: the SDK leaves its coroutine unawaited
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_killed_up_is_recovered_without_starting_a_machine_twice(engine):
     d = engine.driver
     diff = d.plan(["eng-0002"], ["eng-0002", "eng-0003"])
@@ -219,7 +217,6 @@ def test_killed_up_is_recovered_without_starting_a_machine_twice(engine):
     for pid in engines + plugins:
         os.kill(pid, signal.SIGKILL)
     t.join(60)
-    gc.collect()  # (that coroutine is reported now, under this test's filter)
     first_pid = engine.procs.running("eng-0003")
     assert first_pid is not None
     # the next apply clears the dead engine's lock and pending operation, and adopts the pilot
@@ -276,6 +273,21 @@ def test_apply_timeout_cancels_the_update_through_the_engine(engine):
                                     "past apply_timeout)"}, r
     assert not d._lock_files()  # the engine unlocked the stack as it stopped
     d.refresh()
+
+
+def test_a_token_renewed_between_preview_and_up_leaves_the_plan_valid(engine):
+    """A pilot registering between a preview and its `up` spends its bootstrap token (the
+    next one is new): machines that exist are declared without theirs, so the saved plan
+    still holds."""
+    d = engine.driver
+    d.refresh()
+    current = [m.name for m in d.observe() or ()]
+    diff = d.plan(current, [*current, "eng-0005"])
+    assert diff.engine_plan
+    for name in current:
+        token_path(engine.root / "data", "eng", name).unlink(missing_ok=True)
+    result = d.apply(diff)
+    assert result.created == ("eng-0005",) and not result.errors, result
 
 
 def test_passphrase_missing_or_wrong_is_one_clear_line(engine, monkeypatch):

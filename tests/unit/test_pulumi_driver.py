@@ -201,6 +201,9 @@ def test_local_endpoints_via_pulumi(tmp_path):
     pilot = json.loads(data["lp-0001"])  # the pilot's config, as the local driver writes it
     assert pilot["token"] == "cp_token-l" and pilot["machine"] == "lp-0001"
     assert pilot["workdir"] == f"{tmp_path}/machines/lp/lp-0001/work"
+    # a machine that exists already is declared by name only: no token to go stale
+    assert driver.user_data(["lp-0001", "lp-0002"], new=["lp-0002"])["lp-0001"] == \
+        '{"machine": "lp-0001"}'
 
 
 def test_an_update_in_a_preview_names_the_changed_properties():
