@@ -6,7 +6,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean pulumi
+
+# The Pulumi engine (the `pulumi` CLI), built from source once per machine (tools/pulumi pins
+# it; cold build: see the README's "The Pulumi engine"). A `pulumi` already on PATH at this
+# version is used instead. The controller finds it through settings.pulumi_root.
+PULUMI_VERSION := v3.276.0
+PULUMI_ROOT := .tools/pulumi-$(PULUMI_VERSION)
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+
+pulumi: $(PULUMI_ROOT)/bin/pulumi
+
+$(PULUMI_ROOT)/bin/pulumi: tools/pulumi/go.mod tools/pulumi/go.sum
+	@mkdir -p $(@D)
+	@if command -v pulumi >/dev/null && [ "$$(pulumi version)" = "$(PULUMI_VERSION)" ]; then \
+		ln -sf "$$(command -v pulumi)" $@; \
+	else \
+		echo "building the Pulumi engine $(PULUMI_VERSION) (once per machine; ~15 min)"; \
+		cd tools/pulumi && GOFLAGS=-buildvcs=false $(GO) build -trimpath \
+			-ldflags="-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$(PULUMI_VERSION)" \
+			-o $(abspath $@).tmp github.com/pulumi/pulumi/pkg/v3/cmd/pulumi && mv $(abspath $@).tmp $(abspath $@); \
+	fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +47,7 @@ lint: .stamp-dev
 	$(BIN)/ruff check controller pilot stacks tests bench
 	$(BIN)/mypy controller pilot stacks
 
-test: .stamp-dev lint
+test: .stamp-dev lint pulumi
 	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \
 		bubblewrap chromium chromium-driver prometheus slurmctld slurmd slurm-client munge \
 		util-linux postgresql
@@ -37,4 +57,4 @@ bench: .stamp-dev
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .stamp-core .stamp-dev
+	rm -rf $(VENV) .stamp-core .stamp-dev  # .tools/ (the Pulumi engine) is kept

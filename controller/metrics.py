@@ -174,6 +174,13 @@ class StoreCollector(Collector):
             g.add_metric([name], by.get((name, "pending"), 0))
         yield c
         yield g
+        g = GaugeMetricFamily("cloudpilot_drift_detected", "1 when the endpoint's last drift "
+                              "check (a refreshing Pulumi preview) found changes made behind "
+                              "its stack's back", labels=["endpoint"])
+        drift = {e.name: e.drift for e in self.store.endpoints.find()}
+        for name in names:
+            g.add_metric([name], 1 if drift.get(name) else 0)
+        yield g
         now = time.time()
         lives = views.machine_lives(self.store, configured_prices(self.settings))
         rate, total = costs.spend_rate(lives), costs.spent(lives, now)

@@ -14,6 +14,8 @@ if cloud == "aws":
     from stacks.aws import program
 elif cloud == "openstack":
     from stacks.openstack import program
+elif cloud == "local":
+    from stacks.local import program
 else:
-    raise ValueError(f"cloudpilot:cloud must be aws or openstack, not {cloud!r}")
+    raise ValueError(f"cloudpilot:cloud must be aws, openstack or local, not {cloud!r}")
 program()

@@ -139,6 +139,8 @@ class PlanOut(BaseModel):
     created_at: float
     updated_at: float
     specs: dict[str, dict[str, Any]]
+    engine_plan: bool = Field(False, description="the plan holds Pulumi's own update plan "
+                              "(preview --save-plan): approving it applies exactly that")
 
     @classmethod
     def of(cls, p: Plan) -> PlanOut:

@@ -299,6 +299,8 @@ def print_plan(p: dict[str, Any]) -> None:
         print("the driver's view:")
         for line in p["detail"].splitlines():
             print(f"  {line}")
+    if p.get("engine_plan"):
+        print("  (Pulumi's saved plan: approving it applies exactly this, with `up --plan`)")
     if p.get("events"):
         print("history:")
         for e in p["events"]:

@@ -225,6 +225,9 @@ class EndpointConfig(BaseModel):
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")
+    via: Literal["direct", "pulumi"] = Field(
+        "direct", description="driver local: start pilot processes directly, or through a "
+        "Pulumi stack (stacks/local: the real engine, its plans and state)")
     isolation: Literal["bwrap", "user", "none"] = Field(
         "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
         "only its job directory and the system's read-only files), user (a dedicated "
@@ -262,6 +265,9 @@ class EndpointConfig(BaseModel):
 
     @model_validator(mode="after")
     def _driver_sections(self) -> EndpointConfig:
+        if self.via == "pulumi" and self.driver != "local":
+            raise ValueError("via = 'pulumi' is for driver 'local' (aws and openstack always "
+                             "go through Pulumi)")
         if self.auto_apply is None:
             self.auto_apply = self.driver not in CLOUD_DRIVERS
         for kind in CLOUD_DRIVERS:
@@ -410,6 +416,16 @@ class Settings(BaseSettings):
                                    "the dashboard's charts draw")
     sample_retention: float = Field(7 * 86400.0, gt=0, description="samples kept (s)")
     session_lifetime: float = Field(12 * 3600.0, gt=0, description="dashboard login (s)")
+    # issue 20: the Pulumi engine
+    pulumi_root: Path | None = Field(
+        None, description="where the pulumi CLI is installed (ROOT/bin/pulumi; `make pulumi` "
+        "builds it into .tools/pulumi-VERSION); default: the one on PATH, else the build")
+    pulumi_backend_url: str | None = Field(
+        None, description="where the stacks' state lives (any Pulumi backend URL, e.g. "
+        "s3://bucket/prefix for several controllers); default: file:// under data_dir/pulumi")
+    drift_check_every: float = Field(
+        3600.0, gt=0, description="seconds between drift checks (a preview that expects no "
+        "changes) of each Pulumi stack")
     # the embedded default: one local endpoint whose machines are pilot processes on this host
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])

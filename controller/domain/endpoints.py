@@ -50,6 +50,7 @@ class Endpoint:
     down_by: str | None  # who took it down (None: it is up)
     up_by: str | None  # who asked for its next plan to be applied at once
     backoff: Backoff
+    drift: str | None = None  # what the last drift check found (None: no drift)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Endpoint:
@@ -58,4 +59,5 @@ class Endpoint:
             last_seq=row["last_seq"] or 0, state=EndpointState(row["state"] or "ok"),
             message=row["message"] or "", updated_at=row["updated_at"],
             down_by=row["down_by"], up_by=row["up_by"],
-            backoff=Backoff(row["failures"] or 0, row["retry_at"] or 0.0))
+            backoff=Backoff(row["failures"] or 0, row["retry_at"] or 0.0),
+            drift=row["drift"])

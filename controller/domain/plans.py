@@ -28,6 +28,9 @@ class PlanDiff:
     detail: str = ""  # the driver's own account of the change (e.g. a stack preview summary)
     # priced endpoints: what each machine to create is (type, zone, market, cores, memory)
     specs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
+    # Pulumi's own update plan (`preview --save-plan`, JSON; its secrets encrypted): applied
+    # with `up --plan`, so exactly what was reviewed happens
+    engine_plan: str = field(default="", compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -94,11 +97,12 @@ class Plan:
     created_at: float
     updated_at: float
     specs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # priced endpoints
+    engine_plan: str = field(default="", repr=False)  # Pulumi's update plan (PlanDiff's)
 
     @property
     def diff(self) -> PlanDiff:
         return PlanDiff(self.endpoint, self.create, self.delete, self.wanted, self.detail,
-                        self.specs)
+                        self.specs, self.engine_plan)
 
     def reason_for(self, machine: str) -> str:
         """Why the plan changes this machine (reasons name machines as "NAME: why")."""
@@ -117,6 +121,7 @@ class Plan:
             approved_by=row["approved_by"], message=row["message"] or "",
             cost_per_hour=row["cost_per_hour"], created_at=row["created_at"],
             updated_at=row["updated_at"], specs=json.loads(row["specs"] or "{}"),
+            engine_plan=row["engine_plan"] or "",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +133,7 @@ class Plan:
             "message": self.message, "cost_per_hour": self.cost_per_hour,
             "created_at": self.created_at, "updated_at": self.updated_at,
             "specs": {k: dict(v) for k, v in self.specs.items()},
+            "engine_plan": bool(self.engine_plan),
         }
 
 

@@ -40,19 +40,14 @@ def pilot_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith(SECRET_ENV)}
 
 
-class LocalDriver:
-    def __init__(self, endpoint: EndpointConfig, machines_dir: Path, controller_url: str,
-                 token_for: Callable[[str], str], hide: Iterable[str] = (),
-                 stop_grace: float = 10.0) -> None:
-        self.name = endpoint.name
-        self.endpoint = endpoint
-        machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.root = machines_dir / endpoint.name
-        self.root.mkdir(exist_ok=True, mode=0o700)
-        self.controller_url = controller_url
-        self.token_for = token_for  # each machine's one-time bootstrap token
-        # what the pilots hide from payloads: every machine's directory, the controller's files
-        self.hide = [str(machines_dir.resolve()), *hide]
+class PilotProcesses:
+    """A host's local machines under `root`: each a pilot process in its own directory (its
+    pid file, its config, its work directory) and its own process tree. The local driver
+    runs them directly; stacks/local runs them as the resources of a Pulumi stack."""
+
+    def __init__(self, root: Path, stop_grace: float = 10.0) -> None:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root = root
         self.stop_grace = stop_grace
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -63,7 +58,7 @@ class LocalDriver:
     def _pid(self, name: str) -> int | None:
         try:
             return int((self._dir(name) / "pilot.pid").read_text())
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
             return None
 
     def _alive(self, name: str) -> bool:
@@ -79,20 +74,10 @@ class LocalDriver:
             return False
         return str(self._dir(name)).encode() in cmdline
 
-    def pilot_config(self, name: str,
-                     spec: Mapping[str, Any] | None = None) -> dict[str, object]:
-        """The settings the endpoint's `pilot` user-data (cloud-init/pilot.yaml) writes for this
-        machine: rendered and read back, so the local endpoint runs what cloud machines run.
-        `spec` (priced endpoints) gives the machine type's cores, memory and slots. Only the
-        work directory and what the pilot hides from payloads are this host's own."""
-        user_data = contextualization.render_pilot(contextualization.pilot_settings(
-            self.endpoint, self.controller_url, self.token_for(name), name, spec))
-        cfg = contextualization.pilot_settings_from(user_data)
-        cfg["workdir"] = str(self._dir(name) / "work")
-        cfg["hide"] = self.hide
-        return cfg
+    def running(self, name: str) -> int | None:
+        """The machine's pilot's pid while it runs, else None."""
+        return self._pid(name) if self._alive(name) else None
 
-    # the driver interface ----------------------------------------------------------------
     def observe(self) -> list[ObservedMachine]:
         try:
             dirs = sorted(self.root.iterdir())
@@ -109,43 +94,18 @@ class LocalDriver:
                 del self._procs[name]  # reaped
         return out
 
-    def refresh(self) -> None:
-        """observe() reads the machines' directories each time: nothing to refresh."""
-
-    def close(self) -> None:
-        """Pilot processes outlive the controller (their own sessions): nothing to stop."""
-
-    def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
-        return PlanDiff.between(self.name, current, wanted)
-
-    def apply(self, diff: PlanDiff) -> ApplyResult:
-        created, deleted, errors = [], [], {}
-        for name in diff.create:
-            try:
-                self._start(name, diff.specs.get(name))
-                created.append(name)
-            except OSError as e:
-                errors[name] = f"could not start a pilot process: {e}"
-        stopping = [n for n in diff.delete if self._signal(n, signal.SIGTERM)]
-        deadline = time.monotonic() + self.stop_grace
-        while any(self._alive(n) for n in stopping) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for name in diff.delete:
-            if self._alive(name):
-                self._signal(name, signal.SIGKILL)
-            self._cleanup(name)
-            deleted.append(name)
-        return ApplyResult(tuple(created), tuple(deleted), errors)
-
-    def _start(self, name: str, spec: Mapping[str, Any] | None = None) -> None:
-        if self._alive(name):
-            return  # idempotent
+    def start(self, name: str, config: Mapping[str, Any]) -> int:
+        """Start the machine's pilot with this config (idempotent: a machine whose pilot runs
+        is left alone); its pid."""
+        pid = self._pid(name)
+        if pid is not None and self._alive(name):
+            return pid
         d = self._dir(name)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         cfg = d / "pilot.json"
         fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.pilot_config(name, spec), f)
+            json.dump(dict(config), f)
         env = pilot_env(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT),
                                                            env.get("PYTHONPATH")]))
@@ -159,6 +119,20 @@ class LocalDriver:
             )
         self._procs[name] = proc
         (d / "pilot.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, names: Iterable[str]) -> None:
+        """Stop the machines' pilots (SIGTERM, SIGKILL after stop_grace), end whatever of
+        them is left, and remove their files (idempotent)."""
+        names = list(names)
+        stopping = [n for n in names if self._signal(n, signal.SIGTERM)]
+        deadline = time.monotonic() + self.stop_grace
+        while any(self._alive(n) for n in stopping) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name in names:
+            if self._alive(name):
+                self._signal(name, signal.SIGKILL)
+            self._cleanup(name)
 
     def _tree(self, name: str) -> MachineProcesses:
         return MachineProcesses(self.root, name)
@@ -199,3 +173,52 @@ class LocalDriver:
         (d / "pilot.pid").unlink(missing_ok=True)
         (d / "pilot.json").unlink(missing_ok=True)  # it held the (spent) bootstrap token
         shutil.rmtree(d / "work", ignore_errors=True)
+
+
+class LocalDriver(PilotProcesses):
+    def __init__(self, endpoint: EndpointConfig, machines_dir: Path, controller_url: str,
+                 token_for: Callable[[str], str], hide: Iterable[str] = (),
+                 stop_grace: float = 10.0) -> None:
+        self.name = endpoint.name
+        self.endpoint = endpoint
+        machines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        super().__init__(machines_dir / endpoint.name, stop_grace)
+        self.controller_url = controller_url
+        self.token_for = token_for  # each machine's one-time bootstrap token
+        # what the pilots hide from payloads: every machine's directory, the controller's files
+        self.hide = [str(machines_dir.resolve()), *hide]
+
+    def pilot_config(self, name: str,
+                     spec: Mapping[str, Any] | None = None) -> dict[str, object]:
+        """The settings the endpoint's `pilot` user-data (cloud-init/pilot.yaml) writes for this
+        machine: rendered and read back, so the local endpoint runs what cloud machines run.
+        `spec` (priced endpoints) gives the machine type's cores, memory and slots. Only the
+        work directory and what the pilot hides from payloads are this host's own."""
+        user_data = contextualization.render_pilot(contextualization.pilot_settings(
+            self.endpoint, self.controller_url, self.token_for(name), name, spec))
+        cfg = contextualization.pilot_settings_from(user_data)
+        cfg["workdir"] = str(self._dir(name) / "work")
+        cfg["hide"] = self.hide
+        return cfg
+
+    # the driver interface ----------------------------------------------------------------
+    def refresh(self) -> None:
+        """observe() reads the machines' directories each time: nothing to refresh."""
+
+    def close(self) -> None:
+        """Pilot processes outlive the controller (their own sessions): nothing to stop."""
+
+    def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
+        return PlanDiff.between(self.name, current, wanted)
+
+    def apply(self, diff: PlanDiff) -> ApplyResult:
+        created: list[str] = []
+        errors: dict[str, str] = {}
+        for name in diff.create:
+            try:
+                self.start(name, self.pilot_config(name, diff.specs.get(name)))
+                created.append(name)
+            except OSError as e:
+                errors[name] = f"could not start a pilot process: {e}"
+        self.stop(diff.delete)
+        return ApplyResult(tuple(created), tuple(diff.delete), errors)

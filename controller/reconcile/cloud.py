@@ -53,6 +53,7 @@ class CloudEndpoint:
         self._requeued = 0  # jobs observe() put back in the queue
         self._applying: int | None = None  # the plan the worker applies
         self._abandoned: set[int] = set()  # plans that ran past their timeout
+        self._drift_at: float | None = None  # when the stack's drift was last checked
 
     def lead(self, now: float) -> None:
         """Plans the last leader was applying when it stopped go back to approved (applied
@@ -138,6 +139,10 @@ class CloudEndpoint:
             store.plans.withdraw(self.name, "nothing left to change", now)
             if ep.up_by:
                 store.endpoints.ask_up(self.name, None)
+            if self._drift_due(now):
+                self._drift_at = now
+                return dataclasses.replace(step, work=self._check_drift,
+                                           what="checking the stack for drift")
             return dataclasses.replace(step, outcome=Outcome(down_by=ep.down_by))
         return dataclasses.replace(step, work=lambda: self._plan(current, decision, ep),
                                    what="planning")
@@ -187,7 +192,37 @@ class CloudEndpoint:
             log.warning("endpoint %s: %s", self.name, self.prices.error)
         return prices
 
+    def _drift_due(self, now: float) -> bool:
+        """A Pulumi stack's drift is checked every drift_check_every seconds, the first time
+        that long after the controller started."""
+        if getattr(self.driver, "drift", None) is None:
+            return False
+        if self._drift_at is None:
+            self._drift_at = now
+        return now - self._drift_at >= self.env.settings.drift_check_every
+
     # in the worker -----------------------------------------------------------------------
+    def _check_drift(self) -> Outcome | None:
+        """A refreshing preview that expects no changes (Pulumi stacks): a change is drift,
+        kept on the endpoint (metric cloudpilot_drift_detected) and recorded as its event
+        when new. The next refresh lets the loop act on it (a machine gone is lost)."""
+        store = self.env.store
+        try:
+            found = self.driver.drift()  # type: ignore[attr-defined]
+        except DriverError as e:
+            return Outcome(error=f"drift check failed: {one_line(e)}")
+        if found != store.endpoints.get(self.name).drift:
+            store.endpoints.set_drift(self.name, found)
+            store.endpoints.event(self.name, "drift" if found else "ok",
+                                  f"drift: {found}" if found else "no drift any more",
+                                  self.env.clock())
+            if found:
+                log.warning("endpoint %s: drift: %s", self.name, found)
+        self._seen = None
+        with contextlib.suppress(DriverError):
+            self.driver.refresh()
+        return None
+
     def _refresh(self) -> Outcome | None:
         try:
             self.driver.refresh()
@@ -340,6 +375,9 @@ class CloudEndpoint:
                 store.plans.finish(plan_id, PlanState.FAILED,
                                    f"timed out after {self.config.apply_timeout:.0f}s; the "
                                    "driver is still busy", now)
+        cancel = getattr(self.driver, "cancel", None)  # Pulumi: SIGINT to the engine
+        if plan_id is not None and cancel is not None and cancel():
+            return msg + "; the update was cancelled through the engine"
         return msg + "; the endpoint waits for the driver to return"
 
     def close(self) -> None:

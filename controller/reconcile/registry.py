@@ -23,7 +23,7 @@ def _cloud(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointK
             """A machine's one-time bootstrap token (exchanged at its pilot's registration)."""
             return bootstrap_token(env.store, s.data_dir, endpoint, machine)
 
-        if ep.driver == "local":
+        if ep.driver == "local" and ep.via == "direct":
             from controller.drivers.local import LocalDriver
 
             driver = LocalDriver(ep, s.local_machines_dir, s.url, token_for,
@@ -31,7 +31,9 @@ def _cloud(ep: EndpointConfig, env: LoopEnv, driver: Driver | None) -> EndpointK
         else:
             from controller.drivers.pulumi import PulumiDriver  # the cloud extra, when used
 
-            driver = PulumiDriver(ep, s.data_dir, s.url, token_for)
+            driver = PulumiDriver(ep, s.data_dir, s.url, token_for,
+                                  machines_dir=s.local_machines_dir, hide=s.controller_paths(),
+                                  root=s.pulumi_root, backend_url=s.pulumi_backend_url)
     prices = None if ep.prices is None else make_price_source(
         ep.prices, {t.name for t in ep.machine_types})
     return CloudEndpoint(ep, driver, env, prices)

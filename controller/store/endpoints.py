@@ -77,6 +77,10 @@ class EndpointStore:
         """Apply the endpoint's next plan without waiting for approval (None: done)."""
         self._set(name, up_by=by)
 
+    def set_drift(self, name: str, drift: str | None) -> None:
+        """What the endpoint's last drift check found (None: the stack matches the world)."""
+        self._set(name, drift=drift)
+
     def set_backoff(self, name: str, backoff: Backoff) -> None:
         self._set(name, failures=backoff.failures, retry_at=backoff.not_before or None)
 

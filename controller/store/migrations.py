@@ -306,6 +306,17 @@ I15_LEADER = ("CREATE TABLE leader (id INTEGER PRIMARY KEY, holder TEXT NOT NULL
               " epoch BIGINT NOT NULL, since DOUBLE PRECISION NOT NULL)")
 
 
+def i20_engine_plan(db: Database) -> None:
+    """A plan keeps Pulumi's own update plan (`preview --save-plan`), applied with
+    `up --plan`; an endpoint keeps the drift its last drift check found."""
+    for sql in I20_ENGINE_PLAN:
+        db.execute(sql)
+
+
+I20_ENGINE_PLAN = ["ALTER TABLE plans ADD COLUMN engine_plan TEXT",
+                   "ALTER TABLE endpoints ADD COLUMN drift TEXT"]
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: how SQLite takes it, and how PostgreSQL does (SQL statements;
@@ -334,6 +345,7 @@ MIGRATIONS: list[Migration] = [
     # from here on, one statement for both where the SQL allows
     Migration("015_i15_idempotency_ids", i15_idempotency_ids, [I15_IDS]),
     Migration("016_i15_leader", i15_leader, [I15_LEADER]),
+    Migration("017_i20_engine_plan", i20_engine_plan, I20_ENGINE_PLAN),
 ]
 
 

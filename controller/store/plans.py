@@ -91,18 +91,22 @@ class PlanStore:
             if row is not None and Plan.from_row(row).diff.same_change(diff) \
                     and row["asked_by"] == asked_by:
                 c.execute("UPDATE plans SET wanted = ?, reasons = ?, detail = ?, message = ?,"
-                          " cost_per_hour = ?, specs = ?, updated_at = ? WHERE id = ?",
+                          " cost_per_hour = ?, specs = ?, engine_plan = ?, updated_at = ?"
+                          " WHERE id = ?",
                           (json.dumps(list(diff.wanted)), json.dumps(list(reasons)),
-                           diff.detail, note, cost_per_hour, _specs(diff), now, row["id"]))
+                           diff.detail, note, cost_per_hour, _specs(diff),
+                           diff.engine_plan or None, now, row["id"]))
                 plan_id, new = row["id"], False
             else:
                 cur = c.execute(
                     "INSERT INTO plans (endpoint, state, creates, deletes, wanted, reasons,"
-                    " detail, asked_by, message, cost_per_hour, specs, created_at, updated_at)"
-                    " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " detail, asked_by, message, cost_per_hour, specs, engine_plan, created_at,"
+                    " updated_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " RETURNING id",
                     (diff.endpoint, json.dumps(list(diff.create)), json.dumps(list(diff.delete)),
                      json.dumps(list(diff.wanted)), json.dumps(list(reasons)), diff.detail,
-                     asked_by, note, cost_per_hour, _specs(diff), now, now))
+                     asked_by, note, cost_per_hour, _specs(diff), diff.engine_plan or None,
+                     now, now))
                 plan_id, new = int(cur.fetchone()[0]), True
                 self._event(c, plan_id, None, P.PENDING.value, f"asked by {asked_by}", now)
                 for old in c.execute("SELECT id FROM plans WHERE endpoint = ? AND"

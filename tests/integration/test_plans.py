@@ -171,13 +171,14 @@ def test_plan_api_errors_are_clear(make_controller):
         assert c.get("/api/v1/plans").status_code == 403
 
 
-def test_a_cloud_endpoint_without_the_pulumi_cli(make_controller, monkeypatch):
+def test_a_cloud_endpoint_without_the_pulumi_cli(make_controller, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", path_without("pulumi"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "only-for-this-test")
     aws = {"name": "aws", "driver": "aws", "max_machines": 2,
            "aws": {"region": "eu-west-1", "ami": "ami-0abc", "spot": True,
                    "spot_max_price": 0.05}}
-    ctrl = make_controller(endpoints=[aws, LOCAL], public_url="http://10.0.0.5:8080")
+    ctrl = make_controller(endpoints=[aws, LOCAL], public_url="http://10.0.0.5:8080",
+                           pulumi_root=str(tmp_path / "no-pulumi"))  # not `make pulumi`'s
     ctrl.submit("alice", sh("echo needs a machine", endpoints=["aws"]))
     ep = wait_until(lambda: (e := endpoint(ctrl, "aws"))["state"] == "error" and e, 10,
                     what="the aws endpoint's error")

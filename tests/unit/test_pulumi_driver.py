@@ -13,6 +13,7 @@ from controller.drivers.pulumi import (
     PulumiDriver,
     Step,
     error_line,
+    local_stack_config,
     machines_from_outputs,
     machines_in_state,
     missing_cli_message,
@@ -150,7 +151,8 @@ def test_error_lines_are_the_errors_not_the_whole_output():
 def test_a_missing_cli_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", path_without("pulumi"))
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
-    driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", lambda m: "cp_token")
+    driver = PulumiDriver(AWS, tmp_path, "http://10.0.0.5:8080", lambda m: "cp_token",
+                          root=tmp_path / "no-pulumi")  # not the one `make pulumi` built
     for call in (driver.refresh, lambda: driver.plan([], ["aws-spot-0001"]),
                  lambda: driver.apply(driver.plan([], []))):
         with pytest.raises(DriverSetupError) as e:
@@ -158,6 +160,7 @@ def test_a_missing_cli_is_one_clear_line(tmp_path, monkeypatch):
         assert str(e.value) == missing_cli_message("aws")
         assert "\n" not in str(e.value)
         assert "pulumi plugin install resource aws" in str(e.value)
+        assert "run `make pulumi`" in str(e.value)
     assert not (tmp_path / "pulumi" / "state").exists()  # nothing pretended
 
 
@@ -182,3 +185,30 @@ def test_user_data_holds_the_token_for_each_named_machine(tmp_path):
     assert (two["machine"], two["cores"], two["memory_mb"], two["slots"]) == (
         "aws-spot-0002", 8, 16000, 8)  # the machine type the scheduler chose
     assert one["metadata_url"] == "http://169.254.169.254"  # watches for spot interruptions
+
+
+def test_local_endpoints_via_pulumi(tmp_path):
+    ep = EndpointConfig(name="lp", driver="local", via="pulumi")
+    cfg = local_stack_config(ep, ["lp-0002", "lp-0001"], tmp_path)
+    assert cfg == {"cloudpilot:cloud": "local", "cloudpilot:endpoint": "lp",
+                   "cloudpilot:machines": '["lp-0001", "lp-0002"]',
+                   "cloudpilot:machinesDir": f"{tmp_path}/lp", "cloudpilot:stopGrace": "10"}
+    with pytest.raises(ValueError, match="via = 'pulumi' is for driver 'local'"):
+        EndpointConfig(name="x", driver="ssh", via="pulumi")
+    driver = PulumiDriver(ep, tmp_path / "data", "http://127.0.0.1:9", lambda m: "cp_token-l",
+                          machines_dir=tmp_path / "machines")
+    data = driver.user_data(["lp-0001"])
+    pilot = json.loads(data["lp-0001"])  # the pilot's config, as the local driver writes it
+    assert pilot["token"] == "cp_token-l" and pilot["machine"] == "lp-0001"
+    assert pilot["workdir"] == f"{tmp_path}/machines/lp/lp-0001/work"
+    # a machine that exists already is declared by name only: no token to go stale
+    assert driver.user_data(["lp-0001", "lp-0002"], new=["lp-0002"])["lp-0001"] == \
+        '{"machine": "lp-0001"}'
+
+
+def test_an_update_in_a_preview_names_the_changed_properties():
+    steps = [Step.from_urn("update", "aws:ec2/securityGroup:SecurityGroup",
+                           urn("aws:ec2/securityGroup:SecurityGroup", "aws-spot-sg"),
+                           ["ingress", "tags"])]
+    diff = plan_from_preview("aws", "aws-spot", [], ["aws-spot-0001"], steps, {"update": 1})
+    assert "  ~ aws:ec2/securityGroup:SecurityGroup aws-spot-sg (ingress, tags)" in diff.detail

@@ -293,3 +293,77 @@ def test_a_host_pool_tick_is_recorded_and_replays():
     again = tick_docs.decode(doc)
     assert again == inputs
     assert again.decide().start == ("lab-h1",)
+
+
+# drift (issue 20) -----------------------------------------------------------------------------
+class DriftingDriver(InMemoryDriver):
+    """A stack driver whose drift check reports `found` (the Pulumi driver's drift())."""
+
+    found: str | None = None
+    checks = 0
+
+    def drift(self):
+        self.checks += 1
+        return self.found
+
+
+def test_drift_is_checked_when_due_and_kept_on_the_endpoint(database):
+    ep = EndpointConfig(name="ep", max_machines=2)
+    settings = Settings(database=database, endpoints=[ep], drift_check_every=60)
+    store = Store(settings.database)
+    store.endpoints.sync([e.model_dump() for e in settings.endpoints])
+    driver, clock = DriftingDriver("ep"), Clock()
+    loop = Reconciler(settings, store, {"ep": driver}, clock=clock)
+    try:
+        tick(loop)
+        tick(loop)  # nothing to change: the first check is drift_check_every after the start
+        assert driver.checks == 0
+        driver.found = "delete ep-0001"
+        clock.t += 61
+        tick(loop)
+        assert driver.checks == 1 and store.endpoints.get("ep").drift == "delete ep-0001"
+        assert store.endpoints.events("ep")[0]["state"] == "drift"
+        tick(loop)  # not due again yet
+        assert driver.checks == 1
+        driver.found = None
+        clock.t += 61
+        tick(loop)
+        assert driver.checks == 2 and store.endpoints.get("ep").drift is None
+        assert [e["state"] for e in store.endpoints.events("ep")][:2] == ["ok", "drift"]
+    finally:
+        store.close()
+
+
+class CancellableDriver(InMemoryDriver):
+    """A driver whose update can be interrupted (the Pulumi driver: SIGINT to the engine)."""
+
+    def cancel(self):
+        assert self.hold is not None
+        self.hold.set()  # the interrupted update returns
+        return True
+
+
+def test_an_apply_past_its_timeout_is_cancelled_through_the_driver(database):
+    ep = EndpointConfig(name="ep", slots=1, max_machines=1, auto_apply=True, apply_timeout=60)
+    settings = Settings(database=database, endpoints=[ep])
+    store = Store(settings.database)
+    store.endpoints.sync([e.model_dump() for e in settings.endpoints])
+    store.tokens.create_user("alice", "g")
+    driver, clock = CancellableDriver("ep"), Clock()
+    driver.hold = threading.Event()
+    loop = Reconciler(settings, store, {"ep": driver}, clock=clock)
+    try:
+        submit(store, 1)
+        loop.tick()
+        wait_until(lambda: driver.applied, 5, 0.01, "the apply to start")
+        clock.t += 61
+        loop.tick()
+        assert driver.hold.is_set()  # cancelled, not left running
+        ep_now = store.endpoints.get("ep")
+        assert "took longer than 60s; the update was cancelled through the engine" \
+            in ep_now.message
+        assert store.plans.find("ep")[0].state == P.FAILED
+        assert loop.wait_idle(10)
+    finally:
+        driver.close()
+        store.close()
