@@ -119,6 +119,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_job(args: argparse.Namespace) -> int:
     c = _client(args)
+    if args.get_output:
+        paths = c.download(args.id, args.get_output, args.attempt)
+        for p in paths:
+            print(p)
+        print(f"{len(paths)} files of job {args.id} in {args.get_output} (SHA-256 checked)")
+        return 0
     if args.follow:
         from controller.cli.live import follow_job
 
@@ -454,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true",
                    help="print its events as they happen, then its output, until it ends "
                    "(exit status 0 if it ended done)")
+    p.add_argument("--get-output", metavar="DIR",
+                   help="download its output files into DIR (each checked by SHA-256)")
+    p.add_argument("--attempt", type=int, help="with --get-output: that attempt's files "
+                   "(default: the newest of each)")
     p.set_defaults(fn=cmd_job)
 
     p = sub.add_parser("watch", help="a live view: jobs by state, machines by endpoint, spend")
