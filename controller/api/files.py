@@ -53,6 +53,11 @@ from controller.domain.files import (
     over_quota,
 )
 from controller.domain.jobs import FINAL_STATES, Job
+from controller.drivers.contextualization import (
+    PILOT_CODE_ROUTE,
+    pilot_code_sha256,
+    pilot_tarball,
+)
 from controller.errors import (
     Conflict,
     FileStoreFull,
@@ -66,6 +71,10 @@ from controller.store import Store
 router = APIRouter(tags=["files"])
 FileName = PathParam(description="the file's path in the job directory", max_length=1000)
 Sha = PathParam(pattern=r"^[0-9a-f]{64}$")
+_OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+BYTES: dict[int | str, dict[str, Any]] = {
+    200: {"content": _OCTETS, "description": "the file's bytes"},
+    206: {"content": _OCTETS, "description": "the bytes a Range asked for"}}
 
 
 class RangeNotSatisfiable(PermanentError):
@@ -303,8 +312,7 @@ def _stream(blobs: Blobs, key: str, size: int, sha256: str, range_: str | None,
 
 
 @router.get("/api/v1/jobs/{job_id}/files/{name:path}", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}},
-                       206: {"description": "the bytes a Range asked for"}})
+            responses=BYTES)
 def get_file(job_id: Id, request: Request, store: StoreDep, p: UserAuth,
              name: str = FileName, attempt: int | None = Query(None, ge=1, le=2**63 - 1),
              range_: str | None = Header(None, alias="Range", max_length=200)
@@ -467,17 +475,27 @@ def list_sandboxes(store: StoreDep, settings: SettingsDep, p: UserAuth) -> list[
 
 
 @router.get("/api/v1/sandboxes/{sha256}", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}},
-                       206: {"description": "the bytes a Range asked for"}})
+            responses=BYTES)
 def get_sandbox(request: Request, store: StoreDep, p: UserAuth, sha256: str = Sha,
                 range_: str | None = Header(None, alias="Range", max_length=200)
                 ) -> StreamingResponse:
     """A sandbox's bytes, for an owner who sent it (and that owner's job tokens: the pilot
-    fetches a job's input sandboxes with its token)."""
-    owner = _uploader(p)
-    if not store.files.owns_sandbox(sha256, owner):
-        raise NotFound(f"no sandbox {sha256}")
+    fetches a job's input sandboxes with its token) and admins."""
     row = store.files.sandbox(sha256)
-    assert row is not None
+    if row is None or not row["complete"] or not (
+            p.is_admin or store.files.owns_sandbox(sha256, _uploader(p))):
+        raise NotFound(f"no sandbox {sha256}")
     return _stream(blobs_of(request), box_key(sha256), row["size"], sha256, range_,
                    sha256)
+
+
+# the pilot's code, for cloud machines (their user-data pins its SHA-256) --------------------
+@router.get(PILOT_CODE_ROUTE, response_class=Response, responses={
+    200: {"content": {"application/x-bzip2": {"schema": {"type": "string",
+                                                          "format": "binary"}}},
+          "description": "the pilot package (.tar.bz2)"}})
+def pilot_code() -> Response:
+    """The pilot package a cloud machine installs at boot (no token: it is the public code;
+    the machine checks it against the SHA-256 in its user-data)."""
+    return Response(pilot_tarball(), media_type="application/x-bzip2",
+                    headers={"ETag": f'"{pilot_code_sha256()}"'})

@@ -168,7 +168,7 @@ def job_events(job_id: Id, store: StoreDep, p: UserAuth) -> list[EventOut]:
 
 
 @router.get("/{job_id}/output", response_model=OutputOut,
-            responses={200: {"content": {"text/plain": {}}}})
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
 def job_output(job_id: Id, store: StoreDep, p: UserAuth,
                follow: bool = Query(False, description="stream the running job's output "
                                     "as plain text until it ends")

@@ -284,6 +284,32 @@ def test_live_output_while_the_job_runs(ctrl, pilot):
         assert c.get(f"/api/v1/jobs/{jid}/live").status_code == 404
 
 
+def test_a_cloud_machine_fetches_the_pilots_code_its_user_data_pins(ctrl, tmp_path):
+    """The user-data's fetch script, run against the controller (its /opt/cloudpilot a
+    scratch directory, by bubblewrap): it installs the pilot package; altered code is refused."""
+    from controller.drivers import contextualization as ctx
+
+    text = ctx.render_pilot({"controller_url": ctrl.url, "token": "cp_x"})
+    script = tmp_path / "fetch-pilot.py"
+    script.write_bytes(ctx.written_file(text, "/opt/cloudpilot/fetch-pilot.py"))
+    opt = tmp_path / "opt"
+    opt.mkdir()
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bwrap", "--dev-bind", "/", "/", "--tmpfs", "/opt", "--bind",
+                               str(opt), "/opt/cloudpilot", "/usr/bin/python3", str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    r = run(script)
+    assert r.returncode == 0, r.stderr
+    assert (opt / "pilot" / "agent.py").read_bytes() == ctx.shipped_source(
+        ctx.PILOT_PACKAGE / "agent.py")
+    altered = tmp_path / "altered.py"
+    altered.write_text(script.read_text().replace('SHA256 = "', 'SHA256 = "0'))
+    r = run(altered)
+    assert r.returncode != 0 and "not the one this machine expects" in r.stderr
+
+
 # the same on an S3 store: moto's server, started for this module ----------------------------
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
