@@ -189,6 +189,14 @@ class ApiClient:
             written.append(path)
         return written
 
+    def read(self, job_id: int, name: str, attempt: int | None = None) -> bytes:
+        """One output file's bytes (of the newest attempt that has it, or `attempt`)."""
+        params = {} if attempt is None else {"attempt": attempt}
+        r = self.http.get(f"/api/v1/jobs/{job_id}/files/{name}", params=params)
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, r.text)
+        return r.content
+
     def live(self, job_id: int, after: int = 0, wait: float = 0) -> dict[str, Any]:
         """A running job's output pieces after sequence number `after` (long-polls `wait`)."""
         return self.request("GET", f"/api/v1/jobs/{job_id}/live",

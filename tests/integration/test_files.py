@@ -134,6 +134,17 @@ def test_the_cli_downloads_a_jobs_outputs_and_checks_them(ctrl, pilot, tmp_path)
     assert "2 files" in out.stdout
 
 
+def test_the_python_example_gathers_its_jobs_csvs(ctrl, pilot):
+    """examples/squares.py: parameterized jobs, each keeping a CSV, gathered in one table."""
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(repo / "examples" / "squares.py"), "--jobs", "4",
+                          "--timeout", "60"], capture_output=True, text=True, timeout=90,
+                         env={**os.environ, "PYTHONPATH": str(repo), "CLOUDPILOT_URL": ctrl.url,
+                              "CLOUDPILOT_TOKEN": ctrl.tokens["alice"]})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["x,square,cube", "0,0,0", "1,1,1", "2,4,8", "3,9,27"]
+
+
 def test_uploads_resume_and_a_chunk_sent_again_is_harmless(ctrl):
     pid, jid, attempt, base = acting(ctrl, "acting-1")
     data = os.urandom(CHUNK + 1000)
