@@ -115,9 +115,14 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, leadership,
                                                  settings.loop_interval))
+        purging = asyncio.create_task(files.purge_loop(app, min(
+            300.0, max(1.0, settings.keep_outputs_for / 10))))  # issue 22: retention
         try:
             yield
         finally:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purging
             if task is not None:
                 task.cancel()
                 app.state.reconciler.close()  # cancel an Ansible run in progress

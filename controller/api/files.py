@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -69,6 +70,7 @@ from controller.errors import (
 from controller.store import Store
 
 router = APIRouter(tags=["files"])
+log = logging.getLogger("cloudpilot.files")
 FileName = PathParam(description="the file's path in the job directory", max_length=1000)
 Sha = PathParam(pattern=r"^[0-9a-f]{64}$")
 _OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -131,13 +133,31 @@ HASHING = Hashing()
 
 
 def purge(store: Store, blobs: Blobs, settings: Settings, now: float) -> int:
-    """Delete job files older than keep_outputs_for (a bounded batch)."""
+    """Delete job files that arrived, and input sandboxes no job named, longer than
+    keep_outputs_for ago (a bounded batch); how many."""
     gone = 0
-    for f in store.files.expired(now - settings.keep_outputs_for):
+    before = now - settings.keep_outputs_for
+    for f in store.files.expired(before):
         blobs.delete(out_key(f["job_id"], f["attempt"], f["name"]), f["upload"])
         store.files.forget(f["job_id"], f["attempt"], f["name"])
         gone += 1
+    for b in store.files.unused_sandboxes(before):
+        blobs.delete(box_key(b["sha256"]), b["upload"])
+        store.files.forget_sandbox(b["sha256"])
+        gone += 1
     return gone
+
+
+async def purge_loop(app: Any, interval: float) -> None:
+    """Retention: purge every `interval` seconds (each controller process; deleting twice
+    is harmless)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(purge, app.state.store, app.state.blobs,
+                                    app.state.settings, time.time())
+        except Exception:  # the next round tries again
+            log.exception("purging expired files failed")
 
 
 def _name(name: str) -> str:
@@ -326,14 +346,14 @@ def get_file(job_id: Id, request: Request, store: StoreDep, p: UserAuth,
 
 
 @router.get("/api/v1/jobs/{job_id}/live", response_model=LiveOut)
-async def job_live(job_id: Id, store: StoreDep, p: UserAuth,
+async def job_live(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth,
                    after: int = Query(0, ge=0, le=2**63 - 1),
                    wait: float = Query(0, ge=0, le=30, description="long-poll: wait this "
                                        "long for new output")) -> LiveOut:
     """A running job's output as it comes: the pieces after sequence number `after` (the
     newest 256 KiB are kept)."""
     job = await run_in_threadpool(readable, store, p, job_id)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + min(wait, settings.long_poll_max)
     while True:
         pieces = await run_in_threadpool(store.files.live, job_id, after)
         if pieces or time.monotonic() >= deadline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -100,6 +101,7 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
                     raise InvalidInput(f"input {f.name}: no sandbox {f.sandbox} of "
                                        f"{p.owner} (upload it: POST /api/v1/sandboxes)")
                 boxes.add(f.sandbox)
+                await run_in_threadpool(store.files.touch_sandbox, f.sandbox, time.time())
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
                                   settings.max_retries, None, idem)
     # as many waiting pilots as there are new jobs, each one that can take them

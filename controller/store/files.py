@@ -163,6 +163,23 @@ class FileStore:
             c.execute(f"UPDATE sandboxes SET {sets} WHERE sha256 = ?",
                       (*fields.values(), sha256))
 
+    def touch_sandbox(self, sha256: str, now: float) -> None:
+        """A job refers to it: it is kept keep_outputs_for from now."""
+        with self.store.tx() as c:
+            c.execute("UPDATE sandboxes SET used_at = ? WHERE sha256 = ? AND used_at < ?",
+                      (now, sha256, now))
+
+    def unused_sandboxes(self, before: float, limit: int = 200) -> list[dict[str, Any]]:
+        with self.store.read() as c:
+            return [dict(r) for r in c.execute(
+                "SELECT sha256, upload FROM sandboxes WHERE used_at < ? ORDER BY used_at"
+                " LIMIT ?", (before, limit)).fetchall()]
+
+    def forget_sandbox(self, sha256: str) -> None:
+        with self.store.tx() as c:
+            c.execute("DELETE FROM sandbox_owners WHERE sha256 = ?", (sha256,))
+            c.execute("DELETE FROM sandboxes WHERE sha256 = ?", (sha256,))
+
     def owns_sandbox(self, sha256: str, owner: str) -> bool:
         with self.store.read() as c:
             return c.execute("SELECT 1 FROM sandbox_owners o JOIN sandboxes s ON"

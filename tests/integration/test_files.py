@@ -239,6 +239,28 @@ def test_a_full_quota_is_a_507_that_loses_nothing(ctrl):
     assert "quota" in " ".join(e["reason"] or "" for e in ctrl.events(jid))
 
 
+def test_files_and_sandboxes_expire(tmp_path):
+    """keep_outputs_for: a job's files and an unused sandbox are deleted after it, bytes and
+    rows."""
+    c = new_controller(tmp_path / "expiry", [MANUAL], keep_outputs_for=2, stalled_after=600)
+    c.start()
+    try:
+        _pid, jid, attempt, base = acting(c, "acting-expiry")
+        with c.client(_pid) as h:
+            put_file(h, base, attempt, "soon.txt", b"gone soon\n")
+        with c.client("alice") as h:
+            box = h.post("/api/v1/sandboxes", content=b"old input").json()["sha256"]
+            assert h.get(f"/api/v1/jobs/{jid}/files/soon.txt").content == b"gone soon\n"
+            wait_until(lambda: h.get(f"/api/v1/jobs/{jid}/files").json() == [], 15,
+                       what="the file to expire")
+            assert h.get(f"/api/v1/jobs/{jid}/files/soon.txt").status_code == 404
+            wait_until(lambda: h.get(f"/api/v1/sandboxes/{box}").status_code == 404, 15,
+                       what="the sandbox to expire")
+        assert [p for p in (c.root / "data" / "files").rglob("*") if p.is_file()] == []
+    finally:
+        c.stop()
+
+
 def test_input_sandboxes_are_stored_once_and_fetched_by_the_pilot(ctrl, pilot):
     data = b"shared input\n" * 1000
     with ctrl.client("alice") as c:
