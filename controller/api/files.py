@@ -5,7 +5,7 @@
   each in chunks at offsets (a chunk sent again is stored again, the same bytes: resumable).
   The last chunk completes the file once its checksum matches.
 - The job's owner and admins list and download a job's files (streamed, one HTTP Range); a
-  job token only its own job's.
+  job token only its own job's. (With a token, or the dashboard's session cookie: GETs.)
 - Input sandboxes: a user uploads a file once (content-addressed by SHA-256, deduplicated
   among all owners, readable by the owners who sent it); jobs name it in `inputs`; pilots fetch
   it with the job's token.
@@ -40,6 +40,7 @@ from controller.api.schemas import (
     SkippedFile,
     UploadState,
 )
+from controller.api.viewer import Viewer
 from controller.auth import Principal, Role
 from controller.blobs import Blobs, digest
 from controller.config.settings import Settings
@@ -300,7 +301,7 @@ def readable(store: Store, p: Principal, job_id: int) -> Job:
 
 @router.get("/api/v1/jobs/{job_id}/files", response_model=list[FileOut])
 def list_files(job_id: Id, store: StoreDep, settings: SettingsDep,
-               p: UserAuth) -> list[FileOut]:
+               p: Viewer) -> list[FileOut]:
     """The job's output files, per attempt (a failed or interrupted attempt's apart)."""
     readable(store, p, job_id)
     return [FileOut(name=f["name"], attempt=f["attempt"], size=f["size"], sha256=f["sha256"],
@@ -333,7 +334,7 @@ def _stream(blobs: Blobs, key: str, size: int, sha256: str, range_: str | None,
 
 @router.get("/api/v1/jobs/{job_id}/files/{name:path}", response_class=StreamingResponse,
             responses=BYTES)
-def get_file(job_id: Id, request: Request, store: StoreDep, p: UserAuth,
+def get_file(job_id: Id, request: Request, store: StoreDep, p: Viewer,
              name: str = FileName, attempt: int | None = Query(None, ge=1, le=2**63 - 1),
              range_: str | None = Header(None, alias="Range", max_length=200)
              ) -> StreamingResponse:
@@ -346,7 +347,7 @@ def get_file(job_id: Id, request: Request, store: StoreDep, p: UserAuth,
 
 
 @router.get("/api/v1/jobs/{job_id}/live", response_model=LiveOut)
-async def job_live(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth,
+async def job_live(job_id: Id, store: StoreDep, settings: SettingsDep, p: Viewer,
                    after: int = Query(0, ge=0, le=2**63 - 1),
                    wait: float = Query(0, ge=0, le=30, description="long-poll: wait this "
                                        "long for new output")) -> LiveOut:

@@ -118,6 +118,24 @@ def test_a_payloads_files_come_back_byte_for_byte(ctrl, pilot):
         assert c.get(f"/api/v1/jobs/{jid}/files/result.csv").status_code == 404
     with ctrl.client("admin") as c:
         assert c.get(f"/api/v1/jobs/{jid}/files/result.csv").content == b"a,b\n1,2\n"
+    # the dashboard's job page links them; the link works with the session cookie
+    cookies = {"cloudpilot_session": session(ctrl, "alice")}
+    page = httpx.get(f"{ctrl.url}/jobs/{jid}", cookies=cookies).text
+    link = f"/api/v1/jobs/{jid}/files/plots/one.png?attempt={job['attempt']}"
+    assert f'href="{link}"' in page
+    assert httpx.get(ctrl.url + link, cookies=cookies).content == b"png\n"
+
+
+def session(ctrl, who: str) -> str:
+    """A dashboard session cookie of `who` (as logging in makes one)."""
+    from controller.store import Store, sessions
+
+    store = Store(ctrl.database)
+    try:
+        sid, _ = sessions.create(store, store.tokens.verify(ctrl.tokens[who]).token_id, 600)
+        return sid
+    finally:
+        store.close()
 
 
 def test_the_cli_downloads_a_jobs_outputs_and_checks_them(ctrl, pilot, tmp_path):
