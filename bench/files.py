@@ -111,7 +111,7 @@ def run(root: Path, store: str, s3_url: str | None, jobs: int, data: bytes,
     cfg: dict[str, Any] = {
         "database": str(db), "data_dir": str(root / f"{store}-data"), "port": port,
         "stalled_after": 3600, "max_bulk_jobs": jobs, "owner_quota_bytes": None, **extra,
-           "endpoints": [{"name": "bench", "driver": "local", "max_machines": 0, "cores": 64,
+           "endpoints": [{"name": "bench", "driver": "local", "max_machines": 0, "cores": 1024,
                           "memory_mb": 262144, "slots": 64, "idle_timeout": 3600,
                           "lost_after": 3600}]}
     endpoints = cfg.pop("endpoints")
@@ -134,13 +134,13 @@ def run(root: Path, store: str, s3_url: str | None, jobs: int, data: bytes,
         for i, boot in enumerate(boots):
             c = Client(url, boot)
             reg = c.call("POST", "/api/v1/pilots/register", {
-                "machine": f"b{i}", "cores": 64, "memory_mb": 262144, "slots": 1024})
+                "machine": f"b{i}", "cores": 1024, "memory_mb": 262144, "slots": 1024})
             c.token = reg["token"]
             share = len(ids) // threads + (1 if i < len(ids) % threads else 0)
             while share > 0:
-                got = c.call("POST", f"/api/v1/pilots/{reg['pilot_id']}/match", {
-                    "free_cores": 64, "free_memory_mb": 262144, "free_slots": 1024,
-                    "count": min(share, 500)})["matches"]
+                got = (c.call("POST", f"/api/v1/pilots/{reg['pilot_id']}/match", {
+                    "free_cores": 1024, "free_memory_mb": 262144, "free_slots": 1024,
+                    "count": min(share, 500), "wait": 1}) or {"matches": []})["matches"]
                 share -= len(got)
                 held += [(c, reg["pilot_id"], m["job"]["id"], m["attempt"]) for m in got]
         jobdir = root / f"{store}-job"

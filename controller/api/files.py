@@ -188,7 +188,6 @@ def declare_files(pilot_id: str, job_id: Id, body: FilesIn, request: Request,
                            f"{settings.max_output_files_bytes} bytes per attempt")
     blobs = blobs_of(request)
     now = time.time()
-    purge(store, blobs, settings, now)
     free = blobs.free()
     with store.tx() as c:
         job = store.files.held(c, pilot_id, job_id, body.attempt)
@@ -230,9 +229,7 @@ async def upload_file(pilot_id: str, job_id: Id, request: Request, store: StoreD
         if p.principal().pilot_id != pilot_id:
             raise Forbidden(f"this credential is pilot {p.principal().pilot_id}'s, not pilot "
                             f"{pilot_id}'s")
-        with store.tx() as c:
-            store.files.held(c, pilot_id, job_id, attempt)
-        f = store.files.file(job_id, attempt, _name(name))
+        f = store.files.held_file(pilot_id, job_id, attempt, _name(name))
         if f["complete"]:
             return UploadState(name=name, received=f["size"], complete=True)
         why = chunk_at(offset, f["received"], f["size"], len(data))

@@ -69,6 +69,17 @@ class FileStore:
             out[f.name] = dict(row)
         return out
 
+    def held_file(self, pilot_id: str, job_id: int, attempt: int,
+                  name: str) -> dict[str, Any]:
+        """A declared file of an attempt this pilot holds (one read)."""
+        with self.store.read() as c:
+            self.held(c, pilot_id, job_id, attempt)
+            row = c.execute("SELECT * FROM job_files WHERE job_id = ? AND attempt = ? AND"
+                            " name = ?", (job_id, attempt, name)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} attempt {attempt} declared no file {name!r}")
+        return dict(row)
+
     def file(self, job_id: int, attempt: int, name: str) -> dict[str, Any]:
         with self.store.read() as c:
             row = c.execute("SELECT * FROM job_files WHERE job_id = ? AND attempt = ? AND"

@@ -244,6 +244,49 @@ def test_names_outside_the_job_directory_are_refused(ctrl, name):
         assert r.status_code in (404, 422) or isinstance(r.json(), list), r.text
 
 
+def test_hostile_uploads_get_4xx_with_a_reason_and_change_nothing(ctrl):
+    pid, jid, attempt, base = acting(ctrl, "acting-5")
+    files = base + "/files"
+    with ctrl.client(pid) as c:
+        c.post(files, json={"attempt": attempt, "files": [
+            {"name": "f.txt", "size": 3, "sha256": sha(b"abc")}]})
+        refused = [
+            c.put(files + "/f.txt", params={"attempt": attempt}, content=b"abcd"),  # too long
+            c.put(files + "/nope.txt", params={"attempt": attempt}, content=b"x"),  # undeclared
+            c.put(files + "/f.txt", params={"attempt": attempt + 1}, content=b"abc"),
+            c.post(files, json={"attempt": attempt, "files": [  # over the controller's limit
+                {"name": f"f{i}", "size": 0, "sha256": sha(b"")} for i in range(101)]}),
+            c.post(files, json={"attempt": attempt, "files": [
+                {"name": "huge", "size": 200 * 1024 * 1024, "sha256": sha(b"")}]}),
+            c.post(files, json={"attempt": attempt, "files": [
+                {"name": "a", "size": 1, "sha256": "not a digest"}]}),
+            c.post(files, json={"attempt": attempt, "files": [
+                {"name": "a", "size": -1, "sha256": sha(b"")}]}),
+            c.post(files, json={"attempt": attempt, "files": [
+                {"name": "twice", "size": 0, "sha256": sha(b"")}] * 2}),
+            c.post(base + "/live", json={"attempt": attempt, "stdout": "x" * 2_000_000}),
+        ]
+        assert [r.status_code for r in refused] == [409, 404, 409, 422, 422, 422, 422, 422,
+                                                     422], [r.text for r in refused]
+        assert all(r.json()["detail"] for r in refused)
+    with ctrl.client("alice") as c:
+        assert [(f["name"], f["complete"]) for f in c.get(f"/api/v1/jobs/{jid}/files").json()
+                ] == [("f.txt", False)]
+        assert c.get(f"/api/v1/jobs/{jid}/files/f.txt").status_code == 404  # not complete
+        assert c.get(f"/api/v1/jobs/{jid}/live").json()["pieces"] == []
+        refused = [
+            c.post("/api/v1/sandboxes", params={"sha256": sha(b"x")}, content=b"y"),
+            c.post("/api/v1/sandboxes", params={"size": 5}, content=b"y"),
+            c.post("/api/v1/sandboxes"),  # nothing to store
+            c.put(f"/api/v1/sandboxes/{sha(b'undeclared')}", content=b"undeclared"),
+            c.get("/api/v1/sandboxes/not-a-digest"),
+            c.get(f"/api/v1/jobs/{jid}/files/f.txt", headers={"Range": "lines=1-2"}),
+        ]
+        assert [r.status_code for r in refused] == [422, 422, 422, 404, 422, 404]
+        assert c.get("/api/v1/sandboxes").json() == [] or all(
+            b["complete"] for b in c.get("/api/v1/sandboxes").json())
+
+
 def test_a_full_quota_is_a_507_that_loses_nothing(ctrl):
     pid, jid, attempt, base = acting(ctrl, "acting-4")
     with ctrl.client(pid) as c:
