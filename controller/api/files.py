@@ -273,7 +273,9 @@ def live_output(pilot_id: str, job_id: Id, body: LiveIn, store: StoreDep,
         raise Forbidden(f"this credential is pilot {p.principal().pilot_id}'s, not pilot "
                         f"{pilot_id}'s")
     size = len(body.stdout.encode()) + len(body.stderr.encode())
-    if size > max(settings.live_output_bytes, 1024) * 2:
+    # per stream at most live_output_bytes of output, which as text may take up to 3 times
+    # its bytes (each undecodable byte is U+FFFD), and the pilot's mark of what it dropped
+    if size > 6 * settings.live_output_bytes + 1024:
         raise InvalidInput(f"{size} bytes of live output; at most "
                            f"{settings.live_output_bytes} a heartbeat")
     with store.tx() as c:
