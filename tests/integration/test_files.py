@@ -31,8 +31,9 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def ctrl(tmp_path_factory):
-    c = new_controller(tmp_path_factory.mktemp("files"), [MANUAL], owner_quota_bytes=QUOTA,
-                       stalled_after=600)
+    # the test's own pilots never heartbeat: neither they nor their jobs' leases run out
+    c = new_controller(tmp_path_factory.mktemp("files"), [{**MANUAL, "lost_after": 600}],
+                       owner_quota_bytes=QUOTA, stalled_after=600)
     c.start()
     yield c
     for p in c.pilots:
