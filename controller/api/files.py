@@ -37,7 +37,6 @@ from controller.api.schemas import (
     LiveOut,
     LivePiece,
     SandboxOut,
-    SkippedFile,
     UploadState,
 )
 from controller.api.viewer import Viewer
@@ -169,6 +168,46 @@ def _name(name: str) -> str:
 
 
 # the pilot's side ------------------------------------------------------------------------
+def declare(store: Store, blobs: Blobs, settings: Settings, pilot_id: str, job_id: int,
+            attempt: int, files: list[Declared],
+            skipped: list[tuple[str, int, str]]) -> dict[str, dict[str, Any]]:
+    """Record the files an attempt will send (within the attempt's limits, the owner's quota
+    and the store's free space: else FileStoreFull, the files named in the job's events with
+    what the pilot did not send); each file's row."""
+    if len({f.name for f in files}) != len(files):
+        raise InvalidInput("a file is declared twice")
+    now = time.time()
+    free = blobs.free()
+    with store.tx() as c:
+        job = store.files.held(c, pilot_id, job_id, attempt)
+        known = {r["name"]: r["size"] for r in c.execute(
+            "SELECT name, size FROM job_files WHERE job_id = ? AND attempt = ?",
+            (job_id, attempt)).fetchall()}
+        new = [f for f in files if f.name not in known]
+        count = len(known) + len(new)
+        total = sum(known.values()) + sum(f.size for f in new)
+        if count > settings.max_output_files or total > settings.max_output_files_bytes:
+            raise InvalidInput(f"{count} files of {total} bytes: at most "
+                               f"{settings.max_output_files} files of "
+                               f"{settings.max_output_files_bytes} bytes per attempt")
+        adding = sum(f.size for f in new)
+        why = over_quota(store.files.used(c, job["owner"]), adding, settings.owner_quota_bytes)
+        if why is None and free is not None and adding > free:
+            why = (f"the file store's disk has {free} bytes free, {adding} are needed; "
+                   "nothing already stored was lost")
+        rows = {}
+        if why is None:
+            rows = store.files.declare(c, job_id, attempt, job["owner"], files, now)
+        else:
+            skipped = [*skipped, *((f.name, f.size, why) for f in files)]
+        if skipped:
+            store.files.note(c, job_id, job["state"], "output files not kept: " + "; ".join(
+                f"{n} ({size} bytes): {w}" for n, size, w in skipped[:50]), now)
+    if why is not None:
+        raise FileStoreFull(why)  # the files not kept are in the job's events
+    return rows
+
+
 @router.post("/api/v1/pilots/{pilot_id}/jobs/{job_id}/files", response_model=FilesOut)
 def declare_files(pilot_id: str, job_id: Id, body: FilesIn, request: Request,
                   store: StoreDep, settings: SettingsDep, p: PilotAuth) -> FilesOut:
@@ -179,36 +218,8 @@ def declare_files(pilot_id: str, job_id: Id, body: FilesIn, request: Request,
         raise Forbidden(f"this credential is pilot {p.principal().pilot_id}'s, not pilot "
                         f"{pilot_id}'s")
     files = [Declared(_name(f.name), f.size, f.sha256) for f in body.files]
-    if len({f.name for f in files}) != len(files):
-        raise InvalidInput("a file is declared twice")
-    total = sum(f.size for f in files)
-    if len(files) > settings.max_output_files or total > settings.max_output_files_bytes:
-        raise InvalidInput(f"{len(files)} files of {total} bytes: at most "
-                           f"{settings.max_output_files} files of "
-                           f"{settings.max_output_files_bytes} bytes per attempt")
-    blobs = blobs_of(request)
-    now = time.time()
-    free = blobs.free()
-    with store.tx() as c:
-        job = store.files.held(c, pilot_id, job_id, body.attempt)
-        known = {r["name"] for r in c.execute(
-            "SELECT name FROM job_files WHERE job_id = ? AND attempt = ?",
-            (job_id, body.attempt)).fetchall()}
-        adding = sum(f.size for f in files if f.name not in known)
-        why = over_quota(store.files.used(c, job["owner"]), adding, settings.owner_quota_bytes)
-        if why is None and free is not None and adding > free:
-            why = (f"the file store's disk has {free} bytes free, {adding} are needed; "
-                   "nothing already stored was lost")
-        if why is None:
-            rows = store.files.declare(c, job_id, body.attempt, job["owner"], files, now)
-        else:
-            rows = {}
-            body.skipped.extend(SkippedFile(name=f.name, size=f.size, why=why) for f in files)
-        if body.skipped:
-            store.files.note(c, job_id, job["state"], "output files not kept: " + "; ".join(
-                f"{s.name} ({s.size} bytes): {s.why}" for s in body.skipped[:50]), now)
-    if why is not None:
-        raise FileStoreFull(why)  # the files not kept are in the job's events
+    rows = declare(store, blobs_of(request), settings, pilot_id, job_id, body.attempt, files,
+                   [(x.name, x.size, x.why) for x in body.skipped])
     return FilesOut(chunk=CHUNK, files=[
         UploadState(name=n, received=int(r["received"]), complete=bool(r["complete"]))
         for n, r in rows.items()])
@@ -217,11 +228,15 @@ def declare_files(pilot_id: str, job_id: Id, body: FilesIn, request: Request,
 @router.put("/api/v1/pilots/{pilot_id}/jobs/{job_id}/files/{name:path}",
             response_model=UploadState)
 async def upload_file(pilot_id: str, job_id: Id, request: Request, store: StoreDep,
-                      p: PilotAuth, name: str = FileName,
+                      settings: SettingsDep, p: PilotAuth, name: str = FileName,
                       attempt: int = Query(ge=1, le=2**63 - 1),
-                      offset: int = Query(0, ge=0, le=2**63 - 1)) -> UploadState:
+                      offset: int = Query(0, ge=0, le=2**63 - 1),
+                      size: int | None = Query(None, ge=0, le=2**63 - 1),
+                      sha256: str | None = Query(None, pattern=r"^[0-9a-f]{64}$")
+                      ) -> UploadState:
     """A chunk of a declared file (the body, raw bytes) at `offset`. The last chunk completes
-    the file when its SHA-256 is the declared one (else 422, and it is sent again)."""
+    the file when its SHA-256 is the declared one (else 422, and it is sent again). The first
+    chunk of a file not declared yet may declare it (`size` and `sha256`)."""
     data = await request.body()
     blobs = blobs_of(request)
 
@@ -229,7 +244,16 @@ async def upload_file(pilot_id: str, job_id: Id, request: Request, store: StoreD
         if p.principal().pilot_id != pilot_id:
             raise Forbidden(f"this credential is pilot {p.principal().pilot_id}'s, not pilot "
                             f"{pilot_id}'s")
-        f = store.files.held_file(pilot_id, job_id, attempt, _name(name))
+        try:
+            f = store.files.held_file(pilot_id, job_id, attempt, _name(name))
+        except NotFound:
+            if size is None or sha256 is None or offset != 0:
+                raise
+            # a file not declared yet, declared by its first chunk (one request for a file
+            # of one chunk)
+            declare(store, blobs, settings, pilot_id, job_id, attempt,
+                    [Declared(name, size, sha256)], [])
+            f = store.files.held_file(pilot_id, job_id, attempt, name)
         if f["complete"]:
             return UploadState(name=name, received=f["size"], complete=True)
         why = chunk_at(offset, f["received"], f["size"], len(data))

@@ -195,8 +195,13 @@ def test_uploads_resume_and_a_chunk_sent_again_is_harmless(ctrl):
         assert r.status_code == 422 and "SHA-256" in r.json()["detail"]
         assert c.put(base + "/files/bad.txt", params={"attempt": attempt},
                      content=b"abc").json()["complete"]
+        # a file of one chunk is declared by that chunk: one request
+        one = c.put(base + "/files/one.txt", content=b"one", params={
+            "attempt": attempt, "size": 3, "sha256": sha(b"one")})
+        assert one.json() == {"name": "one.txt", "received": 3, "complete": True}
     with ctrl.client("alice") as c:
         assert c.get(f"/api/v1/jobs/{jid}/files/r.bin").content == data
+        assert c.get(f"/api/v1/jobs/{jid}/files/one.txt").content == b"one"
 
 
 def test_attempts_keep_their_files_apart(ctrl):
