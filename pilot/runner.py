@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import contextlib
 import os
 import shutil
@@ -73,6 +74,7 @@ class JobRun:
         self._made = False  # the job directory is ours to remove
         self._out: int | None = None
         self._sent = [0, 0]  # bytes of stdout and stderr sent as live output
+        self._utf8 = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
         self._err: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
         self.attempt: int | None = job.get("attempt")
@@ -267,12 +269,18 @@ class JobRun:
                 if fd is None:
                     return []
                 size = os.fstat(fd).st_size
+                if size < self._sent[i]:  # the payload truncated it: from its start again
+                    self._sent[i] = 0
                 start = max(self._sent[i], size - limit)
                 raw = os.pread(fd, size - start, start)
-                mark = f"[... {start - self._sent[i]} bytes dropped ...]\n".encode() \
-                    if start > self._sent[i] else b""
+                mark = ""
+                if start > self._sent[i]:
+                    mark = f"[... {start - self._sent[i]} bytes dropped ...]\n"
+                    self._utf8[i].reset()
                 self._sent[i] = start + len(raw)
-                texts.append((mark + raw).decode(errors="replace").replace("\0", "\ufffd"))
+                # a character cut by the end of what was written waits for the next time
+                text = mark + self._utf8[i].decode(raw)
+                texts.append(text.replace("\0", "\ufffd"))
         return texts
 
     def cleanup(self) -> None:

@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi import Path as PathParam
@@ -342,7 +343,8 @@ def _stream(blobs: Blobs, key: str, size: int, sha256: str, range_: str | None,
         raise RangeNotSatisfiable(str(e)) from None
     base = filename.rsplit("/", 1)[-1]
     headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha256}"',
-               "Content-Disposition": f"attachment; filename=\"{base}\"".replace("\n", ""),
+               # any name, as RFC 6266 says (a header holds Latin-1 only)
+               "Content-Disposition": f"attachment; filename*=UTF-8''{quote(base)}",
                "X-Checksum-Sha256": sha256}
     if r is None:
         headers["Content-Length"] = str(size)

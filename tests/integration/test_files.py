@@ -199,9 +199,15 @@ def test_uploads_resume_and_a_chunk_sent_again_is_harmless(ctrl):
         one = c.put(base + "/files/one.txt", content=b"one", params={
             "attempt": attempt, "size": 3, "sha256": sha(b"one")})
         assert one.json() == {"name": "one.txt", "received": 3, "complete": True}
+        uni = "données/数据 \"1\".csv"  # any Unicode name (quotes, spaces) is served
+        assert c.put(f"{base}/files/{quote(uni)}", content=b"u", params={
+            "attempt": attempt, "size": 1, "sha256": sha(b"u")}).json()["complete"]
     with ctrl.client("alice") as c:
         assert c.get(f"/api/v1/jobs/{jid}/files/r.bin").content == data
         assert c.get(f"/api/v1/jobs/{jid}/files/one.txt").content == b"one"
+        r = c.get(f"/api/v1/jobs/{jid}/files/{quote(uni)}")
+        assert r.content == b"u" and r.headers["content-disposition"] == \
+            "attachment; filename*=UTF-8''%E6%95%B0%E6%8D%AE%20%221%22.csv"
 
 
 def test_attempts_keep_their_files_apart(ctrl):

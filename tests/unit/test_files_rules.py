@@ -98,3 +98,32 @@ def test_the_pilot_finds_regular_files_and_follows_no_symlink(tmp_path):
             os.close(f)
     finally:
         os.close(fd)
+
+
+def test_live_output_is_what_came_since_the_last_time_bounded_and_whole_characters(tmp_path):
+    from pilot.runner import JobRun
+    from pilot.sandbox import Sandbox
+
+    (tmp_path / "work").mkdir()
+    run = JobRun({"id": 3, "executable": "/bin/true", "requirements": {
+        "cores": 1, "memory_mb": 64, "max_runtime": 30}}, "cp_t", tmp_path / "work",
+        "http://127.0.0.1:9", sandbox=Sandbox("none"))
+    run.prepare()
+    out = run.dir / ".stdout"
+    try:
+        assert run.fresh(100) == ["", ""]
+        with open(out, "ab") as f:
+            f.write(b"h\xc3")  # an "e acute" cut in two
+        assert run.fresh(100) == ["h", ""]
+        with open(out, "ab") as f:
+            f.write(b"\xa9llo\n")
+        assert run.fresh(100) == ["\u00e9llo\n", ""]
+        with open(out, "ab") as f:
+            f.write(b"x" * 300)
+        assert run.fresh(100) == ["[... 200 bytes dropped ...]\n" + "x" * 100, ""]
+        os.truncate(out, 0)  # the payload started its output again
+        with open(out, "ab") as f:
+            f.write(b"new\0")
+        assert run.fresh(100) == ["new\ufffd", ""]
+    finally:
+        run.cleanup()
