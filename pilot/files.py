@@ -17,6 +17,8 @@ from typing import Any
 from pilot.client import ClientError
 
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+_GUARD = threading.Lock()
+_FETCHING: dict[str, threading.Lock] = {}  # a lock per sandbox being fetched
 CHUNK = 8 << 20  # the controller's chunk (a declaration's answer says it)
 OWN = (".stdout", ".stderr", ".progress")
 
@@ -95,14 +97,17 @@ def upload(client: Any, base: str, attempt: int, dirfd: int, patterns: list[str]
 def fetch_sandbox(client: Any, cache: Path, sha256: str) -> Path:
     """The sandbox's bytes in this machine's cache (fetched the first time, checked)."""
     path = cache / sha256
-    if path.exists():
+    with _GUARD:
+        lock = _FETCHING.setdefault(sha256, threading.Lock())
+    with lock:  # jobs starting at once on this machine fetch it once
+        if path.exists():
+            return path
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data = client.call("GET", f"/api/v1/sandboxes/{sha256}", raw=True)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"sandbox {sha256}: the bytes fetched do not match their SHA-256")
+        part = cache / f".{sha256}.{os.getpid()}"
+        part.write_bytes(data)
+        os.replace(part, path)
         return path
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = client.call("GET", f"/api/v1/sandboxes/{sha256}", raw=True)
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"sandbox {sha256}: the bytes fetched do not match their SHA-256")
-    part = cache / f".{sha256}.{os.getpid()}.{threading.get_ident()}"
-    part.write_bytes(data)
-    os.replace(part, path)
-    return path
 

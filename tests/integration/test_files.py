@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -375,7 +376,8 @@ def ctrl_rows(ctrl, sql: str) -> Any:
 
 
 def test_live_output_while_the_job_runs(ctrl, pilot):
-    script = "for i in 1 2 3 4 5 6; do echo line $i; echo err $i >&2; sleep 0.5; done"
+    script = ("for i in 1 2 3 4 5 6; do echo line $i $(date +%s.%N); echo err $i >&2;"
+              " sleep 0.5; done")
     (jid,) = ctrl.submit("alice", sh(script))
     with ctrl.client("alice") as c:
         seen = wait_until(lambda: (r := c.get(f"/api/v1/jobs/{jid}/live").json())["pieces"]
@@ -383,9 +385,18 @@ def test_live_output_while_the_job_runs(ctrl, pilot):
         assert seen["state"] in ("matched", "running"), seen  # before the job ended
         assert "line 1" in "".join(p["text"] for p in seen["pieces"] if p["stream"] == "stdout")
         # follow=1 streams the rest until the job ends
+        opened = time.time()
         with c.stream("GET", f"/api/v1/jobs/{jid}/output", params={"follow": 1}) as r:
-            text = "".join(r.iter_text())
+            lines = [(time.time(), line) for line in r.iter_lines()]
+        text = "\n".join(line for _, line in lines)
         assert "line 6" in text and "err 6" in text
+        # how long after being written each line arrived (the pilot heartbeats every 0.5 s):
+        # printed, not asserted (a loaded machine's timings say little)
+        written = [(at, float(line.split()[2])) for at, line in lines
+                   if line.startswith("line ")]
+        late = [at - w for at, w in written if w > opened] or [0.0]
+        print(f"live output: lines arrived {min(late):.2f}-{max(late):.2f} s after being "
+              "written (heartbeat 0.5 s)")
     with ctrl.client("bob") as c:
         assert c.get(f"/api/v1/jobs/{jid}/live").status_code == 404
 
