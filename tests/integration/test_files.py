@@ -140,18 +140,24 @@ def session(ctrl, who: str) -> str:
         store.close()
 
 
-def test_the_cli_downloads_a_jobs_outputs_and_checks_them(ctrl, pilot, tmp_path):
-    (jid,) = ctrl.submit("alice", {**sh("mkdir d; echo x > d/x.txt; echo y > y.txt"),
-                                   "outputs": ["*.txt", "d/*"]})
+def test_the_cli_sends_a_sandbox_and_downloads_a_jobs_outputs(ctrl, pilot, tmp_path):
+    (tmp_path / "in.dat").write_bytes(b"from the cli\n")
+
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "controller", args[0], "--url", ctrl.url,
+                              "--token", ctrl.tokens["alice"], *args[1:]],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    said = cli("submit", "--sandbox", "in.dat", "--output", "*.txt", "--output", "d/*", "--",
+               "/bin/sh", "-c", "mkdir d; cp in.dat d/x.txt; echo y > y.txt")
+    jid = int(said.split(":")[1].split(",")[0])
     assert ctrl.wait_state(jid, "done", "failed", timeout=60)["state"] == "done"
-    out = subprocess.run(
-        [sys.executable, "-m", "controller", "job", str(jid), "--get-output", str(tmp_path),
-         "--url", ctrl.url, "--token", ctrl.tokens["alice"]],
-        capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "y.txt").read_text() == "y\n"
-    assert (tmp_path / "d" / "x.txt").read_text() == "x\n"
-    assert "2 files" in out.stdout
+    got = tmp_path / "got"
+    assert "2 files" in cli("job", str(jid), "--get-output", str(got))
+    assert (got / "y.txt").read_text() == "y\n"
+    assert (got / "d" / "x.txt").read_text() == "from the cli\n"
 
 
 def test_the_python_example_gathers_its_jobs_csvs(ctrl, pilot):
