@@ -44,8 +44,8 @@ demo: .stamp-core
 	$(BIN)/cloudpilot demo $(if $(STAY),--stay)
 
 lint: .stamp-dev
-	$(BIN)/ruff check controller pilot stacks tests bench
-	$(BIN)/mypy controller pilot stacks
+	$(BIN)/ruff check controller pilot stacks tests bench cloudpilot examples
+	$(BIN)/mypy controller pilot stacks cloudpilot examples/squares.py
 
 test: .stamp-dev lint pulumi
 	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \

@@ -15,9 +15,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from controller.api import admin, events, hosts, info, jobs, monitoring, pilots, plans, ticks
+from controller.api import (
+    admin,
+    events,
+    files,
+    hosts,
+    info,
+    jobs,
+    monitoring,
+    pilots,
+    plans,
+    ticks,
+)
 from controller.api.limits import BodyLimit
 from controller.api.schemas import ERRORS
+from controller.blobs import open_blobs
 from controller.config.settings import Settings
 from controller.domain.placement import AskingPilots
 from controller.domain.transitions import IllegalTransition
@@ -103,9 +115,14 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, leadership,
                                                  settings.loop_interval))
+        purging = asyncio.create_task(files.purge_loop(app, min(
+            300.0, max(1.0, settings.keep_outputs_for / 10))))  # issue 22: retention
         try:
             yield
         finally:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purging
             if task is not None:
                 task.cancel()
                 app.state.reconciler.close()  # cancel an Ansible run in progress
@@ -122,8 +139,11 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.notifier = Notifier()
     app.state.asking = AskingPilots()  # pilots inside a match request (domain/placement.py)
     app.state.reconciler = None
+    # issue 22: where job files and input sandboxes live (a folder, or an S3 bucket)
+    app.state.blobs = open_blobs(settings.file_store, settings.data_dir,
+                                 settings.file_store_endpoint_url, settings.file_store_region)
     for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
-              ticks.router, hosts.router, events.router, monitoring.router):
+              ticks.router, hosts.router, events.router, monitoring.router, files.router):
         app.include_router(r, responses=ERRORS)  # every error a route can answer, declared
     for r in (pages.router, actions.router):  # the dashboard (controller/web/): HTML pages
         app.include_router(r)

@@ -73,6 +73,13 @@ class TooLarge(PermanentError):
     status_code = 413
 
 
+class FileStoreFull(PermanentError):
+    """The file store cannot take these bytes (the owner's quota, or its disk): what is stored
+    already is kept."""
+
+    status_code = 507
+
+
 class ConfigError(PermanentError):
     """The configuration is not valid."""
 

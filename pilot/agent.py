@@ -14,6 +14,7 @@ from typing import Any
 from pilot import __version__
 from pilot.client import Client, ClientError
 from pilot.config import PilotConfig
+from pilot.files import upload
 from pilot.metadata import spot_notice
 from pilot.runner import JobRun
 from pilot.sandbox import Sandbox
@@ -40,6 +41,7 @@ class Agent:
         self.own = tuple(p for p in (str(self.workdir), cfg.config_path and
                                      str(Path(cfg.config_path).parent)) if p)
         self.url_allow: list[str] = []
+        self.limits: dict[str, int] = {}  # output files and live output (from registering)
 
     # resources ---------------------------------------------------------------------------
     def free(self) -> tuple[int, int, int]:
@@ -61,6 +63,8 @@ class Agent:
         # it started with is spent
         self.client.token = out["token"]
         self.url_allow = list(out.get("input_url_allow", []))
+        self.limits = {k: int(out[k]) for k in ("max_output_files_bytes", "max_output_files",
+                                                "live_output_bytes") if k in out}
         if c.heartbeat_interval is None:
             self.heartbeat_interval = float(out["heartbeat_interval"])
         log.info("registered as pilot %s on %s (%s)", self.pilot_id, c.machine, out["endpoint"])
@@ -154,6 +158,16 @@ class Agent:
                 return
             self._beat([run])  # matched -> running now, not at the next beat
             outcome = run.wait()
+            self._live([run])  # the rest of its live output
+            base = f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}"
+            if run.job.get("outputs") and run.dirfd is not None:
+                try:
+                    why = upload(self.client, base, run.attempt or 0, run.dirfd,
+                                 run.job["outputs"], self.limits)
+                except (ClientError, OSError) as e:
+                    why = str(e)
+                if why:
+                    log.warning("output files of job %s not uploaded: %s", run.id, why)
             out, err, cut = run.output(self.cfg.max_output_bytes)
             try:
                 self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}/output",
@@ -221,6 +235,20 @@ class Agent:
             with self.lock:
                 runs = list(self.jobs.values())
             self._beat(runs)
+            self._live(runs)
+
+    def _live(self, runs: list[JobRun]) -> None:
+        """Send what each running payload wrote since the last time (bounded)."""
+        limit = self.limits.get("live_output_bytes", 16384)
+        for run in runs:
+            got = run.fresh(limit) if limit and run.attempt else []
+            if any(got):
+                try:
+                    self.client.call("POST", f"/api/v1/pilots/{self.pilot_id}/jobs/{run.id}"
+                                     "/live", {"attempt": run.attempt, "stdout": got[0],
+                                               "stderr": got[1]}, retry=False, timeout=5)
+                except (ClientError, OSError) as e:
+                    log.info("live output of job %s not sent: %s", run.id, e)
 
     def goodbye(self, why: str) -> None:
         """Tell the controller this pilot is leaving (best effort: it also notices silence)."""

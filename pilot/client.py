@@ -33,13 +33,13 @@ class Client:
         self.max_backoff = max_backoff
 
     def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0,
-             retry: bool = True) -> Any:
+             retry: bool = True, raw: bool = False) -> Any:
         """Send a request; on connection errors and 5xx retry with back-off until it works
         (or the pilot is stopping, when the last error is raised)."""
         delay = 0.5
         while True:
             try:
-                return self._once(method, path, body, timeout)
+                return self._once(method, path, body, timeout, raw)
             except ClientError as e:
                 if e.status < 500 or not retry:
                     raise
@@ -54,16 +54,18 @@ class Client:
             time.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(delay * 2, self.max_backoff)
 
-    def _once(self, method: str, path: str, body: Any, timeout: float) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+    def _once(self, method: str, path: str, body: Any, timeout: float, want_raw: bool) -> Any:
+        """`body`: JSON, or bytes sent as they are; `want_raw`: answer the body's bytes."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/octet-stream"
+                           if isinstance(body, bytes) else "application/json")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
-                return json.loads(raw) if raw else None
+                return raw if want_raw else json.loads(raw) if raw else None
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:

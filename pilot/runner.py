@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import contextlib
 import os
 import shutil
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pilot import shepherd
+from pilot.client import Client
+from pilot.files import fetch_sandbox
 from pilot.sandbox import Sandbox
 from pilot.urls import open_url
 
@@ -70,6 +73,8 @@ class JobRun:
         self._dirfd: int | None = None
         self._made = False  # the job directory is ours to remove
         self._out: int | None = None
+        self._sent = [0, 0]  # bytes of stdout and stderr sent as live output
+        self._utf8 = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
         self._err: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
         self.attempt: int | None = job.get("attempt")
@@ -77,6 +82,11 @@ class JobRun:
         self.stop_reason: str | None = None
         self.interrupted_by = "SIGTERM"  # what interrupted the pilot, for the job's record
         self._lock = threading.Lock()
+
+    @property
+    def dirfd(self) -> int | None:
+        """The job directory, opened (after prepare())."""
+        return self._dirfd
 
     @property
     def progress_file(self) -> Path:
@@ -130,6 +140,11 @@ class JobRun:
                 elif "url" in f:
                     with open_url(f["url"], self.url_allow, timeout=60) as r:
                         shutil.copyfileobj(r, out)
+                elif "sandbox" in f:  # fetched once per machine, with the job's token
+                    got = fetch_sandbox(Client(self.controller_url, self.token),
+                                        self.dir.parent / ".sandboxes", f["sandbox"])
+                    with open(got, "rb") as src:
+                        shutil.copyfileobj(src, out)
         self._out = self._open(".stdout", os.O_RDWR | os.O_CREAT | os.O_EXCL)
         self._err = self._open(".stderr", os.O_RDWR | os.O_CREAT | os.O_EXCL)
         for fd in (self._out, self._err):
@@ -244,13 +259,38 @@ class JobRun:
         err, t2 = _tail(self._err, half)
         return out, err, t1 or t2
 
+    def fresh(self, limit: int) -> list[str]:
+        """What the payload wrote to stdout and stderr since the last call: at most `limit`
+        bytes of each (the newest; what is skipped is marked)."""
+        texts = []
+        with self._lock:
+            fds = (self._out, self._err)
+            for i, fd in enumerate(fds):
+                if fd is None:
+                    return []
+                size = os.fstat(fd).st_size
+                if size < self._sent[i]:  # the payload truncated it: from its start again
+                    self._sent[i] = 0
+                start = max(self._sent[i], size - limit)
+                raw = os.pread(fd, size - start, start)
+                mark = ""
+                if start > self._sent[i]:
+                    mark = f"[... {start - self._sent[i]} bytes dropped ...]\n"
+                    self._utf8[i].reset()
+                self._sent[i] = start + len(raw)
+                # a character cut by the end of what was written waits for the next time
+                text = mark + self._utf8[i].decode(raw)
+                texts.append(text.replace("\0", "\ufffd"))
+        return texts
+
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-        for fd in (self._out, self._err, self._dirfd):
-            if fd is not None:
-                os.close(fd)
-        self._out = self._err = self._dirfd = None
+        with self._lock:
+            for fd in (self._out, self._err, self._dirfd):
+                if fd is not None:
+                    os.close(fd)
+            self._out = self._err = self._dirfd = None
         if self._made:
             shutil.rmtree(self.dir, ignore_errors=True)

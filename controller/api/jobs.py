@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.deps import Id, SettingsDep, StoreDep, UserAuth
+from controller.api.files import follow_output, readable
 from controller.api.schemas import BulkIn, EventOut, JobIn, JobOut, OutputOut, Submitted
 from controller.auth import Principal, Role
 from controller.config.settings import Settings
@@ -82,6 +85,7 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
     if p.role == Role.ADMIN or p.owner is None:
         raise Forbidden("an admin token acts for no owner; submit with a user token")
     known = {e.name for e in settings.endpoints}
+    boxes: set[str] = set()  # input sandboxes checked
     for j in jobs:
         unknown = (j.requirements.endpoints | j.requirements.banned_endpoints) - known
         if unknown and known:
@@ -92,6 +96,12 @@ async def _submit(request: Request, store: Store, settings: Settings, p: Princip
                     check_url(f.url, settings.input_url_allow)
                 except UrlRefused as e:
                     raise InvalidInput(f"input {f.name}: {e}") from None
+            if f.sandbox is not None and f.sandbox not in boxes:
+                if not await run_in_threadpool(store.files.owns_sandbox, f.sandbox, p.owner):
+                    raise InvalidInput(f"input {f.name}: no sandbox {f.sandbox} of "
+                                       f"{p.owner} (upload it: POST /api/v1/sandboxes)")
+                boxes.add(f.sandbox)
+                await run_in_threadpool(store.files.touch_sandbox, f.sandbox, time.time())
     ids = await run_in_threadpool(store.jobs.submit, jobs, p.owner, p.group or p.owner,
                                   settings.max_retries, None, idem)
     # as many waiting pilots as there are new jobs, each one that can take them
@@ -159,8 +169,17 @@ def job_events(job_id: Id, store: StoreDep, p: UserAuth) -> list[EventOut]:
     return [EventOut(**e) for e in store.jobs.events(job_id)]
 
 
-@router.get("/{job_id}/output", response_model=OutputOut)
-def job_output(job_id: Id, store: StoreDep, p: UserAuth) -> OutputOut:
+@router.get("/{job_id}/output", response_model=OutputOut,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+def job_output(job_id: Id, store: StoreDep, p: UserAuth,
+               follow: bool = Query(False, description="stream the running job's output "
+                                    "as plain text until it ends")
+               ) -> OutputOut | StreamingResponse:
+    """The tails of the job's stdout and stderr once it ended; with follow=1 its output as it
+    comes (what its pilot sends each heartbeat), until it ends."""
+    if follow:
+        readable(store, p, job_id)
+        return StreamingResponse(follow_output(store, job_id), media_type="text/plain")
     _visible(store, p, job_id)
     out = store.jobs.output(job_id)
     if out is None:

@@ -69,7 +69,10 @@ def register(body: RegisterIn, store: StoreDep, settings: SettingsDep,
     ep = settings.endpoint(p.endpoint)
     return RegisterOut(pilot_id=pilot_id, endpoint=p.endpoint, token=credential,
                        heartbeat_interval=ep.heartbeat_interval if ep else 10.0,
-                       input_url_allow=list(settings.input_url_allow))
+                       input_url_allow=list(settings.input_url_allow),
+                       max_output_files_bytes=settings.max_output_files_bytes,
+                       max_output_files=settings.max_output_files,
+                       live_output_bytes=settings.live_output_bytes)
 
 
 @router.post("/{pilot_id}/match", response_model=MatchOut,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from controller.api.limits import MAX_BULK_JOBS
+from controller.domain.files import MAX_PATTERNS, BadName, check_pattern
 from controller.domain.jobs import InputFile, Job, NewJob, Requirements
 from controller.errors import TooLarge
 
@@ -44,8 +45,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "no such object (or another owner's)"},
     409: {"model": ErrorOut, "description": "the object is not in a state that allows this"},
     413: {"model": ErrorOut, "description": "the body, the output or the bulk is too large"},
+    416: {"model": ErrorOut, "description": "the Range asked for is not inside the file"},
     422: {"model": InvalidOut, "description": "malformed: each wrong field is named"},
     503: {"model": ErrorOut, "description": "the database is busy: retry"},
+    507: {"model": ErrorOut, "description": "the owner's file quota or the file store is "
+          "full: what is stored already is kept"},
 }
 
 
@@ -77,12 +81,17 @@ class InputFileIn(Strict):
                             description="http(s); no loopback, link-local, private or "
                             "metadata address unless the controller's input_url_allow "
                             "names it")
+    sandbox: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="the SHA-256 "
+                                "of an input sandbox its owner uploaded (POST "
+                                "/api/v1/sandboxes)")
 
     @model_validator(mode="after")
     def _one_source(self) -> InputFileIn:
-        given = [x for x in (self.content, self.content_b64, self.url) if x is not None]
+        given = [x for x in (self.content, self.content_b64, self.url, self.sandbox)
+                 if x is not None]
         if len(given) != 1:
-            raise ValueError("an input file needs exactly one of content, content_b64, url")
+            raise ValueError("an input file needs exactly one of content, content_b64, url, "
+                             "sandbox")
         if self.name in (".", "..") or self.name.startswith(".std"):
             raise ValueError(f"an input file cannot be named {self.name}")
         if self.content_b64 is not None:
@@ -105,9 +114,18 @@ class JobIn(Strict):
     priority: int = Field(0, ge=-1000, le=1000)
     name: str = Field("", max_length=200)
     max_retries: int | None = Field(None, ge=0, le=100)
+    outputs: list[str] = Field(default_factory=list, max_length=MAX_PATTERNS, description=
+                               "files to keep when the payload ends: names or glob patterns "
+                               "(*, ?, [...]) inside the job directory, e.g. result.csv, "
+                               "plots/*.png")
 
     @model_validator(mode="after")
     def _sizes(self) -> JobIn:
+        for pattern in self.outputs:
+            try:
+                check_pattern(pattern)
+            except BadName as e:
+                raise ValueError(f"outputs: {e}") from None
         for k in self.env:
             if k.startswith("CLOUDPILOT_"):
                 raise ValueError(f"env: {k} is the pilot's to set")
@@ -133,6 +151,7 @@ class JobIn(Strict):
             priority=self.priority,
             name=self.name,
             max_retries=self.max_retries,
+            outputs=tuple(self.outputs),
         )
 
 
@@ -183,6 +202,7 @@ class JobOut(BaseModel):
     progress: str | None
     last_heartbeat: float | None
     attempt: int = Field(0, description="the current (or last) attempt; each match starts one")
+    outputs: list[str] = Field(default_factory=list, description="patterns of files to keep")
     waiting_reason: str | None = None
 
     @classmethod
@@ -227,6 +247,11 @@ class RegisterOut(BaseModel):
     input_url_allow: list[str] = Field(
         default_factory=list, description="addresses input URLs may reach although they are "
         "loopback, link-local or private (the controller's input_url_allow)")
+    max_output_files_bytes: int = Field(100 * 1024 * 1024, description="a job's output files "
+                                        "in all, per attempt: what does not fit is not sent")
+    max_output_files: int = Field(100, description="output files per attempt")
+    live_output_bytes: int = Field(16384, description="a running job's output sent per "
+                                   "heartbeat at most")
 
 
 class MatchIn(Strict):
@@ -317,3 +342,77 @@ class TokenIn(Strict):
 
 class TokenOut(BaseModel):
     token: str
+
+
+# issue 22: job files, input sandboxes, live output -------------------------------------------
+class DeclaredFile(Strict):
+    name: str = Field(min_length=1, max_length=255, description="its path in the job directory")
+    size: int = Field(ge=0, le=INT64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SkippedFile(Strict):
+    name: str = Field(max_length=1000)
+    size: int = Field(ge=0, le=INT64)
+    why: str = Field(max_length=500)
+
+
+class FilesIn(Strict):
+    attempt: int = Field(ge=1, le=INT64)
+    files: list[DeclaredFile] = Field(default_factory=list, max_length=10_000)
+    skipped: list[SkippedFile] = Field(default_factory=list, max_length=10_000,
+                                       description="matching files the pilot does not send "
+                                       "(over the limits, not regular, outside the job dir)")
+
+
+class UploadState(BaseModel):
+    name: str
+    received: int = Field(description="bytes stored: send the rest from here")
+    complete: bool
+
+
+class FilesOut(BaseModel):
+    chunk: int = Field(description="send each file in chunks of this many bytes, at offsets "
+                       "that are multiples of it")
+    files: list[UploadState]
+
+
+class FileOut(BaseModel):
+    name: str
+    attempt: int
+    size: int
+    sha256: str
+    complete: bool = Field(description="false: its upload is not finished (no download yet)")
+    stored_at: float | None
+    expires_at: float
+    url: str = Field(description="where to download it")
+
+
+class SandboxOut(BaseModel):
+    sha256: str
+    size: int
+    complete: bool
+    received: int = Field(description="bytes stored: send the rest from here (offset=...)")
+    chunk: int
+    expires_at: float
+
+
+class LiveIn(Strict):
+    attempt: int = Field(ge=1, le=INT64)
+    stdout: str = Field("", max_length=1024 * 1024)
+    stderr: str = Field("", max_length=1024 * 1024)
+
+
+class LivePiece(BaseModel):
+    seq: int
+    attempt: int
+    stream: str
+    at: float
+    text: str
+
+
+class LiveOut(BaseModel):
+    job_id: int
+    state: str
+    pieces: list[LivePiece]
+    next: int = Field(description="ask again with after=this for what comes next")

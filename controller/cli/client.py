@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from controller.domain.files import CHUNK, BadName, check_name
 
 # Answers after which the same request may succeed: the controller restarting or busy.
 RETRY_STATUSES = frozenset({0, 502, 503, 504})
@@ -142,3 +148,106 @@ class ApiClient:
 
     def leave_host(self, endpoint: str, name: str) -> dict[str, Any]:
         return self.request("DELETE", f"/api/v1/endpoints/{endpoint}/hosts/{name}")
+
+    # issue 22: job files, input sandboxes, live output -----------------------------------
+    def files(self, job_id: int) -> list[dict[str, Any]]:
+        """The job's output files, per attempt."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}/files")
+
+    def download(self, job_id: int, into: str | Path, attempt: int | None = None
+                 ) -> list[Path]:
+        """Download the job's output files (of its newest attempt that has each, or of
+        `attempt`) into a directory, each checked against its SHA-256; the paths written."""
+        newest: dict[str, dict[str, Any]] = {}
+        for f in self.files(job_id):
+            if f["complete"] and (attempt is None or f["attempt"] == attempt):
+                newest[f["name"]] = f  # listed by attempt: the last one is the newest
+        root = Path(into).resolve()
+        written = []
+        for name, f in sorted(newest.items()):
+            try:
+                check_name(name)  # a name from the controller, still checked here
+            except BadName as e:
+                raise ApiError(0, f"refusing to write {name!r}: {e}") from None
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(f".{path.name}.part")
+            h = hashlib.sha256()
+            with self.http.stream("GET", f"/api/v1/jobs/{job_id}/files/{name}",
+                                  params={"attempt": f["attempt"]}) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise ApiError(r.status_code, r.text)
+                with open(part, "wb") as out:
+                    for piece in r.iter_bytes(1 << 20):
+                        h.update(piece)
+                        out.write(piece)
+            if h.hexdigest() != f["sha256"]:
+                part.unlink()
+                raise ApiError(0, f"{name}: downloaded bytes do not match its SHA-256")
+            os.replace(part, path)
+            written.append(path)
+        return written
+
+    def read(self, job_id: int, name: str, attempt: int | None = None) -> bytes:
+        """One output file's bytes (of the newest attempt that has it, or `attempt`)."""
+        params = {} if attempt is None else {"attempt": attempt}
+        r = self.http.get(f"/api/v1/jobs/{job_id}/files/{name}", params=params)
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, r.text)
+        return r.content
+
+    def live(self, job_id: int, after: int = 0, wait: float = 0) -> dict[str, Any]:
+        """A running job's output pieces after sequence number `after` (long-polls `wait`)."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}/live",
+                            params={"after": after, "wait": wait}, timeout=wait + 30)
+
+    def follow_output(self, job_id: int) -> Iterator[dict[str, Any]]:
+        """Each piece of a job's live output as it comes, until the job has ended."""
+        after = 0
+        while True:
+            got = self.live(job_id, after, wait=10)
+            yield from got["pieces"]
+            after = got["next"]
+            if not got["pieces"] and got["state"] in ("done", "failed", "killed"):
+                return
+
+    def upload_sandbox(self, path: str | Path) -> str:
+        """Store a file as an input sandbox (once: the same bytes are not sent twice over
+        sessions that find it stored); its SHA-256, for a job's inputs."""
+        h = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                h.update(piece)
+                size += len(piece)
+        digest = h.hexdigest()
+        got = self.request("POST", "/api/v1/sandboxes",
+                           params={"sha256": digest, "size": size})
+        at = got["received"]
+        with open(path, "rb") as f:
+            while not got["complete"]:
+                f.seek(at)
+                got = self.request("PUT", f"/api/v1/sandboxes/{digest}",
+                                   params={"offset": at}, content=f.read(CHUNK))
+                at = got["received"]
+        return digest
+
+    def wait(self, ids: list[int], timeout: float | None = None,
+             interval: float = 1.0) -> list[dict[str, Any]]:
+        """Wait until every job has ended (done, failed, killed); their records."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = set(ids)
+        ended: dict[int, dict[str, Any]] = {}
+        while left:
+            for jid in sorted(left):
+                j = self.job(jid)
+                if j["state"] in ("done", "failed", "killed"):
+                    ended[jid] = j
+            left -= set(ended)
+            if left:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(left)} jobs still not ended: "
+                                       f"{sorted(left)[:10]}")
+                time.sleep(interval)
+        return [ended[i] for i in ids]

@@ -19,12 +19,13 @@ import uvicorn
 
 from controller.app import create_app
 from controller.auth import Role
-from controller.cli.client import ApiClient
+from controller.cli.client import ApiClient, ApiError
 from controller.config.settings import EndpointConfig, Settings
 from controller.server import mark_closing
 from controller.store import Store
 
 TIME_LIMIT = 55.0
+FILE_JOB, LIVE_JOB = 1, 2  # alice's first two jobs: one keeps a file, one is followed live
 
 
 def free_port() -> int:
@@ -57,6 +58,11 @@ def demo_jobs() -> dict[str, list[dict[str, Any]]]:
 
     alice = [sh(f"echo simulating event batch {i}; sleep {1 + i % 3}; echo done", f"sim-{i}")
              for i in range(10)]
+    # the first keeps a file (fetched back at the end); the second's output is followed live
+    alice[0]["arguments"][1] += "; printf 'batch,events\\n0,1000\\n' > events.csv"
+    alice[0]["outputs"] = ["events.csv"]
+    alice[1]["arguments"][1] = ("for k in 1 2 3 4 5 6; do echo simulated event $k; sleep 0.5;"
+                                " done")
     alice.append(sh("echo 'needs a big machine'", "big", cores=16))
     bob = [sh(f"echo analysing file {i}; sleep 1", f"ana-{i}") for i in range(6)]
     bob += [sh("echo 'missing input' >&2; exit 3", "broken-1"),
@@ -134,6 +140,9 @@ def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
                 print(f"{user} submitted {len(res['ids'])} jobs", file=out)
             for jid, why in stuck.items():
                 print(f"job {jid} will wait: {why}", file=out)
+            follower = threading.Thread(target=_follow, args=(
+                ApiClient(settings.url, tokens["alice"]), LIVE_JOB, out), daemon=True)
+            follower.start()
             tty = out.isatty() if hasattr(out, "isatty") else False
             last = ""
             while True:
@@ -156,7 +165,10 @@ def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
                 time.sleep(0.5)
             if tty:
                 print(file=out)
+            follower.join(5)
             _summary(watch, out, time.monotonic() - start)
+            _fetch_back(ApiClient(settings.url, tokens["alice"]), FILE_JOB, root / "outputs",
+                        out)
             if stay:
                 print(f"\nthe controller stays up: dashboard {settings.url}/ (token in "
                       f"{root}/admin.token); Ctrl-C to stop", file=out, flush=True)
@@ -194,3 +206,21 @@ def _summary(c: ApiClient, out: Any, elapsed: float) -> None:
         o = c.output(first["id"])
         print(f"  job {first['id']} ran on {first['machine']}; its output: "
               f"{o['stdout'].strip()!r}", file=out)
+
+
+def _follow(c: ApiClient, job_id: int, out: Any) -> None:
+    """Print a running job's output as its pilot sends it (each heartbeat)."""
+    try:
+        for piece in c.follow_output(job_id):
+            for line in piece["text"].splitlines():
+                print(f"  live, job {job_id}: {line}", file=out, flush=True)
+    except ApiError as e:
+        print(f"  live output of job {job_id}: {e}", file=out)
+
+
+def _fetch_back(c: ApiClient, job_id: int, into: Path, out: Any) -> None:
+    """Download a job's output files (each checked against its SHA-256) and show them."""
+    for path in c.download(job_id, into):
+        text = path.read_text()
+        print(f"  job {job_id}'s output file {path.name} fetched back ({len(text)} bytes, "
+              f"SHA-256 checked): {text.strip()!r}", file=out)

@@ -6,6 +6,7 @@ terminal, plain lines are printed instead (one per change), for pipes and script
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -32,14 +33,19 @@ def follow_job(c: ApiClient, job_id: int, out: IO[str] | None = None) -> int:
     print(f"job {job_id} {j['name'] or ''} ({j['owner']}): {j['executable']} "
           f"{' '.join(j['arguments'])}".rstrip(), file=out, flush=True)
     state = j["state"]
+    lock = threading.Lock()
+    live = threading.Thread(target=_print_live, args=(c, job_id, out, lock), daemon=True)
+    live.start()
     for ev in sse.follow(c.http, {"job": job_id, "since": "start"}):
         d = ev.json()
         where = f" [{d['machine']}]" if d.get("machine") and d["to_state"] == "matched" else ""
-        print(f"{_when(d['at'])}  {d['from_state'] or '-':>11} -> {d['to_state']:<11} "
-              f"{d['reason'] or ''}{where}", file=out, flush=True)
+        with lock:
+            print(f"{_when(d['at'])}  {d['from_state'] or '-':>11} -> {d['to_state']:<11} "
+                  f"{d['reason'] or ''}{where}", file=out, flush=True)
         state = d["to_state"]
         if state in FINAL:
             break
+    live.join(15)  # the last live pieces arrive before the report
     output = None
     for _ in range(10):  # the pilot uploads the output just before its report
         try:
@@ -58,6 +64,20 @@ def follow_job(c: ApiClient, job_id: int, out: IO[str] | None = None) -> int:
             print("stderr:", file=out)
             print(output["stderr"].rstrip(), file=out)
     return 0 if state == "done" else 1
+
+
+def _print_live(c: ApiClient, job_id: int, out: IO[str], lock: threading.Lock) -> None:
+    """Print a running job's output as it comes (stderr lines marked), until it has ended."""
+    try:
+        for piece in c.follow_output(job_id):
+            text = piece["text"]
+            if piece["stream"] == "stderr":
+                text = "".join(f"! {line}" for line in text.splitlines(keepends=True))
+            with lock:
+                out.write(text)
+                out.flush()
+    except ApiError:
+        pass  # the final output is printed after the job ends anyway
 
 
 def plain_line(o: dict[str, Any]) -> str:

@@ -96,9 +96,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             req["platforms"] = args.platform
         env = dict(e.split("=", 1) for e in args.env or [])
         inputs = [{"name": Path(p).name, "content": Path(p).read_text()} for p in args.input or []]
+        inputs += [{"name": Path(p).name, "sandbox": _client(args).upload_sandbox(p)}
+                   for p in args.sandbox or []]
         jobs = [{"executable": cmd[0], "arguments": cmd[1:], "requirements": req,
                  "priority": args.priority, "name": args.name or "", "env": env,
-                 "inputs": inputs}] * args.count
+                 "inputs": inputs, "outputs": args.output or []}] * args.count
     out = _client(args).submit(jobs)
     ids = out["ids"]
     print(f"submitted {len(ids)} job(s): " + (
@@ -119,6 +121,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_job(args: argparse.Namespace) -> int:
     c = _client(args)
+    if args.get_output:
+        paths = c.download(args.id, args.get_output, args.attempt)
+        for p in paths:
+            print(p)
+        print(f"{len(paths)} files of job {args.id} in {args.get_output} (SHA-256 checked)")
+        return 0
     if args.follow:
         from controller.cli.live import follow_job
 
@@ -437,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0, help="priority among your jobs (0)")
     p.add_argument("--env", action="append", help="KEY=VALUE for the job (repeatable)")
     p.add_argument("--input", action="append", help="a small text file to send (repeatable)")
+    p.add_argument("--sandbox", action="append", metavar="FILE",
+                   help="a file to send as an input sandbox: stored once, whatever the "
+                   "number of jobs naming it (repeatable)")
+    p.add_argument("--output", action="append", metavar="PATTERN",
+                   help="a file to keep when the job ends: a name or glob in its directory "
+                   "(repeatable; `cloudpilot job ID --get-output DIR` fetches them)")
     p.add_argument("--name", help="a name for the job")
     p.add_argument("--count", type=int, default=1, help="submit this many copies (1)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
@@ -456,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true",
                    help="print its events as they happen, then its output, until it ends "
                    "(exit status 0 if it ended done)")
+    p.add_argument("--get-output", metavar="DIR",
+                   help="download its output files into DIR (each checked by SHA-256)")
+    p.add_argument("--attempt", type=int, help="with --get-output: that attempt's files "
+                   "(default: the newest of each)")
     p.set_defaults(fn=cmd_job)
 
     p = sub.add_parser("watch", help="a live view: jobs by state, machines by endpoint, spend")

@@ -409,6 +409,27 @@ class Settings(BaseSettings):
     input_url_allow: list[str] = Field(
         default_factory=list, description="input URLs may reach these addresses (CIDRs) or "
         "host names although they are loopback, link-local, private or metadata addresses")
+    # issue 22: job files (output sandboxes), input sandboxes, live output
+    file_store: str | None = Field(
+        None, description="where job files and input sandboxes live: a folder (default: "
+        "DATA_DIR/files) or s3://bucket/prefix (an S3-compatible store; boto3 finds its "
+        "credentials in the environment, ~/.aws or an instance role)")
+    file_store_endpoint_url: str | None = Field(
+        None, description="the S3 API's URL for a store that is not AWS's")
+    file_store_region: str | None = Field(None, description="the S3 bucket's region")
+    max_output_files_bytes: int = Field(100 * 1024 * 1024, ge=0, description="a job's "
+                                        "output files in all, per attempt (bytes)")
+    max_output_files: int = Field(100, ge=0, le=10_000, description="output files per "
+                                  "attempt")
+    keep_outputs_for: float = Field(30 * 86400.0, gt=0, description="job files and input "
+                                    "sandboxes are deleted this long after they arrive (s)")
+    owner_quota_bytes: int | None = Field(10 * 1024**3, ge=0, description="bytes of job "
+                                          "files and sandboxes an owner may hold (None: no "
+                                          "limit); beyond it uploads get 507")
+    max_sandbox_bytes: int = Field(1024**3, ge=0, description="largest input sandbox")
+    live_output_bytes: int = Field(16384, ge=0, description="of a running job's output, "
+                                   "what a pilot sends per heartbeat at most (the rest is "
+                                   "dropped with a mark)")
     # issue 12: logs, the dashboard and its charts
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object a line, with endpoint, job, machine, pilot")

@@ -116,6 +116,7 @@ class InputFile:
     content: str | None = None  # inline text
     content_b64: str | None = None  # inline bytes
     url: str | None = None  # fetched by the pilot
+    sandbox: str | None = None  # an input sandbox's SHA-256, fetched by the pilot
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class NewJob:
     priority: int = 0
     name: str = ""
     max_retries: int | None = None
+    outputs: tuple[str, ...] = ()  # names or glob patterns in the job directory to keep
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,4 @@ class Job:
     last_heartbeat: float | None
     attempt: int = 0  # the current (or last) attempt's number; each match starts the next
     lease_expires: float | None = None  # when the current attempt's lease runs out
+    outputs: list[str] = field(default_factory=list)  # patterns of files to keep

@@ -12,6 +12,7 @@ import ast
 import base64
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -34,6 +35,7 @@ PILOT_HOME = "/var/lib/cloudpilot"
 PILOT_WORKDIR = f"{PILOT_HOME}/work"
 PILOT_CODE = "/opt/cloudpilot"
 EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
+PILOT_CODE_ROUTE = "/api/v1/pilot/code"  # the pilot's code as cloud machines fetch it
 EC2_METADATA_URL = "http://169.254.169.254"
 
 # The top-level keys cloud-init (22.4) knows. `cloud-init schema` does not flag unknown ones,
@@ -147,11 +149,17 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def pilot_code_sha256() -> str:
+    return hashlib.sha256(pilot_tarball()).hexdigest()
+
+
 def render_pilot(settings: dict[str, Any]) -> str:
-    """`pilot` mode user-data for one machine."""
+    """`pilot` mode user-data for one machine: its settings, and where it fetches the pilot's
+    code (the controller's PILOT_CODE_ROUTE), pinned by its SHA-256."""
     config = json.dumps(settings, sort_keys=True).encode()
-    return render("pilot.yaml", {"pilot_config_b64": _b64(config),
-                                 "pilot_tarball_b64": _b64(pilot_tarball())})
+    url = str(settings["controller_url"]).rstrip("/") + PILOT_CODE_ROUTE
+    return render("pilot.yaml", {"pilot_config_b64": _b64(config), "pilot_code_url": url,
+                                 "pilot_code_sha256": pilot_code_sha256()})
 
 
 def render_ssh(user: str, public_key: str) -> str:

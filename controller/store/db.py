@@ -12,6 +12,7 @@ from typing import Any
 from controller.config.database import is_postgres
 from controller.store.channel import FORGET, Channel, PostgresChannel
 from controller.store.endpoints import EndpointStore
+from controller.store.files import FileStore
 from controller.store.hosts import HostStore
 from controller.store.jobs import JobStore
 from controller.store.leader import Leadership, PostgresLeadership
@@ -59,6 +60,7 @@ class Store:
         self.plans = PlanStore(self)
         self.ticks = TickStore(self)
         self.hosts = HostStore(self)
+        self.files = FileStore(self)  # issue 22: job files, input sandboxes, live output
 
     # several processes (PostgreSQL) ----------------------------------------------------------
     def channel(self) -> Channel:

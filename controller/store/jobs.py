@@ -54,7 +54,7 @@ def _job(row: sqlite3.Row) -> Job:
         pilot_id=row["pilot_id"], machine=row["machine"], endpoint=row["endpoint"],
         exit_code=row["exit_code"], reason=row["reason"], progress=row["progress"],
         last_heartbeat=row["last_heartbeat"], attempt=row["attempt"],
-        lease_expires=row["lease_expires"],
+        lease_expires=row["lease_expires"], outputs=json.loads(row["outputs"] or "[]"),
     )
 
 
@@ -122,7 +122,7 @@ def _replayed(c: sqlite3.Connection, owner: str, idem: IdempotencyKey,
 
 
 _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
-                " requirements, max_retries, retries, reschedules, created_at, updated_at")
+                " requirements, max_retries, retries, reschedules, created_at, updated_at, outputs")
 _INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
 
 
@@ -131,7 +131,7 @@ def _insert_jobs(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list
     not from counting back from the last one: with several controller processes inserting at
     once one submission's ids need not be consecutive."""
     ids: list[int] = []
-    one = "(" + ",".join("?" * 16) + ")"
+    one = "(" + ",".join("?" * 17) + ")"
     for at in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[at:at + _INSERT_CHUNK]
         got = c.execute(
@@ -233,7 +233,7 @@ class JobStore:
                         json.dumps([_input(f) for f in j.inputs]),
                         json.dumps(j.requirements.to_dict()),
                         default_retries if j.max_retries is None else j.max_retries,
-                        0, 0, now, now,
+                        0, 0, now, now, json.dumps(list(j.outputs)) if j.outputs else None,
                     ))
                 ids = _insert_jobs(c, rows)
                 recv, wait = check_transition(S.RECEIVED, S.WAITING), "submitted"

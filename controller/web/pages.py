@@ -131,7 +131,7 @@ def job(job_id: int, request: Request, s: WebSession, store: StoreDep,
                 ran=ran if j.started_at else None, waiting=waiting_reasons(store, settings)(j),
                 stdout=_tail(out["stdout"] if out else ""),
                 stderr=_tail(out["stderr"] if out else ""),
-                truncated=bool(out and out["truncated"]))
+                truncated=bool(out and out["truncated"]), files=store.files.files(job_id))
 
 
 def _tail(text: str | None, limit: int = 8192) -> str:

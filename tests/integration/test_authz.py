@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import MANUAL, Controller, new_controller, sh, wait_until
 
 pytestmark = pytest.mark.integration
+EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # SHA-256 of b""
+BOX = "26f8567f2569182294c3fa5b9f9cb2270b554eef628b4c149cf82a42888ff4ae"  # of b"box"
 
 X = {**MANUAL, "lost_after": 600}  # endpoint X (tags linux, gpu); its pilots are the test
 Y = {**X, "name": "other", "tags": ["linux"]}
@@ -43,6 +45,9 @@ class World:
              stream: bool = False) -> httpx.Response:
         token = self.tokens[who]
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(body, bytes):  # a file's bytes
+            return self.http.request(method, self.ctrl.url + path, content=body,
+                                     headers=headers)
         if not stream:
             return self.http.request(method, self.ctrl.url + path, json=body, headers=headers)
         # an endless stream (server-sent events): its status, and the body of a refusal only
@@ -101,8 +106,18 @@ def world(tmp_path_factory) -> Iterator[World]:
             {"id": running}]}).json()["stop"] == []
         assert c.post(f"/api/v1/pilots/{x1}/jobs/{running}/output",
                       json={"stdout": "hi"}).status_code == 204
+        # an output file of the running job (empty), live output, and a sandbox of alice's
+        assert c.post(f"/api/v1/pilots/{x1}/jobs/{running}/files", json={
+            "attempt": 1, "files": [{"name": "out.txt", "size": 0, "sha256": EMPTY}]}
+        ).status_code == 200
+        assert c.put(f"/api/v1/pilots/{x1}/jobs/{running}/files/out.txt?attempt=1"
+                     ).json()["complete"]
+        assert c.post(f"/api/v1/pilots/{x1}/jobs/{running}/live",
+                      json={"attempt": 1, "stdout": "live"}).status_code == 204
         assert c.post(f"/api/v1/pilots/{x1}/jobs/{finished}/report",
                       json={"status": "done", "exit_code": 0}).status_code == 200
+    with ctrl.client("alice") as c:
+        assert c.post("/api/v1/sandboxes", content=b"box").status_code == 201
     assert ctrl.job(running)["state"] == "running"
     time.sleep(0.6)  # the expired token's lifetime is over
     tokens: dict[str, str | None] = {
@@ -143,6 +158,7 @@ def own(path: str) -> Callable[[World], str]:
 
 ROUTES = [
     Route("GET", "/api/v1/health", own("/api/v1/health"), {}, open=True),
+    Route("GET", "/api/v1/pilot/code", own("/api/v1/pilot/code"), {}, open=True),
     # jobs (user A's objects)
     Route("POST", "/api/v1/jobs", own("/api/v1/jobs"), users(201, admin=403),
           body=lambda w, who: sh("true")),
@@ -153,6 +169,21 @@ ROUTES = [
     Route("GET", "/api/v1/jobs/{job_id}/events", own("/api/v1/jobs/{running}/events"),
           users(200, b=404)),
     Route("GET", "/api/v1/jobs/{job_id}/output", own("/api/v1/jobs/{running}/output"),
+          users(200, b=404)),
+    # issue 22: a job's files and live output (a job token: its own job's only)
+    Route("GET", "/api/v1/jobs/{job_id}/files", own("/api/v1/jobs/{running}/files"),
+          users(200, b=404)),
+    Route("GET", "/api/v1/jobs/{job_id}/files/{name}",
+          own("/api/v1/jobs/{running}/files/out.txt"), users(200, b=404)),
+    Route("GET", "/api/v1/jobs/{job_id}/live", own("/api/v1/jobs/{running}/live"),
+          users(200, b=404)),
+    # input sandboxes: the owners who sent one (admins act for no owner, but may read)
+    Route("POST", "/api/v1/sandboxes", own("/api/v1/sandboxes"), users(201, admin=403),
+          body=lambda w, who: f"box of {who}".encode()),
+    Route("GET", "/api/v1/sandboxes", own("/api/v1/sandboxes"), users(200, admin=403)),
+    Route("PUT", "/api/v1/sandboxes/{sha256}", own("/api/v1/sandboxes/" + BOX),
+          users(200, b=404, admin=403), body=lambda w, who: b"box"),
+    Route("GET", "/api/v1/sandboxes/{sha256}", own("/api/v1/sandboxes/" + BOX),
           users(200, b=404)),
     Route("POST", "/api/v1/jobs/{job_id}/kill",
           lambda w: f"/api/v1/jobs/{w.waiting_job()}/kill", users(200, b=404)),
@@ -209,6 +240,16 @@ ROUTES = [
     Route("POST", "/api/v1/pilots/{pilot_id}/jobs/{job_id}/output",
           own("/api/v1/pilots/{x1}/jobs/{running}/output"), {"pilot of X": 204},
           body=lambda w, who: {"stdout": f"from {who}"}),
+    Route("POST", "/api/v1/pilots/{pilot_id}/jobs/{job_id}/files",
+          own("/api/v1/pilots/{x1}/jobs/{running}/files"), {"pilot of X": 200},
+          body=lambda w, who: {"attempt": 1, "files": [
+              {"name": "out.txt", "size": 0, "sha256": EMPTY}]}),
+    Route("PUT", "/api/v1/pilots/{pilot_id}/jobs/{job_id}/files/{name}",
+          own("/api/v1/pilots/{x1}/jobs/{running}/files/out.txt?attempt=1"),
+          {"pilot of X": 200}, body=lambda w, who: b""),
+    Route("POST", "/api/v1/pilots/{pilot_id}/jobs/{job_id}/live",
+          own("/api/v1/pilots/{x1}/jobs/{running}/live"), {"pilot of X": 204},
+          body=lambda w, who: {"attempt": 1, "stdout": f"from {who}"}),
     Route("POST", "/api/v1/pilots/{pilot_id}/jobs/{job_id}/report",
           lambda w: f"/api/v1/pilots/{w.x1}/jobs/{w.held_by_x1()}/report",
           {"pilot of X": 200}, body=lambda w, who: {"status": "done", "exit_code": 0}),

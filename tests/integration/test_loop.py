@@ -30,6 +30,11 @@ def test_demo_end_to_end():
     assert "failed on local-" in out and "exited with code 3" in out
     assert "machines: 0 up, 0 booting" in out
     assert "stopped" in out.split("machines used:")[1]
+    # issue 22: one job's output file fetched back, one job's output followed while it ran
+    assert ("job 1's output file events.csv fetched back (20 bytes, SHA-256 checked): "
+            "'batch,events\\n0,1000'") in out
+    live = [line for line in out.splitlines() if line.startswith("  live, job 2: ")]
+    assert [line.rsplit(" ", 1)[1] for line in live] == ["1", "2", "3", "4", "5", "6"]
 
 
 def test_scale_up_run_and_scale_down_by_name(make_controller):

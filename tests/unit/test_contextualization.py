@@ -1,8 +1,8 @@
 """cloud-init user-data: every rendered template passes `cloud-init schema` and our own check of
 top-level keys; the pilot mode writes exactly the settings the local driver runs with."""
 
-import base64
 import bz2
+import hashlib
 import io
 import json
 import shutil
@@ -98,8 +98,13 @@ def test_pilot_mode_writes_the_pilot_config_installs_and_starts_it():
     assert ["systemctl", "enable", "--now", "cloudpilot-pilot.service"] in doc["runcmd"]
     # the pilot's only dependency, and the sandbox its payloads run in
     assert doc["packages"] == ["python3", "bubblewrap"]
-    # the shipped pilot is the repository's pilot package
-    tar = tarfile.open(fileobj=io.BytesIO(ctx.written_file(text, "/opt/cloudpilot/pilot.tar.bz2")))
+    # the pilot's code is fetched from the controller, pinned by the SHA-256 of the
+    # repository's pilot package as shipped
+    fetch = ctx.written_file(text, "/opt/cloudpilot/fetch-pilot.py").decode()
+    assert 'URL = "http://10.0.0.5:8080/api/v1/pilot/code"' in fetch
+    assert f'SHA256 = "{hashlib.sha256(ctx.pilot_tarball()).hexdigest()}"' in fetch
+    assert ["python3", "/opt/cloudpilot/fetch-pilot.py"] in doc["runcmd"]
+    tar = tarfile.open(fileobj=io.BytesIO(ctx.pilot_tarball()))
     names = sorted(tar.getnames())
     assert "pilot/__main__.py" in names and "pilot/agent.py" in names
     agent = tar.extractfile("pilot/agent.py")
@@ -137,4 +142,4 @@ def test_the_tarball_is_reproducible():
     blob = ctx.pilot_tarball()
     assert bz2.decompress(blob)  # a bzip2 stream (no timestamp): same bytes, same sources
     assert blob == ctx.pilot_tarball.__wrapped__()
-    assert base64.b64encode(blob).decode() in rendered("local")
+    assert hashlib.sha256(blob).hexdigest() in rendered("local")  # its pin

@@ -34,3 +34,33 @@
     if (status) { status.textContent = "reconnecting"; status.className = "live off"; }
   };
 })();
+
+// A running job's output as it comes (its page's #live-output): long-polls the job's live
+// output (by the session cookie) from the last piece shown, until the job has ended. The
+// element is looked up each time: the page's live part is swapped when the job changes.
+(function () {
+  "use strict";
+  var first = document.getElementById("live-output");
+  if (!first || !window.fetch) { return; }
+  var job = first.getAttribute("data-job"), after = 0, text = "", KEEP = 65536;
+  function show() {
+    var pre = document.getElementById("live-output");
+    if (pre) { pre.textContent = text; }
+  }
+  function poll() {
+    fetch("/api/v1/jobs/" + job + "/live?wait=10&after=" + after, {credentials: "same-origin"})
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (out) {
+        if (!out) { return; }
+        out.pieces.forEach(function (p) { text += p.text; });
+        if (text.length > KEEP) { text = text.slice(-KEEP); }
+        after = out.next;
+        show();
+        if (out.pieces.length || ["done", "failed", "killed"].indexOf(out.state) < 0) {
+          setTimeout(poll, out.pieces.length ? 0 : 1000);
+        }
+      }, function () { setTimeout(poll, 2000); });
+  }
+  document.body.addEventListener("htmx:afterSwap", show);
+  poll();
+})();

@@ -1,0 +1,1 @@
+"""cloudpilot for Python scripts: `from cloudpilot.client import Client`."""
