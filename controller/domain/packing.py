@@ -55,7 +55,8 @@ class Item:
     memory_mb: int
     n: int
     pools: frozenset[str]
-    runtime: float = 3600.0  # how long each may run (its max_runtime): a machine lives as long
+    runtime: float = 3600.0  # how long each should run (predicted, else its max_runtime): a
+    # machine lives as long
 
 
 @dataclass
@@ -299,7 +300,7 @@ def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[
                                 f"{why}")
             continue
         items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools,
-                          float(req.max_runtime)))
+                          q.runtime))
     return items
 
 

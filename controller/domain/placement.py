@@ -107,7 +107,7 @@ def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | Non
             continue
         req = q.requirements
         if fits(req, free):
-            if shadow is None or now + req.max_runtime <= shadow:
+            if shadow is None or now + q.runtime <= shadow:
                 return q
             continue
         if shadow is None and whole is not None and fits(req, whole) and (

@@ -29,6 +29,7 @@ from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose, placement_key
 from controller.domain.pricing import Offer, PriceSeries
+from controller.domain.runtime_prediction import RunHistory, extend
 from controller.domain.scheduling import Budget, EndpointSpec, decide
 from controller.domain.taskqueues import (
     GROUP,
@@ -55,6 +56,8 @@ class SimJob:
     machine: str | None = None
     attempt: int = 0
     ends: int = 0  # how often it ended (the conservation check: exactly once)
+    predicted: float = 0.0  # how long its current run should take (set when it starts)
+    first_machine: str | None = None  # where it first ran
 
 
 @dataclass(slots=True)
@@ -75,6 +78,11 @@ class SimMachine:
     draining: bool = False  # takes no new jobs (consolidation); stops when empty
     busy_until: float = 0.0  # the latest its running jobs should end (by max_runtime)
     version: int = 0  # bumped on every change: older entries in the placement heap are void
+    # where its time went (for the report's gap decomposition)
+    mark: float = 0.0  # the last change of its jobs
+    busy_s: float = 0.0  # seconds up with at least one job
+    used_core_s: float = 0.0  # core-seconds its jobs took
+    lost_core_s: float = 0.0  # core-seconds of runs cut short (interrupted: run again)
 
 
 @dataclass
@@ -97,6 +105,9 @@ class Outcome:
     rescheduled: int = 0
     end: float = 0.0
     series: dict[str, PriceSeries] = field(default_factory=dict)
+    # the ticks whose decision left waiting work uncovered (a cap, the budget, no price under
+    # the max): the waits they explain
+    short_ticks: list[float] = field(default_factory=list)
 
     def cost(self, m: SimMachine) -> float:
         """USD: the integral of the machine's price over its life."""
@@ -118,6 +129,12 @@ class SimOptions:
     sample_every: float = 600.0
 
 
+# What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
+# (learned from the jobs that ended: domain/runtime_prediction.py), "oracle" (each job's
+# true run time: the bound of what prediction can give)
+RUNTIMES = ("requested", "predicted", "oracle")
+
+
 class Simulation:
     """One policy over one trace. `static` is a fixed fleet (offer, count) that never changes;
     otherwise `decide` runs every tick with `spec`."""
@@ -125,8 +142,16 @@ class Simulation:
     def __init__(self, policy: str, spec: EndpointSpec, jobs: list[TraceJob],
                  series: dict[str, PriceSeries], opts: SimOptions,
                  static: tuple[Offer, int] | None = None,
-                 progress: Callable[[float, int], None] | None = None) -> None:
+                 progress: Callable[[float, int], None] | None = None,
+                 runtimes: str = "predicted") -> None:
+        if runtimes not in RUNTIMES:
+            raise ValueError(f"runtimes {runtimes!r}: one of {', '.join(RUNTIMES)}")
         self.policy = policy
+        self.runtimes = runtimes
+        self.history = RunHistory()
+        # task queue -> as the scheduler sees it now (with its owner's history version)
+        self.views: dict[int, tuple[int, TaskQueue]] = {}
+        self.learned: dict[str, int] = {}  # owner -> run times learned (a version)
         self.spec = spec
         self.opts = opts
         self.static = static
@@ -154,6 +179,7 @@ class Simulation:
         self.interruptions = 0
         self.rescheduled = 0
         self.samples: list[Sample] = []
+        self.short_ticks: list[float] = []
         self.dirty = True  # something changed since the last tick's decision
         self.wholes: dict[str, SlotOffer] = {}  # what a machine of each pool offers in all
         self.fit_whole: dict[tuple[int, str], bool] = {}  # (task queue, pool) -> fits
@@ -223,7 +249,7 @@ class Simulation:
         self._sample()
         return Outcome(self.policy, list(self.jobs.values()), list(self.machines.values()),
                        self.samples, self.unfit, self.interruptions, self.rescheduled,
-                       self.now, self.series)
+                       self.now, self.series, self.short_ticks)
 
     def _event(self, kind: int, what: str) -> None:
         if kind != TICK:
@@ -264,6 +290,24 @@ class Simulation:
         self.dirty = True
         heapq.heappush(self.waiting.setdefault(j.tq, []), j.trace.id)
         self.n_waiting += 1
+        if self.runtimes == "oracle":
+            self.views.pop(j.tq, None)  # its head may have changed
+
+    def _view(self, q: int) -> TaskQueue:
+        """Task queue `q` with the predicted run time of its next job."""
+        tq = self.queues[q]
+        version = self.learned.get(tq.owner, 0)
+        got = self.views.get(q)
+        if got is not None and got[0] == version:
+            return got[1]
+        v = tq
+        if self.runtimes == "predicted":
+            limit = float(tq.requirements.max_runtime)
+            v = replace(tq, predicted_runtime=self.history.predict(q, tq.owner, limit))
+        elif self.runtimes == "oracle" and self.waiting.get(q):
+            v = replace(tq, predicted_runtime=self.jobs[self.waiting[q][0]].trace.run)
+        self.views[q] = (version, v)
+        return v
 
     def _dispatch(self) -> None:
         """Machines with room ask for work in placement order (domain/placement.py: the
@@ -292,7 +336,13 @@ class Simulation:
                 for j in (self.jobs[i] for i in m.jobs)]
 
     def _ends(self, j: SimJob) -> float:
-        return j.starts[-1] + self.queues[j.tq].requirements.max_runtime
+        """When the job should end: its start plus its predicted run time (a new prediction
+        once it outlives the old one)."""
+        start = j.starts[-1]
+        if start + j.predicted < self.now:
+            j.predicted = extend(j.predicted, self.now - start,
+                                 float(self.queues[j.tq].requirements.max_runtime))
+        return start + j.predicted
 
     def _whole(self, o: Offer) -> SlotOffer:
         whole = self.wholes.get(o.pool)
@@ -317,7 +367,7 @@ class Simulation:
         pool = m.offer.pool
         matched = False
         while m.free_slots > 0 and self.n_waiting:
-            cands = [self.queues[q] for q, h in self.waiting.items()
+            cands = [self._view(q) for q, h in self.waiting.items()
                      if h and self._fits_whole(q, whole, pool)]
             if not cands:
                 break
@@ -331,6 +381,9 @@ class Simulation:
             if not self.waiting[q.id]:
                 del self.waiting[q.id]
             self.n_waiting -= 1
+            job.predicted = q.runtime
+            if self.runtimes == "oracle":
+                self.views.pop(q.id, None)
             self._run(job, m)
             matched = True
         if matched:
@@ -345,7 +398,18 @@ class Simulation:
         for key in ((OWNER, j.trace.user), (GROUP, j.trace.group)):
             self.held[key] = self.held.get(key, 0.0) + sign * j.cores
 
+    def _account(self, m: SimMachine) -> None:
+        """Add the time since the machine's last change to its busy and used figures."""
+        if m.jobs:
+            dt = self.now - m.mark
+            m.busy_s += dt
+            m.used_core_s += (m.offer.cores - m.free_cores) * dt
+        m.mark = self.now
+
     def _run(self, j: SimJob, m: SimMachine) -> None:
+        self._account(m)
+        if not j.starts:
+            j.first_machine = m.name
         j.starts.append(self.now)
         j.machine = m.name
         j.attempt += 1
@@ -360,6 +424,7 @@ class Simulation:
         self._push(self.now + j.trace.run, END, f"{j.trace.id}:{j.attempt}")
 
     def _release(self, j: SimJob, m: SimMachine) -> None:
+        self._account(m)
         m.jobs.discard(j.trace.id)
         m.free_slots += 1
         m.free_cores += j.cores
@@ -379,6 +444,9 @@ class Simulation:
             return  # a run that was interrupted meanwhile
         m = self.machines[j.machine]
         self._release(j, m)
+        if self.runtimes == "predicted":  # what the scheduler learns as jobs end
+            self.history.record(j.tq, j.trace.user, self.now - j.starts[-1])
+            self.learned[j.trace.user] = self.learned.get(j.trace.user, 0) + 1
         j.end = self.now
         j.ends += 1
         self.done += 1
@@ -397,6 +465,7 @@ class Simulation:
     def _end_machine(self, m: SimMachine, why: str) -> None:
         for job_id in sorted(m.jobs):
             j = self.jobs[job_id]
+            m.lost_core_s += j.cores * (self.now - j.starts[-1])
             self._release(j, m)
             j.attempt += 1  # its pending end event is void
             self.rescheduled += 1
@@ -442,11 +511,12 @@ class Simulation:
                              m.offer.n_slots, len(m.jobs), m.free_cores, m.free_mem,
                              m.idle_since, self.now, True, m.offer.pool, m.draining)
                  for m in self.live.values()]
-        queues = [TaskQueue(q.id, q.requirements, q.owner, q.group, q.priority, len(h))
-                  for q, h in ((self.queues[i], h) for i, h in self.waiting.items())]
+        queues = [replace(self._view(i), waiting=len(h)) for i, h in self.waiting.items()]
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
                    budget=Budget())
         self.dirty = d.changes or d.drains_differently(views)
+        if any("not covered" in r for r in d.reasons):
+            self.short_ticks.append(self.now)
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:
