@@ -320,8 +320,9 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
             free_slots = max(m.slots - m.busy_slots, 0)
             if free_slots <= 0:
                 continue
-            cores = m.free_cores if (m.free_cores or o is None) else o.cores
-            mem = m.free_memory_mb if (m.free_memory_mb or o is None) else o.memory_mb
+            # a busy machine has what its jobs leave (none: it holds nothing more, whatever
+            # slots it has left)
+            cores, mem = m.free_cores, m.free_memory_mb
             if m.busy_slots == 0 and o is not None:  # idle: its whole machine is free
                 cores, mem = o.cores, o.memory_mb
             rank = (0, 0.0) if m.busy_slots else (2, _per_core(plan, m))

@@ -108,6 +108,10 @@ def test_free_capacity_is_used_before_starting():
     assert run([tq(5)], ms).start == ()  # 3 free on the busy one, 2 on the booting one
     assert pools(run([tq(6)], ms)) == ["s/a/spot"]
 
+    # a machine whose one wide job takes all its cores holds nothing more, slots or not
+    full = [replace(view("ec2-0001", "b/a/spot", busy=1, free_cores=0), free_memory_mb=0)]
+    assert pools(run([tq(1)], full)) == ["s/a/spot"]
+
 
 def test_spot_capacity_does_not_count_for_on_demand_jobs():
     ms = [view("ec2-0001", "b/a/spot")]
