@@ -72,6 +72,11 @@ class Room:
     used: int = 0
     draining: bool = False
     total: int = 0  # the machine's cores in all
+    last: float = math.inf  # work that should end later than this does not go here
+
+    def holds(self, item: Item, now: float) -> bool:
+        return (self.cores >= item.cores and self.memory_mb >= item.memory_mb
+                and now + item.runtime <= self.last)
 
     def take(self, item: Item, n: int) -> int:
         if self.pool is not None and self.pool not in item.pools:
@@ -193,7 +198,7 @@ def decide_priced(
             break
         still = []
         for room in open_rooms:
-            if it.n > 0 and room.cores >= it.cores and room.memory_mb >= it.memory_mb:
+            if it.n > 0 and room.holds(it, now):
                 it.n -= room.take(it, it.n)
             if room.slots > 0 and room.cores >= need_c[i + 1] and (
                     room.memory_mb >= need_m[i + 1]):
@@ -330,6 +335,8 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
                 rank = (3, -free_slots)
             room = Room(m.name, o.spot if o else False, o.pool if o else None, free_slots,
                         cores, mem, draining=m.draining, total=o.cores if o else cores)
+            if m.busy_slots and m.busy_until and spec.extend_limit is not None:
+                room.last = m.busy_until + spec.extend_limit
         rooms.append((rank, m.name, room))
     rooms.sort(key=lambda r: (r[0], r[1]))
     return [r for _, _, r in rooms]

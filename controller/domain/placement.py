@@ -90,7 +90,8 @@ def shadow_time(need: Requirements, free: SlotOffer, running: Sequence[Running],
 def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | None,
            running: Sequence[Running], now: float, reserve_limit: float,
            skip: Iterable[int] = (),
-           waits: Callable[[TaskQueue], bool] | None = None) -> TaskQueue | None:
+           waits: Callable[[TaskQueue], bool] | None = None,
+           extend_limit: float | None = None) -> TaskQueue | None:
     """The task queue a machine takes its next job from.
 
     `ordered`: task queues in fair-share order; `free`: what the machine has free now;
@@ -99,15 +100,20 @@ def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | Non
     it fits `free` it is taken; if not, the machine reserves cores for it (when its shadow
     time is within `reserve_limit`) and takes only narrower jobs that end before then.
     `waits` says whether a queue still has a waiting job (checked before reserving for it;
-    None: every queue given has one)."""
+    None: every queue given has one). `extend_limit`: on a machine running jobs, only jobs
+    that should end at most this long after them (by `q.runtime`) are taken (None: any)."""
     skipped = set(skip)
     shadow: float | None = None
+    last = math.inf
+    if extend_limit is not None and running:
+        last = busy_until(running) + extend_limit
     for q in ordered:
         if q.id in skipped:
             continue
         req = q.requirements
         if fits(req, free):
-            if shadow is None or now + q.runtime <= shadow:
+            end = now + q.runtime
+            if end <= last and (shadow is None or end <= shadow):
                 return q
             continue
         if shadow is None and whole is not None and fits(req, whole) and (

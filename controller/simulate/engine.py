@@ -42,7 +42,9 @@ from controller.domain.taskqueues import (
 from controller.simulate.trace import TraceJob
 
 M = MachineState
-UP, END, INTERRUPT, TICK = 0, 1, 2, 3  # event kinds, in the order they act at one instant
+# event kinds, in the order they act at one instant (OVERRUN: a job still runs at its
+# predicted end, and gets a new prediction)
+UP, END, INTERRUPT, OVERRUN, TICK = 0, 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -76,7 +78,7 @@ class SimMachine:
     interrupted: bool = False
     largest_job: tuple[int, int] = (0, 0)  # cores, memory of the largest job it ran
     draining: bool = False  # takes no new jobs (consolidation); stops when empty
-    busy_until: float = 0.0  # the latest its running jobs should end (by max_runtime)
+    busy_until: float = 0.0  # the latest its running jobs should end (predicted)
     version: int = 0  # bumped on every change: older entries in the placement heap are void
     # where its time went (for the report's gap decomposition)
     mark: float = 0.0  # the last change of its jobs
@@ -252,7 +254,7 @@ class Simulation:
                        self.now, self.series, self.short_ticks)
 
     def _event(self, kind: int, what: str) -> None:
-        if kind != TICK:
+        if kind not in (TICK, OVERRUN):
             self.dirty = True
         if kind == TICK:
             self._tick()
@@ -261,6 +263,9 @@ class Simulation:
         elif kind == END:
             job_id, attempt = what.split(":")
             self._job_end(self.jobs[int(job_id)], int(attempt))
+        elif kind == OVERRUN:
+            job_id, attempt = what.split(":")
+            self._overrun(self.jobs[int(job_id)], int(attempt))
         elif kind == UP:
             m = self.machines[what]
             if m.state == M.BOOTING:
@@ -336,13 +341,25 @@ class Simulation:
                 for j in (self.jobs[i] for i in m.jobs)]
 
     def _ends(self, j: SimJob) -> float:
-        """When the job should end: its start plus its predicted run time (a new prediction
-        once it outlives the old one)."""
-        start = j.starts[-1]
-        if start + j.predicted < self.now:
-            j.predicted = extend(j.predicted, self.now - start,
-                                 float(self.queues[j.tq].requirements.max_runtime))
-        return start + j.predicted
+        """When the job should end: its start plus its predicted run time."""
+        return j.starts[-1] + j.predicted
+
+    def _overrun(self, j: SimJob, attempt: int) -> None:
+        """The job still runs at its predicted end: a new prediction (an event, so that the
+        decisions between two ticks see the same machines whether or not a tick is
+        skipped)."""
+        if attempt != j.attempt or j.machine is None:
+            return  # it ended or was interrupted meanwhile
+        limit = float(self.queues[j.tq].requirements.max_runtime)
+        new = extend(j.predicted, self.now - j.starts[-1], limit)
+        if new <= j.predicted:
+            return  # at its max_runtime: it ends now
+        self.dirty = True
+        j.predicted = new
+        m = self.machines[j.machine]
+        m.busy_until = max(m.busy_until, self._ends(j))
+        self._has_room(m)
+        self._push(self._ends(j), OVERRUN, f"{j.trace.id}:{j.attempt}")
 
     def _whole(self, o: Offer) -> SlotOffer:
         whole = self.wholes.get(o.pool)
@@ -374,7 +391,8 @@ class Simulation:
             free = replace(whole, cores=m.free_cores, memory_mb=m.free_mem)
             running = self._running(m)
             q = choose(fair_share_order(cands, self._fair_share()), free, whole, running,
-                       self.now, self.spec.reserve_limit)
+                       self.now, self.spec.reserve_limit,
+                       extend_limit=self.spec.extend_limit)
             if q is None:
                 break
             job = self.jobs[heapq.heappop(self.waiting[q.id])]
@@ -422,6 +440,8 @@ class Simulation:
         m.busy_until = max(m.busy_until, self._ends(j))
         self._hold(j, 1)
         self._push(self.now + j.trace.run, END, f"{j.trace.id}:{j.attempt}")
+        if j.predicted < j.trace.run:  # (only to spare an event that would find it ended)
+            self._push(self._ends(j), OVERRUN, f"{j.trace.id}:{j.attempt}")
 
     def _release(self, j: SimJob, m: SimMachine) -> None:
         self._account(m)
@@ -509,7 +529,8 @@ class Simulation:
             return
         views = [MachineView(m.name, self.spec.name, m.state, m.created,
                              m.offer.n_slots, len(m.jobs), m.free_cores, m.free_mem,
-                             m.idle_since, self.now, True, m.offer.pool, m.draining)
+                             m.idle_since, self.now, True, m.offer.pool, m.draining,
+                             m.busy_until if m.jobs else 0.0)
                  for m in self.live.values()]
         queues = [replace(self._view(i), waiting=len(h)) for i, h in self.waiting.items()]
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
