@@ -55,8 +55,8 @@ class Item:
     memory_mb: int
     n: int
     pools: frozenset[str]
-    runtime: float = 3600.0  # how long each should run (predicted, else its max_runtime): a
-    # machine lives as long
+    runtime: float = 3600.0  # how long each may run (its max_runtime): a machine lives as long
+    predicted: float | None = None  # how long each should run (None: `runtime`)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Room:
 
     def holds(self, item: Item, now: float) -> bool:
         return (self.cores >= item.cores and self.memory_mb >= item.memory_mb
-                and now + item.runtime <= self.last)
+                and now + (item.predicted or item.runtime) <= self.last)
 
     def take(self, item: Item, n: int) -> int:
         if self.pool is not None and self.pool not in item.pools:
@@ -304,8 +304,11 @@ def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[
             plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
                                 f"{why}")
             continue
+        # a new machine's life by the jobs' max_runtime, not their predicted run time: that
+        # measured better (the predictions' errors strand cores on big machines: LCG 1.152 x
+        # the bound with them, 1.124 x without; CTC-SP2 1.393 x and 1.395 x)
         items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools,
-                          q.runtime))
+                          float(req.max_runtime), q.predicted_runtime))
     return items
 
 

@@ -135,7 +135,8 @@ def test_skipping_quiet_ticks_changes_nothing(monkeypatch):
                            cfg.price_start)
     opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick)
     quiet = Simulation._quiet
-    for spec in (replace(ep.spec(), headroom=0.0), replace(ep.spec(), headroom=0.05)):
+    for spec in (replace(ep.spec(), headroom=0.0), replace(ep.spec(), headroom=0.05),
+                 replace(ep.spec(), extend_limit=600.0)):
         outcomes = []
         for skip in (True, False):
             monkeypatch.setattr(Simulation, "_quiet", quiet if skip else lambda self: False)
