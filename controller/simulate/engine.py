@@ -9,6 +9,10 @@ times, a simulated fleet, and the controller's own code for every decision:
   controller/reconcile/loop.py calls it (task queue snapshot, machine views, spot prices
   now), except at ticks where it would decide nothing new (see `_quiet`).
 
+Run times: the scheduler and the matcher are told what `runtimes` says (RUNTIMES): by
+default the predictions of controller.domain.runtime_prediction, learned from the jobs that
+have ended; the oracle policy the true run times.
+
 The simulator adds only what the cloud and the pilots would do: machines come up after
 `boot_time`, jobs run for their traced run time, spot machines are interrupted when the
 market price passes their max price (their jobs go back to the queue, as `interrupted`).
