@@ -4,9 +4,9 @@ callers: controller/simulate/engine.py and the store's matcher behind the pilots
 - Busiest, then fullest first: a job goes to the machine that can hold it whose running
   jobs keep it busy longest (by their predicted run time, else their max_runtime: `ends`),
   then to the fullest (the fewest free cores, then the least free memory, then the name),
-  so the other machines empty and stop sooner. The simulator lets machines ask in that order; the live controller answers a pilot
-  only with work that no machine before it in that order, asking at the same moment, can
-  hold.
+  so the other machines empty and stop sooner. The simulator lets machines ask in that
+  order; the live controller answers a pilot only with work that no machine before it in
+  that order, asking at the same moment, can hold.
 - `extend_limit` (optional): a machine running jobs takes only jobs that should end at most
   that long after them, so that it is not kept alive, mostly empty, by one long job.
 - Reservation with bounded backfill (EASY backfilling, as batch schedulers do): when the job
