@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML: an endpoint with machine types, "
                    "and a [simulate] table (see examples/simulate-c5.toml)")
     p.add_argument("--policy", help="only this policy (on-demand-static, on-demand-elastic, "
-                   "spot-naive, cloudpilot); default: all side by side")
+                   "spot-naive, cloudpilot, oracle); default: all side by side")
     p.add_argument("--limit", type=int, help="only the first N jobs of the trace")
     p.add_argument("--out", default="simulate-out", help="folder for report.json and the "
                    "plots (simulate-out)")

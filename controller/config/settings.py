@@ -222,6 +222,9 @@ class EndpointConfig(BaseModel):
                             "machines' cores) for work that arrives before a machine boots")
     reserve_limit: float = Field(300.0, ge=0, description="hold a machine's cores for a wide "
                                  "job only if its running jobs free them within this (s)")
+    extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
+                                       "running jobs only if it should end at most this "
+                                       "long (s) after them (default: no limit)")
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")
@@ -348,6 +351,7 @@ class EndpointConfig(BaseModel):
             drain_below=self.drain_below,
             drain_budget=self.drain_budget,
             reserve_limit=self.reserve_limit,
+            extend_limit=self.extend_limit,
             size_tolerance=self.size_tolerance,
             headroom=self.headroom,
         )

@@ -37,6 +37,10 @@ class EndpointSpec:
     # matching (domain/placement.py): hold a machine's cores for a wide job only when its
     # running jobs free them within this many seconds
     reserve_limit: float = 300.0
+    # a job goes on a machine already running jobs only if it should end (by its predicted
+    # run time) at most this many seconds after them: it does not keep a machine alive,
+    # mostly empty, for long after its other jobs (None: no limit)
+    extend_limit: float | None = None
     # new machines: the smallest type whose price per used core is within this share of the
     # best (a big machine strands cores as its jobs end at different times)
     size_tolerance: float = 0.05

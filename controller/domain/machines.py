@@ -93,6 +93,7 @@ class MachineView:
     managed: bool = True  # started by the controller's driver (False: a pilot that joined)
     pool: str | None = None  # priced endpoints: 'type/zone/market' it was started in
     draining: bool = False  # takes no new jobs; stops when its last job ends
+    busy_until: float = 0.0  # when its running jobs should end (predicted; 0: not known)
 
 
 @dataclass(frozen=True)

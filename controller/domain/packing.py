@@ -56,6 +56,7 @@ class Item:
     n: int
     pools: frozenset[str]
     runtime: float = 3600.0  # how long each may run (its max_runtime): a machine lives as long
+    predicted: float | None = None  # how long each should run (None: `runtime`)
 
 
 @dataclass
@@ -71,6 +72,11 @@ class Room:
     used: int = 0
     draining: bool = False
     total: int = 0  # the machine's cores in all
+    last: float = math.inf  # work that should end later than this does not go here
+
+    def holds(self, item: Item, now: float) -> bool:
+        return (self.cores >= item.cores and self.memory_mb >= item.memory_mb
+                and now + (item.predicted or item.runtime) <= self.last)
 
     def take(self, item: Item, n: int) -> int:
         if self.pool is not None and self.pool not in item.pools:
@@ -192,7 +198,7 @@ def decide_priced(
             break
         still = []
         for room in open_rooms:
-            if it.n > 0 and room.cores >= it.cores and room.memory_mb >= it.memory_mb:
+            if it.n > 0 and room.holds(it, now):
                 it.n -= room.take(it, it.n)
             if room.slots > 0 and room.cores >= need_c[i + 1] and (
                     room.memory_mb >= need_m[i + 1]):
@@ -298,8 +304,11 @@ def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[
             plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
                                 f"{why}")
             continue
+        # a new machine's life by the jobs' max_runtime, not their predicted run time: that
+        # measured better (the predictions' errors strand cores on big machines: LCG 1.152 x
+        # the bound with them, 1.124 x without; CTC-SP2 1.393 x and 1.395 x)
         items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools,
-                          float(req.max_runtime)))
+                          float(req.max_runtime), q.predicted_runtime))
     return items
 
 
@@ -319,8 +328,9 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
             free_slots = max(m.slots - m.busy_slots, 0)
             if free_slots <= 0:
                 continue
-            cores = m.free_cores if (m.free_cores or o is None) else o.cores
-            mem = m.free_memory_mb if (m.free_memory_mb or o is None) else o.memory_mb
+            # a busy machine has what its jobs leave (none: it holds nothing more, whatever
+            # slots it has left)
+            cores, mem = m.free_cores, m.free_memory_mb
             if m.busy_slots == 0 and o is not None:  # idle: its whole machine is free
                 cores, mem = o.cores, o.memory_mb
             rank = (0, 0.0) if m.busy_slots else (2, _per_core(plan, m))
@@ -328,6 +338,8 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
                 rank = (3, -free_slots)
             room = Room(m.name, o.spot if o else False, o.pool if o else None, free_slots,
                         cores, mem, draining=m.draining, total=o.cores if o else cores)
+            if m.busy_slots and m.busy_until and spec.extend_limit is not None:
+                room.last = m.busy_until + spec.extend_limit
         rooms.append((rank, m.name, room))
     rooms.sort(key=lambda r: (r[0], r[1]))
     return [r for _, _, r in rooms]

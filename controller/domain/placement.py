@@ -2,17 +2,20 @@
 callers: controller/simulate/engine.py and the store's matcher behind the pilots' route).
 
 - Busiest, then fullest first: a job goes to the machine that can hold it whose running
-  jobs keep it busy longest (by their max_runtime), then to the fullest (the fewest free
-  cores, then the least free memory, then the name), so the other machines empty and stop
-  sooner. The simulator lets machines ask in that order; the live controller answers a pilot
-  only with work that no machine before it in that order, asking at the same moment, can
-  hold.
+  jobs keep it busy longest (by their predicted run time, else their max_runtime: `ends`),
+  then to the fullest (the fewest free cores, then the least free memory, then the name),
+  so the other machines empty and stop sooner. The simulator lets machines ask in that
+  order; the live controller answers a pilot only with work that no machine before it in
+  that order, asking at the same moment, can hold.
+- `extend_limit` (optional): a machine running jobs takes only jobs that should end at most
+  that long after them, so that it is not kept alive, mostly empty, by one long job.
 - Reservation with bounded backfill (EASY backfilling, as batch schedulers do): when the job
   fair share puts first on a machine does not fit its free cores yet, the machine holds its
-  cores for it, and hands narrower jobs only those that end (by their max_runtime) before the
-  running jobs free enough cores for it (the shadow time). A reservation whose shadow time is
-  further off than `reserve_limit` is not made: cores are not held idle long, and the wide
-  job goes to another machine (the scheduler starts one for it if need be).
+  cores for it, and hands narrower jobs only those that end (by `TaskQueue.runtime`:
+  predicted, else max_runtime) before the running jobs free enough cores for it (the shadow
+  time). A reservation whose shadow time is further off than `reserve_limit` is not made:
+  cores are not held idle long, and the wide job goes to another machine (the scheduler
+  starts one for it if need be).
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ def leave_to_fuller(req: Requirements, me: Asking, asking: Iterable[Asking]) -> 
 
 @dataclass(frozen=True)
 class Running:
-    """A job running on a machine: what it takes and when it should end at the latest."""
+    """A job running on a machine: what it takes and when it should end (predicted, else by
+    its max_runtime)."""
 
     cores: int
     memory_mb: int
@@ -90,7 +94,8 @@ def shadow_time(need: Requirements, free: SlotOffer, running: Sequence[Running],
 def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | None,
            running: Sequence[Running], now: float, reserve_limit: float,
            skip: Iterable[int] = (),
-           waits: Callable[[TaskQueue], bool] | None = None) -> TaskQueue | None:
+           waits: Callable[[TaskQueue], bool] | None = None,
+           extend_limit: float | None = None) -> TaskQueue | None:
     """The task queue a machine takes its next job from.
 
     `ordered`: task queues in fair-share order; `free`: what the machine has free now;
@@ -99,15 +104,20 @@ def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | Non
     it fits `free` it is taken; if not, the machine reserves cores for it (when its shadow
     time is within `reserve_limit`) and takes only narrower jobs that end before then.
     `waits` says whether a queue still has a waiting job (checked before reserving for it;
-    None: every queue given has one)."""
+    None: every queue given has one). `extend_limit`: on a machine running jobs, only jobs
+    that should end at most this long after them (by `q.runtime`) are taken (None: any)."""
     skipped = set(skip)
     shadow: float | None = None
+    last = math.inf
+    if extend_limit is not None and running:
+        last = busy_until(running) + extend_limit
     for q in ordered:
         if q.id in skipped:
             continue
         req = q.requirements
         if fits(req, free):
-            if shadow is None or now + req.max_runtime <= shadow:
+            end = now + q.runtime
+            if end <= last and (shadow is None or end <= shadow):
                 return q
             continue
         if shadow is None and whole is not None and fits(req, whole) and (

@@ -22,6 +22,16 @@ class TaskQueue:
     group: str
     priority: int
     waiting: int = 0  # filled in where a count is known (scheduler snapshots)
+    # the predicted run time of its next job (domain/runtime_prediction.py), where one is
+    # known; None: its max_runtime
+    predicted_runtime: float | None = None
+
+    @property
+    def runtime(self) -> float:
+        """How long its next job should run: the prediction, else its max_runtime."""
+        if self.predicted_runtime is None:
+            return float(self.requirements.max_runtime)
+        return self.predicted_runtime
 
 
 def decay(value: float, since: float, now: float, half_life: float) -> float:

@@ -9,6 +9,10 @@ times, a simulated fleet, and the controller's own code for every decision:
   controller/reconcile/loop.py calls it (task queue snapshot, machine views, spot prices
   now), except at ticks where it would decide nothing new (see `_quiet`).
 
+Run times: the scheduler and the matcher are told what `runtimes` says (RUNTIMES): by
+default the predictions of controller.domain.runtime_prediction, learned from the jobs that
+have ended; the oracle policy the true run times.
+
 The simulator adds only what the cloud and the pilots would do: machines come up after
 `boot_time`, jobs run for their traced run time, spot machines are interrupted when the
 market price passes their max price (their jobs go back to the queue, as `interrupted`).
@@ -29,6 +33,7 @@ from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose, placement_key
 from controller.domain.pricing import Offer, PriceSeries
+from controller.domain.runtime_prediction import RunHistory, extend
 from controller.domain.scheduling import Budget, EndpointSpec, decide
 from controller.domain.taskqueues import (
     GROUP,
@@ -41,7 +46,9 @@ from controller.domain.taskqueues import (
 from controller.simulate.trace import TraceJob
 
 M = MachineState
-UP, END, INTERRUPT, TICK = 0, 1, 2, 3  # event kinds, in the order they act at one instant
+# event kinds, in the order they act at one instant (OVERRUN: a job still runs at its
+# predicted end, and gets a new prediction)
+UP, END, INTERRUPT, OVERRUN, TICK = 0, 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -55,6 +62,8 @@ class SimJob:
     machine: str | None = None
     attempt: int = 0
     ends: int = 0  # how often it ended (the conservation check: exactly once)
+    predicted: float = 0.0  # how long its current run should take (set when it starts)
+    first_machine: str | None = None  # where it first ran
 
 
 @dataclass(slots=True)
@@ -73,8 +82,13 @@ class SimMachine:
     interrupted: bool = False
     largest_job: tuple[int, int] = (0, 0)  # cores, memory of the largest job it ran
     draining: bool = False  # takes no new jobs (consolidation); stops when empty
-    busy_until: float = 0.0  # the latest its running jobs should end (by max_runtime)
+    busy_until: float = 0.0  # the latest its running jobs should end (predicted)
     version: int = 0  # bumped on every change: older entries in the placement heap are void
+    # where its time went (for the report's gap decomposition)
+    mark: float = 0.0  # the last change of its jobs
+    busy_s: float = 0.0  # seconds up with at least one job
+    used_core_s: float = 0.0  # core-seconds its jobs took
+    lost_core_s: float = 0.0  # core-seconds of runs cut short (interrupted: run again)
 
 
 @dataclass
@@ -97,6 +111,9 @@ class Outcome:
     rescheduled: int = 0
     end: float = 0.0
     series: dict[str, PriceSeries] = field(default_factory=dict)
+    # the ticks whose decision left waiting work uncovered (a cap, the budget, no price under
+    # the max): the waits they explain
+    short_ticks: list[float] = field(default_factory=list)
 
     def cost(self, m: SimMachine) -> float:
         """USD: the integral of the machine's price over its life."""
@@ -118,6 +135,12 @@ class SimOptions:
     sample_every: float = 600.0
 
 
+# What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
+# (learned from the jobs that ended: domain/runtime_prediction.py), "oracle" (each job's
+# true run time: the bound of what prediction can give)
+RUNTIMES = ("requested", "predicted", "oracle")
+
+
 class Simulation:
     """One policy over one trace. `static` is a fixed fleet (offer, count) that never changes;
     otherwise `decide` runs every tick with `spec`."""
@@ -125,8 +148,16 @@ class Simulation:
     def __init__(self, policy: str, spec: EndpointSpec, jobs: list[TraceJob],
                  series: dict[str, PriceSeries], opts: SimOptions,
                  static: tuple[Offer, int] | None = None,
-                 progress: Callable[[float, int], None] | None = None) -> None:
+                 progress: Callable[[float, int], None] | None = None,
+                 runtimes: str = "predicted") -> None:
+        if runtimes not in RUNTIMES:
+            raise ValueError(f"runtimes {runtimes!r}: one of {', '.join(RUNTIMES)}")
         self.policy = policy
+        self.runtimes = runtimes
+        self.history = RunHistory()
+        # task queue -> as the scheduler sees it now (with its owner's history version)
+        self.views: dict[int, tuple[int, TaskQueue]] = {}
+        self.learned: dict[str, int] = {}  # owner -> run times learned (a version)
         self.spec = spec
         self.opts = opts
         self.static = static
@@ -154,6 +185,7 @@ class Simulation:
         self.interruptions = 0
         self.rescheduled = 0
         self.samples: list[Sample] = []
+        self.short_ticks: list[float] = []
         self.dirty = True  # something changed since the last tick's decision
         self.wholes: dict[str, SlotOffer] = {}  # what a machine of each pool offers in all
         self.fit_whole: dict[tuple[int, str], bool] = {}  # (task queue, pool) -> fits
@@ -223,10 +255,10 @@ class Simulation:
         self._sample()
         return Outcome(self.policy, list(self.jobs.values()), list(self.machines.values()),
                        self.samples, self.unfit, self.interruptions, self.rescheduled,
-                       self.now, self.series)
+                       self.now, self.series, self.short_ticks)
 
     def _event(self, kind: int, what: str) -> None:
-        if kind != TICK:
+        if kind not in (TICK, OVERRUN):
             self.dirty = True
         if kind == TICK:
             self._tick()
@@ -235,6 +267,9 @@ class Simulation:
         elif kind == END:
             job_id, attempt = what.split(":")
             self._job_end(self.jobs[int(job_id)], int(attempt))
+        elif kind == OVERRUN:
+            job_id, attempt = what.split(":")
+            self._overrun(self.jobs[int(job_id)], int(attempt))
         elif kind == UP:
             m = self.machines[what]
             if m.state == M.BOOTING:
@@ -264,6 +299,24 @@ class Simulation:
         self.dirty = True
         heapq.heappush(self.waiting.setdefault(j.tq, []), j.trace.id)
         self.n_waiting += 1
+        if self.runtimes == "oracle":
+            self.views.pop(j.tq, None)  # its head may have changed
+
+    def _view(self, q: int) -> TaskQueue:
+        """Task queue `q` with the predicted run time of its next job."""
+        tq = self.queues[q]
+        version = self.learned.get(tq.owner, 0)
+        got = self.views.get(q)
+        if got is not None and got[0] == version:
+            return got[1]
+        v = tq
+        if self.runtimes == "predicted":
+            limit = float(tq.requirements.max_runtime)
+            v = replace(tq, predicted_runtime=self.history.predict(q, tq.owner, limit))
+        elif self.runtimes == "oracle" and self.waiting.get(q):
+            v = replace(tq, predicted_runtime=self.jobs[self.waiting[q][0]].trace.run)
+        self.views[q] = (version, v)
+        return v
 
     def _dispatch(self) -> None:
         """Machines with room ask for work in placement order (domain/placement.py: the
@@ -292,7 +345,25 @@ class Simulation:
                 for j in (self.jobs[i] for i in m.jobs)]
 
     def _ends(self, j: SimJob) -> float:
-        return j.starts[-1] + self.queues[j.tq].requirements.max_runtime
+        """When the job should end: its start plus its predicted run time."""
+        return j.starts[-1] + j.predicted
+
+    def _overrun(self, j: SimJob, attempt: int) -> None:
+        """The job still runs at its predicted end: a new prediction (an event, so that the
+        decisions between two ticks see the same machines whether or not a tick is
+        skipped)."""
+        if attempt != j.attempt or j.machine is None:
+            return  # it ended or was interrupted meanwhile
+        limit = float(self.queues[j.tq].requirements.max_runtime)
+        new = extend(j.predicted, self.now - j.starts[-1], limit)
+        if new <= j.predicted:
+            return  # at its max_runtime: it ends now
+        self.dirty = True
+        j.predicted = new
+        m = self.machines[j.machine]
+        m.busy_until = max(m.busy_until, self._ends(j))
+        self._has_room(m)
+        self._push(self._ends(j), OVERRUN, f"{j.trace.id}:{j.attempt}")
 
     def _whole(self, o: Offer) -> SlotOffer:
         whole = self.wholes.get(o.pool)
@@ -317,20 +388,24 @@ class Simulation:
         pool = m.offer.pool
         matched = False
         while m.free_slots > 0 and self.n_waiting:
-            cands = [self.queues[q] for q, h in self.waiting.items()
+            cands = [self._view(q) for q, h in self.waiting.items()
                      if h and self._fits_whole(q, whole, pool)]
             if not cands:
                 break
             free = replace(whole, cores=m.free_cores, memory_mb=m.free_mem)
             running = self._running(m)
             q = choose(fair_share_order(cands, self._fair_share()), free, whole, running,
-                       self.now, self.spec.reserve_limit)
+                       self.now, self.spec.reserve_limit,
+                       extend_limit=self.spec.extend_limit)
             if q is None:
                 break
             job = self.jobs[heapq.heappop(self.waiting[q.id])]
             if not self.waiting[q.id]:
                 del self.waiting[q.id]
             self.n_waiting -= 1
+            job.predicted = q.runtime
+            if self.runtimes == "oracle":
+                self.views.pop(q.id, None)
             self._run(job, m)
             matched = True
         if matched:
@@ -345,7 +420,18 @@ class Simulation:
         for key in ((OWNER, j.trace.user), (GROUP, j.trace.group)):
             self.held[key] = self.held.get(key, 0.0) + sign * j.cores
 
+    def _account(self, m: SimMachine) -> None:
+        """Add the time since the machine's last change to its busy and used figures."""
+        if m.jobs:
+            dt = self.now - m.mark
+            m.busy_s += dt
+            m.used_core_s += (m.offer.cores - m.free_cores) * dt
+        m.mark = self.now
+
     def _run(self, j: SimJob, m: SimMachine) -> None:
+        self._account(m)
+        if not j.starts:
+            j.first_machine = m.name
         j.starts.append(self.now)
         j.machine = m.name
         j.attempt += 1
@@ -358,8 +444,11 @@ class Simulation:
         m.busy_until = max(m.busy_until, self._ends(j))
         self._hold(j, 1)
         self._push(self.now + j.trace.run, END, f"{j.trace.id}:{j.attempt}")
+        if j.predicted < j.trace.run:  # (only to spare an event that would find it ended)
+            self._push(self._ends(j), OVERRUN, f"{j.trace.id}:{j.attempt}")
 
     def _release(self, j: SimJob, m: SimMachine) -> None:
+        self._account(m)
         m.jobs.discard(j.trace.id)
         m.free_slots += 1
         m.free_cores += j.cores
@@ -379,6 +468,9 @@ class Simulation:
             return  # a run that was interrupted meanwhile
         m = self.machines[j.machine]
         self._release(j, m)
+        if self.runtimes == "predicted":  # what the scheduler learns as jobs end
+            self.history.record(j.tq, j.trace.user, self.now - j.starts[-1])
+            self.learned[j.trace.user] = self.learned.get(j.trace.user, 0) + 1
         j.end = self.now
         j.ends += 1
         self.done += 1
@@ -397,6 +489,7 @@ class Simulation:
     def _end_machine(self, m: SimMachine, why: str) -> None:
         for job_id in sorted(m.jobs):
             j = self.jobs[job_id]
+            m.lost_core_s += j.cores * (self.now - j.starts[-1])
             self._release(j, m)
             j.attempt += 1  # its pending end event is void
             self.rescheduled += 1
@@ -440,13 +533,15 @@ class Simulation:
             return
         views = [MachineView(m.name, self.spec.name, m.state, m.created,
                              m.offer.n_slots, len(m.jobs), m.free_cores, m.free_mem,
-                             m.idle_since, self.now, True, m.offer.pool, m.draining)
+                             m.idle_since, self.now, True, m.offer.pool, m.draining,
+                             m.busy_until if m.jobs else 0.0)
                  for m in self.live.values()]
-        queues = [TaskQueue(q.id, q.requirements, q.owner, q.group, q.priority, len(h))
-                  for q, h in ((self.queues[i], h) for i, h in self.waiting.items())]
+        queues = [replace(self._view(i), waiting=len(h)) for i, h in self.waiting.items()]
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
                    budget=Budget())
         self.dirty = d.changes or d.drains_differently(views)
+        if any("not covered" in r for r in d.reasons):
+            self.short_ticks.append(self.now)
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:

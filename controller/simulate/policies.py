@@ -10,7 +10,7 @@ from controller.domain.pricing import Offer, PriceSeries
 from controller.domain.scheduling import EndpointSpec
 from controller.simulate.trace import TraceJob
 
-POLICIES = ("on-demand-static", "on-demand-elastic", "spot-naive", "cloudpilot")
+POLICIES = ("on-demand-static", "on-demand-elastic", "spot-naive", "cloudpilot", "oracle")
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Policy:
     spec: EndpointSpec
     static: tuple[Offer, int] | None = None
     note: str = ""
+    runtimes: str = "predicted"  # what it is told of run times (engine.RUNTIMES)
 
 
 def mean_cores(jobs: list[TraceJob]) -> float:
@@ -44,6 +45,9 @@ def make_policy(name: str, spec: EndpointSpec, jobs: list[TraceJob],
     if name == "cloudpilot":
         return Policy(name, spec, note=f"all {len(spec.offers)} offers, diversity "
                       f"{spec.diversity}")
+    if name == "oracle":
+        return Policy(name, spec, note="cloudpilot told each job's true run time (what "
+                      "better prediction could give at most)", runtimes="oracle")
     if name == "on-demand-elastic":
         return Policy(name, replace(spec, offers=on_demand), note="the scheduler, on-demand "
                       "offers only")

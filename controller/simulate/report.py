@@ -1,8 +1,11 @@
 """What a replay tells the operator: per policy cost, machine-hours, utilization, waits,
-makespan, interruptions; the lower bound; as a text table and as JSON."""
+makespan, interruptions; the lower bound; where the money above the bound goes (the gap,
+decomposed) and where the waits come from (by job width and by cause); as a text table and
+as JSON."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -41,6 +44,91 @@ class PolicyReport:
     rescheduled: int
     machines: int
     vs_lower_bound: float | None
+    gap: dict[str, float] = field(default_factory=dict)  # GAP_PARTS -> USD above the bound
+    waits: list[WaitRow] = field(default_factory=list)  # by job width
+
+
+# Where the cost above the lower bound goes, each machine's cost split by how its life was
+# spent (its mean price per second times the seconds):
+GAP_PARTS = {
+    "boot": "booting (no pilot yet)",
+    "idle": "up with no job (waiting for work or for the idle timeout)",
+    "stranded": "free cores of machines running jobs",
+    "lost": "runs cut short by spot interruptions (run again)",
+    "price": "the jobs' core-hours above the bound's price (types or times dearer than the "
+             "cheapest time-averaged one)",
+}
+# job widths, in cores (the last one: up to any width)
+WIDTHS = ((1, 1), (2, 8), (9, 32), (33, 96), (97, 1 << 30))
+# why a job waited: for a machine to boot, for room on running machines (reservation,
+# backfill, fair share), or for a decision that left work uncovered (a cap, the budget, no
+# price under the max)
+CAUSES = ("boot", "room", "limits")
+
+
+@dataclass(frozen=True)
+class WaitRow:
+    """The waits of jobs of `cores` (lo, hi): count, mean, p95, seconds by cause."""
+
+    lo: int
+    hi: int
+    jobs: int
+    mean: float
+    p95: float
+    by_cause: dict[str, float]
+
+
+def gap(out: Outcome, lb_cost: float) -> dict[str, float]:
+    """The cost above the lower bound, in USD, by GAP_PARTS: sums to cost - lb_cost."""
+    parts = dict.fromkeys(GAP_PARTS, 0.0)
+    total = 0.0
+    for m in out.machines:
+        end = m.ended if m.ended is not None else out.end
+        life = end - m.created
+        cost = out.cost(m)
+        total += cost
+        if life <= 0:
+            continue
+        rate = cost / life  # USD per second
+        up = m.up_at if m.up_at is not None else end
+        boot = min(up, end) - m.created
+        cores = m.offer.cores
+        parts["boot"] += rate * boot
+        parts["idle"] += rate * max(life - boot - m.busy_s, 0.0)
+        parts["stranded"] += rate * (m.busy_s - m.used_core_s / cores)
+        parts["lost"] += rate * m.lost_core_s / cores
+    # what is left is the price of the jobs' own core-hours above the bound's
+    parts["price"] = total - lb_cost - sum(parts.values())
+    return parts
+
+
+def waits_by_width(out: Outcome) -> list[WaitRow]:
+    """Each finished job's first wait, by width, split by cause: 'boot' when the machine it
+    started on was started after it arrived; else 'limits' when a decision during its wait
+    left work uncovered, 'room' when none did."""
+    starts = {m.name: m.created for m in out.machines}
+    ticks = out.short_ticks
+    rows = []
+    for lo, hi in WIDTHS:
+        waits, by = [], dict.fromkeys(CAUSES, 0.0)
+        for j in out.jobs:
+            if j.end is None or not lo <= j.cores <= hi:
+                continue
+            w = j.starts[0] - j.trace.submit
+            waits.append(w)
+            if w <= 0:
+                continue
+            if j.first_machine is not None and starts[j.first_machine] > j.trace.submit:
+                by["boot"] += w
+            elif bisect.bisect_left(ticks, j.trace.submit) < bisect.bisect_right(
+                    ticks, j.starts[0]):
+                by["limits"] += w
+            else:
+                by["room"] += w
+        if waits:
+            rows.append(WaitRow(lo, hi, len(waits), sum(waits) / len(waits),
+                                percentile(waits, 95), by))
+    return rows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -100,7 +188,9 @@ def summarize(out: Outcome, note: str, lb: LowerBound | None) -> PolicyReport:
         wait_mean=sum(waits) / len(waits) if waits else 0.0,
         wait_p50=percentile(waits, 50), wait_p95=percentile(waits, 95),
         makespan=last - first, interruptions=out.interruptions, rescheduled=out.rescheduled,
-        machines=len(out.machines), vs_lower_bound=ratio)
+        machines=len(out.machines), vs_lower_bound=ratio,
+        gap=gap(out, lb.cost) if lb is not None and lb.cost > 0 else {},
+        waits=waits_by_width(out))
 
 
 def _dur(s: float) -> str:
@@ -111,6 +201,17 @@ def _dur(s: float) -> str:
     if s < 172800:
         return f"{s / 3600:.1f}h"
     return f"{s / 86400:.1f}d"
+
+
+def _width(w: WaitRow) -> str:
+    if w.lo == w.hi:
+        return str(w.lo)
+    return f"{w.lo}+" if w.hi >= 1 << 30 else f"{w.lo}-{w.hi}"
+
+
+def _share(v: float, of: dict[str, float]) -> str:
+    total = sum(of.values())
+    return f"{v / total:.0%}" if total > 0 else "-"
 
 
 def text_table(reports: list[PolicyReport], lb: LowerBound | None) -> str:
@@ -139,6 +240,16 @@ def text_table(reports: list[PolicyReport], lb: LowerBound | None) -> str:
     for r in reports:
         if r.note:
             lines.append(f"{r.policy}: {r.note}")
+        if r.gap:
+            lines.append(f"{r.policy}: ${sum(r.gap.values()):,.2f} above the bound: "
+                         + ", ".join(f"{k} ${v:,.2f} ({_share(v, r.gap)})"
+                                     for k, v in r.gap.items()))
+        if r.waits:
+            lines.append(f"{r.policy}: waits by width (jobs, mean, p95; share of the waiting "
+                         "by cause " + "/".join(CAUSES) + "): " + "; ".join(
+                             f"{_width(w)} cores {w.jobs:,} {_dur(w.mean)} {_dur(w.p95)} "
+                             + "/".join(_share(w.by_cause[c], w.by_cause) for c in CAUSES)
+                             for w in r.waits))
         if r.unfit:
             lines.append(f"{r.policy}: {r.unfit:,} jobs no offered machine can hold "
                          "(not run, not in the figures)")

@@ -139,7 +139,8 @@ def simulate(trace: list[TraceJob], series: dict[str, PriceSeries], cfg: SimConf
         if progress is not None:
             bar = Progress(name, horizon, len(probe.trace), progress)
         started, cpu = time.monotonic(), time.process_time()
-        out = Simulation(name, pol.spec, trace, series, opts, pol.static, bar).run()
+        out = Simulation(name, pol.spec, trace, series, opts, pol.static, bar,
+                         pol.runtimes).run()
         seconds[name] = time.monotonic() - started
         cpu_seconds[name] = time.process_time() - cpu
         if isinstance(bar, Progress):

@@ -99,6 +99,10 @@ def test_policies_differ_only_in_the_spec(result):
     od = make_policy("on-demand-elastic", spec, trace, {})
     assert all(not o.spot for o in od.spec.offers) and od.spec == replace(
         spec, offers=tuple(o for o in spec.offers if not o.spot))
+    # the oracle is cloudpilot told the true run times
+    oracle, cp = make_policy("oracle", spec, trace, {}), make_policy("cloudpilot", spec, trace, {})
+    assert oracle.spec == cp.spec == spec
+    assert (oracle.runtimes, cp.runtimes) == ("oracle", "predicted")
 
 
 def test_the_command_writes_a_table_json_and_plots(tmp_path):
@@ -135,7 +139,8 @@ def test_skipping_quiet_ticks_changes_nothing(monkeypatch):
                            cfg.price_start)
     opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick)
     quiet = Simulation._quiet
-    for spec in (replace(ep.spec(), headroom=0.0), replace(ep.spec(), headroom=0.05)):
+    for spec in (replace(ep.spec(), headroom=0.0), replace(ep.spec(), headroom=0.05),
+                 replace(ep.spec(), extend_limit=600.0)):
         outcomes = []
         for skip in (True, False):
             monkeypatch.setattr(Simulation, "_quiet", quiet if skip else lambda self: False)

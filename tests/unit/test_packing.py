@@ -108,6 +108,10 @@ def test_free_capacity_is_used_before_starting():
     assert run([tq(5)], ms).start == ()  # 3 free on the busy one, 2 on the booting one
     assert pools(run([tq(6)], ms)) == ["s/a/spot"]
 
+    # a machine whose one wide job takes all its cores holds nothing more, slots or not
+    full = [replace(view("ec2-0001", "b/a/spot", busy=1, free_cores=0), free_memory_mb=0)]
+    assert pools(run([tq(1)], full)) == ["s/a/spot"]
+
 
 def test_spot_capacity_does_not_count_for_on_demand_jobs():
     ms = [view("ec2-0001", "b/a/spot")]
@@ -221,3 +225,15 @@ def test_headroom_keeps_free_cores_for_work_on_its_way():
     idle = [*ms, view("ec2-0009", "b/b/spot", idle_for=100)]
     assert run([], idle, spec=spec).remove == ()
     assert [r.name for r in run([], idle).remove] == ["ec2-0009"]
+
+
+def test_work_that_would_outlive_a_busy_machine_gets_a_machine_of_its_own():
+    long_job = tq(1, max_runtime=36000)
+    busy = view("ec2-0001", "b/a/spot", busy=2)
+    ending = replace(busy, busy_until=NOW + 600)
+    spec = replace(SPEC, extend_limit=1800.0)
+    assert run([long_job], [ending]).start == ()  # no limit: it goes in the free cores
+    assert pools(run([long_job], [ending], spec=spec)) == ["s/a/spot"]
+    soon = replace(long_job, predicted_runtime=900.0)  # predicted to end with the others
+    assert run([soon], [ending], spec=spec).start == ()
+    assert run([long_job], [busy], spec=spec).start == ()  # its end not known: no limit

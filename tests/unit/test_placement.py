@@ -1,6 +1,7 @@
 """The placement rule the simulator and the live matcher share (domain/placement.py)."""
 
 import math
+from dataclasses import replace
 
 from controller.domain.jobs import Requirements
 from controller.domain.matching import SlotOffer
@@ -96,3 +97,19 @@ def test_a_wide_job_reserves_cores_and_narrow_ones_backfill_only_before_it():
     # the head fits: it goes first; skipped queues are passed over
     assert choose(order, free(8), WHOLE, [], NOW, 300) == wide
     assert choose(order, free(8), WHOLE, [], NOW, 300, skip={1}) == long_narrow
+
+
+def test_predicted_run_times_decide_backfill_and_how_long_a_machine_is_kept():
+    running = [Running(6, 12000, NOW + 600)]
+    wide, narrow = tq(1, cores=8), tq(2, runtime=7200)
+    # asked for 2 h: it would delay the wide job's reservation, so it waits
+    assert choose([wide, narrow], free(2), WHOLE, running, NOW, 900) is None
+    # predicted to take 5 min (its owner's recent runs): it backfills
+    quick = replace(narrow, predicted_runtime=300.0)
+    assert quick.runtime == 300.0 and narrow.runtime == 7200.0
+    assert choose([wide, quick], free(2), WHOLE, running, NOW, 900) is quick
+    # extend_limit: a job that should outlive the machine's other jobs by more than the limit
+    # goes elsewhere (the machine empties and stops); an empty machine takes it
+    assert choose([narrow], free(2), WHOLE, running, NOW, 0, extend_limit=1800) is None
+    assert choose([quick], free(2), WHOLE, running, NOW, 0, extend_limit=1800) is quick
+    assert choose([narrow], WHOLE, WHOLE, [], NOW, 0, extend_limit=1800) is narrow

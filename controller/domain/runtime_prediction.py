@@ -1,0 +1,59 @@
+"""How long a job will really run, predicted from the run times its owner's jobs really had,
+as batch schedulers do (Tsafrir, Etsion and Feitelson, "Backfilling using system-generated
+predictions rather than user runtime estimates", IEEE TPDS 2007): the mean of the last two
+run times, never above what the job asked for (`max_runtime`, the limit that kills it, which
+users overstate by a large factor).
+
+Pure: the history comes in as data, learned only from jobs that have ended (a job's own run
+time is never known before it ends). The same code predicts in the simulator and live.
+
+- A job's task queue (same owner, same requirements) is the best guide: its last two run
+  times. With no history there, the owner's last two (jobs of other shapes, capped by this
+  job's request); with none at all, the request.
+- A running job that outlives its prediction gets a new one: twice the time it has run so
+  far, never above its request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+
+KEEP = 2  # run times remembered per key (Tsafrir et al.: the last two)
+
+
+def predict(recent: Iterable[float], limit: float) -> float:
+    """The mean of `recent` run times (the newest last; at most the last KEEP count), never
+    above `limit` nor below one second; `limit` itself with no history."""
+    runs = list(recent)[-KEEP:]
+    if not runs:
+        return limit
+    return max(1.0, min(limit, sum(runs) / len(runs)))
+
+
+def extend(predicted: float, elapsed: float, limit: float) -> float:
+    """A new prediction for a job still running `elapsed` seconds after it started: the old
+    one while it holds, else twice the time run so far (capped by `limit`)."""
+    if elapsed < predicted:
+        return predicted
+    return min(limit, max(2.0 * elapsed, elapsed + 1.0))
+
+
+@dataclass
+class RunHistory:
+    """The last KEEP real run times per task queue and per owner, newest last: the in-memory
+    form of what the store keeps."""
+
+    by_queue: dict[Hashable, tuple[float, ...]] = field(default_factory=dict)
+    by_owner: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def record(self, queue: Hashable, owner: str, seconds: float) -> None:
+        """A job of `queue` and `owner` ended after running `seconds`."""
+        self.by_queue[queue] = (*self.by_queue.get(queue, ())[-(KEEP - 1):], seconds)
+        self.by_owner[owner] = (*self.by_owner.get(owner, ())[-(KEEP - 1):], seconds)
+
+    def predict(self, queue: Hashable, owner: str, limit: float) -> float:
+        """The predicted run time of the next job of `queue` (owned by `owner`) that may run
+        for at most `limit` seconds."""
+        runs = self.by_queue.get(queue) or self.by_owner.get(owner, ())
+        return predict(runs, limit)
