@@ -57,6 +57,7 @@ class SshHost:
     netns: str | None = None
     veth: str | None = None  # the outer end of its veth pair, in the test's namespace
     proc: subprocess.Popen[bytes] | None = None
+    hostname: str | None = None  # its own host name (a UTS namespace), for its sshd's sessions
 
     @property
     def host_key_line(self) -> str:
@@ -66,7 +67,15 @@ class SshHost:
         return f"{where} {pub[0]} {pub[1]}"
 
     def _prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns] if self.netns else []
+        """How a process starts on this host: in its network namespace (where `ip netns exec`
+        also puts /etc/netns/NS/hosts over /etc/hosts), under its own host name if it has
+        one."""
+        if not self.netns:
+            return []
+        if not self.hostname:
+            return ["ip", "netns", "exec", self.netns]
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
+                'hostname "$0" && exec "$@"', self.hostname]
 
     def start(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

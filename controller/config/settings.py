@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from controller.config.clouds import AwsConfig, OpenStackConfig
 from controller.config.database import is_postgres
+from controller.domain.batch import BatchSpec
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import ApprovalPolicy
 from controller.domain.pricing import Market, Offer
@@ -80,12 +81,14 @@ class SshConfig(BaseModel):
 
 
 SLURM_NAME = r"^[A-Za-z0-9_.,+-]{1,64}$"
+SGE_NAME = r"^[A-Za-z0-9_.@*-]{1,64}$"
 
 
-class SlurmConfig(BaseModel):
-    """A Slurm cluster reached over SSH (driver = "slurm"): its login node, reached as an SSH
-    endpoint reaches its hosts, and what each pilot job asks Slurm for. Cores, memory and
-    slots per pilot are the endpoint's `cores`, `memory_mb` and `slots`."""
+class BatchSiteConfig(BaseModel):
+    """A batch-system site reached over SSH (driver = "slurm" or "sge"): its login node,
+    reached as an SSH endpoint reaches its hosts, and the settings common to every batch
+    system. Cores, memory and slots per pilot are the endpoint's `cores`, `memory_mb` and
+    `slots`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -103,14 +106,10 @@ class SlurmConfig(BaseModel):
     remote_dir: str = Field("~/.cloudpilot", pattern=r"^[A-Za-z0-9_./~-]{1,200}$",
                             description="shared by login and compute nodes: pilots live in "
                             "REMOTE_DIR/ENDPOINT/MACHINE")
-    partition: str | None = Field(None, pattern=SLURM_NAME)
-    account: str | None = Field(None, pattern=SLURM_NAME)
-    qos: str | None = Field(None, pattern=SLURM_NAME)
     wall_time: int = Field(3600, ge=60, le=366 * 86400, description="per pilot job (s; "
-                           "Slurm counts whole minutes)")
-    sbatch_options: list[str] = Field(default_factory=list, description="more sbatch "
-                                      "options, each '--name' or '--name=value'")
-    max_queued: int = Field(4, ge=1, description="pilot jobs pending in Slurm at once")
+                           "Slurm counts whole minutes; Grid Engine's h_rt)")
+    max_queued: int = Field(4, ge=1, description="pilot jobs pending in the batch system "
+                            "at once")
     pending_timeout: float = Field(600.0, gt=0, description="cancel a pilot job pending "
                                    "longer (s) and back off")
     pending_backoff: float = Field(300.0, ge=0, description="no new pilot jobs this long "
@@ -119,11 +118,7 @@ class SlurmConfig(BaseModel):
                              "uploading output and reporting (s)")
 
     @model_validator(mode="after")
-    def _options(self) -> SlurmConfig:
-        for o in self.sbatch_options:
-            if not re.fullmatch(r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?", o):
-                raise ValueError(f"sbatch option {o!r}: write it as --name or --name=value "
-                                 "(no spaces, quotes or shell characters)")
+    def _margin(self) -> BatchSiteConfig:
         if self.time_margin >= self.wall_time:
             raise ValueError("time_margin must be shorter than wall_time")
         return self
@@ -132,6 +127,54 @@ class SlurmConfig(BaseModel):
     def max_runtime(self) -> int:
         """The longest job a pilot of this cluster can take when it starts."""
         return self.wall_time - self.time_margin
+
+
+class SlurmConfig(BatchSiteConfig):
+    """A Slurm cluster (driver = "slurm"): what each pilot job asks sbatch for."""
+
+    partition: str | None = Field(None, pattern=SLURM_NAME)
+    account: str | None = Field(None, pattern=SLURM_NAME)
+    qos: str | None = Field(None, pattern=SLURM_NAME)
+    sbatch_options: list[str] = Field(default_factory=list, description="more sbatch "
+                                      "options, each '--name' or '--name=value'")
+
+    @model_validator(mode="after")
+    def _options(self) -> SlurmConfig:
+        for o in self.sbatch_options:
+            if not re.fullmatch(r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?", o):
+                raise ValueError(f"sbatch option {o!r}: write it as --name or --name=value "
+                                 "(no spaces, quotes or shell characters)")
+        return self
+
+
+class SgeConfig(BatchSiteConfig):
+    """A (Son of) Grid Engine cluster (driver = "sge"): what each pilot job asks qsub for.
+    A pilot of more than one core asks for `cores` slots of `parallel_environment`."""
+
+    queue: str | None = Field(None, pattern=SGE_NAME, description="qsub -q")
+    project: str | None = Field(None, pattern=SGE_NAME, description="qsub -P")
+    parallel_environment: str = Field("smp", pattern=SGE_NAME, description="qsub -pe NAME "
+                                      "CORES for pilots of more than one core")
+    memory_resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$",
+                                        description="the complex a pilot asks its memory of "
+                                        "per slot (e.g. h_vmem, mem_free; none by default)")
+    qsub_options: list[str] = Field(default_factory=list, description="more qsub options, "
+                                    "each '-name' or '-name value' (e.g. '-l arch=lx-amd64')")
+    accounting_file: str = Field("$SGE_ROOT/${SGE_CELL:-default}/common/accounting",
+                                 pattern=r"^[A-Za-z0-9_./~${}:-]{1,300}$",
+                                 description="where ended jobs are read (accounting(5)), as "
+                                 "the login node's shell sees it")
+
+    @model_validator(mode="after")
+    def _options(self) -> SgeConfig:
+        for o in self.qsub_options:
+            if not re.fullmatch(r"-[a-z][A-Za-z_]*( [^\s'\"\\;&|`$<>]+)?", o):
+                raise ValueError(f"qsub option {o!r}: write it as -name or -name value "
+                                 "(one value, no quotes or shell characters)")
+        return self
+
+
+BATCH_DRIVERS = ("slurm", "sge")  # drivers of batch-system sites: their sections
 
 
 def _both_markets() -> list[Market]:
@@ -188,7 +231,7 @@ class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
-    driver: Literal["local", "ssh", "slurm", "aws", "openstack"] = "local"
+    driver: Literal["local", "ssh", "slurm", "sge", "aws", "openstack"] = "local"
     cores: int = Field(2, ge=1, le=1024, description="cores per machine")
     memory_mb: int = Field(2048, ge=64, description="memory per machine")
     tags: list[str] = Field(default_factory=lambda: ["linux"])
@@ -228,6 +271,8 @@ class EndpointConfig(BaseModel):
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")
+    sge: SgeConfig | None = Field(None, description="driver sge: login node, queue, project, "
+                                  "parallel environment, h_rt, queue limits")
     via: Literal["direct", "pulumi"] = Field(
         "direct", description="driver local: start pilot processes directly, or through a "
         "Pulumi stack (stacks/local: the real engine, its plans and state)")
@@ -315,13 +360,19 @@ class EndpointConfig(BaseModel):
         if self.driver != "ssh" and self.ssh is not None:
             raise ValueError(f"an [endpoints.ssh] section needs driver = \"ssh\", "
                              f"not {self.driver}")
-        if self.driver == "slurm" and self.slurm is None:
-            raise ValueError("a slurm endpoint needs an [endpoints.slurm] section (login "
-                             "node address, user, key)")
-        if self.driver != "slurm" and self.slurm is not None:
-            raise ValueError(f"an [endpoints.slurm] section needs driver = \"slurm\", "
-                             f"not {self.driver}")
+        for name in BATCH_DRIVERS:
+            if self.driver == name and getattr(self, name) is None:
+                raise ValueError(f"a {name} endpoint needs an [endpoints.{name}] section "
+                                 "(login node address, user, key)")
+            if self.driver != name and getattr(self, name) is not None:
+                raise ValueError(f"an [endpoints.{name}] section needs driver = \"{name}\", "
+                                 f"not {self.driver}")
         return self
+
+    @property
+    def batch(self) -> BatchSiteConfig | None:
+        """The batch-system section of a batch endpoint (slurm, sge), else None."""
+        return self.slurm or self.sge
 
     def shape(self) -> SlotOffer:
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
@@ -332,8 +383,16 @@ class EndpointConfig(BaseModel):
         """The longest max_runtime a job may have here: the endpoint's limit, and on a batch
         system what a fresh pilot's wall time leaves."""
         limits = [x for x in (self.max_runtime,
-                              self.slurm.max_runtime if self.slurm else None) if x is not None]
+                              self.batch.max_runtime if self.batch else None) if x is not None]
         return min(limits) if limits else None
+
+    def batch_spec(self) -> BatchSpec:
+        """A batch endpoint's settings as domain/batch.py's decision reads them."""
+        b = self.batch
+        assert b is not None
+        return BatchSpec(self.name, self.shape(), self.slots, self.max_machines, b.max_queued,
+                         self.max_starts_per_cycle, b.pending_timeout, b.pending_backoff,
+                         self.boot_timeout, self.lost_after)
 
     def spec(self) -> EndpointSpec:
         return EndpointSpec(
@@ -543,7 +602,7 @@ class Settings(BaseSettings):
                 if isinstance(prices, dict) and isinstance(prices.get("path"), str):
                     if not Path(prices["path"]).is_absolute():
                         prices["path"] = str(base / prices["path"])
-                for section in (ep.get("ssh"), ep.get("slurm")):
+                for section in (ep.get("ssh"), *(ep.get(b) for b in BATCH_DRIVERS)):
                     for key in ("key", "known_hosts"):
                         if isinstance(section, dict) and isinstance(section.get(key), str) \
                                 and not Path(section[key]).expanduser().is_absolute():

@@ -1,8 +1,10 @@
 """A scheduler tick as plain data: its inputs (endpoint spec, task queue snapshot, machines,
 spot prices, budget, time) and its decision, so a tick can be stored, explained and replayed
 through decide() with the same or another spec. Host-pool (SSH) endpoints' ticks hold their
-hosts instead of machines (`kind: hosts`) and replay through decide_hosts(). Pure: JSON-ready
-dicts in and out."""
+hosts instead of machines (`kind: hosts`) and replay through decide_hosts(); batch endpoints'
+ticks (`kind: batch`) hold their pilot jobs (each machine with its batch job as the batch
+system last reported it) and replay through decide_batch(). Pure: JSON-ready dicts in and
+out."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from controller.domain.batch import BatchJob, BatchSpec, BatchState, PilotJob, decide_batch
 from controller.domain.hostpool import Backoff as HostBackoff
 from controller.domain.hostpool import HostView, Membership, decide_hosts
 from controller.domain.jobs import Requirements
@@ -49,6 +52,25 @@ class HostTickInputs:
     def decide(self, spec: EndpointSpec | None = None) -> Decision:
         return decide_hosts(spec or self.spec, self.queues, self.hosts, self.now,
                             self.backoff).decision
+
+
+@dataclass(frozen=True)
+class BatchTickInputs:
+    """The inputs of a batch endpoint's tick (domain/batch.py)."""
+
+    spec: BatchSpec
+    queues: tuple[TaskQueue, ...]
+    pilots: tuple[PilotJob, ...]
+    now: float
+    last_seq: int
+    seen_at: float | None  # when the batch system was last asked
+    hold_until: float = 0.0
+    down_by: str | None = None
+
+    def decide(self, spec: BatchSpec | None = None) -> Decision:
+        return decide_batch(spec or self.spec, self.queues, self.pilots, self.now,
+                            self.last_seq, seen_at=self.seen_at, hold_until=self.hold_until,
+                            down_by=self.down_by).decision
 
 
 def _shape_to_dict(shape: SlotOffer) -> dict[str, Any]:
@@ -104,6 +126,37 @@ def _host_from(d: Mapping[str, Any]) -> HostView:
         "shape": None if shape is None else _shape_from(shape)})
 
 
+def encode_batch(inputs: BatchTickInputs) -> dict[str, Any]:
+    """A batch endpoint's tick: the same keys as a cloud tick's (so `explain` reads both),
+    each machine with its pilot job (`batch_id`, `submitted_at`, `batch_job`: what the batch
+    system said of it, or None)."""
+    pilots = []
+    for p in inputs.pilots:
+        job = None if p.job is None else {**asdict(p.job), "state": p.job.state.value}
+        pilots.append({**asdict(p.machine), "state": p.machine.state.value,
+                       "batch_id": p.batch_id, "submitted_at": p.submitted_at,
+                       "batch_job": job})
+    return {"kind": "batch", "spec": {**asdict(inputs.spec),
+                                      "shape": _shape_to_dict(inputs.spec.shape)},
+            "queues": _queues(inputs.queues), "machines": pilots, "now": inputs.now,
+            "last_seq": inputs.last_seq, "prices": {}, "budget": {},
+            "seen_at": inputs.seen_at, "hold_until": inputs.hold_until,
+            "down_by": inputs.down_by}
+
+
+def _pilot_from(d: Mapping[str, Any]) -> PilotJob:
+    view = {k: v for k, v in d.items() if k not in ("batch_id", "submitted_at", "batch_job")}
+    job = d.get("batch_job")
+    return PilotJob(MachineView(**{**view, "state": MachineState(view["state"])}),
+                    d.get("batch_id"), d.get("submitted_at"),
+                    None if job is None else BatchJob(**{**job,
+                                                          "state": BatchState(job["state"])}))
+
+
+def batch_spec_from_dict(d: Mapping[str, Any]) -> BatchSpec:
+    return BatchSpec(**{**d, "shape": _shape_from(d["shape"])})
+
+
 def encode(inputs: TickInputs) -> dict[str, Any]:
     return {
         "spec": spec_to_dict(inputs.spec),
@@ -114,7 +167,12 @@ def encode(inputs: TickInputs) -> dict[str, Any]:
     }
 
 
-def decode(d: Mapping[str, Any]) -> TickInputs | HostTickInputs:
+def decode(d: Mapping[str, Any]) -> TickInputs | HostTickInputs | BatchTickInputs:
+    if d.get("kind") == "batch":
+        return BatchTickInputs(batch_spec_from_dict(d["spec"]), _queues_from(d["queues"]),
+                               tuple(_pilot_from(p) for p in d["machines"]), d["now"],
+                               d["last_seq"], d.get("seen_at"), d.get("hold_until", 0.0),
+                               d.get("down_by"))
     if d.get("kind") == "hosts":
         return HostTickInputs(spec_from_dict(d["spec"]), _queues_from(d["queues"]),
                               tuple(_host_from(h) for h in d["machines"]), d["now"],

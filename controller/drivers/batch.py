@@ -25,7 +25,7 @@ of `BatchSystem` below, in a module beside slurm.py, and name it in batchsite.SY
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from controller.drivers.remote import Shell
 from controller.errors import DriverError
 
 JOB_PREFIX = "cp-"  # pilot jobs are named cp-MACHINE (machine names are ENDPOINT-NNNN)
+SEP = "|"
 
 
 class BatchCommandError(DriverError):
@@ -67,3 +68,44 @@ def remote_base(remote_dir: str, endpoint: str) -> str:
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
     return shlex.quote(path)
+
+
+def submit_each(shell: Shell, base: str, pilots: Sequence[PilotSubmission], command: str,
+                job_id: Callable[[str], str | None]) -> dict[str, str | BatchCommandError]:
+    """Write each pilot's config (read from stdin, one line each: they hold tokens) to
+    BASE/MACHINE/pilot.json with mode 0600 and run `command` for it (a shell command line
+    that submits the script: $m is the machine, $d its directory, $base BASE), all in one
+    SSH session. machine -> job id (`job_id` reads it from the command's output), or the
+    error with the system's own message."""
+    if not pilots:
+        return {}
+    names = " ".join(shlex.quote(p.machine) for p in pilots)
+    script = f"""umask 077
+base={base}
+for m in {names}; do
+  IFS= read -r cfg || cfg=
+  d="$base/$m"
+  if ! mkdir -p "$d" || ! printf '%s\\n' "$cfg" > "$d/pilot.json"; then
+    echo "$m{SEP}1{SEP}cannot write $d/pilot.json"; continue
+  fi
+  out=$({command} 2>&1 </dev/null)
+  printf '%s{SEP}%s{SEP}%s\\n' "$m" "$?" "$(printf '%s' "$out" | tr '\\n' ' ')"
+done
+"""
+    stdin = "".join(p.config.replace("\n", " ") + "\n" for p in pilots).encode()
+    _, out, _ = shell.run(script, stdin)
+    what = command.split()[0]
+    got: dict[str, str | BatchCommandError] = {}
+    for line in out.splitlines():
+        parts = line.split(SEP, 2)
+        if len(parts) != 3:
+            continue
+        machine, rc, text = parts
+        found = job_id(text)
+        if rc == "0" and found:
+            got[machine] = found
+        else:
+            got[machine] = BatchCommandError(text.strip() or f"{what} exit code {rc}")
+    for p in pilots:
+        got.setdefault(p.machine, BatchCommandError(f"{what} gave no answer"))
+    return got

@@ -12,18 +12,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.config.settings import EndpointConfig, SlurmConfig
+from controller.config.settings import BatchSiteConfig, EndpointConfig
 from controller.domain.batch import BatchJob, BatchState
 from controller.domain.plans import PlanDiff
 from controller.drivers.base import ApplyResult, ObservedMachine
 from controller.drivers.batch import BatchCommandError, BatchSystem, PilotSubmission, remote_base
 from controller.drivers.bundle import pilot_zipapp
 from controller.drivers.remote import RemoteSession, RemoteShell
+from controller.drivers.sge import GridEngine
 from controller.drivers.slurm import Slurm
 from controller.errors import DriverError
 
 log = logging.getLogger("cloudpilot.batch")
-SYSTEMS: dict[str, Callable[[EndpointConfig], BatchSystem]] = {"slurm": Slurm}
+SYSTEMS: dict[str, Callable[[EndpointConfig], BatchSystem]] = {"slurm": Slurm,
+                                                               "sge": GridEngine}
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,10 @@ class BatchDriver:
     def __init__(self, ep: EndpointConfig, data_dir: Path, controller_url: str,
                  token_for: Callable[[str], str], system: BatchSystem,
                  clock: Callable[[], float] = time.time, hide: Iterable[str] = ()) -> None:
-        assert ep.slurm is not None
+        assert ep.batch is not None
         self.name = ep.name
         self.ep = ep
-        self.cfg: SlurmConfig = ep.slurm
+        self.cfg: BatchSiteConfig = ep.batch
         self.system = system
         self.clock = clock
         self.controller_url = controller_url

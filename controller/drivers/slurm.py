@@ -13,7 +13,13 @@ from collections.abc import Sequence
 
 from controller.config.settings import EndpointConfig, SlurmConfig
 from controller.domain.batch import BatchJob, BatchState
-from controller.drivers.batch import JOB_PREFIX, BatchCommandError, PilotSubmission
+from controller.drivers.batch import (
+    JOB_PREFIX,
+    SEP,
+    BatchCommandError,
+    PilotSubmission,
+    submit_each,
+)
 from controller.drivers.remote import Shell
 
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
@@ -22,7 +28,6 @@ RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "STOPPED"}
 # ended by the site (not by the pilot): its jobs are interrupted, not failed
 BY_SITE = {"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE", "REVOKED"}
 FAILED = {"FAILED", "BOOT_FAIL", "OUT_OF_MEMORY"}
-SEP = "|"
 ALREADY_GONE = ("already completing or completed", "Invalid job id specified")
 
 
@@ -72,41 +77,13 @@ class Slurm:
 
     def submit(self, shell: Shell, base: str,
                pilots: Sequence[PilotSubmission]) -> dict[str, str | BatchCommandError]:
-        """Write each pilot's config (read from stdin, one line each: they hold tokens) to
-        BASE/MACHINE/pilot.json with mode 0600 and sbatch it, all in one SSH session."""
-        if not pilots:
-            return {}
+        """Write each pilot's config to BASE/MACHINE/pilot.json and sbatch it, all in one
+        SSH session (batch.submit_each)."""
         opts = " ".join(shlex.quote(o) for o in self.sbatch_options())
-        names = " ".join(shlex.quote(p.machine) for p in pilots)
-        script = f"""umask 077
-base={base}
-for m in {names}; do
-  IFS= read -r cfg || cfg=
-  d="$base/$m"
-  if ! mkdir -p "$d" || ! printf '%s\\n' "$cfg" > "$d/pilot.json"; then
-    echo "$m{SEP}1{SEP}cannot write $d/pilot.json"; continue
-  fi
-  out=$(sbatch {opts} --job-name="{JOB_PREFIX}$m" --output="$d/slurm-%j.log" "$base/pilot.sh" "$d" \
-{self.cfg.wall_time} 2>&1)
-  printf '%s{SEP}%s{SEP}%s\\n' "$m" "$?" "$(printf '%s' "$out" | tr '\\n' ' ')"
-done
-"""
-        stdin = "".join(p.config.replace("\n", " ") + "\n" for p in pilots).encode()
-        _, out, _ = shell.run(script, stdin)
-        got: dict[str, str | BatchCommandError] = {}
-        for line in out.splitlines():
-            parts = line.split(SEP, 2)
-            if len(parts) != 3:
-                continue
-            machine, rc, text = parts
-            job_id = _job_id(text)
-            if rc == "0" and job_id:
-                got[machine] = job_id
-            else:
-                got[machine] = BatchCommandError(text.strip() or f"sbatch exit code {rc}")
-        for p in pilots:
-            got.setdefault(p.machine, BatchCommandError("sbatch gave no answer"))
-        return got
+        return submit_each(shell, base, pilots,
+                           f'sbatch {opts} --job-name="{JOB_PREFIX}$m" '
+                           f'--output="$d/slurm-%j.log" "$base/pilot.sh" "$d" '
+                           f'{self.cfg.wall_time}', _job_id)
 
     def status(self, shell: Shell, endpoint: str) -> list[BatchJob]:
         """Every pilot job of this endpoint (this user's jobs named cp-ENDPOINT-...), in any

@@ -1,6 +1,6 @@
-"""The batch kind of endpoint: a batch system (Slurm) reached over SSH, whose pilots are batch
-jobs submitted, watched and cancelled on the site's login node (controller/drivers/batchsite.py
-running an adapter of controller/drivers/batch.py).
+"""The batch kind of endpoint: a batch system (Slurm, Grid Engine) reached over SSH, whose
+pilots are batch jobs submitted, watched and cancelled on the site's login node
+(controller/drivers/batchsite.py running an adapter of controller/drivers/batch.py).
 
 observe: what the batch system last reported of each pilot job (a cache filled by the worker)
 as the machines' observed detail. decide (in the tick): the pilot jobs and the machines as
@@ -12,7 +12,8 @@ their status again (one SSH session, tenths of a second)."""
 from __future__ import annotations
 
 from controller.config.settings import EndpointConfig
-from controller.domain.batch import BatchSpec, BatchState, PilotJob, decide_batch
+from controller.domain import ticks
+from controller.domain.batch import BatchState, PilotJob, decide_batch
 from controller.domain.machines import MachineState, MachineView
 from controller.drivers.batch import BatchCommandError
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
@@ -22,14 +23,6 @@ from controller.reconcile.worker import Worker
 from controller.services.secrets import BOOTSTRAP_LIFETIME, bootstrap_token
 
 M = MachineState
-
-
-def batch_spec(ep: EndpointConfig) -> BatchSpec:
-    assert ep.slurm is not None
-    s = ep.slurm
-    return BatchSpec(ep.name, ep.shape(), ep.slots, ep.max_machines, s.max_queued,
-                     ep.max_starts_per_cycle, s.pending_timeout, s.pending_backoff,
-                     ep.boot_timeout, ep.lost_after)
 
 
 class BatchEndpoint:
@@ -71,9 +64,11 @@ class BatchEndpoint:
                            snap.jobs.get(str(info.get("batch_job"))))
                   for v, info in views]
         down_by = store.endpoints.get(self.name).down_by
-        bd = decide_batch(batch_spec(ep), tick.queues, pilots, now,
-                          store.endpoints.last_seq(self.name), seen_at=snap.at,
-                          hold_until=self.hold_until, down_by=down_by)
+        inputs = ticks.BatchTickInputs(ep.batch_spec(), tuple(tick.queues), tuple(pilots), now,
+                                       store.endpoints.last_seq(self.name), snap.at,
+                                       self.hold_until, down_by)
+        bd = decide_batch(inputs.spec, inputs.queues, inputs.pilots, now, inputs.last_seq,
+                          seen_at=snap.at, hold_until=self.hold_until, down_by=down_by)
         self.hold_until = bd.hold_until
         decision = bd.decision
         state = {v.name: v.state for v, _ in views}
@@ -97,7 +92,8 @@ class BatchEndpoint:
         mine = set(ids.values())  # jobs of live machines; any other that runs is left over
         cancel += [i for i, j in snap.jobs.items() if j.state != BatchState.ENDED
                    and i not in mine and i not in cancel]
-        return Step(decision, requeued=requeued, what="batch commands",
+        return Step(decision, ticks.encode_batch(inputs), ticks.decision_to_dict(decision),
+                    requeued=requeued, what="batch commands",
                     work=lambda: self._work(decision.start, cancel, down_by))
 
     def _work(self, start: tuple[str, ...], cancel: list[str], down_by: str | None) -> Outcome:
@@ -141,8 +137,8 @@ class BatchEndpoint:
     def close(self) -> None:
         """Let the commands under way finish (each is bounded by command_timeout), so that
         what they did is recorded, then end the SSH session."""
-        assert self.config.slurm is not None
-        self.worker.wait(self.config.slurm.command_timeout)
+        assert self.config.batch is not None
+        self.worker.wait(self.config.batch.command_timeout)
         self.driver.close()
 
 
@@ -157,9 +153,9 @@ def _float(x: object) -> float | None:
 def make_batch_endpoint(ep: EndpointConfig, env: LoopEnv) -> BatchEndpoint:
     """A batch endpoint; each pilot job gets a one-time bootstrap token that lives as long as
     the job may pend and boot."""
-    assert ep.slurm is not None
+    assert ep.batch is not None
     s = env.settings
-    lifetime = max(BOOTSTRAP_LIFETIME, ep.slurm.pending_timeout + ep.boot_timeout + 600)
+    lifetime = max(BOOTSTRAP_LIFETIME, ep.batch.pending_timeout + ep.boot_timeout + 600)
 
     def token_for(machine: str) -> str:
         return bootstrap_token(env.store, s.data_dir, ep.name, machine, lifetime=lifetime)

@@ -56,6 +56,7 @@ KINDS: dict[str, Callable[[EndpointConfig, LoopEnv, Driver | None], EndpointKind
     "openstack": _cloud,
     "ssh": _hosts,
     "slurm": _batch,
+    "sge": _batch,
 }
 
 

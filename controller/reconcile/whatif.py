@@ -55,14 +55,18 @@ def replay(tick: dict[str, Any], config: str | Path | None = None) -> str:
     """Re-run a recorded tick; with `config`, with that file's spec for the same endpoint.
     Says what would have been decided differently."""
     inputs = ticks.decode(tick["inputs"])
-    spec = inputs.spec
     source = "the recorded config"
     if config is not None:
         ep = Settings.load(config).endpoint(tick["endpoint"])
         if ep is None:
             raise ConfigError(f"{config} has no endpoint {tick['endpoint']}")
-        spec, source = ep.spec(), str(config)
-    again = ticks.decision_to_dict(inputs.decide(spec))
+        source = str(config)
+        if isinstance(inputs, ticks.BatchTickInputs):
+            again = ticks.decision_to_dict(inputs.decide(ep.batch_spec()))
+        else:
+            again = ticks.decision_to_dict(inputs.decide(ep.spec()))
+    else:
+        again = ticks.decision_to_dict(inputs.decide())
     lines = [f"tick {tick['id']} of endpoint {tick['endpoint']}, replayed with {source}:"]
     diff = ticks.differences(tick["decision"], again)
     if not diff:
