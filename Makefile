@@ -50,7 +50,7 @@ lint: .stamp-dev
 test: .stamp-dev lint pulumi
 	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \
 		bubblewrap chromium chromium-driver prometheus slurmctld slurmd slurm-client munge \
-		util-linux postgresql
+		gridengine-master gridengine-exec gridengine-client util-linux postgresql
 	$(BIN)/pytest -q -n 3 --dist loadfile  # three at once: most tests wait on processes
 
 bench: .stamp-dev

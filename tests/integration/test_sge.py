@@ -15,6 +15,7 @@ from controller.domain.batch import BatchState
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
 from controller.drivers.remote import Unreachable
 from tests.conftest import peaks, sh, wait_until
+from tests.integration.test_ssh import cli
 from tests.sgecluster import SgeCluster
 
 pytestmark = pytest.mark.integration
@@ -86,6 +87,11 @@ def test_twelve_jobs_run_in_pilot_jobs_within_the_cluster_and_the_queue_empties(
         m = ms[j["machine"]]
         out = get(ctrl, f"/api/v1/jobs/{j['id']}/output")["stdout"]
         assert out.strip() == f"sge job {m['info']['batch_job']}"  # inside its pilot job
+    # a batch endpoint's ticks are recorded like any other's: explain and replay work
+    out = cli(ctrl, "explain", "hpc")
+    assert out.startswith("endpoint hpc: tick") and "machine hpc-0001" in out, out
+    (tick,) = get(ctrl, "/api/v1/ticks", endpoint="hpc", changes="true", limit=1)
+    assert "the same decision" in cli(ctrl, "replay", "--tick", str(tick["id"]))
     events = get(ctrl, f"/api/v1/machines/{done[0]['machine']}/events")
     assert any(e["reason"].startswith("submitted as sge job ") for e in events)
 
