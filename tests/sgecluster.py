@@ -302,16 +302,16 @@ class SgeCluster:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.run("qdel", "-u", "*", check=False)
-        for name in ("sge_execd", "sge_qmaster"):
-            p = self.procs.get(name)
-            if p is not None and p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait(5)
+        live = [p for p in self.procs.values() if p.poll() is None]
+        for p in live:  # both at once: each takes seconds to shut down
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in live:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
         # pilots and payloads the execd started: in the namespace
         with contextlib.suppress(AttributeError):
             self.hosts.close()
