@@ -1,6 +1,6 @@
-"""Pilots as jobs of a batch system (a Slurm cluster reached over SSH): which pilot jobs to
-submit and which to cancel. Pure: the batch system's view of each pilot job, the machines as
-the store keeps them, the queue and `now` come in; a decision comes out.
+"""Pilots as jobs of a batch system (a Slurm or Grid Engine cluster reached over SSH): which
+pilot jobs to submit and which to cancel. Pure: the batch system's view of each pilot job, the
+machines as the store keeps them, the queue and `now` come in; a decision comes out.
 
 A pilot job is a machine: submitted and pending in the batch system -> booting; running with
 its pilot registered -> running; ended -> gone (stopped when idle; lost when it still held

@@ -1,6 +1,6 @@
 """Batch-system sites over SSH: the adapter interface a batch system implements (Slurm in
-controller/drivers/slurm.py; the driver that runs it on the site's login node is
-controller/drivers/batchsite.py).
+controller/drivers/slurm.py, Grid Engine in controller/drivers/sge.py; the driver that runs it
+on the site's login node is controller/drivers/batchsite.py).
 
 A site defines one user on its login node; the controller reaches it over SSH (host key
 pinned, key only), places the pilot zip application and the batch script once under
@@ -9,8 +9,10 @@ named cp-MACHINE whose config (with the pilot token) it writes, mode 0600, to
 REMOTE_DIR/ENDPOINT/MACHINE/pilot.json through the SSH session's stdin. The directory must be
 shared with the compute nodes (a home directory usually is).
 
-To add another batch system (HTCondor, PBS/Torque, SGE), write a class with the four methods
-of `BatchSystem` below, in a module beside slurm.py, and name it in batchsite.SYSTEMS:
+To add another batch system (HTCondor, PBS/Torque), write a class with the four methods of
+`BatchSystem` below, in a module beside slurm.py and sge.py (`submit_each` below does the
+submission's common part), give it a settings section (a BatchSiteConfig subclass named in
+settings.BATCH_DRIVERS) and name it in batchsite.SYSTEMS and reconcile/registry.py:
 - `script()`: the batch script, run as `pilot.sh DIR WALL_SECONDS` in the pilot's directory;
   it sets CLOUDPILOT_DEADLINE (Unix time the job will be killed) and execs
   `python ../pilot.pyz --config pilot.json`;

@@ -6,8 +6,8 @@ apply behind this interface, in its own module:
     cloud.py   local processes and Pulumi stacks (AWS, OpenStack): machines are created and
                deleted by name through plans (reviewed, approved, applied)
     hosts.py   a pool of SSH hosts: pilots are deployed and stopped with Ansible
-    batch.py   a batch system over SSH (Slurm): pilots are batch jobs, submitted, watched and
-               cancelled on the site's login node
+    batch.py   a batch system over SSH (Slurm, Grid Engine): pilots are batch jobs,
+               submitted, watched and cancelled on the site's login node
 
 A new kind is a new module with a class that implements `EndpointKind`, and one line in
 `registry.py` mapping its `driver` name to it. The loop does not change.
