@@ -105,7 +105,7 @@ def test_the_example_config_loads():
     assert ep.sge is not None and ep.sge.queue == "all.q"
 
 
-def test_a_batch_tick_round_trips_and_replays_to_the_same_decision():
+def test_a_batch_tick_round_trips_and_replays_to_the_same_decision(tmp_path):
     ep = EndpointConfig(name="hpc", driver="sge", cores=1, memory_mb=256, slots=1,
                         max_starts_per_cycle=8, sge=_sge(max_queued=2))
     view = MachineView("hpc-0001", "hpc", M.RUNNING, 100.0, 1, busy_slots=1, last_seen=195.0)
@@ -124,3 +124,16 @@ def test_a_batch_tick_round_trips_and_replays_to_the_same_decision():
     diff = ticks.differences(recorded, ticks.decision_to_dict(
         again.decide(wider.batch_spec())))
     assert diff[0] == "start machine: 2 -> 4"
+
+    # `cloudpilot replay --config`: the other file's batch settings
+    from controller.reconcile.whatif import replay
+
+    (tmp_path / "wider.toml").write_text(
+        '[[endpoints]]\nname = "hpc"\ndriver = "sge"\ncores = 1\nmemory_mb = 256\nslots = 1\n'
+        'max_starts_per_cycle = 8\n[endpoints.sge]\naddress = "login"\nuser = "cp"\n'
+        'key = "/k"\nmax_queued = 4\n')
+    tick = {"id": 7, "endpoint": "hpc", "inputs": ticks.encode_batch(inputs),
+            "decision": recorded}
+    assert "the same decision" in replay(tick)
+    out = replay(tick, tmp_path / "wider.toml")
+    assert "start machine: 2 -> 4" in out, out
