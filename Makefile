@@ -47,10 +47,16 @@ lint: .stamp-dev
 	$(BIN)/ruff check controller pilot stacks tests bench cloudpilot examples
 	$(BIN)/mypy controller pilot stacks cloudpilot examples/squares.py
 
-test: .stamp-dev lint pulumi
+# the engine builds while the Debian packages install and the code is checked (a cold build
+# is CPU, the installs mostly wait on the network and dpkg)
+test: .stamp-dev
+	@mkdir -p .tools
+	$(MAKE) pulumi >.tools/pulumi-build.log 2>&1 & build=$$!; \
 	bash tests/system-deps.sh cloud-init openssh-server openssh-client iproute2 python3 \
 		bubblewrap chromium chromium-driver prometheus slurmctld slurmd slurm-client munge \
-		gridengine-master gridengine-exec gridengine-client util-linux postgresql
+		gridengine-master gridengine-exec gridengine-client util-linux postgresql \
+		&& $(MAKE) lint; rc=$$?; \
+	wait $$build || { cat .tools/pulumi-build.log; exit 1; }; exit $$rc
 	$(BIN)/pytest -q -n 3 --dist loadfile  # three at once: most tests wait on processes
 
 bench: .stamp-dev

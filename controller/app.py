@@ -138,6 +138,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.notifier = Notifier()
     app.state.asking = AskingPilots()  # pilots inside a match request (domain/placement.py)
+    app.state.polls = {}  # pilot id -> the event its long-poll waits on (api/pilots.py)
     app.state.reconciler = None
     # issue 22: where job files and input sandboxes live (a folder, or an S3 bucket)
     app.state.blobs = open_blobs(settings.file_store, settings.data_dir,

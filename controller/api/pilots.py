@@ -86,11 +86,13 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     asking: AskingPilots = request.app.state.asking
     seen = Asking("", SlotOffer("", 0, 0))  # this machine as its last attempt found it
     draining = False
+    left_to: list[str] = []  # the pilots of fuller machines the last attempt left work to
+    polls: dict[str, asyncio.Event] = request.app.state.polls  # each waiting pilot's wake-up
 
     def attempt() -> list[tuple[Job, str]]:
         """One thread hop, one transaction: the credential (verified at the first attempt),
         the pilot, the claim."""
-        nonlocal seen, draining
+        nonlocal seen, draining, left_to
         pilot = _own_pilot(store, p, pilot_id)
         ep = settings.endpoint(str(pilot["endpoint"]))
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
@@ -119,7 +121,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                                count=max(count, 0), whole=whole,
                                reserve_limit=ep.reserve_limit if ep else 0.0,
                                fuller=asking.now() if may_wait else None)
-        asking.defer(got.deferred)
+        asking.defer(bool(got.deferred))
+        left_to = asking.fuller(pilot_id, got.deferred) if got.deferred else []
         seen = dataclasses.replace(seen, busy_until=got.busy_until)
         draining = got.draining
         if draining:
@@ -130,8 +133,11 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     notifier = request.app.state.notifier
     try:
         while True:
-            changed = notifier.current()
+            changed = polls[pilot_id] = notifier.current()
             got = await run_in_threadpool(attempt)
+            for other in left_to:  # they take what this one left them now, not at a re-check
+                if (ev := polls.get(other)) is not None:
+                    ev.set()
             if got:
                 asking.leave(pilot_id)
                 if asking.deferred():  # work left to this pilot may not be its choice
@@ -149,6 +155,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                 await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
     finally:
         asking.leave(pilot_id)
+        if polls.get(pilot_id) is changed:
+            del polls[pilot_id]
 
 
 def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:

@@ -140,6 +140,17 @@ class AskingPilots:
         self._deferred = self._deferred or leave
         return leave
 
+    def fuller(self, pilot_id: str, left: Iterable[Requirements]) -> list[str]:
+        """The pilots asking now whose machines come before `pilot_id`'s in placement order
+        and can hold work it left to them: they are woken to take it at once."""
+        me = self._asking.get(pilot_id)
+        if me is None:
+            return []
+        reqs = list(left)
+        return [p for p, a in self._asking.items()
+                if p != pilot_id and a.key < me.key and a.machine != me.machine
+                and any(fits(r, a.free) for r in reqs)]
+
     def deferred(self) -> bool:
         """Whether work was left to fuller machines since the last call (then the others
         are woken to look again, as the fuller one may have taken other work)."""

@@ -79,7 +79,7 @@ class Claim:
     jobs: list[tuple[Job, str]]
     draining: bool = False  # the machine takes no new work
     busy_until: float = 0.0  # when the jobs it held before this match should end
-    deferred: bool = False  # work it could take was left to a fuller machine asking now
+    deferred: tuple[Requirements, ...] = ()  # work left to a fuller machine asking now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,7 +404,7 @@ class JobStore:
                    for r in held]
         busy = busy_until(running)
         got: list[Job] = []
-        deferred: list[bool] = []
+        deferred: list[Requirements] = []
         if reg is not None and not draining and fitting:
             # at most what the pilot registered, minus what it holds, whatever it says now
             mine = [r for r in held if r[1] == pilot_id]
@@ -421,12 +421,12 @@ class JobStore:
             tokens = self.tokens.issue_for_jobs(c, got, policy.token_margin)
         c.execute("UPDATE machines SET last_seen = ?" + (", last_busy_at = ?" if got else "")
                   + " WHERE name = ?", (now, now, machine) if got else (now, machine))
-        return Claim(list(zip(got, tokens, strict=True)), draining, busy, any(deferred))
+        return Claim(list(zip(got, tokens, strict=True)), draining, busy, tuple(deferred))
 
     def _pick(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
               count: int, whole: SlotOffer | None, owners: Owners, drained: set[int],
               running: list[Running], busy: float, now: float, policy: _Policy,
-              deferred: list[bool]) -> list[Job]:
+              deferred: list[Requirements]) -> list[Job]:
         """Claim the jobs, one statement each: fair share read once and carried forward in
         memory as each claim adds to what its owner holds. A queue left to a fuller machine
         asking now is noted in `deferred`."""
@@ -454,7 +454,7 @@ class JobStore:
                 break
             if policy.fuller is not None and leave_to_fuller(q.requirements, me, policy.fuller):
                 skip.add(q.id)
-                deferred.append(True)
+                deferred.append(q.requirements)
                 continue
             row = c.execute(claim, (now, pilot_id, machine, offer.endpoint, now,
                                     now + self.lease, q.id)).fetchone()

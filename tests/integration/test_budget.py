@@ -23,7 +23,8 @@ from controller.app import create_app
 from controller.config.settings import Settings
 from controller.domain.jobs import NewJob, Requirements
 from controller.domain.matching import SlotOffer
-from controller.store import Store
+from controller.store import Store, taskqueues
+from controller.store.tokens import TokenStore
 from tests.conftest import MANUAL, new_controller
 
 # Statements per request, BEGIN and COMMIT included, (SQLite, PostgreSQL). SQLite's count
@@ -133,7 +134,12 @@ def _within(what: str, seen: list[str], s: dict[str, Any]) -> None:
                                  + _shown(seen))
 
 
-def test_the_pilot_protocol_stays_within_its_statement_budget(database, tmp_path):
+def test_the_pilot_protocol_stays_within_its_statement_budget(database, tmp_path,
+                                                             monkeypatch):
+    # the owners' shares are read again every SHARES_TTL seconds, whatever the requests: on a
+    # slow machine that read could fall into a counted request; counts must not hang on time
+    monkeypatch.setattr(TokenStore, "SHARES_TTL", 3600.0)
+    monkeypatch.setattr(taskqueues, "LIVE_TTL", 3600.0)  # likewise the live task queues
     # a loop of its own: asyncio.run would unset the main thread's loop, which Pulumi's mocks
     # (tests/unit/test_stacks.py) expect to find
     loop = asyncio.new_event_loop()
