@@ -108,7 +108,8 @@ def test_twelve_jobs_run_in_pilot_jobs_within_the_cluster_and_the_queue_empties(
 def test_a_pilot_job_cancelled_by_the_site_has_its_job_finished_elsewhere(
         make_controller, cluster):
     ctrl = start(make_controller, cluster)
-    [job_id] = ctrl.submit("alice", sh("sleep 4; echo finished", memory_mb=128))
+    # long enough to be running still when the site deletes its pilot job
+    [job_id] = ctrl.submit("alice", sh("sleep 10; echo finished", memory_mb=128))
     try:
         first = ctrl.wait_state(job_id, "running", timeout=40)
     except AssertionError:
