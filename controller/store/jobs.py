@@ -331,13 +331,13 @@ class JobStore:
                  ) -> tuple[View, Snapshot, bool]:
         """The live task queues whose requirements fit the machine (`whole`: what it has in
         all, for reservations; else the offer), and whether one of them fits the offer now.
-        From the live snapshot (controller/store/taskqueues.py), worked out once per offer: a
-        long-poll that wakes or re-checks with nothing for it costs no statement and no write
+        From the live snapshot (controller/store/taskqueues.py), worked out once per machine shape:
+        a long-poll that wakes or re-checks with nothing for it costs no statement and no write
         lock; the claim then walks only these queues."""
         with self.store.read() as c:
             snap = self.task_queues.live(c)
         view = snap.view(offer, whole)
-        return view, snap, snap.waiting(view)
+        return view, snap, snap.waiting(view, offer)
 
     def _note_seen(self, pilot_id: str, now: float) -> bool:
         """Whether a match with nothing to claim should record the pilot alive (at most every

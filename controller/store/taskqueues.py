@@ -11,11 +11,11 @@ back in this process, after another process says so (its wake-up), and at least 
 `LIVE_TTL` seconds. A queue a claim finds empty leaves the snapshot at once (noted as drained:
 the walks skip it).
 
-What fits a machine is worked out once per snapshot and offer (a *view*: the fitting queues
-grouped by owner in fair-share's order within each), so a match costs the same with 50 task
-queues or 4,000: pilots of one machine type ask with a handful of offers, and only a new
-snapshot (work arrived, or `LIVE_TTL` passed) makes them be worked out again. Views are
-bounded per snapshot."""
+What fits a machine is worked out once per snapshot and machine shape (a *view*: the fitting
+queues grouped by owner in fair-share's order within each, and their shapes from the smallest),
+so a match costs the same with 50 task queues or 4,000: the machines of one type share a view
+whatever each has free at the moment, and only a new snapshot (work arrived, or `LIVE_TTL`
+passed) makes it be worked out again. Views are bounded per snapshot."""
 
 from __future__ import annotations
 
@@ -48,12 +48,12 @@ Shapes = dict[Requirements, list[TaskQueue]]  # live task queues by requirements
 
 @dataclass(frozen=True)
 class View:
-    """What fits one offer in one snapshot: the queues fitting the machine (or what it has
-    in all, for reservations), by (owner, group), each owner's in fair share's order; and
-    those fitting what it has free now."""
+    """What fits one machine shape in one snapshot: the queues fitting it (what the machine
+    has in all, for reservations; else the offer), by (owner, group), each owner's in fair
+    share's order; and the same queues by shape, the fewest cores first."""
 
     owners: dict[tuple[str, str], list[TaskQueue]]
-    now: list[TaskQueue]
+    shapes: list[tuple[Requirements, list[TaskQueue]]]
 
 
 @dataclass
@@ -63,29 +63,31 @@ class Snapshot:
 
     shapes: Shapes
     at: float
-    views: dict[tuple[SlotOffer, SlotOffer | None], View] = field(default_factory=dict)
+    views: dict[SlotOffer, View] = field(default_factory=dict)
     drained: set[int] = field(default_factory=set)
 
     def view(self, offer: SlotOffer, whole: SlotOffer | None) -> View:
-        key = (offer, whole)
+        key = whole or offer
         got = self.views.get(key)
         if got is None:
-            fitting: list[TaskQueue] = []
-            now: list[TaskQueue] = []
-            for req, qs in self.shapes.items():  # a fit test per shape, not per queue
-                if fits(req, whole or offer):
-                    fitting += qs
-                    if whole is None or fits(req, offer):
-                        now += qs
-            got = View(by_owner(fitting), now)
+            shapes = [(req, qs) for req, qs in self.shapes.items()  # a fit test per shape
+                      if fits(req, key)]
+            shapes.sort(key=lambda s: (s[0].cores, s[0].memory_mb))
+            got = View(by_owner(q for _, qs in shapes for q in qs), shapes)
             if len(self.views) >= VIEWS_KEEP:
                 self.views.clear()
             self.views[key] = got
         return got
 
-    def waiting(self, view: View) -> bool:
-        """Whether a queue of the view that fits the offer now still has waiting work."""
-        return any(q.id not in self.drained for q in view.now)
+    def waiting(self, view: View, offer: SlotOffer) -> bool:
+        """Whether a queue of the view that fits what the machine has free now still has
+        waiting work (the smallest shapes first: a fitting one is usually among the first)."""
+        for req, qs in view.shapes:
+            if req.cores > offer.cores:
+                return False
+            if fits(req, offer) and any(q.id not in self.drained for q in qs):
+                return True
+        return False
 
 
 class TaskQueues:
