@@ -24,10 +24,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.slurmcluster import wait_for
 from tests.sshhosts import SshHost, SshHosts
 
 PACKAGES = ("gridengine-master", "gridengine-exec", "gridengine-client")
@@ -59,15 +59,6 @@ def install() -> None:
                        timeout=300)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
                         *PACKAGES], env=env, check=True, capture_output=True, timeout=600)
-
-
-def _wait(pred, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-1500:] if log is not None and log.exists() else ""
-            raise RuntimeError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.2)
 
 
 QUEUE = """qname all.q
@@ -219,7 +210,7 @@ class SgeCluster:
         self.login.start()
         self._daemon("sge_qmaster")
         messages = self.sge_root / "spool" / "qmaster" / "messages"
-        _wait(lambda: self._alive() and self.run("qconf", "-sh", check=False).strip() != "",
+        wait_for(lambda: self._alive() and self.run("qconf", "-sh", check=False).strip() != "",
               30, "sge_qmaster", messages)
         d = self.root
         (d / "pe.conf").write_text(PE)
@@ -234,11 +225,11 @@ class SgeCluster:
         self.run("qconf", "-Ap", str(d / "pe.conf"))
         self.run("qconf", "-Msconf", str(d / "sched.conf"))
         self._daemon("sge_execd")
-        _wait(lambda: self._alive() and self.hostname in self.run("qconf", "-sel",
+        wait_for(lambda: self._alive() and self.hostname in self.run("qconf", "-sel",
                                                                   check=False),
               30, "sge_execd to register", messages)
         self.run("qconf", "-Aq", str(d / "queue.conf"))
-        _wait(self._queue_up, 30, "the queue to come up", messages)
+        wait_for(self._queue_up, 30, "the queue to come up", messages)
         return self
 
     def _alive(self) -> bool:
@@ -297,7 +288,7 @@ class SgeCluster:
 
     def cancel_all(self) -> None:
         self.run("qdel", "-u", "*", check=False)
-        _wait(lambda: not self.jobs(), 30, "an empty queue")
+        wait_for(lambda: not self.jobs(), 30, "an empty queue")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

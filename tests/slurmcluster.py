@@ -33,7 +33,7 @@ CTLD_HOST = "cpslurmctl"  # slurmctld's hostname (its own UTS namespace)
 NODE = "n1"
 
 
-def _wait(pred, timeout: float, what: str, log: Path | None = None) -> None:
+def wait_for(pred, timeout: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
@@ -125,10 +125,10 @@ class SlurmCluster:
                                 f"--pid-file={self.munge / 'munged.pid'}",
                                 f"--seed-file={self.munge / 'seed'}",
                                 f"--log-file={d / 'munged.log'}"], None)
-        _wait(lambda: (self.munge / "munge.socket").exists(), 10, "munged", d / "munged.log")
+        wait_for(lambda: (self.munge / "munge.socket").exists(), 10, "munged", d / "munged.log")
         self._daemon("slurmctld", ["slurmctld", "-D", "-i"], CTLD_HOST)
         self._daemon("slurmd", ["slurmd", "-D", "-N", NODE], "n1")
-        _wait(self._node_idle, 30, "node n1 idle", d / "slurmctld.log")
+        wait_for(self._node_idle, 30, "node n1 idle", d / "slurmctld.log")
         return self
 
     def _node_idle(self) -> bool:
@@ -164,7 +164,7 @@ class SlurmCluster:
     def cancel_all(self) -> None:
         self.run("scancel", "--full", "-p", self.partition, check=False)
         self.run("scancel", "--full", "-p", "small", check=False)
-        _wait(lambda: not self.jobs("PENDING", "RUNNING", "COMPLETING"), 20, "an empty queue")
+        wait_for(lambda: not self.jobs("PENDING", "RUNNING", "COMPLETING"), 20, "an empty queue")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from controller.domain.batch import BatchState
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
 from controller.drivers.remote import Unreachable
 from tests.conftest import peaks, sh, wait_until
+from tests.integration.test_slurm import batch_endpoint, get, machines
 from tests.integration.test_ssh import cli
 from tests.sgecluster import SgeCluster
 
@@ -40,35 +41,12 @@ def _empty_queue(cluster):
 
 
 def sge_endpoint(cluster, **over):
-    hosts, login = cluster.hosts, cluster.login
-    sge = {"address": login.address, "port": login.port, "user": hosts.user,
-             "key": str(hosts.key), "known_hosts": str(hosts.known_hosts(hosts.root / "known")),
-             "remote_dir": str(cluster.root / "remote"), "python": "/usr/bin/python3",
-             "wall_time": 600, "time_margin": 20, "max_queued": 2,
-             "pending_timeout": 120, "connect_timeout": 5, **over.pop("sge", {})}
-    return {"name": "hpc", "driver": "sge", "cores": 1, "memory_mb": 256, "slots": 1,
-            "max_machines": 8, "max_starts_per_cycle": 8, "idle_timeout": 3,
-            "heartbeat_interval": 0.5, "lost_after": 10, "boot_timeout": 60, **over,
-            "sge": sge}
+    return batch_endpoint(cluster, "sge", **over)
 
 
 def start(make_controller, cluster, **over):
     return make_controller(endpoints=[sge_endpoint(cluster, **over)],
                            host=cluster.hosts.controller_host)
-
-
-def get(ctrl, path, **params):
-    with ctrl.client() as c:
-        r = c.get(path, params=params)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def machines(ctrl):
-    """Machines by name, each with its info as a dict (the API gives JSON text or an object)."""
-    return {m["name"]: dict(m, info=json.loads(m["info"] or "{}")
-                            if isinstance(m["info"], str) or m["info"] is None else m["info"])
-            for m in get(ctrl, "/api/v1/machines", all=True)}
 
 
 def test_twelve_jobs_run_in_pilot_jobs_within_the_cluster_and_the_queue_empties(

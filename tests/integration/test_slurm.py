@@ -38,17 +38,24 @@ def _empty_queue(cluster):
     cluster.cancel_all()
 
 
-def slurm_endpoint(cluster, **over):
+def batch_endpoint(cluster, driver, site=None, **over):
+    """A batch endpoint of `driver` on the test cluster's login node (`site`: the driver's
+    own settings; `over[driver]` overrides them, the rest of `over` the endpoint's)."""
     hosts, login = cluster.hosts, cluster.login
-    slurm = {"address": login.address, "port": login.port, "user": hosts.user,
-             "key": str(hosts.key), "known_hosts": str(hosts.known_hosts(hosts.root / "known")),
-             "remote_dir": str(cluster.root / "remote"), "python": "/usr/bin/python3",
-             "partition": "batch", "wall_time": 600, "time_margin": 20, "max_queued": 2,
-             "pending_timeout": 120, "connect_timeout": 5, **over.pop("slurm", {})}
-    return {"name": "hpc", "driver": "slurm", "cores": 1, "memory_mb": 256, "slots": 1,
+    conf = {"address": login.address, "port": login.port, "user": hosts.user,
+            "key": str(hosts.key), "known_hosts": str(hosts.known_hosts(hosts.root / "known")),
+            "remote_dir": str(cluster.root / "remote"), "python": "/usr/bin/python3",
+            "wall_time": 600, "time_margin": 20, "max_queued": 2,
+            "pending_timeout": 120, "connect_timeout": 5, **(site or {}),
+            **over.pop(driver, {})}
+    return {"name": "hpc", "driver": driver, "cores": 1, "memory_mb": 256, "slots": 1,
             "max_machines": 8, "max_starts_per_cycle": 8, "idle_timeout": 3,
             "heartbeat_interval": 0.5, "lost_after": 10, "boot_timeout": 60, **over,
-            "slurm": slurm}
+            driver: conf}
+
+
+def slurm_endpoint(cluster, **over):
+    return batch_endpoint(cluster, "slurm", {"partition": "batch"}, **over)
 
 
 def start(make_controller, cluster, **over):
