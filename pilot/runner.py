@@ -172,9 +172,13 @@ class JobRun:
         user = self.sandbox.popen_options()
         cmd = shepherd.command(self.sandbox.command(argv, self.dir, self.own), self.lease_until,
                                self.stop_grace, user.get("user", -1), user.get("group", -1))
-        self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=self._out,
-                                     stderr=self._err, stdin=subprocess.PIPE,
-                                     start_new_session=True)
+        with self._lock:  # a stop that came while it was starting is not lost
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=self._out,
+                                         stderr=self._err, stdin=subprocess.PIPE,
+                                         start_new_session=True)
+            stopped = self.stop_reason is not None
+        if stopped:
+            self._signal(signal.SIGTERM)
 
     def renew(self, until: float) -> None:
         """The controller renewed the lease: the payload may run until `until` (Unix time)."""

@@ -138,3 +138,17 @@ def test_user_isolation_runs_the_payload_as_the_payload_user(tmp_path):
     assert out.split() == ["nobody", "refused"] and "Permission denied" in err
     assert (run.dir / "mine").stat().st_uid == run.sandbox.popen_options()["user"]
     run.cleanup()
+
+
+def test_a_stop_that_comes_while_the_payload_starts_still_stops_it(tmp_path):
+    # SIGTERM reached the pilot after the job was handed over but before its process
+    # existed: the payload must be stopped at once, not left to finish on a pilot going away
+    run = run_of(tmp_path, arguments=["-c", "sleep 8; echo finished"])
+    run.lease_until = float("inf")
+    run.prepare()
+    run.stop("interrupted")
+    run.start()
+    outcome = run.wait()
+    out, _, _ = run.output(1000)
+    run.cleanup()
+    assert outcome.status == "interrupted" and "finished" not in out
