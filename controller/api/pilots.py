@@ -89,7 +89,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     left_to: list[str] = []  # the pilots of fuller machines the last attempt left work to
     polls: dict[str, asyncio.Event] = request.app.state.polls  # each waiting pilot's wake-up
     # an idle pilot sends no heartbeats: its long-poll records it alive, at most every quarter
-    # of the endpoint's lost_after, and looks again at least that often
+    # of the endpoint's lost_after, and looks again that often (new work it can take, and a
+    # fuller machine leaving work to it, wake it at once: notifier.offers, AskingPilots.fuller)
     seen_every = 5.0  # set from the endpoint at the first attempt
 
     def attempt() -> list[tuple[Job, str]]:
@@ -159,7 +160,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                 return Response(status_code=204)
             notifier.offers(changed, seen.free)  # woken by work it can take, not by other
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0, seen_every))
+                await asyncio.wait_for(changed.wait(), timeout=min(left, seen_every))
     finally:
         asking.leave(pilot_id)
         if polls.get(pilot_id) is changed:

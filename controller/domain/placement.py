@@ -130,7 +130,8 @@ def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | Non
 
 class AskingPilots:
     """The pilots asking for work at this moment (inside a match request), for the live
-    controller's fullest-first rule. Held in memory by the API process."""
+    controller's fullest-first rule. Held in memory by the API process, read and written by
+    its request threads: every read works on a copy taken at once (a dict copy is atomic)."""
 
     def __init__(self) -> None:
         self._asking: dict[str, Asking] = {}
@@ -147,7 +148,8 @@ class AskingPilots:
         if me is None:
             return []
         reqs = list(left)
-        return [p for p, a in self._asking.items()
+        # a copy: other requests' threads enter and leave while this one looks
+        return [p for p, a in list(self._asking.items())
                 if p != pilot_id and a.key < me.key and a.machine != me.machine
                 and any(fits(r, a.free) for r in reqs)]
 
