@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
 import uuid
 
@@ -135,7 +136,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             asking.leave(pilot_id)
         return got.jobs
 
-    deadline = time.monotonic() + min(body.wait, settings.long_poll_max)
+    deadline = time.monotonic() + spread(min(body.wait, settings.long_poll_max))
     notifier = request.app.state.notifier
     try:
         while True:
@@ -165,6 +166,16 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         asking.leave(pilot_id)
         if polls.get(pilot_id) is changed:
             del polls[pilot_id]
+
+
+def spread(wait: float) -> float:
+    """A long wait ends at a random point of its last quarter: pilots that started waiting
+    together (a burst of registrations, one submission answering many) do not all come back
+    in the same instant, every `wait` seconds. Short waits are kept as asked."""
+    return wait - random.uniform(0.0, wait / 4) if wait >= LONG_WAIT else wait
+
+
+LONG_WAIT = 10.0  # seconds: waits this long or longer are spread
 
 
 def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:

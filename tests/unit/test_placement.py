@@ -65,6 +65,21 @@ def test_asking_pilots_come_and_go():
     assert asking.defer(True) and asking.deferred() and not asking.deferred()
 
 
+def test_machines_alike_leave_no_work_to_each_other():
+    # a thousand idle pilots of one type asking together: whichever asks takes the job (before,
+    # the name broke the tie and each left it to the next, and all of them were woken)
+    alike = [Asking(f"m{i}", free(4)) for i in range(5)]
+    assert not any(leave_to_fuller(Requirements(), a, alike) for a in alike)
+    asking = AskingPilots()
+    for i, a in enumerate(alike):
+        asking.enter(f"p{i}", a)
+    assert asking.fuller("p4", [Requirements()]) == []
+    fuller = Asking("full", free(1))
+    asking.enter("pf", fuller)
+    assert asking.fuller("p4", [Requirements()]) == ["pf"]
+    assert leave_to_fuller(Requirements(), alike[0], [*alike, fuller])
+
+
 def test_asking_pilots_are_read_while_other_threads_come_and_go():
     # the match route's threads enter and leave while one looks for fuller machines (a
     # bench.load run with 1,000 pilots saw "dictionary changed size during iteration")
