@@ -268,6 +268,16 @@ class EndpointConfig(BaseModel):
     extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
                                        "running jobs only if it should end at most this "
                                        "long (s) after them (default: no limit)")
+    # --- issue 24: when the cloud says no -------------------------------------------------
+    refusal_ttl: float = Field(180.0, gt=0, description="an offer (type x zone x market) a "
+                               "cloud refused for capacity or quota is not tried for this "
+                               "long (s), doubled while it keeps being refused")
+    refusal_ttl_max: float = Field(3600.0, gt=0, description="the longest such block (s)")
+    refuse: dict[str, int] = Field(
+        default_factory=dict, description="driver local (tests, demos): pools "
+        "('type/zone/market') whose launches are refused as sold out, each the first N times "
+        "(0: always)")
+    # --- end issue 24 ----------------------------------------------------------------------
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")

@@ -40,6 +40,7 @@ from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits, unmatchable_reason
 from controller.domain.pricing import Candidate, Launch, Offer
+from controller.domain.refusals import Refusal, describe
 from controller.domain.taskqueues import TaskQueue
 
 M = MachineState
@@ -105,6 +106,9 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
 
     quotes: dict[str, float | None] = field(default_factory=dict)  # pool -> price now
+    # offers a cloud refused lately (capacity, quota), by pool: not considered this tick
+    blocked: dict[str, Refusal] = field(default_factory=dict)
+    now: float = 0.0
 
     def price(self, o: Offer) -> float | None:
         p = self.quotes.get(o.pool, -1.0)
@@ -146,8 +150,14 @@ def decide_priced(
     last_seq: int,
     prices: Mapping[str, float],
     budget: Budget,
+    blocked: Mapping[str, Refusal] | None = None,
 ) -> Decision:
-    plan = Plan(spec, prices, {o.pool: o for o in spec.offers})
+    plan = Plan(spec, prices, {o.pool: o for o in spec.offers},
+                blocked={k: v for k, v in (blocked or {}).items() if k in
+                         {o.pool for o in spec.offers}}, now=now)
+    if plan.blocked:
+        plan.reasons.append(f"{len(plan.blocked)} of {len(spec.offers)} offers blocked after "
+                            "a refusal: " + ", ".join(sorted(plan.blocked)))
     live = live_machines(machines)
     removals = check_health(spec, live, now)
     gone = {r.name for r in removals}
@@ -374,6 +384,9 @@ def _cheapest_per_core(plan: Plan) -> Offer | None:
 
 def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
     p = plan.price(o)
+    refusal = plan.blocked.get(o.pool)
+    if refusal is not None:
+        return p, describe(refusal, plan.now)
     if p is None:
         return None, "no spot price known"
     if o.spot and p > o.bid:

@@ -19,6 +19,7 @@ from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer
 from controller.domain.pricing import Offer
+from controller.domain.refusals import Refusal
 from controller.domain.scheduling import Budget, Decision, EndpointSpec, decide
 from controller.domain.taskqueues import TaskQueue
 
@@ -32,11 +33,12 @@ class TickInputs:
     last_seq: int
     prices: dict[str, float]
     budget: Budget
+    refusals: tuple[Refusal, ...] = ()  # offers the cloud refused lately (issue 24)
 
     def decide(self, spec: EndpointSpec | None = None) -> Decision:
         """The decision for these inputs, with the recorded spec or another one."""
         return decide(spec or self.spec, self.queues, self.machines, self.now, self.last_seq,
-                      prices=self.prices, budget=self.budget)
+                      prices=self.prices, budget=self.budget, refusals=self.refusals)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ def encode(inputs: TickInputs) -> dict[str, Any]:
         "machines": [{**asdict(m), "state": m.state.value} for m in inputs.machines],
         "now": inputs.now, "last_seq": inputs.last_seq, "prices": dict(inputs.prices),
         "budget": asdict(inputs.budget),
+        "refusals": [r.to_dict() for r in inputs.refusals],
     }
 
 
@@ -184,6 +187,7 @@ def decode(d: Mapping[str, Any]) -> TickInputs | HostTickInputs | BatchTickInput
                        for m in d["machines"]),
         now=d["now"], last_seq=d["last_seq"], prices=dict(d["prices"]),
         budget=Budget(**d.get("budget", {})),
+        refusals=tuple(Refusal.from_dict(r) for r in d.get("refusals", ())),
     )
 
 
@@ -228,6 +232,6 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
 
 def snapshot(spec: EndpointSpec, queues: Sequence[TaskQueue], machines: Sequence[MachineView],
              now: float, last_seq: int, prices: Mapping[str, float] | None,
-             budget: Budget | None) -> TickInputs:
+             budget: Budget | None, refusals: Sequence[Refusal] = ()) -> TickInputs:
     return TickInputs(spec, tuple(queues), tuple(machines), now, last_seq, dict(prices or {}),
-                      budget or Budget())
+                      budget or Budget(), tuple(refusals))
