@@ -181,3 +181,18 @@ def test_a_refusal_again_doubles_the_block_and_other_errors_back_off(priced):
     tick(loop)
     ep = store.endpoints.get("ep")
     assert ep.state == EndpointState.ERROR and ep.backoff.failures == 1
+
+
+def test_explain_names_the_blocked_offers():
+    from controller.reconcile.whatif import format_explain
+
+    r = blocked("s/a/spot")
+    doc = {"endpoint": "ec2", "tick": 7, "at": NOW, "queues": [], "machines": [],
+           "prices": {}, "budget": {}, "candidates": [], "started": [], "removed": [],
+           "demand": 0.0, "reasons": [],
+           "refusals": [r.to_dict(), blocked("s/b/spot", until=NOW - 1).to_dict()]}
+    text = format_explain(doc)
+    assert ("offers the cloud refused lately (not tried until their block ends):\n"
+            "  s/a/spot: refused (capacity) once, blocked for 100s more: "
+            "InsufficientInstanceCapacity") in text
+    assert "s/b/spot" not in text  # its block had ended
