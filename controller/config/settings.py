@@ -273,6 +273,10 @@ class EndpointConfig(BaseModel):
                                "cloud refused for capacity or quota is not tried for this "
                                "long (s), doubled while it keeps being refused")
     refusal_ttl_max: float = Field(3600.0, gt=0, description="the longest such block (s)")
+    fallback_after: float | None = Field(
+        None, ge=0, description="the fallback ladder: a job that has waited this long (s) for "
+        "a spot machine may get an on-demand one (a job's own fallback_after wins; default: "
+        "no ladder, the cheapest market at once)")
     refuse: dict[str, int] = Field(
         default_factory=dict, description="driver local (tests, demos): pools "
         "('type/zone/market') whose launches are refused as sold out, each the first N times "
@@ -423,6 +427,7 @@ class EndpointConfig(BaseModel):
             extend_limit=self.extend_limit,
             size_tolerance=self.size_tolerance,
             headroom=self.headroom,
+            fallback_after=self.fallback_after,
         )
 
 

@@ -47,6 +47,11 @@ class EndpointSpec:
     # free cores kept, as a share of the live machines' cores, for work that arrives before a
     # new machine could boot (0: start machines only for waiting work)
     headroom: float = 0.0
+    # the fallback ladder (issue 24): markets in the order they are tried; a task queue whose
+    # oldest job has waited longer than `fallback_after` for the first (spot) may use the next
+    # (None: every market at once, the cheapest wins)
+    fallback_after: float | None = None
+    ladder: tuple[str, ...] = ("spot", "on-demand")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Item:
     pools: frozenset[str]
     runtime: float = 3600.0  # how long each may run (its max_runtime): a machine lives as long
     predicted: float | None = None  # how long each should run (None: `runtime`)
+    rung: str = ""  # the fallback ladder: which rung its machines are on, and why
 
 
 @dataclass
@@ -185,7 +186,7 @@ def decide_priced(
     kept = [m for m in kept if m.name not in gone]
 
     # 2. demand
-    items = displaced + _items(spec, plan, queues)
+    items = displaced + _items(spec, plan, queues, now)
     items.sort(key=lambda it: (-it.cores, -it.memory_mb, it.label))
     cheapest = _cheapest_per_core(plan)
     demand_cores = sum(it.n * it.cores for it in items)
@@ -295,31 +296,66 @@ def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
     return frozenset(out)
 
 
-def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[Item]:
+def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue],
+           now: float) -> list[Item]:
     items = []
     shapes = [(o, _slot_offer(spec, o)) for o in spec.offers]
-    known: dict[Requirements, frozenset[str]] = {}
+    known: dict[Requirements, list[Offer]] = {}
     for q in queues:
         if q.waiting <= 0:
             continue
         req = q.requirements
-        pools = known.get(req)
-        if pools is None:
-            pools = known[req] = frozenset(o.pool for o, shape in shapes
-                                           if (req.spot or not o.spot) and fits(req, shape))
-        if not pools:
-            allowed = [shape for o, shape in shapes if req.spot or not o.spot]
+        fitting = known.get(req)
+        if fitting is None:  # the offers it fits, in the markets it allows
+            fitting = known[req] = [o for o, shape in shapes
+                                    if _allows(req, o.market) and fits(req, shape)]
+        if not fitting:
+            allowed = [shape for o, shape in shapes if _allows(req, o.market)]
             why = (unmatchable_reason(req, allowed) if allowed
-                   else "it needs on-demand machines (spot = false) and none is offered")
+                   else "it needs on-demand machines (spot = false) and none is offered"
+                   if not req.spot else "it needs spot machines (spot_only) and none is "
+                   "offered")
             plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
                                 f"{why}")
             continue
+        markets, rung = _rung(spec, q, {o.market for o in fitting}, now)
+        pools = frozenset(o.pool for o in fitting if o.market in markets)
         # a new machine's life by the jobs' max_runtime, not their predicted run time: that
         # measured better (the predictions' errors strand cores on big machines: LCG 1.152 x
         # the bound with them, 1.124 x without; CTC-SP2 1.393 x and 1.395 x)
         items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools,
-                          float(req.max_runtime), q.predicted_runtime))
+                          float(req.max_runtime), q.predicted_runtime, rung))
     return items
+
+
+def _allows(req: Requirements, market: str) -> bool:
+    """Whether a job may run in a market: `spot = false` never on spot, `spot_only` never on
+    demand."""
+    if not req.spot:
+        return market != "spot"
+    return market == "spot" if req.spot_only else True
+
+
+def _rung(spec: EndpointSpec, q: TaskQueue, offered: set[str],
+          now: float) -> tuple[frozenset[str], str]:
+    """The fallback ladder: the markets a task queue may use now, and its rung in words.
+    Its markets in the endpoint's `ladder` order (spot, then on-demand) are its rungs; it
+    climbs one each `fallback_after` (the job's, else the endpoint's) its oldest job has
+    waited, and may use every rung up to its own (the cheapest wins among them). No deadline,
+    or one rung: every market at once."""
+    req = q.requirements
+    rungs = [m for m in spec.ladder if m in offered] + sorted(offered - set(spec.ladder))
+    deadline = req.fallback_after if req.fallback_after is not None else spec.fallback_after
+    if deadline is None or len(rungs) < 2:
+        return frozenset(offered), ""
+    waited = max(now - q.oldest, 0.0) if q.oldest is not None else 0.0
+    k = len(rungs) - 1 if deadline <= 0 else min(int(waited // deadline), len(rungs) - 1)
+    where = f"rung {k + 1} of {len(rungs)}, {rungs[k]}"
+    if k == 0:
+        why = f"{rungs[1]} after {deadline - waited:.0f}s more"
+    else:
+        why = f"its oldest job waited {waited:.0f}s >= fallback_after {deadline:.0f}s"
+    return frozenset(rungs[:k + 1]), f"{where}: {why}"
 
 
 def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
@@ -445,7 +481,8 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
         if copies <= 0:
             break
         used = sum(it.cores * k for it, k in taken)
-        what = ", ".join(f"{k} of {it.label}" for it, k in taken)
+        what = ", ".join(f"{k} of {it.label}" + (f" ({it.rung})" if it.rung else "")
+                         for it, k in taken)
         reason = (f"{o.machine_type} {o.market} in {o.zone} at ${p:.4f}/h: "
                   f"${p / used:.4f} per used core-hour, holds {what}")
         for _ in range(copies):

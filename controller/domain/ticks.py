@@ -92,17 +92,20 @@ def spec_to_dict(s: EndpointSpec) -> dict[str, Any]:
 
 def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
     return EndpointSpec(**{**d, "shape": _shape_from(d["shape"]),
-                           "offers": tuple(Offer(**o) for o in d.get("offers", ()))})
+                           "offers": tuple(Offer(**o) for o in d.get("offers", ())),
+                           "ladder": tuple(d.get("ladder", EndpointSpec.ladder))})
 
 
 def _queues(queues: Sequence[TaskQueue]) -> list[dict[str, Any]]:
     return [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
-             "waiting": q.waiting, "requirements": q.requirements.to_dict()} for q in queues]
+             "waiting": q.waiting, "requirements": q.requirements.to_dict(),
+             **({} if q.oldest is None else {"oldest": q.oldest})} for q in queues]
 
 
 def _queues_from(d: Sequence[Mapping[str, Any]]) -> tuple[TaskQueue, ...]:
     return tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
-                           q["group"], q["priority"], q["waiting"]) for q in d)
+                           q["group"], q["priority"], q["waiting"], oldest=q.get("oldest"))
+                 for q in d)
 
 
 def encode_hosts(inputs: HostTickInputs) -> dict[str, Any]:
