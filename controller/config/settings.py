@@ -277,6 +277,10 @@ class EndpointConfig(BaseModel):
         None, ge=0, description="the fallback ladder: a job that has waited this long (s) for "
         "a spot machine may get an on-demand one (a job's own fallback_after wins; default: "
         "no ladder, the cheapest market at once)")
+    wait_cost: float = Field(
+        0.05, ge=0, description="USD an hour's wait of one core of waiting work costs: an "
+        "offer whose machines boot slowly, or whose pilots never register (measured over the "
+        "last day), costs that much more per used core-hour of its expected delay")
     refuse: dict[str, int] = Field(
         default_factory=dict, description="driver local (tests, demos): pools "
         "('type/zone/market') whose launches are refused as sold out, each the first N times "
@@ -428,6 +432,7 @@ class EndpointConfig(BaseModel):
             size_tolerance=self.size_tolerance,
             headroom=self.headroom,
             fallback_after=self.fallback_after,
+            wait_cost=self.wait_cost,
         )
 
 

@@ -52,6 +52,9 @@ class EndpointSpec:
     # (None: every market at once, the cheapest wins)
     fallback_after: float | None = None
     ladder: tuple[str, ...] = ("spot", "on-demand")
+    # what an hour's wait of one core of waiting work costs (USD): an offer whose machines
+    # are measured to boot slowly, or never, costs that much more (domain/delivery.py)
+    wait_cost: float = 0.05
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from controller.domain.delivery import Delivery
 from controller.domain.fleet import (
     Budget,
     Decision,
@@ -110,6 +111,9 @@ class Plan:
     # offers a cloud refused lately (capacity, quota), by pool: not considered this tick
     blocked: dict[str, Refusal] = field(default_factory=dict)
     now: float = 0.0
+    # what each offer delivered lately (measured boot, pilots that never registered)
+    delivery: Mapping[str, Delivery] = field(default_factory=dict)
+    quickest: float | None = None  # the shortest expected delay measured (seconds)
 
     def price(self, o: Offer) -> float | None:
         p = self.quotes.get(o.pool, -1.0)
@@ -152,10 +156,11 @@ def decide_priced(
     prices: Mapping[str, float],
     budget: Budget,
     blocked: Mapping[str, Refusal] | None = None,
+    delivery: Mapping[str, Delivery] | None = None,
 ) -> Decision:
     plan = Plan(spec, prices, {o.pool: o for o in spec.offers},
                 blocked={k: v for k, v in (blocked or {}).items() if k in
-                         {o.pool for o in spec.offers}}, now=now)
+                         {o.pool for o in spec.offers}}, now=now, delivery=delivery or {})
     if plan.blocked:
         plan.reasons.append(f"{len(plan.blocked)} of {len(spec.offers)} offers blocked after "
                             "a refusal: " + ", ".join(sorted(plan.blocked)))
@@ -458,7 +463,8 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
             life = max(it.runtime for it, _ in taken)
             work = sum(it.cores * k * it.runtime for it, k in taken)
             share = (plan.pool_cores.get(o.pool, 0) + o.cores) / (plan.fleet_cores + o.cores)
-            scored.append((p * life / work * (1 + spec.diversity * share), o.cores, o.pool, o,
+            scored.append((p * life / work * (1 + spec.diversity * share)
+                           + _delay_cost(spec, plan, o, cores, work), o.cores, o.pool, o,
                            p, taken))
         if not scored:
             break
@@ -485,6 +491,9 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
                          for it, k in taken)
         reason = (f"{o.machine_type} {o.market} in {o.zone} at ${p:.4f}/h: "
                   f"${p / used:.4f} per used core-hour, holds {what}")
+        delivered = plan.delivery.get(o.pool)
+        if delivered is not None and spec.wait_cost:
+            reason += f"; {delivered.describe(spec.boot_timeout)}"
         for _ in range(copies):
             seq += 1
             launches.append(Launch(machine_name(spec.name, seq), o.pool, o.machine_type,
@@ -501,6 +510,22 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
         plan.reasons.append(f"starting {len(launches)} for the waiting work")
     plan.launches = launches
     return launches
+
+
+def _delay_cost(spec: EndpointSpec, plan: Plan, o: Offer, cores: int, work: float) -> float:
+    """What the expected delay of a new machine of this offer (its measured boot, and the
+    pilots that never registered) costs the `cores` of waiting work it would hold, per used
+    core-hour of the `work` (core-seconds) it holds: `wait_cost` per core-hour of waiting.
+    An offer not measured yet is taken to be as quick as the quickest measured one (so it
+    gets tried)."""
+    if not plan.delivery or not spec.wait_cost or work <= 0:
+        return 0.0
+    if plan.quickest is None:
+        plan.quickest = min(d.expected_delay(spec.boot_timeout)
+                            for d in plan.delivery.values())
+    d = plan.delivery.get(o.pool)
+    delay = plan.quickest if d is None else d.expected_delay(spec.boot_timeout)
+    return spec.wait_cost * cores * delay / work
 
 
 def _candidates(spec: EndpointSpec, plan: Plan, started: Sequence[Launch]) -> tuple[

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.domain.batch import BatchJob, BatchSpec, BatchState, PilotJob, decide_batch
+from controller.domain.delivery import Delivery
 from controller.domain.hostpool import Backoff as HostBackoff
 from controller.domain.hostpool import HostView, Membership, decide_hosts
 from controller.domain.jobs import Requirements
@@ -34,11 +35,13 @@ class TickInputs:
     prices: dict[str, float]
     budget: Budget
     refusals: tuple[Refusal, ...] = ()  # offers the cloud refused lately (issue 24)
+    delivery: tuple[Delivery, ...] = ()  # what each offer delivered lately (issue 24)
 
     def decide(self, spec: EndpointSpec | None = None) -> Decision:
         """The decision for these inputs, with the recorded spec or another one."""
         return decide(spec or self.spec, self.queues, self.machines, self.now, self.last_seq,
-                      prices=self.prices, budget=self.budget, refusals=self.refusals)
+                      prices=self.prices, budget=self.budget, refusals=self.refusals,
+                      delivery=self.delivery)
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ def encode(inputs: TickInputs) -> dict[str, Any]:
         "now": inputs.now, "last_seq": inputs.last_seq, "prices": dict(inputs.prices),
         "budget": asdict(inputs.budget),
         "refusals": [r.to_dict() for r in inputs.refusals],
+        "delivery": [d.to_dict() for d in inputs.delivery],
     }
 
 
@@ -191,6 +195,7 @@ def decode(d: Mapping[str, Any]) -> TickInputs | HostTickInputs | BatchTickInput
         now=d["now"], last_seq=d["last_seq"], prices=dict(d["prices"]),
         budget=Budget(**d.get("budget", {})),
         refusals=tuple(Refusal.from_dict(r) for r in d.get("refusals", ())),
+        delivery=tuple(Delivery.from_dict(x) for x in d.get("delivery", ())),
     )
 
 
@@ -235,6 +240,7 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
 
 def snapshot(spec: EndpointSpec, queues: Sequence[TaskQueue], machines: Sequence[MachineView],
              now: float, last_seq: int, prices: Mapping[str, float] | None,
-             budget: Budget | None, refusals: Sequence[Refusal] = ()) -> TickInputs:
+             budget: Budget | None, refusals: Sequence[Refusal] = (),
+             delivery: Sequence[Delivery] = ()) -> TickInputs:
     return TickInputs(spec, tuple(queues), tuple(machines), now, last_seq, dict(prices or {}),
-                      budget or Budget(), tuple(refusals))
+                      budget or Budget(), tuple(refusals), tuple(delivery))

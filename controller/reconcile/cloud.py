@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from controller.config.settings import EndpointConfig
-from controller.domain import ticks
+from controller.domain import delivery, ticks
 from controller.domain.endpoints import Endpoint
 from controller.domain.machines import (
     ACTIVE_STATES,
@@ -35,6 +35,7 @@ from controller.errors import Conflict, DriverError, NotFound
 from controller.reconcile import pairing
 from controller.reconcile.endpoint import LoopEnv, Outcome, Step, Tick, one_line
 from controller.reconcile.worker import Worker
+from controller.store import views as views_of_store
 
 log = logging.getLogger("cloudpilot.loop")
 M = MachineState
@@ -114,7 +115,9 @@ class CloudEndpoint:
         inputs = ticks.snapshot(self.config.spec(), tick.queues, views, now,
                                 store.endpoints.last_seq(self.name), self._prices(now),
                                 self._budget() if priced else None,
-                                store.refusals.of(self.name) if priced else ())
+                                store.refusals.of(self.name) if priced else (),
+                                delivery.summarize(views_of_store.machine_deliveries(
+                                    store, self.name, now - delivery.WINDOW)) if priced else ())
         decision = inputs.decide()
         recorded = ticks.decision_to_dict(decision)  # decide()'s own, for replay
         if self.config.machine_types and decision.drains_differently(inputs.machines):
