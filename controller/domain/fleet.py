@@ -53,8 +53,9 @@ class EndpointSpec:
     fallback_after: float | None = None
     ladder: tuple[str, ...] = ("spot", "on-demand")
     # what an hour's wait of one core of waiting work costs (USD): an offer whose machines
-    # are measured to boot slowly, or never, costs that much more (domain/delivery.py)
-    wait_cost: float = 0.05
+    # are measured to boot slowly, or never, costs that much more (domain/delivery.py; the
+    # settings' default is 0.05; 0: not weighed)
+    wait_cost: float = 0.0
 
 
 @dataclass(frozen=True)

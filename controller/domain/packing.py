@@ -113,7 +113,7 @@ class Plan:
     now: float = 0.0
     # what each offer delivered lately (measured boot, pilots that never registered)
     delivery: Mapping[str, Delivery] = field(default_factory=dict)
-    quickest: float | None = None  # the shortest expected delay measured (seconds)
+    delays: dict[str, float] = field(default_factory=dict)  # pool -> expected seconds
 
     def price(self, o: Offer) -> float | None:
         p = self.quotes.get(o.pool, -1.0)
@@ -198,6 +198,7 @@ def decide_priced(
     demand = demand_cores / cheapest.cores if cheapest else 0.0
 
     # 3. free capacity of the machines we keep
+    plan.delays = _delays(spec, plan, kept, now)
     rooms = _rooms(spec, plan, kept, now)
     for m in kept:
         o = plan.offers.get(m.pool or "")
@@ -366,12 +367,16 @@ def _rung(spec: EndpointSpec, q: TaskQueue, offered: set[str],
 def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
            now: float) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
-    booting ones, then idle ones from the cheapest per core, then draining ones."""
+    booting ones, then idle ones from the cheapest per core, then draining ones. A machine
+    booting for longer than the quickest offer measured takes to deliver is not counted on
+    (with `wait_cost`): a new one there should be up sooner."""
+    quick = min((d.expected_delay(spec.boot_timeout) for d in plan.delivery.values()
+                 if d.registered), default=math.inf) if spec.wait_cost else math.inf
     rooms = []
     for m in kept:
         o = plan.offers.get(m.pool or "")
         if m.state in (M.BOOTING, M.REQUESTED):
-            if o is None:
+            if o is None or now - m.created_at > quick:
                 continue
             rank = (1, 0.0)
             room = Room(m.name, o.spot, o.pool, o.n_slots, o.cores, o.memory_mb, total=o.cores)
@@ -513,19 +518,35 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
 
 
 def _delay_cost(spec: EndpointSpec, plan: Plan, o: Offer, cores: int, work: float) -> float:
-    """What the expected delay of a new machine of this offer (its measured boot, and the
-    pilots that never registered) costs the `cores` of waiting work it would hold, per used
-    core-hour of the `work` (core-seconds) it holds: `wait_cost` per core-hour of waiting.
-    An offer not measured yet is taken to be as quick as the quickest measured one (so it
-    gets tried)."""
-    if not plan.delivery or not spec.wait_cost or work <= 0:
+    """What the expected delay of a new machine of this offer costs the `cores` of waiting
+    work it would hold, per used core-hour of the `work` (core-seconds) it holds: `wait_cost`
+    per core-hour of waiting (domain/delivery.py)."""
+    if not spec.wait_cost or work <= 0:
         return 0.0
-    if plan.quickest is None:
-        plan.quickest = min(d.expected_delay(spec.boot_timeout)
-                            for d in plan.delivery.values())
-    d = plan.delivery.get(o.pool)
-    delay = plan.quickest if d is None else d.expected_delay(spec.boot_timeout)
-    return spec.wait_cost * cores * delay / work
+    return spec.wait_cost * cores * plan.delays.get(o.pool, 0.0) / work
+
+
+def _delays(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
+            now: float) -> dict[str, float]:
+    """Each offer's expected delay (seconds) from a launch to a working pilot: what its
+    launches took lately (`delivery`), and its machines still booting for longer than that
+    count as taking at least as long as they have so far. An offer with neither is taken to
+    be quick (so that it gets tried, and measured)."""
+    if not spec.wait_cost:
+        return {}
+    ages: dict[str, list[float]] = {}
+    for m in kept:
+        if m.state in (M.BOOTING, M.REQUESTED) and m.pool:
+            ages.setdefault(m.pool, []).append(now - m.created_at)
+    out = {}
+    for pool in set(plan.delivery) | set(ages):
+        d = plan.delivery.get(pool) or Delivery(pool, 0, 0.0, 0)
+        slow = [a for a in ages.get(pool, ()) if a > d.boot_mean]
+        if slow:
+            n = d.registered + len(slow)
+            d = Delivery(pool, n, (d.boot_mean * d.registered + sum(slow)) / n, d.never)
+        out[pool] = d.expected_delay(spec.boot_timeout)
+    return out
 
 
 def _candidates(spec: EndpointSpec, plan: Plan, started: Sequence[Launch]) -> tuple[

@@ -26,6 +26,7 @@ others empty and go away."""
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import itertools
 import math
@@ -34,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from controller.domain import refusals
+from controller.domain.delivery import Delivery
 from controller.domain.endpoints import Backoff
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
@@ -149,6 +151,10 @@ class SimOptions:
     blocklist: bool = True  # False: a refusal backs the endpoint off (before issue 24)
     refusal_ttl: float = 180.0
     refusal_ttl_max: float = 3600.0
+    # pools (fnmatch patterns, e.g. '*/eu-west-1a/*') whose machines take another boot time
+    # than `boot_time`; with any, the scheduler is told what each pool's machines took
+    # (domain/delivery.py), as the live loop measures it
+    boot_times: tuple[tuple[str, float], ...] = ()
 
 
 # What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
@@ -170,6 +176,8 @@ class Simulation:
             raise ValueError(f"runtimes {runtimes!r}: one of {', '.join(RUNTIMES)}")
         self.policy = policy
         self.runtimes = runtimes
+        if not opts.boot_times:  # every machine boots in boot_time: nothing to weigh
+            spec = replace(spec, wait_cost=0.0)
         self.history = RunHistory()
         # task queue -> as the scheduler sees it now (with its owner's history version)
         self.views: dict[int, tuple[int, TaskQueue]] = {}
@@ -210,6 +218,8 @@ class Simulation:
         self.backoff = Backoff()
         self.refused = 0
         self.rng = random.Random(opts.refusal_seed)
+        self.boots: dict[str, list[float]] = {}  # pool -> boot seconds of its machines
+        self.never: dict[str, int] = {}  # pool -> machines failed by boot_timeout
 
     # set-up ------------------------------------------------------------------------------
     def _admit(self, jobs: list[TraceJob]) -> list[SimJob]:
@@ -295,6 +305,8 @@ class Simulation:
             m = self.machines[what]
             if m.state == M.BOOTING:
                 m.state, m.up_at, m.idle_since = M.RUNNING, self.now, self.now
+                if self.opts.boot_times:
+                    self.boots.setdefault(m.offer.pool, []).append(self.now - m.created)
                 self._has_room(m)
         elif kind == INTERRUPT:
             key, bid = what.split("|")
@@ -505,7 +517,13 @@ class Simulation:
         m = SimMachine(name, o, t, free_slots=o.n_slots, free_cores=o.cores,
                        free_mem=o.memory_mb)
         self.machines[name] = self.live[name] = m
-        self._push(t + self.opts.boot_time, UP, name)
+        self._push(t + self._boot_time(o), UP, name)
+
+    def _boot_time(self, o: Offer) -> float:
+        for pattern, secs in self.opts.boot_times:
+            if fnmatch.fnmatchcase(o.pool, pattern):
+                return secs
+        return self.opts.boot_time
 
     def _end_machine(self, m: SimMachine, why: str) -> None:
         for job_id in sorted(m.jobs):
@@ -529,7 +547,8 @@ class Simulation:
         and either nothing waits, nothing drains and the headroom is there (then nothing is
         started, stopped or drained), or nothing changed since a tick that decided
         nothing."""
-        if self.opts.boot_time >= self.spec.boot_timeout:
+        slowest = max([self.opts.boot_time, *(s for _, s in self.opts.boot_times)])
+        if slowest >= self.spec.boot_timeout:
             return False
         due = self.now - self.spec.idle_timeout
         for m in self.live.values():
@@ -571,8 +590,13 @@ class Simulation:
                  for m in self.live.values()]
         queues = [replace(self._view(i), waiting=len(h), oldest=self._oldest(i))
                   for i, h in self.waiting.items()]
+        measured = tuple(
+            Delivery(p, len(self.boots.get(p, ())),
+                     sum(self.boots.get(p, ())) / max(len(self.boots.get(p, ())), 1),
+                     self.never.get(p, 0))
+            for p in sorted(set(self.boots) | set(self.never)))
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
-                   budget=Budget(), refusals=tuple(self.blocked.values()))
+                   budget=Budget(), refusals=tuple(self.blocked.values()), delivery=measured)
         self.dirty = d.changes or d.drains_differently(views) or any(
             r.blocks(self.now) for r in self.blocked.values())
         if any("not covered" in r for r in d.reasons) and (
@@ -581,6 +605,8 @@ class Simulation:
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:
+                if r.to == M.FAILED and self.opts.boot_times:  # its pilot never came
+                    self.never[m.offer.pool] = self.never.get(m.offer.pool, 0) + 1
                 self._end_machine(m, r.reason)
         drain = set(d.drain)
         for m in self.live.values():

@@ -63,6 +63,9 @@ class SimConfig(BaseModel):
                                 "refused with this probability")
     blocklist: bool = Field(True, description="false: a refusal backs the endpoint off, "
                             "as before issue 24 (for before/after figures)")
+    boot_times: dict[str, float] = Field(default_factory=dict, description="pools (patterns "
+                                         "like '*/eu-west-1a/*') whose machines take another "
+                                         "boot time (seconds) than boot_time")
 
     def sold_out(self) -> tuple[tuple[str, float, float], ...]:
         out = [(r.pool, r.start, r.end) for r in self.refusals]
@@ -162,7 +165,8 @@ def simulate(trace: list[TraceJob], series: dict[str, PriceSeries], cfg: SimConf
     opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick, job_memory_mb=cfg.job_memory_mb,
                       refusals=cfg.sold_out(), refusal_rate=cfg.refusal_rate,
                       blocklist=cfg.blocklist, refusal_ttl=ep.refusal_ttl,
-                      refusal_ttl_max=ep.refusal_ttl_max)
+                      refusal_ttl_max=ep.refusal_ttl_max,
+                      boot_times=tuple(cfg.boot_times.items()))
     horizon = max((j.submit + j.run for j in trace), default=0.0)
     outcomes, reports, seconds, cpu_seconds = [], [], {}, {}
     probe = Simulation("probe", spec, trace, series, opts)  # which jobs fit at all

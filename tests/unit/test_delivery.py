@@ -11,10 +11,11 @@ from controller.domain import ticks
 from controller.domain.delivery import Delivery, summarize
 from controller.domain.machines import MachineState as M
 from controller.store import Store, views
-from tests.unit.test_packing import NOW, PRICES, SPEC, pools, run, tq
+from tests.unit.test_packing import NOW, PRICES, SPEC, pools, run, tq, view
 
 EQUAL = replace(SPEC, offers=tuple(o for o in SPEC.offers if o.machine_type == "s"
-                                   and o.market == "on-demand"), boot_timeout=900.0)
+                                   and o.market == "on-demand"), boot_timeout=900.0,
+                wait_cost=0.05)
 
 
 def test_launches_sum_up_per_offer_and_expect_a_delay():
@@ -41,13 +42,27 @@ def test_at_equal_prices_the_offer_that_delivers_wins():
     # with wait_cost 0 the measurements do not count
     assert pools(run([tq(2)], spec=replace(EQUAL, wait_cost=0.0), delivery=slow)) == [
         "s/a/on-demand"]
-    # an offer not measured yet counts as quick as the quickest measured one (it is tried)
+    # an offer not measured yet is taken to be quick: it gets tried (and measured)
     assert pools(run([tq(2)], spec=EQUAL, delivery=slow[1:])) == ["s/a/on-demand"]
     # a money difference larger than the delay's cost still wins: spot at a third of the price
-    zone_a = replace(SPEC, offers=tuple(o for o in SPEC.offers if o.pool.startswith("s/a/")))
+    zone_a = replace(SPEC, offers=tuple(o for o in SPEC.offers if o.pool.startswith("s/a/")),
+                     wait_cost=0.05)
     assert pools(run([tq(2)], spec=zone_a, delivery=[
         Delivery("s/a/on-demand", 10, 120.0, 0), Delivery("s/a/spot", 10, 600.0, 0)])) == [
         "s/a/spot"]
+
+
+def test_a_machine_still_booting_counts_as_at_least_as_slow_as_it_is_so_far():
+    # zone a's machine has been booting for 40 minutes: the quickest offer delivers in 2, so
+    # it is not counted on, and new machines go to zone b, though a was as quick as b
+    fast = [Delivery("s/a/on-demand", 10, 120.0, 0), Delivery("s/b/on-demand", 10, 120.0, 0)]
+    booting = view("ec2-0001", "s/a/on-demand", state=M.BOOTING)
+    booting = replace(booting, created_at=NOW - 2400)
+    spec = replace(EQUAL, boot_timeout=7200.0)
+    d = run([tq(4)], [booting], spec=spec, delivery=fast)
+    assert pools(d) == ["s/b/on-demand", "s/b/on-demand"]
+    young = replace(booting, created_at=NOW - 60)  # within its measured boot: no evidence
+    assert pools(run([tq(4)], [young], spec=spec, delivery=fast)) == ["s/a/on-demand"]
 
 
 def test_the_measurements_are_in_the_recorded_tick():

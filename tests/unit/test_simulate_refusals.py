@@ -64,3 +64,28 @@ def test_sold_out_pools_from_the_config_and_a_file(tmp_path):
     f.write_text("c5.large 0\n")
     with pytest.raises(ConfigError, match=":1: write 'pool start end'"):
         cfg.sold_out()
+
+
+def test_a_slow_zone_is_measured_and_left_for_the_quick_one():
+    _, _, spec, series = _setup()
+    two = tuple(o for o in spec.offers if o.machine_type == "c5.large" and not o.spot
+                and o.zone in ("eu-west-1a", "eu-west-1b"))
+    spec = replace(spec, offers=two, diversity=0.0, headroom=0.0, boot_timeout=7200.0,
+                   wait_cost=0.05, idle_timeout=60.0)
+    trace = [_job(i, 600.0 * i, 300.0) for i in range(1, 13)]
+    slow = (("*/eu-west-1a/*", 3600.0),)
+
+    def run(s):
+        out = Simulation("cloudpilot", s, trace, series,
+                         SimOptions(boot_time=120.0, boot_times=slow)).run()
+        return out, sorted(_waits(out).values())
+
+    out, _ = run(spec)
+    zones = [m.offer.zone for m in out.machines]
+    assert zones[0] == "eu-west-1a" and set(zones[1:]) == {"eu-west-1b"}  # tried once
+    # once the quick zone has delivered a machine, no job waits more than a tick and a boot
+    w = _waits(out)
+    assert max(w[i] for i in range(4, 13)) <= 60.0 + 120.0
+    blind, waits = run(replace(spec, wait_cost=0.0))  # not weighed: the slow zone by name
+    assert {m.offer.zone for m in blind.machines} == {"eu-west-1a"}
+    assert waits[len(waits) // 2] >= 1200.0  # half the jobs wait 20 minutes or more
