@@ -129,7 +129,8 @@ class Plan:
 
 
 def _slot_offer(spec: EndpointSpec, o: Offer) -> SlotOffer:
-    return SlotOffer(spec.name, o.cores, o.memory_mb, spec.shape.tags, spec.shape.max_runtime)
+    return SlotOffer(spec.name, o.cores, o.memory_mb, spec.shape.tags, spec.shape.max_runtime,
+                     spot=o.spot, on_demand=not o.spot)
 
 
 def _fill(o: Offer, items: Sequence[Item]) -> list[tuple[Item, int]]:

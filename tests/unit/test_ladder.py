@@ -81,3 +81,17 @@ def test_the_ladder_is_in_the_requirements_and_the_recorded_tick():
     assert again.queues == inputs.queues and again.spec == inputs.spec
     assert ticks.differences(ticks.decision_to_dict(inputs.decide()),
                              ticks.decision_to_dict(again.decide())) == []
+
+
+def test_the_matcher_never_hands_a_spot_only_job_to_an_on_demand_machine():
+    from controller.domain.matching import SlotOffer, machine_offer, why_not
+
+    shape = SlotOffer("ec2", 2, 4096)
+    on_demand = machine_offer(shape, 2, 4096, (), spot=False, on_demand=True)
+    spot = machine_offer(shape, 2, 4096, (), spot=True)
+    only = Requirements(spot_only=True)
+    assert why_not(only, on_demand) == ("the job runs on spot machines only, ec2 offers "
+                                        "on-demand")
+    assert why_not(only, spot) is None
+    assert why_not(only, shape) is None  # a machine of no market (a host, a batch slot)
+    assert why_not(Requirements(), on_demand) is None
