@@ -46,6 +46,7 @@ from controller.domain.taskqueues import TaskQueue
 
 M = MachineState
 BATCH_SHARE = 4  # a batch of identical machines is at most 1/4 of what is left to place
+SLOW_MARGIN = 60.0  # seconds: see _rooms
 
 
 @dataclass
@@ -369,10 +370,11 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
            now: float) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
     booting ones, then idle ones from the cheapest per core, then draining ones. A machine
-    booting for longer than the quickest offer measured takes to deliver is not counted on
-    (with `wait_cost`): a new one there should be up sooner."""
+    booting for well over what the quickest offer measured takes to deliver (twice, and a
+    minute) is not counted on (with `wait_cost`): a new one there should be up sooner."""
     quick = min((d.expected_delay(spec.boot_timeout) for d in plan.delivery.values()
                  if d.registered), default=math.inf) if spec.wait_cost else math.inf
+    quick = 2 * quick + SLOW_MARGIN
     rooms = []
     for m in kept:
         o = plan.offers.get(m.pool or "")
