@@ -22,6 +22,13 @@ class ObservedMachine:
     detail: str = ""
 
 
+# The start of a machine's error when the driver did not get to it because another machine's
+# launch failed (a Pulumi update stops at its first error): the machine is neither refused
+# nor failed by its own doing (issue 24: its offer is not blocked, the endpoint not backed
+# off for it)
+NOT_TRIED = "not tried: "
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     created: tuple[str, ...] = ()

@@ -29,7 +29,7 @@ from controller.domain.machines import (
 from controller.domain.plans import Plan, PlanState, auto_approval, down_decision, plan_cost
 from controller.domain.refusals import Refusal, classify, describe, refused
 from controller.domain.scheduling import Budget, Decision
-from controller.drivers.base import ApplyResult, Driver, ObservedMachine
+from controller.drivers.base import NOT_TRIED, ApplyResult, Driver, ObservedMachine
 from controller.drivers.prices import PriceSource
 from controller.errors import Conflict, DriverError, NotFound
 from controller.reconcile import pairing
@@ -311,7 +311,8 @@ class CloudEndpoint:
         refused = self._refused(plan, result, self.env.clock())
         if result.errors:
             msg = "; ".join(f"{n}: {m}" for n, m in sorted(result.errors.items()))
-            if set(result.errors) <= set(refused):
+            if refused and set(result.errors) <= set(refused) | {
+                    n for n, m in result.errors.items() if m.startswith(NOT_TRIED)}:
                 # only offers the cloud has none of now: they are blocked, not the endpoint,
                 # and the next tick's decision picks the next cheapest offer
                 self._failed(plan, msg)

@@ -196,3 +196,30 @@ def test_explain_names_the_blocked_offers():
             "  s/a/spot: refused (capacity) once, blocked for 100s more: "
             "InsufficientInstanceCapacity") in text
     assert "s/b/spot" not in text  # its block had ended
+
+
+def test_machines_not_tried_after_a_refusal_neither_block_nor_back_off(priced):
+    """A Pulumi update stops at its first error: the machines it did not get to are
+    `not tried` (drivers/base.py NOT_TRIED), their offers stay open."""
+    from controller.drivers.base import NOT_TRIED, ApplyResult
+
+    store, driver, loop, clock = priced
+    real = driver.apply
+
+    def stops_at_the_first_error(diff):
+        r = real(diff)
+        if not r.errors:
+            return r
+        untried = {n: f"{NOT_TRIED}the update stopped at {min(r.errors)}" for n in r.created}
+        driver.machines -= set(untried)
+        return ApplyResult((), r.deleted, {**r.errors, **untried})
+
+    driver.apply = stops_at_the_first_error
+    driver.refusing.pools = {"cheap/z/on-demand": 1}
+    submit(store, 2)
+    tick(loop)  # two machines: the first refused, the second not tried
+    reasons = sorted(m.reason for m in store.machines.find("ep"))
+    assert "InsufficientInstanceCapacity" in reasons[0] and "not tried" in reasons[1]
+    (r,) = store.refusals.of("ep")
+    assert (r.pool, r.failures) == ("cheap/z/on-demand", 1)
+    assert store.endpoints.get("ep").backoff.failures == 0
