@@ -203,7 +203,7 @@ def test_machines_not_tried_after_a_refusal_neither_block_nor_back_off(priced):
     `not tried` (drivers/base.py NOT_TRIED), their offers stay open."""
     from controller.drivers.base import NOT_TRIED, ApplyResult
 
-    store, driver, loop, clock = priced
+    store, driver, loop, _ = priced
     real = driver.apply
 
     def stops_at_the_first_error(diff):
