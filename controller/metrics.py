@@ -182,6 +182,14 @@ class StoreCollector(Collector):
             g.add_metric([name], 1 if drift.get(name) else 0)
         yield g
         now = time.time()
+        g = GaugeMetricFamily("cloudpilot_offer_blocked_seconds", "Offers (machine type / "
+                              "zone / market) a cloud refused for capacity or quota: seconds "
+                              "until they are tried again (0: tried again, the refusal kept "
+                              "until a launch there succeeds)",
+                              labels=["endpoint", "pool", "kind"])
+        for endpoint, r in self.store.refusals.find():
+            g.add_metric([endpoint, r.pool, r.kind], round(max(r.until - now, 0.0), 3))
+        yield g
         lives = views.machine_lives(self.store, configured_prices(self.settings))
         rate, total = costs.spend_rate(lives), costs.spent(lives, now)
         g = GaugeMetricFamily("cloudpilot_spend_rate_usd_per_hour",

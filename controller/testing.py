@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from controller.domain.plans import PlanDiff
-from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.drivers.base import ApplyResult, ObservedMachine, Refusing
 from controller.errors import DriverError
 
 
@@ -34,6 +34,8 @@ class InMemoryDriver:
     - `hold`: while this event is clear, apply waits for it (a driver that hangs); `close()`
       sets it, as the controller does when it stops.
     - `applied`: every diff it was asked to apply, in order.
+    - `refusing.pools`: pools ('type/zone/market' -> N) whose launches it refuses as sold
+      out, the first N times (0: always), as EC2 does (InsufficientInstanceCapacity).
     """
 
     def __init__(self, name: str) -> None:
@@ -42,6 +44,7 @@ class InMemoryDriver:
         self.fail: Literal["raise", "partial"] | None = None
         self.hold: threading.Event | None = None
         self.applied: list[PlanDiff] = []
+        self.refusing = Refusing()
 
     def observe(self) -> list[ObservedMachine]:
         return [ObservedMachine(n, True, f"10.0.0.{n[-1]}", f"id i-{n}")
@@ -59,10 +62,14 @@ class InMemoryDriver:
             self.hold.wait()
         if self.fail == "raise":
             raise DriverError("credentials rejected: AuthFailure")
-        created = list(diff.create)
         errors = {}
+        for n in diff.create:
+            no = self.refusing.refuses(diff.specs.get(n))
+            if no is not None:
+                errors[n] = no
+        created = [n for n in diff.create if n not in errors]
         if self.fail == "partial":
-            errors = {n: "InsufficientInstanceCapacity" for n in created[1:]}
+            errors.update({n: "InsufficientInstanceCapacity" for n in created[1:]})
             created = created[:1]
         self.machines |= set(created)
         self.machines -= set(diff.delete)

@@ -15,6 +15,7 @@ from controller.api.responses import (
     EndpointOut,
     Health,
     MachineOut,
+    RefusalOut,
     ShareOut,
     SharesOut,
     StateEventOut,
@@ -34,6 +35,8 @@ def endpoints(request: Request, store: StoreDep, p: UserAuth) -> list[EndpointOu
     slow work under way (an apply, an Ansible run)."""
     reconciler = request.app.state.reconciler
     by_state = Counter((m.endpoint, m.state.value) for m in store.machines.find())
+    now = time.time()
+    refusals = store.refusals.find()
     out = []
     for ep in store.endpoints.find():
         d = reconciler.last.get(ep.name) if reconciler else None
@@ -45,7 +48,9 @@ def endpoints(request: Request, store: StoreDep, p: UserAuth) -> list[EndpointOu
             down_by=ep.down_by, retry_at=ep.backoff.not_before or None,
             events=[EndpointEventOut(**e) for e in store.endpoints.events(ep.name, 3)],
             last_decision=None if d is None else DecisionOut.of(d),
-            work=None if work is None else WorkOut(what=work[0], since=work[1])))
+            work=None if work is None else WorkOut(what=work[0], since=work[1]),
+            refusals=[RefusalOut(**r.to_dict(), blocked=r.blocks(now))
+                      for e, r in refusals if e == ep.name]))
     return out
 
 

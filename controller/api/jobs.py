@@ -41,7 +41,7 @@ def registered(store: Store, settings: Settings) -> list[tuple[str, SlotOffer]]:
         ep = settings.endpoint(p["endpoint"])
         if ep is not None:
             out.append((p["machine"], machine_offer(ep.shape(), p["cores"], p["memory_mb"],
-                                                    p["tags"], p["spot"])))
+                                                    p["tags"], p["spot"], p["on_demand"])))
     return out
 
 

@@ -106,13 +106,14 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         shape = dataclasses.replace(
             ep.shape() if ep else SlotOffer(str(pilot["endpoint"]), 0, 0),
             max_runtime=time_left(ep, body.time_left))
-        spot = bool(pilot.get("spot"))
-        offer = machine_offer(shape, body.free_cores, body.free_memory_mb, tags, spot)
+        spot, on_demand = bool(pilot.get("spot")), bool(pilot.get("on_demand"))
+        offer = machine_offer(shape, body.free_cores, body.free_memory_mb, tags, spot,
+                              on_demand)
         cores, mem = pilot["cores"], pilot["memory_mb"]
         assert isinstance(cores, int) and isinstance(mem, int)
         # what the machine has in all (never less than what it says is free now)
         whole = machine_offer(shape, max(cores, body.free_cores),
-                              max(mem, body.free_memory_mb), tags, spot)
+                              max(mem, body.free_memory_mb), tags, spot, on_demand)
         seen = Asking(str(pilot["machine"]), offer, seen.busy_until)
         if not draining:
             asking.enter(pilot_id, seen)  # fuller machines asking now are served first

@@ -24,6 +24,18 @@ class EndpointEventOut(BaseModel):
     message: str
 
 
+class RefusalOut(BaseModel):
+    """An offer the cloud refused lately (issue 24): not tried again until `until`."""
+
+    pool: str = Field(description="machine type / zone / market")
+    kind: str = Field(description="capacity or quota")
+    message: str = Field(description="what the cloud said the last time")
+    failures: int = Field(description="refusals in a row (each doubles the block)")
+    since: float
+    until: float
+    blocked: bool = Field(description="whether it blocks the offer now")
+
+
 class RemovalOut(BaseModel):
     name: str
     to: str
@@ -61,6 +73,8 @@ class EndpointOut(BaseModel):
     events: list[EndpointEventOut] = Field(description="the latest, newest first")
     last_decision: DecisionOut | None
     work: WorkOut | None = Field(description="slow work in progress (None: idle)")
+    refusals: list[RefusalOut] = Field(default_factory=list, description="offers the cloud "
+                                       "refused lately (capacity, quota)")
 
 
 class MachineOut(BaseModel):
@@ -215,6 +229,8 @@ class ExplainOut(BaseModel):
     removed: list[dict[str, Any]]
     demand: float
     reasons: list[str]
+    refusals: list[dict[str, Any]] = Field(default_factory=list, description="offers the "
+                                           "cloud refused lately, as the decision saw them")
 
 
 class TickSummaryOut(BaseModel):

@@ -71,6 +71,17 @@ class RequirementsIn(Strict):
     spot: bool = Field(True, description="may run on spot machines (false: on-demand only)")
     platforms: list[str] = Field(default_factory=list, max_length=32,
                                  description="any of these platforms (e.g. el9); empty = any")
+    spot_only: bool = Field(False, description="only on spot machines: never on-demand, "
+                            "however long it waits")
+    fallback_after: float | None = Field(
+        None, ge=0, le=30 * 86400, description="seconds it waits for a spot machine before "
+        "an on-demand one may be started for it (default: the endpoint's fallback_after)")
+
+    @model_validator(mode="after")
+    def _markets(self) -> RequirementsIn:
+        if self.spot_only and not self.spot:
+            raise ValueError("spot_only and spot = false exclude each other")
+        return self
 
 
 class InputFileIn(Strict):
@@ -146,7 +157,8 @@ class JobIn(Strict):
                 cores=r.cores, memory_mb=r.memory_mb, tags=frozenset(r.tags),
                 max_runtime=r.max_runtime, endpoints=frozenset(r.endpoints),
                 banned_endpoints=frozenset(r.banned_endpoints), spot=r.spot,
-                platforms=frozenset(r.platforms),
+                platforms=frozenset(r.platforms), spot_only=r.spot_only,
+                fallback_after=r.fallback_after,
             ),
             priority=self.priority,
             name=self.name,

@@ -36,6 +36,7 @@ def explain(name: str, store: StoreDep, settings: SettingsDep, p: UserAuth) -> E
         removed=decision["remove"],
         demand=decision["demand"],
         reasons=decision["reasons"],
+        refusals=inputs.get("refusals", []),
     )
 
 

@@ -268,6 +268,24 @@ class EndpointConfig(BaseModel):
     extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
                                        "running jobs only if it should end at most this "
                                        "long (s) after them (default: no limit)")
+    # --- issue 24: when the cloud says no -------------------------------------------------
+    refusal_ttl: float = Field(180.0, gt=0, description="an offer (type x zone x market) a "
+                               "cloud refused for capacity or quota is not tried for this "
+                               "long (s), doubled while it keeps being refused")
+    refusal_ttl_max: float = Field(3600.0, gt=0, description="the longest such block (s)")
+    fallback_after: float | None = Field(
+        None, ge=0, description="the fallback ladder: a job that has waited this long (s) for "
+        "a spot machine may get an on-demand one (a job's own fallback_after wins; default: "
+        "no ladder, the cheapest market at once)")
+    wait_cost: float = Field(
+        0.05, ge=0, description="USD an hour's wait of one core of waiting work costs: an "
+        "offer whose machines boot slowly, or whose pilots never register (measured over the "
+        "last day), costs that much more per used core-hour of its expected delay")
+    refuse: dict[str, int] = Field(
+        default_factory=dict, description="driver local (tests, demos): pools "
+        "('type/zone/market') whose launches are refused as sold out, each the first N times "
+        "(0: always)")
+    # --- end issue 24 ----------------------------------------------------------------------
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")
@@ -413,6 +431,8 @@ class EndpointConfig(BaseModel):
             extend_limit=self.extend_limit,
             size_tolerance=self.size_tolerance,
             headroom=self.headroom,
+            fallback_after=self.fallback_after,
+            wait_cost=self.wait_cost,
         )
 
 

@@ -47,6 +47,15 @@ class EndpointSpec:
     # free cores kept, as a share of the live machines' cores, for work that arrives before a
     # new machine could boot (0: start machines only for waiting work)
     headroom: float = 0.0
+    # the fallback ladder (issue 24): markets in the order they are tried; a task queue whose
+    # oldest job has waited longer than `fallback_after` for the first (spot) may use the next
+    # (None: every market at once, the cheapest wins)
+    fallback_after: float | None = None
+    ladder: tuple[str, ...] = ("spot", "on-demand")
+    # what an hour's wait of one core of waiting work costs (USD): an offer whose machines
+    # are measured to boot slowly, or never, costs that much more (domain/delivery.py; the
+    # settings' default is 0.05; 0: not weighed)
+    wait_cost: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -69,10 +69,18 @@ class Requirements:
     banned_endpoints: frozenset[str] = field(default_factory=frozenset)
     spot: bool = True  # may run on spot (interruptible) machines; False: on-demand only
     platforms: frozenset[str] = field(default_factory=frozenset)  # any of; empty = any
+    # issue 24, the fallback ladder: never on-demand (waits for spot however long), and how
+    # long a wait for spot before on-demand may be used (None: the endpoint's fallback_after)
+    spot_only: bool = False
+    fallback_after: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         # platforms only when given, so the task queue keys of older jobs stay as they were
         extra: dict[str, object] = {"platforms": sorted(self.platforms)} if self.platforms else {}
+        if self.spot_only:
+            extra["spot_only"] = True
+        if self.fallback_after is not None:
+            extra["fallback_after"] = self.fallback_after
         return {
             "cores": self.cores,
             "memory_mb": self.memory_mb,
@@ -95,6 +103,9 @@ class Requirements:
             banned_endpoints=frozenset(d.get("banned_endpoints", ())),
             spot=bool(d.get("spot", True)),
             platforms=frozenset(d.get("platforms", ())),
+            spot_only=bool(d.get("spot_only", False)),
+            fallback_after=None if d.get("fallback_after") is None
+            else float(d["fallback_after"]),
         )
 
     def allows_endpoint(self, endpoint: str) -> bool:

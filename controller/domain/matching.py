@@ -23,13 +23,16 @@ class SlotOffer:
     # tags a job must ask for to run here (DIRAC's RequiredTag): a GPU machine takes only
     # jobs that ask for a GPU
     required_tags: frozenset[str] = field(default_factory=frozenset)
+    # a cloud machine started on demand: jobs with spot_only never go here (issue 24)
+    on_demand: bool = False
 
 
 def machine_offer(shape: SlotOffer, cores: int, memory_mb: int, tags: Iterable[str],
-                  spot: bool) -> SlotOffer:
+                  spot: bool, on_demand: bool = False) -> SlotOffer:
     """What one registered machine's pilot offers: its own cores, memory and tags, and its
     endpoint's rules (platform, required tags, max run time)."""
-    return replace(shape, cores=cores, memory_mb=memory_mb, tags=frozenset(tags), spot=spot)
+    return replace(shape, cores=cores, memory_mb=memory_mb, tags=frozenset(tags), spot=spot,
+                   on_demand=on_demand)
 
 
 def why_not(req: Requirements, offer: SlotOffer) -> str | None:
@@ -54,6 +57,8 @@ def why_not(req: Requirements, offer: SlotOffer) -> str | None:
                 f"{sorted(offer.required_tags)}; the job does not ask for {sorted(unasked)}")
     if offer.spot and not req.spot:
         return f"the job may not run on spot machines, {offer.endpoint} offers spot"
+    if offer.on_demand and req.spot_only:
+        return f"the job runs on spot machines only, {offer.endpoint} offers on-demand"
     if offer.max_runtime is not None and req.max_runtime > offer.max_runtime:
         return (
             f"needs {req.max_runtime}s of run time, {offer.endpoint} allows {offer.max_runtime}s"

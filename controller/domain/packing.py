@@ -27,6 +27,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from controller.domain.delivery import Delivery
 from controller.domain.fleet import (
     Budget,
     Decision,
@@ -40,10 +41,12 @@ from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits, unmatchable_reason
 from controller.domain.pricing import Candidate, Launch, Offer
+from controller.domain.refusals import Refusal, describe
 from controller.domain.taskqueues import TaskQueue
 
 M = MachineState
 BATCH_SHARE = 4  # a batch of identical machines is at most 1/4 of what is left to place
+SLOW_MARGIN = 60.0  # seconds: see _rooms
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Item:
     pools: frozenset[str]
     runtime: float = 3600.0  # how long each may run (its max_runtime): a machine lives as long
     predicted: float | None = None  # how long each should run (None: `runtime`)
+    rung: str = ""  # the fallback ladder: which rung its machines are on, and why
 
 
 @dataclass
@@ -105,6 +109,12 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
 
     quotes: dict[str, float | None] = field(default_factory=dict)  # pool -> price now
+    # offers a cloud refused lately (capacity, quota), by pool: not considered this tick
+    blocked: dict[str, Refusal] = field(default_factory=dict)
+    now: float = 0.0
+    # what each offer delivered lately (measured boot, pilots that never registered)
+    delivery: Mapping[str, Delivery] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)  # pool -> expected seconds
 
     def price(self, o: Offer) -> float | None:
         p = self.quotes.get(o.pool, -1.0)
@@ -120,7 +130,8 @@ class Plan:
 
 
 def _slot_offer(spec: EndpointSpec, o: Offer) -> SlotOffer:
-    return SlotOffer(spec.name, o.cores, o.memory_mb, spec.shape.tags, spec.shape.max_runtime)
+    return SlotOffer(spec.name, o.cores, o.memory_mb, spec.shape.tags, spec.shape.max_runtime,
+                     spot=o.spot, on_demand=not o.spot)
 
 
 def _fill(o: Offer, items: Sequence[Item]) -> list[tuple[Item, int]]:
@@ -146,8 +157,15 @@ def decide_priced(
     last_seq: int,
     prices: Mapping[str, float],
     budget: Budget,
+    blocked: Mapping[str, Refusal] | None = None,
+    delivery: Mapping[str, Delivery] | None = None,
 ) -> Decision:
-    plan = Plan(spec, prices, {o.pool: o for o in spec.offers})
+    plan = Plan(spec, prices, {o.pool: o for o in spec.offers},
+                blocked={k: v for k, v in (blocked or {}).items() if k in
+                         {o.pool for o in spec.offers}}, now=now, delivery=delivery or {})
+    if plan.blocked:
+        plan.reasons.append(f"{len(plan.blocked)} of {len(spec.offers)} offers blocked after "
+                            "a refusal: " + ", ".join(sorted(plan.blocked)))
     live = live_machines(machines)
     removals = check_health(spec, live, now)
     gone = {r.name for r in removals}
@@ -175,13 +193,14 @@ def decide_priced(
     kept = [m for m in kept if m.name not in gone]
 
     # 2. demand
-    items = displaced + _items(spec, plan, queues)
+    items = displaced + _items(spec, plan, queues, now)
     items.sort(key=lambda it: (-it.cores, -it.memory_mb, it.label))
     cheapest = _cheapest_per_core(plan)
     demand_cores = sum(it.n * it.cores for it in items)
     demand = demand_cores / cheapest.cores if cheapest else 0.0
 
     # 3. free capacity of the machines we keep
+    plan.delays = _delays(spec, plan, kept, now)
     rooms = _rooms(spec, plan, kept, now)
     for m in kept:
         o = plan.offers.get(m.pool or "")
@@ -285,42 +304,82 @@ def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
     return frozenset(out)
 
 
-def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[Item]:
+def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue],
+           now: float) -> list[Item]:
     items = []
     shapes = [(o, _slot_offer(spec, o)) for o in spec.offers]
-    known: dict[Requirements, frozenset[str]] = {}
+    known: dict[Requirements, list[Offer]] = {}
     for q in queues:
         if q.waiting <= 0:
             continue
         req = q.requirements
-        pools = known.get(req)
-        if pools is None:
-            pools = known[req] = frozenset(o.pool for o, shape in shapes
-                                           if (req.spot or not o.spot) and fits(req, shape))
-        if not pools:
-            allowed = [shape for o, shape in shapes if req.spot or not o.spot]
+        fitting = known.get(req)
+        if fitting is None:  # the offers it fits, in the markets it allows
+            fitting = known[req] = [o for o, shape in shapes
+                                    if _allows(req, o.market) and fits(req, shape)]
+        if not fitting:
+            allowed = [shape for o, shape in shapes if _allows(req, o.market)]
             why = (unmatchable_reason(req, allowed) if allowed
-                   else "it needs on-demand machines (spot = false) and none is offered")
+                   else "it needs on-demand machines (spot = false) and none is offered"
+                   if not req.spot else "it needs spot machines (spot_only) and none is "
+                   "offered")
             plan.reasons.append(f"task queue {q.id} ({q.waiting} waiting) cannot run here: "
                                 f"{why}")
             continue
+        markets, rung = _rung(spec, q, {o.market for o in fitting}, now)
+        pools = frozenset(o.pool for o in fitting if o.market in markets)
         # a new machine's life by the jobs' max_runtime, not their predicted run time: that
         # measured better (the predictions' errors strand cores on big machines: LCG 1.152 x
         # the bound with them, 1.124 x without; CTC-SP2 1.393 x and 1.395 x)
         items.append(Item(f"task queue {q.id}", req.cores, req.memory_mb, q.waiting, pools,
-                          float(req.max_runtime), q.predicted_runtime))
+                          float(req.max_runtime), q.predicted_runtime, rung))
     return items
+
+
+def _allows(req: Requirements, market: str) -> bool:
+    """Whether a job may run in a market: `spot = false` never on spot, `spot_only` never on
+    demand."""
+    if not req.spot:
+        return market != "spot"
+    return market == "spot" if req.spot_only else True
+
+
+def _rung(spec: EndpointSpec, q: TaskQueue, offered: set[str],
+          now: float) -> tuple[frozenset[str], str]:
+    """The fallback ladder: the markets a task queue may use now, and its rung in words.
+    Its markets in the endpoint's `ladder` order (spot, then on-demand) are its rungs; it
+    climbs one each `fallback_after` (the job's, else the endpoint's) its oldest job has
+    waited, and may use every rung up to its own (the cheapest wins among them). No deadline,
+    or one rung: every market at once."""
+    req = q.requirements
+    rungs = [m for m in spec.ladder if m in offered] + sorted(offered - set(spec.ladder))
+    deadline = req.fallback_after if req.fallback_after is not None else spec.fallback_after
+    if deadline is None or len(rungs) < 2:
+        return frozenset(offered), ""
+    waited = max(now - q.oldest, 0.0) if q.oldest is not None else 0.0
+    k = len(rungs) - 1 if deadline <= 0 else min(int(waited // deadline), len(rungs) - 1)
+    where = f"rung {k + 1} of {len(rungs)}, {rungs[k]}"
+    if k == 0:
+        why = f"{rungs[1]} after {deadline - waited:.0f}s more"
+    else:
+        why = f"its oldest job waited {waited:.0f}s >= fallback_after {deadline:.0f}s"
+    return frozenset(rungs[:k + 1]), f"{where}: {why}"
 
 
 def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
            now: float) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
-    booting ones, then idle ones from the cheapest per core, then draining ones."""
+    booting ones, then idle ones from the cheapest per core, then draining ones. A machine
+    booting for well over what the quickest offer measured takes to deliver (twice, and a
+    minute) is not counted on (with `wait_cost`): a new one there should be up sooner."""
+    quick = min((d.expected_delay(spec.boot_timeout) for d in plan.delivery.values()
+                 if d.registered), default=math.inf) if spec.wait_cost else math.inf
+    quick = 2 * quick + SLOW_MARGIN
     rooms = []
     for m in kept:
         o = plan.offers.get(m.pool or "")
         if m.state in (M.BOOTING, M.REQUESTED):
-            if o is None:
+            if o is None or now - m.created_at > quick:
                 continue
             rank = (1, 0.0)
             room = Room(m.name, o.spot, o.pool, o.n_slots, o.cores, o.memory_mb, total=o.cores)
@@ -374,6 +433,9 @@ def _cheapest_per_core(plan: Plan) -> Offer | None:
 
 def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
     p = plan.price(o)
+    refusal = plan.blocked.get(o.pool)
+    if refusal is not None:
+        return p, describe(refusal, plan.now)
     if p is None:
         return None, "no spot price known"
     if o.spot and p > o.bid:
@@ -409,7 +471,8 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
             life = max(it.runtime for it, _ in taken)
             work = sum(it.cores * k * it.runtime for it, k in taken)
             share = (plan.pool_cores.get(o.pool, 0) + o.cores) / (plan.fleet_cores + o.cores)
-            scored.append((p * life / work * (1 + spec.diversity * share), o.cores, o.pool, o,
+            scored.append((p * life / work * (1 + spec.diversity * share)
+                           + _delay_cost(spec, plan, o, cores, work), o.cores, o.pool, o,
                            p, taken))
         if not scored:
             break
@@ -432,9 +495,13 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
         if copies <= 0:
             break
         used = sum(it.cores * k for it, k in taken)
-        what = ", ".join(f"{k} of {it.label}" for it, k in taken)
+        what = ", ".join(f"{k} of {it.label}" + (f" ({it.rung})" if it.rung else "")
+                         for it, k in taken)
         reason = (f"{o.machine_type} {o.market} in {o.zone} at ${p:.4f}/h: "
                   f"${p / used:.4f} per used core-hour, holds {what}")
+        delivered = plan.delivery.get(o.pool)
+        if delivered is not None and spec.wait_cost:
+            reason += f"; {delivered.describe(spec.boot_timeout)}"
         for _ in range(copies):
             seq += 1
             launches.append(Launch(machine_name(spec.name, seq), o.pool, o.machine_type,
@@ -451,6 +518,38 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
         plan.reasons.append(f"starting {len(launches)} for the waiting work")
     plan.launches = launches
     return launches
+
+
+def _delay_cost(spec: EndpointSpec, plan: Plan, o: Offer, cores: int, work: float) -> float:
+    """What the expected delay of a new machine of this offer costs the `cores` of waiting
+    work it would hold, per used core-hour of the `work` (core-seconds) it holds: `wait_cost`
+    per core-hour of waiting (domain/delivery.py)."""
+    if not spec.wait_cost or work <= 0:
+        return 0.0
+    return spec.wait_cost * cores * plan.delays.get(o.pool, 0.0) / work
+
+
+def _delays(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
+            now: float) -> dict[str, float]:
+    """Each offer's expected delay (seconds) from a launch to a working pilot: what its
+    launches took lately (`delivery`), and its machines still booting for longer than that
+    count as taking at least as long as they have so far. An offer with neither is taken to
+    be quick (so that it gets tried, and measured)."""
+    if not spec.wait_cost:
+        return {}
+    ages: dict[str, list[float]] = {}
+    for m in kept:
+        if m.state in (M.BOOTING, M.REQUESTED) and m.pool:
+            ages.setdefault(m.pool, []).append(now - m.created_at)
+    out = {}
+    for pool in set(plan.delivery) | set(ages):
+        d = plan.delivery.get(pool) or Delivery(pool, 0, 0.0, 0)
+        slow = [a for a in ages.get(pool, ()) if a > d.boot_mean]
+        if slow:
+            n = d.registered + len(slow)
+            d = Delivery(pool, n, (d.boot_mean * d.registered + sum(slow)) / n, d.never)
+        out[pool] = d.expected_delay(spec.boot_timeout)
+    return out
 
 
 def _candidates(spec: EndpointSpec, plan: Plan, started: Sequence[Launch]) -> tuple[

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from controller.domain.delivery import Delivery
 from controller.domain.demand import waiting_demand
 from controller.domain.fleet import (
     Budget,
@@ -18,6 +19,7 @@ from controller.domain.fleet import (
 )
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.packing import decide_priced
+from controller.domain.refusals import Refusal, blocking
 from controller.domain.taskqueues import TaskQueue
 
 __all__ = ["Budget", "Decision", "EndpointSpec", "Removal", "decide"]
@@ -32,12 +34,16 @@ def decide(
     *,
     prices: Mapping[str, float] | None = None,
     budget: Budget | None = None,
+    refusals: Sequence[Refusal] = (),
+    delivery: Sequence[Delivery] = (),
 ) -> Decision:
     """Decide which machines this endpoint should have.
 
     An endpoint with `offers` (machine types x zones x markets) is decided by price and fit
     in domain/packing.py, with `prices` (spot price per 'type/zone') and the `budget` left of
-    the controller-wide limits. Otherwise, for its single machine shape:
+    the controller-wide limits; offers a cloud refused lately (`refusals` that block at `now`,
+    domain/refusals.py) are not considered, and an offer's score adds the expected cost of
+    its measured delay (`delivery`, domain/delivery.py). Otherwise, for its single machine shape:
 
     1. Record what the world says: running machines silent for `lost_after` are lost; machines
        booting for longer than `boot_timeout` have failed.
@@ -51,7 +57,8 @@ def decide(
     """
     if spec.offers:
         return decide_priced(spec, queues, machines, now, last_seq, prices or {},
-                             budget or Budget())
+                             budget or Budget(), blocking(refusals, now),
+                             {d.pool: d for d in delivery})
     reasons: list[str] = []
     live = live_machines(machines)
     removals = check_health(spec, live, now)

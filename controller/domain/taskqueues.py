@@ -25,6 +25,9 @@ class TaskQueue:
     # the predicted run time of its next job (domain/runtime_prediction.py), where one is
     # known; None: its max_runtime
     predicted_runtime: float | None = None
+    # when its longest-waiting job became waiting (scheduler snapshots; None: not known):
+    # the fallback ladder's deadline counts from it (domain/packing.py)
+    oldest: float | None = None
 
     @property
     def runtime(self) -> float:

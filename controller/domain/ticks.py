@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from controller.domain.batch import BatchJob, BatchSpec, BatchState, PilotJob, decide_batch
+from controller.domain.delivery import Delivery
 from controller.domain.hostpool import Backoff as HostBackoff
 from controller.domain.hostpool import HostView, Membership, decide_hosts
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer
 from controller.domain.pricing import Offer
+from controller.domain.refusals import Refusal
 from controller.domain.scheduling import Budget, Decision, EndpointSpec, decide
 from controller.domain.taskqueues import TaskQueue
 
@@ -32,11 +34,14 @@ class TickInputs:
     last_seq: int
     prices: dict[str, float]
     budget: Budget
+    refusals: tuple[Refusal, ...] = ()  # offers the cloud refused lately (issue 24)
+    delivery: tuple[Delivery, ...] = ()  # what each offer delivered lately (issue 24)
 
     def decide(self, spec: EndpointSpec | None = None) -> Decision:
         """The decision for these inputs, with the recorded spec or another one."""
         return decide(spec or self.spec, self.queues, self.machines, self.now, self.last_seq,
-                      prices=self.prices, budget=self.budget)
+                      prices=self.prices, budget=self.budget, refusals=self.refusals,
+                      delivery=self.delivery)
 
 
 @dataclass(frozen=True)
@@ -90,17 +95,20 @@ def spec_to_dict(s: EndpointSpec) -> dict[str, Any]:
 
 def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
     return EndpointSpec(**{**d, "shape": _shape_from(d["shape"]),
-                           "offers": tuple(Offer(**o) for o in d.get("offers", ()))})
+                           "offers": tuple(Offer(**o) for o in d.get("offers", ())),
+                           "ladder": tuple(d.get("ladder", EndpointSpec.ladder))})
 
 
 def _queues(queues: Sequence[TaskQueue]) -> list[dict[str, Any]]:
     return [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
-             "waiting": q.waiting, "requirements": q.requirements.to_dict()} for q in queues]
+             "waiting": q.waiting, "requirements": q.requirements.to_dict(),
+             **({} if q.oldest is None else {"oldest": q.oldest})} for q in queues]
 
 
 def _queues_from(d: Sequence[Mapping[str, Any]]) -> tuple[TaskQueue, ...]:
     return tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
-                           q["group"], q["priority"], q["waiting"]) for q in d)
+                           q["group"], q["priority"], q["waiting"], oldest=q.get("oldest"))
+                 for q in d)
 
 
 def encode_hosts(inputs: HostTickInputs) -> dict[str, Any]:
@@ -164,6 +172,8 @@ def encode(inputs: TickInputs) -> dict[str, Any]:
         "machines": [{**asdict(m), "state": m.state.value} for m in inputs.machines],
         "now": inputs.now, "last_seq": inputs.last_seq, "prices": dict(inputs.prices),
         "budget": asdict(inputs.budget),
+        "refusals": [r.to_dict() for r in inputs.refusals],
+        "delivery": [d.to_dict() for d in inputs.delivery],
     }
 
 
@@ -184,6 +194,8 @@ def decode(d: Mapping[str, Any]) -> TickInputs | HostTickInputs | BatchTickInput
                        for m in d["machines"]),
         now=d["now"], last_seq=d["last_seq"], prices=dict(d["prices"]),
         budget=Budget(**d.get("budget", {})),
+        refusals=tuple(Refusal.from_dict(r) for r in d.get("refusals", ())),
+        delivery=tuple(Delivery.from_dict(x) for x in d.get("delivery", ())),
     )
 
 
@@ -228,6 +240,7 @@ def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str
 
 def snapshot(spec: EndpointSpec, queues: Sequence[TaskQueue], machines: Sequence[MachineView],
              now: float, last_seq: int, prices: Mapping[str, float] | None,
-             budget: Budget | None) -> TickInputs:
+             budget: Budget | None, refusals: Sequence[Refusal] = (),
+             delivery: Sequence[Delivery] = ()) -> TickInputs:
     return TickInputs(spec, tuple(queues), tuple(machines), now, last_seq, dict(prices or {}),
-                      budget or Budget())
+                      budget or Budget(), tuple(refusals), tuple(delivery))

@@ -5,9 +5,9 @@ the loop's tick, refresh, plan and apply in the endpoint's own worker thread."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller.domain.plans import PlanDiff
 
@@ -20,6 +20,13 @@ class ObservedMachine:
     alive: bool
     address: str | None = None
     detail: str = ""
+
+
+# The start of a machine's error when the driver did not get to it because another machine's
+# launch failed (a Pulumi update stops at its first error): the machine is neither refused
+# nor failed by its own doing (issue 24: its offer is not blocked, the endpoint not backed
+# off for it)
+NOT_TRIED = "not tried: "
 
 
 @dataclass(frozen=True)
@@ -66,3 +73,25 @@ class Driver(Protocol):
     def close(self) -> None:
         """The controller is stopping: cancel a run in progress, if the driver can."""
         ...
+
+
+class Refusing:
+    """A cloud that says no, for the local and in-memory drivers (tests, demos): launches in
+    the pools of `pools` ('type/zone/market' -> N) are refused as sold out, each pool's first N
+    times (0: always), with the message EC2 gives."""
+
+    def __init__(self, pools: Mapping[str, int] | None = None) -> None:
+        self.pools = dict(pools or {})
+        self.refused: dict[str, int] = {}  # pool -> launches refused so far
+
+    def refuses(self, spec: Mapping[str, Any] | None) -> str | None:
+        """The error for a launch of a machine of this spec (None: it may start)."""
+        pool = str((spec or {}).get("pool") or "")
+        if pool not in self.pools:
+            return None
+        limit, done = self.pools[pool], self.refused.get(pool, 0)
+        if limit and done >= limit:
+            return None
+        self.refused[pool] = done + 1
+        return (f"InsufficientInstanceCapacity: there is no {pool} capacity now (refused by "
+                "the driver's `refuse` setting)")

@@ -22,7 +22,7 @@ from typing import Any
 from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
-from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.drivers.base import ApplyResult, ObservedMachine, Refusing
 from controller.drivers.proctree import MachineProcesses
 from controller.errors import DriverError
 
@@ -187,6 +187,7 @@ class LocalDriver(PilotProcesses):
         self.token_for = token_for  # each machine's one-time bootstrap token
         # what the pilots hide from payloads: every machine's directory, the controller's files
         self.hide = [str(machines_dir.resolve()), *hide]
+        self.refusing = Refusing(endpoint.refuse)  # issue 24: offers refused as sold out
 
     def pilot_config(self, name: str,
                      spec: Mapping[str, Any] | None = None) -> dict[str, object]:
@@ -215,6 +216,10 @@ class LocalDriver(PilotProcesses):
         created: list[str] = []
         errors: dict[str, str] = {}
         for name in diff.create:
+            no = self.refusing.refuses(diff.specs.get(name))
+            if no is not None:
+                errors[name] = no
+                continue
             try:
                 self.start(name, self.pilot_config(name, diff.specs.get(name)))
                 created.append(name)

@@ -53,7 +53,7 @@ from typing import Any
 from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
-from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.drivers.base import NOT_TRIED, ApplyResult, ObservedMachine
 from controller.errors import DriverError, DriverSetupError
 
 log = logging.getLogger("cloudpilot.pulumi")
@@ -285,6 +285,16 @@ def error_line(e: BaseException) -> str:
     line = " / ".join(dict.fromkeys(found)) or next(
         (ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
     return line[:400]
+
+
+def failing_machines(output: str, names: Iterable[str]) -> set[str]:
+    """The machines (of `names`) an engine's output names on a line with an error (issue 24:
+    a refusal blocks only the offers of the machines refused)."""
+    out = set()
+    for name in names:
+        if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])[^\n]*\berror\b", output):
+            out.add(name)
+    return out
 
 
 # the driver -------------------------------------------------------------------------------------
@@ -634,7 +644,7 @@ class PulumiDriver:
                 raise StalePlan(f"stale plan: stack {self.name} changed since its preview "
                                 f"(the engine refused it: {line}); a new preview follows") \
                     from None
-            return self._after_failure(diff, line)
+            return self._after_failure(diff, line, failing_machines(str(e), diff.create))
         finally:
             path.unlink(missing_ok=True)
             self._observed = None  # re-read the outputs
@@ -674,8 +684,11 @@ class PulumiDriver:
             return None
         return "; ".join(f"{s.op} {s.name}" for s in steps[:20])
 
-    def _after_failure(self, diff: PlanDiff, message: str) -> ApplyResult:
-        """`up` failed part-way: what exists is what the stack's state now holds."""
+    def _after_failure(self, diff: PlanDiff, message: str,
+                       failing: Iterable[str] = ()) -> ApplyResult:
+        """`up` failed part-way: what exists is what the stack's state now holds. Of the
+        machines not created, those the output names as `failing` get the error; the others
+        were not tried (NOT_TRIED), when any is named."""
         try:
             state = self.stack().export_stack()
             exists = machines_in_state(self.kind, state.deployment or {})
@@ -684,7 +697,10 @@ class PulumiDriver:
             exists = set(diff.delete)
         created = tuple(n for n in diff.create if n in exists)
         deleted = tuple(n for n in diff.delete if n not in exists)
-        errors = {n: message for n in diff.create if n not in exists}
+        failing = set(failing)
+        errors = {n: message if not failing or n in failing else
+                  f"{NOT_TRIED}the update stopped at {', '.join(sorted(failing))}"
+                  for n in diff.create if n not in exists}
         errors.update({n: message for n in diff.delete if n in exists})
         if not errors:  # every machine is as planned, but the update still failed
             errors = {"(stack)": message}

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from controller.config.settings import EndpointConfig
-from controller.domain import ticks
+from controller.domain import delivery, ticks
 from controller.domain.endpoints import Endpoint
 from controller.domain.machines import (
     ACTIVE_STATES,
@@ -27,13 +27,15 @@ from controller.domain.machines import (
     MachineView,
 )
 from controller.domain.plans import Plan, PlanState, auto_approval, down_decision, plan_cost
-from controller.domain.scheduling import Budget, Decision, decide
-from controller.drivers.base import ApplyResult, Driver, ObservedMachine
+from controller.domain.refusals import Refusal, classify, describe, refused
+from controller.domain.scheduling import Budget, Decision
+from controller.drivers.base import NOT_TRIED, ApplyResult, Driver, ObservedMachine
 from controller.drivers.prices import PriceSource
 from controller.errors import Conflict, DriverError, NotFound
 from controller.reconcile import pairing
 from controller.reconcile.endpoint import LoopEnv, Outcome, Step, Tick, one_line
 from controller.reconcile.worker import Worker
+from controller.store import views as views_of_store
 
 log = logging.getLogger("cloudpilot.loop")
 M = MachineState
@@ -109,11 +111,14 @@ class CloudEndpoint:
         requeued, self._requeued = self._requeued, 0
         ep = store.endpoints.get(self.name)
         views = self._views(now)
+        priced = bool(self.config.machine_types)
         inputs = ticks.snapshot(self.config.spec(), tick.queues, views, now,
                                 store.endpoints.last_seq(self.name), self._prices(now),
-                                self._budget() if self.config.machine_types else None)
-        decision = decide(inputs.spec, inputs.queues, inputs.machines, now, inputs.last_seq,
-                          prices=inputs.prices, budget=inputs.budget)
+                                self._budget() if priced else None,
+                                store.refusals.of(self.name) if priced else (),
+                                delivery.summarize(views_of_store.machine_deliveries(
+                                    store, self.name, now - delivery.WINDOW)) if priced else ())
+        decision = inputs.decide()
         recorded = ticks.decision_to_dict(decision)  # decide()'s own, for replay
         if self.config.machine_types and decision.drains_differently(inputs.machines):
             store.machines.set_draining(self.name, decision.drain)  # consolidation
@@ -303,11 +308,49 @@ class CloudEndpoint:
                         _applied(result))
             return None
         self._record_result(plan, result, set(known) | set(plan.create), self.env.clock())
+        refused = self._refused(plan, result, self.env.clock())
         if result.errors:
             msg = "; ".join(f"{n}: {m}" for n, m in sorted(result.errors.items()))
+            if refused and set(result.errors) <= set(refused) | {
+                    n for n, m in result.errors.items() if m.startswith(NOT_TRIED)}:
+                # only offers the cloud has none of now: they are blocked, not the endpoint,
+                # and the next tick's decision picks the next cheapest offer
+                self._failed(plan, msg)
+                return Outcome(message=f"offers refused, tried elsewhere next: {msg}",
+                               down_by=store.endpoints.get(self.name).down_by)
             return self._failed(plan, msg)
         store.plans.finish(plan.id, PlanState.APPLIED, _applied(result), self.env.clock())
         return Outcome(down_by=store.endpoints.get(self.name).down_by, reset=True)
+
+    def _refused(self, plan: Plan, result: ApplyResult, now: float) -> dict[str, str]:
+        """Launches the cloud refused for capacity or quota block their offers for a while
+        (domain/refusals.py); a launch that succeeded forgets its offer's refusals. Returns
+        the refused machines with what the cloud said."""
+        if not self.config.machine_types:
+            return {}  # one machine shape: nothing else to try, the endpoint backs off
+        store = self.env.store
+        pool_of = {n: str((plan.specs.get(n) or {}).get("pool") or "") for n in plan.create}
+        before = {r.pool: r for r in store.refusals.of(self.name)}
+        out: dict[str, str] = {}
+        new: dict[str, Refusal] = {}
+        for name, msg in sorted(result.errors.items()):
+            pool, kind = pool_of.get(name), classify(msg)
+            if not pool or kind == "other":
+                continue
+            out[name] = msg
+            if pool not in new:  # one refusal per offer and apply
+                new[pool] = refused(before.get(pool), pool, kind, msg, now,
+                                    self.config.refusal_ttl, self.config.refusal_ttl_max)
+        ok = {pool_of[n] for n in result.created if pool_of.get(n)} - set(new)
+        with store.tx():
+            store.refusals.record(self.name, new.values())
+            store.refusals.clear(self.name, ok & set(before))
+            for r in new.values():
+                store.endpoints.event(self.name, "refused", f"{r.pool}: {describe(r, now)}",
+                                      now)
+        for r in new.values():
+            log.info("endpoint %s: offer %s %s", self.name, r.pool, describe(r, now))
+        return out
 
     def _start(self, plan: Plan, known: dict[str, Machine], now: float) -> Plan:
         """Mark the plan applying; record the machines it creates (requested) and those it

@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.config.settings import Settings
 from controller.domain import ticks
+from controller.domain.refusals import Refusal, describe
 from controller.errors import ConfigError
 
 
@@ -34,6 +35,11 @@ def format_explain(doc: dict[str, Any]) -> str:
     if b.get("machines") is not None or b.get("spend_per_hour") is not None:
         lines.append(f"  budget left: machines {b.get('machines')}, "
                      f"spend {b.get('spend_per_hour')} USD/h")
+    blocked = [r for r in doc.get("refusals", []) if r["until"] > doc["at"]]
+    if blocked:
+        lines.append("offers the cloud refused lately (not tried until their block ends):")
+        for r in blocked:
+            lines.append(f"  {r['pool']}: {describe(Refusal.from_dict(r), doc['at'])}")
     if doc["candidates"]:
         lines.append("candidates (cheapest per core first):")
         lines.append(f"  {'pool':34} {'price/h':>9} {'max/h':>9} {'per core':>9}  status")

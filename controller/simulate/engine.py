@@ -15,24 +15,34 @@ have ended; the oracle policy the true run times.
 
 The simulator adds only what the cloud and the pilots would do: machines come up after
 `boot_time`, jobs run for their traced run time, spot machines are interrupted when the
-market price passes their max price (their jobs go back to the queue, as `interrupted`).
+market price passes their max price (their jobs go back to the queue, as `interrupted`),
+and launches are refused where `refusals` (a pool sold out for a while) or `refusal_rate`
+say so (issue 24): the refused offer is blocked (domain/refusals.py) and the scheduler
+decides again at once, as the live loop does at its next tick, seconds later; with
+`blocklist` off, a refusal backs the whole endpoint off as before issue 24.
 Machines with room ask for work in the live controller's placement order
 (controller/domain/placement.py: the machine busy longest, then the fullest), so that the
 others empty and go away."""
 
 from __future__ import annotations
 
+import fnmatch
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from controller.domain import refusals
+from controller.domain.delivery import Delivery
+from controller.domain.endpoints import Backoff
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose, placement_key
 from controller.domain.pricing import Offer, PriceSeries
+from controller.domain.refusals import Refusal
 from controller.domain.runtime_prediction import RunHistory, extend
 from controller.domain.scheduling import Budget, EndpointSpec, decide
 from controller.domain.taskqueues import (
@@ -114,6 +124,7 @@ class Outcome:
     # the ticks whose decision left waiting work uncovered (a cap, the budget, no price under
     # the max): the waits they explain
     short_ticks: list[float] = field(default_factory=list)
+    refused: int = 0  # launches the cloud refused (issue 24)
 
     def cost(self, m: SimMachine) -> float:
         """USD: the integral of the machine's price over its life."""
@@ -133,6 +144,17 @@ class SimOptions:
     fair_share_by: str = "owner"
     half_life: float = 86400.0
     sample_every: float = 600.0
+    # --- issue 24: when the cloud says no ------------------------------------------------
+    refusals: tuple[tuple[str, float, float], ...] = ()  # (pool, from, until): sold out
+    refusal_rate: float = 0.0  # each other launch refused with this probability
+    refusal_seed: int = 24
+    blocklist: bool = True  # False: a refusal backs the endpoint off (before issue 24)
+    refusal_ttl: float = 180.0
+    refusal_ttl_max: float = 3600.0
+    # pools (fnmatch patterns, e.g. '*/eu-west-1a/*') whose machines take another boot time
+    # than `boot_time`; with any, the scheduler is told what each pool's machines took
+    # (domain/delivery.py), as the live loop measures it
+    boot_times: tuple[tuple[str, float], ...] = ()
 
 
 # What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
@@ -154,6 +176,8 @@ class Simulation:
             raise ValueError(f"runtimes {runtimes!r}: one of {', '.join(RUNTIMES)}")
         self.policy = policy
         self.runtimes = runtimes
+        if not opts.boot_times:  # every machine boots in boot_time: nothing to weigh
+            spec = replace(spec, wait_cost=0.0)
         self.history = RunHistory()
         # task queue -> as the scheduler sees it now (with its owner's history version)
         self.views: dict[int, tuple[int, TaskQueue]] = {}
@@ -189,6 +213,13 @@ class Simulation:
         self.dirty = True  # something changed since the last tick's decision
         self.wholes: dict[str, SlotOffer] = {}  # what a machine of each pool offers in all
         self.fit_whole: dict[tuple[int, str], bool] = {}  # (task queue, pool) -> fits
+        # issue 24: offers refused lately; the endpoint's back-off (blocklist off)
+        self.blocked: dict[str, Refusal] = {}
+        self.backoff = Backoff()
+        self.refused = 0
+        self.rng = random.Random(opts.refusal_seed)
+        self.boots: dict[str, list[float]] = {}  # pool -> boot seconds of its machines
+        self.never: dict[str, int] = {}  # pool -> machines failed by boot_timeout
 
     # set-up ------------------------------------------------------------------------------
     def _admit(self, jobs: list[TraceJob]) -> list[SimJob]:
@@ -255,7 +286,7 @@ class Simulation:
         self._sample()
         return Outcome(self.policy, list(self.jobs.values()), list(self.machines.values()),
                        self.samples, self.unfit, self.interruptions, self.rescheduled,
-                       self.now, self.series, self.short_ticks)
+                       self.now, self.series, self.short_ticks, self.refused)
 
     def _event(self, kind: int, what: str) -> None:
         if kind not in (TICK, OVERRUN):
@@ -274,6 +305,8 @@ class Simulation:
             m = self.machines[what]
             if m.state == M.BOOTING:
                 m.state, m.up_at, m.idle_since = M.RUNNING, self.now, self.now
+                if self.opts.boot_times:
+                    self.boots.setdefault(m.offer.pool, []).append(self.now - m.created)
                 self._has_room(m)
         elif kind == INTERRUPT:
             key, bid = what.split("|")
@@ -484,7 +517,13 @@ class Simulation:
         m = SimMachine(name, o, t, free_slots=o.n_slots, free_cores=o.cores,
                        free_mem=o.memory_mb)
         self.machines[name] = self.live[name] = m
-        self._push(t + self.opts.boot_time, UP, name)
+        self._push(t + self._boot_time(o), UP, name)
+
+    def _boot_time(self, o: Offer) -> float:
+        for pattern, secs in self.opts.boot_times:
+            if fnmatch.fnmatchcase(o.pool, pattern):
+                return secs
+        return self.opts.boot_time
 
     def _end_machine(self, m: SimMachine, why: str) -> None:
         for job_id in sorted(m.jobs):
@@ -508,7 +547,8 @@ class Simulation:
         and either nothing waits, nothing drains and the headroom is there (then nothing is
         started, stopped or drained), or nothing changed since a tick that decided
         nothing."""
-        if self.opts.boot_time >= self.spec.boot_timeout:
+        slowest = max([self.opts.boot_time, *(s for _, s in self.opts.boot_times)])
+        if slowest >= self.spec.boot_timeout:
             return False
         due = self.now - self.spec.idle_timeout
         for m in self.live.values():
@@ -529,32 +569,83 @@ class Simulation:
         return not self.dirty
 
     def _tick(self) -> None:
-        if self.static is not None or self._quiet():
+        if self.static is not None:
             return
+        if not self.backoff.ready(self.now):
+            self.dirty = True  # backing off after a refusal (blocklist off)
+            return
+        if self._quiet():
+            return
+        for _ in range(8):  # refused launches: decided again at once (the live loop's next tick)
+            if not self._decide():
+                break
+
+    def _decide(self) -> bool:
+        """One decision and what it does; whether a launch was refused and the endpoint may
+        decide again (its offer blocked)."""
         views = [MachineView(m.name, self.spec.name, m.state, m.created,
                              m.offer.n_slots, len(m.jobs), m.free_cores, m.free_mem,
                              m.idle_since, self.now, True, m.offer.pool, m.draining,
                              m.busy_until if m.jobs else 0.0)
                  for m in self.live.values()]
-        queues = [replace(self._view(i), waiting=len(h)) for i, h in self.waiting.items()]
+        queues = [replace(self._view(i), waiting=len(h), oldest=self._oldest(i))
+                  for i, h in self.waiting.items()]
+        measured = tuple(
+            Delivery(p, len(self.boots.get(p, ())),
+                     sum(self.boots.get(p, ())) / max(len(self.boots.get(p, ())), 1),
+                     self.never.get(p, 0))
+            for p in sorted(set(self.boots) | set(self.never)))
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
-                   budget=Budget())
-        self.dirty = d.changes or d.drains_differently(views)
-        if any("not covered" in r for r in d.reasons):
+                   budget=Budget(), refusals=tuple(self.blocked.values()), delivery=measured)
+        self.dirty = d.changes or d.drains_differently(views) or any(
+            r.blocks(self.now) for r in self.blocked.values())
+        if any("not covered" in r for r in d.reasons) and (
+                not self.short_ticks or self.short_ticks[-1] != self.now):
             self.short_ticks.append(self.now)
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:
+                if r.to == M.FAILED and self.opts.boot_times:  # its pilot never came
+                    self.never[m.offer.pool] = self.never.get(m.offer.pool, 0) + 1
                 self._end_machine(m, r.reason)
         drain = set(d.drain)
         for m in self.live.values():
             if m.draining != (m.name in drain):
                 m.draining = m.name in drain
                 self._has_room(m)
+        refused = False
         for launch in d.launches:
             self.last_seq = max(self.last_seq, int(launch.name.rsplit("-", 1)[1]))
             offer = next(o for o in self.spec.offers if o.pool == launch.pool)
+            if self._refuses(offer):
+                refused = True
+                self.refused += 1
+                o = self.opts
+                self.blocked[offer.pool] = refusals.refused(
+                    self.blocked.get(offer.pool), offer.pool, "capacity", "sold out", self.now,
+                    o.refusal_ttl, o.refusal_ttl_max)
+                continue
+            self.blocked.pop(offer.pool, None)
             self._start(offer, self.now, launch.name)
+        if not self.opts.blocklist:
+            self.blocked.clear()  # before issue 24: the decision knew nothing of refusals,
+            # and the endpoint backed off (5 s doubling up to 5 min), reset by a success
+            self.backoff = self.backoff.failed(self.now) if refused else (
+                Backoff() if d.launches else self.backoff)
+            return False
+        return refused
+
+    def _refuses(self, o: Offer) -> bool:
+        """Whether the cloud refuses a launch in this offer's pool now."""
+        for pool, a, b in self.opts.refusals:
+            if pool == o.pool and a <= self.now < b:
+                return True
+        return bool(self.opts.refusal_rate) and self.rng.random() < self.opts.refusal_rate
+
+    def _oldest(self, q: int) -> float | None:
+        """When the task queue's first waiting job was submitted (the ladder's deadline)."""
+        h = self.waiting.get(q)
+        return self.jobs[h[0]].trace.submit if h else None
 
     def _sample(self) -> None:
         by_type: dict[str, int] = {}

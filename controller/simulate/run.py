@@ -32,6 +32,16 @@ from controller.simulate.report import (
 from controller.simulate.trace import TraceJob, read_swf
 
 
+class SoldOut(BaseModel):
+    """One pool whose launches are refused from `start` to `end` (seconds of trace time)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str = Field(description="machine type / zone / market, e.g. c5.large/eu-west-1a/spot")
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+
+
 class SimConfig(BaseModel):
     """The `[simulate]` table."""
 
@@ -44,6 +54,37 @@ class SimConfig(BaseModel):
                                     "maps to (ISO 8601; default: the history's first)")
     product: str = "Linux/UNIX"
     policies: list[str] = Field(default_factory=lambda: list(POLICIES))
+    # --- issue 24: when the cloud says no ------------------------------------------------
+    refusals: list[SoldOut] = Field(default_factory=list, description="pools sold out for "
+                                    "a while: their launches are refused")
+    refusals_file: str | None = Field(None, description="more of them: a file of lines "
+                                      "'pool start end' (seconds of trace time; # comments)")
+    refusal_rate: float = Field(0.0, ge=0, le=1, description="every other launch is "
+                                "refused with this probability")
+    blocklist: bool = Field(True, description="false: a refusal backs the endpoint off, "
+                            "as before issue 24 (for before/after figures)")
+    boot_times: dict[str, float] = Field(default_factory=dict, description="pools (patterns "
+                                         "like '*/eu-west-1a/*') whose machines take another "
+                                         "boot time (seconds) than boot_time")
+
+    def sold_out(self) -> tuple[tuple[str, float, float], ...]:
+        out = [(r.pool, r.start, r.end) for r in self.refusals]
+        if self.refusals_file:
+            try:
+                text = Path(self.refusals_file).read_text()
+            except OSError as e:
+                raise ConfigError(f"refusals_file: {e}") from None
+            for n, line in enumerate(text.splitlines(), 1):
+                parts = line.split("#", 1)[0].split()
+                if not parts:
+                    continue
+                try:
+                    pool, a, b = parts[0], float(parts[1]), float(parts[2])
+                except (IndexError, ValueError):
+                    raise ConfigError(f"{self.refusals_file}:{n}: write 'pool start end' "
+                                      "(seconds)") from None
+                out.append((pool, a, b))
+        return tuple(out)
 
 
 def load_config(path: str | Path) -> tuple[SimConfig, EndpointConfig]:
@@ -121,7 +162,11 @@ def simulate(trace: list[TraceJob], series: dict[str, PriceSeries], cfg: SimConf
     series = {k: s for k, s in series.items() if k in types}
     if not series and any(o.spot for o in spec.offers):
         raise ConfigError("the price history has none of the offered spot types and zones")
-    opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick, job_memory_mb=cfg.job_memory_mb)
+    opts = SimOptions(boot_time=cfg.boot_time, tick=cfg.tick, job_memory_mb=cfg.job_memory_mb,
+                      refusals=cfg.sold_out(), refusal_rate=cfg.refusal_rate,
+                      blocklist=cfg.blocklist, refusal_ttl=ep.refusal_ttl,
+                      refusal_ttl_max=ep.refusal_ttl_max,
+                      boot_times=tuple(cfg.boot_times.items()))
     horizon = max((j.submit + j.run for j in trace), default=0.0)
     outcomes, reports, seconds, cpu_seconds = [], [], {}, {}
     probe = Simulation("probe", spec, trace, series, opts)  # which jobs fit at all

@@ -20,6 +20,7 @@ from controller.store.machines import MachineStore
 from controller.store.migrations import migrate, migrate_postgres
 from controller.store.plans import PlanStore
 from controller.store.postgres import PostgresBackend
+from controller.store.refusals import RefusalStore
 from controller.store.sql import Dialect
 from controller.store.sqlite import SqliteBackend
 from controller.store.ticks import TickStore
@@ -61,6 +62,7 @@ class Store:
         self.ticks = TickStore(self)
         self.hosts = HostStore(self)
         self.files = FileStore(self)  # issue 22: job files, input sandboxes, live output
+        self.refusals = RefusalStore(self)  # issue 24: offers a cloud refused lately
 
     # several processes (PostgreSQL) ----------------------------------------------------------
     def channel(self) -> Channel:

@@ -304,14 +304,17 @@ class JobStore:
             return {r[0]: r[1] for r in c.execute(sql + " GROUP BY state", args)}
 
     def queue_snapshot(self) -> list[TaskQueue]:
-        """Task queues with their waiting counts (the scheduler's view of the queue)."""
+        """Task queues with their waiting counts (the scheduler's view of the queue), each
+        with when its first waiting job (the lowest id: the waiting index answers the count
+        and it alone) became waiting."""
         with self.store.read() as c:
-            counts = dict(c.execute(
-                "SELECT tq_id, COUNT(*) FROM jobs WHERE state = 'waiting' GROUP BY tq_id"
-            ).fetchall())
-            known = self.task_queues.known(c, counts)
-        return [dataclasses.replace(known[i], waiting=n) for i, n in counts.items()
-                if i in known]
+            rows = {r[0]: (r[1], r[2]) for r in c.execute(
+                "SELECT w.tq_id, w.n, jobs.updated_at FROM (SELECT tq_id, COUNT(*) AS n,"
+                " MIN(id) AS first FROM jobs WHERE state = 'waiting' GROUP BY tq_id) w"
+                " JOIN jobs ON jobs.id = w.first").fetchall()}
+            known = self.task_queues.known(c, rows)
+        return [dataclasses.replace(known[i], waiting=n, oldest=oldest)
+                for i, (n, oldest) in rows.items() if i in known]
 
     def busy_by_machine(self) -> dict[str, int]:
         with self.store.read() as c:

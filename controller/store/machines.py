@@ -216,7 +216,9 @@ class MachineStore:
         if row is None:
             raise NotFound(f"no pilot {pilot_id}; register first")
         spot = m is not None and Machine.from_row(m).spot
-        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]), spot=spot)
+        market = Machine.from_row(m).info.get("market") if m is not None else None
+        self._pilots[pilot_id] = pilot = dict(row, tags=json.loads(row["tags"]), spot=spot,
+                                              on_demand=market == "on-demand")
         return pilot
 
     # consolidation: machines that take no new jobs (the scheduler's drain set) ---------------
@@ -247,8 +249,10 @@ class MachineStore:
                 "SELECT p.*, m.info FROM pilots p JOIN machines m ON m.name = p.machine"
                 f" WHERE m.state IN ({','.join('?' * len(LIVE_STATES))})"
                 " ORDER BY p.machine, p.id", [s.value for s in LIVE_STATES]).fetchall()
-        return [dict(r, tags=json.loads(r["tags"]),
-                     spot=json.loads(r["info"] or "{}").get("market") == "spot") for r in rows]
+        markets = [json.loads(r["info"] or "{}").get("market") for r in rows]
+        return [dict(r, tags=json.loads(r["tags"]), spot=market == "spot",
+                     on_demand=market == "on-demand") for r, market in zip(rows, markets,
+                                                                            strict=True)]
 
     def pilot_seen(self, pilot_id: str, machine: str, now: float | None = None) -> str:
         """Record that a pilot is alive; return its machine's state."""

@@ -191,6 +191,27 @@ def machine_boots_since(store: Store, after: int) -> BootsSince:
     return BootsSince([(r[0], max(r[1], 0.0)) for r in rows], top)
 
 
+def machine_deliveries(store: Store, endpoint: str, since: float) -> list[
+        tuple[str, float | None]]:
+    """Issue 24: the endpoint's machines launched since `since`, by pool (priced endpoints):
+    (pool, seconds from the launch to its pilot registering; None: it never did, ended by
+    its boot_timeout). Machines still booting, and launches the cloud refused, are not
+    counted."""
+    with store.read() as c:
+        rows = c.execute(
+            "SELECT m.info, e.to_state, e.at - m.created_at FROM machines m JOIN machine_events e"
+            " ON e.machine = m.name WHERE m.endpoint = ? AND m.created_at >= ? AND"
+            " ((e.to_state = 'running' AND e.from_state IN ('requested', 'booting')) OR"
+            " (e.to_state = 'failed' AND e.from_state = 'booting'))",
+            (endpoint, since)).fetchall()
+    out: list[tuple[str, float | None]] = []
+    for info, to, secs in rows:
+        pool = json.loads(info or "{}").get("pool")
+        if pool:
+            out.append((str(pool), max(float(secs), 0.0) if to == "running" else None))
+    return out
+
+
 def jobs_by_state(store: Store, owner: str | None = None) -> dict[str, int]:
     sql, args = "SELECT state, COUNT(*) FROM jobs", tuple[str, ...]()
     if owner is not None:

@@ -148,6 +148,7 @@ def endpoints(request: Request, s: WebSession, store: StoreDep,
               settings: SettingsDep) -> HTMLResponse:
     machines = store.machines.find(live=True)
     busy = store.jobs.busy_by_machine()
+    refusals, now = store.refusals.find(), time.time()  # issue 24: offers the cloud refused
     sites = []
     for ep in store.endpoints.find():
         cfg = settings.endpoint(ep.name)
@@ -162,6 +163,7 @@ def endpoints(request: Request, s: WebSession, store: StoreDep,
             "machines": [dict(m.to_dict(), jobs=busy.get(m.name, 0)) for m in machines
                          if m.endpoint == ep.name],
             "events": store.endpoints.events(ep.name, 5),
+            "refusals": [(r, r.blocks(now)) for e, r in refusals if e == ep.name],
             "hosts": store.hosts.find(ep.name) if cfg.driver == "ssh" else None,
             "host_events": store.hosts.events(ep.name, limit=5)
             if cfg.driver == "ssh" else [],

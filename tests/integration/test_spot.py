@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import httpx
 import pytest
 
-from tests.conftest import REPO, sh
+from tests.conftest import REPO, sh, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +91,9 @@ PRICE_ROWS = [  # 6-column layout, newest first; zone b is cheaper per core
 ]
 
 
-def priced_toml(prices, max_machines=3):
-    """A priced endpoint (nested tables, which tests/conftest.py's writer does not do)."""
+def priced_toml(prices, max_machines=3, extra=""):
+    """A priced endpoint (nested tables, which tests/conftest.py's writer does not do);
+    `extra`: more of the endpoint's settings, as TOML lines."""
     return f"""
 [[endpoints]]
 name = "ec2"
@@ -102,6 +105,7 @@ heartbeat_interval = 0.5
 lost_after = 5
 boot_timeout = 30
 diversity = 0.0
+{extra}
 [endpoints.prices]
 source = "file"
 path = {json.dumps(str(prices))}
@@ -162,3 +166,70 @@ def test_a_priced_endpoint_starts_where_cheapest_explains_and_replays(make_contr
     assert what_if.returncode == 0, what_if.stderr
     assert "start t.small/eu-west-1b/spot: " in what_if.stdout and "-> 0" in what_if.stdout
     assert "capped by max_machines" in what_if.stdout
+
+
+def test_a_sold_out_pool_is_blocked_the_next_cheapest_starts_and_the_block_ends(
+        make_controller, tmp_path):
+    """Issue 24 on a real controller: the local driver refuses the cheapest pool (its
+    `refuse` setting, as EC2 says InsufficientInstanceCapacity) once; the offer is blocked
+    (explain, the endpoints API, the metric), the next cheapest starts at the next tick
+    without backing the endpoint off, and once the block ends the cheapest is used again."""
+    prices = tmp_path / "prices.tsv"
+    prices.write_text("".join(f"SPOTINSTANCEPRICE\t{p}\t{t}\t{ty}\tLinux/UNIX\t{z}\n"
+                              for p, t, ty, z in PRICE_ROWS))
+    ctrl = make_controller(endpoints=[{"name": "ec2"}], start=False)
+    top = ctrl.config.read_text().split("\n[[endpoints]]")[0]
+    cheapest = "t.small/eu-west-1b/spot"
+    ctrl.config.write_text(top + priced_toml(prices, extra=(
+        f'refusal_ttl = 6\nrefuse = {{ "{cheapest}" = 1 }}')))
+    ctrl.start()
+    (first,) = ctrl.submit("alice", sh("sleep 4"))
+    job = ctrl.wait_state(first, "running", timeout=30)
+    with ctrl.client() as c:
+        info = {m["name"]: m for m in c.get("/api/v1/machines", params={"all": True}).json()}
+        refused = [m for m in info.values() if m["state"] == "failed"]
+        assert [m["info"]["pool"] for m in refused] == [cheapest]
+        assert "InsufficientInstanceCapacity" in refused[0]["reason"]
+        assert info[job["machine"]]["info"]["pool"] == "t.small/eu-west-1a/spot"
+        (ep,) = c.get("/api/v1/endpoints").json()
+        assert ep["retry_at"] is None  # not backed off
+        (r,) = ep["refusals"]
+        assert (r["pool"], r["kind"], r["failures"]) == (cheapest, "capacity", 1)
+        metrics = c.get("/metrics").text
+        assert f'cloudpilot_offer_blocked_seconds{{endpoint="ec2",kind="capacity",' \
+               f'pool="{cheapest}"}}' in metrics
+        ticks = c.get("/api/v1/ticks", params={"changes": True}).json()
+    with httpx.Client(base_url=ctrl.url, timeout=30) as browser:  # the endpoints page
+        browser.get("/login")
+        browser.post("/login", data={"token": ctrl.tokens["admin"], "next": "/endpoints",
+                                     "csrf": browser.cookies["cloudpilot_login"]})
+        page = browser.get("/endpoints").text
+        assert "Offers refused lately" in page and f'id="refusal-ec2-{cheapest}"' in page
+    env = {"CLOUDPILOT_URL": ctrl.url, "CLOUDPILOT_TOKEN": ctrl.tokens["admin"]}
+    out = subprocess.run([sys.executable, "-m", "controller", "explain", "ec2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    if "offers the cloud refused lately" not in out.stdout:  # the block may have ended
+        assert r["until"] < time.time() + 1, out.stdout
+    # the tick that started the next cheapest replays to the same decision
+    with ctrl.client() as c:
+        docs = [c.get(f"/api/v1/ticks/{t['id']}").json() for t in ticks]
+    (second,) = [d for d in docs if d["inputs"].get("refusals")
+                 and d["decision"]["launches"]]
+    assert second["decision"]["launches"][0]["pool"] == "t.small/eu-west-1a/spot"
+    same = subprocess.run([sys.executable, "-m", "controller", "replay", "--tick",
+                           str(second["id"])], cwd=REPO, capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert same.returncode == 0, same.stderr
+    assert "the same decision" in same.stdout
+    # the block ends: two more jobs while the first runs: one new machine, in the cheapest
+    # pool again, which is forgotten once it starts
+    wait_until(lambda: time.time() > r["until"] + 0.5, 15, what="the block to end")
+    more = ctrl.submit("alice", sh("sleep 1"), sh("sleep 1"))
+    for jid in [first, *more]:
+        assert ctrl.wait_state(jid, "done", "failed", timeout=40)["state"] == "done"
+    with ctrl.client() as c:
+        ms = c.get("/api/v1/machines", params={"all": True}).json()
+        assert any(m["info"]["pool"] == cheapest and m["state"] != "failed" for m in ms)
+        (ep,) = c.get("/api/v1/endpoints").json()
+        assert ep["refusals"] == []

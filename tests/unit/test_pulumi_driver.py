@@ -212,3 +212,16 @@ def test_an_update_in_a_preview_names_the_changed_properties():
                            ["ingress", "tags"])]
     diff = plan_from_preview("aws", "aws-spot", [], ["aws-spot-0001"], steps, {"update": 1})
     assert "  ~ aws:ec2/securityGroup:SecurityGroup aws-spot-sg (ingress, tags)" in diff.detail
+
+
+def test_the_machines_an_update_failed_on_are_named():
+    """Issue 24: a refusal blocks only the offers of the machines the engine names."""
+    from controller.drivers.pulumi import failing_machines
+
+    out = ("Updating (aws-spot):\n  + aws:ec2:Instance aws-spot-0003 creating (0s) error: 1 "
+           "error occurred:\n  + aws:ec2:Instance aws-spot-0013 creating (1s)\n"
+           "  aws:ec2:Instance (aws-spot-0003):\n    error: creating EC2 Instance: api error "
+           "InsufficientInstanceCapacity: We currently do not have sufficient capacity\n")
+    assert failing_machines(out, ["aws-spot-0003", "aws-spot-0013", "aws-spot-0001"]) == {
+        "aws-spot-0003"}
+    assert failing_machines("error: update failed", ["aws-spot-0003"]) == set()

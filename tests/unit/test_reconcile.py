@@ -31,8 +31,13 @@ def tick(loop):
 # plans and applies -----------------------------------------------------------------------------
 @pytest.fixture
 def world(database):
-    ep = EndpointConfig(name="ep", slots=1, max_machines=5, max_starts_per_cycle=5,
-                        auto_apply=False, auto_apply_max_new=1)
+    yield from loop_world(database, EndpointConfig(
+        name="ep", slots=1, max_machines=5, max_starts_per_cycle=5, auto_apply=False,
+        auto_apply_max_new=1))
+
+
+def loop_world(database, ep):
+    """A store, the in-memory driver, a loop and its clock for one endpoint `ep`."""
     settings = Settings(database=database, endpoints=[ep])
     store = Store(settings.database)
     store.endpoints.sync([e.model_dump() for e in settings.endpoints])
