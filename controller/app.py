@@ -99,8 +99,9 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         store.usage.half_life = settings.fair_share_half_life
         store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
-        app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
         notifier: Notifier = app.state.notifier
+        # issue 12: /metrics, dashboard samples
+        app.state.metrics = Metrics(store, settings, notifier.waiting)
         notifier.bind(asyncio.get_running_loop())
         # other controller processes on the same database (PostgreSQL): their submissions
         # wake our long-polls, their changes drop what we cached, and the other way round

@@ -214,6 +214,18 @@ class Controller:
         return dict(wait_until(lambda: (j := self.job(job_id))["state"] in states and j,
                                timeout, 0.1, f"job {job_id} to be {'/'.join(states)}"))
 
+    def long_polls(self) -> int:
+        """Pilots' match requests waiting for work in the controller now (its metric)."""
+        with self.client() as c:
+            text = c.get("/metrics").text
+        (line,) = (x for x in text.splitlines() if x.startswith("cloudpilot_match_long_polls "))
+        return int(float(line.split()[1]))
+
+    def wait_long_polls(self, n: int, timeout: float = 15) -> None:
+        """Until n match requests wait in the long-poll (before a submission that must wake
+        them)."""
+        wait_until(lambda: self.long_polls() >= n, timeout, 0.05, f"{n} long-polls waiting")
+
 
 # A Python for payloads: the system's, outside /tmp (a bubblewrap sandbox gives each payload a
 # fresh /tmp, so a venv in a checkout under /tmp is not there for it)
@@ -330,10 +342,27 @@ def postgres_server() -> Any:
     return shared_postgres()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# the PostgreSQL instance of a test run on both backends starts a server: not in `make test-fast`
+POSTGRES_MARKS = [pytest.mark.postgres, pytest.mark.integration]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=POSTGRES_MARKS)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store's database for a test, once per backend: a SQLite file, or a fresh database
     on the session's PostgreSQL server."""
     if request.param == "sqlite":
         return str(tmp_path / "q.db")
     return str(request.getfixturevalue("postgres_server").create_database())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks by what a test starts, so none can be forgotten: every test under
+    tests/integration is `integration`; one that asks for the PostgreSQL server is also
+    `postgres` (`make test-fast` runs `-m "not integration"`)."""
+    integration = REPO / "tests" / "integration"
+    for item in items:
+        if item.path.is_relative_to(integration):
+            item.add_marker(pytest.mark.integration)
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            for mark in POSTGRES_MARKS:
+                item.add_marker(mark)

@@ -83,7 +83,7 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
 
         waiter = threading.Thread(target=wait)
         waiter.start()
-        time.sleep(1.0)  # the long-poll is waiting in B
+        b.wait_long_polls(1)
         assert not got
         sent = time.monotonic()
         (jid,) = a.submit("alice", sh("true"))
@@ -285,7 +285,7 @@ def test_the_controllers_ride_out_a_database_restart(make_controller, tmp_path, 
         got: list[list[dict[str, Any]]] = []
         waiter = threading.Thread(target=lambda: got.append(match(b, pilot, wait=15)))
         waiter.start()
-        time.sleep(1.0)
+        b.wait_long_polls(1)
         a.submit("alice", sh("true"))
         waiter.join(20)
         assert got and got[0]

@@ -20,7 +20,7 @@ from tests.integration.test_slurm import batch_endpoint, get, machines
 from tests.integration.test_ssh import cli
 from tests.sgecluster import SgeCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sge]
 CPUS = 4
 
 

@@ -18,7 +18,7 @@ from tests.conftest import peaks, sh, wait_until
 from tests.integration.test_ssh import cli
 from tests.slurmcluster import SlurmCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 CPUS = 4
 
 

@@ -17,7 +17,7 @@ from controller.drivers.ssh import HostTarget, SshDriver, fingerprint
 from tests.conftest import REPO, peaks, sh, wait_until
 from tests.sshhosts import SshHosts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ssh]
 PILOT = "pilot.pyz"  # what a pilot's command line holds on a host
 
 
