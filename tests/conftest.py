@@ -214,6 +214,17 @@ class Controller:
         return dict(wait_until(lambda: (j := self.job(job_id))["state"] in states and j,
                                timeout, 0.1, f"job {job_id} to be {'/'.join(states)}"))
 
+    def wait_ticks(self, endpoint: str, n: int = 3, timeout: float = 20) -> None:
+        """Until the loop has decided n more ticks of the endpoint: to check that something
+        did not happen, over decisions the loop made rather than over seconds slept."""
+        def ids() -> list[int]:
+            with self.client() as c:
+                r = c.get("/api/v1/ticks", params={"endpoint": endpoint, "limit": n})
+            return [int(t["id"]) for t in r.json()]
+        before = max(ids(), default=0)
+        wait_until(lambda: len(new := ids()) == n and min(new) > before, timeout, 0.1,
+                   f"{n} more ticks of {endpoint}")
+
     def long_polls(self) -> int:
         """Pilots' match requests waiting for work in the controller now (its metric)."""
         with self.client() as c:

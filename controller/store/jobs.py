@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -24,7 +23,7 @@ from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
-from controller.store.sql import Transactions, in_list
+from controller.store.sql import Connection, Row, Transactions, in_list
 from controller.store.taskqueues import Snapshot, TaskQueues, View
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
@@ -41,7 +40,7 @@ _CLAIM = ("UPDATE jobs SET state = 'matched', updated_at = ?, pilot_id = ?, mach
           " RETURNING *")
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Row) -> Job:
     return Job(
         id=row["id"], name=row["name"] or "", owner=row["owner"], group=row["grp"],
         state=JobState(row["state"]), task_queue=row["tq_id"], priority=row["priority"],
@@ -104,7 +103,7 @@ class IdempotencyKey:
     keep: float
 
 
-def _replayed(c: sqlite3.Connection, owner: str, idem: IdempotencyKey,
+def _replayed(c: Connection, owner: str, idem: IdempotencyKey,
               now: float) -> list[int] | None:
     """The ids an earlier submission with this key created, None for a new key; a Conflict
     when the key was used for another request. Expired keys are forgotten here."""
@@ -126,7 +125,7 @@ _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments
 _INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
 
 
-def _insert_jobs(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+def _insert_jobs(c: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
     """Insert job rows; their ids in the rows' order. Ids come from the statement (RETURNING),
     not from counting back from the last one: with several controller processes inserting at
     once one submission's ids need not be consecutive."""
@@ -153,9 +152,9 @@ class JobStore:
 
     # transitions -------------------------------------------------------------------------
     def _move(
-        self, c: sqlite3.Connection, job_id: int, old: JobState, new: JobState, now: float,
-        why: str | None = None, *, row: sqlite3.Row | None = None, **fields: Any,
-    ) -> sqlite3.Row:
+        self, c: Connection, job_id: int, old: JobState, new: JobState, now: float,
+        why: str | None = None, *, row: Row | None = None, **fields: Any,
+    ) -> Row:
         """Move one job old -> new inside the caller's transaction, recording the event; the
         job's row after the move. Refuses moves the transition table does not allow. `row`:
         the job's row as the caller read it in this transaction (not read again)."""
@@ -189,7 +188,7 @@ class JobStore:
         return after
 
     # submission --------------------------------------------------------------------------
-    def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
+    def _task_queue(self, c: Connection, job: NewJob, owner: str, group: str,
                     now: float) -> int:
         memo = (job.requirements, owner, group, job.priority)
         tq_id = self.task_queues.memo(memo)
@@ -384,7 +383,7 @@ class JobStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _claim(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+    def _claim(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
                count: int, whole: SlotOffer | None, fitting: Owners, drained: set[int],
                now: float, policy: _Policy) -> Claim:
         """The match's transaction: the pilot and machine seen, what the machine holds (and
@@ -423,7 +422,7 @@ class JobStore:
                   + " WHERE name = ?", (now, now, machine) if got else (now, machine))
         return Claim(list(zip(got, tokens, strict=True)), draining, busy, tuple(deferred))
 
-    def _pick(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+    def _pick(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
               count: int, whole: SlotOffer | None, owners: Owners, drained: set[int],
               running: list[Running], busy: float, now: float, policy: _Policy,
               deferred: list[Requirements]) -> list[Job]:
@@ -474,7 +473,7 @@ class JobStore:
         return got
 
     @staticmethod
-    def _record_claims(c: sqlite3.Connection, jobs: Sequence[Job], pilot_id: str,
+    def _record_claims(c: Connection, jobs: Sequence[Job], pilot_id: str,
                        machine: str, now: float) -> None:
         """The claimed jobs' events and attempts, one statement each for all of them."""
         check_transition(S.WAITING, S.MATCHED)
@@ -491,8 +490,8 @@ class JobStore:
                                        j.lease_expires)])
 
     # pilot reports -----------------------------------------------------------------------
-    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,
-              attempt: int | None = None) -> sqlite3.Row:
+    def _held(self, c: Connection, pilot_id: str, job_id: int,
+              attempt: int | None = None) -> Row:
         """The job's row if this pilot holds it (in the given attempt), else a Conflict."""
         row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:

@@ -4,7 +4,6 @@ every state change goes through the transition table and is kept as an event."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -18,7 +17,7 @@ from controller.domain.machines import (
 )
 from controller.errors import Conflict, NotFound
 from controller.store.endpoints import bump_seq
-from controller.store.sql import Transactions, in_list
+from controller.store.sql import Connection, Transactions, in_list
 
 M = MachineState
 
@@ -29,7 +28,7 @@ class MachineStore:
         self._pilots: dict[str, dict[str, Any]] = {}  # registrations do not change
 
     # machines ----------------------------------------------------------------------------
-    def _event(self, c: sqlite3.Connection, name: str, old: str | None, new: str, reason: str,
+    def _event(self, c: Connection, name: str, old: str | None, new: str, reason: str,
                now: float) -> None:
         c.execute("INSERT INTO machine_events (machine, at, from_state, to_state, reason)"
                   " VALUES (?, ?, ?, ?, ?)", (name, now, old, new, reason))
@@ -236,7 +235,7 @@ class MachineStore:
             return self.draining(c, machine)
 
     @staticmethod
-    def draining(c: sqlite3.Connection, machine: str) -> bool:
+    def draining(c: Connection, machine: str) -> bool:
         row = c.execute("SELECT draining FROM machines WHERE name = ?", (machine,)).fetchone()
         return bool(row and row[0])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from controller.domain.plans import Plan, PlanDiff, PlanState, check_transition
 from controller.domain.transitions import IllegalTransition
 from controller.errors import Conflict, NotFound
-from controller.store.sql import Transactions
+from controller.store.sql import Connection, Transactions
 
 P = PlanState
 
@@ -57,12 +56,12 @@ class PlanStore:
                 " ORDER BY id", (plan_id,))]
 
     # writing -----------------------------------------------------------------------------
-    def _event(self, c: sqlite3.Connection, plan_id: int, old: str | None, new: str,
+    def _event(self, c: Connection, plan_id: int, old: str | None, new: str,
                reason: str, now: float) -> None:
         c.execute("INSERT INTO plan_events (plan_id, at, from_state, to_state, reason)"
                   " VALUES (?, ?, ?, ?, ?)", (plan_id, now, old, new, reason))
 
-    def _move(self, c: sqlite3.Connection, plan_id: int, new: PlanState, reason: str | None,
+    def _move(self, c: Connection, plan_id: int, new: PlanState, reason: str | None,
               now: float, **fields: Any) -> None:
         row = c.execute("SELECT state FROM plans WHERE id = ?", (plan_id,)).fetchone()
         if row is None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,38 @@ class Dialect:
         return cls("postgres", claim=" FOR UPDATE SKIP LOCKED")
 
 
+class Row(Protocol):
+    """A row, whatever the backend: by column name and by position (`row["id"]`, `row[0]`),
+    and `dict(row)`."""
+
+    def __getitem__(self, key: Any, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Cursor(Protocol):
+    """What a statement answers: its rows, and how many it changed."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What a query module holds inside `store.tx()` or `store.read()`, on either backend
+    (SQLite's connection, or the PostgreSQL backend's translating one): statements in the
+    store's SQL with `?` parameters."""
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> Cursor: ...
+
+
 class Transactions(Protocol):
     """What a query module needs of the Store (controller/store/db.py): a write transaction,
     a read, and the backend's dialect."""
@@ -41,9 +72,9 @@ class Transactions(Protocol):
 
     def changed(self, what: str) -> None: ...
 
-    def tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def tx(self) -> AbstractContextManager[Connection]: ...
 
-    def read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+    def read(self) -> AbstractContextManager[Connection]: ...
 
 
 def in_list(states: Iterable[StrEnum]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from controller.domain.costs import MachineLife
 from controller.errors import InvalidInput
+from controller.store.sql import Row
 
 if TYPE_CHECKING:
     from controller.store.db import Store
@@ -135,7 +135,7 @@ def events_after(store: Store, cursor: Cursor, *, kinds: tuple[str, ...] = EVENT
     return out, end
 
 
-def _event(kind: str, row: sqlite3.Row) -> Event:
+def _event(kind: str, row: Row) -> Event:
     data = {k: row[k] for k in row.keys() if k not in ("id", "at")}
     return Event(kind, row["id"], row["at"], data)
 
@@ -279,7 +279,7 @@ class JobRow:
     reschedules: int
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> JobRow:
+    def from_row(cls, r: Row) -> JobRow:
         return cls(r["id"], r["name"] or "", r["owner"], r["state"], r["tq_id"], r["endpoint"],
                    r["machine"], r["exit_code"], r["created_at"], r["updated_at"], r["reason"],
                    r["retries"], r["reschedules"])

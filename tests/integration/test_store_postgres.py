@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from controller.domain.jobs import NewJob, Requirements
-from controller.errors import InvalidInput
+from controller.errors import InvalidInput, StorageError
 from controller.store import Store
 from controller.store.channel import FORGET, WAKE, PostgresChannel
 from controller.store.leader import PostgresLeadership
@@ -22,6 +22,8 @@ def test_rows_answer_by_name_and_position_and_sums_are_numbers(postgres_server):
             store.plans.get(2**63)
         with pytest.raises(InvalidInput, match="NUL"):  # SQLite holds it; never a 5xx here
             store.jobs.find(owner="a\x00b")
+        with pytest.raises(StorageError, match="no_such_table"), store.read() as c:
+            c.execute("SELECT * FROM no_such_table")  # the store's error, not psycopg's
         store.tokens.create_user("alice", "physics", share=2.5)
         (row,) = store.rows("SELECT name, grp, share FROM users")
         assert (row["name"], row[1], dict(row)) == (
@@ -82,3 +84,47 @@ def test_messages_reach_the_other_processes_and_not_their_sender(postgres_server
     finally:
         a.close()
         b.close()
+
+
+def _columns_sqlite(store: Store) -> dict[str, set[str]]:
+    tables = [r[0] for r in store.rows("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                       " AND name NOT LIKE 'sqlite_%'")]
+    return {t: {r[1] for r in store.rows(f"PRAGMA table_info({t})")} for t in tables}
+
+
+def _columns_postgres(store: Store) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for table, column in store.rows(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()"):
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+def _indexes_sqlite(store: Store) -> set[str]:
+    return {r[0] for r in store.rows("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                     " AND name NOT LIKE 'sqlite_autoindex_%'")}
+
+
+def _indexes_postgres(store: Store) -> set[str]:
+    return {r[0] for r in store.rows("SELECT indexname FROM pg_indexes"
+                                     " WHERE schemaname = current_schema()"
+                                     " AND indexname NOT LIKE '%_pkey'")}
+
+
+def test_both_backends_make_the_same_tables_columns_and_indexes(postgres_server, tmp_path):
+    """SQLite's migrations and PostgreSQL's baseline plus the shared migrations
+    (store/migrations.py, store/schema_pg.py) end in one schema."""
+    lite, pg = Store(tmp_path / "q.db"), Store(postgres_server.create_database())
+    try:
+        columns = _columns_postgres(pg)
+        # PostgreSQL's own, on purpose (store/schema_pg.py): concurrent writers append to
+        # pending tables that a trigger folds in at commit, each charge with its half-life
+        assert {t: columns.pop(t) for t in ("held_pending", "usage_pending")}
+        columns["usage"].remove("half_life")
+        indexes = _indexes_postgres(pg) - {"idx_held_pending_xid", "idx_usage_pending_xid"}
+        assert _columns_sqlite(lite) == columns
+        assert _indexes_sqlite(lite) == indexes
+    finally:
+        lite.close()
+        pg.close()
