@@ -238,7 +238,7 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
     endpoint = {"name": ENDPOINT, "driver": "local", "max_machines": 0, "cores": 1,
                 "memory_mb": 1024, "slots": 1, "heartbeat_interval": args.heartbeat,
                 "lost_after": 300}
-    ctl = make_controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "stalled_after": 120},
+    ctl = make_controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "lease": 120},
                           [endpoint])
     ctl.start()
     stop_file = tmp / "stop"

@@ -93,7 +93,7 @@ def _heard(store: Store, notifier: Notifier, kind: str, arg: str) -> None:
 def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database, lease=settings.stalled_after)
+        store = Store(settings.database, lease=settings.lease)
         store.usage.half_life = settings.fair_share_half_life
         store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store

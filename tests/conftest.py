@@ -290,7 +290,7 @@ def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
     root.mkdir(exist_ok=True)
     url = settings.pop("database", None) or backend_database()
     eps = endpoints if endpoints is not None else [MANUAL]
-    base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
+    base = {"loop_interval": 0.3, "lease": 3, "lease_margin": 1, "max_retries": 2}
     ctrl = Controller(root, free_port(), {**base, **settings}, eps, db_url=url)
     ctrl.write_config()
     store = Store(ctrl.database)

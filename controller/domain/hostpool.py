@@ -13,9 +13,10 @@ from enum import StrEnum
 from typing import Any
 
 from controller.domain.demand import free_share
+from controller.domain.fleet import health
 from controller.domain.machines import (
-    ACTIVE_STATES,
     DEPLOYED_STATES,
+    LIVE_STATES,
     RETRY_STATES,
     STARTING_STATES,
     MachineState,
@@ -159,7 +160,7 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     removals: list[Removal] = []
     reasons: list[str] = []
     probe, retry = [], []
-    live = ACTIVE_STATES
+    live = LIVE_STATES
     for h in hosts:
         if h.membership == Membership.LEFT:
             if h.state in live:
@@ -169,12 +170,11 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
             if _due(h, now, backoff):
                 probe.append(h.name)
             continue
-        if h.state == M.RUNNING and h.last_seen is not None and now - h.last_seen > spec.lost_after:
-            removals.append(Removal(h.name, M.LOST, f"no heartbeat for {now - h.last_seen:.0f}s"
-                                    f" (> {spec.lost_after:.0f}s)"))
-        elif h.state in STARTING_STATES and now - h.since > spec.boot_timeout:
-            removals.append(Removal(h.name, M.FAILED, f"no pilot after {now - h.since:.0f}s "
-                                    f"(> {spec.boot_timeout:.0f}s)"))
+        sick = health(h.name, h.state, h.last_seen,
+                      h.since if h.state in STARTING_STATES else None, now, spec.lost_after,
+                      spec.boot_timeout)
+        if sick is not None:
+            removals.append(sick)
         elif h.state in RETRY_STATES and _due(h, now, backoff):
             retry.append(h.name)
         elif h.state == M.STOPPING and now - h.since > spec.boot_timeout and _due(h, now, backoff):

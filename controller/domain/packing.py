@@ -92,8 +92,8 @@ class Room:
 
 
 @dataclass
-class Plan:
-    """The running state of one decision."""
+class Deciding:
+    """The running state of one priced decision (not a plan: domain/plans.py has those)."""
 
     spec: EndpointSpec
     prices: Mapping[str, float]
@@ -101,7 +101,6 @@ class Plan:
     pool_cores: dict[str, int] = field(default_factory=dict)
     fleet_cores: int = 0
     spend: float = 0.0
-    launches: list[Launch] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
     quotes: dict[str, float | None] = field(default_factory=dict)  # pool -> price now
@@ -147,7 +146,7 @@ def decide_priced(
     prices: Mapping[str, float],
     budget: Budget,
 ) -> Decision:
-    plan = Plan(spec, prices, {o.pool: o for o in spec.offers})
+    plan = Deciding(spec, prices, {o.pool: o for o in spec.offers})
     live = live_machines(machines)
     removals = check_health(spec, live, now)
     gone = {r.name for r in removals}
@@ -214,9 +213,9 @@ def decide_priced(
         _cores(plan, m) for m in kept if m.name not in in_rooms)
     want = math.ceil(spec.headroom * live_cores) if spec.headroom else 0
     short = 0
-    if want > spare and spot_ok_pools(plan):
+    if want > spare and plan.offers:
         short = want - spare
-        items.append(Item("headroom", 1, 1, short, spot_ok_pools(plan), 3600.0))
+        items.append(Item("headroom", 1, 1, short, frozenset(plan.offers), 3600.0))  # any pool
     started = _launch(spec, plan, items, len(kept), budget, last_seq)
     left = sum(it.n for it in items if it.label != "headroom")
     if left:
@@ -249,7 +248,7 @@ def decide_priced(
                     _candidates(spec, plan, started), drain)
 
 
-def _drain(spec: EndpointSpec, plan: Plan, machines: Sequence[MachineView], used: set[str],
+def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], used: set[str],
            short: bool) -> tuple[str, ...]:
     """Machines that take no new jobs and stop when their last job ends: those draining
     already (unless waiting work was placed on them), and, when the waiting work is covered
@@ -276,7 +275,7 @@ def _drain(spec: EndpointSpec, plan: Plan, machines: Sequence[MachineView], used
     return tuple(sorted(names))
 
 
-def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
+def _pools(spec: EndpointSpec, plan: Deciding, cores: int, memory_mb: int,
            spot_ok: bool) -> frozenset[str]:
     out = set()
     for o in spec.offers:
@@ -285,7 +284,7 @@ def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
     return frozenset(out)
 
 
-def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[Item]:
+def _items(spec: EndpointSpec, plan: Deciding, queues: Sequence[TaskQueue]) -> list[Item]:
     items = []
     shapes = [(o, _slot_offer(spec, o)) for o in spec.offers]
     known: dict[Requirements, frozenset[str]] = {}
@@ -312,7 +311,7 @@ def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue]) -> list[
     return items
 
 
-def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
+def _rooms(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
            now: float) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
     booting ones, then idle ones from the cheapest per core, then draining ones."""
@@ -345,17 +344,12 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
     return [r for _, _, r in rooms]
 
 
-def _cores(plan: Plan, m: MachineView) -> int:
+def _cores(plan: Deciding, m: MachineView) -> int:
     o = plan.offers.get(m.pool or "")
     return o.cores if o is not None else m.free_cores
 
 
-def spot_ok_pools(plan: Plan) -> frozenset[str]:
-    """The pools headroom may use: every offer (it stands for work that may run on spot)."""
-    return frozenset(plan.offers)
-
-
-def _per_core(plan: Plan, m: MachineView) -> float:
+def _per_core(plan: Deciding, m: MachineView) -> float:
     o = plan.offers.get(m.pool or "")
     if o is None:
         return 0.0
@@ -363,7 +357,7 @@ def _per_core(plan: Plan, m: MachineView) -> float:
     return (p if p is not None else o.on_demand_price) / o.cores
 
 
-def _cheapest_per_core(plan: Plan) -> Offer | None:
+def _cheapest_per_core(plan: Deciding) -> Offer | None:
     best: tuple[float, Offer] | None = None
     for o in plan.offers.values():
         p = plan.price(o)
@@ -372,7 +366,7 @@ def _cheapest_per_core(plan: Plan) -> Offer | None:
     return best[1] if best else None
 
 
-def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
+def _available(plan: Deciding, o: Offer) -> tuple[float | None, str]:
     p = plan.price(o)
     if p is None:
         return None, "no spot price known"
@@ -381,7 +375,7 @@ def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
     return p, ""
 
 
-def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget: Budget,
+def _launch(spec: EndpointSpec, plan: Deciding, items: list[Item], live: int, budget: Budget,
             last_seq: int) -> list[Launch]:
     limits = [("max_machines", spec.max_machines - live),
               ("max_starts_per_cycle", spec.max_starts_per_cycle)]
@@ -449,11 +443,10 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
         plan.reasons.append(f"starting {len(launches)}: capped by {capped}")
     elif launches:
         plan.reasons.append(f"starting {len(launches)} for the waiting work")
-    plan.launches = launches
     return launches
 
 
-def _candidates(spec: EndpointSpec, plan: Plan, started: Sequence[Launch]) -> tuple[
+def _candidates(spec: EndpointSpec, plan: Deciding, started: Sequence[Launch]) -> tuple[
         Candidate, ...]:
     counts: dict[str, int] = {}
     for launch in started:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.domain.files import Declared
-from controller.domain.jobs import ACTIVE_STATES, JobState
+from controller.domain.jobs import HELD_STATES, JobState
 from controller.errors import Conflict, NotFound
 from controller.store.sql import Connection, Transactions
 
@@ -28,7 +28,7 @@ class FileStore:
         if row is None:
             raise NotFound(f"no job {job_id}")
         if row["pilot_id"] != pilot_id or row["attempt"] != attempt or (
-                JobState(row["state"]) not in ACTIVE_STATES and row["state"] != "killed"):
+                JobState(row["state"]) not in HELD_STATES and row["state"] != "killed"):
             raise Conflict(f"attempt {attempt} of job {job_id} is not this pilot's (the job is"
                            f" {row['state']}, on attempt {row['attempt']})")
         return dict(row)

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from controller.domain.jobs import (
-    ACTIVE_STATES,
     FINAL_STATES,
+    HELD_STATES,
     InputFile,
     Job,
     JobState,
@@ -23,13 +23,12 @@ from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
-from controller.store.sql import Connection, Row, Transactions, in_list
+from controller.store.sql import HELD, Connection, Row, Transactions
 from controller.store.taskqueues import Snapshot, TaskQueues, View
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 S = JobState
-HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
 SEEN_EVERY = 1.0  # a match records its pilot alive at most this often when nothing is claimed
 SEEN_KEEP = 4096  # pilots remembered for that before the stale ones are dropped
 # a claim: the oldest waiting job of a task queue becomes matched, its row answered
@@ -159,7 +158,7 @@ class JobStore:
         job's row after the move. Refuses moves the transition table does not allow. `row`:
         the job's row as the caller read it in this transaction (not read again)."""
         default_reason = check_transition(old, new)
-        ends = old in ACTIVE_STATES and new not in ACTIVE_STATES  # the attempt is over
+        ends = old in HELD_STATES and new not in HELD_STATES  # the attempt is over
         if ends and row is None:  # fair share: what it used
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
@@ -500,7 +499,7 @@ class JobStore:
             raise Conflict(f"attempt {attempt} of job {job_id} is over (the job is on attempt "
                            f"{row['attempt']}): stop it")
         if row["pilot_id"] != pilot_id or (
-            row["state"] not in ACTIVE_STATES and row["state"] != S.KILLED
+            row["state"] not in HELD_STATES and row["state"] != S.KILLED
         ):
             raise Conflict(f"job {job_id} is not held by this pilot (it is {row['state']})")
         return row
@@ -607,7 +606,7 @@ class JobStore:
         retry."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            rows = c.execute("SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+            rows = c.execute(f"SELECT * FROM jobs WHERE state IN {HELD}"
                              " AND machine = ?", (machine,)).fetchall()
             for r in rows:
                 self._move(c, r["id"], JobState(r["state"]), S.RESCHEDULED, now, why,

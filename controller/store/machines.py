@@ -17,7 +17,7 @@ from controller.domain.machines import (
 )
 from controller.errors import Conflict, NotFound
 from controller.store.endpoints import bump_seq
-from controller.store.sql import Connection, Transactions, in_list
+from controller.store.sql import HELD, Connection, Transactions, in_list
 
 M = MachineState
 
@@ -189,7 +189,7 @@ class MachineStore:
             if others or row is None or M(row["state"]) not in (M.RUNNING, M.STOPPING):
                 return
             held = c.execute("SELECT COUNT(*) FROM jobs WHERE machine = ?"
-                             " AND state IN ('matched', 'running')", (machine,)).fetchone()[0]
+                             f" AND state IN {HELD}", (machine,)).fetchone()[0]
             if held:  # never stopped while it holds jobs: they end first (or it is lost)
                 return
             c.execute("UPDATE machines SET state = 'stopped', updated_at = ?, reason = ?"

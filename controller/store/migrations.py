@@ -9,12 +9,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from controller.domain.jobs import ACTIVE_STATES as ACTIVE_JOB_STATES
 from controller.domain.plans import OPEN_STATES
 from controller.store.schema_pg import BASELINE
-from controller.store.sql import in_list
-
-HELD = in_list(ACTIVE_JOB_STATES)  # ('matched', 'running'): jobs a pilot holds
+from controller.store.sql import HELD, in_list
 
 
 def m001_initial(db: Database) -> None:
@@ -248,7 +245,7 @@ def i11_attempts(db: Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN lease_expires REAL")
     db.execute("UPDATE jobs SET attempt = 1 WHERE pilot_id IS NOT NULL")
     db.execute("UPDATE jobs SET lease_expires = COALESCE(last_heartbeat, updated_at) + 60"
-               " WHERE state IN ('matched', 'running')")
+               f" WHERE state IN {HELD}")
     db.execute("CREATE TABLE attempts (job_id INTEGER NOT NULL, n INTEGER NOT NULL,"
                " pilot_id TEXT NOT NULL, machine TEXT, endpoint TEXT,"
                " started_at REAL NOT NULL, lease_expires REAL NOT NULL, ended_at REAL,"

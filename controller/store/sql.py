@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from controller.domain.jobs import HELD_STATES
+
 
 @dataclass(frozen=True)
 class Dialect:
@@ -81,3 +83,7 @@ def in_list(states: Iterable[StrEnum]) -> str:
     """An SQL IN list made from a named set of states, e.g. "('booting', 'running')" (the
     values are the enums' own, never user input)."""
     return "(" + ", ".join(f"'{s.value}'" for s in sorted(states)) + ")"
+
+
+HELD = in_list(HELD_STATES)  # ('matched', 'running'): jobs a pilot holds; also the text of
+# idx_jobs_active's WHERE, which a query must repeat to the letter for SQLite to use it

@@ -13,7 +13,7 @@ from typing import Any
 from bench.faults import UNSANDBOXED, overlapping, payload, read_ledger
 from tests.conftest import sh, wait_until
 
-LEASE = 3.0  # stalled_after in the tests' controllers; lease_margin is 1
+LEASE = 3.0  # lease in the tests' controllers; lease_margin is 1
 
 
 def alive(pid: int) -> bool:
