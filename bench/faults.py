@@ -37,8 +37,8 @@ from pathlib import Path
 from bench.harness import make_controller
 from controller.cli.client import ApiClient
 from controller.drivers.proctree import MachineProcesses
+from controller.harness import Controller
 from pilot.config import PilotConfig
-from tests.conftest import Controller
 
 ENDPOINT = "local"
 # the payloads write one ledger, outside their job directories: no sandbox (where pilots have

@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 
 from bench.harness import bootstrap_tokens, make_controller, threads
-from tests.conftest import REPO as ROOT
-from tests.conftest import Controller
+from controller.harness import REPO as ROOT
+from controller.harness import Controller
 
 ENDPOINT = "load"
 

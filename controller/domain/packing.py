@@ -169,7 +169,7 @@ def decide_priced(
                 per_c = math.ceil(busy_cores / m.busy_slots)
                 per_m = busy_mem // m.busy_slots
                 displaced.append(Item(f"jobs of {m.name}", per_c, per_m, m.busy_slots,
-                                      _pools(spec, plan, per_c, per_m, spot_ok=True)))
+                                      _pools(spec, per_c, per_m, spot_ok=True)))
     gone = {r.name for r in removals}
     kept = [m for m in kept if m.name not in gone]
 
@@ -181,7 +181,7 @@ def decide_priced(
     demand = demand_cores / cheapest.cores if cheapest else 0.0
 
     # 3. free capacity of the machines we keep
-    rooms = _rooms(spec, plan, kept, now)
+    rooms = _rooms(spec, plan, kept)
     for m in kept:
         o = plan.offers.get(m.pool or "")
         plan.add(m.pool, o.cores if o else m.free_cores, plan.price(o) if o else None)
@@ -275,8 +275,7 @@ def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], 
     return tuple(sorted(names))
 
 
-def _pools(spec: EndpointSpec, plan: Deciding, cores: int, memory_mb: int,
-           spot_ok: bool) -> frozenset[str]:
+def _pools(spec: EndpointSpec, cores: int, memory_mb: int, spot_ok: bool) -> frozenset[str]:
     out = set()
     for o in spec.offers:
         if (spot_ok or not o.spot) and o.cores >= cores and o.memory_mb >= memory_mb:
@@ -311,8 +310,7 @@ def _items(spec: EndpointSpec, plan: Deciding, queues: Sequence[TaskQueue]) -> l
     return items
 
 
-def _rooms(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
-           now: float) -> list[Room]:
+def _rooms(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView]) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
     booting ones, then idle ones from the cheapest per core, then draining ones."""
     rooms = []

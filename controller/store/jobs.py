@@ -107,16 +107,14 @@ def _replayed(c: Connection, owner: str, idem: IdempotencyKey,
     """The ids an earlier submission with this key created, None for a new key; a Conflict
     when the key was used for another request. Expired keys are forgotten here."""
     c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
-    row = c.execute("SELECT request_hash, first_id, count, ids FROM idempotency_keys"
+    row = c.execute("SELECT request_hash, ids FROM idempotency_keys"
                     " WHERE owner = ? AND key = ?", (owner, idem.key)).fetchone()
     if row is None:
         return None
     if row["request_hash"] != idem.request_hash:
         raise Conflict(f"Idempotency-Key {idem.key!r} was used for another request; use a new "
                        "key for a new submission")
-    if row["ids"] is not None:
-        return [int(i) for i in json.loads(row["ids"])]
-    return list(range(row["first_id"], row["first_id"] + row["count"]))  # before migration 015
+    return [int(i) for i in json.loads(row["ids"])]
 
 
 _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
@@ -293,6 +291,7 @@ class JobStore:
         return dict(row) if row else None
 
     def counts(self, owner: str | None = None) -> dict[str, int]:
+        """How many jobs are in each state (an owner's, or everyone's)."""
         sql = "SELECT state, COUNT(*) FROM jobs"
         args: tuple[Any, ...] = ()
         if owner is not None:

@@ -191,14 +191,6 @@ def machine_boots_since(store: Store, after: int) -> BootsSince:
     return BootsSince([(r[0], max(r[1], 0.0)) for r in rows], top)
 
 
-def jobs_by_state(store: Store, owner: str | None = None) -> dict[str, int]:
-    sql, args = "SELECT state, COUNT(*) FROM jobs", tuple[str, ...]()
-    if owner is not None:
-        sql, args = sql + " WHERE owner = ?", (owner,)
-    with store.read() as c:
-        return {r[0]: r[1] for r in c.execute(sql + " GROUP BY state", args)}
-
-
 def jobs_by_owner_state(store: Store) -> list[tuple[str, str, int]]:
     with store.read() as c:
         return [(r[0], r[1], r[2]) for r in c.execute(
@@ -351,7 +343,7 @@ def record_sample(store: Store, now: float, every: float, keep: float,
         last = c.execute("SELECT MAX(at) FROM samples").fetchone()[0]
     if last is not None and now - last < every:
         return False
-    jobs = jobs_by_state(store)
+    jobs = store.jobs.counts()
     with store.read() as c:
         machines = c.execute("SELECT COUNT(*) FROM machines WHERE state IN"
                              " ('requested', 'booting', 'running', 'stopping')").fetchone()[0]
@@ -394,5 +386,5 @@ def overview(store: Store, prices: Mapping[str, float], owner: str | None, now: 
     for endpoint, state, n in machines_by_endpoint_state(store):
         machines.setdefault(endpoint, {})[state] = n
     lives = machine_lives(store, prices)
-    return Overview(jobs_by_state(store, owner), machines, costs.spend_rate(lives),
+    return Overview(store.jobs.counts(owner), machines, costs.spend_rate(lives),
                     costs.spent(lives, now, since=day_start), costs.spent(lives, now))
