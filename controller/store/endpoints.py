@@ -10,7 +10,7 @@ from typing import Any
 
 from controller.domain.endpoints import Backoff, Endpoint, EndpointState
 from controller.errors import NotFound
-from controller.store.sql import Connection, Transactions
+from controller.store.sql import Connection, Transactions, one_row
 
 
 def bump_seq(c: Connection, endpoint: str, seq: int) -> None:
@@ -40,9 +40,7 @@ class EndpointStore:
     # reading -----------------------------------------------------------------------------
     def get(self, name: str) -> Endpoint:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise NotFound(f"no endpoint {name}")
+            row = one_row(c, f"no endpoint {name}", "SELECT * FROM endpoints WHERE name = ?", name)
         return Endpoint.from_row(row)
 
     def find(self) -> list[Endpoint]:

@@ -23,7 +23,7 @@ from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
-from controller.store.sql import HELD, Connection, Row, Transactions
+from controller.store.sql import HELD, Connection, Row, Transactions, one_row
 from controller.store.taskqueues import Snapshot, TaskQueues, View
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
@@ -260,9 +260,7 @@ class JobStore:
     # reading -----------------------------------------------------------------------------
     def get(self, job_id: int) -> Job:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no job {job_id}")
+            row = one_row(c, f"no job {job_id}", "SELECT * FROM jobs WHERE id = ?", job_id)
         return _job(row)
 
     def find(self, *, state: str | None = None, owner: str | None = None,
@@ -590,9 +588,7 @@ class JobStore:
     def kill(self, job_id: int, by: str, now: float | None = None) -> Job:
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id}")
+            row = one_row(c, f"no job {job_id}", "SELECT state FROM jobs WHERE id = ?", job_id)
             state = JobState(row["state"])
             if state in FINAL_STATES:
                 raise Conflict(f"job {job_id} is already {state.value}")

@@ -17,7 +17,7 @@ from controller.domain.machines import (
 )
 from controller.errors import Conflict, NotFound
 from controller.store.endpoints import bump_seq
-from controller.store.sql import HELD, Connection, Transactions, in_list
+from controller.store.sql import HELD, Connection, Transactions, in_list, one_row
 
 M = MachineState
 
@@ -56,9 +56,8 @@ class MachineStore:
         silently."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            row = c.execute("SELECT state FROM machines WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFound(f"no machine {name}")
+            row = one_row(c, f"no machine {name}",
+                          "SELECT state FROM machines WHERE name = ?", name)
             old = M(row["state"])
             if old == new or (if_in is not None and old not in if_in):
                 return False
@@ -71,9 +70,7 @@ class MachineStore:
     def update_info(self, name: str, **fields: Any) -> None:
         """Add to what the store keeps of a machine (e.g. a pilot job's batch job id)."""
         with self.store.tx() as c:
-            row = c.execute("SELECT info FROM machines WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFound(f"no machine {name}")
+            row = one_row(c, f"no machine {name}", "SELECT info FROM machines WHERE name = ?", name)
             info = {**(json.loads(row["info"]) if row["info"] else {}), **fields}
             c.execute("UPDATE machines SET info = ? WHERE name = ?", (json.dumps(info), name))
 
@@ -88,9 +85,7 @@ class MachineStore:
 
     def get(self, name: str) -> Machine:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise NotFound(f"no machine {name}")
+            row = one_row(c, f"no machine {name}", "SELECT * FROM machines WHERE name = ?", name)
         return Machine.from_row(row)
 
     def find(self, endpoint: str | None = None, live: bool = False) -> list[Machine]:

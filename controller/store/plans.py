@@ -9,8 +9,8 @@ from typing import Any
 
 from controller.domain.plans import Plan, PlanDiff, PlanState, check_transition
 from controller.domain.transitions import IllegalTransition
-from controller.errors import Conflict, NotFound
-from controller.store.sql import Connection, Transactions
+from controller.errors import Conflict
+from controller.store.sql import Connection, Transactions, one_row
 
 P = PlanState
 
@@ -22,9 +22,7 @@ class PlanStore:
     # reading -----------------------------------------------------------------------------
     def get(self, plan_id: int) -> Plan:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM plans WHERE id = ?", (plan_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no plan {plan_id}")
+            row = one_row(c, f"no plan {plan_id}", "SELECT * FROM plans WHERE id = ?", plan_id)
         return Plan.from_row(row)
 
     def find(self, endpoint: str | None = None, states: Sequence[PlanState] = (),
@@ -63,9 +61,7 @@ class PlanStore:
 
     def _move(self, c: Connection, plan_id: int, new: PlanState, reason: str | None,
               now: float, **fields: Any) -> None:
-        row = c.execute("SELECT state FROM plans WHERE id = ?", (plan_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no plan {plan_id}")
+        row = one_row(c, f"no plan {plan_id}", "SELECT state FROM plans WHERE id = ?", plan_id)
         old = P(row["state"])
         try:
             default = check_transition(old, new)

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from controller.domain.jobs import HELD_STATES
+from controller.errors import NotFound
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ class Transactions(Protocol):
     def tx(self) -> AbstractContextManager[Connection]: ...
 
     def read(self) -> AbstractContextManager[Connection]: ...
+
+
+def one_row(c: Connection, missing: str, sql: str, *params: Any) -> Any:
+    """The one row `sql` answers; NotFound(`missing`) when there is none."""
+    row = c.execute(sql, params).fetchone()
+    if row is None:
+        raise NotFound(missing)
+    return row
 
 
 def in_list(states: Iterable[StrEnum]) -> str:
