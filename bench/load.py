@@ -10,9 +10,9 @@ Idempotency-Key) and list jobs, for `--seconds`. Before any job exists, every pi
 long-poll and the controller's thread count is sampled: a waiting pilot holds no thread (and
 no database connection: the store has one, shared).
 
-Also measures what idle pilots cost: with every pilot waiting in a long-poll and heartbeating,
-the controller's CPU time over `--idle` seconds, per 1,000 pilots; and the load generator's own
-CPU beside it (on a 2-core machine it competes with the controller).
+Also measures what idle pilots cost: with every pilot waiting in a long-poll (an idle pilot
+sends no heartbeats), the controller's CPU time over `--idle` seconds, per 1,000 pilots; and the
+load generator's own CPU beside it (on a 2-core machine it competes with the controller).
 
 Prints matches/s, p50/p99 of match (from the submission request to the pilot holding the
 job), heartbeat, report and list, and every error. Everything is bounded in time."""
@@ -130,8 +130,12 @@ class Pilots:
         await http.aclose()
 
     async def beats(self, http: httpx.AsyncClient, pid: str, held: dict[int, None]) -> None:
+        """As the pilot does: a heartbeat for the jobs held, none while idle (its long-poll
+        keeps it known alive)."""
         while True:
             await asyncio.sleep(self.heartbeat)
+            if not held:
+                continue
             await self.call(http, "heartbeat", f"/api/v1/pilots/{pid}/heartbeat",
                             {"jobs": [{"id": j, "progress": None} for j in held]})
 
@@ -264,7 +268,7 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
         t_reg = time.monotonic() - t_reg
         time.sleep(2.0)  # every pilot now waits in a long-poll on an empty queue
         idle_threads = max(threads(ctl) for _ in range(10) if time.sleep(0.1) is None)
-        # what idle pilots cost: every pilot long-polls and heartbeats, no job exists
+        # what idle pilots cost: every pilot long-polls, no job exists
         pids = [ctl.proc.pid] + [p.pid for p in procs]
         before, t_idle = [cpu_seconds(p) for p in pids], time.monotonic()
         time.sleep(args.idle)

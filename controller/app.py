@@ -45,13 +45,16 @@ from controller.supervisor import serve_workers
 from controller.web import actions, pages
 
 log = logging.getLogger("cloudpilot")
+LOOP_STOP_WAIT = 30.0  # seconds a stopping controller waits for the loop's step in progress
 
 
 async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership,
-                    interval: float) -> None:
+                    interval: float, stop: asyncio.Event) -> None:
+    """The reconcile loop, until `stop` is set: it then ends after the step in progress (a
+    step runs in a thread that cancelling would not stop, and the store closes after it)."""
     notifier: Notifier = app.state.notifier
     leading = False
-    while True:
+    while not stop.is_set():
         started = time.monotonic()
         try:
             # one process runs the loop (with PostgreSQL, the one holding its lock)
@@ -74,10 +77,14 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
         # sleep until the interval is over, or a bit after the queue changes
-        with contextlib.suppress(TimeoutError):
-            if notifier.stopping:
-                return
-            await asyncio.wait_for(notifier.changes().wait(), timeout=interval)
+        if notifier.stopping or stop.is_set():
+            return
+        waits = {asyncio.ensure_future(notifier.changes().wait()),
+                 asyncio.ensure_future(stop.wait())}
+        _, pending = await asyncio.wait(waits, timeout=interval,
+                                        return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
         await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
 
 
@@ -109,11 +116,12 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         leadership = store.leadership()
         app.state.leadership = leadership
         task = None
+        stop_loop = asyncio.Event()
         if run_loop:
             reconciler = Reconciler(settings, store, wake=notifier.fire)
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, leadership,
-                                                 settings.loop_interval))
+                                                 settings.loop_interval, stop_loop))
         purging = asyncio.create_task(files.purge_loop(app, min(
             300.0, max(1.0, settings.keep_outputs_for / 10))))  # issue 22: retention
         try:
@@ -123,10 +131,16 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await purging
             if task is not None:
-                task.cancel()
+                stop_loop.set()
                 app.state.reconciler.close()  # cancel an Ansible run in progress
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                try:  # the step in progress ends before the store closes under it
+                    await asyncio.wait_for(asyncio.shield(task), timeout=LOOP_STOP_WAIT)
+                except TimeoutError:
+                    log.warning("the reconcile loop did not stop within %.0fs",
+                                LOOP_STOP_WAIT)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             notifier.relay = None
             channel.close()
             leadership.close()

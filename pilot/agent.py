@@ -127,6 +127,7 @@ class Agent:
             return []  # stopping while the controller was unreachable
         if not out:
             return []
+        self._drain(out)
         return [(m["job"], m["token"], sent + m.get("lease", float("inf")))
                 for m in out["matches"]]
 
@@ -226,16 +227,23 @@ class Agent:
                 run.stop("killed")
             elif "lease" in out:
                 run.renew(sent + float(out["lease"]))
-        if out.get("drain") and not self.draining.is_set():
+        self._drain(out)
+
+    def _drain(self, answer: dict[str, Any]) -> None:
+        """The controller says (in a heartbeat's or a match's answer) it removes this machine."""
+        if answer.get("drain") and not self.draining.is_set():
             log.info("controller is removing this machine: draining")
             self.draining.set()
 
     def _heartbeats(self) -> None:
+        """Renew the leases of the jobs held. With none, nothing is sent: the match long-poll
+        keeps the pilot known alive and says when the machine drains."""
         while not self.stopping.wait(self.heartbeat_interval):
             with self.lock:
                 runs = list(self.jobs.values())
-            self._beat(runs)
-            self._live(runs)
+            if runs:
+                self._beat(runs)
+                self._live(runs)
 
     def _live(self, runs: list[JobRun]) -> None:
         """Send what each running payload wrote since the last time (bounded)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import time
 import uuid
 
@@ -88,13 +89,18 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     draining = False
     left_to: list[str] = []  # the pilots of fuller machines the last attempt left work to
     polls: dict[str, asyncio.Event] = request.app.state.polls  # each waiting pilot's wake-up
+    # an idle pilot sends no heartbeats: its long-poll records it alive, at most every quarter
+    # of the endpoint's lost_after, and looks again that often (new work it can take, and a
+    # fuller machine leaving work to it, wake it at once: notifier.offers, AskingPilots.fuller)
+    seen_every = 5.0  # set from the endpoint at the first attempt
 
     def attempt() -> list[tuple[Job, str]]:
         """One thread hop, one transaction: the credential (verified at the first attempt),
         the pilot, the claim."""
-        nonlocal seen, draining, left_to
+        nonlocal seen, draining, left_to, seen_every
         pilot = _own_pilot(store, p, pilot_id)
         ep = settings.endpoint(str(pilot["endpoint"]))
+        seen_every = (ep.lost_after if ep else 60.0) / 4
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         # the endpoint's rules, with the longest job this pilot may still take (its time left)
         shape = dataclasses.replace(
@@ -120,7 +126,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                                answerable=lambda job: JobOut.of(job).model_dump_json(),
                                count=max(count, 0), whole=whole,
                                reserve_limit=ep.reserve_limit if ep else 0.0,
-                               fuller=asking.now() if may_wait else None)
+                               fuller=asking.now() if may_wait else None,
+                               seen_every=seen_every)
         asking.defer(bool(got.deferred))
         left_to = asking.fuller(pilot_id, got.deferred) if got.deferred else []
         seen = dataclasses.replace(seen, busy_until=got.busy_until)
@@ -129,7 +136,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             asking.leave(pilot_id)
         return got.jobs
 
-    deadline = time.monotonic() + min(body.wait, settings.long_poll_max)
+    deadline = time.monotonic() + spread(min(body.wait, settings.long_poll_max))
     notifier = request.app.state.notifier
     try:
         while True:
@@ -138,6 +145,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             for other in left_to:  # they take what this one left them now, not at a re-check
                 if (ev := polls.get(other)) is not None:
                     ev.set()
+            if draining and not got:  # an idle pilot learns it here
+                return MatchOut(matches=[], drain=True)
             if got:
                 asking.leave(pilot_id)
                 if asking.deferred():  # work left to this pilot may not be its choice
@@ -152,11 +161,21 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                 return Response(status_code=204)
             notifier.offers(changed, seen.free)  # woken by work it can take, not by other
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(left, 5.0))
+                await asyncio.wait_for(changed.wait(), timeout=min(left, seen_every))
     finally:
         asking.leave(pilot_id)
         if polls.get(pilot_id) is changed:
             del polls[pilot_id]
+
+
+def spread(wait: float) -> float:
+    """A long wait ends at a random point of its last quarter: pilots that started waiting
+    together (a burst of registrations, one submission answering many) do not all come back
+    in the same instant, every `wait` seconds. Short waits are kept as asked."""
+    return wait - random.uniform(0.0, wait / 4) if wait >= LONG_WAIT else wait
+
+
+LONG_WAIT = 10.0  # seconds: waits this long or longer are spread
 
 
 def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:

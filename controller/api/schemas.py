@@ -291,6 +291,9 @@ class Match(BaseModel):
 
 class MatchOut(BaseModel):
     matches: list[Match]
+    drain: bool = Field(False, description="the controller is removing this machine: take no "
+                        "new work, leave when the jobs held are done (an idle pilot learns it "
+                        "here, as it sends no heartbeats)")
 
 
 class JobProgress(Strict):

@@ -55,16 +55,22 @@ class Asking:
         return placement_key(self.busy_until, self.free.cores, self.free.memory_mb,
                              self.machine)
 
+    def fuller_than(self, other: Asking) -> bool:
+        """Whether this machine comes before `other` in placement order for a reason (busier
+        for longer, or fuller): machines alike are not ordered by their names here, so that a
+        thousand idle pilots of one type do not leave work to each other."""
+        return self.key[:3] < other.key[:3]
+
 
 def placement_order(asking: Iterable[Asking]) -> list[Asking]:
     return sorted(asking, key=lambda a: a.key)
 
 
 def leave_to_fuller(req: Requirements, me: Asking, asking: Iterable[Asking]) -> bool:
-    """True if a machine before `me` in placement order, asking at the same moment, can
-    hold the job: `me` leaves it to that one (it is handed the job when it asks)."""
-    mine = me.key
-    return any(a.key < mine and a.machine != me.machine and fits(req, a.free) for a in asking)
+    """True if a machine fuller than `me` (Asking.fuller_than), asking at the same moment,
+    can hold the job: `me` leaves it to that one (it is handed the job when it asks)."""
+    return any(a.fuller_than(me) and a.machine != me.machine and fits(req, a.free)
+               for a in asking)
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,8 @@ def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | Non
 
 class AskingPilots:
     """The pilots asking for work at this moment (inside a match request), for the live
-    controller's fullest-first rule. Held in memory by the API process."""
+    controller's fullest-first rule. Held in memory by the API process, read and written by
+    its request threads: every read works on a copy taken at once (a dict copy is atomic)."""
 
     def __init__(self) -> None:
         self._asking: dict[str, Asking] = {}
@@ -147,8 +154,9 @@ class AskingPilots:
         if me is None:
             return []
         reqs = list(left)
-        return [p for p, a in self._asking.items()
-                if p != pilot_id and a.key < me.key and a.machine != me.machine
+        # a copy: other requests' threads enter and leave while this one looks
+        return [p for p, a in list(self._asking.items())
+                if p != pilot_id and a.fuller_than(me) and a.machine != me.machine
                 and any(fits(r, a.free) for r in reqs)]
 
     def deferred(self) -> bool:

@@ -29,7 +29,8 @@ from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 S = JobState
-SEEN_EVERY = 1.0  # a match records its pilot alive at most this often when nothing is claimed
+SEEN_EVERY = 1.0  # by default a match with nothing to claim records its pilot alive at most
+# this often (the match route passes a quarter of the endpoint's lost_after)
 SEEN_KEEP = 4096  # pilots remembered for that before the stale ones are dropped
 # a claim: the oldest waiting job of a task queue becomes matched, its row answered
 _CLAIM = ("UPDATE jobs SET state = 'matched', updated_at = ?, pilot_id = ?, machine = ?,"
@@ -334,13 +335,13 @@ class JobStore:
         view = snap.view(offer, whole)
         return view, snap, snap.waiting(view, offer)
 
-    def _note_seen(self, pilot_id: str, now: float) -> bool:
+    def _note_seen(self, pilot_id: str, now: float, every: float) -> bool:
         """Whether a match with nothing to claim should record the pilot alive (at most every
-        SEEN_EVERY seconds). Bounded: entries older than that are dropped as it grows."""
-        if now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY:
+        `every` seconds). Bounded: entries older than that are dropped as it grows."""
+        if now - self._seen.get(pilot_id, 0.0) < every:
             return False
         if len(self._seen) >= SEEN_KEEP:
-            self._seen = {p: t for p, t in self._seen.items() if now - t < SEEN_EVERY}
+            self._seen = {p: t for p, t in self._seen.items() if now - t < every}
         self._seen[pilot_id] = now
         return True
 
@@ -351,6 +352,7 @@ class JobStore:
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
         fuller: Sequence[Asking] | None = None, now: float | None = None,
+        seen_every: float = SEEN_EVERY,
     ) -> Claim:
         """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time the
         best one: fair share across owners (or groups, then owners) first, then priority, then age,
@@ -360,11 +362,13 @@ class JobStore:
         cannot wait, it takes the best job it may take now). The offer shrinks by what each claimed
         job takes. A draining machine gets nothing. Each job gets a job token living its max_runtime
         plus `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
-        before anything is claimed. Also records that the pilot is alive. `shares` are the owners'
-        shares, `group_shares` the groups'."""
+        before anything is claimed. Also records that the pilot is alive (with nothing to claim, at
+        most every `seen_every` seconds). `shares` are the owners' shares, `group_shares` the
+        groups'."""
         now = time.time() if now is None else now
         view, snap, waiting = self._fitting(offer, whole)
-        if not self._note_seen(pilot_id, now) and not waiting:
+        noted = self._note_seen(pilot_id, now, seen_every)
+        if not (noted or waiting or machine in snap.draining):
             return Claim([])  # nothing to claim, liveness recorded lately: no write
         for tries in range(3):  # PostgreSQL: a deadlock with another process claiming
             try:

@@ -1,6 +1,11 @@
 """The SQLite backend, the embedded default: one file in WAL mode; one writing connection
 guarded by a lock, so that one process never interleaves two transactions, and a reading
-connection per thread (WAL readers see the last commit and never wait for the writer)."""
+connection per thread (WAL readers see the last commit and never wait for the writer).
+
+Checkpoints (copying the WAL's pages into the database file, with its fsync) run in a thread of
+their own every CHECKPOINT_EVERY seconds, not inside whichever commit crosses SQLite's automatic
+threshold: a request's COMMIT only appends to the WAL. Durability is unchanged (WAL with
+synchronous=NORMAL either way)."""
 
 from __future__ import annotations
 
@@ -48,6 +53,8 @@ def _mapped() -> Iterator[None]:
     except sqlite3.Error as e:
         raise sqlite_error(e) from e
 
+CHECKPOINT_EVERY = 1.0  # seconds between the background checkpoints
+
 
 class _Reader(sqlite3.Connection):
     """A thread's reading connection (a subclass, so that the backend can hold it weakly)."""
@@ -74,6 +81,7 @@ class SqliteBackend:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=30000")
             self.db.execute("PRAGMA cache_size=-65536")  # 64 MB: hot queue pages stay cached
+            self.db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread does it
         except sqlite3.Error as e:
             conn.close()
             raise self.open_error(e) from None
@@ -85,6 +93,27 @@ class SqliteBackend:
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._trace: Callable[[str], None] | None = None
         self._row_factory: Callable[[sqlite3.Cursor, tuple[Any, ...]], Any] = sqlite3.Row
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoints, daemon=True,
+                                              name="sqlite-checkpoint")
+        self._checkpointer.start()
+
+    def _checkpoints(self) -> None:
+        """Every CHECKPOINT_EVERY seconds, a PASSIVE checkpoint on a connection of its own
+        (it never waits for the writer nor the readers; what it cannot copy yet, the next one
+        does). A checkpoint that fails (a full disk) is tried again at the next."""
+        try:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        except sqlite3.Error:  # the writer's own commits checkpoint instead, as by default
+            with self.lock, suppress(sqlite3.Error):
+                self.db.conn.execute("PRAGMA wal_autocheckpoint=1000")
+            return
+        try:
+            while not self._closing.wait(CHECKPOINT_EVERY):
+                with suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
 
     def open_error(self, e: sqlite3.Error) -> StorageError:
         ro = next((p for p in (self.path, self.path.parent)
@@ -174,6 +203,9 @@ class SqliteBackend:
                 conn.row_factory = self._row_factory
 
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(10)
         with self.lock:
             for conn in list(self._readers):
                 conn.close()

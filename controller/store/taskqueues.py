@@ -43,6 +43,8 @@ LIVE = ("WITH RECURSIVE live(id) AS (SELECT MIN(tq_id) FROM jobs INDEXED BY idx_
         " AND tq_id > live.id) FROM live WHERE live.id IS NOT NULL)"
         " SELECT id FROM live WHERE id IS NOT NULL")
 
+DRAINING = "SELECT name FROM machines WHERE draining <> 0"
+
 Shapes = dict[Requirements, list[TaskQueue]]  # live task queues by requirements
 
 
@@ -59,10 +61,12 @@ class View:
 @dataclass
 class Snapshot:
     """The live task queues at one reading, the views worked out from it, and the queues
-    claims have since found empty."""
+    claims have since found empty; and the machines draining at that reading (a match with
+    nothing to claim answers them without a transaction only when theirs is not among them)."""
 
     shapes: Shapes
     at: float
+    draining: frozenset[str] = frozenset()
     views: dict[SlotOffer, View] = field(default_factory=dict)
     drained: set[int] = field(default_factory=set)
 
@@ -155,7 +159,8 @@ class TaskQueues:
             for qs in shapes.values():
                 qs.sort(key=lambda q: q.id)
             self._prune(ids)
-            fresh = Snapshot(shapes, now)
+            draining = frozenset(r[0] for r in c.execute(DRAINING).fetchall())
+            fresh = Snapshot(shapes, now, draining=draining)
             if self._live is None:
                 self._live = fresh
             return fresh

@@ -29,7 +29,7 @@ def take(ctrl, pilot_id, cores=8, mem=8192, slots=1):
         r = c.post(f"/api/v1/pilots/{pilot_id}/match",
                    json={"free_cores": cores, "free_memory_mb": mem, "free_slots": slots})
     assert r.status_code in (200, 204), r.text
-    if r.status_code == 204:
+    if r.status_code == 204 or r.json()["drain"]:
         return None
     (m,) = r.json()["matches"]
     return m["job"]

@@ -56,6 +56,29 @@ def test_a_draining_machine_gets_nothing(ctrl):
     assert take(ctrl, m, cores=4, mem=4096)["id"] == jid
 
 
+def test_an_idle_pilot_learns_in_its_long_poll_that_its_machine_drains(ctrl):
+    # an idle pilot sends no heartbeats: the long-poll it waits in tells it, well before its
+    # wait ends (it looks again at least every quarter of lost_after)
+    m = register(ctrl, machine="d2", cores=4, slots=4)
+    got: list = []
+
+    def wait_for_work():
+        with ctrl.client(m) as c:
+            got.append(c.post(f"/api/v1/pilots/{m}/match", json={
+                "free_cores": 4, "free_memory_mb": 4096, "free_slots": 4, "wait": 20}))
+
+    t = threading.Thread(target=wait_for_work)
+    t.start()
+    store = Store(ctrl.database)
+    try:
+        store.machines.set_draining("manual", ["d2"])
+    finally:
+        store.close()
+    t.join(30)
+    (r,) = got
+    assert r.status_code == 200 and r.json() == {"matches": [], "drain": True}
+
+
 def test_a_wide_job_holds_cores_and_short_jobs_backfill(ctrl):
     m = register(ctrl, machine="w1", cores=4, slots=4)
     (running,) = ctrl.submit("alice", sh("true", cores=3, max_runtime=120))

@@ -65,6 +65,51 @@ def test_asking_pilots_come_and_go():
     assert asking.defer(True) and asking.deferred() and not asking.deferred()
 
 
+def test_machines_alike_leave_no_work_to_each_other():
+    # a thousand idle pilots of one type asking together: whichever asks takes the job (before,
+    # the name broke the tie and each left it to the next, and all of them were woken)
+    alike = [Asking(f"m{i}", free(4)) for i in range(5)]
+    assert not any(leave_to_fuller(Requirements(), a, alike) for a in alike)
+    asking = AskingPilots()
+    for i, a in enumerate(alike):
+        asking.enter(f"p{i}", a)
+    assert asking.fuller("p4", [Requirements()]) == []
+    fuller = Asking("full", free(1))
+    asking.enter("pf", fuller)
+    assert asking.fuller("p4", [Requirements()]) == ["pf"]
+    assert leave_to_fuller(Requirements(), alike[0], [*alike, fuller])
+
+
+def test_asking_pilots_are_read_while_other_threads_come_and_go():
+    # the match route's threads enter and leave while one looks for fuller machines (a
+    # bench.load run with 1,000 pilots saw "dictionary changed size during iteration")
+    import sys
+    import threading
+    asking = AskingPilots()
+    asking.enter("me", Asking("mine", free(8)))
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set() and n < 200_000:
+            asking.enter(f"p{n}", Asking(f"m{n}", free(1 + n % 4)))
+            asking.leave(f"p{n - 2000}")
+            n += 1
+
+    t = threading.Thread(target=churn)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    t.start()
+    try:
+        for _ in range(300):
+            asking.fuller("me", [Requirements()])
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+    assert asking.fuller("me", [Requirements(cores=64)]) == []
+
+
 def test_shadow_time_is_when_enough_running_jobs_end():
     running = [Running(2, 4000, NOW + 300), Running(4, 8000, NOW + 100)]
     assert shadow_time(Requirements(cores=2, memory_mb=1000), free(2), running, NOW) == NOW

@@ -54,6 +54,24 @@ def test_wal_mode(store):
     assert store.rows("PRAGMA journal_mode")[0][0] == "wal"
 
 
+def test_commits_do_not_checkpoint_a_thread_of_its_own_does(store):
+    # a request's COMMIT only appends to the WAL; the pages reach the database file through
+    # the backend's checkpoint thread (controller/store/sqlite.py), never inside a commit
+    if store.dialect.name != "sqlite":
+        pytest.skip("WAL is SQLite's journal mode")
+    import time
+    writer = store.backend.db.conn
+    assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    path = store.backend.path
+    before = path.stat().st_size
+    store.jobs.submit([NewJob("/bin/true", arguments=["x" * 2000])] * 2000, "alice",
+                      "physics", 3)
+    deadline = time.monotonic() + 30  # a bound, not a timing: the thread runs every second
+    while path.stat().st_size < before + 4_000_000 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert path.stat().st_size >= before + 4_000_000, "no checkpoint copied the jobs' pages"
+
+
 def test_a_failed_bulk_submit_leaves_nothing(store):
     jobs = [NewJob("/bin/true"), NewJob("/bin/true", requirements=Requirements(cores=2))]
     with pytest.raises((sqlite3.ProgrammingError, StorageError)):
