@@ -16,9 +16,9 @@ from controller.domain.demand import free_share
 from controller.domain.fleet import health
 from controller.domain.machines import (
     DEPLOYED_STATES,
-    LIVE_STATES,
     RETRY_STATES,
     STARTING_STATES,
+    WANTED_STATES,
     MachineState,
 )
 from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
@@ -160,10 +160,9 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     removals: list[Removal] = []
     reasons: list[str] = []
     probe, retry = [], []
-    live = LIVE_STATES
     for h in hosts:
         if h.membership == Membership.LEFT:
-            if h.state in live:
+            if h.state in WANTED_STATES:
                 removals.append(Removal(h.name, M.STOPPING, "the host left the endpoint"))
             continue
         if h.membership == Membership.JOINING:
@@ -194,7 +193,7 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     members = [h for h in hosts if h.membership == Membership.MEMBER and h.name not in gone]
     # free slots of hosts with pilots take waiting work first: busy hosts, then the most
     # recently busy idle ones, so that the longest idle host is the one left to stop
-    up = sorted((h for h in members if h.state in live),
+    up = sorted((h for h in members if h.state in WANTED_STATES),
                 key=lambda h: (not h.busy_slots, -(h.idle_since or now)))
     took: dict[str, float] = {}
     for h in up:
