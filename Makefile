@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean pulumi
+.PHONY: demo test test-fast lint bench clean pulumi
 
 # The Pulumi engine (the `pulumi` CLI), built from source once per machine (tools/pulumi pins
 # it; cold build: see the README's "The Pulumi engine"). A `pulumi` already on PATH at this
@@ -58,6 +58,10 @@ test: .stamp-dev
 		&& $(MAKE) lint; rc=$$?; \
 	wait $$build || { cat .tools/pulumi-build.log; exit 1; }; exit $$rc
 	$(BIN)/pytest -q -n 3 --dist loadfile  # three at once: most tests wait on processes
+
+# the unit tests alone: no process, no server, no database server (under a minute)
+test-fast: .stamp-dev
+	$(BIN)/pytest -q tests/unit -m "not integration"
 
 bench: .stamp-dev
 	$(BIN)/python -m bench

@@ -98,7 +98,7 @@ def write_config(root: Path, database: Path | str, port: int) -> Path:
         'host = "127.0.0.1"\n'
         f"port = {port}\n"
         "loop_interval = 5.0\n"
-        f"stalled_after = {QUIET}\n\n"
+        f"lease = {QUIET}\n\n"
         "[[endpoints]]\n"
         f"name = {json.dumps(ENDPOINT)}\n"
         'driver = "local"\n'

@@ -37,15 +37,15 @@ from pathlib import Path
 from bench.harness import make_controller
 from controller.cli.client import ApiClient
 from controller.drivers.proctree import MachineProcesses
+from controller.harness import Controller
 from pilot.config import PilotConfig
-from tests.conftest import Controller
 
 ENDPOINT = "local"
 # the payloads write one ledger, outside their job directories: no sandbox (where pilots have
 # one: isolation = "none")
 UNSANDBOXED = {"isolation": "none"} if "isolation" in {
     f.name for f in dataclasses.fields(PilotConfig)} else {}
-SETTINGS = {"loop_interval": 0.3, "stalled_after": 6, "lease_margin": 2, "max_retries": 10,
+SETTINGS = {"loop_interval": 0.3, "lease": 6, "lease_margin": 2, "max_retries": 10,
             "long_poll_max": 10}
 LOCAL = {"name": ENDPOINT, "driver": "local", "cores": 4, "memory_mb": 4096, "slots": 4,
          "max_machines": 4, "max_starts_per_cycle": 4, "idle_timeout": 5,
@@ -278,7 +278,7 @@ def pilots_faulted(tmp: Path, n_jobs: int, fault: str) -> Row:
             new_pilot()
         api = ApiClient(ctl.url, ctl.tokens["alice"], retry_for=60)
         row.submitted = len(set(api.submit([payload(ledger, 1.0)] * n_jobs)["ids"]))
-        lease = float(SETTINGS["stalled_after"]) + float(SETTINGS["lease_margin"])
+        lease = float(SETTINGS["lease"]) + float(SETTINGS["lease_margin"])
         for k in range(3):
             time.sleep(2.0)
             victim = ctl.pilots[k]  # the oldest pilots, each holding jobs by now
@@ -315,7 +315,7 @@ def controller_frozen(tmp: Path, n_jobs: int) -> Row:
         time.sleep(3.0)
         assert ctl.proc is not None
         ctl.proc.send_signal(signal.SIGSTOP)
-        time.sleep(float(SETTINGS["stalled_after"]) + 3)
+        time.sleep(float(SETTINGS["lease"]) + 3)
         ctl.proc.send_signal(signal.SIGCONT)
         wait_done(ctl, n_jobs, 150)
         return tally(row, ctl, ledger, n_jobs)

@@ -110,7 +110,7 @@ def run(root: Path, store: str, s3_url: str | None, jobs: int, data: bytes,
             Bucket=f"bench-{port}")
     cfg: dict[str, Any] = {
         "database": str(db), "data_dir": str(root / f"{store}-data"), "port": port,
-        "stalled_after": 3600, "max_bulk_jobs": jobs, "owner_quota_bytes": None, **extra,
+        "lease": 3600, "max_bulk_jobs": jobs, "owner_quota_bytes": None, **extra,
            "endpoints": [{"name": "bench", "driver": "local", "max_machines": 0, "cores": 1024,
                           "memory_mb": 262144, "slots": 64, "idle_timeout": 3600,
                           "lost_after": 3600}]}

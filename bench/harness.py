@@ -1,6 +1,6 @@
-"""A real controller process for the load and fault benchmarks: the tests' own (tests/conftest.py:
-`cloudpilot serve` on 127.0.0.1, a random port, a config file and a database in a folder, users
-and tokens made beforehand, started and stopped by PID)."""
+"""A real controller process for the load and fault benchmarks: the tests' own
+(controller/harness.py: `cloudpilot serve` on 127.0.0.1, a random port, a config file and a
+database in a folder, users and tokens made beforehand, started and stopped by PID)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.auth import Role
+from controller.harness import Controller, new_controller
 from controller.store import Store
-from tests.conftest import Controller, new_controller
 
 
 def make_controller(root: Path, settings: dict[str, Any],

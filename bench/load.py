@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 
 from bench.harness import bootstrap_tokens, make_controller, threads
-from tests.conftest import REPO as ROOT
-from tests.conftest import Controller
+from controller.harness import REPO as ROOT
+from controller.harness import Controller
 
 ENDPOINT = "load"
 
@@ -242,7 +242,7 @@ def drive(args: argparse.Namespace, tmp: Path) -> int:
     endpoint = {"name": ENDPOINT, "driver": "local", "max_machines": 0, "cores": 1,
                 "memory_mb": 1024, "slots": 1, "heartbeat_interval": args.heartbeat,
                 "lost_after": 300}
-    ctl = make_controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "stalled_after": 120},
+    ctl = make_controller(tmp, {"loop_interval": 2.0, "long_poll_max": 30, "lease": 120},
                           [endpoint])
     ctl.start()
     stop_file = tmp / "stop"

@@ -42,7 +42,7 @@ def bench_settings(database: Path, data_dir: Path, port: int) -> Settings:
     reads the queue; pilots register by hand."""
     return Settings(
         database=database, data_dir=data_dir, host="127.0.0.1", port=port, loop_interval=5.0,
-        stalled_after=QUIET,
+        lease=QUIET,
         endpoints=[EndpointConfig(name=ENDPOINT, max_machines=0, cores=64, memory_mb=262144,
                                   slots=64, idle_timeout=QUIET, lost_after=QUIET)],
     )

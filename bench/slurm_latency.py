@@ -32,8 +32,8 @@ from controller.cli.client import ApiClient
 from controller.cli.demo import Server, free_port
 from controller.config.settings import EndpointConfig, Settings
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
+from controller.harness import wait_until
 from controller.store import Store
-from tests.conftest import wait_until
 from tests.sgecluster import SgeCluster
 from tests.slurmcluster import SlurmCluster
 

@@ -28,8 +28,8 @@ from controller.auth import Role
 from controller.cli.client import ApiClient
 from controller.cli.demo import Server, free_port
 from controller.config.settings import EndpointConfig, Settings, SshConfig, SshHostConfig
+from controller.harness import wait_until
 from controller.store import Store
-from tests.conftest import wait_until
 from tests.sshhosts import SshHosts
 
 IDLE_TIMEOUT = 3.0

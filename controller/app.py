@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 
@@ -33,7 +32,7 @@ from controller.blobs import open_blobs
 from controller.config.settings import Settings
 from controller.domain.placement import AskingPilots
 from controller.domain.transitions import IllegalTransition
-from controller.errors import CloudpilotError, StorageError, TemporaryError, storage_error
+from controller.errors import CloudpilotError, StorageError, TemporaryError
 from controller.logs import RequestLog
 from controller.metrics import Metrics
 from controller.notify import Notifier
@@ -72,9 +71,8 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership
             # issue 12: tick duration, fleet samples for the dashboard, one log line a decision
             metrics: Metrics = app.state.metrics
             await asyncio.to_thread(metrics.after_tick, result, time.monotonic() - started)
-        except sqlite3.Error as e:  # a full or read-only database: say so in one line
-            log.warning("reconcile tick failed: %s", storage_error(e).message)
-        except StorageError as e:  # PostgreSQL unreachable (a restart): the same
+        except StorageError as e:  # a full or read-only database, PostgreSQL unreachable (a
+            # restart): say so in one line
             log.warning("reconcile tick failed: %s", e.message)
         except Exception:  # the loop must outlive any one tick's failure
             log.exception("reconcile tick failed")
@@ -102,12 +100,13 @@ def _heard(store: Store, notifier: Notifier, kind: str, arg: str) -> None:
 def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store(settings.database, lease=settings.stalled_after)
+        store = Store(settings.database, lease=settings.lease)
         store.usage.half_life = settings.fair_share_half_life
         store.endpoints.sync([e.model_dump(mode="json") for e in settings.endpoints])
         app.state.store = store
-        app.state.metrics = Metrics(store, settings)  # issue 12: /metrics, dashboard samples
         notifier: Notifier = app.state.notifier
+        # issue 12: /metrics, dashboard samples
+        app.state.metrics = Metrics(store, settings, notifier.waiting)
         notifier.bind(asyncio.get_running_loop())
         # other controller processes on the same database (PostgreSQL): their submissions
         # wake our long-polls, their changes drop what we cached, and the other way round
@@ -172,6 +171,8 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else \
             {"Retry-After": "1"} if isinstance(exc, TemporaryError) else None
         body: dict[str, object] = {"detail": exc.message}
+        if isinstance(exc, StorageError):
+            log.warning("database error on %s: %s", request.url.path, exc.message)
         if exc.status_code == 422:  # every 422 has the one declared shape
             body["errors"] = [exc.message]
         return JSONResponse(body, exc.status_code, headers=headers)
@@ -195,13 +196,6 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         # a last guard: every path and body integer is bounded where it is declared
         msg = "a number is larger than the store holds"
         return JSONResponse({"detail": f"invalid request: {msg}", "errors": [msg]}, 422)
-
-    @app.exception_handler(sqlite3.Error)
-    async def _storage(request: Request, exc: sqlite3.Error) -> JSONResponse:
-        err = storage_error(exc)
-        log.warning("database error on %s: %s", request.url.path, err.message)
-        return JSONResponse({"detail": err.message}, err.status_code,
-                            headers={"Retry-After": "1"})
 
     return app
 

@@ -49,6 +49,12 @@ class Principal:
         return self.role == Role.ADMIN
 
     @property
+    def operator(self) -> str:
+        """How plans and endpoints name the one behind an approval, `up` or `down`."""
+        return f"{self.role.value} token {self.token_id}" + (
+            f" ({self.owner})" if self.owner else "")
+
+    @property
     def is_bootstrap(self) -> bool:
         """A one-time pilot token: it may register one pilot and nothing else."""
         return self.role == Role.PILOT and self.pilot_id is None

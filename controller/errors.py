@@ -6,8 +6,6 @@ wrong. A busy database is answered 503 with Retry-After by app.py."""
 
 from __future__ import annotations
 
-import sqlite3
-
 
 class CloudpilotError(Exception):
     """Something went wrong in cloudpilot."""
@@ -106,20 +104,3 @@ class StorageFull(StorageError):
     """The database's disk is full: the controller answers reads but cannot write."""
 
     status_code = 507
-
-
-def storage_error(exc: sqlite3.Error, what: str = "") -> StorageError:
-    """The controller's error for a database error, with the true cause in its message (the
-    one place that reads SQLite's error codes)."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    cause = str(exc)
-    where = f" ({what})" if what else ""
-    if name.startswith("SQLITE_FULL"):
-        return StorageFull(f"the disk holding the database is full{where}: {cause}; writes "
-                           "are refused until space is freed, reads still work")
-    if name.startswith("SQLITE_READONLY"):
-        return StorageReadOnly(f"the database is read-only{where}: {cause}; writes are refused "
-                               "until it is writable again, reads still work")
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return StorageBusy(f"the database is busy{where}: {cause}; retry")
-    return StorageError(f"database error{where}: {cause}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from threading import Lock
 from typing import TYPE_CHECKING
 
@@ -68,9 +68,11 @@ def _le(b: float) -> str:
 class StoreCollector(Collector):
     """Reads the store at each scrape."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings,
+                 long_polls: Callable[[], int] = lambda: 0) -> None:
         self.store = store
         self.settings = settings
+        self.long_polls = long_polls  # match requests waiting in this process now
         self.lock = Lock()  # two scrapes at once must not count the same events twice
         self.job_cursor = 0
         self.transitions: dict[str, int] = {}
@@ -207,6 +209,9 @@ class StoreCollector(Collector):
         for name in names:
             g.add_metric([name], pilots.get(name, 0))
         yield g
+        yield GaugeMetricFamily("cloudpilot_match_long_polls",
+                                "Pilots' match requests waiting for work in this process",
+                                value=self.long_polls())
 
 
 def configured_prices(settings: Settings) -> dict[str, float]:
@@ -218,9 +223,10 @@ def configured_prices(settings: Settings) -> dict[str, float]:
 class Metrics:
     """The controller's metrics registry: the store collector and the loop's tick timer."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings,
+                 long_polls: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = StoreCollector(store, settings)
+        self.collector = StoreCollector(store, settings, long_polls)
         self.registry.register(self.collector)
         self.tick_seconds = Histogram(
             "cloudpilot_tick_duration_seconds", "One reconcile tick over every endpoint",

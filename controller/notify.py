@@ -64,6 +64,16 @@ class Notifier:
         """The waiter holding `ev` can take work that fits `offer` (and nothing else)."""
         self._offers[ev] = offer
 
+    def waiting(self) -> int:
+        """How many long-polls wait now: each said what it can take, and no fire reached it
+        (a long-poll that ends drops its event, and so its entry)."""
+        for _ in range(3):
+            try:
+                return sum(not ev.is_set() for ev in list(self._offers))
+            except RuntimeError:  # a long-poll came or went meanwhile (the loop's thread)
+                continue
+        return 0
+
     def changes(self) -> asyncio.Event:
         """An event set by the next fire, whatever its n (for the reconcile loop)."""
         return self._changed

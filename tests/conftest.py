@@ -1,48 +1,28 @@
-"""Shared fixtures: a real controller (uvicorn subprocess on 127.0.0.1, a random port, a real
-SQLite file) and real pilot processes."""
+"""Shared fixtures: a real controller (controller/harness.py: uvicorn subprocess on 127.0.0.1,
+a random port, a real SQLite file or PostgreSQL database) and real pilot processes."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from controller.auth import Role
-from controller.drivers.proctree import MachineProcesses
-from controller.store import Store
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+from controller import harness
+from controller.harness import (  # noqa: F401 (the tests import them from here)
+    MANUAL,
+    REPO,
+    Controller,
+    end_controller,
+    free_port,
+    toml_value,
+    wait_until,
+)
 
 
 @contextlib.contextmanager
@@ -73,148 +53,6 @@ def path_without(binary: str) -> str:
     return os.pathsep.join(d for d in dirs if not os.path.exists(os.path.join(d, binary)))
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):  # an inline table, e.g. an endpoint's [endpoints.aws] section
-        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()
-                               if x is not None) + "}"
-    return str(v)
-
-
-@dataclass
-class Controller:
-    root: Path
-    port: int
-    settings: dict[str, Any]
-    endpoints: list[dict[str, Any]]
-    tokens: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    pilots: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    db_url: str | None = None  # a postgresql:// database instead of the SQLite file
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.get('host', '127.0.0.1')}:{self.port}"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "cloudpilot.toml"
-
-    @property
-    def database(self) -> Any:
-        """The SQLite file (a Path), or the postgresql:// URL it was made with."""
-        return self.db_url or self.root / "cloudpilot.db"
-
-    def write_config(self) -> None:
-        lines = [f"{k} = {toml_value(v)}" for k, v in {
-            "database": str(self.database), "data_dir": str(self.root / "data"),
-            "port": self.port, **self.settings}.items()]
-        for ep in self.endpoints:
-            lines.append("\n[[endpoints]]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in ep.items()]
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        log = open(self.root / "controller.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "serve", "--config", str(self.config)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError("controller exited: " + self.log()[-2000:])
-            try:
-                return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, 20, what="the controller to answer")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def log(self) -> str:
-        try:
-            return (self.root / "controller.log").read_text()
-        except FileNotFoundError:
-            return ""
-
-    def client(self, who: str = "admin") -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30,
-                            headers={"Authorization": f"Bearer {self.tokens[who]}"})
-
-    def bootstrap(self, endpoint: str = "manual") -> str:
-        """A fresh one-time bootstrap token of the endpoint (registering spends it)."""
-        with self.client() as c:
-            r = c.post("/api/v1/admin/tokens", json={"role": "pilot", "endpoint": endpoint})
-        assert r.status_code == 201, r.text
-        return str(r.json()["token"])
-
-    def register(self, endpoint: str = "manual", machine: str = "m1", **kw: Any) -> str:
-        """Register a pilot over HTTP (the test acting as the pilot); its own credential is
-        kept as tokens[pilot_id]."""
-        body = {"machine": machine, "cores": 4, "memory_mb": 4096, "slots": 2,
-                "tags": ["linux"], **kw}
-        r = httpx.post(self.url + "/api/v1/pilots/register", json=body, headers={
-            "Authorization": f"Bearer {self.bootstrap(endpoint)}"})
-        assert r.status_code == 201, r.text
-        self.tokens[r.json()["pilot_id"]] = r.json()["token"]
-        return str(r.json()["pilot_id"])
-
-    def start_pilot(self, machine: str, *, endpoint: str = "manual", slots: int = 1,
-                    cores: int = 2, memory_mb: int = 2048, tags: list[str] | None = None,
-                    idle_timeout: float = 60, **extra: Any) -> subprocess.Popen[bytes]:
-        """A real pilot process, started by hand (not by the scheduler)."""
-        d = self.root / "pilots" / machine
-        d.mkdir(parents=True, exist_ok=True)
-        cfg = {"controller_url": self.url, "token": self.bootstrap(endpoint),
-               "endpoint": endpoint, "machine": machine, "slots": slots, "cores": cores,
-               "memory_mb": memory_mb, "tags": tags or ["linux"], "idle_timeout": idle_timeout,
-               "heartbeat_interval": 0.5, "poll_wait": 5, "workdir": str(d / "work"),
-               "stop_grace": 2, "isolation": "bwrap", **extra}
-        (d / "pilot.json").write_text(json.dumps(cfg))
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        p = subprocess.Popen([sys.executable, "-m", "pilot", "--config", str(d / "pilot.json")],
-                             cwd=d, stdout=open(d / "pilot.log", "ab"), stderr=subprocess.STDOUT,
-                             env=env, start_new_session=True)
-        self.pilots.append(p)
-        return p
-
-    # small API helpers -------------------------------------------------------------------
-    def submit(self, who: str, *jobs: dict[str, Any]) -> list[int]:
-        with self.client(who) as c:
-            r = c.post("/api/v1/jobs/bulk", json={"jobs": list(jobs)})
-        assert r.status_code == 201, r.text
-        return list(r.json()["ids"])
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        with self.client() as c:
-            r = c.get(f"/api/v1/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-    def events(self, job_id: int) -> list[dict[str, Any]]:
-        with self.client() as c:
-            return list(c.get(f"/api/v1/jobs/{job_id}/events").json())
-
-    def wait_state(self, job_id: int, *states: str, timeout: float = 20) -> dict[str, Any]:
-        return dict(wait_until(lambda: (j := self.job(job_id))["state"] in states and j,
-                               timeout, 0.1, f"job {job_id} to be {'/'.join(states)}"))
-
-
 # A Python for payloads: the system's, outside /tmp (a bubblewrap sandbox gives each payload a
 # fresh /tmp, so a venv in a checkout under /tmp is not there for it)
 PAYLOAD_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
@@ -229,10 +67,6 @@ def sh(script: str, **req: Any) -> dict[str, Any]:
 LOCAL = {"name": "local", "driver": "local", "cores": 2, "memory_mb": 2048, "slots": 2,
          "max_machines": 2, "max_starts_per_cycle": 2, "idle_timeout": 2,
          "heartbeat_interval": 0.5, "lost_after": 4, "boot_timeout": 30}
-MANUAL = {"name": "manual", "driver": "local", "cores": 8, "memory_mb": 8192, "slots": 4,
-          "max_machines": 0, "tags": ["linux", "gpu"], "heartbeat_interval": 0.5,
-          "lost_after": 3, "idle_timeout": 60}
-
 
 _SHARED_PG: Any = None
 
@@ -262,24 +96,9 @@ def backend_database() -> str | None:
 
 def new_controller(root: Path, endpoints: list[dict[str, Any]] | None = None,
                    **settings: Any) -> Controller:
-    """A controller's config and database (users alice, bob, carol; an admin token; a
-    bootstrap token per endpoint), not yet started."""
-    root.mkdir(exist_ok=True)
-    url = settings.pop("database", None) or backend_database()
-    eps = endpoints if endpoints is not None else [MANUAL]
-    base = {"loop_interval": 0.3, "stalled_after": 3, "lease_margin": 1, "max_retries": 2}
-    ctrl = Controller(root, free_port(), {**base, **settings}, eps, db_url=url)
-    ctrl.write_config()
-    store = Store(ctrl.database)
-    for user, group in (("alice", "physics"), ("bob", "biology"), ("carol", "physics")):
-        store.tokens.create_user(user, group)
-        ctrl.tokens[user] = store.tokens.issue(Role.USER, owner=user)
-    ctrl.tokens["admin"] = store.tokens.issue(Role.ADMIN)
-    for ep in eps:
-        ctrl.tokens[f"pilot:{ep['name']}"] = store.tokens.issue(Role.PILOT,
-                                                                endpoint=ep["name"])
-    store.close()
-    return ctrl
+    """controller.harness.new_controller on the run's backend (backend_database)."""
+    database = settings.pop("database", None) or backend_database()
+    return harness.new_controller(root, endpoints, database=database, **settings)
 
 
 @pytest.fixture
@@ -300,23 +119,6 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
         end_controller(c)
 
 
-def end_controller(c: Controller) -> None:
-    """Stop a controller, its pilots, and the machines its local driver started."""
-    for p in c.pilots:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
-    c.stop()
-    # machines the local driver started live in their own sessions: end them, with every
-    # payload they started
-    for pid_file in (c.root / "data-machines").glob("*/*/pilot.pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
-        MachineProcesses(pid_file.parent.parent, pid_file.parent.name).kill()
-
-
 # PostgreSQL (issue 15) ------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def postgres_server() -> Any:
@@ -330,10 +132,27 @@ def postgres_server() -> Any:
     return shared_postgres()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+# the PostgreSQL instance of a test run on both backends starts a server: not in `make test-fast`
+POSTGRES_MARKS = [pytest.mark.postgres, pytest.mark.integration]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=POSTGRES_MARKS)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The store's database for a test, once per backend: a SQLite file, or a fresh database
     on the session's PostgreSQL server."""
     if request.param == "sqlite":
         return str(tmp_path / "q.db")
     return str(request.getfixturevalue("postgres_server").create_database())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks by what a test starts, so none can be forgotten: every test under
+    tests/integration is `integration`; one that asks for the PostgreSQL server is also
+    `postgres` (`make test-fast` runs `-m "not integration"`)."""
+    integration = REPO / "tests" / "integration"
+    for item in items:
+        if item.path.is_relative_to(integration):
+            item.add_marker(pytest.mark.integration)
+        if "postgres_server" in getattr(item, "fixturenames", ()):
+            for mark in POSTGRES_MARKS:
+                item.add_marker(mark)

@@ -6,23 +6,13 @@ the host over SSH (never this request)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
-from pydantic import Field
 
 from controller.api.deps import AdminAuth, SettingsDep, StoreDep, UserAuth
 from controller.api.responses import HostChangeOut, HostEventOut, HostOut
-from controller.api.schemas import Strict
+from controller.api.schemas import HostIn
 from controller.services.membership import join, leave, ssh_endpoint
 
 router = APIRouter(prefix="/api/v1/endpoints", tags=["hosts"])
-
-
-class HostIn(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$", description="unique in the endpoint")
-    address: str = Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$", description="IP or DNS name")
-    port: int = Field(22, ge=1, le=65535)
-    slots: int | None = Field(None, ge=1, le=256, description="pilot slots (endpoint's if unset)")
-    host_key: str | None = Field(None, max_length=4096,
-                                 description="pin its key: a known_hosts line")
 
 
 @router.get("/{endpoint}/hosts", response_model=list[HostOut])

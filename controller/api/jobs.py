@@ -26,6 +26,7 @@ from controller.domain.matching import (
     waiting_reason,
 )
 from controller.errors import Forbidden, InvalidInput, NotFound
+from controller.services import jobs as job_service
 from controller.store import Store
 from controller.store.jobs import IdempotencyKey
 from pilot.urls import UrlRefused, check_url
@@ -56,13 +57,6 @@ def waiting_reasons(store: Store, settings: Settings) -> Callable[[Job], str | N
         return waiting_reason(job.requirements, shapes, machines)
 
     return reason
-
-
-def _visible(store: Store, p: Principal, job_id: Id) -> Job:
-    job = store.jobs.get(job_id)
-    if p.role == Role.ADMIN or job.owner == p.owner:
-        return job
-    raise NotFound(f"no job {job_id}")  # do not reveal other owners' jobs
 
 
 IdempotencyHeader = Header(
@@ -150,22 +144,20 @@ def list_jobs(store: StoreDep, settings: SettingsDep, p: UserAuth,
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
-    job = _visible(store, p, job_id)
+    job = job_service.visible(store, p, job_id)
     return JobOut.of(job, waiting_reasons(store, settings)(job))
 
 
 @router.post("/{job_id}/kill", response_model=JobOut)
-def kill_job(job_id: Id, store: StoreDep, settings: SettingsDep, p: UserAuth) -> JobOut:
+def kill_job(job_id: Id, store: StoreDep, p: UserAuth) -> JobOut:
     """Kill a job; a running one is stopped by its pilot at its next heartbeat."""
-    _visible(store, p, job_id)
-    who = f"admin (token {p.token_id})" if p.is_admin else str(p.owner)
-    return JobOut.of(store.jobs.kill(job_id, who))
+    return JobOut.of(job_service.kill(store, p, job_id))
 
 
 @router.get("/{job_id}/events", response_model=list[EventOut])
 def job_events(job_id: Id, store: StoreDep, p: UserAuth) -> list[EventOut]:
     """Every state change of the job, with time and reason."""
-    _visible(store, p, job_id)
+    job_service.visible(store, p, job_id)
     return [EventOut(**e) for e in store.jobs.events(job_id)]
 
 
@@ -180,7 +172,7 @@ def job_output(job_id: Id, store: StoreDep, p: UserAuth,
     if follow:
         readable(store, p, job_id)
         return StreamingResponse(follow_output(store, job_id), media_type="text/plain")
-    _visible(store, p, job_id)
+    job_service.visible(store, p, job_id)
     out = store.jobs.output(job_id)
     if out is None:
         raise NotFound(f"job {job_id} has no output yet")

@@ -19,7 +19,6 @@ from controller.api.responses import (
     StateEventOut,
     UpOut,
 )
-from controller.auth import Principal
 from controller.domain.plans import OPEN_STATES, PlanState
 from controller.services import plans as service
 
@@ -27,11 +26,6 @@ router = APIRouter(prefix="/api/v1", tags=["plans"])
 
 StateName = Literal["pending", "approved", "applying", "applied", "failed", "superseded",
                     "open"]
-
-
-def who(p: Principal) -> str:
-    """How plans name the operator behind an approval, `up` or `down`."""
-    return f"{p.role.value} token {p.token_id}" + (f" ({p.owner})" if p.owner else "")
 
 
 def _wake(request: Request) -> None:
@@ -59,7 +53,7 @@ def plan(plan_id: int, store: StoreDep, p: UserAuth) -> PlanDetailOut:
 @router.post("/plans/{plan_id}/approve", response_model=PlanOut)
 def approve(plan_id: int, request: Request, store: StoreDep, p: AdminAuth) -> PlanOut:
     """Approve a pending plan; the loop applies it at its next tick (409 if not pending)."""
-    out = PlanOut.of(service.approve(store, plan_id, who(p)))
+    out = PlanOut.of(service.approve(store, plan_id, p.operator))
     _wake(request)
     return out
 
@@ -78,7 +72,7 @@ def up(name: str, request: Request, store: StoreDep, settings: SettingsDep,
        p: AdminAuth) -> UpOut:
     """Apply the endpoint's wanted state now: end a `down`, drop any back-off, and approve
     its pending plan (or the next one the loop makes)."""
-    r = service.up(store, settings, name, who(p))
+    r = service.up(store, settings, name, p.operator)
     _wake(request)
     return UpOut(endpoint=r.endpoint, plan=None if r.plan is None else PlanOut.of(r.plan),
                  message=r.message)
@@ -90,7 +84,7 @@ def down(name: str, request: Request, store: StoreDep, settings: SettingsDep,
     """Take the endpoint down: every machine it manages is removed and none is started until
     `up`. Its open plans are superseded; the loop makes and applies the plan that removes
     the machines (the operator's `down` is its approval)."""
-    r = service.down(store, settings, name, who(p))
+    r = service.down(store, settings, name, p.operator)
     _wake(request)
     return DownOut(endpoint=r.endpoint, down_by=r.down_by, superseded=r.superseded,
                    message=r.message)

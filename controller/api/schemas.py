@@ -181,6 +181,17 @@ class BulkIn(Strict):
         return data
 
 
+class HostIn(Strict):
+    """A host joining an SSH endpoint."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{0,62}$", description="unique in the endpoint")
+    address: str = Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$", description="IP or DNS name")
+    port: int = Field(22, ge=1, le=65535)
+    slots: int | None = Field(None, ge=1, le=256, description="pilot slots (endpoint's if unset)")
+    host_key: str | None = Field(None, max_length=4096,
+                                 description="pin its key: a known_hosts line")
+
+
 class Submitted(BaseModel):
     ids: list[int]
     unmatchable: dict[int, str] = Field(

@@ -43,7 +43,7 @@ def demo_isolation() -> str:
 def demo_settings(root: Path, port: int) -> Settings:
     return Settings(
         database=root / "cloudpilot.db", data_dir=root / "data", port=port,
-        loop_interval=0.5, stalled_after=20, sample_interval=2,
+        loop_interval=0.5, lease=20, sample_interval=2,
         endpoints=[EndpointConfig(
             name="local", cores=2, memory_mb=2048, slots=2, tags=["linux"], max_machines=3,
             max_starts_per_cycle=2, idle_timeout=3, heartbeat_interval=1, lost_after=15,

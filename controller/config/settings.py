@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,25 @@ from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
 
 CLOUD_DRIVERS = ("aws", "openstack")
+# settings renamed: the old name is still read, with a warning, for one release
+RENAMED = {"stalled_after": "lease"}
+
+
+def renamed(data: dict[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`data` with each old setting name (in it, or as a CLOUDPILOT_* variable) moved to its
+    new name, warning once for each; the new name wins where both are given."""
+    env = os.environ if environ is None else environ
+    out = dict(data)
+    for old, new in RENAMED.items():
+        var = f"CLOUDPILOT_{old.upper()}"
+        for given, value in ((old, out.pop(old, None)), (var, env.get(var))):
+            if value is None:
+                continue
+            now = new if given == old else f"CLOUDPILOT_{new.upper()}"
+            warnings.warn(f"setting {given} is now called {now}; the old name goes in the "
+                          "next release", FutureWarning, stacklevel=3)
+            out.setdefault(new, value)
+    return out
 
 
 def repeated(names: Iterable[str]) -> list[str]:
@@ -465,7 +485,7 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL pilots use to reach the controller")
     loop_interval: float = Field(2.0, gt=0)
-    stalled_after: float = Field(60.0, gt=0, description="the lease of a job's attempt: a "
+    lease: float = Field(60.0, gt=0, description="the lease of a job's attempt: a "
                                  "pilot's heartbeats renew it; a pilot that cannot renew it "
                                  "kills the payload before it runs out (s)")
     lease_margin: float = Field(10.0, ge=0, description="a silent pilot's jobs are rescheduled "
@@ -533,6 +553,11 @@ class Settings(BaseSettings):
     # the embedded default: one local endpoint whose machines are pilot processes on this host
     endpoints: list[EndpointConfig] = Field(
         default_factory=lambda: [EndpointConfig(name="local")])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed(data) if isinstance(data, dict) else data
 
     @field_validator("database", mode="after")
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from controller.domain.demand import waiting_demand
+from controller.domain.fleet import health
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer
 from controller.domain.scheduling import Decision, Removal, machine_name
@@ -143,17 +144,11 @@ def decide_batch(spec: BatchSpec, queues: Sequence[TaskQueue], pilots: Sequence[
                            f"{spec.pending_backoff:.0f}s")
             continue
         started = job.started_at if job is not None and job.started_at else None
-        if m.state == M.BOOTING and not pending and started is not None \
-                and now - started > spec.boot_timeout:
-            removals.append(Removal(m.name, M.FAILED, f"batch job {p.batch_id} running for "
-                                    f"{now - started:.0f}s and no pilot registered (> "
-                                    f"{spec.boot_timeout:.0f}s)"))
-            cancel.append(m.name)
-            continue
-        if m.state == M.RUNNING and m.last_seen is not None \
-                and now - m.last_seen > spec.lost_after:
-            removals.append(Removal(m.name, M.LOST, f"no heartbeat for "
-                                    f"{now - m.last_seen:.0f}s (> {spec.lost_after:.0f}s)"))
+        sick = health(m.name, m.state, m.last_seen,
+                      started if m.state == M.BOOTING and not pending else None, now,
+                      spec.lost_after, spec.boot_timeout, f"batch job {p.batch_id} running: ")
+        if sick is not None:
+            removals.append(sick)
             cancel.append(m.name)
             continue
         kept.append(p)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from controller.domain.machines import MachineState, MachineView
+from controller.domain.machines import STARTING_STATES, MachineState, MachineView
 from controller.domain.matching import SlotOffer
 from controller.domain.pricing import Candidate, Launch, Offer
 
@@ -103,19 +103,31 @@ def live_machines(machines: Sequence[MachineView]) -> list[MachineView]:
                                                MachineState.REQUESTED)]
 
 
+def health(name: str, state: MachineState | None, last_seen: float | None,
+           starting_since: float | None, now: float, lost_after: float, boot_timeout: float,
+           what: str = "") -> Removal | None:
+    """The health rule of every endpoint kind: a running machine whose pilot is silent for
+    `lost_after` is lost; a machine starting since `starting_since` (the kind says from when:
+    asked for, deployed, its batch job running; None: not starting) with no pilot after
+    `boot_timeout` has failed. `what` starts the failure's reason."""
+    if state == MachineState.RUNNING and last_seen is not None \
+            and now - last_seen > lost_after:
+        return Removal(name, MachineState.LOST,
+                       f"no heartbeat for {now - last_seen:.0f}s (> {lost_after:.0f}s)")
+    if starting_since is not None and now - starting_since > boot_timeout:
+        return Removal(name, MachineState.FAILED, f"{what}no pilot after "
+                       f"{now - starting_since:.0f}s (> {boot_timeout:.0f}s)")
+    return None
+
+
 def check_health(spec: EndpointSpec, live: Sequence[MachineView], now: float) -> list[Removal]:
-    """Running machines silent for `lost_after` are lost; machines booting for longer than
-    `boot_timeout` have failed."""
+    """The health rule (`health`) over a cloud endpoint's live machines, starting from when
+    each was asked for."""
     removals = []
     for m in live:
-        if m.state == MachineState.RUNNING and m.last_seen is not None:
-            silent = now - m.last_seen
-            if silent > spec.lost_after:
-                why = f"no heartbeat for {silent:.0f}s (> {spec.lost_after:.0f}s)"
-                removals.append(Removal(m.name, MachineState.LOST, why))
-        elif m.state in (MachineState.BOOTING, MachineState.REQUESTED):
-            age = now - m.created_at
-            if age > spec.boot_timeout:
-                removals.append(Removal(m.name, MachineState.FAILED,
-                                        f"no pilot after {age:.0f}s (> {spec.boot_timeout:.0f}s)"))
+        starting = m.created_at if m.state in STARTING_STATES else None
+        r = health(m.name, m.state, m.last_seen, starting, now, spec.lost_after,
+                   spec.boot_timeout)
+        if r is not None:
+            removals.append(r)
     return removals

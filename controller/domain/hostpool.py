@@ -13,11 +13,12 @@ from enum import StrEnum
 from typing import Any
 
 from controller.domain.demand import free_share
+from controller.domain.fleet import health
 from controller.domain.machines import (
-    ACTIVE_STATES,
     DEPLOYED_STATES,
     RETRY_STATES,
     STARTING_STATES,
+    WANTED_STATES,
     MachineState,
 )
 from controller.domain.matching import SlotOffer, jobs_per_machine, why_not
@@ -159,22 +160,20 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     removals: list[Removal] = []
     reasons: list[str] = []
     probe, retry = [], []
-    live = ACTIVE_STATES
     for h in hosts:
         if h.membership == Membership.LEFT:
-            if h.state in live:
+            if h.state in WANTED_STATES:
                 removals.append(Removal(h.name, M.STOPPING, "the host left the endpoint"))
             continue
         if h.membership == Membership.JOINING:
             if _due(h, now, backoff):
                 probe.append(h.name)
             continue
-        if h.state == M.RUNNING and h.last_seen is not None and now - h.last_seen > spec.lost_after:
-            removals.append(Removal(h.name, M.LOST, f"no heartbeat for {now - h.last_seen:.0f}s"
-                                    f" (> {spec.lost_after:.0f}s)"))
-        elif h.state in STARTING_STATES and now - h.since > spec.boot_timeout:
-            removals.append(Removal(h.name, M.FAILED, f"no pilot after {now - h.since:.0f}s "
-                                    f"(> {spec.boot_timeout:.0f}s)"))
+        sick = health(h.name, h.state, h.last_seen,
+                      h.since if h.state in STARTING_STATES else None, now, spec.lost_after,
+                      spec.boot_timeout)
+        if sick is not None:
+            removals.append(sick)
         elif h.state in RETRY_STATES and _due(h, now, backoff):
             retry.append(h.name)
         elif h.state == M.STOPPING and now - h.since > spec.boot_timeout and _due(h, now, backoff):
@@ -194,7 +193,7 @@ def decide_hosts(spec: EndpointSpec, queues: Sequence[TaskQueue], hosts: Sequenc
     members = [h for h in hosts if h.membership == Membership.MEMBER and h.name not in gone]
     # free slots of hosts with pilots take waiting work first: busy hosts, then the most
     # recently busy idle ones, so that the longest idle host is the one left to stop
-    up = sorted((h for h in members if h.state in live),
+    up = sorted((h for h in members if h.state in WANTED_STATES),
                 key=lambda h: (not h.busy_slots, -(h.idle_since or now)))
     took: dict[str, float] = {}
     for h in up:

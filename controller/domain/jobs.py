@@ -49,7 +49,7 @@ TRANSITIONS: dict[tuple[JobState, JobState], str] = {
 }
 
 FINAL_STATES = frozenset({S.DONE, S.FAILED, S.KILLED})
-ACTIVE_STATES = frozenset({S.MATCHED, S.RUNNING})  # held by a pilot
+HELD_STATES = frozenset({S.MATCHED, S.RUNNING})  # held by a pilot
 
 
 def check_transition(old: JobState, new: JobState) -> str:

@@ -55,8 +55,8 @@ TRANSITIONS: dict[tuple[MachineState, MachineState], str] = {
 # The named sets of machine states, in one place (the store's SQL IN lists are made from them).
 # live: the driver has the machine, or is making or removing it
 LIVE_STATES = frozenset({M.REQUESTED, M.BOOTING, M.RUNNING, M.STOPPING})
-# active: live and still wanted (not on its way out); what `cloudpilot down` stops
-ACTIVE_STATES = frozenset({M.REQUESTED, M.BOOTING, M.RUNNING})
+# wanted: live and not on its way out; what `cloudpilot down` stops
+WANTED_STATES = frozenset({M.REQUESTED, M.BOOTING, M.RUNNING})
 # starting: asked for, its pilot not registered yet
 STARTING_STATES = frozenset({M.REQUESTED, M.BOOTING})
 # deployed: a pilot was started on it (booting) or runs there

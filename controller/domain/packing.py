@@ -96,8 +96,8 @@ class Room:
 
 
 @dataclass
-class Plan:
-    """The running state of one decision."""
+class Deciding:
+    """The running state of one priced decision (not a plan: domain/plans.py has those)."""
 
     spec: EndpointSpec
     prices: Mapping[str, float]
@@ -105,7 +105,6 @@ class Plan:
     pool_cores: dict[str, int] = field(default_factory=dict)
     fleet_cores: int = 0
     spend: float = 0.0
-    launches: list[Launch] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
 
     quotes: dict[str, float | None] = field(default_factory=dict)  # pool -> price now
@@ -160,7 +159,7 @@ def decide_priced(
     blocked: Mapping[str, Refusal] | None = None,
     delivery: Mapping[str, Delivery] | None = None,
 ) -> Decision:
-    plan = Plan(spec, prices, {o.pool: o for o in spec.offers},
+    plan = Deciding(spec, prices, {o.pool: o for o in spec.offers},
                 blocked={k: v for k, v in (blocked or {}).items() if k in
                          {o.pool for o in spec.offers}}, now=now, delivery=delivery or {})
     if plan.blocked:
@@ -188,7 +187,7 @@ def decide_priced(
                 per_c = math.ceil(busy_cores / m.busy_slots)
                 per_m = busy_mem // m.busy_slots
                 displaced.append(Item(f"jobs of {m.name}", per_c, per_m, m.busy_slots,
-                                      _pools(spec, plan, per_c, per_m, spot_ok=True)))
+                                      _pools(spec, per_c, per_m, spot_ok=True)))
     gone = {r.name for r in removals}
     kept = [m for m in kept if m.name not in gone]
 
@@ -233,9 +232,9 @@ def decide_priced(
         _cores(plan, m) for m in kept if m.name not in in_rooms)
     want = math.ceil(spec.headroom * live_cores) if spec.headroom else 0
     short = 0
-    if want > spare and spot_ok_pools(plan):
+    if want > spare and plan.offers:
         short = want - spare
-        items.append(Item("headroom", 1, 1, short, spot_ok_pools(plan), 3600.0))
+        items.append(Item("headroom", 1, 1, short, frozenset(plan.offers), 3600.0))  # any pool
     started = _launch(spec, plan, items, len(kept), budget, last_seq)
     left = sum(it.n for it in items if it.label != "headroom")
     if left:
@@ -268,7 +267,7 @@ def decide_priced(
                     _candidates(spec, plan, started), drain)
 
 
-def _drain(spec: EndpointSpec, plan: Plan, machines: Sequence[MachineView], used: set[str],
+def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], used: set[str],
            short: bool) -> tuple[str, ...]:
     """Machines that take no new jobs and stop when their last job ends: those draining
     already (unless waiting work was placed on them), and, when the waiting work is covered
@@ -295,8 +294,7 @@ def _drain(spec: EndpointSpec, plan: Plan, machines: Sequence[MachineView], used
     return tuple(sorted(names))
 
 
-def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
-           spot_ok: bool) -> frozenset[str]:
+def _pools(spec: EndpointSpec, cores: int, memory_mb: int, spot_ok: bool) -> frozenset[str]:
     out = set()
     for o in spec.offers:
         if (spot_ok or not o.spot) and o.cores >= cores and o.memory_mb >= memory_mb:
@@ -304,7 +302,7 @@ def _pools(spec: EndpointSpec, plan: Plan, cores: int, memory_mb: int,
     return frozenset(out)
 
 
-def _items(spec: EndpointSpec, plan: Plan, queues: Sequence[TaskQueue],
+def _items(spec: EndpointSpec, plan: Deciding, queues: Sequence[TaskQueue],
            now: float) -> list[Item]:
     items = []
     shapes = [(o, _slot_offer(spec, o)) for o in spec.offers]
@@ -366,7 +364,7 @@ def _rung(spec: EndpointSpec, q: TaskQueue, offered: set[str],
     return frozenset(rungs[:k + 1]), f"{where}: {why}"
 
 
-def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
+def _rooms(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
            now: float) -> list[Room]:
     """Free capacity, in the order work is placed on it: busy machines (fill them up), then
     booting ones, then idle ones from the cheapest per core, then draining ones. A machine
@@ -404,17 +402,12 @@ def _rooms(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
     return [r for _, _, r in rooms]
 
 
-def _cores(plan: Plan, m: MachineView) -> int:
+def _cores(plan: Deciding, m: MachineView) -> int:
     o = plan.offers.get(m.pool or "")
     return o.cores if o is not None else m.free_cores
 
 
-def spot_ok_pools(plan: Plan) -> frozenset[str]:
-    """The pools headroom may use: every offer (it stands for work that may run on spot)."""
-    return frozenset(plan.offers)
-
-
-def _per_core(plan: Plan, m: MachineView) -> float:
+def _per_core(plan: Deciding, m: MachineView) -> float:
     o = plan.offers.get(m.pool or "")
     if o is None:
         return 0.0
@@ -422,7 +415,7 @@ def _per_core(plan: Plan, m: MachineView) -> float:
     return (p if p is not None else o.on_demand_price) / o.cores
 
 
-def _cheapest_per_core(plan: Plan) -> Offer | None:
+def _cheapest_per_core(plan: Deciding) -> Offer | None:
     best: tuple[float, Offer] | None = None
     for o in plan.offers.values():
         p = plan.price(o)
@@ -431,7 +424,7 @@ def _cheapest_per_core(plan: Plan) -> Offer | None:
     return best[1] if best else None
 
 
-def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
+def _available(plan: Deciding, o: Offer) -> tuple[float | None, str]:
     p = plan.price(o)
     refusal = plan.blocked.get(o.pool)
     if refusal is not None:
@@ -443,7 +436,7 @@ def _available(plan: Plan, o: Offer) -> tuple[float | None, str]:
     return p, ""
 
 
-def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget: Budget,
+def _launch(spec: EndpointSpec, plan: Deciding, items: list[Item], live: int, budget: Budget,
             last_seq: int) -> list[Launch]:
     limits = [("max_machines", spec.max_machines - live),
               ("max_starts_per_cycle", spec.max_starts_per_cycle)]
@@ -516,11 +509,10 @@ def _launch(spec: EndpointSpec, plan: Plan, items: list[Item], live: int, budget
         plan.reasons.append(f"starting {len(launches)}: capped by {capped}")
     elif launches:
         plan.reasons.append(f"starting {len(launches)} for the waiting work")
-    plan.launches = launches
     return launches
 
 
-def _delay_cost(spec: EndpointSpec, plan: Plan, o: Offer, cores: int, work: float) -> float:
+def _delay_cost(spec: EndpointSpec, plan: Deciding, o: Offer, cores: int, work: float) -> float:
     """What the expected delay of a new machine of this offer costs the `cores` of waiting
     work it would hold, per used core-hour of the `work` (core-seconds) it holds: `wait_cost`
     per core-hour of waiting (domain/delivery.py)."""
@@ -529,7 +521,7 @@ def _delay_cost(spec: EndpointSpec, plan: Plan, o: Offer, cores: int, work: floa
     return spec.wait_cost * cores * plan.delays.get(o.pool, 0.0) / work
 
 
-def _delays(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
+def _delays(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
             now: float) -> dict[str, float]:
     """Each offer's expected delay (seconds) from a launch to a working pilot: what its
     launches took lately (`delivery`), and its machines still booting for longer than that
@@ -552,7 +544,7 @@ def _delays(spec: EndpointSpec, plan: Plan, kept: Sequence[MachineView],
     return out
 
 
-def _candidates(spec: EndpointSpec, plan: Plan, started: Sequence[Launch]) -> tuple[
+def _candidates(spec: EndpointSpec, plan: Deciding, started: Sequence[Launch]) -> tuple[
         Candidate, ...]:
     counts: dict[str, int] = {}
     for launch in started:

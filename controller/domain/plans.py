@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from controller.domain.machines import ACTIVE_STATES, MachineState, MachineView
+from controller.domain.machines import WANTED_STATES, MachineState, MachineView
 from controller.domain.scheduling import Decision, Removal
 from controller.domain.transitions import check
 
@@ -142,7 +142,7 @@ def down_decision(decision: Decision, machines: Sequence[MachineView], by: str) 
     (machines already found lost or failed keep that verdict)."""
     gone = {r.name for r in decision.remove}
     stop = tuple(Removal(m.name, MachineState.STOPPING, f"the endpoint is down ({by})")
-                 for m in machines if m.managed and m.state in ACTIVE_STATES
+                 for m in machines if m.managed and m.state in WANTED_STATES
                  and m.name not in gone)
     return replace(decision, start=(), launches=(), remove=decision.remove + stop, wanted=(),
                    reasons=(f"the endpoint is down: taken down by {by}",))

@@ -21,7 +21,7 @@ from controller.config.settings import EndpointConfig
 from controller.domain import delivery, ticks
 from controller.domain.endpoints import Endpoint
 from controller.domain.machines import (
-    ACTIVE_STATES,
+    WANTED_STATES,
     Machine,
     MachineState,
     MachineView,
@@ -365,7 +365,7 @@ class CloudEndpoint:
         for name in plan.delete:  # else: a leftover the store never knew
             if name in known:
                 store.machines.move(name, M.STOPPING, f"{plan.reason_for(name)} (plan {plan.id})",
-                                    now, if_in=ACTIVE_STATES)
+                                    now, if_in=WANTED_STATES)
         return plan
 
     def _failed(self, plan: Plan, msg: str, create_failed: bool = False) -> Outcome | None:

@@ -87,7 +87,7 @@ class Reconciler:
             ready.append(e)
         # a silent pilot's jobs go back to the queue only once their lease has surely run out
         # (lease + margin): by then the payload's shepherd has ended it (issue 11)
-        if now - self.settings.stalled_after > self.env.started:
+        if now - self.settings.lease > self.env.started:
             silent = self.store.jobs.stall(expired_before=now - self.settings.lease_margin,
                                            now=now)
             requeued += sum(1 for _, s in silent if s == JobState.WAITING)

@@ -21,7 +21,7 @@ from controller.store.migrations import migrate, migrate_postgres
 from controller.store.plans import PlanStore
 from controller.store.postgres import PostgresBackend
 from controller.store.refusals import RefusalStore
-from controller.store.sql import Dialect
+from controller.store.sql import Connection, Dialect
 from controller.store.sqlite import SqliteBackend
 from controller.store.ticks import TickStore
 from controller.store.tokens import TokenStore
@@ -93,13 +93,13 @@ class Store:
         if what == "*":
             self.machines.forget_pilot(None)
 
-    def tx(self) -> AbstractContextManager[Any]:
+    def tx(self) -> AbstractContextManager[Connection]:
         """One write transaction. A tx() inside another (same thread) joins it: a service that
         calls several query methods in `with store.tx():` commits all of their writes, or
         none."""
         return self.backend.tx()
 
-    def read(self) -> AbstractContextManager[Any]:
+    def read(self) -> AbstractContextManager[Connection]:
         return self.backend.read()
 
     def close(self) -> None:

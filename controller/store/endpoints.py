@@ -5,16 +5,15 @@ machine name counter."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 from controller.domain.endpoints import Backoff, Endpoint, EndpointState
 from controller.errors import NotFound
-from controller.store.sql import Transactions
+from controller.store.sql import Connection, Transactions, one_row
 
 
-def bump_seq(c: sqlite3.Connection, endpoint: str, seq: int) -> None:
+def bump_seq(c: Connection, endpoint: str, seq: int) -> None:
     """Keep the endpoint's machine name counter at least `seq` (inside the caller's
     transaction: a machine is recorded with its number at once)."""
     c.execute("UPDATE endpoints SET last_seq = ? WHERE name = ? AND last_seq < ?",
@@ -41,9 +40,7 @@ class EndpointStore:
     # reading -----------------------------------------------------------------------------
     def get(self, name: str) -> Endpoint:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise NotFound(f"no endpoint {name}")
+            row = one_row(c, f"no endpoint {name}", "SELECT * FROM endpoints WHERE name = ?", name)
         return Endpoint.from_row(row)
 
     def find(self) -> list[Endpoint]:

@@ -4,13 +4,12 @@ whose it is and how much of it has arrived."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from controller.domain.files import Declared
-from controller.domain.jobs import ACTIVE_STATES, JobState
+from controller.domain.jobs import HELD_STATES, JobState
 from controller.errors import Conflict, NotFound
-from controller.store.sql import Transactions
+from controller.store.sql import Connection, Transactions
 
 LIVE_KEEP = 256 * 1024  # characters of live output kept per job (the newest)
 
@@ -20,7 +19,7 @@ class FileStore:
         self.store = store
 
     # the pilot's side ----------------------------------------------------------------------
-    def held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,
+    def held(self, c: Connection, pilot_id: str, job_id: int,
              attempt: int) -> dict[str, Any]:
         """The job's row if this pilot holds it in this attempt (a killed one too: it uploads
         what its payload left), else NotFound or Conflict."""
@@ -29,12 +28,12 @@ class FileStore:
         if row is None:
             raise NotFound(f"no job {job_id}")
         if row["pilot_id"] != pilot_id or row["attempt"] != attempt or (
-                JobState(row["state"]) not in ACTIVE_STATES and row["state"] != "killed"):
+                JobState(row["state"]) not in HELD_STATES and row["state"] != "killed"):
             raise Conflict(f"attempt {attempt} of job {job_id} is not this pilot's (the job is"
                            f" {row['state']}, on attempt {row['attempt']})")
         return dict(row)
 
-    def used(self, c: sqlite3.Connection, owner: str) -> int:
+    def used(self, c: Connection, owner: str) -> int:
         """Bytes an owner holds: its job files (declared: counted from the start) and the
         input sandboxes it sent (each whole, as if it were alone)."""
         files = c.execute("SELECT COALESCE(SUM(size), 0) FROM job_files WHERE owner = ?",
@@ -44,7 +43,7 @@ class FileStore:
                           (owner,)).fetchone()[0]
         return int(files) + int(boxes)
 
-    def declare(self, c: sqlite3.Connection, job_id: int, attempt: int, owner: str,
+    def declare(self, c: Connection, job_id: int, attempt: int, owner: str,
                 files: list[Declared], now: float) -> dict[str, dict[str, Any]]:
         """Record the files an attempt will upload (inside the caller's transaction); a file
         declared again with the same size and checksum keeps what arrived of it (a resumed
@@ -105,7 +104,7 @@ class FileStore:
                       " upload = NULL WHERE job_id = ? AND attempt = ? AND name = ?",
                       (now, job_id, attempt, name))
 
-    def note(self, c: sqlite3.Connection, job_id: int, state: str, why: str,
+    def note(self, c: Connection, job_id: int, state: str, why: str,
              now: float) -> None:
         """A line in the job's events that is no state change (what was not kept)."""
         c.execute("INSERT INTO job_events (job_id, at, from_state, to_state, reason)"
@@ -205,7 +204,7 @@ class FileStore:
                 (owner,)).fetchall()]
 
     # live output ---------------------------------------------------------------------------
-    def live_append(self, c: sqlite3.Connection, job_id: int, attempt: int,
+    def live_append(self, c: Connection, job_id: int, attempt: int,
                     pieces: list[tuple[str, str]], now: float) -> None:
         """Append what a running payload wrote (stream, text), keeping the newest LIVE_KEEP
         characters of the job's live output."""

@@ -5,7 +5,6 @@ its pilot's."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from controller.domain.hostpool import Host, Membership, host_machine
 from controller.domain.machines import MachineState
 from controller.errors import Conflict, NotFound
-from controller.store.sql import Transactions
+from controller.store.sql import Connection, Row, Transactions
 
 M = MachineState
 
@@ -22,12 +21,12 @@ class HostStore:
     def __init__(self, store: Transactions) -> None:
         self.store = store
 
-    def _event(self, c: sqlite3.Connection, endpoint: str, host: str, event: str, detail: str,
+    def _event(self, c: Connection, endpoint: str, host: str, event: str, detail: str,
                now: float) -> None:
         c.execute("INSERT INTO ssh_host_events (endpoint, host, at, event, detail)"
                   " VALUES (?, ?, ?, ?, ?)", (endpoint, host, now, event, detail))
 
-    def _row(self, c: sqlite3.Connection, endpoint: str, host: str) -> sqlite3.Row | None:
+    def _row(self, c: Connection, endpoint: str, host: str) -> Row | None:
         return c.execute("SELECT * FROM ssh_hosts WHERE endpoint = ? AND name = ?",
                          (endpoint, host)).fetchone()
 

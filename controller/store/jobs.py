@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from controller.domain.jobs import (
-    ACTIVE_STATES,
     FINAL_STATES,
+    HELD_STATES,
     InputFile,
     Job,
     JobState,
@@ -24,13 +23,12 @@ from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
-from controller.store.sql import Transactions, in_list
+from controller.store.sql import HELD, Connection, Row, Transactions, one_row
 from controller.store.taskqueues import Snapshot, TaskQueues, View
 from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 S = JobState
-HELD = in_list(ACTIVE_STATES)  # jobs a pilot holds; the text of idx_jobs_active's WHERE
 SEEN_EVERY = 1.0  # by default a match with nothing to claim records its pilot alive at most
 # this often (the match route passes a quarter of the endpoint's lost_after)
 SEEN_KEEP = 4096  # pilots remembered for that before the stale ones are dropped
@@ -42,7 +40,7 @@ _CLAIM = ("UPDATE jobs SET state = 'matched', updated_at = ?, pilot_id = ?, mach
           " RETURNING *")
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Row) -> Job:
     return Job(
         id=row["id"], name=row["name"] or "", owner=row["owner"], group=row["grp"],
         state=JobState(row["state"]), task_queue=row["tq_id"], priority=row["priority"],
@@ -105,21 +103,19 @@ class IdempotencyKey:
     keep: float
 
 
-def _replayed(c: sqlite3.Connection, owner: str, idem: IdempotencyKey,
+def _replayed(c: Connection, owner: str, idem: IdempotencyKey,
               now: float) -> list[int] | None:
     """The ids an earlier submission with this key created, None for a new key; a Conflict
     when the key was used for another request. Expired keys are forgotten here."""
     c.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
-    row = c.execute("SELECT request_hash, first_id, count, ids FROM idempotency_keys"
+    row = c.execute("SELECT request_hash, ids FROM idempotency_keys"
                     " WHERE owner = ? AND key = ?", (owner, idem.key)).fetchone()
     if row is None:
         return None
     if row["request_hash"] != idem.request_hash:
         raise Conflict(f"Idempotency-Key {idem.key!r} was used for another request; use a new "
                        "key for a new submission")
-    if row["ids"] is not None:
-        return [int(i) for i in json.loads(row["ids"])]
-    return list(range(row["first_id"], row["first_id"] + row["count"]))  # before migration 015
+    return [int(i) for i in json.loads(row["ids"])]
 
 
 _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
@@ -127,7 +123,7 @@ _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments
 _INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
 
 
-def _insert_jobs(c: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+def _insert_jobs(c: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
     """Insert job rows; their ids in the rows' order. Ids come from the statement (RETURNING),
     not from counting back from the last one: with several controller processes inserting at
     once one submission's ids need not be consecutive."""
@@ -154,14 +150,14 @@ class JobStore:
 
     # transitions -------------------------------------------------------------------------
     def _move(
-        self, c: sqlite3.Connection, job_id: int, old: JobState, new: JobState, now: float,
-        why: str | None = None, *, row: sqlite3.Row | None = None, **fields: Any,
-    ) -> sqlite3.Row:
+        self, c: Connection, job_id: int, old: JobState, new: JobState, now: float,
+        why: str | None = None, *, row: Row | None = None, **fields: Any,
+    ) -> Row:
         """Move one job old -> new inside the caller's transaction, recording the event; the
         job's row after the move. Refuses moves the transition table does not allow. `row`:
         the job's row as the caller read it in this transaction (not read again)."""
         default_reason = check_transition(old, new)
-        ends = old in ACTIVE_STATES and new not in ACTIVE_STATES  # the attempt is over
+        ends = old in HELD_STATES and new not in HELD_STATES  # the attempt is over
         if ends and row is None:  # fair share: what it used
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         sets = ", ".join(f"{k} = ?" for k in ["state", "updated_at", *fields])
@@ -190,7 +186,7 @@ class JobStore:
         return after
 
     # submission --------------------------------------------------------------------------
-    def _task_queue(self, c: sqlite3.Connection, job: NewJob, owner: str, group: str,
+    def _task_queue(self, c: Connection, job: NewJob, owner: str, group: str,
                     now: float) -> int:
         memo = (job.requirements, owner, group, job.priority)
         tq_id = self.task_queues.memo(memo)
@@ -265,9 +261,7 @@ class JobStore:
     # reading -----------------------------------------------------------------------------
     def get(self, job_id: int) -> Job:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no job {job_id}")
+            row = one_row(c, f"no job {job_id}", "SELECT * FROM jobs WHERE id = ?", job_id)
         return _job(row)
 
     def find(self, *, state: str | None = None, owner: str | None = None,
@@ -296,6 +290,7 @@ class JobStore:
         return dict(row) if row else None
 
     def counts(self, owner: str | None = None) -> dict[str, int]:
+        """How many jobs are in each state (an owner's, or everyone's)."""
         sql = "SELECT state, COUNT(*) FROM jobs"
         args: tuple[Any, ...] = ()
         if owner is not None:
@@ -391,7 +386,7 @@ class JobStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _claim(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+    def _claim(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
                count: int, whole: SlotOffer | None, fitting: Owners, drained: set[int],
                now: float, policy: _Policy) -> Claim:
         """The match's transaction: the pilot and machine seen, what the machine holds (and
@@ -430,7 +425,7 @@ class JobStore:
                   + " WHERE name = ?", (now, now, machine) if got else (now, machine))
         return Claim(list(zip(got, tokens, strict=True)), draining, busy, tuple(deferred))
 
-    def _pick(self, c: sqlite3.Connection, pilot_id: str, machine: str, offer: SlotOffer,
+    def _pick(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
               count: int, whole: SlotOffer | None, owners: Owners, drained: set[int],
               running: list[Running], busy: float, now: float, policy: _Policy,
               deferred: list[Requirements]) -> list[Job]:
@@ -481,7 +476,7 @@ class JobStore:
         return got
 
     @staticmethod
-    def _record_claims(c: sqlite3.Connection, jobs: Sequence[Job], pilot_id: str,
+    def _record_claims(c: Connection, jobs: Sequence[Job], pilot_id: str,
                        machine: str, now: float) -> None:
         """The claimed jobs' events and attempts, one statement each for all of them."""
         check_transition(S.WAITING, S.MATCHED)
@@ -498,8 +493,8 @@ class JobStore:
                                        j.lease_expires)])
 
     # pilot reports -----------------------------------------------------------------------
-    def _held(self, c: sqlite3.Connection, pilot_id: str, job_id: int,
-              attempt: int | None = None) -> sqlite3.Row:
+    def _held(self, c: Connection, pilot_id: str, job_id: int,
+              attempt: int | None = None) -> Row:
         """The job's row if this pilot holds it (in the given attempt), else a Conflict."""
         row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
@@ -508,7 +503,7 @@ class JobStore:
             raise Conflict(f"attempt {attempt} of job {job_id} is over (the job is on attempt "
                            f"{row['attempt']}): stop it")
         if row["pilot_id"] != pilot_id or (
-            row["state"] not in ACTIVE_STATES and row["state"] != S.KILLED
+            row["state"] not in HELD_STATES and row["state"] != S.KILLED
         ):
             raise Conflict(f"job {job_id} is not held by this pilot (it is {row['state']})")
         return row
@@ -600,9 +595,7 @@ class JobStore:
     def kill(self, job_id: int, by: str, now: float | None = None) -> Job:
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            row = c.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id}")
+            row = one_row(c, f"no job {job_id}", "SELECT state FROM jobs WHERE id = ?", job_id)
             state = JobState(row["state"])
             if state in FINAL_STATES:
                 raise Conflict(f"job {job_id} is already {state.value}")
@@ -615,7 +608,7 @@ class JobStore:
         retry."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            rows = c.execute("SELECT * FROM jobs WHERE state IN ('matched', 'running')"
+            rows = c.execute(f"SELECT * FROM jobs WHERE state IN {HELD}"
                              " AND machine = ?", (machine,)).fetchall()
             for r in rows:
                 self._move(c, r["id"], JobState(r["state"]), S.RESCHEDULED, now, why,

@@ -4,7 +4,6 @@ every state change goes through the transition table and is kept as an event."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -18,7 +17,7 @@ from controller.domain.machines import (
 )
 from controller.errors import Conflict, NotFound
 from controller.store.endpoints import bump_seq
-from controller.store.sql import Transactions, in_list
+from controller.store.sql import HELD, Connection, Transactions, in_list, one_row
 
 M = MachineState
 
@@ -29,7 +28,7 @@ class MachineStore:
         self._pilots: dict[str, dict[str, Any]] = {}  # registrations do not change
 
     # machines ----------------------------------------------------------------------------
-    def _event(self, c: sqlite3.Connection, name: str, old: str | None, new: str, reason: str,
+    def _event(self, c: Connection, name: str, old: str | None, new: str, reason: str,
                now: float) -> None:
         c.execute("INSERT INTO machine_events (machine, at, from_state, to_state, reason)"
                   " VALUES (?, ?, ?, ?, ?)", (name, now, old, new, reason))
@@ -57,9 +56,8 @@ class MachineStore:
         silently."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            row = c.execute("SELECT state FROM machines WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFound(f"no machine {name}")
+            row = one_row(c, f"no machine {name}",
+                          "SELECT state FROM machines WHERE name = ?", name)
             old = M(row["state"])
             if old == new or (if_in is not None and old not in if_in):
                 return False
@@ -72,9 +70,7 @@ class MachineStore:
     def update_info(self, name: str, **fields: Any) -> None:
         """Add to what the store keeps of a machine (e.g. a pilot job's batch job id)."""
         with self.store.tx() as c:
-            row = c.execute("SELECT info FROM machines WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                raise NotFound(f"no machine {name}")
+            row = one_row(c, f"no machine {name}", "SELECT info FROM machines WHERE name = ?", name)
             info = {**(json.loads(row["info"]) if row["info"] else {}), **fields}
             c.execute("UPDATE machines SET info = ? WHERE name = ?", (json.dumps(info), name))
 
@@ -89,9 +85,7 @@ class MachineStore:
 
     def get(self, name: str) -> Machine:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM machines WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise NotFound(f"no machine {name}")
+            row = one_row(c, f"no machine {name}", "SELECT * FROM machines WHERE name = ?", name)
         return Machine.from_row(row)
 
     def find(self, endpoint: str | None = None, live: bool = False) -> list[Machine]:
@@ -190,7 +184,7 @@ class MachineStore:
             if others or row is None or M(row["state"]) not in (M.RUNNING, M.STOPPING):
                 return
             held = c.execute("SELECT COUNT(*) FROM jobs WHERE machine = ?"
-                             " AND state IN ('matched', 'running')", (machine,)).fetchone()[0]
+                             f" AND state IN {HELD}", (machine,)).fetchone()[0]
             if held:  # never stopped while it holds jobs: they end first (or it is lost)
                 return
             c.execute("UPDATE machines SET state = 'stopped', updated_at = ?, reason = ?"
@@ -238,7 +232,7 @@ class MachineStore:
             return self.draining(c, machine)
 
     @staticmethod
-    def draining(c: sqlite3.Connection, machine: str) -> bool:
+    def draining(c: Connection, machine: str) -> bool:
         row = c.execute("SELECT draining FROM machines WHERE name = ?", (machine,)).fetchone()
         return bool(row and row[0])
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from controller.domain.plans import Plan, PlanDiff, PlanState, check_transition
 from controller.domain.transitions import IllegalTransition
-from controller.errors import Conflict, NotFound
-from controller.store.sql import Transactions
+from controller.errors import Conflict
+from controller.store.sql import Connection, Transactions, one_row
 
 P = PlanState
 
@@ -23,9 +22,7 @@ class PlanStore:
     # reading -----------------------------------------------------------------------------
     def get(self, plan_id: int) -> Plan:
         with self.store.read() as c:
-            row = c.execute("SELECT * FROM plans WHERE id = ?", (plan_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no plan {plan_id}")
+            row = one_row(c, f"no plan {plan_id}", "SELECT * FROM plans WHERE id = ?", plan_id)
         return Plan.from_row(row)
 
     def find(self, endpoint: str | None = None, states: Sequence[PlanState] = (),
@@ -57,16 +54,14 @@ class PlanStore:
                 " ORDER BY id", (plan_id,))]
 
     # writing -----------------------------------------------------------------------------
-    def _event(self, c: sqlite3.Connection, plan_id: int, old: str | None, new: str,
+    def _event(self, c: Connection, plan_id: int, old: str | None, new: str,
                reason: str, now: float) -> None:
         c.execute("INSERT INTO plan_events (plan_id, at, from_state, to_state, reason)"
                   " VALUES (?, ?, ?, ?, ?)", (plan_id, now, old, new, reason))
 
-    def _move(self, c: sqlite3.Connection, plan_id: int, new: PlanState, reason: str | None,
+    def _move(self, c: Connection, plan_id: int, new: PlanState, reason: str | None,
               now: float, **fields: Any) -> None:
-        row = c.execute("SELECT state FROM plans WHERE id = ?", (plan_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no plan {plan_id}")
+        row = one_row(c, f"no plan {plan_id}", "SELECT state FROM plans WHERE id = ?", plan_id)
         old = P(row["state"])
         try:
             default = check_transition(old, new)

@@ -99,9 +99,9 @@ def _params(params: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(_param(p) for p in params)
 
 
-class Connection:
-    """What a query module holds inside `store.tx()` or `store.read()`: execute and
-    executemany, as on a sqlite3 connection."""
+class TranslatingConnection:
+    """The store's Connection (controller/store/sql.py) on PostgreSQL: each statement
+    translated from the store's SQL, its parameters adapted."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
@@ -115,8 +115,9 @@ class Connection:
         return cur
 
 
-def storage_error(exc: psycopg.Error) -> CloudpilotError:
-    """The controller's error for a PostgreSQL error (the one place that reads its codes)."""
+def postgres_error(exc: psycopg.Error) -> CloudpilotError:
+    """The controller's storage error for a PostgreSQL error (the one place that reads its
+    codes)."""
     if isinstance(exc, psycopg.DataError):  # a value the request sent that no column holds
         # (SQLite stores these: a text with a NUL byte): the request's fault, a 422
         first = (str(exc).strip().splitlines() or ["invalid value"])[0]
@@ -167,28 +168,28 @@ class PostgresBackend:
             raise StorageBusy("no database connection free within 10 s; retry") from None
 
     @contextmanager
-    def tx(self) -> Iterator[Connection]:
-        current: Connection | None = getattr(self._local, "conn", None)
+    def tx(self) -> Iterator[TranslatingConnection]:
+        current: TranslatingConnection | None = getattr(self._local, "conn", None)
         if current is not None:  # join the transaction this thread has open
             yield current
             return
         with self._pooled() as raw, raw.transaction():
-            conn = self._local.conn = Connection(raw)
+            conn = self._local.conn = TranslatingConnection(raw)
             try:
                 yield conn
             finally:
                 self._local.conn = None
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self) -> Iterator[TranslatingConnection]:
         """Reads, each statement on its own (autocommit: no BEGIN and COMMIT round trips);
         inside this thread's transaction, in it."""
-        current: Connection | None = getattr(self._local, "conn", None)
+        current: TranslatingConnection | None = getattr(self._local, "conn", None)
         if current is not None:
             yield current
             return
         with self._pooled() as raw:
-            yield Connection(raw)
+            yield TranslatingConnection(raw)
 
     def _failed(self, e: psycopg.Error) -> CloudpilotError:
         """The error to raise; when the server went away (a restart), the pool's idle
@@ -199,7 +200,7 @@ class PostgresBackend:
                 self.pool.check()
             except Exception:  # the server is still away: the next error checks again
                 log.debug("checking the pool's connections failed", exc_info=True)
-        return storage_error(e)
+        return postgres_error(e)
 
     def close(self) -> None:
         self.pool.close()

@@ -4,11 +4,8 @@ schema as of migration 014) and shares the migrations after it."""
 
 from __future__ import annotations
 
-from controller.domain.jobs import ACTIVE_STATES
 from controller.domain.plans import OPEN_STATES
-from controller.store.sql import in_list
-
-HELD = in_list(ACTIVE_STATES)
+from controller.store.sql import HELD, in_list
 
 BASELINE: list[str] = [
     ('CREATE TABLE users (name TEXT PRIMARY KEY, grp TEXT, share DOUBLE PRECISION, '

@@ -20,7 +20,38 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from controller.errors import StorageError, StorageReadOnly, storage_error
+from controller.errors import (
+    StorageBusy,
+    StorageError,
+    StorageFull,
+    StorageReadOnly,
+)
+
+
+def sqlite_error(exc: sqlite3.Error, what: str = "") -> StorageError:
+    """The controller's storage error for a SQLite error, with the true cause in its message
+    (the one place that reads SQLite's error codes)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    cause = str(exc)
+    where = f" ({what})" if what else ""
+    if name.startswith("SQLITE_FULL"):
+        return StorageFull(f"the disk holding the database is full{where}: {cause}; writes "
+                           "are refused until space is freed, reads still work")
+    if name.startswith("SQLITE_READONLY"):
+        return StorageReadOnly(f"the database is read-only{where}: {cause}; writes are refused "
+                               "until it is writable again, reads still work")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StorageBusy(f"the database is busy{where}: {cause}; retry")
+    return StorageError(f"database error{where}: {cause}")
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    """SQLite's errors raised in the block, as the controller's storage errors."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise sqlite_error(e) from e
 
 CHECKPOINT_EVERY = 1.0  # seconds between the background checkpoints
 
@@ -90,13 +121,19 @@ class SqliteBackend:
         if ro is not None:  # SQLite says only "unable to open database file"
             return StorageReadOnly(f"cannot open the database {self.path}: {ro} is "
                                    f"read-only ({e})")
-        return storage_error(e, f"opening {self.path}")
+        return sqlite_error(e, f"opening {self.path}")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: take the write lock up front). A tx() inside
         another (same thread) joins it: a service that calls several query methods in
-        `with store.tx():` commits all of their writes, or none."""
+        `with store.tx():` commits all of their writes, or none. SQLite's errors leave it as
+        the controller's storage errors."""
+        with _mapped(), self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self.lock:
             conn = self.db.conn
             if self._depth:
@@ -131,7 +168,8 @@ class SqliteBackend:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._reader()
-        yield conn
+        with _mapped():
+            yield conn
 
     def _reader(self) -> _Reader:
         try:

@@ -3,10 +3,8 @@ and the slots and cores each holds now (the `held` table, kept by triggers)."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from controller.domain.taskqueues import GROUP, OWNER, FairShare, decay
-from controller.store.sql import Transactions
+from controller.store.sql import Connection, Transactions
 
 # the slots and cores each owner and group holds, as this transaction sees them (PostgreSQL:
 # with its own claims, applied to `held` only at its commit)
@@ -28,7 +26,7 @@ class UsageStore:
         self.store = store
         self.half_life = half_life  # the controller sets it from its settings
 
-    def charge(self, c: sqlite3.Connection, owner: str, group: str, core_seconds: float,
+    def charge(self, c: Connection, owner: str, group: str, core_seconds: float,
                now: float) -> None:
         """Add what a job used (its cores x how long it was held) inside the caller's
         transaction, decaying what was there to `now` first. (PostgreSQL: appended, and
@@ -48,7 +46,7 @@ class UsageStore:
                   " core_seconds = excluded.core_seconds, at = excluded.at",
                   [v for k in keys for v in (*k, core_seconds + was.get(k, 0.0), now)])
 
-    def _read(self, c: sqlite3.Connection, now: float) -> tuple[
+    def _read(self, c: Connection, now: float) -> tuple[
             dict[tuple[str, str], float], dict[tuple[str, str], float]]:
         usage: dict[tuple[str, str], float] = {}
         held: dict[tuple[str, str], float] = {}
@@ -59,7 +57,7 @@ class UsageStore:
                 usage[(kind, name)] = decay(value, at, now, self.half_life)
         return usage, held
 
-    def fair_share(self, c: sqlite3.Connection, by: str, shares: dict[str, float],
+    def fair_share(self, c: Connection, by: str, shares: dict[str, float],
                    group_shares: dict[str, float], now: float) -> FairShare:
         """The fair share standing at `now`, read inside the caller's transaction."""
         usage, held = self._read(c, now)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from controller.domain.costs import MachineLife
 from controller.errors import InvalidInput
+from controller.store.sql import Row
 
 if TYPE_CHECKING:
     from controller.store.db import Store
@@ -135,7 +135,7 @@ def events_after(store: Store, cursor: Cursor, *, kinds: tuple[str, ...] = EVENT
     return out, end
 
 
-def _event(kind: str, row: sqlite3.Row) -> Event:
+def _event(kind: str, row: Row) -> Event:
     data = {k: row[k] for k in row.keys() if k not in ("id", "at")}
     return Event(kind, row["id"], row["at"], data)
 
@@ -210,14 +210,6 @@ def machine_deliveries(store: Store, endpoint: str, since: float) -> list[
         if pool:
             out.append((str(pool), max(float(secs), 0.0) if to == "running" else None))
     return out
-
-
-def jobs_by_state(store: Store, owner: str | None = None) -> dict[str, int]:
-    sql, args = "SELECT state, COUNT(*) FROM jobs", tuple[str, ...]()
-    if owner is not None:
-        sql, args = sql + " WHERE owner = ?", (owner,)
-    with store.read() as c:
-        return {r[0]: r[1] for r in c.execute(sql + " GROUP BY state", args)}
 
 
 def jobs_by_owner_state(store: Store) -> list[tuple[str, str, int]]:
@@ -300,7 +292,7 @@ class JobRow:
     reschedules: int
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> JobRow:
+    def from_row(cls, r: Row) -> JobRow:
         return cls(r["id"], r["name"] or "", r["owner"], r["state"], r["tq_id"], r["endpoint"],
                    r["machine"], r["exit_code"], r["created_at"], r["updated_at"], r["reason"],
                    r["retries"], r["reschedules"])
@@ -372,7 +364,7 @@ def record_sample(store: Store, now: float, every: float, keep: float,
         last = c.execute("SELECT MAX(at) FROM samples").fetchone()[0]
     if last is not None and now - last < every:
         return False
-    jobs = jobs_by_state(store)
+    jobs = store.jobs.counts()
     with store.read() as c:
         machines = c.execute("SELECT COUNT(*) FROM machines WHERE state IN"
                              " ('requested', 'booting', 'running', 'stopping')").fetchone()[0]
@@ -415,5 +407,5 @@ def overview(store: Store, prices: Mapping[str, float], owner: str | None, now: 
     for endpoint, state, n in machines_by_endpoint_state(store):
         machines.setdefault(endpoint, {})[state] = n
     lives = machine_lives(store, prices)
-    return Overview(jobs_by_state(store, owner), machines, costs.spend_rate(lives),
+    return Overview(store.jobs.counts(owner), machines, costs.spend_rate(lives),
                     costs.spent(lives, now, since=day_start), costs.spent(lives, now))

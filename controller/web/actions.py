@@ -15,13 +15,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from controller.api import hosts as hosts_api
-from controller.api import jobs as jobs_api
-from controller.api import plans as plans_api
 from controller.api.deps import SettingsDep, StoreDep
+from controller.api.schemas import HostIn
 from controller.api.viewer import SESSION_COOKIE
 from controller.auth import Principal, Role
 from controller.errors import CloudpilotError, Forbidden, Unauthorized
+from controller.services import jobs as job_service
+from controller.services import membership
+from controller.services import plans as plan_service
 from controller.store import sessions
 from controller.web.pages import page
 from controller.web.session import (
@@ -101,8 +102,9 @@ async def logout(request: Request, s: WebSession) -> Response:
 
 
 async def _act(request: Request, s: sessions.Session, back: str, fn: Callable[[], Any],
-               done: str, admin: bool = True) -> Response:
-    """Run one action (after the CSRF checks) and send the browser back with its outcome."""
+               done: str, admin: bool = True, wake: bool = True) -> Response:
+    """Run one action through the services (after the CSRF checks), wake the loop and the
+    waiting pilots, and send the browser back with its outcome."""
     await checked_form(request, s)
     if admin and s.principal.role != Role.ADMIN:
         raise Forbidden("only an admin may do this")
@@ -110,21 +112,22 @@ async def _act(request: Request, s: sessions.Session, back: str, fn: Callable[[]
         await run_in_threadpool(fn)
     except CloudpilotError as e:
         return _back(back, error=e.message)
+    if wake:
+        request.app.state.notifier.fire()
     return _back(back, message=done)
 
 
 @router.post("/ui/jobs/{job_id}/kill")
-async def kill(job_id: int, request: Request, s: WebSession, store: StoreDep,
-               settings: SettingsDep) -> Response:
+async def kill(job_id: int, request: Request, s: WebSession, store: StoreDep) -> Response:
     return await _act(request, s, f"/jobs/{job_id}",
-                      lambda: jobs_api.kill_job(job_id, store, settings, s.principal),
-                      f"job {job_id} killed", admin=False)
+                      lambda: job_service.kill(store, s.principal, job_id),
+                      f"job {job_id} killed", admin=False, wake=False)
 
 
 @router.post("/ui/plans/{plan_id}/approve")
 async def approve(plan_id: int, request: Request, s: WebSession, store: StoreDep) -> Response:
     return await _act(request, s, "/plans",
-                      lambda: plans_api.approve(plan_id, request, store, s.principal),
+                      lambda: plan_service.approve(store, plan_id, s.principal.operator),
                       f"plan {plan_id} approved: the loop applies it now")
 
 
@@ -132,7 +135,7 @@ async def approve(plan_id: int, request: Request, s: WebSession, store: StoreDep
 async def up(name: str, request: Request, s: WebSession, store: StoreDep,
              settings: SettingsDep) -> Response:
     return await _act(request, s, "/endpoints",
-                      lambda: plans_api.up(name, request, store, settings, s.principal),
+                      lambda: plan_service.up(store, settings, name, s.principal.operator),
                       f"{name}: up")
 
 
@@ -140,7 +143,7 @@ async def up(name: str, request: Request, s: WebSession, store: StoreDep,
 async def down(name: str, request: Request, s: WebSession, store: StoreDep,
                settings: SettingsDep) -> Response:
     return await _act(request, s, "/endpoints",
-                      lambda: plans_api.down(name, request, store, settings, s.principal),
+                      lambda: plan_service.down(store, settings, name, s.principal.operator),
                       f"{name}: down; its machines are being removed")
 
 
@@ -149,24 +152,26 @@ async def join(name: str, request: Request, s: WebSession, store: StoreDep,
                settings: SettingsDep) -> Response:
     fields = await form(request)
     try:
-        body = hosts_api.HostIn(name=fields.get("name", ""), address=fields.get("address", ""),
-                                port=int(fields.get("port") or 22))
+        body = HostIn(name=fields.get("name", ""), address=fields.get("address", ""),
+                      port=int(fields.get("port") or 22))
     except (ValidationError, ValueError) as e:
         await checked_form(request, s)
         return _back("/endpoints", error=f"host not joined: {_first_error(e)}")
-    return await _act(request, s, "/endpoints",
-                      lambda: hosts_api.add_host(name, body, request, store, settings,
-                                                 s.principal),
-                      f"host {body.name} joins {name}")
+
+    def joined() -> None:
+        membership.ssh_endpoint(settings, name)
+        membership.join(store, name, body.name, body.address, body.port, source="api",
+                        slots=body.slots, host_key=body.host_key)
+    return await _act(request, s, "/endpoints", joined, f"host {body.name} joins {name}")
 
 
 @router.post("/ui/endpoints/{name}/hosts/{host}/leave")
 async def leave(name: str, host: str, request: Request, s: WebSession, store: StoreDep,
                 settings: SettingsDep) -> Response:
-    return await _act(request, s, "/endpoints",
-                      lambda: hosts_api.remove_host(name, host, request, store, settings,
-                                                    s.principal),
-                      f"host {host} leaves {name}")
+    def left() -> None:
+        membership.ssh_endpoint(settings, name)
+        membership.leave(store, name, host, source="api")
+    return await _act(request, s, "/endpoints", left, f"host {host} leaves {name}")
 
 
 def _first_error(e: Exception) -> str:

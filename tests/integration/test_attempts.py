@@ -13,7 +13,7 @@ from typing import Any
 from bench.faults import UNSANDBOXED, overlapping, payload, read_ledger
 from tests.conftest import sh, wait_until
 
-LEASE = 3.0  # stalled_after in the tests' controllers; lease_margin is 1
+LEASE = 3.0  # lease in the tests' controllers; lease_margin is 1
 
 
 def alive(pid: int) -> bool:
@@ -76,13 +76,14 @@ def test_a_frozen_pilots_payload_is_killed_by_its_lease_and_the_pilot_then_stand
         assert second_attempt(ctrl, jid)["machine"] == "m2"
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    time.sleep(2)  # the first pilot wakes: its attempt is over, and it must not count
+    # the first pilot wakes: its attempt is over, and it must not count
+    log = ctrl.root / "pilots" / "m1" / "pilot.log"
+    wait_until(lambda: "attempt 1 of job" in log.read_text(), 10, 0.1,
+               "the woken pilot's late report to be refused")
     j = ctrl.job(jid)
     assert (j["state"], j["machine"], j["attempt"]) == ("running", "m2", 2)
     spans, _ = read_ledger(ledger)
     assert len(spans[jid]) == 2 and not overlapping(spans[jid])
-    log = (ctrl.root / "pilots" / "m1" / "pilot.log").read_text()
-    assert "attempt 1 of job" in log  # its late report was refused
     with ctrl.client("alice") as c:
         c.post(f"/api/v1/jobs/{jid}/kill")
 

@@ -78,7 +78,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Iterator[World]:
-    ctrl = new_controller(tmp_path_factory.mktemp("authz"), [X, Y, Z], stalled_after=600)
+    ctrl = new_controller(tmp_path_factory.mktemp("authz"), [X, Y, Z], lease=600)
     from controller.auth import Role
     from controller.store import Store
 

@@ -21,8 +21,9 @@ import pytest
 from tests.conftest import LOCAL, REPO, Controller, end_controller, new_controller, sh, wait_until
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=(
-    "Debian packages chromium and chromium-driver missing (make test installs them)"))
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="Debian packages chromium and chromium-driver missing (make test installs them)")]
 
 GATED = {**LOCAL, "name": "gated", "auto_apply": False, "max_machines": 1}
 ARTIFACTS = Path(os.environ.get("CLOUDPILOT_TEST_ARTIFACTS", REPO / "test-artifacts")) \

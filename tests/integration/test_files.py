@@ -34,7 +34,7 @@ def sha(data: bytes) -> str:
 def ctrl(tmp_path_factory):
     # the test's own pilots never heartbeat: neither they nor their jobs' leases run out
     c = new_controller(tmp_path_factory.mktemp("files"), [{**MANUAL, "lost_after": 600}],
-                       owner_quota_bytes=QUOTA, stalled_after=600)
+                       owner_quota_bytes=QUOTA, lease=600)
     c.start()
     yield c
     for p in c.pilots:
@@ -322,7 +322,7 @@ def test_a_full_quota_is_a_507_that_loses_nothing(ctrl):
 def test_files_and_sandboxes_expire(tmp_path):
     """keep_outputs_for: a job's files and an unused sandbox are deleted after it, bytes and
     rows."""
-    c = new_controller(tmp_path / "expiry", [MANUAL], keep_outputs_for=2, stalled_after=600)
+    c = new_controller(tmp_path / "expiry", [MANUAL], keep_outputs_for=2, lease=600)
     c.start()
     try:
         _pid, jid, attempt, base = acting(c, "acting-expiry")

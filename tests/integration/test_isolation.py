@@ -18,7 +18,7 @@ from tests.conftest import LOCAL, PAYLOAD_PYTHON, sh
 from tests.integration.test_ssh import PILOT, ssh_endpoint
 from tests.sshhosts import SshHosts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ssh]
 
 HOSTILE = r"""
 import glob, json, os, re, urllib.error, urllib.request

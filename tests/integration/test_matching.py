@@ -92,7 +92,7 @@ def test_long_poll_hands_out_a_job_submitted_during_the_wait(ctrl):
 
     t = threading.Thread(target=poll)
     t.start()
-    time.sleep(1.0)
+    ctrl.wait_long_polls(1)
     (jid,) = ctrl.submit("alice", sh("true"))
     t.join(25)
     assert got["status"] == 200 and got["job"] == jid

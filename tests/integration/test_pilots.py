@@ -1,8 +1,8 @@
 """Real pilot processes against a real controller: running, kill, SIGKILL, SIGTERM, limits."""
 
 import os
+import re
 import signal
-import time
 
 import pytest
 
@@ -106,7 +106,9 @@ def test_kill_stops_a_running_payload(ctrl):
     with ctrl.client("alice") as c:
         assert c.post(f"/api/v1/jobs/{jid}/kill").json()["state"] == "killed"
     wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, what="the payload to stop")
-    time.sleep(1)
+    log = ctrl.root / "pilots" / "m1" / "pilot.log"
+    wait_until(lambda: re.search(rf"job {jid} \w+ \(exit|report of job {jid} ", log.read_text()),
+               10, 0.1, "the pilot's report of the killed job")  # it must change nothing
     j = ctrl.job(jid)
     assert j["state"] == "killed" and j["reason"] == "killed by alice"
 

@@ -3,7 +3,6 @@ machine asking gets the job, a draining machine gets nothing, and a wide job's r
 lets only narrower jobs that end before it through. The test acts as the pilots."""
 
 import threading
-import time
 
 import pytest
 
@@ -35,8 +34,8 @@ def test_the_fullest_machine_asking_gets_the_job(ctrl):
                for p, cores in ((empty, 4), (full, 1))]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # both are asking (for 2.5 s: less than the 3 s a matched job may stay
-    # silent before it is rescheduled, so the empty machine does not get it back)
+    ctrl.wait_long_polls(2)  # both are asking (for 2.5 s: less than the 3 s a matched job
+    # may stay silent before it is rescheduled, so the empty machine does not get it back)
     (jid,) = ctrl.submit("alice", sh("true"))
     for t in threads:
         t.join(15)

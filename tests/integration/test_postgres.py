@@ -83,7 +83,7 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
 
         waiter = threading.Thread(target=wait)
         waiter.start()
-        time.sleep(1.0)  # the long-poll is waiting in B
+        b.wait_long_polls(1)
         assert not got
         sent = time.monotonic()
         (jid,) = a.submit("alice", sh("true"))
@@ -100,7 +100,7 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
 def test_processes_hand_each_job_out_once_and_fair_share_counts_stay_exact(make_controller,
                                                                            tmp_path, pg_url):
     # leases long enough that no job comes back while 240 are handed out on a loaded machine
-    a = make_controller(database=pg_url, stalled_after=120)
+    a = make_controller(database=pg_url, lease=120)
     b = peer(a, tmp_path / "b")
     b.start()
     try:
@@ -196,7 +196,7 @@ def test_one_process_runs_the_loop_and_another_takes_over_when_it_dies(make_cont
 
 
 def test_a_worker_killed_mid_match_loses_no_job_and_hands_none_twice(make_controller, pg_url):
-    ctrl = make_controller(database=pg_url, workers=2, stalled_after=3, lease_margin=1)
+    ctrl = make_controller(database=pg_url, workers=2, lease=3, lease_margin=1)
     assert ctrl.proc is not None
     wait_until(lambda: len(children(ctrl.proc.pid)) == 2, 10, what="two workers")
     ids = ctrl.submit("alice", *[sh("true") for _ in range(300)])
@@ -285,7 +285,7 @@ def test_the_controllers_ride_out_a_database_restart(make_controller, tmp_path, 
         got: list[list[dict[str, Any]]] = []
         waiter = threading.Thread(target=lambda: got.append(match(b, pilot, wait=15)))
         waiter.start()
-        time.sleep(1.0)
+        b.wait_long_polls(1)
         a.submit("alice", sh("true"))
         waiter.join(20)
         assert got and got[0]

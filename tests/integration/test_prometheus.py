@@ -19,8 +19,8 @@ from controller.store import Store
 from tests.conftest import MANUAL, REPO, free_port, sh, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="Debian package prometheus missing "
-                                "(make test installs it)")
+pytestmark = [pytest.mark.prometheus, pytest.mark.skipif(
+    PROMETHEUS is None, reason="Debian package prometheus missing (make test installs it)")]
 
 
 def query(url: str, promql: str) -> dict[str, float]:

@@ -43,6 +43,7 @@ from tests.conftest import LOCAL, sh, wait_until
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.pulumi,
     pytest.mark.timeout(300),
     pytest.mark.skipif(shutil.which("pulumi") is None and not (BUILT_ROOT / "bin/pulumi").exists(),
                        reason="the Pulumi engine is not built: run `make pulumi` "

@@ -157,7 +157,7 @@ def test_a_graceful_stop_releases_long_polls_at_once(make_controller):
     waiting = [threading.Thread(target=poll) for _ in range(5)]
     for t in waiting:
         t.start()
-    time.sleep(1.0)  # all five wait in the long-poll
+    ctrl.wait_long_polls(5)
     assert ctrl.proc is not None
     started = time.monotonic()
     ctrl.proc.send_signal(signal.SIGTERM)

@@ -72,7 +72,7 @@ class Credentials:
 @pytest.fixture(scope="module")
 def ctrl(tmp_path_factory) -> Iterator[Controller]:
     c = new_controller(tmp_path_factory.mktemp("fuzz"), [MANUAL, {**MANUAL, "name": "other"}],
-                       long_poll_max=0.2, stalled_after=600, max_bulk_jobs=50)
+                       long_poll_max=0.2, lease=600, max_bulk_jobs=50)
     c.start()
     yield c
     c.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -20,7 +19,7 @@ from tests.integration.test_slurm import batch_endpoint, get, machines
 from tests.integration.test_ssh import cli
 from tests.sgecluster import SgeCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.sge]
 CPUS = 4
 
 
@@ -116,7 +115,7 @@ def test_a_job_longer_than_h_rt_waits_with_that_reason_and_errors_are_grid_engin
     job = ctrl.job(long_job)
     assert job["state"] == "waiting"
     assert "needs 3600s of run time, hpc allows 580s" in job["waiting_reason"]
-    time.sleep(2)
+    ctrl.wait_ticks("hpc")
     assert not cluster.jobs()  # no pilot job for work that cannot run
 
     # a job that fits is tried; Grid Engine's own error is the endpoint's
@@ -149,7 +148,7 @@ def test_pilot_jobs_pending_too_long_are_cancelled_and_the_endpoint_backs_off(
     assert all("pending in the batch system for" in (e["reason"] or "")
                for m in ms for e in get(ctrl, f"/api/v1/machines/{m}/events")
                if e["to_state"] == "stopping")
-    time.sleep(2)
+    ctrl.wait_ticks("hpc")
     assert not cluster.jobs() and len(machines(ctrl)) == 2  # held
 
 

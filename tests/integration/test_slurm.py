@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -18,7 +17,7 @@ from tests.conftest import peaks, sh, wait_until
 from tests.integration.test_ssh import cli
 from tests.slurmcluster import SlurmCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 CPUS = 4
 
 
@@ -142,7 +141,7 @@ def test_a_job_longer_than_the_wall_time_waits_with_that_reason_and_errors_are_s
     job = ctrl.job(long_job)
     assert job["state"] == "waiting"
     assert "needs 3600s of run time, hpc allows 580s" in job["waiting_reason"]
-    time.sleep(2)
+    ctrl.wait_ticks("hpc")
     assert not cluster.jobs("PENDING", "RUNNING")  # no pilot job for work that cannot run
 
     # a job that fits is tried; Slurm's own error is the endpoint's
@@ -175,7 +174,7 @@ def test_pilot_jobs_pending_too_long_are_cancelled_and_the_endpoint_backs_off(
     assert all("pending in the batch system for" in (e["reason"] or "")
                for m in ms for e in get(ctrl, f"/api/v1/machines/{m}/events")
                if e["to_state"] == "stopping")
-    time.sleep(2)
+    ctrl.wait_ticks("hpc")
     assert not cluster.jobs("PENDING", "RUNNING") and len(machines(ctrl)) == 2  # held
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +16,7 @@ from controller.drivers.ssh import HostTarget, SshDriver, fingerprint
 from tests.conftest import REPO, peaks, sh, wait_until
 from tests.sshhosts import SshHosts
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ssh]
 PILOT = "pilot.pyz"  # what a pilot's command line holds on a host
 
 
@@ -256,7 +255,7 @@ def test_a_vm_joining_over_ssh_receives_work_and_leaves(make_controller, hosts):
     assert any(e["to_state"] == "stopping" and "the endpoint is down" in e["reason"]
                for e in machine_events(ctrl, "cloud-vm-1"))
     (late,) = ctrl.submit("bob", sh("echo after up", memory_mb=256))
-    time.sleep(1.5)
+    ctrl.wait_ticks("cloud")
     assert ctrl.job(late)["state"] == "waiting"
     cli(ctrl, "up", "cloud")
     assert ctrl.wait_state(late, "done", timeout=30)["machine"] == "cloud-vm-1"

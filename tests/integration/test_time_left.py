@@ -19,7 +19,7 @@ def test_a_pilot_gets_only_jobs_that_end_before_its_deadline(make_controller):
                                     sh("echo short", max_runtime=60))
     pilot = ctrl.start_pilot("m1", deadline=time.time() + 100, time_margin=10)
     assert ctrl.wait_state(short_id, "done")["machine"] == "m1"
-    time.sleep(1.5)  # a few more match requests
+    ctrl.wait_long_polls(1)  # m1 asked again, and got nothing
     assert ctrl.job(long_id)["state"] == "waiting"  # 300 s > the 90 s m1 has left
 
     late = ctrl.start_pilot("m2", deadline=time.time() + 12, time_margin=10)

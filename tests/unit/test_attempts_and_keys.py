@@ -75,6 +75,23 @@ def test_the_same_idempotency_key_answers_the_same_ids_and_another_body_is_refus
                              idempotency=key) == [7, 8, 9]
 
 
+def test_a_key_kept_from_before_its_ids_were_listed_still_answers_them(database):
+    key = IdempotencyKey("k1", "hash-a", keep=1e9)
+    s = Store(database)
+    first = s.jobs.submit([NewJob("/bin/true")] * 3, "alice", "physics", 3, idempotency=key)
+    with s.tx() as c:  # as a key written before migration 015 looks, its fill not yet run
+        c.execute("UPDATE idempotency_keys SET ids = NULL")
+        c.execute("DELETE FROM _migrations WHERE name = '020_i21_idempotency_ids_filled'")
+    s.close()
+    s = Store(database)
+    try:
+        again = s.jobs.submit([NewJob("/bin/true")] * 3, "alice", "physics", 3,
+                              idempotency=key)
+        assert again == first and s.jobs.counts() == {"waiting": 3}
+    finally:
+        s.close()
+
+
 def test_one_key_sent_to_two_controller_processes_at_once_creates_the_jobs_once(store,
                                                                              database):
     """Two stores on one database stand for two controller processes; a retry of a

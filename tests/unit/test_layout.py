@@ -73,3 +73,26 @@ def test_the_domain_does_no_io_and_the_loop_knows_no_kind():
                  "CloudEndpoint", "isinstance"):
         assert kind not in loop
     assert "Reconciler" not in (ROOT / "reconcile" / "hosts.py").read_text()
+
+
+# what starts a process or a server: a unit test that needs one belongs in tests/integration
+STARTS = {"subprocess", "multiprocessing", "http.server", "socketserver", "uvicorn",
+          "controller.harness", "tests.pgserver", "tests.sshhosts", "tests.slurmcluster",
+          "tests.sgecluster"}
+SERVER_FIXTURES = {"make_controller", "postgres_server", "ctrl"}
+
+
+def test_the_unit_tests_start_no_process_and_no_server():
+    unit = Path(__file__).resolve().parent
+    found = []
+    for f in sorted(unit.glob("test_*.py")):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{f.name} imports {n}" for n in names
+                      if n in STARTS or n.split(".")[0] in STARTS]
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                found += [f"{f.name}::{node.name} asks for {a.arg}" for a in node.args.args
+                          if a.arg in SERVER_FIXTURES]
+    assert found == []

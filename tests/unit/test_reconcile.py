@@ -149,9 +149,9 @@ def two(database):
     after 10 s of silence; applies time out after 60 s."""
     eps = [EndpointConfig(name=n, slots=1, max_machines=2, auto_apply=True, apply_timeout=60)
            for n in ("slow", "fast")]
-    settings = Settings(database=database, endpoints=eps, stalled_after=10,
+    settings = Settings(database=database, endpoints=eps, lease=10,
                         lease_margin=0)
-    store = Store(settings.database, lease=settings.stalled_after)
+    store = Store(settings.database, lease=settings.lease)
     store.endpoints.sync([e.model_dump() for e in eps])
     store.tokens.create_user("alice", "g")
     drivers = {"slow": InMemoryDriver("slow"), "fast": InMemoryDriver("fast")}

@@ -62,3 +62,16 @@ def test_environment_variables_override_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUDPILOT_PORT", "not a port")
     with pytest.raises(ConfigError, match="port"):
         Settings.load(cfg)
+
+
+def test_a_renamed_setting_is_still_read_under_its_old_name_with_a_warning(tmp_path,
+                                                                           monkeypatch):
+    (tmp_path / "c.toml").write_text("stalled_after = 42\n")
+    with pytest.warns(FutureWarning, match="stalled_after is now called lease"):
+        assert Settings.load(tmp_path / "c.toml").lease == 42
+    monkeypatch.setenv("CLOUDPILOT_STALLED_AFTER", "43")
+    with pytest.warns(FutureWarning, match="CLOUDPILOT_STALLED_AFTER is now called "
+                      "CLOUDPILOT_LEASE"):
+        assert Settings.load(None).lease == 43
+    with pytest.warns(FutureWarning):
+        assert Settings.load(None, lease=44).lease == 44  # the new name wins

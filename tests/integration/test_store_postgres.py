@@ -1,0 +1,130 @@
+"""What differs between the backends, on a real PostgreSQL: rows, who leads the reconcile
+loop, and messages between controller processes (issue 15)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from controller.domain.jobs import NewJob, Requirements
+from controller.errors import InvalidInput, StorageError
+from controller.store import Store
+from controller.store.channel import FORGET, WAKE, PostgresChannel
+from controller.store.leader import PostgresLeadership
+from tests.conftest import wait_until
+
+
+def test_rows_answer_by_name_and_position_and_sums_are_numbers(postgres_server):
+    store = Store(postgres_server.create_database())
+    try:
+        with pytest.raises(OverflowError):  # as SQLite: the API's 422, not a 404
+            store.plans.get(2**63)
+        with pytest.raises(InvalidInput, match="NUL"):  # SQLite holds it; never a 5xx here
+            store.jobs.find(owner="a\x00b")
+        with pytest.raises(StorageError, match="no_such_table"), store.read() as c:
+            c.execute("SELECT * FROM no_such_table")  # the store's error, not psycopg's
+        store.tokens.create_user("alice", "physics", share=2.5)
+        (row,) = store.rows("SELECT name, grp, share FROM users")
+        assert (row["name"], row[1], dict(row)) == (
+            "alice", "physics", {"name": "alice", "grp": "physics", "share": 2.5})
+        store.jobs.submit([NewJob("/bin/true", requirements=Requirements(cores=3))] * 2,
+                          "alice", "physics", 3)
+        (total,) = store.rows("SELECT SUM(json_extract(requirements, '$.cores')) FROM jobs")
+        assert total[0] == 6  # a float, not a Decimal
+        (held,) = store.rows("SELECT COUNT(*), SUM(retries + 2) FROM jobs")
+        assert held == (2, 4) and isinstance(held[1], int)  # SUM of BIGINT: an int
+    finally:
+        store.close()
+
+
+def test_one_process_leads_and_the_next_takes_over_when_it_goes(postgres_server):
+    url = postgres_server.create_database()
+    Store(url).close()  # the schema
+    a, b = PostgresLeadership(url), PostgresLeadership(url)
+    try:
+        assert a.held() and a.epoch == 1
+        assert not b.held()
+        assert a.held()  # still ours: checked, not taken again
+        a.close()  # its session ends (as when its process dies): the lock is free
+        wait_until(b.held, 5, 0.05, "b to take the lead")  # the server ends a's session first
+        assert b.epoch == 2
+        assert not a.held()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_messages_reach_the_other_processes_and_not_their_sender(postgres_server):
+    url = postgres_server.create_database()
+    a, b = PostgresChannel(url), PostgresChannel(url)
+    heard: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    arrived = threading.Event()
+
+    def on(name: str):
+        def handler(kind: str, arg: str) -> None:
+            heard[name].append((kind, arg))
+            arrived.set()
+        return handler
+
+    a.start(on("a"))
+    b.start(on("b"))
+    try:
+        assert a.listening.wait(5) and b.listening.wait(5)
+        a.send(WAKE, "3")
+        a.send(FORGET, "pilot:p1")
+        assert arrived.wait(5)
+        wait_until(lambda: len(heard["b"]) == 2, 5, 0.02, "b to hear both messages")
+        # the server delivers in order: once a hears b's answer, an echo of its own would
+        # have come before it
+        b.send(WAKE, "9")
+        wait_until(lambda: heard["a"], 5, 0.02, "a to hear b")
+        assert sorted(heard["b"]) == [(FORGET, "pilot:p1"), (WAKE, "3")]
+        assert heard["a"] == [(WAKE, "9")]
+    finally:
+        a.close()
+        b.close()
+
+
+def _columns_sqlite(store: Store) -> dict[str, set[str]]:
+    tables = [r[0] for r in store.rows("SELECT name FROM sqlite_master WHERE type = 'table'"
+                                       " AND name NOT LIKE 'sqlite_%'")]
+    return {t: {r[1] for r in store.rows(f"PRAGMA table_info({t})")} for t in tables}
+
+
+def _columns_postgres(store: Store) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for table, column in store.rows(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()"):
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+def _indexes_sqlite(store: Store) -> set[str]:
+    return {r[0] for r in store.rows("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                     " AND name NOT LIKE 'sqlite_autoindex_%'")}
+
+
+def _indexes_postgres(store: Store) -> set[str]:
+    return {r[0] for r in store.rows("SELECT indexname FROM pg_indexes"
+                                     " WHERE schemaname = current_schema()"
+                                     " AND indexname NOT LIKE '%_pkey'")}
+
+
+def test_both_backends_make_the_same_tables_columns_and_indexes(postgres_server, tmp_path):
+    """SQLite's migrations and PostgreSQL's baseline plus the shared migrations
+    (store/migrations.py, store/schema_pg.py) end in one schema."""
+    lite, pg = Store(tmp_path / "q.db"), Store(postgres_server.create_database())
+    try:
+        columns = _columns_postgres(pg)
+        # PostgreSQL's own, on purpose (store/schema_pg.py): concurrent writers append to
+        # pending tables that a trigger folds in at commit, each charge with its half-life
+        assert {t: columns.pop(t) for t in ("held_pending", "usage_pending")}
+        columns["usage"].remove("half_life")
+        indexes = _indexes_postgres(pg) - {"idx_held_pending_xid", "idx_usage_pending_xid"}
+        assert _columns_sqlite(lite) == columns
+        assert _indexes_sqlite(lite) == indexes
+    finally:
+        lite.close()
+        pg.close()
