@@ -280,6 +280,15 @@ class EndpointConfig(BaseModel):
         "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
         "only its job directory and the system's read-only files), user (a dedicated "
         "unprivileged user; the pilot must run as root), none (no sandbox: only when asked)")
+    # --- machine lifetime and pilot credentials (issue 26) ------------------------------
+    max_machine_age: float = Field(
+        86400.0, gt=0, description="a cloud machine powers itself off (and so terminates) "
+        "this long after boot, controller or not (s); its pilot's credential lives twice as "
+        "long from its last renewal")
+    orphan_timeout: float = Field(
+        600.0, gt=0, description="a pilot that cannot reach the controller this long leaves "
+        "(at once when idle, else when its jobs' leases run out) (s)")
+    # --- end of issue 26 settings ---------------------------------------------------------
 
     @model_validator(mode="after")
     def _types_need_prices(self) -> EndpointConfig:
