@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from controller.config.clouds import AwsConfig, OpenStackConfig
 from controller.config.database import is_postgres
 from controller.domain.batch import BatchSpec
+from controller.domain.credentials import DEFAULT_MAX_MACHINE_AGE, pilot_credential_lifetime
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import ApprovalPolicy
 from controller.domain.pricing import Market, Offer
@@ -282,9 +283,9 @@ class EndpointConfig(BaseModel):
         "unprivileged user; the pilot must run as root), none (no sandbox: only when asked)")
     # --- machine lifetime and pilot credentials (issue 26) ------------------------------
     max_machine_age: float = Field(
-        86400.0, gt=0, description="a cloud machine powers itself off (and so terminates) "
-        "this long after boot, controller or not (s); its pilot's credential lives twice as "
-        "long from its last renewal")
+        DEFAULT_MAX_MACHINE_AGE, gt=0, description="a cloud machine powers itself off (and "
+        "so terminates) this long after boot, controller or not (s); its pilots' credentials "
+        "live twice as long from their last renewal")
     orphan_timeout: float = Field(
         600.0, gt=0, description="a pilot that cannot reach the controller this long leaves "
         "(at once when idle, else when its jobs' leases run out) (s)")
@@ -387,6 +388,10 @@ class EndpointConfig(BaseModel):
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
                          self.longest_job(), platform=self.platform,
                          required_tags=frozenset(self.required_tags))
+
+    def credential_lifetime(self) -> float:
+        """How long its pilots' own credentials live from their last renewal."""
+        return pilot_credential_lifetime(self.max_machine_age)
 
     def longest_job(self) -> int | None:
         """The longest max_runtime a job may have here: the endpoint's limit, and on a batch
