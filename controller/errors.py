@@ -84,6 +84,10 @@ class ConfigError(PermanentError):
     """The configuration is not valid."""
 
 
+class BackupError(PermanentError):
+    """A backup or a restore cannot be made as asked (the message says what to do)."""
+
+
 class TemporaryError(CloudpilotError):
     """The controller cannot do that now; retry later (answered with Retry-After)."""
 

@@ -118,3 +118,69 @@ def test_the_database_password_never_reaches_a_pilot_or_a_payload(tmp_path: Path
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
     s = Settings(database="postgresql://cp@db/cp", data_dir=tmp_path / "data")
     assert str(pgpass) in s.controller_paths()  # the sandbox hides it from payloads
+
+
+def test_a_postgresql_dump_restores_and_the_restore_reschedules_what_ran(postgres_server,
+                                                                       tmp_path):
+    """Issue 26: on PostgreSQL, `admin backup` says to use pg_dump; a pg_dump of a live
+    database restores (pg_restore) into a fresh one, and `admin restore --after-pg-restore`
+    there reschedules the jobs held at the dump's time as interrupted. Jobs, tokens and
+    machines are there."""
+    import subprocess
+
+    from controller.auth import Role
+    from controller.domain.matching import SlotOffer
+    from controller.errors import BackupError
+    from controller.services import backups
+
+    source = postgres_server.create_database()
+    s = Store(source)
+    s.tokens.create_user("alice", "physics")
+    token = s.tokens.issue(Role.USER, owner="alice")
+    ids = s.jobs.submit([NewJob("/bin/true", requirements=Requirements(cores=1))] * 3,
+                        "alice", "physics", default_retries=2)
+    s.machines.register_pilot("p1", "ep", "m1", 4, 4096, [], 4, "test")
+    got = s.jobs.match("p1", "m1", SlotOffer("ep", 4, 4096), by="owner", shares={},
+                       token_margin=60, count=2).jobs
+    assert len(got) == 2
+    with pytest.raises(BackupError, match="pg_dump"):
+        backups.backup(source, tmp_path / "x.db")
+    dump = tmp_path / "cloudpilot.dump"
+    subprocess.run([str(postgres_server.bin / "pg_dump"), "-Fc", "--no-owner", "-f", str(dump),
+                    source], check=True, capture_output=True, timeout=60)
+    s.close()
+    target = postgres_server.create_database()
+    subprocess.run([str(postgres_server.bin / "pg_restore"), "--no-owner", "-d", target,
+                    str(dump)], check=True, capture_output=True, timeout=60)
+    with pytest.raises(BackupError, match="pg_restore"):
+        backups.restore(target, None)  # not without saying the dump was restored
+    moved = backups.restore(target, None, after_pg_restore=True)
+    assert sorted(moved) == sorted(j.id for j, _ in got)
+    r = Store(target)
+    try:
+        assert r.tokens.verify(token).owner == "alice"
+        assert sorted(j.id for j in r.jobs.find(owner="alice")) == sorted(ids)
+        assert {j.state.value for j in r.jobs.find(owner="alice")} == {"waiting"}
+        assert all(r.jobs.get(j).reschedules == 1 and r.jobs.get(j).retries == 0
+                   for j in moved)
+        assert r.machines.get("m1").state.value == "running"
+        # the sequences came along: a new job takes the next id
+        (new,) = r.jobs.submit([NewJob("/bin/true")], "alice", "physics", default_retries=2)
+        assert new > max(ids)
+    finally:
+        r.close()
+
+
+def test_a_restore_takes_only_a_sound_cloudpilot_database_and_never_overwrites(tmp_path):
+    from controller.errors import BackupError
+    from controller.services import backups
+
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(BackupError, match="not a cloudpilot database"):
+        backups.restore(str(tmp_path / "new.db"), tmp_path / "junk.db")
+    Store(tmp_path / "live.db").close()
+    with pytest.raises(BackupError, match="exists already"):
+        backups.restore(str(tmp_path / "live.db"), tmp_path / "live.db")
+    with pytest.raises(BackupError, match="give the backup file"):
+        backups.restore(str(tmp_path / "new.db"), None)
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.db.part").exists()
