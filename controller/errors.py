@@ -80,6 +80,11 @@ class FileStoreFull(PermanentError):
     status_code = 507
 
 
+class Fenced(Conflict):
+    """A late result of a deposed reconcile-loop leader: another leader took over since (its
+    epoch is higher), so the result is refused (issue 26)."""
+
+
 class ConfigError(PermanentError):
     """The configuration is not valid."""
 
