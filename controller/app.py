@@ -114,7 +114,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         channel = store.channel()
         channel.start(lambda kind, arg: _heard(store, notifier, kind, arg))
         notifier.relay = lambda n: channel.send(WAKE, "" if n is None else str(n))
-        leadership = store.leadership()
+        leadership = store.leadership(settings.leader_lease)
         app.state.leadership = leadership
         task = None
         stop_loop = asyncio.Event()

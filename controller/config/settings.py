@@ -459,6 +459,11 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL pilots use to reach the controller")
     loop_interval: float = Field(2.0, gt=0)
+    # --- issue 26: the reconcile loop's leader lease (PostgreSQL) ---------------------------
+    leader_lease: float = Field(
+        30.0, ge=1, description="PostgreSQL: a leader that has not checked its lock this long "
+        "(frozen, or stuck) loses its session and with it the lead (s; above loop_interval "
+        "and the longest tick)")
     stalled_after: float = Field(60.0, gt=0, description="the lease of a job's attempt: a "
                                  "pilot's heartbeats renew it; a pilot that cannot renew it "
                                  "kills the payload before it runs out (s)")

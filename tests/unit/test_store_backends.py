@@ -78,6 +78,52 @@ def test_one_process_leads_and_the_next_takes_over_when_it_goes(postgres_server)
         b.close()
 
 
+LEADER = """
+import sys, time
+from controller.store.leader import PostgresLeadership
+lead = PostgresLeadership(sys.argv[1], lease=float(sys.argv[2]))
+while True:  # a controller process's loop: check the lead, then a tick
+    print(lead.held(), lead.epoch, flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_a_leader_frozen_longer_than_its_lease_loses_the_lead(postgres_server, tmp_path):
+    """Issue 26: a real process leads (checking its lock every 0.2 s), is frozen by SIGSTOP
+    past its 2 s lease; the server ends its idle session, another takes the lead under the
+    next epoch; resumed, the frozen one finds it is no longer the leader."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    url = postgres_server.create_database()
+    Store(url).close()  # the schema (the leader table)
+    out = tmp_path / "leader.out"
+    with out.open("w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", LEADER, url, "2"], stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=Path(__file__).resolve().parents[2])
+    other = PostgresLeadership(url, lease=2)
+    try:
+        wait_until(lambda: "True 1" in out.read_text(), 20, what="the process to lead")
+        assert not other.held()
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_until(other.held, 15, 0.2, "the other to take the lead")
+        assert other.epoch == 2
+        lines = len(out.read_text().splitlines())
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_until(lambda: len(out.read_text().splitlines()) > lines + 2, 10,
+                   what="the resumed process to check again")
+        after = out.read_text().splitlines()[lines:]
+        assert after[-1] == "False 1", after  # it no longer leads, and knows it
+        assert other.held() and other.epoch == 2
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        other.close()
+
+
 def test_messages_reach_the_other_processes_and_not_their_sender(postgres_server):
     url = postgres_server.create_database()
     a, b = PostgresChannel(url), PostgresChannel(url)
