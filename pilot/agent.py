@@ -235,6 +235,13 @@ class Agent:
         except ClientError as e:
             if e.status == 404:
                 return
+            if e.status == 401:  # expired, or revoked (its machine lost): nothing is ours now
+                log.warning("heartbeat refused: %s; stopping every payload and leaving", e)
+                self.exit_reason = f"the controller no longer accepts this pilot: {e}"
+                self.stopping.set()
+                for run in runs:
+                    run.revoke()
+                return
             log.warning("heartbeat refused: %s", e)
             return
         except OSError as e:

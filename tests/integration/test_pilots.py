@@ -202,3 +202,20 @@ def test_pilots_cut_off_from_their_controller_leave_idle_at_once_busy_after_thei
     assert busy_left > 3 and busy_left > idle_left, (busy_left, idle_left)
     assert "orphan timeout" in blog
     ctrl.proc = None
+
+
+def test_a_pilot_whose_credential_is_revoked_kills_its_payloads_and_leaves(ctrl):
+    """Issue 26: a heartbeat refused with 401 (the credential expired, or was revoked with its
+    machine) means nothing the pilot holds is its own any more: it kills its payloads at once
+    and leaves, even with every slot busy (no match call to find out)."""
+    (jid,) = ctrl.submit("alice", sh("sleep 30"))
+    p = ctrl.start_pilot("m1")
+    ctrl.wait_state(jid, "running")
+    with ctrl.client() as admin:
+        (tid,) = [t["id"] for t in admin.get("/api/v1/admin/tokens").json() if t["pilot_id"]]
+        assert admin.delete(f"/api/v1/admin/tokens/{tid}").status_code == 204
+    assert p.wait(20) == 0
+    log = (ctrl.root / "pilots" / "m1" / "pilot.log").read_text()
+    assert "stopping every payload and leaving" in log
+    assert "exiting: the controller no longer accepts this pilot" in log
+    ctrl.wait_state(jid, "waiting", timeout=20)  # its lease ran out: back in the queue
