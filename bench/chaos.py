@@ -40,7 +40,7 @@ from typing import Any
 
 import psycopg
 
-from bench.faults import LOCAL, overlapping, payload, read_ledger
+from bench.faults import LOCAL, Row, overlapping, payload, read_ledger
 from bench.harness import make_controller
 from controller.cli.client import ApiClient
 from controller.drivers.proctree import MachineProcesses
@@ -52,17 +52,13 @@ SETTINGS = {"loop_interval": 0.5, "stalled_after": 6, "lease_margin": 2, "max_re
 
 
 @dataclass
-class Run:
-    seed: int
-    submitted: int = 0
-    done: int = 0
-    lost: int = 0
-    ran_twice_at_once: int = 0
-    duplicate_submissions: int = 0
+class Run(Row):
+    """bench.faults' row, and what only a cluster can get wrong."""
+
+    seed: int = 0
     machines_started_twice: int = 0
     machines_leaked: int = 0
     leases_outlived: int = 0
-    seconds: float = 0.0
     faults: list[str] = field(default_factory=list)
     why_not_done: list[str] = field(default_factory=list)  # the first few, with their reasons
 
@@ -164,7 +160,7 @@ def tally(run: Run, ctl: Controller, url: str, ledger: Path, acked: int) -> Run:
 
 
 def one_run(tmp: Path, seed: int, duration: float, n_workers: int) -> Run:
-    rng, run, t0 = random.Random(seed), Run(seed), time.monotonic()
+    rng, run, t0 = random.Random(seed), Run(f"seed {seed}", seed=seed), time.monotonic()
     pg = PostgresServer().start()
     ctl: Controller | None = None
     try:
