@@ -226,11 +226,13 @@ def test_a_backup_taken_under_load_restores_into_a_fresh_data_dir(make_controlle
     controller started there has the jobs, tokens, plans and machines, the jobs that ran at
     the backup's time rescheduled as interrupted (no retry used), and runs every job to its
     end."""
-    ctrl = make_controller(endpoints=[LOCAL])
+    ep = {**LOCAL, **UNSANDBOXED}  # the slow payloads wait for a file of the test's
+    ctrl = make_controller(endpoints=[ep])
     if ctrl.db_url:
         pytest.skip("SQLite's backup: PostgreSQL's pg_dump is tested in tests/unit")
     *quick, = ctrl.submit("alice", *[sh("true")] * 4)
-    slow = ctrl.submit("alice", sh("sleep 10"), sh("sleep 10"))
+    go = tmp_path / "go"  # the slow jobs run until it exists: surely running at the backup
+    slow = ctrl.submit("alice", *[sh(f"while [ ! -e {go} ]; do sleep 0.2; done")] * 2)
     wait_until(lambda: all(ctrl.job(j)["state"] == "done" for j in quick)
                and all(ctrl.job(j)["state"] == "running" for j in slow), 30,
                what="the quick jobs done and the slow ones running")
@@ -256,11 +258,12 @@ def test_a_backup_taken_under_load_restores_into_a_fresh_data_dir(make_controlle
         stop.set()
         loader.join()
     assert r.returncode == 0 and "backed up to" in r.stdout, r.stdout + r.stderr
+    assert all(ctrl.job(j)["state"] == "running" for j in slow)
     again = admin_cli(ctrl.config, "backup", str(tmp_path / "backup.db"))
     assert again.returncode == 1 and "exists already" in again.stderr
     end_controller(ctrl)  # the old controller, its machines and their payloads are gone
 
-    fresh = Controller(tmp_path / "restored", free_port(), dict(ctrl.settings), [LOCAL])
+    fresh = Controller(tmp_path / "restored", free_port(), dict(ctrl.settings), [ep])
     fresh.root.mkdir()
     fresh.write_config()
     fresh.tokens = dict(ctrl.tokens)
@@ -285,6 +288,7 @@ def test_a_backup_taken_under_load_restores_into_a_fresh_data_dir(make_controlle
             ev = fresh.events(j)
             assert any(e["to_state"] == "rescheduled" and "restored from a backup" in
                        e["reason"] for e in ev), ev
+        go.touch()
         for j in (*quick, *slow, *theirs):
             fresh.wait_state(j, "done", timeout=60)
         assert all(fresh.job(j)["retries"] == 0 for j in slow)
