@@ -63,7 +63,7 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership
                 await asyncio.sleep(interval)
                 continue
             if not leading:  # at start, or taking over: pick up what was left half done
-                await asyncio.to_thread(reconciler.lead)
+                await asyncio.to_thread(reconciler.lead, leadership.epoch)
                 leading = True
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:
@@ -113,7 +113,7 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         channel = store.channel()
         channel.start(lambda kind, arg: _heard(store, notifier, kind, arg))
         notifier.relay = lambda n: channel.send(WAKE, "" if n is None else str(n))
-        leadership = store.leadership()
+        leadership = store.leadership(settings.leader_lease)
         app.state.leadership = leadership
         task = None
         stop_loop = asyncio.Event()

@@ -43,6 +43,7 @@ class Principal:
     job_id: int | None = None  # job tokens
     pilot_id: str | None = None  # a pilot's own credential (None: a bootstrap token)
     machine: str | None = None  # pilot tokens bound to one machine name
+    expires_at: float | None = None  # Unix time; None: never (a pilot's own renews it)
 
     @property
     def is_admin(self) -> bool:

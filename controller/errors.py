@@ -78,8 +78,17 @@ class FileStoreFull(PermanentError):
     status_code = 507
 
 
+class Fenced(Conflict):
+    """A late result of a deposed reconcile-loop leader: another leader took over since (its
+    epoch is higher), so the result is refused (issue 26)."""
+
+
 class ConfigError(PermanentError):
     """The configuration is not valid."""
+
+
+class BackupError(PermanentError):
+    """A backup or a restore cannot be made as asked (the message says what to do)."""
 
 
 class TemporaryError(CloudpilotError):

@@ -1,6 +1,9 @@
 """The pilot's loop: register, then ask for a job for each free slot (long-poll), run it,
 heartbeat, upload output, report. Exits when idle longer than its idle timeout, and on SIGTERM
-stops taking work, reports its running jobs as interrupted (so they are rescheduled) and exits."""
+stops taking work, reports its running jobs as interrupted (so they are rescheduled) and exits.
+Cut off from its controller longer than its orphan timeout, it leaves: at once when it holds no
+job, else when the leases of the jobs it holds have run out (the controller gives them to
+others then)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ class Agent:
         self.cfg = cfg
         self.stopping = threading.Event()  # SIGTERM: interrupt jobs and exit
         self.draining = threading.Event()  # take no new work; exit when jobs are done
-        self.client = Client(cfg.controller_url, cfg.token, stopped=self.stopping.is_set)
+        self.client = Client(cfg.controller_url, cfg.token,
+                             stopped=lambda: self.stopping.is_set() or self.orphaned())
         self.jobs: dict[int, JobRun] = {}
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -49,6 +53,15 @@ class Agent:
             cores = self.cfg.cores - sum(j.cores for j in self.jobs.values())
             mem = self.cfg.memory_mb - sum(j.memory_mb for j in self.jobs.values())
             return max(cores, 0), max(mem, 0), self.cfg.slots - len(self.jobs)
+
+    def orphaned(self) -> bool:
+        """Cut off from the controller longer than the orphan timeout, holding no job whose
+        lease still runs (a job past its lease is the controller's to give to others)."""
+        if time.monotonic() - self.client.last_contact <= self.cfg.orphan_timeout:
+            return False
+        now = time.time()
+        with self.lock:
+            return not any(r.lease_until > now for r in self.jobs.values())
 
     # lifecycle ---------------------------------------------------------------------------
     def register(self) -> None:
@@ -75,7 +88,12 @@ class Agent:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.cfg.isolation == "user":
             self.workdir.chmod(0o711)  # the payload's user reaches its own job dir only
-        self.register()
+        try:
+            self.register()
+        except (ClientError, OSError):
+            if not self.orphaned():
+                raise
+            return self._end(self._orphan_reason())
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
         if self.cfg.metadata_url:
             threading.Thread(target=self._watch_metadata, name="metadata", daemon=True).start()
@@ -91,11 +109,17 @@ class Agent:
                 idle = not self.jobs and time.monotonic() - self.last_busy > self.cfg.idle_timeout
             if idle:
                 return self._end(f"idle for more than {self.cfg.idle_timeout:.0f}s")
+            if not self.jobs and self.orphaned():
+                return self._end(self._orphan_reason())
             if self.cfg.time_left(time.time()) == 0 and not self.jobs:
                 return self._end("its time is up (deadline)")
             for job, token, lease_until in self._match(cores, mem, slots):
                 self._start(job, token, lease_until)
         return self._end(self.exit_reason or "stopped")
+
+    def _orphan_reason(self) -> str:
+        return (f"the controller has been unreachable for more than "
+                f"{self.cfg.orphan_timeout:.0f}s (orphan timeout)")
 
     def _end(self, why: str) -> str:
         self.exit_reason = why
@@ -210,6 +234,13 @@ class Agent:
                 timeout=max(1.0, min(15.0, lease / 3)), retry=False)
         except ClientError as e:
             if e.status == 404:
+                return
+            if e.status == 401:  # expired, or revoked (its machine lost): nothing is ours now
+                log.warning("heartbeat refused: %s; stopping every payload and leaving", e)
+                self.exit_reason = f"the controller no longer accepts this pilot: {e}"
+                self.stopping.set()
+                for run in runs:
+                    run.revoke()
                 return
             log.warning("heartbeat refused: %s", e)
             return

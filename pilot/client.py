@@ -1,5 +1,6 @@
 """The pilot's HTTP client (urllib): JSON in and out, retries with back-off on connection
-errors and 5xx, so a controller restart loses nothing."""
+errors and 5xx, so a controller restart loses nothing, until its `stopped` says give up (the
+pilot is stopping, or has been cut off from its controller too long: see `last_contact`)."""
 
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ class Client:
         self.token = token
         self.stopped = stopped
         self.max_backoff = max_backoff
+        self.last_contact = time.monotonic()  # when the controller last answered (below 500)
 
     def call(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0,
              retry: bool = True, raw: bool = False) -> Any:
         """Send a request; on connection errors and 5xx retry with back-off until it works
-        (or the pilot is stopping, when the last error is raised)."""
+        (or `stopped()` says give up, when the last error is raised)."""
         delay = 0.5
         while True:
             try:
@@ -65,8 +67,11 @@ class Client:
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
+                self.last_contact = time.monotonic()
                 return raw if want_raw else json.loads(raw) if raw else None
         except urllib.error.HTTPError as e:
+            if e.code < 500:
+                self.last_contact = time.monotonic()
             raw = e.read()
             try:
                 detail = json.loads(raw).get("detail", raw.decode(errors="replace"))

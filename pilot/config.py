@@ -23,6 +23,7 @@ ENV = {
     "metadata_url": "CLOUDPILOT_METADATA_URL",
     "deadline": "CLOUDPILOT_DEADLINE",
     "isolation": "CLOUDPILOT_ISOLATION",
+    "orphan_timeout": "CLOUDPILOT_ORPHAN_TIMEOUT",
 }
 
 
@@ -47,6 +48,10 @@ class PilotConfig:
     memory_mb: int = field(default_factory=_memory_mb)
     tags: list[str] = field(default_factory=list)
     idle_timeout: float = 600.0  # exit when idle this long
+    # a pilot that cannot reach its controller this long leaves (at once when it holds no
+    # job; else once its jobs' leases have run out): its machine must not outlive the
+    # controller that would stop it (longer than a controller restart)
+    orphan_timeout: float = 600.0
     heartbeat_interval: float | None = None  # None: what the controller says at register
     poll_wait: float = 20.0  # long-poll for work this long per request
     workdir: str = "work"
@@ -93,8 +98,8 @@ class PilotConfig:
         for key in ("slots", "cores", "memory_mb"):
             if key in data:
                 data[key] = int(data[key])  # type: ignore[call-overload]
-        for key in ("idle_timeout", "poll_wait", "stop_grace", "metadata_interval", "deadline",
-                    "time_margin"):
+        for key in ("idle_timeout", "orphan_timeout", "poll_wait", "stop_grace",
+                    "metadata_interval", "deadline", "time_margin"):
             if key in data:
                 data[key] = float(data[key])  # type: ignore[arg-type]
         if data.get("isolation", "bwrap") not in ("bwrap", "user", "none"):

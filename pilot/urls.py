@@ -1,14 +1,19 @@
 """Which URLs a job's input may be fetched from: http(s) only, and never a loopback,
 link-local (the cloud metadata service), private or otherwise special address unless an
 allow-list names it. The controller checks each URL at submission; the pilot checks the address
-it resolves to and every redirect again at fetch time.
+it resolves to and every redirect again at fetch time, resolving each host name once and
+connecting to the very address it checked (the original name still goes in the Host header
+and TLS's server name and certificate check), so a name that resolves to an allowed address
+at the check and to a private one a moment later (DNS rebinding) gets nothing.
 
 Standard library only: the controller imports this module too (one rule, one place)."""
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -94,14 +99,81 @@ class _Recheck(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
                          msg: str, headers: Any, newurl: str) -> urllib.request.Request | None:
-        check_url(newurl, self.allow, resolve_host)  # a redirect is checked like the URL
+        # a redirect is checked like the URL: its form here, its address when it is opened
+        check_url(newurl, self.allow)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def open_url(url: str, allow: Iterable[str] = (), timeout: float = 60) -> IO[bytes]:
-    """Open an input URL after checking it (and each redirect) against the rules."""
+def pinned_address(url: str, allow: list[str],
+                   resolve: Callable[[str], list[str]]) -> str:
+    """Resolve the URL's host once, check every address it gave, and answer the one to
+    connect to (a literal address is its own)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    addrs = resolve(host)
+    if not addrs:
+        raise UrlRefused(f"{host} resolves to no address")
+    check_url(url, allow, lambda h: addrs)
+    return addrs[0].split("%")[0]
+
+
+class _Pinned:
+    """http(s) opening that connects to the address `pinned_address` checked, not to
+    whatever the name resolves to by then."""
+
+    allow: list[str]
+    resolve: Callable[[str], list[str]]
+
+    def _pinned_open(self, factory: type[http.client.HTTPConnection],
+                     req: urllib.request.Request, **kw: Any) -> Any:
+        addr = pinned_address(req.full_url, self.allow, self.resolve)
+
+        def connection(host: str, **args: Any) -> http.client.HTTPConnection:
+            conn = factory(host, **args, **kw)
+
+            def to_checked(where: tuple[str, int], *rest: Any) -> socket.socket:
+                return socket.create_connection((addr, where[1]), *rest)
+
+            conn._create_connection = to_checked  # type: ignore[attr-defined]
+            return conn
+
+        return self.do_open(connection, req)  # type: ignore[attr-defined]
+
+
+class _PinnedHTTP(_Pinned, urllib.request.HTTPHandler):
+    def __init__(self, allow: list[str], resolve: Callable[[str], list[str]]) -> None:
+        super().__init__()
+        self.allow, self.resolve = allow, resolve
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self._pinned_open(http.client.HTTPConnection, req)
+
+
+class _PinnedHTTPS(_Pinned, urllib.request.HTTPSHandler):
+    def __init__(self, allow: list[str], resolve: Callable[[str], list[str]],
+                 context: ssl.SSLContext | None) -> None:
+        super().__init__(context=context)
+        self.allow, self.resolve = allow, resolve
+        self.tls = context
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self._pinned_open(http.client.HTTPSConnection, req, context=self.tls)
+
+
+def open_url(url: str, allow: Iterable[str] = (), timeout: float = 60, *,
+             resolve: Callable[[str], list[str]] = resolve_host,
+             context: ssl.SSLContext | None = None) -> IO[bytes]:
+    """Open an input URL after checking it (and each redirect) against the rules: each
+    host name resolved once (`resolve`), connected to at the address that was checked. No
+    proxy from the environment (a proxy would resolve the name itself). `context`: TLS
+    settings (default: the system's CAs, the host name checked)."""
     allow = list(allow)
-    check_url(url, allow, resolve_host)
-    opener = urllib.request.build_opener(_Recheck(allow))
+    check_url(url, allow)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Recheck(allow),
+                                         _PinnedHTTP(allow, resolve),
+                                         _PinnedHTTPS(allow, resolve, context))
     resp: IO[bytes] = opener.open(url, timeout=timeout)
     return resp

@@ -30,6 +30,11 @@ from controller.api.schemas import (
     ReportIn,
 )
 from controller.config.settings import EndpointConfig
+from controller.domain.credentials import (
+    DEFAULT_MAX_MACHINE_AGE,
+    pilot_credential_lifetime,
+    renewal_due,
+)
 from controller.domain.jobs import Job
 from controller.domain.machines import DRAIN_STATES
 from controller.domain.matching import SlotOffer, machine_offer
@@ -62,12 +67,13 @@ def register(body: RegisterIn, store: StoreDep, settings: SettingsDep,
     pilot_id = uuid.uuid4().hex[:12]
     store.machines.register_pilot(pilot_id, p.endpoint, body.machine, body.cores,
                                   body.memory_mb, body.tags, body.slots, body.version)
+    ep = settings.endpoint(p.endpoint)
     try:
-        credential = store.tokens.exchange(p, pilot_id, body.machine)
+        credential = store.tokens.exchange(p, pilot_id, body.machine,
+                                           lifetime=credential_lifetime(ep))
     except Unauthorized:  # spent by a concurrent registration: undo ours
         store.machines.pilot_left(pilot_id, body.machine, "its bootstrap token was spent")
         raise
-    ep = settings.endpoint(p.endpoint)
     return RegisterOut(pilot_id=pilot_id, endpoint=p.endpoint, token=credential,
                        heartbeat_interval=ep.heartbeat_interval if ep else 10.0,
                        input_url_allow=list(settings.input_url_allow),
@@ -179,6 +185,11 @@ def spread(wait: float) -> float:
 LONG_WAIT = 10.0  # seconds: waits this long or longer are spread
 
 
+def credential_lifetime(ep: EndpointConfig | None) -> float:
+    """How long a pilot's own credential lives from its last renewal (issue 26)."""
+    return ep.credential_lifetime() if ep else pilot_credential_lifetime(DEFAULT_MAX_MACHINE_AGE)
+
+
 def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:
     """The longest job a pilot may take: the endpoint's limit and the pilot's own time left
     (a batch pilot's wall time runs out); without the pilot's word, what a fresh pilot of the
@@ -190,15 +201,20 @@ def time_left(ep: EndpointConfig | None, pilot_says: int | None) -> int | None:
 
 
 @router.post("/{pilot_id}/heartbeat", response_model=HeartbeatOut)
-def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, p: PilotAuth) -> HeartbeatOut:
+def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, settings: SettingsDep,
+              p: PilotAuth) -> HeartbeatOut:
     """The pilot is alive; per running job, its attempt and progress. Renews the leases of
-    the attempts that are still its own; answers which jobs to stop (and which of them at
-    once: no longer its own). One transaction."""
+    the attempts that are still its own, and its credential once a share of its lifetime has
+    passed (not at every heartbeat); answers which jobs to stop (and which of them at once:
+    no longer its own). One transaction."""
     pilot = _own_pilot(store, p, pilot_id)
+    lifetime, now = credential_lifetime(settings.endpoint(str(pilot["endpoint"]))), time.time()
     with store.tx():
-        state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]))
+        state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]), now)
         got = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs},
                                    attempts={j.id: j.attempt for j in body.jobs if j.attempt})
+        if renewal_due(p.principal().expires_at, lifetime, now):
+            store.tokens.renew(p.principal().token_id, now + lifetime)
     return HeartbeatOut(stop=got.stop, lost=got.lost, lease=got.lease,
                         drain=state in DRAIN_STATES)
 

@@ -343,8 +343,20 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     from controller.auth import Role
+    from controller.services import backups
     from controller.store import Store
 
+    # backups (issue 26): before anything opens the database (a restore makes it)
+    if args.admin_cmd == "backup":
+        pages = backups.backup(str(_settings(args).database), Path(args.path))
+        print(f"backed up to {args.path} ({pages} pages)")
+        return 0
+    if args.admin_cmd == "restore":
+        ids = backups.restore(str(_settings(args).database),
+                              Path(args.path) if args.path else None,
+                              after_pg_restore=args.after_pg_restore)
+        print(f"restored; {len(ids)} jobs held at the backup's time rescheduled as interrupted")
+        return 0
     store = Store(_settings(args).database)
     try:
         if args.admin_cmd == "create-user":
@@ -553,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("endpoint", help="endpoint name")
     p.set_defaults(fn=cmd_down)
 
-    p = sub.add_parser("admin", help="users and tokens (works on the database directly)")
+    p = sub.add_parser("admin", help="users, tokens, backups (works on the database directly)")
     asub = p.add_subparsers(dest="admin_cmd", required=True, metavar="ADMIN_COMMAND")
     q = asub.add_parser("create-user", help="create a user (an owner of jobs)")
     config_opt(q)
@@ -574,6 +586,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = asub.add_parser("users", help="list users")
     config_opt(q)
     q = asub.add_parser("tokens", help="list tokens (not job tokens; never the secrets)")
+    config_opt(q)
+    q = asub.add_parser("backup", help="back the SQLite database up to a new file while the "
+                        "controller runs (PostgreSQL: pg_dump)")
+    config_opt(q)
+    q.add_argument("path", help="the backup file to make")
+    q = asub.add_parser("restore", help="restore a backup as the configured (new) database; "
+                        "jobs running at the backup's time are rescheduled as interrupted")
+    q.add_argument("path", nargs="?", help="the backup file (SQLite)")
+    q.add_argument("--after-pg-restore", action="store_true",
+                   help="PostgreSQL: finish a pg_restore into the configured database")
     config_opt(q)
     q = asub.add_parser("revoke", help="revoke a token by id")
     config_opt(q)

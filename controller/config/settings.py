@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from controller.config.clouds import AwsConfig, OpenStackConfig
 from controller.config.database import is_postgres
 from controller.domain.batch import BatchSpec
+from controller.domain.credentials import DEFAULT_MAX_MACHINE_AGE, pilot_credential_lifetime
 from controller.domain.matching import SlotOffer
 from controller.domain.plans import ApprovalPolicy
 from controller.domain.pricing import Market, Offer
@@ -318,6 +319,15 @@ class EndpointConfig(BaseModel):
         "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
         "only its job directory and the system's read-only files), user (a dedicated "
         "unprivileged user; the pilot must run as root), none (no sandbox: only when asked)")
+    # --- machine lifetime and pilot credentials (issue 26) ------------------------------
+    max_machine_age: float = Field(
+        DEFAULT_MAX_MACHINE_AGE, gt=0, description="a cloud machine powers itself off (and "
+        "so terminates) this long after boot, controller or not (s); its pilots' credentials "
+        "live twice as long from their last renewal")
+    orphan_timeout: float = Field(
+        600.0, gt=0, description="a pilot that cannot reach the controller this long leaves "
+        "(at once when idle, else when its jobs' leases run out) (s)")
+    # --- end of issue 26 settings ---------------------------------------------------------
 
     @model_validator(mode="after")
     def _types_need_prices(self) -> EndpointConfig:
@@ -417,6 +427,10 @@ class EndpointConfig(BaseModel):
                          self.longest_job(), platform=self.platform,
                          required_tags=frozenset(self.required_tags))
 
+    def credential_lifetime(self) -> float:
+        """How long its pilots' own credentials live from their last renewal."""
+        return pilot_credential_lifetime(self.max_machine_age)
+
     def longest_job(self) -> int | None:
         """The longest max_runtime a job may have here: the endpoint's limit, and on a batch
         system what a fresh pilot's wall time leaves."""
@@ -485,6 +499,11 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=0, le=65535)
     public_url: str | None = Field(None, description="URL pilots use to reach the controller")
     loop_interval: float = Field(2.0, gt=0)
+    # --- issue 26: the reconcile loop's leader lease (PostgreSQL) ---------------------------
+    leader_lease: float = Field(
+        30.0, ge=1, description="PostgreSQL: a leader that has not checked its lock this long "
+        "(frozen, or stuck) loses its session and with it the lead (s; above loop_interval "
+        "and the longest tick)")
     lease: float = Field(60.0, gt=0, description="the lease of a job's attempt: a "
                                  "pilot's heartbeats renew it; a pilot that cannot renew it "
                                  "kills the payload before it runs out (s)")

@@ -65,6 +65,8 @@ DEPLOYED_STATES = frozenset({M.BOOTING, M.RUNNING})
 RETRY_STATES = frozenset({M.LOST, M.UNREACHABLE, M.FAILED})
 # draining: its pilot takes no new work and exits
 DRAIN_STATES = frozenset({M.STOPPING, M.STOPPED, M.LOST, M.FAILED})
+# revoking: a machine that enters one loses its pilots' credentials at once (issue 26)
+REVOKE_STATES = frozenset({M.STOPPED, M.LOST, M.FAILED})
 
 
 def check_transition(old: MachineState, new: MachineState) -> str:

@@ -113,6 +113,7 @@ class BatchDriver:
             "endpoint": e.name, "isolation": e.isolation, "hide": self.hide,
             "machine": machine, "slots": e.slots, "cores": e.cores, "memory_mb": e.memory_mb,
             "tags": e.tags, "idle_timeout": e.idle_timeout,  # idle pilots leave on their own
+            "orphan_timeout": e.orphan_timeout,
             "heartbeat_interval": e.heartbeat_interval, "workdir": "work",
             "time_margin": self.cfg.time_margin}, sort_keys=True)
 

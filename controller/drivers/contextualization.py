@@ -136,6 +136,7 @@ def pilot_settings(endpoint: EndpointConfig, controller_url: str, token: str,
         "tags": list(e.tags),
         # a safety net: the controller normally stops idle machines first, by name
         "idle_timeout": e.idle_timeout * 2 + 5,
+        "orphan_timeout": e.orphan_timeout,
         "heartbeat_interval": e.heartbeat_interval,
         "workdir": PILOT_WORKDIR,
         "isolation": e.isolation,
@@ -153,13 +154,22 @@ def pilot_code_sha256() -> str:
     return hashlib.sha256(pilot_tarball()).hexdigest()
 
 
-def render_pilot(settings: dict[str, Any]) -> str:
-    """`pilot` mode user-data for one machine: its settings, and where it fetches the pilot's
-    code (the controller's PILOT_CODE_ROUTE), pinned by its SHA-256."""
+def max_age_timer(max_machine_age: float) -> str:
+    """The systemd timer that powers the machine off `max_machine_age` seconds after boot,
+    whatever its pilot and controller do (a cloud machine terminates on shutdown)."""
+    return ("[Unit]\nDescription=cloudpilot: power off at the machine's max_machine_age\n\n"
+            f"[Timer]\nOnBootSec={max(60, int(max_machine_age))}s\nAccuracySec=30s\n"
+            "Unit=cloudpilot-max-age.service\n\n[Install]\nWantedBy=timers.target\n")
+
+
+def render_pilot(settings: dict[str, Any], *, max_machine_age: float) -> str:
+    """`pilot` mode user-data for one machine: its settings, where it fetches the pilot's
+    code (the controller's PILOT_CODE_ROUTE), pinned by its SHA-256, and its shutdown timer."""
     config = json.dumps(settings, sort_keys=True).encode()
     url = str(settings["controller_url"]).rstrip("/") + PILOT_CODE_ROUTE
     return render("pilot.yaml", {"pilot_config_b64": _b64(config), "pilot_code_url": url,
-                                 "pilot_code_sha256": pilot_code_sha256()})
+                                 "pilot_code_sha256": pilot_code_sha256(),
+                                 "max_age_timer": max_age_timer(max_machine_age)})
 
 
 def render_ssh(user: str, public_key: str) -> str:
@@ -181,7 +191,8 @@ def user_data(endpoint: EndpointConfig, controller_url: str, token: str, machine
         if not key or cloud is None:
             raise ContextualizationError(f"endpoint {endpoint.name} has no public key")
         return render_ssh(cloud.ssh_user, key)
-    return render_pilot(pilot_settings(endpoint, controller_url, token, machine, spec))
+    return render_pilot(pilot_settings(endpoint, controller_url, token, machine, spec),
+                        max_machine_age=endpoint.max_machine_age)
 
 
 def written_file(user_data_text: str, path: str) -> bytes:

@@ -196,7 +196,8 @@ class LocalDriver(PilotProcesses):
         `spec` (priced endpoints) gives the machine type's cores, memory and slots. Only the
         work directory and what the pilot hides from payloads are this host's own."""
         user_data = contextualization.render_pilot(contextualization.pilot_settings(
-            self.endpoint, self.controller_url, self.token_for(name), name, spec))
+            self.endpoint, self.controller_url, self.token_for(name), name, spec),
+            max_machine_age=self.endpoint.max_machine_age)
         cfg = contextualization.pilot_settings_from(user_data)
         cfg["workdir"] = str(self._dir(name) / "work")
         cfg["hide"] = self.hide

@@ -182,6 +182,7 @@ class SshDriver:
             "tags": e.tags,
             # a safety net: the controller normally stops idle pilots first, by name
             "idle_timeout": e.idle_timeout * 2 + 5,
+            "orphan_timeout": e.orphan_timeout,
             "heartbeat_interval": e.heartbeat_interval,
             "workdir": "work",  # inside the pilot's directory on the host
             "isolation": e.isolation,

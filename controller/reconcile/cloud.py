@@ -31,7 +31,7 @@ from controller.domain.refusals import Refusal, classify, describe, refused
 from controller.domain.scheduling import Budget, Decision
 from controller.drivers.base import NOT_TRIED, ApplyResult, Driver, ObservedMachine
 from controller.drivers.prices import PriceSource
-from controller.errors import Conflict, DriverError, NotFound
+from controller.errors import Conflict, DriverError, Fenced, NotFound
 from controller.reconcile import pairing
 from controller.reconcile.endpoint import LoopEnv, Outcome, Step, Tick, one_line
 from controller.reconcile.worker import Worker
@@ -307,19 +307,28 @@ class CloudEndpoint:
             log.warning("endpoint %s: plan %d ended after its timeout: %s", self.name, plan.id,
                         _applied(result))
             return None
-        self._record_result(plan, result, set(known) | set(plan.create), self.env.clock())
-        refused = self._refused(plan, result, self.env.clock())
+        known_all = set(known) | set(plan.create)
         if result.errors:
+            refused = self._refused(plan, result, self.env.clock())
             msg = "; ".join(f"{n}: {m}" for n, m in sorted(result.errors.items()))
             if refused and set(result.errors) <= set(refused) | {
                     n for n, m in result.errors.items() if m.startswith(NOT_TRIED)}:
                 # only offers the cloud has none of now: they are blocked, not the endpoint,
                 # and the next tick's decision picks the next cheapest offer
-                self._failed(plan, msg)
+                self._failed(plan, msg, result=result, known=known_all)
                 return Outcome(message=f"offers refused, tried elsewhere next: {msg}",
                                down_by=store.endpoints.get(self.name).down_by)
-            return self._failed(plan, msg)
-        store.plans.finish(plan.id, PlanState.APPLIED, _applied(result), self.env.clock())
+            return self._failed(plan, msg, result=result, known=known_all)
+        try:
+            with store.tx():  # fenced: only under the epoch the plan was applied under
+                store.plans.fence(plan.id, self.env.epoch)
+                self._record_result(plan, result, known_all, self.env.clock())
+                store.plans.finish(plan.id, PlanState.APPLIED, _applied(result),
+                                   self.env.clock())
+        except Fenced as e:
+            log.warning("endpoint %s: %s (%s)", self.name, e, _applied(result))
+            return None
+        self._refused(plan, result, self.env.clock())  # its offers' refusals forgotten
         return Outcome(down_by=store.endpoints.get(self.name).down_by, reset=True)
 
     def _refused(self, plan: Plan, result: ApplyResult, now: float) -> dict[str, str]:
@@ -356,7 +365,7 @@ class CloudEndpoint:
         """Mark the plan applying; record the machines it creates (requested) and those it
         deletes (stopping)."""
         store = self.env.store
-        plan = store.plans.start_applying(plan.id, now)
+        plan = store.plans.start_applying(plan.id, now, epoch=self.env.epoch)
         for name in plan.create:
             if name not in known:
                 store.machines.create(name, self.name, _seq(name),
@@ -368,16 +377,27 @@ class CloudEndpoint:
                                     now, if_in=WANTED_STATES)
         return plan
 
-    def _failed(self, plan: Plan, msg: str, create_failed: bool = False) -> Outcome | None:
+    def _failed(self, plan: Plan, msg: str, create_failed: bool = False, *,
+                result: ApplyResult | None = None,
+                known: set[str] | None = None) -> Outcome | None:
+        """Record a failed apply (and what it did do, `result`), fenced like a success."""
         if plan.id in self._abandoned:
             return None
         now = self.env.clock()
-        with self.env.store.tx():
-            if create_failed:
-                for name in plan.create:
-                    self.env.store.machines.move(name, M.FAILED, f"plan {plan.id} failed: {msg}",
-                                                 now, if_in={M.REQUESTED})
-            self.env.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
+        try:
+            with self.env.store.tx():
+                self.env.store.plans.fence(plan.id, self.env.epoch)
+                if result is not None:
+                    self._record_result(plan, result, known or set(), now)
+                if create_failed:
+                    for name in plan.create:
+                        self.env.store.machines.move(name, M.FAILED,
+                                                     f"plan {plan.id} failed: {msg}", now,
+                                                     if_in={M.REQUESTED})
+                self.env.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
+        except Fenced as e:
+            log.warning("endpoint %s: %s (it failed: %s)", self.name, e, msg)
+            return None
         return Outcome(error=f"plan {plan.id} failed: {msg}")
 
     def _record_result(self, plan: Plan, result: ApplyResult, known: set[str],

@@ -67,6 +67,9 @@ class LoopEnv:
     # After a controller restart, pilots need a moment to reach it again: heartbeats missed
     # while it was down must not count, so silence is measured from this instant at most.
     started: float = 0.0
+    # issue 26: the epoch of the leadership this process runs the loop under (0: SQLite),
+    # written into the plans it applies and checked where their results are recorded
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         self.started = self.started or self.clock()

@@ -55,10 +55,11 @@ class Reconciler:
         self.status = {e.name: EndpointStatus(store, e.name) for e in self.endpoints}
         self.last: dict[str, Decision] = {}
 
-    def lead(self) -> None:
-        """This process now runs the loop: at its start, or taking over from another
-        controller process (a shared PostgreSQL store). Each endpoint picks up what the last
-        leader left half done."""
+    def lead(self, epoch: int = 0) -> None:
+        """This process now runs the loop, as leader `epoch`: at its start, or taking over
+        from another controller process (a shared PostgreSQL store). Each endpoint picks up
+        what the last leader left half done."""
+        self.env.epoch = epoch
         now = self.clock()
         for e in self.endpoints:
             try:

@@ -71,11 +71,11 @@ class Store:
             self._channel = PostgresChannel(self.backend.url)
         return self._channel
 
-    def leadership(self) -> Leadership:
+    def leadership(self, lease: float = 30.0) -> Leadership:
         """Who runs the reconcile loop: with SQLite this process, with PostgreSQL the process
-        holding the loop's advisory lock."""
+        holding the loop's advisory lock (for as long as it checks it within `lease`)."""
         if isinstance(self.backend, PostgresBackend):
-            return PostgresLeadership(self.backend.url)
+            return PostgresLeadership(self.backend.url, lease=lease)
         return Leadership()
 
     def changed(self, what: str) -> None:

@@ -602,14 +602,15 @@ class JobStore:
             return _job(self._move(c, job_id, state, S.KILLED, now, f"killed by {by}",
                                    ended_at=now, reason=f"killed by {by}"))
 
-    def interrupt(self, machine: str, why: str, now: float | None = None) -> list[int]:
+    def interrupt(self, machine: str | None, why: str, now: float | None = None) -> list[int]:
         """Jobs held on a machine the site took away (its batch job cancelled, or out of wall
-        time) before its pilot could report them: rescheduled as interrupted, using no
-        retry."""
+        time) before its pilot could report them, or (machine None) every held job (a
+        database restored from a backup): rescheduled as interrupted, using no retry."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
             rows = c.execute(f"SELECT * FROM jobs WHERE state IN {HELD}"
-                             " AND machine = ?", (machine,)).fetchall()
+                             + (" AND machine = ?" if machine is not None else ""),
+                             (machine,) if machine is not None else ()).fetchall()
             for r in rows:
                 self._move(c, r["id"], JobState(r["state"]), S.RESCHEDULED, now, why,
                            reschedules=r["reschedules"] + 1)

@@ -4,9 +4,13 @@ long as the connection that took it, so when that process dies (or loses the ser
 free, and the next process to ask takes it, within one loop interval.
 
 Before each tick the leader checks that its connection still holds the lock; a leader that
-finds it lost stops deciding at once. Each tick also runs under the lock's *epoch*: a counter the
-new leader raises when it takes over, written in the `leader` table, so a log line or an
-operator can tell which leader made which decision."""
+finds it lost stops deciding at once. The lock is also a lease (issue 26): the connection is
+idle between checks, and the server ends a session idle longer than `lease`
+(idle_session_timeout), so a leader frozen (SIGSTOP) or stuck that long loses the lock and the
+next process takes the lead; its late results are then refused by their epoch (the plans'
+fencing token, controller/store/plans.py). Each tick also runs under the lock's *epoch*: a
+counter the new leader raises when it takes over, written in the `leader` table, so a log line
+or an operator can tell which leader made which decision."""
 
 from __future__ import annotations
 
@@ -37,8 +41,9 @@ class Leadership:
 
 
 class PostgresLeadership(Leadership):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lease: float = 30.0) -> None:
         self.url = url
+        self.lease = lease
         self.me = f"{socket.gethostname()}:{os.getpid()}"
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
@@ -51,6 +56,7 @@ class PostgresLeadership(Leadership):
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=3)
+                    self._conn.execute(f"SET idle_session_timeout = {int(self.lease * 1000)}")
                     self.since = None
                 if self.since is not None:  # ours: is the connection (and so the lock) alive?
                     row = self._conn.execute(

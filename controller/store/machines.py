@@ -10,6 +10,7 @@ from typing import Any
 
 from controller.domain.machines import (
     LIVE_STATES,
+    REVOKE_STATES,
     STARTING_STATES,
     Machine,
     MachineState,
@@ -18,6 +19,7 @@ from controller.domain.machines import (
 from controller.errors import Conflict, NotFound
 from controller.store.endpoints import bump_seq
 from controller.store.sql import HELD, Connection, Transactions, in_list, one_row
+from controller.store.tokens import TokenStore
 
 M = MachineState
 
@@ -65,6 +67,8 @@ class MachineStore:
             c.execute("UPDATE machines SET state = ?, updated_at = ?, reason = ? WHERE name = ?",
                       (new.value, now, reason or default, name))
             self._event(c, name, old.value, new.value, reason or default, now)
+            if new in REVOKE_STATES:  # its pilots' credentials die with it, at once
+                TokenStore.revoke_machine_credentials(c, name)
             return True
 
     def update_info(self, name: str, **fields: Any) -> None:

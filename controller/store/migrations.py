@@ -374,6 +374,16 @@ def i24_refusals(db: Database) -> None:
     db.execute(I24_REFUSALS)
 
 
+# issue 26: the epoch of the leader that applies a plan (its fencing token)
+I26_PLAN_EPOCH = "ALTER TABLE plans ADD COLUMN epoch BIGINT"
+
+
+def i26_plan_epoch(db: Database) -> None:
+    """Issue 26: a plan keeps the epoch of the leader applying it; results are recorded only
+    under that epoch."""
+    db.execute(I26_PLAN_EPOCH)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: how SQLite takes it, and how PostgreSQL does (SQL statements;
@@ -408,6 +418,7 @@ MIGRATIONS: list[Migration] = [
         " PRIMARY KEY, " + I22_LIVE[1:], I22_LIVE_INDEX]),
     Migration("019_i24_refusals", i24_refusals, [I24_REFUSALS]),
     Migration("020_i21_idempotency_ids_filled", i21_idempotency_ids_filled, [I21_IDS_FILLED]),
+    Migration("021_i26_plan_epoch", i26_plan_epoch, [I26_PLAN_EPOCH]),
 ]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from controller.domain.plans import Plan, PlanDiff, PlanState, check_transition
 from controller.domain.transitions import IllegalTransition
-from controller.errors import Conflict
+from controller.errors import Conflict, Fenced
 from controller.store.sql import Connection, Transactions, one_row
 
 P = PlanState
@@ -135,12 +135,29 @@ class PlanStore:
             self._move(c, plan_id, P.APPROVED, f"approved by {by}", now, approved_by=by)
         return self.get(plan_id)
 
-    def start_applying(self, plan_id: int, now: float | None = None) -> Plan:
-        """The endpoint's worker takes up an approved plan."""
+    def start_applying(self, plan_id: int, now: float | None = None, *,
+                       epoch: int = 0) -> Plan:
+        """The endpoint's worker takes up an approved plan, under the leader's `epoch` (its
+        fencing token: the result is recorded only under it)."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
-            self._move(c, plan_id, P.APPLYING, None, now)
+            self._move(c, plan_id, P.APPLYING, None, now, epoch=epoch)
         return self.get(plan_id)
+
+    def fence(self, plan_id: int, epoch: int) -> None:
+        """In the transaction that records an apply's result: refuse it (Fenced) unless the
+        plan is still applied under `epoch` and no later leader has taken over. On PostgreSQL
+        the leader row is locked, so a take-over waits for this transaction to end."""
+        lock = " FOR UPDATE" if self.store.dialect.shared else ""
+        with self.store.tx() as c:
+            row = one_row(c, f"no plan {plan_id}", "SELECT epoch FROM plans WHERE id = ?",
+                          plan_id)
+            lead = c.execute("SELECT epoch FROM leader WHERE id = 1" + lock).fetchone()
+        ours, now_leading = row["epoch"] or 0, lead["epoch"] if lead else 0
+        if ours != epoch or now_leading > epoch:
+            raise Fenced(f"plan {plan_id}: the result of a deposed leader (epoch {epoch}) "
+                         f"refused: the plan is applied under epoch {ours}, the loop's "
+                         f"leader is now epoch {now_leading}")
 
     def finish(self, plan_id: int, state: PlanState, message: str,
                now: float | None = None) -> None:

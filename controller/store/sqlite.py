@@ -21,6 +21,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from controller.errors import (
+    BackupError,
     StorageBusy,
     StorageError,
     StorageFull,
@@ -211,3 +212,38 @@ class SqliteBackend:
                 conn.close()
             self._readers.clear()
             self.db.conn.close()
+
+
+# backups (issue 26) -----------------------------------------------------------------------
+def copy_database(source: Path, dest: Path) -> int:
+    """Copy a SQLite database to `dest`, a new file, while others keep using it: SQLite's
+    online backup API in one step (one consistent snapshot; in WAL mode writers go on), into
+    a temporary file renamed when complete and checked. Answers the pages copied."""
+    if dest.exists():
+        raise BackupError(f"{dest} exists already: give a new path")
+    if not source.is_file():
+        raise BackupError(f"{source} is not a file")
+    part = dest.with_name(dest.name + ".part")
+    part.unlink(missing_ok=True)
+    try:
+        src = sqlite3.connect(str(source), timeout=30)
+        try:
+            dst = sqlite3.connect(str(part))
+            try:
+                src.backup(dst)
+                ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
+                tables = {r[0] for r in dst.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.DatabaseError as e:
+        part.unlink(missing_ok=True)
+        raise BackupError(f"{source} is not a cloudpilot database: {e}") from None
+    if ok != "ok" or not {"jobs", "tokens", "machines"} <= tables:
+        part.unlink(missing_ok=True)
+        raise BackupError(f"{source} is not a sound cloudpilot database ({ok})")
+    os.replace(part, dest)
+    return pages

@@ -123,17 +123,23 @@ class TokenStore:
         if row is None:
             raise Unauthorized("unknown token")
         if row["expires_at"] is not None and row["expires_at"] < now:
+            if row["pilot_id"] is not None:
+                raise Unauthorized(
+                    f"this pilot's credential expired {now - row['expires_at']:.0f}s ago: no "
+                    "heartbeat renewed it within its lifetime (twice its endpoint's "
+                    "max_machine_age); the pilot must leave")
             raise Unauthorized("token expired")
         return Principal(
             token_id=row["id"], role=Role(row["role"]), owner=row["owner"], group=row["grp"],
             endpoint=row["endpoint"], job_id=row["job_id"], pilot_id=row["pilot_id"],
-            machine=row["machine"],
+            machine=row["machine"], expires_at=row["expires_at"],
         )
 
     def exchange(self, bootstrap: Principal, pilot_id: str, machine: str,
-                 note: str = "") -> str:
-        """Spend a bootstrap token: delete it and issue the pilot's own credential, in one
-        transaction. A bootstrap token already spent (or revoked) gets Unauthorized."""
+                 note: str = "", *, lifetime: float) -> str:
+        """Spend a bootstrap token: delete it and issue the pilot's own credential (living
+        `lifetime` seconds unless renewed), in one transaction. A bootstrap token already
+        spent (or revoked) gets Unauthorized."""
         if not bootstrap.is_bootstrap:
             raise InvalidInput("only a bootstrap token can be exchanged")
         with self.store.tx() as c:
@@ -141,12 +147,26 @@ class TokenStore:
                          (bootstrap.token_id,)).rowcount != 1:
                 raise Unauthorized("this bootstrap token was used already")
             return self.issue(Role.PILOT, endpoint=bootstrap.endpoint, machine=machine,
-                              pilot_id=pilot_id, note=note or f"pilot {pilot_id}", conn=c)
+                              pilot_id=pilot_id, note=note or f"pilot {pilot_id}",
+                              lifetime=lifetime, conn=c)
+
+    def renew(self, token_id: int, until: float) -> None:
+        """A pilot's own credential now lives until `until` (a heartbeat renewed it)."""
+        with self.store.tx() as c:
+            c.execute("UPDATE tokens SET expires_at = ? WHERE id = ? AND pilot_id IS NOT NULL",
+                      (until, token_id))
 
     def revoke_pilot(self, pilot_id: str) -> int:
         """Revoke a pilot's own credential (it said goodbye)."""
         with self.store.tx() as c:
             return c.execute("DELETE FROM tokens WHERE pilot_id = ?", (pilot_id,)).rowcount
+
+    @staticmethod
+    def revoke_machine_credentials(c: Any, machine: str) -> int:
+        """Inside the caller's transaction: revoke every pilot token bound to a machine that
+        has just stopped, been lost or failed (its bootstrap token and its pilots' own)."""
+        return int(c.execute("DELETE FROM tokens WHERE role = 'pilot' AND machine = ?",
+                             (machine,)).rowcount)
 
     def revoke_machine(self, endpoint: str, machine: str) -> int:
         """Revoke every pilot token bound to one machine: its bootstrap token and the

@@ -7,7 +7,7 @@ import pytest
 
 from controller.auth import Role
 from controller.store import Store
-from tests.conftest import MANUAL, sh
+from tests.conftest import MANUAL, sh, wait_until
 
 pytestmark = pytest.mark.integration
 OTHER = {**MANUAL, "name": "other", "tags": ["linux"]}
@@ -195,4 +195,53 @@ def test_bootstrap_tokens_are_spent_and_revocation_takes_effect_at_once(ctrl):
                   if t["pilot_id"] == pid]
         assert admin.delete(f"/api/v1/admin/tokens/{tid}").status_code == 204
     r = mine.post(f"/api/v1/pilots/{pid}/heartbeat", json={"jobs": []})
+    assert r.status_code == 401 and r.json()["detail"] == "unknown token"
+
+
+def test_pilot_credentials_expire_unless_heartbeats_renew_them_and_die_with_a_lost_machine(
+        make_controller):
+    """Issue 26: a pilot's own credential lives twice its endpoint's max_machine_age (here
+    2 s: 4 s) from its last renewal; a heartbeat renews it once a quarter of that has passed
+    (not every time); expired, it gets 401 with the reason. A machine the loop declares lost
+    takes its pilot's credential with it at once."""
+    short = {**MANUAL, "name": "short", "max_machine_age": 2, "lost_after": 60}
+    ctrl = make_controller(endpoints=[MANUAL, short])
+    pid = ctrl.register("short", "s1")
+    mine = httpx.Client(base_url=ctrl.url,
+                        headers={"Authorization": f"Bearer {ctrl.tokens[pid]}"})
+    beat = f"/api/v1/pilots/{pid}/heartbeat"
+
+    def expires(pilot):
+        with ctrl.client() as admin:
+            return next(t["expires_at"] for t in admin.get("/api/v1/admin/tokens").json()
+                        if t["pilot_id"] == pilot)
+
+    first = expires(pid)
+    assert mine.post(beat, json={"jobs": []}).status_code == 200
+    assert expires(pid) == first  # fresh: the heartbeat wrote nothing to the credential
+    time.sleep(1.2)
+    assert mine.post(beat, json={"jobs": []}).status_code == 200
+    renewed = expires(pid)
+    assert renewed > first + 1
+    assert mine.post(beat, json={"jobs": []}).status_code == 200 and expires(pid) == renewed
+    time.sleep(max(0.0, renewed - time.time()) + 0.3)
+    r = mine.post(beat, json={"jobs": []})
+    assert r.status_code == 401 and "credential expired" in r.json()["detail"]
+    r = mine.post(f"/api/v1/pilots/{pid}/match", json={"free_cores": 1, "free_memory_mb": 512,
+                                                      "free_slots": 1, "wait": 0})
+    assert r.status_code == 401 and "max_machine_age" in r.json()["detail"]
+    # lost (silent past lost_after): revoked at once, long before it would expire
+    lost = ctrl.register("manual", "l1")
+    theirs = httpx.Client(base_url=ctrl.url,
+                          headers={"Authorization": f"Bearer {ctrl.tokens[lost]}"})
+    assert theirs.post(f"/api/v1/pilots/{lost}/heartbeat", json={"jobs": []}).status_code == 200
+    assert expires(lost) > time.time() + 3600
+
+    def machine_lost():
+        with ctrl.client() as admin:
+            return any(m["name"] == "l1" and m["state"] == "lost" for m in
+                       admin.get("/api/v1/machines", params={"all": True}).json())
+
+    wait_until(machine_lost, 20, what="machine l1 to be lost")
+    r = theirs.post(f"/api/v1/pilots/{lost}/heartbeat", json={"jobs": []})
     assert r.status_code == 401 and r.json()["detail"] == "unknown token"

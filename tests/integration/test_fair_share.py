@@ -12,7 +12,9 @@ from tests.conftest import MANUAL, REPO, sh
 from tests.integration.test_api import register
 
 pytestmark = pytest.mark.integration
-ONE_SLOT = {**MANUAL, "slots": 1}
+# pilots played over HTTP never heartbeat: their machines must not be called lost (which
+# revokes their credentials, issue 26) while a test runs
+ONE_SLOT = {**MANUAL, "slots": 1, "lost_after": 600}
 
 
 def run_one_at_a_time(ctrl, n):

@@ -417,7 +417,8 @@ def test_a_cloud_machine_fetches_the_pilots_code_its_user_data_pins(ctrl, tmp_pa
     scratch directory, by bubblewrap): it installs the pilot package; altered code is refused."""
     from controller.drivers import contextualization as ctx
 
-    text = ctx.render_pilot({"controller_url": ctrl.url, "token": "cp_x"})
+    text = ctx.render_pilot({"controller_url": ctrl.url, "token": "cp_x"},
+                            max_machine_age=3600)
     script = tmp_path / "fetch-pilot.py"
     script.write_bytes(ctx.written_file(text, "/opt/cloudpilot/fetch-pilot.py"))
     opt = tmp_path / "opt"

@@ -10,12 +10,15 @@ from tests.conftest import MANUAL, sh, wait_until
 from tests.integration.test_api import register as api_register
 
 pytestmark = pytest.mark.integration
-OTHER = {**MANUAL, "name": "other", "tags": ["linux"]}
+# pilots played over HTTP never heartbeat: their machines must not be called lost (which
+# revokes their credentials, issue 26) while a test runs
+QUIET = {**MANUAL, "lost_after": 600}
+OTHER = {**QUIET, "name": "other", "tags": ["linux"]}
 
 
 @pytest.fixture
 def ctrl(make_controller):
-    return make_controller(endpoints=[MANUAL, OTHER])
+    return make_controller(endpoints=[QUIET, OTHER])
 
 
 def register(ctrl, **kw):
@@ -106,7 +109,7 @@ def test_long_poll_hands_out_a_job_submitted_during_the_wait(ctrl):
 def test_platforms_required_tags_and_waiting_reasons(make_controller):
     """An el9 GPU endpoint takes only jobs that ask for a GPU and list el9 (or no
     platform); a job that fits the endpoint's shape but no registered machine says why."""
-    gpu = {**MANUAL, "name": "gpu", "platform": "el9", "required_tags": ["gpu"]}
+    gpu = {**QUIET, "name": "gpu", "platform": "el9", "required_tags": ["gpu"]}
     ctrl = make_controller(endpoints=[gpu])
     el8, plain, anyof, wide = ctrl.submit(
         "alice", sh("true", tags=["gpu"], platforms=["el8"]), sh("true"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.server
 import os
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 
@@ -104,6 +106,76 @@ def test_redirects_are_checked_again(redirecting):
         assert r.read() == b"fine"
     with pytest.raises(UrlRefused, match=r"169\.254\.169\.254"):
         open_url(redirecting + "/meta", allow, timeout=5)
+
+
+class FlippingResolver:
+    """A fake resolver, named as such (a real DNS server that rebinds cannot run here): its
+    first answer is the allowed address, every later one the forbidden address, as a
+    rebinding name server's short-lived answers do."""
+
+    def __init__(self, first: str, then: str) -> None:
+        self.first, self.then, self.calls = first, then, 0
+
+    def __call__(self, host: str) -> list[str]:
+        assert host == "inputs.example"
+        self.calls += 1
+        return [self.first if self.calls == 1 else self.then]
+
+
+@pytest.fixture
+def two_addresses(tmp_path) -> Iterator[tuple[int, dict[str, list[str]], ssl.SSLContext]]:
+    """The same port on 127.0.0.2 (allowed: serves the input, over TLS as inputs.example)
+    and on 127.0.0.3 (forbidden: records every request that reaches it)."""
+    hits: dict[str, list[str]] = {"127.0.0.2": [], "127.0.0.3": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            here = self.server.server_address[0]
+            hits[here].append(self.headers.get("Host", ""))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(f"from {here}".encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=inputs.example", "-addext", "subjectAltName=DNS:inputs.example",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=30)
+    good = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    port = good.server_address[1]
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    good.socket = tls.wrap_socket(good.socket, server_side=True)
+    bad = http.server.ThreadingHTTPServer(("127.0.0.3", port), Handler)
+    servers = [good, bad]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield port, hits, ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_an_input_url_is_fetched_from_the_address_that_was_checked(two_addresses):
+    """DNS rebinding: the name resolves to an allowed address at the check and to a
+    forbidden one right after. The pilot resolves once and connects to the address it
+    checked, with the original name in the Host header and TLS (the certificate is for
+    inputs.example, not for an address); the next fetch, resolved to the forbidden address,
+    is refused before any connection. Traffic only to 127.0.0.2 and 127.0.0.3."""
+    port, hits, client_tls = two_addresses
+    url, allow = f"https://inputs.example:{port}/data", ["127.0.0.2/32"]
+    resolver = FlippingResolver("127.0.0.2", "127.0.0.3")
+    with open_url(url, allow, timeout=5, resolve=resolver, context=client_tls) as r:
+        assert r.read() == b"from 127.0.0.2"
+    assert resolver.calls == 1 and hits["127.0.0.2"] == [f"inputs.example:{port}"]
+    with pytest.raises(UrlRefused, match=r"127\.0\.0\.3"):
+        open_url(url, allow, timeout=5, resolve=resolver, context=client_tls)
+    with pytest.raises(UrlRefused, match=r"127\.0\.0\.3"):
+        open_url(f"http://inputs.example:{port}/data", allow, timeout=5, resolve=resolver)
+    assert hits["127.0.0.3"] == [] and resolver.calls == 3
 
 
 def test_sandbox_hides_what_it_is_told(tmp_path):

@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -172,3 +173,52 @@ def test_a_payload_that_cannot_start_is_a_failed_job_with_the_reason(ctrl):
     with ctrl.client("alice") as c:
         out = c.get(f"/api/v1/jobs/{not_executable}/output").json()
     assert "Permission denied" in out["stderr"]
+
+
+def test_pilots_cut_off_from_their_controller_leave_idle_at_once_busy_after_their_jobs(
+        make_controller):
+    """Issue 26: the controller dies (SIGKILL by PID). An idle pilot leaves within its orphan
+    timeout, retrying in the match call or not; a busy one first runs its job to its end (it
+    cannot report it: the job's lease runs out, as the controller's own record says), then
+    leaves. Both exit 0, so a cloud machine powers itself off."""
+    ctrl = make_controller(lease=6)
+    (jid,) = ctrl.submit("alice", sh("sleep 3; echo finished"))
+    busy = ctrl.start_pilot("busy", orphan_timeout=2, idle_timeout=600)
+    ctrl.wait_state(jid, "running")
+    idle = ctrl.start_pilot("idle", orphan_timeout=2, idle_timeout=600)
+    log = ctrl.root / "pilots" / "idle" / "pilot.log"
+    wait_until(lambda: "registered as pilot" in log.read_text(), what="the idle pilot")
+    assert ctrl.proc is not None
+    os.kill(ctrl.proc.pid, signal.SIGKILL)
+    cut = time.monotonic()
+    # connection refused at once; the client's back-off (0.5, 1, 2, 4 s) bounds the lag
+    assert idle.wait(15) == 0
+    idle_left = time.monotonic() - cut
+    assert 2 <= idle_left < 12, idle_left
+    assert "unreachable for more than 2s (orphan timeout)" in log.read_text()
+    assert busy.wait(20) == 0
+    busy_left = time.monotonic() - cut
+    blog = (ctrl.root / "pilots" / "busy" / "pilot.log").read_text()
+    # the payload ran to its end before the pilot left, which it did once the lease was out
+    assert f"report of job {jid} not delivered" in blog
+    assert blog.index(f"report of job {jid} not delivered") < blog.index("pilot exiting")
+    assert busy_left > 3 and busy_left > idle_left, (busy_left, idle_left)
+    assert "orphan timeout" in blog
+    ctrl.proc = None
+
+
+def test_a_pilot_whose_credential_is_revoked_kills_its_payloads_and_leaves(ctrl):
+    """Issue 26: a heartbeat refused with 401 (the credential expired, or was revoked with its
+    machine) means nothing the pilot holds is its own any more: it kills its payloads at once
+    and leaves, even with every slot busy (no match call to find out)."""
+    (jid,) = ctrl.submit("alice", sh("sleep 30"))
+    p = ctrl.start_pilot("m1")
+    ctrl.wait_state(jid, "running")
+    with ctrl.client() as admin:
+        (tid,) = [t["id"] for t in admin.get("/api/v1/admin/tokens").json() if t["pilot_id"]]
+        assert admin.delete(f"/api/v1/admin/tokens/{tid}").status_code == 204
+    assert p.wait(20) == 0
+    log = (ctrl.root / "pilots" / "m1" / "pilot.log").read_text()
+    assert "stopping every payload and leaving" in log
+    assert "exiting: the controller no longer accepts this pilot" in log
+    ctrl.wait_state(jid, "waiting", timeout=20)  # its lease ran out: back in the queue

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def ctrl(make_controller):
-    return make_controller(endpoints=[{**MANUAL, "reserve_limit": 300}])
+    # pilots played over HTTP never heartbeat: not lost (which revokes them) while it runs
+    return make_controller(endpoints=[{**MANUAL, "reserve_limit": 300, "lost_after": 600}])
 
 
 def poll(ctrl, pilot, cores, got):

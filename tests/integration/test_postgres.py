@@ -17,10 +17,13 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import LOCAL, Controller, free_port, sh, wait_until
+from tests.conftest import LOCAL, MANUAL, Controller, free_port, sh, wait_until
 
 pytestmark = pytest.mark.integration
 BIG = {"slots": 64, "cores": 64, "memory_mb": 65536}  # a pilot with room for many jobs
+# the pilots the tests play never heartbeat: the loop must not call their machines lost (which
+# revokes their credentials, issue 26) while the tests match
+QUIET = [{**MANUAL, "lost_after": 600}]
 
 
 @pytest.fixture
@@ -100,7 +103,7 @@ def test_a_submission_to_one_process_wakes_a_pilot_waiting_on_another(make_contr
 def test_processes_hand_each_job_out_once_and_fair_share_counts_stay_exact(make_controller,
                                                                            tmp_path, pg_url):
     # leases long enough that no job comes back while 240 are handed out on a loaded machine
-    a = make_controller(database=pg_url, lease=120)
+    a = make_controller(endpoints=QUIET, database=pg_url, lease=120)
     b = peer(a, tmp_path / "b")
     b.start()
     try:
@@ -196,7 +199,8 @@ def test_one_process_runs_the_loop_and_another_takes_over_when_it_dies(make_cont
 
 
 def test_a_worker_killed_mid_match_loses_no_job_and_hands_none_twice(make_controller, pg_url):
-    ctrl = make_controller(database=pg_url, workers=2, lease=3, lease_margin=1)
+    ctrl = make_controller(endpoints=QUIET, database=pg_url, workers=2, lease=3,
+                           lease_margin=1)
     assert ctrl.proc is not None
     wait_until(lambda: len(children(ctrl.proc.pid)) == 2, 10, what="two workers")
     ids = ctrl.submit("alice", *[sh("true") for _ in range(300)])

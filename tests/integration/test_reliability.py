@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from bench.faults import UNSANDBOXED
 from controller.cli.client import ApiClient, ApiError
-from tests.conftest import LOCAL, REPO, sh, wait_until
+from tests.conftest import LOCAL, REPO, Controller, end_controller, free_port, sh, wait_until
 from tests.integration.test_api import register
 
 
@@ -212,3 +213,85 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def admin_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controller", "admin", *args, "--config",
+                           str(config)], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_a_backup_taken_under_load_restores_into_a_fresh_data_dir(make_controller, tmp_path):
+    """Issue 26: `cloudpilot admin backup` copies the live SQLite database while jobs run and
+    submissions keep coming; `admin restore` makes it the database of a fresh data dir; the
+    controller started there has the jobs, tokens, plans and machines, the jobs that ran at
+    the backup's time rescheduled as interrupted (no retry used), and runs every job to its
+    end."""
+    ep = {**LOCAL, **UNSANDBOXED}  # the slow payloads wait for a file of the test's
+    ctrl = make_controller(endpoints=[ep])
+    if ctrl.db_url:
+        pytest.skip("SQLite's backup: PostgreSQL's pg_dump is tested in tests/unit")
+    *quick, = ctrl.submit("alice", *[sh("true")] * 4)
+    go = tmp_path / "go"  # the slow jobs run until it exists: surely running at the backup
+    slow = ctrl.submit("alice", *[sh(f"while [ ! -e {go} ]; do sleep 0.2; done")] * 2)
+    wait_until(lambda: all(ctrl.job(j)["state"] == "done" for j in quick)
+               and all(ctrl.job(j)["state"] == "running" for j in slow), 30,
+               what="the quick jobs done and the slow ones running")
+    with ctrl.client() as c:
+        plans_before = sorted(p["id"] for p in c.get("/api/v1/plans").json())
+        machines_before = sorted(m["name"] for m in c.get("/api/v1/machines").json())
+    assert plans_before and machines_before
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def submit() -> None:  # the load: one submission every 50 ms while the backup runs
+        while not stop.is_set():
+            acked.extend(ctrl.submit("bob", sh("true")))
+            stop.wait(0.05)
+
+    loader = threading.Thread(target=submit)
+    loader.start()
+    try:
+        wait_until(lambda: len(acked) >= 3, what="submissions under way")
+        before_backup = list(acked)
+        r = admin_cli(ctrl.config, "backup", str(tmp_path / "backup.db"))
+    finally:
+        stop.set()
+        loader.join()
+    assert r.returncode == 0 and "backed up to" in r.stdout, r.stdout + r.stderr
+    assert all(ctrl.job(j)["state"] == "running" for j in slow)
+    again = admin_cli(ctrl.config, "backup", str(tmp_path / "backup.db"))
+    assert again.returncode == 1 and "exists already" in again.stderr
+    end_controller(ctrl)  # the old controller, its machines and their payloads are gone
+
+    fresh = Controller(tmp_path / "restored", free_port(), dict(ctrl.settings), [ep])
+    fresh.root.mkdir()
+    fresh.write_config()
+    fresh.tokens = dict(ctrl.tokens)
+    r = admin_cli(fresh.config, "restore", str(tmp_path / "backup.db"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    held = re.search(r"restored; (\d+) jobs held at the backup's time rescheduled", r.stdout)
+    assert held and int(held[1]) >= 2, r.stdout  # the slow ones, and any of bob's
+    r = admin_cli(fresh.config, "restore", str(tmp_path / "backup.db"))
+    assert r.returncode == 1 and "exists already" in r.stderr  # never over a database
+    try:
+        fresh.start()
+        with fresh.client() as c:
+            plans = {p["id"]: p for p in c.get("/api/v1/plans").json()}
+            assert set(plans_before) <= set(plans)  # and the new controller's own since
+            names = {m["name"] for m in c.get("/api/v1/machines",
+                                              params={"all": True}).json()}
+            assert set(machines_before) <= names
+        with fresh.client("bob") as c:  # a user's token of before works
+            theirs = {j["id"] for j in c.get("/api/v1/jobs", params={"limit": 1000}).json()}
+        assert set(before_backup) <= theirs <= set(acked)
+        for j in slow:
+            ev = fresh.events(j)
+            assert any(e["to_state"] == "rescheduled" and "restored from a backup" in
+                       e["reason"] for e in ev), ev
+        go.touch()
+        for j in (*quick, *slow, *theirs):
+            fresh.wait_state(j, "done", timeout=60)
+        assert all(fresh.job(j)["retries"] == 0 for j in slow)
+        assert [fresh.job(j)["reschedules"] for j in slow] == [1, 1]
+    finally:
+        end_controller(fresh)

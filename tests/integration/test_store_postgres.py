@@ -4,6 +4,7 @@ loop, and messages between controller processes (issue 15)."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,52 @@ def test_one_process_leads_and_the_next_takes_over_when_it_goes(postgres_server)
     finally:
         a.close()
         b.close()
+
+
+LEADER = """
+import sys, time
+from controller.store.leader import PostgresLeadership
+lead = PostgresLeadership(sys.argv[1], lease=float(sys.argv[2]))
+while True:  # a controller process's loop: check the lead, then a tick
+    print(lead.held(), lead.epoch, flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_a_leader_frozen_longer_than_its_lease_loses_the_lead(postgres_server, tmp_path):
+    """Issue 26: a real process leads (checking its lock every 0.2 s), is frozen by SIGSTOP
+    past its 2 s lease; the server ends its idle session, another takes the lead under the
+    next epoch; resumed, the frozen one finds it is no longer the leader."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    url = postgres_server.create_database()
+    Store(url).close()  # the schema (the leader table)
+    out = tmp_path / "leader.out"
+    with out.open("w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", LEADER, url, "2"], stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=Path(__file__).resolve().parents[2])
+    other = PostgresLeadership(url, lease=2)
+    try:
+        wait_until(lambda: "True 1" in out.read_text(), 20, what="the process to lead")
+        assert not other.held()
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_until(other.held, 15, 0.2, "the other to take the lead")
+        assert other.epoch == 2
+        lines = len(out.read_text().splitlines())
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_until(lambda: len(out.read_text().splitlines()) > lines + 2, 10,
+                   what="the resumed process to check again")
+        after = out.read_text().splitlines()[lines:]
+        assert after[-1] == "False 1", after  # it no longer leads, and knows it
+        assert other.held() and other.epoch == 2
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        other.close()
 
 
 def test_messages_reach_the_other_processes_and_not_their_sender(postgres_server):
@@ -128,3 +175,54 @@ def test_both_backends_make_the_same_tables_columns_and_indexes(postgres_server,
     finally:
         lite.close()
         pg.close()
+
+
+def test_a_postgresql_dump_restores_and_the_restore_reschedules_what_ran(postgres_server,
+                                                                       tmp_path):
+    """Issue 26: on PostgreSQL, `admin backup` says to use pg_dump; a pg_dump of a live
+    database restores (pg_restore) into a fresh one, and `admin restore --after-pg-restore`
+    there reschedules the jobs held at the dump's time as interrupted. Jobs, tokens and
+    machines are there."""
+    import subprocess
+
+    from controller.auth import Role
+    from controller.domain.matching import SlotOffer
+    from controller.errors import BackupError
+    from controller.services import backups
+
+    source = postgres_server.create_database()
+    s = Store(source)
+    s.tokens.create_user("alice", "physics")
+    token = s.tokens.issue(Role.USER, owner="alice")
+    ids = s.jobs.submit([NewJob("/bin/true", requirements=Requirements(cores=1))] * 3,
+                        "alice", "physics", default_retries=2)
+    s.machines.register_pilot("p1", "ep", "m1", 4, 4096, [], 4, "test")
+    got = s.jobs.match("p1", "m1", SlotOffer("ep", 4, 4096), by="owner", shares={},
+                       token_margin=60, count=2).jobs
+    assert len(got) == 2
+    with pytest.raises(BackupError, match="pg_dump"):
+        backups.backup(source, tmp_path / "x.db")
+    dump = tmp_path / "cloudpilot.dump"
+    subprocess.run([str(postgres_server.bin / "pg_dump"), "-Fc", "--no-owner", "-f", str(dump),
+                    source], check=True, capture_output=True, timeout=60)
+    s.close()
+    target = postgres_server.create_database()
+    subprocess.run([str(postgres_server.bin / "pg_restore"), "--no-owner", "-d", target,
+                    str(dump)], check=True, capture_output=True, timeout=60)
+    with pytest.raises(BackupError, match="pg_restore"):
+        backups.restore(target, None)  # not without saying the dump was restored
+    moved = backups.restore(target, None, after_pg_restore=True)
+    assert sorted(moved) == sorted(j.id for j, _ in got)
+    r = Store(target)
+    try:
+        assert r.tokens.verify(token).owner == "alice"
+        assert sorted(j.id for j in r.jobs.find(owner="alice")) == sorted(ids)
+        assert {j.state.value for j in r.jobs.find(owner="alice")} == {"waiting"}
+        assert all(r.jobs.get(j).reschedules == 1 and r.jobs.get(j).retries == 0
+                   for j in moved)
+        assert r.machines.get("m1").state.value == "running"
+        # the sequences came along: a new job takes the next id
+        (new,) = r.jobs.submit([NewJob("/bin/true")], "alice", "physics", default_retries=2)
+        assert new > max(ids)
+    finally:
+        r.close()

@@ -67,6 +67,7 @@ def test_pilot_mode_writes_the_pilot_config_installs_and_starts_it():
     assert cfg == {"controller_url": "http://10.0.0.5:8080", "token": TOKEN,
                    "endpoint": "aws-pilot", "machine": "aws-pilot-0001", "slots": 2,
                    "cores": 2, "memory_mb": 2048, "tags": ["linux"], "idle_timeout": 65.0,
+                   "orphan_timeout": 600.0,
                    "heartbeat_interval": 10.0, "workdir": "/var/lib/cloudpilot/work",
                    "metadata_url": "http://169.254.169.254", "isolation": "bwrap",
                    "hide": ["/var/lib/cloudpilot", "/opt/cloudpilot"]}
@@ -111,7 +112,8 @@ def test_the_local_driver_runs_the_pilot_templates_settings(tmp_path):
                          hide=["/srv/controller-data"])
     cfg = driver.pilot_config("local-0007")
     from_template = ctx.pilot_settings_from(ctx.render_pilot(
-        ctx.pilot_settings(ep, "http://127.0.0.1:9", TOKEN, "local-0007")))
+        ctx.pilot_settings(ep, "http://127.0.0.1:9", TOKEN, "local-0007"),
+        max_machine_age=ep.max_machine_age))
     assert cfg == {**from_template, "workdir": str(tmp_path / "machines/local/local-0007/work"),
                    "hide": [str(tmp_path / "machines"), "/srv/controller-data"]}
     assert cfg["isolation"] == "bwrap" and from_template["hide"] == ["/var/lib/cloudpilot",
@@ -124,3 +126,23 @@ def test_the_tarball_is_reproducible():
     assert bz2.decompress(blob)  # a bzip2 stream (no timestamp): same bytes, same sources
     assert blob == ctx.pilot_tarball.__wrapped__()
     assert hashlib.sha256(blob).hexdigest() in rendered("local")  # its pin
+
+
+def test_a_cloud_machine_powers_itself_off_at_its_max_age_controller_or_not(tmp_path):
+    """The shutdown timer needs no pilot and no controller: it is enabled first thing, and a
+    cloud machine set to terminate on shutdown then ends its cost."""
+    ep = EndpointConfig(name="aws-pilot", driver="aws", aws=AWS, max_machine_age=7200)
+    text = ctx.user_data(ep, "http://10.0.0.5:8080", TOKEN, "aws-pilot-0002")
+    doc = yaml.safe_load(text)
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    timer = files["/etc/systemd/system/cloudpilot-max-age.timer"]
+    assert "OnBootSec=7200s" in timer and "WantedBy=timers.target" in timer
+    assert "Unit=cloudpilot-max-age.service" in timer
+    assert "ExecStart=/bin/systemctl --no-block poweroff" in files[
+        "/etc/systemd/system/cloudpilot-max-age.service"]
+    run = doc["runcmd"]
+    enable = ["systemctl", "enable", "--now", "cloudpilot-max-age.timer"]
+    assert run.index(["systemctl", "daemon-reload"]) < run.index(enable) < run.index(
+        ["python3", "/opt/cloudpilot/fetch-pilot.py"])
+    assert ctx.pilot_settings_from(text)["orphan_timeout"] == 600.0
+    # cloud-init's own schema check of every rendered user-data: test_outside_tools.py

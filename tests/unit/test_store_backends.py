@@ -11,6 +11,7 @@ import pytest
 from controller.config.database import is_postgres, redact
 from controller.config.settings import Settings
 from controller.errors import ConfigError
+from controller.store import Store
 from controller.store.postgres import translate
 
 
@@ -47,3 +48,18 @@ def test_the_database_password_never_reaches_a_pilot_or_a_payload(tmp_path: Path
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
     s = Settings(database="postgresql://cp@db/cp", data_dir=tmp_path / "data")
     assert str(pgpass) in s.controller_paths()  # the sandbox hides it from payloads
+
+
+def test_a_restore_takes_only_a_sound_cloudpilot_database_and_never_overwrites(tmp_path):
+    from controller.errors import BackupError
+    from controller.services import backups
+
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(BackupError, match="not a cloudpilot database"):
+        backups.restore(str(tmp_path / "new.db"), tmp_path / "junk.db")
+    Store(tmp_path / "live.db").close()
+    with pytest.raises(BackupError, match="exists already"):
+        backups.restore(str(tmp_path / "live.db"), tmp_path / "live.db")
+    with pytest.raises(BackupError, match="give the backup file"):
+        backups.restore(str(tmp_path / "new.db"), None)
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "new.db.part").exists()
