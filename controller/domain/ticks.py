@@ -95,12 +95,14 @@ def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
 
 def _queues(queues: Sequence[TaskQueue]) -> list[dict[str, Any]]:
     return [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
-             "waiting": q.waiting, "requirements": q.requirements.to_dict()} for q in queues]
+             "waiting": q.waiting, "requirements": q.requirements.to_dict(),
+             "predicted_runtime": q.predicted_runtime} for q in queues]
 
 
 def _queues_from(d: Sequence[Mapping[str, Any]]) -> tuple[TaskQueue, ...]:
     return tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
-                           q["group"], q["priority"], q["waiting"]) for q in d)
+                           q["group"], q["priority"], q["waiting"],
+                           q.get("predicted_runtime")) for q in d)  # (older ticks: none)
 
 
 def encode_hosts(inputs: HostTickInputs) -> dict[str, Any]:

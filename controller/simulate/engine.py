@@ -33,7 +33,7 @@ from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose, placement_key
 from controller.domain.pricing import Offer, PriceSeries
-from controller.domain.runtime_prediction import RunHistory, extend
+from controller.domain.runtime_prediction import RunHistory, extend, with_prediction
 from controller.domain.scheduling import Budget, EndpointSpec, decide
 from controller.domain.taskqueues import (
     GROUP,
@@ -311,8 +311,7 @@ class Simulation:
             return got[1]
         v = tq
         if self.runtimes == "predicted":
-            limit = float(tq.requirements.max_runtime)
-            v = replace(tq, predicted_runtime=self.history.predict(q, tq.owner, limit))
+            v = with_prediction(tq, self.history)
         elif self.runtimes == "oracle" and self.waiting.get(q):
             v = replace(tq, predicted_runtime=self.jobs[self.waiting[q][0]].trace.run)
         self.views[q] = (version, v)

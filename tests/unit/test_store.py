@@ -9,6 +9,7 @@ from controller.auth import Role
 from controller.domain.jobs import JobState, NewJob, Requirements
 from controller.domain.matching import SlotOffer
 from controller.domain.placement import Asking
+from controller.domain.runtime_prediction import HeldJob
 from controller.errors import Conflict, NotFound, StorageError
 from controller.store import Store
 
@@ -250,3 +251,42 @@ def test_work_a_fuller_machine_asking_should_have_is_left_to_it_only_when_asked(
     assert store.jobs.get(jid).state == JobState.WAITING
     now = store.jobs.match("p1", "empty", OFFER, by="owner", shares={}, fuller=None)
     assert [j.id for j, _ in now.jobs] == [jid] and not now.deferred
+
+
+# run-time history (issue 23) ------------------------------------------------------------------
+def ran(store, owner, started, ended=None, status="done", cores=1):
+    """One job of `owner`: matched, started at `started` (its first heartbeat), reported
+    `status` at `ended` (None: left running). Its id and task queue."""
+    store.jobs.submit([NewJob("/bin/true", requirements=Requirements(
+        cores=cores, max_runtime=3600))], owner, "g", 3)
+    job, _ = match(store)
+    store.jobs.heartbeat("p1", {job.id: None}, now=started)
+    if ended is not None:
+        store.jobs.report("p1", job.id, status, 0 if status == "done" else 1, None, now=ended)
+    (tq,) = store.rows("SELECT tq_id FROM jobs WHERE id = ?", (job.id,))
+    return job.id, tq[0]
+
+
+def test_a_job_that_ends_done_records_its_run_time(store):
+    """Its real run time (start to report), the last two per task queue and per owner, read
+    back as the predictor's plain data."""
+    _, tq = ran(store, "alice", 1000.0, 1100.0)
+    _, tq2 = ran(store, "alice", 2000.0, 2300.0, cores=2)  # another task queue, same owner
+    ran(store, "alice", 3000.0, 3005.0, status="failed")  # a failure is not a run time
+    h = store.runtimes.history([tq, tq2, 999], ["alice", "bob"])
+    assert h.by_queue == {tq: (100.0,), tq2: (300.0,)}  # unknown ones are left out
+    assert h.by_owner == {"alice": (100.0, 300.0)}
+    assert h.predict(tq, "alice", 3600.0) == 100.0
+    assert h.predict(999, "alice", 3600.0) == 200.0  # a new queue: the owner's last two
+    assert h.predict(999, "bob", 3600.0) == 3600.0  # nothing known: the request
+    ran(store, "alice", 4000.0, 4050.0)
+    h = store.runtimes.history([tq], ["alice"])
+    assert h.by_queue == {tq: (100.0, 50.0)} and h.by_owner == {"alice": (300.0, 50.0)}
+
+
+def test_held_jobs_say_where_they_run_and_since_when(store):
+    jid, tq = ran(store, "bob", 500.0)
+    assert store.jobs.held_jobs() == [HeldJob("m1", tq, "bob", 500.0, 3600.0)]
+    store.jobs.report("p1", jid, "done", 0, None, now=530.0)
+    assert store.jobs.held_jobs() == []
+    assert store.runtimes.history([tq], []).by_queue == {tq: (30.0,)}
