@@ -268,6 +268,10 @@ class EndpointConfig(BaseModel):
     extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
                                        "running jobs only if it should end at most this "
                                        "long (s) after them (default: no limit)")
+    strand_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
+                                       "running jobs only if the machine's other cores x how "
+                                       "long it should outlive its jobs stay within this "
+                                       "(core-seconds; default: no limit)")
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")
@@ -411,6 +415,7 @@ class EndpointConfig(BaseModel):
             drain_budget=self.drain_budget,
             reserve_limit=self.reserve_limit,
             extend_limit=self.extend_limit,
+            strand_limit=self.strand_limit,
             size_tolerance=self.size_tolerance,
             headroom=self.headroom,
         )

@@ -395,7 +395,8 @@ class Simulation:
             running = self._running(m)
             q = choose(fair_share_order(cands, self._fair_share()), free, whole, running,
                        self.now, self.spec.reserve_limit,
-                       extend_limit=self.spec.extend_limit)
+                       extend_limit=self.spec.extend_limit,
+                       strand_limit=self.spec.strand_limit)
             if q is None:
                 break
             job = self.jobs[heapq.heappop(self.waiting[q.id])]
