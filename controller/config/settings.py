@@ -289,6 +289,10 @@ class EndpointConfig(BaseModel):
     extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
                                        "running jobs only if it should end at most this "
                                        "long (s) after them (default: no limit)")
+    strand_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
+                                       "running jobs only if the machine's other cores x how "
+                                       "long it should outlive its jobs stay within this "
+                                       "(core-seconds; default: no limit)")
     # --- issue 24: when the cloud says no -------------------------------------------------
     refusal_ttl: float = Field(180.0, gt=0, description="an offer (type x zone x market) a "
                                "cloud refused for capacity or quota is not tried for this "
@@ -463,6 +467,7 @@ class EndpointConfig(BaseModel):
             drain_budget=self.drain_budget,
             reserve_limit=self.reserve_limit,
             extend_limit=self.extend_limit,
+            strand_limit=self.strand_limit,
             size_tolerance=self.size_tolerance,
             headroom=self.headroom,
             fallback_after=self.fallback_after,

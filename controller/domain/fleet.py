@@ -41,6 +41,11 @@ class EndpointSpec:
     # run time) at most this many seconds after them: it does not keep a machine alive,
     # mostly empty, for long after its other jobs (None: no limit)
     extend_limit: float | None = None
+    # a job goes on a machine already running jobs only if the cores it would leave idle
+    # while it outlives them (the machine's cores but its own x how long it should end after
+    # them, predicted) stay within this many core-seconds: on a big machine a narrow job may
+    # outlive a wide one by minutes, on a small one by hours (None: no limit)
+    strand_limit: float | None = None
     # new machines: the smallest type whose price per used core is within this share of the
     # best (a big machine strands cores as its jobs end at different times)
     size_tolerance: float = 0.05

@@ -40,6 +40,7 @@ from controller.domain.fleet import (
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.matching import SlotOffer, fits, unmatchable_reason
+from controller.domain.placement import outlives
 from controller.domain.pricing import Candidate, Launch, Offer
 from controller.domain.refusals import Refusal, describe
 from controller.domain.taskqueues import TaskQueue
@@ -77,10 +78,15 @@ class Room:
     draining: bool = False
     total: int = 0  # the machine's cores in all
     last: float = math.inf  # work that should end later than this does not go here
+    busy: float = 0.0  # when its running jobs should end (predicted; 0: not known)
+    strand_limit: float | None = None  # spec.strand_limit, for a machine running jobs
 
     def holds(self, item: Item, now: float) -> bool:
+        end = now + (item.predicted or item.runtime)
         return (self.cores >= item.cores and self.memory_mb >= item.memory_mb
-                and now + (item.predicted or item.runtime) <= self.last)
+                and end <= self.last
+                and (self.strand_limit is None or not self.busy or outlives(
+                    self.busy, end, self.total, item.cores, self.strand_limit)))
 
     def take(self, item: Item, n: int) -> int:
         if self.pool is not None and self.pool not in item.pools:
@@ -397,6 +403,8 @@ def _rooms(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
                         cores, mem, draining=m.draining, total=o.cores if o else cores)
             if m.busy_slots and m.busy_until and spec.extend_limit is not None:
                 room.last = m.busy_until + spec.extend_limit
+            if m.busy_slots and m.busy_until:
+                room.busy, room.strand_limit = m.busy_until, spec.strand_limit
         rooms.append((rank, m.name, room))
     rooms.sort(key=lambda r: (r[0], r[1]))
     return [r for _, _, r in rooms]

@@ -97,11 +97,19 @@ def shadow_time(need: Requirements, free: SlotOffer, running: Sequence[Running],
     return math.inf
 
 
+def outlives(busy: float, end: float, cores: int, own: int, strand_limit: float) -> bool:
+    """Whether a job of `own` cores ending at `end` may go on a machine of `cores` whose
+    running jobs should end at `busy`: the other cores it keeps up after them, for as long as
+    it outlives them, stay within `strand_limit` core-seconds."""
+    return max(cores - own, 1) * (end - busy) <= strand_limit
+
+
 def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | None,
            running: Sequence[Running], now: float, reserve_limit: float,
            skip: Iterable[int] = (),
            waits: Callable[[TaskQueue], bool] | None = None,
-           extend_limit: float | None = None) -> TaskQueue | None:
+           extend_limit: float | None = None,
+           strand_limit: float | None = None) -> TaskQueue | None:
     """The task queue a machine takes its next job from.
 
     `ordered`: task queues in fair-share order; `free`: what the machine has free now;
@@ -111,19 +119,24 @@ def choose(ordered: Iterable[TaskQueue], free: SlotOffer, whole: SlotOffer | Non
     time is within `reserve_limit`) and takes only narrower jobs that end before then.
     `waits` says whether a queue still has a waiting job (checked before reserving for it;
     None: every queue given has one). `extend_limit`: on a machine running jobs, only jobs
-    that should end at most this long after them (by `q.runtime`) are taken (None: any)."""
+    that should end at most this long after them (by `q.runtime`) are taken (None: any).
+    `strand_limit`: on a machine running jobs, only jobs whose outliving them leaves at most
+    this many core-seconds of its other cores idle (`outlives`; None: any)."""
     skipped = set(skip)
     shadow: float | None = None
     last = math.inf
+    busy = busy_until(running) if running else 0.0
     if extend_limit is not None and running:
-        last = busy_until(running) + extend_limit
+        last = busy + extend_limit
     for q in ordered:
         if q.id in skipped:
             continue
         req = q.requirements
         if fits(req, free):
             end = now + q.runtime
-            if end <= last and (shadow is None or end <= shadow):
+            ok = end <= last and (strand_limit is None or not running or whole is None
+                                  or outlives(busy, end, whole.cores, req.cores, strand_limit))
+            if ok and (shadow is None or end <= shadow):
                 return q
             continue
         if shadow is None and whole is not None and fits(req, whole) and (

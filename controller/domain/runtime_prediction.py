@@ -10,6 +10,9 @@ time is never known before it ends). The same code predicts in the simulator and
 - A job's task queue (same owner, same requirements) is the best guide: its last two run
   times. With no history there, the owner's last two (jobs of other shapes, capped by this
   job's request); with none at all, the request.
+- The scheduler is told it as `TaskQueue.predicted_runtime` (`with_prediction`): the
+  simulator as the trace goes, the live reconcile loop from the store's `run_times` table
+  (each job that ends `done` records its run time, from its start to its report).
 - A running job that outlives its prediction gets a new one: twice the time it has run so
   far, never above its request.
 """
@@ -17,7 +20,9 @@ time is never known before it ends). The same code predicts in the simulator and
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from controller.domain.taskqueues import TaskQueue
 
 KEEP = 2  # run times remembered per key (Tsafrir et al.: the last two)
 
@@ -57,3 +62,32 @@ class RunHistory:
         for at most `limit` seconds."""
         runs = self.by_queue.get(queue) or self.by_owner.get(owner, ())
         return predict(runs, limit)
+
+
+def with_prediction(tq: TaskQueue, history: RunHistory) -> TaskQueue:
+    """Task queue `tq` with the predicted run time of its next job (keyed by its id and
+    owner), as the scheduler and `cloudpilot explain` see it."""
+    limit = float(tq.requirements.max_runtime)
+    return replace(tq, predicted_runtime=history.predict(tq.id, tq.owner, limit))
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    """A job a machine holds (matched or running), as the predictor needs it."""
+
+    machine: str
+    queue: int  # its task queue
+    owner: str
+    started_at: float
+    limit: float  # its max_runtime
+
+
+def predicted_ends(jobs: Iterable[HeldJob], history: RunHistory,
+                   now: float) -> dict[str, float]:
+    """When each machine's held jobs should end, at the latest (its `busy_until`): each job's
+    start plus its prediction, a new one (`extend`) if it has outlived it."""
+    ends: dict[str, float] = {}
+    for j in jobs:
+        run = extend(history.predict(j.queue, j.owner, j.limit), now - j.started_at, j.limit)
+        ends[j.machine] = max(ends.get(j.machine, 0.0), j.started_at + run)
+    return ends

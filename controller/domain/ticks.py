@@ -102,13 +102,15 @@ def spec_from_dict(d: Mapping[str, Any]) -> EndpointSpec:
 def _queues(queues: Sequence[TaskQueue]) -> list[dict[str, Any]]:
     return [{"id": q.id, "owner": q.owner, "group": q.group, "priority": q.priority,
              "waiting": q.waiting, "requirements": q.requirements.to_dict(),
-             **({} if q.oldest is None else {"oldest": q.oldest})} for q in queues]
+             **({} if q.oldest is None else {"oldest": q.oldest}),
+             "predicted_runtime": q.predicted_runtime} for q in queues]
 
 
 def _queues_from(d: Sequence[Mapping[str, Any]]) -> tuple[TaskQueue, ...]:
     return tuple(TaskQueue(q["id"], Requirements.from_dict(q["requirements"]), q["owner"],
-                           q["group"], q["priority"], q["waiting"], oldest=q.get("oldest"))
-                 for q in d)
+                           q["group"], q["priority"], q["waiting"],
+                           q.get("predicted_runtime"),  # (older ticks: none)
+                           oldest=q.get("oldest")) for q in d)
 
 
 def encode_hosts(inputs: HostTickInputs) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections import Counter
 from typing import Any
 
 from controller.config.settings import EndpointConfig
@@ -28,6 +29,7 @@ from controller.domain.machines import (
 )
 from controller.domain.plans import Plan, PlanState, auto_approval, down_decision, plan_cost
 from controller.domain.refusals import Refusal, classify, describe, refused
+from controller.domain.runtime_prediction import predicted_ends
 from controller.domain.scheduling import Budget, Decision
 from controller.drivers.base import NOT_TRIED, ApplyResult, Driver, ObservedMachine
 from controller.drivers.prices import PriceSource
@@ -154,8 +156,11 @@ class CloudEndpoint:
 
     def _views(self, now: float) -> list[MachineView]:
         store = self.env.store
-        busy = store.jobs.busy_by_machine()
+        jobs = store.jobs.held_jobs()  # and when each machine should empty, predicted
+        busy = Counter(j.machine for j in jobs)
         held = store.jobs.busy_resources_by_machine()
+        history = store.runtimes.history([j.queue for j in jobs], [j.owner for j in jobs])
+        ends = predicted_ends(jobs, history, now)
         views = []
         for m in store.machines.find(self.name, live=True):
             host = pairing.host_of(self.config, m.name)
@@ -174,6 +179,7 @@ class CloudEndpoint:
                 idle_since=None if b else (last_busy or m.created_at),
                 last_seen=max(last_seen, self.env.started) if last_seen else None,
                 managed=m.managed, pool=m.info.get("pool"), draining=m.draining,
+                busy_until=ends.get(host or m.name, 0.0) if b else 0.0,
             ))
         return views
 

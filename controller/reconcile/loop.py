@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from controller.config.settings import Settings
 from controller.domain.jobs import JobState
+from controller.domain.runtime_prediction import with_prediction
 from controller.domain.scheduling import Decision
 from controller.drivers.base import Driver
 from controller.errors import CloudpilotError, DriverError, StorageError
@@ -93,8 +94,12 @@ class Reconciler:
                                            now=now)
             requeued += sum(1 for _, s in silent if s == JobState.WAITING)
         # the queue by task queue, once a tick for every endpoint (a GROUP BY over all waiting
-        # jobs); jobs requeued while endpoints are decided are seen at the next tick
-        tick = Tick(now, tuple(self.store.jobs.queue_snapshot()))
+        # jobs); jobs requeued while endpoints are decided are seen at the next tick. Each
+        # task queue carries its next job's predicted run time, from the run times its owner's
+        # jobs really had (the store's history; the same predictor as the simulator's)
+        queues = self.store.jobs.queue_snapshot()
+        history = self.store.runtimes.history([q.id for q in queues], [q.owner for q in queues])
+        tick = Tick(now, tuple(with_prediction(q, history) for q in queues))
         decisions = []
         for e in ready:
             try:

@@ -25,12 +25,18 @@ def format_explain(doc: dict[str, Any]) -> str:
                  f"{len(doc['machines'])} live machines; {len(doc['prices'])} spot prices")
     for x in sorted(q, key=lambda x: -x["waiting"])[:10]:
         r = x["requirements"]
+        predicted = x.get("predicted_runtime")
         lines.append(f"  task queue {x['id']} ({x['owner']}): {x['waiting']} waiting, "
                      f"{r['cores']} cores / {r['memory_mb']} MB"
-                     + ("" if r.get("spot", True) else ", on-demand only"))
+                     + ("" if r.get("spot", True) else ", on-demand only")
+                     + ("" if predicted is None else f", run time {predicted:.0f}s predicted "
+                        f"(max_runtime {r['max_runtime']}s)"))
     for m in doc["machines"]:
+        until = m.get("busy_until") or 0.0
         lines.append(f"  machine {m['name']} {m['state']} {m.get('pool') or ''} "
-                     f"busy {m['busy_slots']}/{m['slots']}")
+                     f"busy {m['busy_slots']}/{m['slots']}"
+                     + (f", its jobs should end in {max(until - doc['at'], 0):.0f}s (predicted)"
+                        if until else ""))
     b = doc["budget"]
     if b.get("machines") is not None or b.get("spend_per_hour") is not None:
         lines.append(f"  budget left: machines {b.get('machines')}, "

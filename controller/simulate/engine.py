@@ -43,7 +43,7 @@ from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Running, busy_until, choose, placement_key
 from controller.domain.pricing import Offer, PriceSeries
 from controller.domain.refusals import Refusal
-from controller.domain.runtime_prediction import RunHistory, extend
+from controller.domain.runtime_prediction import RunHistory, extend, with_prediction
 from controller.domain.scheduling import Budget, EndpointSpec, decide
 from controller.domain.taskqueues import (
     GROUP,
@@ -344,8 +344,7 @@ class Simulation:
             return got[1]
         v = tq
         if self.runtimes == "predicted":
-            limit = float(tq.requirements.max_runtime)
-            v = replace(tq, predicted_runtime=self.history.predict(q, tq.owner, limit))
+            v = with_prediction(tq, self.history)
         elif self.runtimes == "oracle" and self.waiting.get(q):
             v = replace(tq, predicted_runtime=self.jobs[self.waiting[q][0]].trace.run)
         self.views[q] = (version, v)
@@ -429,7 +428,8 @@ class Simulation:
             running = self._running(m)
             q = choose(fair_share_order(cands, self._fair_share()), free, whole, running,
                        self.now, self.spec.reserve_limit,
-                       extend_limit=self.spec.extend_limit)
+                       extend_limit=self.spec.extend_limit,
+                       strand_limit=self.spec.strand_limit)
             if q is None:
                 break
             job = self.jobs[heapq.heappop(self.waiting[q.id])]

@@ -21,6 +21,7 @@ from controller.store.migrations import migrate, migrate_postgres
 from controller.store.plans import PlanStore
 from controller.store.postgres import PostgresBackend
 from controller.store.refusals import RefusalStore
+from controller.store.runtimes import RunTimeStore
 from controller.store.sql import Connection, Dialect
 from controller.store.sqlite import SqliteBackend
 from controller.store.ticks import TickStore
@@ -55,6 +56,7 @@ class Store:
         self._channel: Channel = Channel()
         self.endpoints = EndpointStore(self)
         self.usage = UsageStore(self)
+        self.runtimes = RunTimeStore(self)  # run-time history, for predictions
         self.tokens = TokenStore(self)
         self.jobs = JobStore(self, lease, self.usage, self.tokens)
         self.machines = MachineStore(self)

@@ -21,8 +21,10 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
+from controller.domain.runtime_prediction import HeldJob
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
+from controller.store.runtimes import RunTimeStore
 from controller.store.sql import HELD, Connection, Row, Transactions, one_row
 from controller.store.taskqueues import Snapshot, TaskQueues, View
 from controller.store.tokens import TokenStore
@@ -325,6 +327,16 @@ class JobStore:
                 " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
                 f" WHERE state IN {HELD} GROUP BY machine")}
 
+    def held_jobs(self) -> list[HeldJob]:
+        """The jobs pilots hold, for their machines' predicted ends (a matched job not yet
+        started counts from its match)."""
+        with self.store.read() as c:
+            return [HeldJob(r[0], int(r[1]), r[2], float(r[3]), float(r[4] or 3600))
+                    for r in c.execute(
+                        "SELECT machine, tq_id, owner, COALESCE(started_at, updated_at),"
+                        " json_extract(requirements, '$.max_runtime') FROM jobs"
+                        f" WHERE state IN {HELD} AND machine IS NOT NULL")]
+
     # matching ----------------------------------------------------------------------------
     def _fitting(self, offer: SlotOffer, whole: SlotOffer | None
                  ) -> tuple[View, Snapshot, bool]:
@@ -574,6 +586,9 @@ class JobStore:
                 new = S.DONE if status == "done" else S.FAILED
                 after = self._move(c, job_id, state, new, now, reason, row=row,
                                    exit_code=exit_code, ended_at=now, reason=reason)
+                if new == S.DONE and row["started_at"] is not None:  # run-time history
+                    RunTimeStore.record(c, row["tq_id"], row["owner"],
+                                        max(now - row["started_at"], 0.0), now)
             c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
                       (now, row["machine"]))
             return _job(after)

@@ -384,6 +384,18 @@ def i26_plan_epoch(db: Database) -> None:
     db.execute(I26_PLAN_EPOCH)
 
 
+# Issue 23: the last two real run times per task queue and per owner (the predictions of
+# controller/domain/runtime_prediction.py), written as a job ends (controller/store/runtimes.py)
+I23_RUN_TIMES = ("CREATE TABLE run_times (kind TEXT NOT NULL, name TEXT NOT NULL,"
+                 " last DOUBLE PRECISION NOT NULL, prev DOUBLE PRECISION,"
+                 " at DOUBLE PRECISION NOT NULL, PRIMARY KEY (kind, name))")
+
+
+def i23_run_times(db: Database) -> None:
+    """Run-time history: the last two real run times of each task queue and each owner."""
+    db.execute(I23_RUN_TIMES)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: how SQLite takes it, and how PostgreSQL does (SQL statements;
@@ -419,6 +431,7 @@ MIGRATIONS: list[Migration] = [
     Migration("019_i24_refusals", i24_refusals, [I24_REFUSALS]),
     Migration("020_i21_idempotency_ids_filled", i21_idempotency_ids_filled, [I21_IDS_FILLED]),
     Migration("021_i26_plan_epoch", i26_plan_epoch, [I26_PLAN_EPOCH]),
+    Migration("022_i23_run_times", i23_run_times, [I23_RUN_TIMES]),
 ]
 
 

@@ -237,3 +237,14 @@ def test_work_that_would_outlive_a_busy_machine_gets_a_machine_of_its_own():
     soon = replace(long_job, predicted_runtime=900.0)  # predicted to end with the others
     assert run([soon], [ending], spec=spec).start == ()
     assert run([long_job], [busy], spec=spec).start == ()  # its end not known: no limit
+
+
+def test_strand_limit_leaves_a_job_that_would_keep_a_big_machine_up_to_a_small_one():
+    job = tq(1, max_runtime=3600)  # outlives the busy machine's jobs by 50 min
+    ending = replace(view("ec2-0001", "b/a/spot", busy=2), busy_until=NOW + 600)
+    spec = replace(SPEC, strand_limit=7 * 3000.0 - 1)  # 7 other cores x 3,000 s is over it
+    assert run([job], [ending]).start == ()  # no limit: it goes in the free cores
+    assert pools(run([job], [ending], spec=spec)) == ["s/a/spot"]
+    assert run([job], [ending], spec=replace(SPEC, strand_limit=7 * 3000.0)).start == ()
+    soon = replace(job, predicted_runtime=600.0)  # predicted to end with the others
+    assert run([soon], [ending], spec=spec).start == ()

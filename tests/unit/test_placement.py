@@ -158,3 +158,18 @@ def test_predicted_run_times_decide_backfill_and_how_long_a_machine_is_kept():
     assert choose([narrow], free(2), WHOLE, running, NOW, 0, extend_limit=1800) is None
     assert choose([quick], free(2), WHOLE, running, NOW, 0, extend_limit=1800) is quick
     assert choose([narrow], WHOLE, WHOLE, [], NOW, 0, extend_limit=1800) is narrow
+
+
+def test_strand_limit_weighs_how_long_a_job_outlives_a_machine_by_the_cores_it_keeps_up():
+    # an 8-core machine whose 6-core job should end in 10 min; a 1-core job that should run
+    # 1 h outlives it by 50 min with 7 other cores up: 7 x 3,000 = 21,000 core-seconds
+    running = [Running(6, 12000, NOW + 600)]
+    narrow, wide = tq(1, runtime=3600), tq(2, cores=2, runtime=3600)
+    assert choose([narrow], free(2), WHOLE, running, NOW, 0, strand_limit=20_000) is None
+    assert choose([narrow], free(2), WHOLE, running, NOW, 0, strand_limit=21_000) is narrow
+    # a 2-core job of the same length keeps only 6 other cores up: 18,000
+    assert choose([wide], free(2), WHOLE, running, NOW, 0, strand_limit=20_000) is wide
+    # predicted to end with the machine's job: it strands nothing
+    quick = replace(narrow, predicted_runtime=500.0)
+    assert choose([quick], free(2), WHOLE, running, NOW, 0, strand_limit=0) is quick
+    assert choose([narrow], WHOLE, WHOLE, [], NOW, 0, strand_limit=0) is narrow  # empty

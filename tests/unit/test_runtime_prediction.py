@@ -33,3 +33,31 @@ def test_a_job_past_its_prediction_gets_a_new_one():
     assert extend(600.0, 300.0, 3600.0) == 600.0  # still within it
     assert extend(600.0, 600.0, 3600.0) == 1200.0  # twice the time run so far
     assert extend(600.0, 2000.0, 3600.0) == 3600.0  # never above the request
+
+
+def test_the_scheduler_is_told_the_prediction_of_each_task_queue():
+    from controller.domain.jobs import Requirements
+    from controller.domain.runtime_prediction import with_prediction
+    from controller.domain.taskqueues import TaskQueue
+
+    h = RunHistory()
+    h.record(7, "alice", 40.0)
+    short = TaskQueue(7, Requirements(max_runtime=3600), "alice", "g", 0, waiting=3)
+    other = TaskQueue(8, Requirements(max_runtime=3600), "alice", "g", 0)
+    unknown = TaskQueue(9, Requirements(max_runtime=600), "bob", "g", 0)
+    assert with_prediction(short, h).runtime == 40.0  # its queue's history
+    assert with_prediction(short, h).waiting == 3  # nothing else changes
+    assert with_prediction(other, h).runtime == 40.0  # its owner's
+    assert with_prediction(unknown, h).runtime == 600.0  # no history: the request
+
+
+def test_a_machine_is_busy_until_its_jobs_predicted_ends():
+    from controller.domain.runtime_prediction import HeldJob, predicted_ends
+
+    h = RunHistory()
+    h.record(1, "alice", 100.0)
+    jobs = [HeldJob("m1", 1, "alice", 1000.0, 3600.0),  # predicted 100 s: ends at 1,100
+            HeldJob("m1", 1, "alice", 1050.0, 3600.0),  # ends at 1,150
+            HeldJob("m2", 2, "bob", 1000.0, 600.0),  # no history: its max_runtime
+            HeldJob("m3", 1, "alice", 800.0, 3600.0)]  # past its prediction: 2 x 250 s run
+    assert predicted_ends(jobs, h, 1050.0) == {"m1": 1150.0, "m2": 1600.0, "m3": 1300.0}
