@@ -99,14 +99,20 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     # of the endpoint's lost_after, and looks again that often (new work it can take, and a
     # fuller machine leaving work to it, wake it at once: notifier.offers, AskingPilots.fuller)
     seen_every = 5.0  # set from the endpoint at the first attempt
+    renewed = False  # the credential, once in this request at most
 
     def attempt() -> list[tuple[Job, str]]:
         """One thread hop, one transaction: the credential (verified at the first attempt),
         the pilot, the claim."""
-        nonlocal seen, draining, left_to, seen_every
+        nonlocal seen, draining, left_to, seen_every, renewed
         pilot = _own_pilot(store, p, pilot_id)
         ep = settings.endpoint(str(pilot["endpoint"]))
         seen_every = (ep.lost_after if ep else 60.0) / 4
+        # an idle pilot sends no heartbeats: its long-poll renews its credential (issue 26)
+        lifetime, now = credential_lifetime(ep), time.time()
+        if not renewed and renewal_due(p.principal().expires_at, lifetime, now):
+            store.tokens.renew(p.principal().token_id, now + lifetime)
+            renewed = True
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         # the endpoint's rules, with the longest job this pilot may still take (its time left)
         shape = dataclasses.replace(

@@ -224,11 +224,16 @@ def test_pilot_credentials_expire_unless_heartbeats_renew_them_and_die_with_a_lo
     renewed = expires(pid)
     assert renewed > first + 1
     assert mine.post(beat, json={"jobs": []}).status_code == 200 and expires(pid) == renewed
-    time.sleep(max(0.0, renewed - time.time()) + 0.3)
+    # an idle pilot sends no heartbeats: its match (a long-poll's look) renews it as well
+    time.sleep(1.2)
+    ask = {"free_cores": 1, "free_memory_mb": 512, "free_slots": 1, "wait": 0}
+    assert mine.post(f"/api/v1/pilots/{pid}/match", json=ask).status_code == 204
+    renewed_by_match = expires(pid)
+    assert renewed_by_match > renewed + 1
+    time.sleep(max(0.0, renewed_by_match - time.time()) + 0.3)
     r = mine.post(beat, json={"jobs": []})
     assert r.status_code == 401 and "credential expired" in r.json()["detail"]
-    r = mine.post(f"/api/v1/pilots/{pid}/match", json={"free_cores": 1, "free_memory_mb": 512,
-                                                      "free_slots": 1, "wait": 0})
+    r = mine.post(f"/api/v1/pilots/{pid}/match", json=ask)
     assert r.status_code == 401 and "max_machine_age" in r.json()["detail"]
     # lost (silent past lost_after): revoked at once, long before it would expire
     lost = ctrl.register("manual", "l1")
