@@ -118,7 +118,9 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         task = None
         stop_loop = asyncio.Event()
         if run_loop:
-            reconciler = Reconciler(settings, store, wake=notifier.fire)
+            # tick_soon wakes the loop and no pilot (fire(0))
+            reconciler = Reconciler(settings, store, wake=notifier.fire,
+                                    tick_soon=lambda: notifier.fire(0))
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, leadership,
                                                  settings.loop_interval, stop_loop))

@@ -320,8 +320,9 @@ class CloudEndpoint:
             if refused and set(result.errors) <= set(refused) | {
                     n for n, m in result.errors.items() if m.startswith(NOT_TRIED)}:
                 # only offers the cloud has none of now: they are blocked, not the endpoint,
-                # and the next tick's decision picks the next cheapest offer
+                # and a tick at once decides again, for the next cheapest offer
                 self._failed(plan, msg, result=result, known=known_all)
+                self.worker.then = self.env.tick_soon
                 return Outcome(message=f"offers refused, tried elsewhere next: {msg}",
                                down_by=store.endpoints.get(self.name).down_by)
             return self._failed(plan, msg, result=result, known=known_all)

@@ -64,6 +64,9 @@ class LoopEnv:
     store: Store
     clock: Callable[[], float] = time.time
     wake: Callable[[], None] = lambda: None
+    # ask the loop alone for a tick now (an offer refused: the next cheapest is decided at
+    # once, not a loop_interval later); safe from any thread
+    tick_soon: Callable[[], None] = lambda: None
     # After a controller restart, pilots need a moment to reach it again: heartbeats missed
     # while it was down must not count, so silence is measured from this instant at most.
     started: float = 0.0

@@ -45,11 +45,12 @@ class Reconciler:
     def __init__(self, settings: Settings, store: Store,
                  drivers: Mapping[str, Driver] | None = None,
                  clock: Callable[[], float] = time.time,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 wake: Callable[[], None] = lambda: None,
+                 tick_soon: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
-        self.env = LoopEnv(settings, store, clock, wake)
+        self.env = LoopEnv(settings, store, clock, wake, tick_soon)
         self.endpoints: list[EndpointKind] = [
             make_endpoint(ep, self.env, None if drivers is None else drivers[ep.name])
             for ep in settings.endpoints if drivers is None or ep.name in drivers]

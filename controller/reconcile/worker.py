@@ -27,6 +27,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self._done.set()
+        self.then: Callable[[], None] | None = None  # run once the work in progress is done
 
     @property
     def busy(self) -> bool:
@@ -50,7 +51,10 @@ class Worker:
                 log.exception("endpoint %s: %s failed", self.name, what)
             finally:
                 self.what, self.started_at = "", None
+                then, self.then = self.then, None
                 self._done.set()
+                if then is not None:  # asked for by `work`, once it is no longer busy
+                    then()
 
         self._thread = threading.Thread(target=run, name=f"endpoint-{self.name}", daemon=True)
         self._thread.start()
