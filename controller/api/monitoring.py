@@ -4,19 +4,22 @@ watch` and the dashboard's overview show)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime
+from typing import Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from controller.api.deps import AnyPrincipal, SettingsDep, StoreDep
-from controller.api.responses import OverviewOut
+from controller.api.deps import AnyPrincipal, SettingsDep, StoreDep, UserAuth
+from controller.api.responses import AmountOut, IdleOut, OverviewOut, UsageOut, UsageRowOut
 from controller.api.viewer import Viewer
 from controller.auth import Role
+from controller.domain.accounting import Amount, window
 from controller.errors import Forbidden
 from controller.metrics import Metrics, configured_prices
-from controller.store import views
+from controller.store import accounting, views
 
 router = APIRouter(tags=["monitoring"])
 
@@ -47,3 +50,30 @@ def overview(store: StoreDep, settings: SettingsDep, p: Viewer) -> OverviewOut:
     seen = views.overview(store, configured_prices(settings),
                           None if p.role == Role.ADMIN else p.owner, now, day_start(now))
     return OverviewOut(**seen.to_dict())
+
+
+def _amount(a: Amount) -> AmountOut:
+    return AmountOut(**{k: round(v, 6) for k, v in dataclasses.asdict(a).items()})
+
+
+@router.get("/api/v1/usage", response_model=UsageOut)
+def usage(store: StoreDep, settings: SettingsDep, p: UserAuth,
+          by: Literal["owner", "group", "endpoint"] = "owner",
+          since: str = Query("30d", description="the window back from now: 30d, 12h, 90m")
+          ) -> UsageOut:
+    """Accounting: core-hours and money per owner, group or endpoint, by day (UTC). A
+    machine's cost is split among the jobs it held by core-seconds; while it held none, the
+    cost is its endpoint's idle money. Users see their own owner rows only."""
+    now = time.time()
+    start = now - window(since)
+    if not p.is_admin and by != "owner":
+        raise Forbidden(f"a {p.role.value} token sees its own usage only (by=owner; by={by} "
+                        "needs: admin)")
+    ledger = accounting.usage(store, configured_prices(settings), start, now)
+    rows = [UsageRowOut(day=r.day, name=r.name, total=_amount(r.total),
+                        by_status={k: _amount(a) for k, a in r.by_status.items()})
+            for r in ledger.rows(by) if p.is_admin or r.name == p.owner]
+    idle = [IdleOut(day=d, endpoint=e, money=round(v, 6))
+            for (d, e), v in sorted(ledger.idle.items())] if p.is_admin else []
+    spent = {e: round(v, 6) for e, v in ledger.spent.items()} if p.is_admin else {}
+    return UsageOut(by=by, since=start, until=now, rows=rows, idle=idle, spent=spent)

@@ -278,3 +278,36 @@ class OverviewOut(BaseModel):
     spend_rate: dict[str, float] = Field(description="endpoint -> USD per hour now")
     spent_today: dict[str, float] = Field(description="endpoint -> USD since local midnight")
     spent_total: dict[str, float] = Field(description="endpoint -> USD in all")
+
+
+class AmountOut(BaseModel):
+    attempts: int = Field(description="attempts begun (counted on the day each began)")
+    core_hours: float
+    money: float = Field(description="USD: its share of its machines' cost by core-seconds")
+
+
+class UsageRowOut(BaseModel):
+    day: str = Field(description="YYYY-MM-DD, UTC")
+    name: str = Field(description="the owner, group or endpoint")
+    total: AmountOut
+    by_status: dict[str, AmountOut] = Field(
+        description="done, failed, interrupted, killed, running: each apart")
+
+
+class IdleOut(BaseModel):
+    day: str
+    endpoint: str
+    money: float = Field(description="USD its machines cost while they held no job")
+
+
+class UsageOut(BaseModel):
+    """Accounting: core-hours and money by day per owner, group or endpoint. Money per owner
+    plus the idle money is what the endpoints spent in the window."""
+
+    by: str
+    since: float
+    until: float
+    rows: list[UsageRowOut]
+    idle: list[IdleOut] = Field(description="admins only (empty for a user)")
+    spent: dict[str, float] = Field(description="endpoint -> USD spent in the window (admins "
+                                                "only)")

@@ -98,6 +98,9 @@ class ApiClient:
     def shares(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/shares")
 
+    def usage(self, by: str, since: str) -> dict[str, Any]:
+        return self.request("GET", "/api/v1/usage", params={"by": by, "since": since})
+
     def summary(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/summary")
 

@@ -212,6 +212,26 @@ def cmd_taskqueues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    out = _client(args).usage(args.by, args.since)
+
+    def part(r: dict[str, Any], status: str) -> str:
+        a = r["by_status"].get(status)
+        return f"{a['attempts']} / {a['core_hours']:.2f}" if a else "-"
+
+    rows = [[r["day"], r["name"], r["total"]["attempts"], f"{r['total']['core_hours']:.2f}",
+             f"{r['total']['money']:.2f}", part(r, "failed"), part(r, "interrupted")]
+            for r in out["rows"]]
+    rows += [[i["day"], f"{i['endpoint']} (idle)", "", "", f"{i['money']:.2f}", "", ""]
+             for i in out["idle"]]
+    print(_table(rows, ["DAY", args.by.upper(), "ATTEMPTS", "CORE-H", "USD",
+                        "FAILED N / CORE-H", "INTERRUPTED N / CORE-H"]))
+    if out["spent"]:
+        print("spent in the window: " + ", ".join(
+            f"{e} {v:.2f} USD" for e, v in sorted(out["spent"].items())))
+    return 0
+
+
 def cmd_shares(args: argparse.Namespace) -> int:
     out = _client(args).shares()
     rows = [[s["kind"], s["name"], s["group"] or "", f"{s['share']:g}",
@@ -519,6 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "usage, cores held and effective priority")
     client_opts(p)
     p.set_defaults(fn=cmd_shares)
+
+    p = sub.add_parser("usage", help="accounting: core-hours and money by day per owner, "
+                       "group or endpoint (idle machine time charged to its endpoint)")
+    client_opts(p)
+    p.add_argument("--by", choices=["owner", "group", "endpoint"], default="owner")
+    p.add_argument("--since", default="30d", help="the window back from now (30d, 12h, 90m)")
+    p.set_defaults(fn=cmd_usage)
 
     p = sub.add_parser("hosts", help="hosts of an SSH endpoint: list, join, leave, events")
     client_opts(p)

@@ -260,13 +260,20 @@ def machine_lives(store: Store, prices: Mapping[str, float]) -> list[MachineLife
     with store.read() as c:
         rows = c.execute("SELECT endpoint, state, created_at, updated_at, info"
                          " FROM machines").fetchall()
-    out = []
-    for r in rows:
-        info = json.loads(r["info"]) if r["info"] else {}
-        price = info.get("price") or prices.get(r["endpoint"], 0.0)
-        ended = r["updated_at"] if r["state"] in FINAL_MACHINE_STATES else None
-        out.append(MachineLife(r["endpoint"], float(price or 0.0), r["created_at"], ended))
-    return out
+    return [MachineLife(r["endpoint"], machine_price(r, prices) or 0.0, r["created_at"],
+                        machine_ended(r)) for r in rows]
+
+
+def machine_price(r: Row, prices: Mapping[str, float]) -> float | None:
+    """A machine row's hourly price: the one it was started at (its info's), else its
+    endpoint's configured cost, else None."""
+    info = json.loads(r["info"]) if r["info"] else {}
+    price = info.get("price") or prices.get(r["endpoint"])
+    return None if price is None else float(price)
+
+
+def machine_ended(r: Row) -> float | None:
+    return r["updated_at"] if r["state"] in FINAL_MACHINE_STATES else None
 
 
 # the dashboard ------------------------------------------------------------------------------

@@ -195,6 +195,8 @@ ROUTES = [
     Route("GET", "/api/v1/taskqueues", own("/api/v1/taskqueues"), users(200)),
     Route("GET", "/api/v1/summary", own("/api/v1/summary"), users(200)),
     Route("GET", "/api/v1/shares", own("/api/v1/shares"), users(200)),
+    # issue 25: accounting; a user's own owner rows (by=group or endpoint: admins only)
+    Route("GET", "/api/v1/usage", own("/api/v1/usage?by=owner&since=30d"), users(200)),
     Route("GET", "/api/v1/plans", own("/api/v1/plans"), users(200)),
     Route("GET", "/api/v1/plans/{plan_id}", own("/api/v1/plans/999999"), users(404)),
     Route("GET", "/api/v1/endpoints/{name}/events", own("/api/v1/endpoints/manual/events"),
