@@ -17,7 +17,7 @@ from controller.api.responses import AmountOut, IdleOut, OverviewOut, UsageOut, 
 from controller.api.viewer import Viewer
 from controller.auth import Role
 from controller.domain.accounting import Amount, window
-from controller.errors import Forbidden
+from controller.errors import Forbidden, InvalidInput
 from controller.metrics import Metrics, configured_prices
 from controller.store import accounting, views
 
@@ -65,7 +65,10 @@ def usage(store: StoreDep, settings: SettingsDep, p: UserAuth,
     machine's cost is split among the jobs it held by core-seconds; while it held none, the
     cost is its endpoint's idle money. Users see their own owner rows only."""
     now = time.time()
-    start = now - window(since)
+    try:
+        start = now - window(since)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
     if not p.is_admin and by != "owner":
         raise Forbidden(f"a {p.role.value} token sees its own usage only (by=owner; by={by} "
                         "needs: admin)")

@@ -543,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("usage", help="accounting: core-hours and money by day per owner, "
                        "group or endpoint (idle machine time charged to its endpoint)")
     client_opts(p)
-    p.add_argument("--by", choices=["owner", "group", "endpoint"], default="owner")
+    p.add_argument("--by", choices=["owner", "group", "endpoint"], default="owner",
+                   help="one row a day per owner (default), group or endpoint")
     p.add_argument("--since", default="30d", help="the window back from now (30d, 12h, 90m)")
     p.set_defaults(fn=cmd_usage)
 

@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Literal
 
-from controller.errors import InvalidInput
-
 Kind = Literal["owner", "group", "endpoint"]
 KINDS: tuple[Kind, ...] = ("owner", "group", "endpoint")
 STATUSES = ("done", "failed", "interrupted", "killed", "running")
@@ -99,15 +97,16 @@ _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def window(text: str) -> float:
-    """A window's length in seconds from "30d", "12h", "90m" or "45s"."""
+    """A window's length in seconds from "30d", "12h", "90m" or "45s" (ValueError, with what
+    was wrong, for anything else)."""
     num, unit = text.strip()[:-1], text.strip()[-1:].lower()
     try:
         seconds = float(num) * _UNITS[unit]
     except (KeyError, ValueError):
-        raise InvalidInput(f"bad window {text[:20]!r}: expected a number and a unit, d, h, m "
-                           "or s (e.g. 30d)") from None
+        raise ValueError(f"bad window {text[:20]!r}: expected a number and a unit, d, h, m "
+                         "or s (e.g. 30d)") from None
     if not 0 < seconds <= 3660 * 86400:
-        raise InvalidInput(f"bad window {text[:20]!r}: from 1s to 3660d")
+        raise ValueError(f"bad window {text[:20]!r}: from 1s to 3660d")
     return seconds
 
 
