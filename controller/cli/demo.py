@@ -150,9 +150,9 @@ def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
                 s = watch.summary()
                 line = _line(s, elapsed)
                 if tty:
-                    print("\r" + line, end="", file=out, flush=True)
+                    _say(out, "\r" + line, end="")
                 elif line.split("]", 1)[1] != last:
-                    print(line, file=out, flush=True)
+                    _say(out, line)
                     last = line.split("]", 1)[1]
                 j = s["jobs"]
                 settled = sum(j.get(k, 0) for k in ("done", "failed", "killed")) + len(stuck)
@@ -208,12 +208,23 @@ def _summary(c: ApiClient, out: Any, elapsed: float) -> None:
               f"{o['stdout'].strip()!r}", file=out)
 
 
+_SAYING = threading.Lock()  # the status lines and the followed job's lines: whole lines
+
+
+def _say(out: Any, text: str, end: str = "\n") -> None:
+    """One line, written whole (print writes the text and its end apart, and the follower
+    thread's lines would land inside the status lines)."""
+    with _SAYING:
+        out.write(text + end)
+        out.flush()
+
+
 def _follow(c: ApiClient, job_id: int, out: Any) -> None:
     """Print a running job's output as its pilot sends it (each heartbeat)."""
     try:
         for piece in c.follow_output(job_id):
             for line in piece["text"].splitlines():
-                print(f"  live, job {job_id}: {line}", file=out, flush=True)
+                _say(out, f"  live, job {job_id}: {line}")
     except ApiError as e:
         print(f"  live output of job {job_id}: {e}", file=out)
 

@@ -17,6 +17,7 @@ import io
 import json
 import re
 import tarfile
+import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -91,17 +92,25 @@ def check_cloud_config(text: str, what: str = "user-data",
     return doc
 
 
+# CPython 3.11's AST objects keep one recursion count for the interpreter: two threads parsing
+# at once can fail with "AST constructor recursion depth mismatch" (seen when a request's thread
+# built the pilot's code while a test did): one parse at a time here
+_AST_LOCK = threading.Lock()
+
+
 def shipped_source(path: Path) -> bytes:
     """A pilot module as cloud machines get it: the same code without its comments and
     docstrings (EC2 takes at most 16 KB of user-data)."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            first = node.body[0] if node.body else None
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
-                    and isinstance(first.value.value, str):
-                node.body = node.body[1:] or [ast.Pass()]
-    return (ast.unparse(tree) + "\n").encode()
+    with _AST_LOCK:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                          | ast.AsyncFunctionDef):
+                first = node.body[0] if node.body else None
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                        and isinstance(first.value.value, str):
+                    node.body = node.body[1:] or [ast.Pass()]
+        return (ast.unparse(tree) + "\n").encode()
 
 
 @lru_cache(maxsize=1)
