@@ -63,7 +63,8 @@ async def _run_loop(app: FastAPI, reconciler: Reconciler, leadership: Leadership
                 await asyncio.sleep(interval)
                 continue
             if not leading:  # at start, or taking over: pick up what was left half done
-                await asyncio.to_thread(reconciler.lead, leadership.epoch)
+                await asyncio.to_thread(reconciler.lead, leadership.epoch,
+                                        leadership.leads_now)
                 leading = True
             result = await asyncio.to_thread(reconciler.tick)
             if result.rescheduled:

@@ -17,11 +17,11 @@ real store."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from controller.domain.plans import PlanDiff
-from controller.drivers.base import ApplyResult, ObservedMachine, Refusing
+from controller.drivers.base import ApplyResult, ObservedMachine, Refusing, unfenced
 from controller.errors import DriverError
 
 
@@ -56,10 +56,11 @@ class InMemoryDriver:
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         return PlanDiff.between(self.name, current, wanted)
 
-    def apply(self, diff: PlanDiff) -> ApplyResult:
+    def apply(self, diff: PlanDiff, fence: Callable[[], None] = unfenced) -> ApplyResult:
         self.applied.append(diff)
         if self.hold is not None:
             self.hold.wait()
+        fence()  # one change of every machine at once
         if self.fail == "raise":
             raise DriverError("credentials rejected: AuthFailure")
         errors = {}

@@ -311,6 +311,9 @@ class EndpointConfig(BaseModel):
         "('type/zone/market') whose launches are refused as sold out, each the first N times "
         "(0: always)")
     # --- end issue 24 ----------------------------------------------------------------------
+    slow_start: float = Field(
+        0.0, ge=0, le=600, description="driver local (tests, demos): a slow cloud, seconds "
+        "the driver waits before it starts each machine")
     ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
     slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
                                       ", wall time, queue limits")

@@ -5,7 +5,7 @@ the loop's tick, refresh, plan and apply in the endpoint's own worker thread."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,6 +27,11 @@ class ObservedMachine:
 # nor failed by its own doing (issue 24: its offer is not blocked, the endpoint not backed
 # off for it)
 NOT_TRIED = "not tried: "
+
+
+def unfenced() -> None:
+    """The fence of a call made outside the reconcile loop (a test, a tool): it always
+    passes."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +71,12 @@ class Driver(Protocol):
         """The change from the current to the wanted set of named machines."""
         ...
 
-    def apply(self, diff: PlanDiff) -> ApplyResult:
-        """Make the change: create the named machines, delete the named machines."""
+    def apply(self, diff: PlanDiff, fence: Callable[[], None] = unfenced) -> ApplyResult:
+        """Make the change: create the named machines, delete the named machines. `fence()`
+        is the precondition of every change (issue 26): the driver calls it before each
+        machine it creates or deletes, or once before one call that changes them all (a
+        Pulumi update), and lets what it raises (Fenced: this process no longer leads the
+        loop) end the call."""
         ...
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from controller.config.settings import BatchSiteConfig, EndpointConfig
 from controller.domain.batch import BatchJob, BatchState
 from controller.domain.plans import PlanDiff
-from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.drivers.base import ApplyResult, ObservedMachine, unfenced
 from controller.drivers.batch import BatchCommandError, BatchSystem, PilotSubmission, remote_base
 from controller.drivers.bundle import pilot_zipapp
 from controller.drivers.remote import RemoteSession, RemoteShell
@@ -153,8 +153,9 @@ class BatchDriver:
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         return PlanDiff.between(self.name, current, wanted)
 
-    def apply(self, diff: PlanDiff) -> ApplyResult:
+    def apply(self, diff: PlanDiff, fence: Callable[[], None] = unfenced) -> ApplyResult:
         """Submit diff.create, cancel diff.delete (synchronously)."""
+        fence()  # one submission of them all, one cancel
         errors: dict[str, str] = {}
         created = []
         for m, got in self.submit(diff.create).items():

@@ -22,7 +22,7 @@ from typing import Any
 from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
-from controller.drivers.base import ApplyResult, ObservedMachine, Refusing
+from controller.drivers.base import ApplyResult, ObservedMachine, Refusing, unfenced
 from controller.drivers.proctree import MachineProcesses
 from controller.errors import DriverError
 
@@ -213,7 +213,7 @@ class LocalDriver(PilotProcesses):
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         return PlanDiff.between(self.name, current, wanted)
 
-    def apply(self, diff: PlanDiff) -> ApplyResult:
+    def apply(self, diff: PlanDiff, fence: Callable[[], None] = unfenced) -> ApplyResult:
         created: list[str] = []
         errors: dict[str, str] = {}
         for name in diff.create:
@@ -221,10 +221,14 @@ class LocalDriver(PilotProcesses):
             if no is not None:
                 errors[name] = no
                 continue
+            time.sleep(self.endpoint.slow_start)  # a slow cloud (tests, demos)
+            fence()
             try:
                 self.start(name, self.pilot_config(name, diff.specs.get(name)))
                 created.append(name)
             except OSError as e:
                 errors[name] = f"could not start a pilot process: {e}"
+        if diff.delete:
+            fence()
         self.stop(diff.delete)
         return ApplyResult(tuple(created), tuple(diff.delete), errors)

@@ -53,7 +53,7 @@ from typing import Any
 from controller.config.settings import EndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
-from controller.drivers.base import NOT_TRIED, ApplyResult, ObservedMachine
+from controller.drivers.base import NOT_TRIED, ApplyResult, ObservedMachine, unfenced
 from controller.errors import DriverError, DriverSetupError
 
 log = logging.getLogger("cloudpilot.pulumi")
@@ -613,8 +613,10 @@ class PulumiDriver:
         self._previews = {(cur, want): out}  # only the latest is worth keeping
         return out
 
-    def apply(self, diff: PlanDiff) -> ApplyResult:
+    def apply(self, diff: PlanDiff, fence: Callable[[], None] = unfenced) -> ApplyResult:
         from pulumi import automation as auto
+
+        fence()  # one update changes them all
 
         known = {m.name for m in self._observed or []}
         wanted = set(diff.wanted) if (diff.wanted or not diff.create) else \

@@ -36,7 +36,7 @@ from controller.drivers.ansible import (
     end_orphaned_runs,
     run_playbook,
 )
-from controller.drivers.base import ApplyResult, ObservedMachine
+from controller.drivers.base import ApplyResult, ObservedMachine, unfenced
 from controller.drivers.bundle import pilot_zipapp
 from controller.drivers.remote import ssh_options
 
@@ -148,8 +148,9 @@ class SshDriver:
     def plan(self, current: Iterable[str], wanted: Iterable[str]) -> PlanDiff:
         return PlanDiff.between(self.name, current, wanted)
 
-    def apply(self, diff: PlanDiff) -> SshResult:
+    def apply(self, diff: PlanDiff, fence: Callable[[], None] = unfenced) -> SshResult:
         """Deploy and start pilots on diff.create; stop them on diff.delete."""
+        fence()  # one playbook run for them all
         deploy = self._run("deploy-pilot.yml", diff.create)
         stop = self.stop(diff.delete)
         return SshResult(

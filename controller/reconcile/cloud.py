@@ -58,16 +58,20 @@ class CloudEndpoint:
         self._applying: int | None = None  # the plan the worker applies
         self._abandoned: set[int] = set()  # plans that ran past their timeout
         self._drift_at: float | None = None  # when the stack's drift was last checked
+        self._reread = False  # a new leader: the driver's truth is read again before acting
 
     def lead(self, now: float) -> None:
         """Plans the last leader was applying when it stopped go back to approved (applied
-        again; drivers are idempotent per machine name)."""
+        again; drivers are idempotent per machine name). A process that led before (and
+        lost the lead meanwhile) first reads the driver's truth again (refresh): other
+        leaders changed the machines since, and its driver's cache is stale."""
         self.env.store.plans.resume_interrupted(self.name, now)
+        self._reread = self._seen is not None
 
     # observe -----------------------------------------------------------------------------
     def observe(self, now: float) -> None:
         store = self.env.store
-        self._seen = self.driver.observe()
+        self._seen = None if self._reread else self.driver.observe()
         if self._seen is None:
             return  # nothing known yet: decide() has the worker refresh it
         store.machines.record_observed(
@@ -239,6 +243,7 @@ class CloudEndpoint:
             self.driver.refresh()
         except DriverError as e:
             return Outcome(error=f"observe failed: {one_line(e)}")
+        self._reread = False
         return None
 
     def _plan(self, current: list[str], decision: Decision, ep: Endpoint) -> Outcome | None:
@@ -296,12 +301,20 @@ class CloudEndpoint:
         try:
             with store.tx():
                 plan = self._start(plan, known, now)
+                store.plans.fence(plan.id, self.env.epoch)  # still the leader's
+            self._fence(plan.id)  # and its lock still held, right before the driver call
+        except Fenced as e:  # deposed: the new leader applies it (or has)
+            log.warning("endpoint %s: the driver is not called: %s", self.name, e)
+            return None
         except Conflict as e:  # an operator's `down` superseded it meanwhile
             log.info("endpoint %s: %s", self.name, e)
             return None
         self._applying, self.worker.what = plan.id, f"applying plan {plan.id}"
-        try:
-            result = self.driver.apply(plan.diff)
+        try:  # the driver checks the fence again before each machine it changes
+            result = self.driver.apply(plan.diff, fence=lambda: self._fence(plan.id))
+        except Fenced as e:  # deposed during the call: what it did is the new leader's to see
+            log.warning("endpoint %s: the driver's call stopped: %s", self.name, e)
+            return None
         except DriverError as e:
             return self._failed(plan, one_line(e), create_failed=True)
         except Exception as e:  # a bug: the plan failed; the traceback goes to the log
@@ -333,10 +346,18 @@ class CloudEndpoint:
                 store.plans.finish(plan.id, PlanState.APPLIED, _applied(result),
                                    self.env.clock())
         except Fenced as e:
-            log.warning("endpoint %s: %s (%s)", self.name, e, _applied(result))
+            log.warning("endpoint %s: the apply's result is not recorded: %s (%s)", self.name,
+                        e, _applied(result))
             return None
         self._refused(plan, result, self.env.clock())  # its offers' refusals forgotten
         return Outcome(down_by=store.endpoints.get(self.name).down_by, reset=True)
+
+    def _fence(self, plan_id: int) -> None:
+        """The precondition of every change made for a plan: this process still leads (its
+        lock's session is alive, so no other leader can have taken over); Fenced if not."""
+        if not self.env.leading():
+            raise Fenced(f"plan {plan_id}: this process (epoch {self.env.epoch}) no longer "
+                         "leads the reconcile loop")
 
     def _refused(self, plan: Plan, result: ApplyResult, now: float) -> dict[str, str]:
         """Launches the cloud refused for capacity or quota block their offers for a while
@@ -403,7 +424,8 @@ class CloudEndpoint:
                                                      if_in={M.REQUESTED})
                 self.env.store.plans.finish(plan.id, PlanState.FAILED, msg, now)
         except Fenced as e:
-            log.warning("endpoint %s: %s (it failed: %s)", self.name, e, msg)
+            log.warning("endpoint %s: the apply's result is not recorded: %s (it failed: %s)",
+                        self.name, e, msg)
             return None
         return Outcome(error=f"plan {plan.id} failed: {msg}")
 

@@ -73,6 +73,9 @@ class LoopEnv:
     # issue 26: the epoch of the leadership this process runs the loop under (0: SQLite),
     # written into the plans it applies and checked where their results are recorded
     epoch: int = 0
+    # issue 26: whether this process still leads at this instant (PostgreSQL: its lock's
+    # session is alive): the precondition of each change a driver makes (`fence`)
+    leading: Callable[[], bool] = lambda: True
 
     def __post_init__(self) -> None:
         self.started = self.started or self.clock()

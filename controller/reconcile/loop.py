@@ -57,11 +57,13 @@ class Reconciler:
         self.status = {e.name: EndpointStatus(store, e.name) for e in self.endpoints}
         self.last: dict[str, Decision] = {}
 
-    def lead(self, epoch: int = 0) -> None:
+    def lead(self, epoch: int = 0, leading: Callable[[], bool] = lambda: True) -> None:
         """This process now runs the loop, as leader `epoch`: at its start, or taking over
-        from another controller process (a shared PostgreSQL store). Each endpoint picks up
-        what the last leader left half done."""
-        self.env.epoch = epoch
+        from another controller process (a shared PostgreSQL store). `leading` says whether
+        it still leads at an instant (checked before each change a driver makes). Each
+        endpoint re-reads its driver's truth and picks up what the last leader left half
+        done."""
+        self.env.epoch, self.env.leading = epoch, leading
         now = self.clock()
         for e in self.endpoints:
             try:

@@ -36,6 +36,11 @@ class Leadership:
     def held(self) -> bool:
         return True
 
+    def leads_now(self) -> bool:
+        """Whether this process still leads at this instant (never takes the lead): the
+        precondition of each change a driver makes for the loop."""
+        return True
+
     def close(self) -> None:
         pass
 
@@ -59,11 +64,7 @@ class PostgresLeadership(Leadership):
                     self._conn.execute(f"SET idle_session_timeout = {int(self.lease * 1000)}")
                     self.since = None
                 if self.since is not None:  # ours: is the connection (and so the lock) alive?
-                    row = self._conn.execute(
-                        "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                        " AND pid = pg_backend_pid() AND objid = %s",
-                        (LOOP_LOCK & 0xFFFFFFFF,)).fetchone()
-                    if row is not None:
+                    if self._holds(self._conn):
                         return True
                     log.warning("lost the reconcile loop's lock; another process leads now")
                     self.since = None
@@ -86,6 +87,25 @@ class PostgresLeadership(Leadership):
                     self._conn.close()
                 self._conn = None
                 return False
+
+    @staticmethod
+    def _holds(conn: psycopg.Connection[Any]) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid() AND objid = %s",
+            (LOOP_LOCK & 0xFFFFFFFF,)).fetchone() is not None
+
+    def leads_now(self) -> bool:
+        """Whether this process still holds the loop's lock at this instant, asked of the
+        server on the lock's own session (never takes the lead): False once the session
+        ended (a lease run out while frozen, the server restarted) or the lead was lost."""
+        with self._lock:
+            if self.since is None or self._conn is None or self._conn.closed:
+                return False
+            try:
+                return self._holds(self._conn)
+            except psycopg.Error:
+                return False  # held() notices too, and reconnects
 
     def _take_over(self) -> int:
         assert self._conn is not None

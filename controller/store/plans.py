@@ -155,7 +155,7 @@ class PlanStore:
             lead = c.execute("SELECT epoch FROM leader WHERE id = 1" + lock).fetchone()
         ours, now_leading = row["epoch"] or 0, lead["epoch"] if lead else 0
         if ours != epoch or now_leading > epoch:
-            raise Fenced(f"plan {plan_id}: the result of a deposed leader (epoch {epoch}) "
+            raise Fenced(f"plan {plan_id}: a deposed leader (epoch {epoch}) "
                          f"refused: the plan is applied under epoch {ours}, the loop's "
                          f"leader is now epoch {now_leading}")
 

@@ -247,6 +247,30 @@ def test_a_restart_mid_apply_applies_the_plan_again(database):
     store.close()
 
 
+class CountingDriver(InMemoryDriver):
+    refreshed = 0
+
+    def refresh(self):
+        self.refreshed += 1
+
+
+def test_a_process_that_leads_again_reads_the_drivers_truth_before_acting(world):
+    """Issue 26: a process that led, lost the lead and takes it again has its driver read
+    the machines again (refresh) before it decides anything: other leaders changed them."""
+    store, _driver, loop, _clock = world
+    driver = CountingDriver("ep")
+    loop.endpoints[0].driver = driver
+    tick(loop)  # it leads and observes
+    assert driver.refreshed == 0
+    driver.machines = {"ep-0007"}  # what another leader made meanwhile
+    loop.lead(3)
+    submit(store, 1)
+    tick(loop)
+    assert driver.refreshed == 1 and store.plans.find("ep") == []  # read, nothing decided
+    tick(loop)
+    assert driver.refreshed == 1 and store.plans.find("ep") != []
+
+
 class BrokenDriver(InMemoryDriver):
     def observe(self):
         raise KeyError("a bug in cloudpilot, not a cloud outage")
