@@ -79,6 +79,9 @@ class JobRun:
         self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
         self.attempt: int | None = job.get("attempt")
         self.lease_until = float("inf")  # Unix time the payload must be dead by, unless renewed
+        # a renewal came only after the lease had run out (the pilot frozen, the controller
+        # slow): its shepherd may have killed the payload at the old deadline meanwhile
+        self.lapsed = False
         self.stop_reason: str | None = None
         self.interrupted_by = "SIGTERM"  # what interrupted the pilot, for the job's record
         self._lock = threading.Lock()
@@ -182,7 +185,9 @@ class JobRun:
 
     def renew(self, until: float) -> None:
         """The controller renewed the lease: the payload may run until `until` (Unix time)."""
-        self.lease_until = max(self.lease_until, until)
+        with self._lock:
+            self.lapsed = self.lapsed or time.time() >= self.lease_until
+            self.lease_until = max(self.lease_until, until)
         self._tell(f"{until:.3f}")
 
     def revoke(self) -> None:
@@ -232,8 +237,12 @@ class JobRun:
                     self._signal(signal.SIGKILL)  # the shepherd itself does not end
         if rc == -signal.SIGTERM and self.stop_reason is None:
             time.sleep(1.0)  # a batch system signals a whole job at once: so is the pilot
-        if rc != 0 and self.stop_reason is None and time.time() >= self.lease_until:
-            self.stop_reason = "lease"  # its shepherd ended it at the lease, before our check
+        if rc != 0 and self.stop_reason is None and (time.time() >= self.lease_until
+                                                     or self.lapsed):
+            # its shepherd ended it at the lease, before our check; or before a renewal that
+            # came too late (bench.chaos: a pilot frozen past the lease, then renewed, reported
+            # the payload the shepherd had killed as failed, "terminated by signal 9")
+            self.stop_reason = "lease"
         why = self.stop_reason
         if rc == 0 and why in ("interrupted", "lease", "lost"):
             why = None  # it ended on its own, successfully, before the stop reached it

@@ -87,3 +87,28 @@ def test_sigterm_reaches_the_payload_and_the_tree_dies_after_the_grace(tmp_path)
     stubborn.send_signal(signal.SIGTERM)
     assert stubborn.wait(5) == -signal.SIGKILL and 0.9 < time.monotonic() - t0 < 3
     assert not alive(tree[-1])
+
+
+def test_a_payload_killed_at_its_lease_before_a_late_renewal_is_interrupted(tmp_path):
+    """Issue 26 (bench.chaos lost a job this way): the pilot is frozen past the lease, the
+    shepherd kills the payload at the deadline, the pilot resumes and a heartbeat renews the
+    lease before the pilot looks at the payload's status. The payload ended at the lease:
+    'interrupted' (the job runs again), not 'failed: terminated by signal 9'."""
+    from pilot.runner import JobRun
+    from pilot.sandbox import Sandbox
+
+    (tmp_path / "work").mkdir()
+    spec = {"id": 9, "executable": "/bin/sh", "arguments": ["-c", "sleep 30"],
+            "requirements": {"cores": 1, "memory_mb": 64, "max_runtime": 60}}
+    run = JobRun(spec, "cp_jobtoken", tmp_path / "work", "http://127.0.0.1:9",
+                 sandbox=Sandbox("none"))
+    run.lease_until = time.time() + 1.0
+    run.prepare()
+    run.start()
+    assert run.proc is not None
+    wait_until(lambda: run.proc.poll() is not None, 10, 0.05, "the shepherd to end it")
+    run.renew(time.time() + 60)  # the late renewal, before the pilot's look
+    outcome = run.wait()
+    run.cleanup()
+    assert outcome.status == "interrupted" and "lease ran out" in (outcome.reason or ""), \
+        outcome
