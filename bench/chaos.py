@@ -1,6 +1,7 @@
 """Chaos against a cluster on PostgreSQL: do the promises hold when its parts fail at random?
 
     .venv/bin/python -m bench.chaos [--seed N] [--runs K] [--duration S] [--workers W]
+                                    [--keep DIR]
 
 Each run starts a real PostgreSQL server (tests/pgserver.py, its own directory and port), a
 controller with W worker processes on it (`cloudpilot serve --workers W`, 127.0.0.1) and a
@@ -216,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=1, help="runs, seeds seed, seed+1, ... (1)")
     ap.add_argument("--duration", type=float, default=300.0, help="faults for this long (s)")
     ap.add_argument("--workers", type=int, default=3, choices=(2, 3, 4))
+    ap.add_argument("--keep", type=Path, help="keep each run's files (the controller's and "
+                    "the pilots' logs, the ledger) in DIR/seed-N")
     args = ap.parse_args(argv)
     head = ("seed  submitted  done  lost  twice at once  dup. subm.  started twice  leaked"
             "  leases outlived  time")
@@ -223,8 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     bad = False
     for seed in range(args.seed, args.seed + args.runs):
-        with tempfile.TemporaryDirectory(prefix=f"cloudpilot-chaos-{seed}-") as tmp:
-            r = one_run(Path(tmp), seed, args.duration, args.workers)
+        with contextlib.ExitStack() as stack:
+            if args.keep is not None:
+                tmp = args.keep / f"seed-{seed}"
+                tmp.mkdir(parents=True)
+            else:
+                tmp = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"cloudpilot-chaos-{seed}-")))
+            r = one_run(tmp, seed, args.duration, args.workers)
         bad |= r.bad()
         print(f"{r.seed:>4}  {r.submitted:>9}  {r.done:>4}  {r.lost:>4}  "
               f"{r.ran_twice_at_once:>13}  {r.duplicate_submissions:>10}  "
