@@ -226,3 +226,29 @@ def test_a_postgresql_dump_restores_and_the_restore_reschedules_what_ran(postgre
         assert new > max(ids)
     finally:
         r.close()
+
+
+def test_a_stall_skips_a_job_another_process_is_moving(postgres_server):
+    """Issue 26 (bench.chaos): the loop stalls a machine's jobs while another process is
+    recording a pilot's report of one of them. The stall leaves that job alone (it is locked)
+    and stalls the others, instead of failing on it and undoing them all."""
+    import psycopg
+
+    from controller.domain.jobs import JobState
+    from tests.unit.test_store import match
+
+    url = postgres_server.create_database()
+    store = Store(url)
+    try:
+        store.tokens.create_user("alice", "physics")
+        store.jobs.submit([NewJob("/bin/true")] * 2, "alice", "physics", 3)
+        (a, _), (b, _) = match(store), match(store)
+        with psycopg.connect(url) as other:  # the report's transaction, not yet committed
+            other.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (a.id,))
+            moved = store.jobs.stall(machines=["m1"], why="machine lost")
+        assert moved == [(b.id, JobState.WAITING)]
+        assert store.jobs.get(a.id).state != JobState.WAITING
+        assert store.jobs.stall(machines=["m1"], why="machine lost") == [
+            (a.id, JobState.WAITING)]  # the next look
+    finally:
+        store.close()
