@@ -296,3 +296,55 @@ def test_the_controllers_ride_out_a_database_restart(make_controller, tmp_path, 
     finally:
         b.stop()
 
+
+
+def test_a_leader_frozen_mid_apply_past_its_lease_applies_nothing_when_resumed(make_controller,
+                                                                             pg_url):
+    """Issue 26, fencing with real processes: `serve --workers 2` on PostgreSQL, a local
+    endpoint whose driver takes 8 s before it starts a machine. The leader is frozen
+    (SIGSTOP) inside that apply, past its 2 s lease; the other worker takes the loop over and
+    applies the plan again; the frozen one is resumed (SIGCONT) while the new leader is still
+    in its apply. The resumed driver call checks the fence before starting the machine and
+    stops: the plan is applied once, its machine asked for once and started once, by the new
+    leader's process."""
+    ep = {**LOCAL, "max_machines": 1, "max_starts_per_cycle": 1, "slow_start": 8,
+          "idle_timeout": 60}
+    ctrl = make_controller(endpoints=[ep], database=pg_url, workers=2, loop_interval=0.3,
+                           leader_lease=2)
+    assert ctrl.proc is not None
+    wait_until(lambda: len(children(ctrl.proc.pid)) == 2, 10, what="two workers")
+    (job,) = ctrl.submit("alice", sh("true"))
+
+    def applying() -> tuple[int, int] | None:
+        rows = sql(pg_url, "SELECT id, epoch FROM plans WHERE state = 'applying'")
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    plan, epoch = wait_until(applying, 20, 0.05, "a plan being applied")
+    old = wait_until(lambda: leader(pg_url), 5, what="the leader")
+    assert old[1] == epoch, (old, epoch)  # the leader that is applying it
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        new = wait_until(lambda: (lead := leader(pg_url)) and lead[1] > epoch and lead, 15,
+                         0.05, "another worker to take the loop over")
+        wait_until(lambda: applying() == (plan, new[1]), 10, 0.05,
+                   "the new leader to apply the plan again")
+    finally:
+        os.kill(old[0], signal.SIGCONT)  # resumed while the new leader's apply goes on
+    assert new[0] != old[0]
+    wait_until(lambda: sql(pg_url, "SELECT state FROM plans WHERE id = %s", plan)[0][0]
+               == "applied", 30, 0.1, "the plan to be applied")
+    ctrl.wait_state(job, "done", timeout=60)
+    wait_until(lambda: f"the driver's call stopped: plan {plan}: this process (epoch {epoch})"
+               " no longer leads" in ctrl.log(), 15, 0.2, "the resumed leader to stop")
+    events = [r[0] for r in sql(pg_url, "SELECT to_state FROM plan_events WHERE plan_id = %s",
+                                plan)]
+    assert events.count("applied") == 1 and events.count("applying") == 2, events
+    requested = sql(pg_url, "SELECT machine, COUNT(*) FROM machine_events"
+                    " WHERE to_state = 'requested' GROUP BY machine")
+    assert len(requested) == 1 and requested[0][1] == 1, requested
+    machine = requested[0][0]
+    log = (ctrl.root / "data-machines" / "local" / machine / "pilot.log").read_text()
+    assert log.count("registered as pilot") == 1, log  # one pilot process, started once
+    pid = int((ctrl.root / "data-machines" / "local" / machine / "pilot.pid").read_text())
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent == new[0], (parent, new, old)  # started by the new leader's process
