@@ -77,10 +77,18 @@ def workers(ctl: Controller) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def pid_files(ctl: Controller) -> list[Path]:
+    """The local machines' pid files (data-machines/ENDPOINT/MACHINE/pilot.pid): not a
+    recursive glob, which walks the job directories pilots remove meanwhile."""
+    with contextlib.suppress(OSError):
+        return list((ctl.root / "data-machines").glob("*/*/pilot.pid"))
+    return []
+
+
 def pilots(ctl: Controller) -> dict[str, int]:
     """Live machines' pilot processes: machine name -> PID."""
     out = {}
-    for f in ctl.root.glob("data*/**/pilot.pid"):
+    for f in pid_files(ctl):
         with contextlib.suppress(ValueError, OSError):
             pid = int(f.read_text())
             os.kill(pid, 0)
@@ -181,12 +189,14 @@ def one_run(tmp: Path, seed: int, duration: float, n_workers: int) -> Run:
 
         sub = threading.Thread(target=submit)
         sub.start()
-        end = time.monotonic() + duration
-        while time.monotonic() < end:
-            time.sleep(rng.uniform(2, 5))
-            run.faults.append(fault(rng, ctl, pg))
-        stop.set()
-        sub.join(90)
+        try:
+            end = time.monotonic() + duration
+            while time.monotonic() < end:
+                time.sleep(rng.uniform(2, 5))
+                run.faults.append(fault(rng, ctl, pg))
+        finally:  # the submitting thread ends, also when the bench itself fails
+            stop.set()
+            sub.join(90)
         run.submitted = len(set(acked))
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -205,7 +215,7 @@ def one_run(tmp: Path, seed: int, duration: float, n_workers: int) -> Run:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
             ctl.stop()
-            for d in ctl.root.glob("data*/**/pilot.pid"):
+            for d in pid_files(ctl):
                 MachineProcesses(d.parent.parent, d.parent.name).kill()
         pg.close()
 

@@ -9,7 +9,7 @@ from controller.auth import Role
 from controller.domain.jobs import JobState, NewJob, Requirements
 from controller.domain.matching import SlotOffer
 from controller.domain.placement import Asking
-from controller.errors import Conflict, NotFound, StorageError
+from controller.errors import Conflict, NotFound, StorageError, Unauthorized
 from controller.store import Store
 
 OFFER = SlotOffer("ep", cores=64, memory_mb=64_000, tags=frozenset({"linux"}))
@@ -270,3 +270,38 @@ def test_work_a_fuller_machine_asking_should_have_is_left_to_it_only_when_asked(
     assert [j.id for j, _ in now.jobs] == [jid] and not now.deferred
 
 
+
+
+def test_a_machine_stopped_or_lost_loses_its_pilots_credentials_at_once(store):
+    """Issue 26: the move that records a machine stopped, lost or failed revokes, in its own
+    transaction, every pilot token bound to it; a draining one keeps its own."""
+    from controller.domain.machines import MachineState as M
+    creds = {}
+    for m in ("gone", "stopped", "draining"):
+        store.machines.register_pilot(f"p-{m}", "ep", m, 2, 2048, [], 1, "test")
+        creds[m] = store.tokens.issue(Role.PILOT, endpoint="ep", machine=m, pilot_id=f"p-{m}",
+                                      lifetime=3600)
+    spare = store.tokens.issue(Role.PILOT, endpoint="ep", machine="gone")  # a bootstrap
+    store.machines.move("gone", M.LOST, "silent")
+    store.machines.move("stopped", M.STOPPED, "its pilot exited")
+    store.machines.move("draining", M.STOPPING, "idle")
+    for t in (creds["gone"], spare, creds["stopped"]):
+        with pytest.raises(Unauthorized, match="unknown token"):
+            store.tokens.verify(t)
+    assert store.tokens.verify(creds["draining"]).pilot_id == "p-draining"
+
+
+def test_a_pilot_credential_expires_with_the_reason_and_renews_once_per_quarter(store):
+    from controller.domain.credentials import pilot_credential_lifetime, renewal_due
+    assert pilot_credential_lifetime(3600) == 7200
+    # renewed only once a quarter of its life has passed: not at every heartbeat
+    assert not renewal_due(1000 + 7200, 7200, now=1000 + 1799)
+    assert renewal_due(1000 + 7200, 7200, now=1000 + 1801)
+    assert not renewal_due(None, 7200, now=10**9)
+    cred = store.tokens.issue(Role.PILOT, endpoint="ep", machine="m", pilot_id="p", lifetime=60)
+    p = store.tokens.verify(cred)
+    assert p.expires_at is not None
+    with pytest.raises(Unauthorized, match="credential expired 1s ago: no heartbeat renewed"):
+        store.tokens.verify(cred, now=p.expires_at + 1)
+    store.tokens.renew(p.token_id, p.expires_at + 100)
+    assert store.tokens.verify(cred, now=p.expires_at + 1).expires_at == p.expires_at + 100
