@@ -586,11 +586,14 @@ class JobStore:
                 new = S.DONE if status == "done" else S.FAILED
                 after = self._move(c, job_id, state, new, now, reason, row=row,
                                    exit_code=exit_code, ended_at=now, reason=reason)
-                if new == S.DONE and row["started_at"] is not None:  # run-time history
-                    RunTimeStore.record(c, row["tq_id"], row["owner"],
-                                        max(now - row["started_at"], 0.0), now)
+            # rows locked in one order, as a match does: the job, its machine, then the
+            # run-time history and (at commit) the usage (bench.chaos: reports that locked the
+            # machine after the history deadlocked with each other on PostgreSQL)
             c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
                       (now, row["machine"]))
+            if after["state"] == S.DONE.value and row["started_at"] is not None:
+                RunTimeStore.record(c, row["tq_id"], row["owner"],  # run-time history
+                                    max(now - row["started_at"], 0.0), now)
             return _job(after)
 
     def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
