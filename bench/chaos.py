@@ -6,14 +6,16 @@
 Each run starts a real PostgreSQL server (tests/pgserver.py, its own directory and port), a
 controller with W worker processes on it (`cloudpilot serve --workers W`, 127.0.0.1) and a
 local endpoint whose machines are real pilot processes, submits short jobs that write a ledger
-(as `bench.faults` does) for `duration` seconds, while a scheduler of faults, seeded so that a
-failing run can be replayed with the same seed, every 2-5 s does one of: SIGKILL a worker (the
-supervisor starts another), freeze a worker (SIGSTOP for 1-6 s: past the 3 s leader lease the
-leader is deposed and its late results are fenced off), SIGKILL a machine's pilot, freeze a
-pilot (SIGSTOP for 1-8 s), or restart PostgreSQL. Then the faults stop, the jobs are waited for
-(bounded), and the invariants are counted and printed:
+(as `bench.faults` does) for `duration` seconds, five at a time while fewer than IN_FLIGHT (40)
+are unfinished (the cluster's pace on any machine, not a backlog it cannot clear), while a
+scheduler of faults, seeded so that a failing run can be replayed with the same seed, every 2-5
+s does one of: SIGKILL a worker (the supervisor starts another), freeze a worker (SIGSTOP for
+1-6 s: past the 3 s leader lease the leader is deposed and its late results are fenced off),
+SIGKILL a machine's pilot, freeze a pilot (SIGSTOP for 1-8 s), or restart PostgreSQL. Then the
+faults stop, the jobs are waited for (bounded), and the invariants are counted and printed:
 
-- lost: acknowledged jobs not done;
+- lost: acknowledged jobs that ended without being done (failed, killed) or are gone;
+- unfinished: acknowledged jobs still waiting or running when the bench stopped waiting;
 - ran twice at once: two payloads of one job alive at the same moment (ledger);
 - dup. submissions: more jobs in the database than were acknowledged;
 - machines started twice: a machine name created (requested) more than once;
@@ -48,6 +50,7 @@ from controller.drivers.proctree import MachineProcesses
 from controller.harness import Controller
 from tests.pgserver import PostgresServer
 
+IN_FLIGHT = 40  # jobs submitted and not yet ended, at most: the cluster's pace, not a backlog
 SETTINGS = {"loop_interval": 0.5, "lease": 6, "lease_margin": 2, "max_retries": 20,
             "long_poll_max": 10, "leader_lease": 3}
 
@@ -57,6 +60,7 @@ class Run(Row):
     """bench.faults' row, and what only a cluster can get wrong."""
 
     seed: int = 0
+    unfinished: int = 0  # acknowledged, still waiting or running when the bench stopped waiting
     machines_started_twice: int = 0
     machines_leaked: int = 0
     leases_outlived: int = 0
@@ -64,7 +68,7 @@ class Run(Row):
     why_not_done: list[str] = field(default_factory=list)  # the first few, with their reasons
 
     def bad(self) -> bool:
-        return any((self.lost, self.ran_twice_at_once, self.duplicate_submissions,
+        return any((self.lost, self.unfinished, self.ran_twice_at_once, self.duplicate_submissions,
                     self.machines_started_twice, self.machines_leaked, self.leases_outlived))
 
 
@@ -142,10 +146,19 @@ def rows(url: str, sql: str) -> list[Any]:
         return list(c.execute(sql).fetchall())
 
 
+FINAL = ("done", "failed", "killed")
+
+
+def unfinished(url: str) -> int:
+    return int(rows(url, "SELECT COUNT(*) FROM jobs WHERE state NOT IN"
+                    " ('done', 'failed', 'killed')")[0][0])
+
+
 def tally(run: Run, ctl: Controller, url: str, ledger: Path, acked: int) -> Run:
     states = dict(rows(url, "SELECT state, COUNT(*) FROM jobs GROUP BY state"))
     run.done = states.get("done", 0)
-    run.lost = run.submitted - run.done
+    run.unfinished = sum(n for st, n in states.items() if st not in FINAL)
+    run.lost = run.submitted - run.done - run.unfinished  # ended not done, or gone
     run.why_not_done = [f"job {j} {st}: {why}" for j, st, why in rows(
         url, "SELECT id, state, reason FROM jobs WHERE state != 'done' ORDER BY id LIMIT 3")]
     spans, _ = read_ledger(ledger)
@@ -182,9 +195,12 @@ def one_run(tmp: Path, seed: int, duration: float, n_workers: int) -> Run:
 
         def submit() -> None:
             api = ApiClient(ctl.url, ctl.tokens["alice"], retry_for=60)
+            lengths = random.Random(-seed)  # its own: the faults' order replays
             while not stop.is_set():
-                with contextlib.suppress(Exception):  # a key retried past a minute: not acked
-                    acked.extend(api.submit([payload(ledger, rng.uniform(0.3, 2.0))] * 5)["ids"])
+                with contextlib.suppress(Exception):  # a key retried past a minute: not acked;
+                    if unfinished(url) <= IN_FLIGHT - 5:  # the database away: not now
+                        acked.extend(api.submit(
+                            [payload(ledger, lengths.uniform(0.3, 2.0))] * 5)["ids"])
                 stop.wait(0.5)
 
         sub = threading.Thread(target=submit)
@@ -201,9 +217,7 @@ def one_run(tmp: Path, seed: int, duration: float, n_workers: int) -> Run:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             with contextlib.suppress(psycopg.Error):
-                left = rows(url, "SELECT COUNT(*) FROM jobs WHERE state NOT IN"
-                            " ('done', 'failed', 'killed')")[0][0]
-                if left == 0:
+                if unfinished(url) == 0:
                     break
             time.sleep(1)
         time.sleep(float(SETTINGS["lease"]))  # idle machines stop, leases run out
@@ -230,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="keep each run's files (the controller's and "
                     "the pilots' logs, the ledger) in DIR/seed-N")
     args = ap.parse_args(argv)
-    head = ("seed  submitted  done  lost  twice at once  dup. subm.  started twice  leaked"
-            "  leases outlived  time")
+    head = ("seed  submitted  done  lost  unfinished  twice at once  dup. subm.  started twice"
+            "  leaked  leases outlived  time")
     print(head)
     print("-" * len(head))
     bad = False
@@ -245,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     tempfile.TemporaryDirectory(prefix=f"cloudpilot-chaos-{seed}-")))
             r = one_run(tmp, seed, args.duration, args.workers)
         bad |= r.bad()
-        print(f"{r.seed:>4}  {r.submitted:>9}  {r.done:>4}  {r.lost:>4}  "
+        print(f"{r.seed:>4}  {r.submitted:>9}  {r.done:>4}  {r.lost:>4}  {r.unfinished:>10}  "
               f"{r.ran_twice_at_once:>13}  {r.duplicate_submissions:>10}  "
               f"{r.machines_started_twice:>13}  {r.machines_leaked:>6}  "
               f"{r.leases_outlived:>15}  {r.seconds:>3.0f}s", flush=True)

@@ -64,7 +64,11 @@ class JobRun:
         self.memory_mb: int = job["requirements"]["memory_mb"]
         self.max_runtime: int = job["requirements"]["max_runtime"]
         self.token = token
-        self.dir = workdir / f"job-{self.id}"
+        self.attempt: int | None = job.get("attempt")
+        # one directory per attempt: an earlier attempt's, left by a pilot killed or frozen
+        # on this machine, is never in the way (bench.chaos: "exists already" failed the job)
+        self.dir = workdir / (f"job-{self.id}" if self.attempt is None
+                              else f"job-{self.id}.{self.attempt}")
         self.controller_url = controller_url
         self.stop_grace = stop_grace
         self.sandbox = sandbox or Sandbox("none")
@@ -77,7 +81,6 @@ class JobRun:
         self._utf8 = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
         self._err: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None  # the payload's shepherd
-        self.attempt: int | None = job.get("attempt")
         self.lease_until = float("inf")  # Unix time the payload must be dead by, unless renewed
         # a renewal came only after the lease had run out (the pilot frozen, the controller
         # slow): its shepherd may have killed the payload at the old deadline meanwhile

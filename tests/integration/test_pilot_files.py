@@ -224,3 +224,17 @@ def test_a_stop_that_comes_while_the_payload_starts_still_stops_it(tmp_path):
     out, _, _ = run.output(1000)
     run.cleanup()
     assert outcome.status == "interrupted" and "finished" not in out
+
+
+def test_each_attempt_has_its_own_directory(tmp_path):
+    """Issue 26 (bench.chaos): an attempt's directory left behind by a pilot killed or frozen
+    on this machine does not fail the job's next attempt here ("exists already")."""
+    first = run_of(tmp_path, attempt=1)
+    first.prepare()  # and never cleaned up: its pilot was killed
+    second = run_of(tmp_path, attempt=2)
+    second.prepare()
+    second.start()
+    assert second.wait().status == "done"
+    assert {p.name for p in (tmp_path / "work").iterdir()} == {"job-7.1", "job-7.2"}
+    second.cleanup()
+    first.cleanup()
