@@ -572,6 +572,12 @@ class JobStore:
         now = time.time() if now is None else now
         with self.store.tx() as c:
             row = self._held(c, pilot_id, job_id, attempt)
+            # rows locked in one order, as a heartbeat does: the machine, then the job, then
+            # the run-time history and (at commit) the usage (bench.chaos: reports that locked
+            # the job first deadlocked with their pilot's heartbeats, and with each other, on
+            # PostgreSQL)
+            c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
+                      (now, row["machine"]))
             state = JobState(row["state"])
             if state == S.KILLED:  # killed meanwhile: keep it killed, keep the exit code
                 after = c.execute("UPDATE jobs SET exit_code = ? WHERE id = ? RETURNING *",
@@ -586,11 +592,6 @@ class JobStore:
                 new = S.DONE if status == "done" else S.FAILED
                 after = self._move(c, job_id, state, new, now, reason, row=row,
                                    exit_code=exit_code, ended_at=now, reason=reason)
-            # rows locked in one order, as a match does: the job, its machine, then the
-            # run-time history and (at commit) the usage (bench.chaos: reports that locked the
-            # machine after the history deadlocked with each other on PostgreSQL)
-            c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
-                      (now, row["machine"]))
             if after["state"] == S.DONE.value and row["started_at"] is not None:
                 RunTimeStore.record(c, row["tq_id"], row["owner"],  # run-time history
                                     max(now - row["started_at"], 0.0), now)
