@@ -41,6 +41,7 @@ from controller.domain.matching import SlotOffer, machine_offer
 from controller.domain.placement import Asking, AskingPilots
 from controller.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from controller.store import Store
+from controller.store.jobs import Claim, Looking, retried
 
 router = APIRouter(prefix="/api/v1/pilots", tags=["pilots"])
 
@@ -101,7 +102,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     seen_every = 5.0  # set from the endpoint at the first attempt
     renewed = False  # the credential, once in this request at most
 
-    def attempt() -> list[tuple[Job, str]]:
+    def attempt() -> bytes | None:
         """One thread hop, one transaction: the credential (verified at the first attempt),
         the pilot, the claim."""
         nonlocal seen, draining, left_to, seen_every, renewed
@@ -133,21 +134,35 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         # request may still wait: a pilot that cannot (wait 0, or its long-poll's last look)
         # takes the best job it may take now rather than an empty answer
         may_wait = deadline - time.monotonic() > 0
-        got = store.jobs.match(pilot_id, seen.machine, offer, by=settings.fair_share_by,
-                               shares=store.tokens.shares(),
-                               group_shares=settings.group_shares, token_margin=margin,
-                               answerable=lambda job: JobOut.of(job).model_dump_json(),
-                               count=max(count, 0), whole=whole,
-                               reserve_limit=ep.reserve_limit if ep else 0.0,
-                               fuller=asking.now() if may_wait else None,
-                               seen_every=seen_every)
+        look = store.jobs.looking(pilot_id, seen.machine, offer, whole, now, seen_every)
+
+        def claimed(look: Looking) -> tuple[Claim, bytes | None]:
+            """The claim and its answer in one transaction: the answer is written out inside
+            it, so a job that cannot be answered raises before anything is committed, and
+            nothing is claimed (and the answer is serialized once)."""
+            shares, fuller = store.tokens.shares(), asking.now() if may_wait else None
+            with store.tx():
+                claim = store.jobs.claim(
+                    look, pilot_id, seen.machine, offer, by=settings.fair_share_by,
+                    shares=shares, group_shares=settings.group_shares, token_margin=margin,
+                    count=max(count, 0), whole=whole,
+                    reserve_limit=ep.reserve_limit if ep else 0.0, fuller=fuller, now=now)
+                if not claim.jobs:
+                    return claim, None
+                return claim, MatchOut(matches=[
+                    Match(job=JobOut.of(job), token=token,
+                          token_expires_in=job.requirements.max_runtime + margin,
+                          attempt=job.attempt, lease=store.jobs.lease)
+                    for job, token in claim.jobs]).model_dump_json().encode()
+
+        got, answer = (Claim([]), None) if look is None else retried(lambda: claimed(look))
         asking.defer(bool(got.deferred))
         left_to = asking.fuller(pilot_id, got.deferred) if got.deferred else []
         seen = dataclasses.replace(seen, busy_until=got.busy_until)
         draining = got.draining
         if draining:
             asking.leave(pilot_id)
-        return got.jobs
+        return answer
 
     deadline = time.monotonic() + spread(min(body.wait, settings.long_poll_max))
     notifier = request.app.state.notifier
@@ -164,11 +179,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                 asking.leave(pilot_id)
                 if asking.deferred():  # work left to this pilot may not be its choice
                     notifier.fire()
-                return MatchOut(matches=[
-                    Match(job=JobOut.of(job), token=token,
-                          token_expires_in=job.requirements.max_runtime + margin,
-                          attempt=job.attempt, lease=store.jobs.lease)
-                    for job, token in got])
+                return Response(got, media_type="application/json")
             left = deadline - time.monotonic()
             if count <= 0 or left <= 0 or await request.is_disconnected():
                 return Response(status_code=204)

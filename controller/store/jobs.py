@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.domain.jobs import (
     FINAL_STATES,
@@ -31,6 +31,7 @@ from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 S = JobState
+T = TypeVar("T")
 SEEN_EVERY = 1.0  # by default a match with nothing to claim records its pilot alive at most
 # this often (the match route passes a quarter of the endpoint's lost_after)
 SEEN_KEEP = 4096  # pilots remembered for that before the stale ones are dropped
@@ -92,8 +93,17 @@ class _Policy:
     group_shares: dict[str, float]
     reserve_limit: float
     fuller: Sequence[Asking] | None  # the machines asking now (None: defer to none)
-    answerable: Callable[[Job], object] | None
     token_margin: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Looking:
+    """What a match found before its transaction, from the live snapshot: the task queues
+    that fit the machine by owner (empty: none fits what it has free now), and the queues
+    claims found empty since the snapshot was read."""
+
+    fitting: Owners
+    drained: set[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +148,17 @@ def _insert_jobs(c: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
             " RETURNING id", [v for r in chunk for v in r]).fetchall()
         ids.extend(sorted(r[0] for r in got))  # ids rise in the order the rows are inserted
     return ids
+
+
+def retried(work: Callable[[], T], tries: int = 3) -> T:
+    """`work` (one transaction) again when the database says it is busy: PostgreSQL, a
+    deadlock with another process claiming; the last failure is raised."""
+    for _ in range(tries - 1):
+        try:
+            return work()
+        except StorageBusy:
+            continue
+    return work()
 
 
 class JobStore:
@@ -360,43 +381,62 @@ class JobStore:
         self._seen[pilot_id] = now
         return True
 
+    def looking(self, pilot_id: str, machine: str, offer: SlotOffer,
+                whole: SlotOffer | None = None, now: float | None = None,
+                seen_every: float = SEEN_EVERY) -> Looking | None:
+        """A match's first step, with no transaction: what fits the machine, from the live
+        snapshot; None when it has nothing to claim, is not draining and was recorded alive
+        less than `seen_every` seconds ago (nothing to write: an idle long-poll's look)."""
+        now = time.time() if now is None else now
+        view, snap, waiting = self._fitting(offer, whole)
+        noted = self._note_seen(pilot_id, now, seen_every)
+        if not (noted or waiting or machine in snap.draining):
+            return None
+        return Looking(view.owners if waiting else {}, snap.drained)
+
+    def claim(
+        self, looking: Looking, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
+        shares: dict[str, float], token_margin: float = 0.0,
+        group_shares: dict[str, float] | None = None, count: int = 1,
+        whole: SlotOffer | None = None, reserve_limit: float = 0.0,
+        fuller: Sequence[Asking] | None = None, now: float | None = None,
+    ) -> Claim:
+        """A match's transaction (the caller's, when it holds one: the API answers the jobs
+        inside it, so a job that cannot be answered is never claimed). Claims up to `count`
+        waiting jobs that fit the offer, each time the best one: fair share across owners (or
+        groups, then owners) first, then priority, then age, as domain/placement.choose picks
+        (`whole`: what the machine has in all, for a reservation held for a wide job;
+        `fuller`: the machines asking at this moment, work one of them should have before this
+        one (domain/placement.leave_to_fuller) is left to it; None: this request cannot wait,
+        it takes the best job it may take now). The offer shrinks by what each claimed job
+        takes. A draining machine gets nothing. Each job gets a job token living its
+        max_runtime plus `token_margin`. Records that the pilot and its machine are alive.
+        `shares` are the owners' shares, `group_shares` the groups'."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            return self._claim(c, pilot_id, machine, offer, count, whole, looking.fitting,
+                               looking.drained, now, _Policy(
+                                   by, shares, group_shares or {}, reserve_limit, fuller,
+                                   token_margin))
+
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
         shares: dict[str, float], token_margin: float = 0.0,
-        answerable: Callable[[Job], object] | None = None,
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
         fuller: Sequence[Asking] | None = None, now: float | None = None,
         seen_every: float = SEEN_EVERY,
     ) -> Claim:
-        """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time the
-        best one: fair share across owners (or groups, then owners) first, then priority, then age,
-        as domain/placement.choose picks (`whole`: what the machine has in all, for a reservation
-        held for a wide job; `fuller`: the machines asking at this moment, work one of them should
-        have before this one (domain/placement.leave_to_fuller) is left to it; None: this request
-        cannot wait, it takes the best job it may take now). The offer shrinks by what each claimed
-        job takes. A draining machine gets nothing. Each job gets a job token living its max_runtime
-        plus `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
-        before anything is claimed. Also records that the pilot is alive (with nothing to claim, at
-        most every `seen_every` seconds). `shares` are the owners' shares, `group_shares` the
-        groups'."""
+        """`looking`, then `claim` in a transaction of its own (retried when PostgreSQL
+        reports a deadlock with another process claiming)."""
         now = time.time() if now is None else now
-        view, snap, waiting = self._fitting(offer, whole)
-        noted = self._note_seen(pilot_id, now, seen_every)
-        if not (noted or waiting or machine in snap.draining):
-            return Claim([])  # nothing to claim, liveness recorded lately: no write
-        for tries in range(3):  # PostgreSQL: a deadlock with another process claiming
-            try:
-                with self.store.tx() as c:
-                    return self._claim(c, pilot_id, machine, offer, count, whole,
-                                       view.owners if waiting else {}, snap.drained, now,
-                                       _Policy(
-                                           by, shares, group_shares or {}, reserve_limit,
-                                           fuller, answerable, token_margin))
-            except StorageBusy:
-                if tries == 2:
-                    raise
-        raise AssertionError("unreachable")
+        look = self.looking(pilot_id, machine, offer, whole, now, seen_every)
+        if look is None:
+            return Claim([])
+        return retried(lambda: self.claim(
+            look, pilot_id, machine, offer, by=by, shares=shares, token_margin=token_margin,
+            group_shares=group_shares, count=count, whole=whole,
+            reserve_limit=reserve_limit, fuller=fuller, now=now))
 
     def _claim(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
                count: int, whole: SlotOffer | None, fitting: Owners, drained: set[int],
@@ -477,8 +517,6 @@ class JobStore:
                 self.task_queues.drained(q)
                 continue
             job = _job(row)
-            if policy.answerable is not None:
-                policy.answerable(job)  # raises: the transaction rolls back, nothing claimed
             got.append(job)
             r = job.requirements
             fs = holding(fs, job.owner, job.group, r.cores)
