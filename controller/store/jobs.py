@@ -629,7 +629,8 @@ class JobStore:
                                         max(now - row["started_at"], 0.0), now)
             c.execute("UPDATE machines SET last_busy_at = ? WHERE name = ?",
                       (now, row["machine"]))
-            return _job(after)
+        self.requeued(after["state"] == S.WAITING)
+        return _job(after)
 
     def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
                     truncated: bool, now: float | None = None,
@@ -669,6 +670,7 @@ class JobStore:
                            reschedules=r["reschedules"] + 1)
                 self._move(c, r["id"], S.RESCHEDULED, S.WAITING, now, pilot_id=None,
                            machine=None, endpoint=None, progress=None)
+        self.requeued(bool(rows))
         return [r["id"] for r in rows]
 
     def stall(self, *, expired_before: float | None = None,
@@ -709,4 +711,12 @@ class JobStore:
                                f"stalled and no retries left ({r['max_retries']})",
                                ended_at=now, reason="stalled; no retries left")
                     out.append((r["id"], S.FAILED))
+        self.requeued(any(state == S.WAITING for _, state in out))
         return out
+
+    def requeued(self, any_back: bool) -> None:
+        """Jobs came back to their task queues: the live snapshot is read again (its
+        invalidation inside the transaction, in `_move`, may be overtaken by a snapshot read
+        that began before the commit; once committed, no read misses them)."""
+        if any_back:
+            self.task_queues.changed()
