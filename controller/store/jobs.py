@@ -131,7 +131,8 @@ def _replayed(c: Connection, owner: str, idem: IdempotencyKey,
 
 
 _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
-                " requirements, max_retries, retries, reschedules, created_at, updated_at, outputs")
+                " requirements, max_retries, retries, reschedules, created_at, updated_at, outputs,"
+                " cores, memory_mb, max_runtime")
 _INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
 
 
@@ -140,7 +141,7 @@ def _insert_jobs(c: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
     not from counting back from the last one: with several controller processes inserting at
     once one submission's ids need not be consecutive."""
     ids: list[int] = []
-    one = "(" + ",".join("?" * 17) + ")"
+    one = "(" + ",".join("?" * 20) + ")"
     for at in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[at:at + _INSERT_CHUNK]
         got = c.execute(
@@ -191,7 +192,7 @@ class JobStore:
         if after is None:
             raise Conflict(f"job {job_id} is no longer {old.value}")
         if ends and row is not None:
-            cores = json.loads(row["requirements"]).get("cores") or 1
+            cores = row["cores"]
             since = row["started_at"] or row["updated_at"]
             self.usage.charge(c, row["owner"], row["grp"], cores * max(now - since, 0.0), now)
         c.execute(
@@ -254,6 +255,8 @@ class JobStore:
                         json.dumps(j.requirements.to_dict()),
                         default_retries if j.max_retries is None else j.max_retries,
                         0, 0, now, now, json.dumps(list(j.outputs)) if j.outputs else None,
+                        j.requirements.cores, j.requirements.memory_mb,
+                        j.requirements.max_runtime,
                     ))
                 ids = _insert_jobs(c, rows)
                 recv, wait = check_transition(S.RECEIVED, S.WAITING), "submitted"
@@ -344,8 +347,7 @@ class JobStore:
         """Cores and memory (MB) the held jobs of each machine take."""
         with self.store.read() as c:
             return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in c.execute(
-                "SELECT machine, SUM(json_extract(requirements, '$.cores')),"
-                " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
+                "SELECT machine, SUM(cores), SUM(memory_mb) FROM jobs"
                 f" WHERE state IN {HELD} GROUP BY machine")}
 
     def held_jobs(self) -> list[HeldJob]:
@@ -355,7 +357,7 @@ class JobStore:
             return [HeldJob(r[0], int(r[1]), r[2], float(r[3]), float(r[4] or 3600))
                     for r in c.execute(
                         "SELECT machine, tq_id, owner, COALESCE(started_at, updated_at),"
-                        " json_extract(requirements, '$.max_runtime') FROM jobs"
+                        " max_runtime FROM jobs"
                         f" WHERE state IN {HELD} AND machine IS NOT NULL")]
 
     # matching ----------------------------------------------------------------------------
@@ -447,9 +449,8 @@ class JobStore:
         reg = c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?"
                         " RETURNING cores, memory_mb, slots", (now, pilot_id)).fetchone()
         rows = c.execute(
-            "SELECT m.draining, j.pilot_id, json_extract(j.requirements, '$.cores'),"
-            " json_extract(j.requirements, '$.memory_mb'), COALESCE(j.started_at,"
-            " j.updated_at), json_extract(j.requirements, '$.max_runtime') FROM machines m"
+            "SELECT m.draining, j.pilot_id, j.cores, j.memory_mb,"
+            " COALESCE(j.started_at, j.updated_at), j.max_runtime FROM machines m"
             f" LEFT JOIN jobs j ON j.machine = m.name AND j.state IN {HELD}"
             " WHERE m.name = ?", (machine,)).fetchall()
         draining = bool(rows and rows[0][0])

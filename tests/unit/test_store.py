@@ -270,3 +270,38 @@ def test_work_a_fuller_machine_asking_should_have_is_left_to_it_only_when_asked(
     assert [j.id for j, _ in now.jobs] == [jid] and not now.deferred
 
 
+
+
+def test_the_job_shape_columns_are_filled_from_the_requirements(tmp_path, monkeypatch):
+    """Migration 023 (issue 19): jobs stored before it get their cores, memory and max run time
+    from the requirements' JSON (Requirements' defaults where absent), and fair share's held
+    cores are counted from the columns from then on."""
+    from sqlite_utils import Database
+
+    from controller.store import migrations
+
+    path = tmp_path / "old.db"
+    before = [m for m in migrations.MIGRATIONS if m.name != "023_i19_job_shape"]
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", before)
+        old = Database(path)
+        migrations.migrate(old)
+        for i, req in enumerate(('{"cores": 4, "memory_mb": 2048}', '{"max_runtime": 60}')):
+            old.execute(
+                "INSERT INTO jobs (id, owner, grp, tq_id, state, priority, executable, arguments,"
+                " env, inputs, requirements, max_retries, retries, reschedules, created_at,"
+                " updated_at) VALUES (?, 'alice', 'physics', 1, 'waiting', 0, '/bin/true', '[]',"
+                " '{}', '[]', ?, 0, 0, 0, 1.0, 1.0)", (i + 1, req))
+        old.conn.commit()
+        old.close()
+    s = Store(path)
+    try:
+        assert [tuple(r) for r in s.rows(
+            "SELECT id, cores, memory_mb, max_runtime FROM jobs ORDER BY id")] == [
+            (1, 4, 2048, 3600), (2, 1, 512, 60)]
+        with s.tx() as c:
+            c.execute("UPDATE jobs SET state = 'running' WHERE id = 1")
+        assert [tuple(r) for r in s.rows(
+            "SELECT cores FROM held WHERE kind = 'owner' AND name = 'alice'")] == [(4,)]
+    finally:
+        s.close()
