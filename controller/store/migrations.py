@@ -253,13 +253,9 @@ def i11_attempts(db: Database) -> None:
                " outcome TEXT, PRIMARY KEY (job_id, n))")
 
 
-def i13_usage(db: Database) -> None:
-    """Fair share with memory: used core-seconds per owner and per group, decayed with a
-    half-life (the value as of `at`), and the cores each holds now beside its slots."""
-    db.execute("CREATE TABLE usage (kind TEXT NOT NULL, name TEXT NOT NULL,"
-               " core_seconds REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (kind, name))")
-    db.execute("ALTER TABLE held ADD COLUMN cores INTEGER NOT NULL DEFAULT 0")
-    cores = "CAST(COALESCE(json_extract(NEW.requirements, '$.cores'), 1) AS INTEGER)"
+def _held_triggers(db: Database, cores: str) -> None:
+    """Fair share's held counts per owner and group (jobs and `cores`, an expression over
+    NEW), kept by triggers on a job's state."""
     for kind, col in (("owner", "owner"), ("group", "grp")):
         db.execute(f"DROP TRIGGER held_{kind}")
         db.execute(f"""
@@ -272,6 +268,16 @@ def i13_usage(db: Database) -> None:
                 ON CONFLICT (kind, name) DO UPDATE
                 SET n = n + excluded.n, cores = cores + excluded.cores;
             END""")
+
+
+def i13_usage(db: Database) -> None:
+    """Fair share with memory: used core-seconds per owner and per group, decayed with a
+    half-life (the value as of `at`), and the cores each holds now beside its slots."""
+    db.execute("CREATE TABLE usage (kind TEXT NOT NULL, name TEXT NOT NULL,"
+               " core_seconds REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (kind, name))")
+    db.execute("ALTER TABLE held ADD COLUMN cores INTEGER NOT NULL DEFAULT 0")
+    _held_triggers(db, "CAST(COALESCE(json_extract(NEW.requirements, '$.cores'), 1)"
+                       " AS INTEGER)")
     for kind, col in (("owner", "owner"), ("group", "grp")):
         db.execute(f"""
             UPDATE held SET cores = (
@@ -437,18 +443,7 @@ def i19_job_shape(db: Database) -> None:
         db.execute(sql)
     db.execute(_i19_fill(*(f"CAST(json_extract(requirements, '$.{k}') AS INTEGER)"
                            for k in ("cores", "memory_mb", "max_runtime"))))
-    for kind, col in (("owner", "owner"), ("group", "grp")):
-        db.execute(f"DROP TRIGGER held_{kind}")
-        db.execute(f"""
-            CREATE TRIGGER held_{kind} AFTER UPDATE OF state ON jobs
-            WHEN (OLD.state IN {HELD}) != (NEW.state IN {HELD})
-            BEGIN
-                INSERT INTO held (kind, name, n, cores)
-                VALUES ('{kind}', NEW.{col}, CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END,
-                        CASE WHEN NEW.state IN {HELD} THEN NEW.cores ELSE -NEW.cores END)
-                ON CONFLICT (kind, name) DO UPDATE
-                SET n = n + excluded.n, cores = cores + excluded.cores;
-            END""")
+    _held_triggers(db, "NEW.cores")
 
 
 @dataclass(frozen=True)
