@@ -118,9 +118,10 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         task = None
         stop_loop = asyncio.Event()
         if run_loop:
-            # tick_soon wakes the loop and no pilot (fire(0))
+            # tick_soon wakes this process's loop and no pilot (fire(0); not relayed: the
+            # refused apply that asks for it ran in this loop)
             reconciler = Reconciler(settings, store, wake=notifier.fire,
-                                    tick_soon=lambda: notifier.fire(0))
+                                    tick_soon=lambda: notifier.fire(0, relay=False))
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, leadership,
                                                  settings.loop_interval, stop_loop))

@@ -16,7 +16,14 @@ import uuid
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import BootstrapAuth, Id, PilotAuth, SettingsDep, StoreDep
+from controller.api.deps import (
+    BootstrapAuth,
+    Id,
+    PilotAuth,
+    PilotCredential,
+    SettingsDep,
+    StoreDep,
+)
 from controller.api.schemas import (
     HeartbeatIn,
     HeartbeatOut,
@@ -110,10 +117,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         ep = settings.endpoint(str(pilot["endpoint"]))
         seen_every = (ep.lost_after if ep else 60.0) / 4
         # an idle pilot sends no heartbeats: its long-poll renews its credential (issue 26)
-        lifetime, now = credential_lifetime(ep), time.time()
-        if not renewed and renewal_due(p.principal().expires_at, lifetime, now):
-            store.tokens.renew(p.principal().token_id, now + lifetime)
-            renewed = True
+        now = time.time()
+        renewed = renewed or renew_credential(store, p, ep, now)
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         # the endpoint's rules, with the longest job this pilot may still take (its time left)
         shape = dataclasses.replace(
@@ -202,6 +207,18 @@ def spread(wait: float) -> float:
 LONG_WAIT = 10.0  # seconds: waits this long or longer are spread
 
 
+def renew_credential(store: Store, p: PilotCredential, ep: EndpointConfig | None,
+                     now: float) -> bool:
+    """Renew the pilot's own credential when a share of its lifetime has passed (not at
+    every request); whether it was renewed (issue 26: heartbeats renew it, and an idle
+    pilot's long-poll)."""
+    lifetime = credential_lifetime(ep)
+    if not renewal_due(p.principal().expires_at, lifetime, now):
+        return False
+    store.tokens.renew(p.principal().token_id, now + lifetime)
+    return True
+
+
 def credential_lifetime(ep: EndpointConfig | None) -> float:
     """How long a pilot's own credential lives from its last renewal (issue 26)."""
     return ep.credential_lifetime() if ep else pilot_credential_lifetime(DEFAULT_MAX_MACHINE_AGE)
@@ -225,13 +242,12 @@ def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, settings: Setti
     passed (not at every heartbeat); answers which jobs to stop (and which of them at once:
     no longer its own). One transaction."""
     pilot = _own_pilot(store, p, pilot_id)
-    lifetime, now = credential_lifetime(settings.endpoint(str(pilot["endpoint"]))), time.time()
+    now = time.time()
     with store.tx():
         state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]), now)
         got = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs},
                                    attempts={j.id: j.attempt for j in body.jobs if j.attempt})
-        if renewal_due(p.principal().expires_at, lifetime, now):
-            store.tokens.renew(p.principal().token_id, now + lifetime)
+        renew_credential(store, p, settings.endpoint(str(pilot["endpoint"])), now)
     return HeartbeatOut(stop=got.stop, lost=got.lost, lease=got.lease,
                         drain=state in DRAIN_STATES)
 
