@@ -145,7 +145,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
             """The claim and its answer in one transaction: the answer is written out inside
             it, so a job that cannot be answered raises before anything is committed, and
             nothing is claimed (and the answer is serialized once)."""
-            shares, fuller = store.tokens.shares(), asking.now() if may_wait else None
+            shares, fuller = store.tokens.shares(), asking.now(than=seen) if may_wait else None
             with store.tx():
                 claim = store.jobs.claim(
                     look, pilot_id, seen.machine, offer, by=settings.fair_share_by,
