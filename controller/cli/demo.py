@@ -20,7 +20,7 @@ import uvicorn
 from controller.app import create_app
 from controller.auth import Role
 from controller.cli.client import ApiClient, ApiError
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 from controller.server import mark_closing
 from controller.store import Store
 
@@ -44,7 +44,7 @@ def demo_settings(root: Path, port: int) -> Settings:
     return Settings(
         database=root / "cloudpilot.db", data_dir=root / "data", port=port,
         loop_interval=0.5, lease=20, sample_interval=2,
-        endpoints=[EndpointConfig(
+        endpoints=[endpoint_config(
             name="local", cores=2, memory_mb=2048, slots=2, tags=["linux"], max_machines=3,
             max_starts_per_cycle=2, idle_timeout=3, heartbeat_interval=1, lost_after=15,
             boot_timeout=30, isolation=demo_isolation())],

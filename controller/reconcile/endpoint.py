@@ -134,8 +134,12 @@ class EndpointKind(Protocol):
     """Reconcile one endpoint (see the module's docstring)."""
 
     name: str
-    config: EndpointConfig
     worker: Worker
+
+    @property
+    def config(self) -> EndpointConfig:
+        """The endpoint's settings (each kind's own model)."""
+        ...
 
     def observe(self, now: float) -> None:
         """Record what the world reports now. Fast; DriverError when the driver cannot tell."""
