@@ -564,7 +564,12 @@ class PluginEndpointConfig(EndpointConfig):
 
         model = getattr(plugin_kind(self.driver), "Options", None)
         if model is not None:
-            self.options = model.model_validate(self.options).model_dump()
+            try:
+                self.options = model.model_validate(self.options).model_dump()
+            except ValidationError as e:
+                raise ValueError(f"driver {self.driver!r}: " + "; ".join(
+                    f"options.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                    for err in e.errors())) from None
         return self
 
 
