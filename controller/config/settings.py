@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -162,22 +163,33 @@ class BatchSiteConfig(BaseModel):
         return self.wall_time - self.time_margin
 
 
+def _command_option(command: str, pattern: str, form: str) -> AfterValidator:
+    """A check that a string is one option of a batch system's submit command, written so
+    that no shell reads more into it."""
+    def check(o: str) -> str:
+        if not re.fullmatch(pattern, o):
+            raise ValueError(f"{command} option {o!r}: write it as {form}")
+        return o
+
+    return AfterValidator(check)
+
+
+SbatchOption = Annotated[str, _command_option(
+    "sbatch", r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?",
+    "--name or --name=value (no spaces, quotes or shell characters)")]
+QsubOption = Annotated[str, _command_option(
+    "qsub", r"-[a-z][A-Za-z_]*( [^\s'\"\\;&|`$<>]+)?",
+    "-name or -name value (one value, no quotes or shell characters)")]
+
+
 class SlurmConfig(BatchSiteConfig):
     """A Slurm cluster (driver = "slurm"): what each pilot job asks sbatch for."""
 
     partition: str | None = Field(None, pattern=SLURM_NAME)
     account: str | None = Field(None, pattern=SLURM_NAME)
     qos: str | None = Field(None, pattern=SLURM_NAME)
-    sbatch_options: list[str] = Field(default_factory=list, description="more sbatch "
+    sbatch_options: list[SbatchOption] = Field(default_factory=list, description="more sbatch "
                                       "options, each '--name' or '--name=value'")
-
-    @model_validator(mode="after")
-    def _options(self) -> SlurmConfig:
-        for o in self.sbatch_options:
-            if not re.fullmatch(r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?", o):
-                raise ValueError(f"sbatch option {o!r}: write it as --name or --name=value "
-                                 "(no spaces, quotes or shell characters)")
-        return self
 
 
 class SgeConfig(BatchSiteConfig):
@@ -191,20 +203,12 @@ class SgeConfig(BatchSiteConfig):
     memory_resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$",
                                         description="the complex a pilot asks its memory of "
                                         "per slot (e.g. h_vmem, mem_free; none by default)")
-    qsub_options: list[str] = Field(default_factory=list, description="more qsub options, "
+    qsub_options: list[QsubOption] = Field(default_factory=list, description="more qsub options, "
                                     "each '-name' or '-name value' (e.g. '-l arch=lx-amd64')")
     accounting_file: str = Field("$SGE_ROOT/${SGE_CELL:-default}/common/accounting",
                                  pattern=r"^[A-Za-z0-9_./~${}:-]{1,300}$",
                                  description="where ended jobs are read (accounting(5)), as "
                                  "the login node's shell sees it")
-
-    @model_validator(mode="after")
-    def _options(self) -> SgeConfig:
-        for o in self.qsub_options:
-            if not re.fullmatch(r"-[a-z][A-Za-z_]*( [^\s'\"\\;&|`$<>]+)?", o):
-                raise ValueError(f"qsub option {o!r}: write it as -name or -name value "
-                                 "(one value, no quotes or shell characters)")
-        return self
 
 
 def _both_markets() -> list[Market]:
