@@ -17,6 +17,7 @@ and an endpoint uses it with `driver = "mykind"`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -34,3 +35,12 @@ def plugin_kind(driver: str) -> Any | None:
     """The kind a plugin installs for `driver`, loaded; None if none does."""
     ep = plugin_kinds().get(driver)
     return None if ep is None else ep.load()
+
+
+def installed(driver: str, builtin: Iterable[str]) -> str:
+    """`driver` if a plugin installs a kind of that name; else a ValueError naming the kinds
+    there are."""
+    if plugin_kind(driver) is None:
+        raise ValueError(f"unknown driver {driver!r}: one of {', '.join(builtin)}, or a kind "
+                         f"a plugin adds (entry point group {GROUP})")
+    return driver

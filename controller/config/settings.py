@@ -554,13 +554,9 @@ class PluginEndpointConfig(EndpointConfig):
     @field_validator("driver")
     @classmethod
     def _known_kind(cls, driver: str) -> str:
-        from controller.kinds import plugin_kind  # entry points are read when first needed
+        from controller.kinds import installed  # entry points are read when first needed
 
-        if plugin_kind(driver) is None:
-            raise ValueError(f"unknown driver {driver!r}: one of {', '.join(ENDPOINT_KINDS)}, "
-                             "or a kind a plugin adds (entry point group "
-                             "cloudpilot.endpoint_kinds)")
-        return driver
+        return installed(driver, ENDPOINT_KINDS)
 
     @model_validator(mode="after")
     def _options(self) -> PluginEndpointConfig:
