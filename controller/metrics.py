@@ -99,6 +99,7 @@ class StoreCollector(Collector):
             self._catch_up()
             yield from self._jobs()
             yield from self._fleet()
+            yield from self._offers_and_spend()
             took, self.last_duration = self.last_duration, time.perf_counter() - started
         g = GaugeMetricFamily("cloudpilot_scrape_duration_seconds",
                               "How long the previous scrape of /metrics took to collect")
@@ -183,6 +184,9 @@ class StoreCollector(Collector):
         for name in names:
             g.add_metric([name], 1 if drift.get(name) else 0)
         yield g
+
+    def _offers_and_spend(self) -> Iterable[Metric]:
+        names = [e.name for e in self.settings.endpoints]
         now = time.time()
         g = GaugeMetricFamily("cloudpilot_offer_blocked_seconds", "Offers (machine type / "
                               "zone / market) a cloud refused for capacity or quota: seconds "

@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import PricedEndpointConfig
 from controller.domain import delivery, ticks
 from controller.domain.endpoints import Endpoint
 from controller.domain.machines import (
@@ -45,7 +45,7 @@ STOPPABLE = frozenset({M.BOOTING, M.RUNNING, M.STOPPING, M.LOST})  # X -> stoppe
 
 
 class CloudEndpoint:
-    def __init__(self, config: EndpointConfig, driver: Driver, env: LoopEnv,
+    def __init__(self, config: PricedEndpointConfig, driver: Driver, env: LoopEnv,
                  prices: PriceSource | None = None) -> None:
         self.name = config.name
         self.config = config

@@ -3,7 +3,7 @@ Two reconcilers, each with its own store and leadership, stand for two controlle
 
 import threading
 
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 from controller.domain.machines import MachineState as M
 from controller.domain.plans import PlanState as P
 from controller.reconcile.loop import Reconciler
@@ -25,7 +25,7 @@ def test_a_deposed_leaders_late_apply_result_is_refused_and_logged(postgres_serv
     from controller.store.leader import LOOP_LOCK, PostgresLeadership
 
     url = postgres_server.create_database()
-    ep = EndpointConfig(name="ep", slots=1, max_machines=2, max_starts_per_cycle=2,
+    ep = endpoint_config(name="ep", slots=1, max_machines=2, max_starts_per_cycle=2,
                         auto_apply=True)
     settings = Settings(database=url, endpoints=[ep])
     stores = [Store(url), Store(url)]  # each process's own
