@@ -73,16 +73,21 @@ def main() -> None:
             prices: dict[str, PriceSeries] = series) -> tuple[Outcome, float, float]:
         t, cpu = time.monotonic(), time.process_time()
         res = simulate(trace, prices, c, e, ["cloudpilot"])
-        return res.outcomes[0], time.monotonic() - t, time.process_time() - cpu
+        out = res.outcomes[0]
+        print(f"  (a replay: ${total(out):,.2f}, p95 wait "
+              f"{percentile(list(waits(out).values()), 95):.0f}s, "
+              f"{time.process_time() - cpu:.0f} CPU s)", file=sys.stderr, flush=True)
+        return out, time.monotonic() - t, time.process_time() - cpu
 
     parts = set(a.part or (1, 2, 3))
-    base, wall, cpu = run(cfg)
     print(f"{Path(a.trace).name}: {len(trace):,} jobs; tick {cfg.tick:g}s, boot "
           f"{cfg.boot_time:g}s")
-    if 1 in parts:
-        sold_out(a, cfg, run, base, wall, cpu, window)
-    if 2 in parts:
-        slow_zone(a, cfg, ep, run, base)
+    if parts & {1, 2}:
+        base, wall, cpu = run(cfg)
+        if 1 in parts:
+            sold_out(a, cfg, run, base, wall, cpu, window)
+        if 2 in parts:
+            slow_zone(a, cfg, ep, run, base)
     if 3 in parts:
         two_endpoints(a, cfg, ep, run, series)
 
