@@ -108,7 +108,7 @@ def sold_out(a: argparse.Namespace, cfg: SimConfig, run: Run, base: Outcome, wal
             ("sold out, blocklist (issue 24)", cfg.model_copy(update={"refusals": sold})),
             ("sold out, back-off (before)",
              cfg.model_copy(update={"refusals": sold, "blocklist": False})),
-            ("no refusal, boot 1 s longer (chance)",
+            ("no refusal, boot +1 s (chance)",
              cfg.model_copy(update={"boot_time": cfg.boot_time + 1}))):
         out, wall, cpu = run(c)
         runs.append((label, out, wall, cpu))
