@@ -220,6 +220,8 @@ class Simulation:
         self.rng = random.Random(opts.refusal_seed)
         self.boots: dict[str, list[float]] = {}  # pool -> boot seconds of its machines
         self.never: dict[str, int] = {}  # pool -> machines failed by boot_timeout
+        self.ran: dict[str, float] = {}  # pool -> hours its ended machines ran
+        self.lost: dict[str, int] = {}  # pool -> its machines interrupted
 
     # set-up ------------------------------------------------------------------------------
     def _admit(self, jobs: list[TraceJob]) -> list[SimJob]:
@@ -533,6 +535,10 @@ class Simulation:
             j.attempt += 1  # its pending end event is void
             self.rescheduled += 1
             self._enqueue(j)
+        if self.opts.boot_times and m.up_at is not None:  # what the scheduler is told
+            pool = m.offer.pool
+            self.ran[pool] = self.ran.get(pool, 0.0) + (self.now - m.up_at) / 3600
+            self.lost[pool] = self.lost.get(pool, 0) + int(m.interrupted)
         m.state = M.STOPPED
         m.ended = self.now
         self.live.pop(m.name, None)
@@ -593,7 +599,7 @@ class Simulation:
         measured = tuple(
             Delivery(p, len(self.boots.get(p, ())),
                      sum(self.boots.get(p, ())) / max(len(self.boots.get(p, ())), 1),
-                     self.never.get(p, 0))
+                     self.never.get(p, 0), self.ran.get(p, 0.0), self.lost.get(p, 0))
             for p in sorted(set(self.boots) | set(self.never)))
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
                    budget=Budget(), refusals=tuple(self.blocked.values()), delivery=measured)
