@@ -14,7 +14,7 @@ from typing import Any
 from controller.cli.client import ApiClient, ApiError
 from controller.config.database import redact
 from controller.config.settings import Settings
-from controller.errors import CloudpilotError
+from controller.errors import CloudpilotError, ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -429,6 +429,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from controller.simulate.whatif import format_whatif
+
+    try:
+        text = Path(args.config).read_text()
+    except OSError as e:
+        raise ConfigError(f"--config: {e}") from None
+    out = _client(args).whatif(args.since, args.until, text, args.endpoint)
+    print(json.dumps(out, indent=2) if args.json else format_whatif(out))
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from controller.simulate.run import main as simulate
 
@@ -645,6 +657,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "recorded one")
     p.add_argument("--endpoint", help="with no --tick: only this endpoint's ticks")
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("whatif", help="what would it have cost? replay the jobs recorded in a "
+                       "window with the settings in force and with another config, side by "
+                       "side (admin)")
+    client_opts(p)
+    p.add_argument("--since", default="7d", help="the window's start: back from now (7d, "
+                   "12h) or an ISO 8601 time (7d)")
+    p.add_argument("--until", help="its end, the same way (default: now)")
+    p.add_argument("--config", required=True, help="the other settings: a cloudpilot config "
+                   "(TOML)")
+    p.add_argument("--endpoint", help="the endpoint replayed (default: the one that ran the "
+                   "most of the window's jobs)")
+    p.add_argument("--json", action="store_true", help="the answer as JSON")
+    p.set_defaults(fn=cmd_whatif)
 
     p = sub.add_parser("simulate", help="replay a workload trace through the scheduler, "
                        "policy by policy, with real spot prices")
