@@ -84,7 +84,13 @@ def whatif(body: WhatIfIn, store: StoreDep, settings: SettingsDep,
     try:
         since = moment(body.since, now)
         until = now if body.until is None else moment(body.until, now)
-        other = Settings(**tomllib.loads(body.config))
+        data = tomllib.loads(body.config)
+        # pydantic-settings reads its sources from keys like _env_file, _secrets_dir: never
+        # from a request (they would name files on this host)
+        bad = sorted(k for k in data if k.startswith("_"))
+        if bad:
+            raise ValueError(f"config: unknown settings {bad}")
+        other = Settings(**data)
     except (ValueError, tomllib.TOMLDecodeError) as e:  # (ValidationError is a ValueError)
         raise InvalidInput(f"whatif: {_first_line(e)}") from None
     return replay_window(store, settings, other, since, until, body.endpoint, now).to_dict()

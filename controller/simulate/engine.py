@@ -159,6 +159,9 @@ class SimOptions:
     # fleet is gone (idle machines stop after idle_timeout, as they really do), rather than
     # every machine ending with the last job
     run_out: bool = False
+    # how long after the last job's end the replay goes on for jobs that have not run (a
+    # fleet that can never run them: prices above every max, no machines allowed)
+    give_up: float = 30 * 86400
 
 
 # What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
@@ -264,7 +267,8 @@ class Simulation:
         i = 0
         next_sample = 0.0
         # a guard against a fleet that can never run what is left (prices above every max)
-        deadline = max((j.trace.submit + j.trace.run for j in self.trace), default=0.0) + 30 * 86400
+        deadline = max((j.trace.submit + j.trace.run for j in self.trace),
+                       default=0.0) + self.opts.give_up
         while (self.done < total or (self.opts.run_out and self.live)) \
                 and self.now <= deadline:
             t_arr = self.trace[i].trace.submit if i < total else float("inf")

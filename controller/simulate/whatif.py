@@ -99,7 +99,8 @@ def sim_spec(ep: EndpointConfig) -> EndpointSpec:
 
 def price_series(seen: Sequence[tuple[float, dict[str, float]]], since: float
                  ) -> dict[str, PriceSeries]:
-    """The spot prices the ticks saw, as step functions of the replay's time (0 = since)."""
+    """The spot prices the ticks saw, as step functions of the replay's time (0 = `since`,
+    the first job's submission)."""
     times: dict[str, list[float]] = {}
     prices: dict[str, list[float]] = {}
     for at, ps in seen:
@@ -138,7 +139,8 @@ def _options(settings: Settings, store: Store, boot_time: float, span: float) ->
                       shares=store.tokens.shares(), group_shares=dict(settings.group_shares),
                       fair_share_by=settings.fair_share_by,
                       half_life=settings.fair_share_half_life,
-                      sample_every=max(settings.loop_interval, 60.0), run_out=True)
+                      sample_every=max(settings.loop_interval, 60.0), run_out=True,
+                      give_up=max(span, 600.0))
 
 
 def whatif(store: Store, current: Settings, other: Settings, since: float, until: float,
@@ -159,13 +161,16 @@ def whatif(store: Store, current: Settings, other: Settings, since: float, until
     ep_other = other.endpoint(endpoint) if endpoint else None
     if endpoint is None or ep_now is None or ep_other is None:
         raise InvalidInput(f"endpoint {endpoint!r} is not in both configs")
-    trace, left_out = from_store(recorded, since, endpoint)
+    # the replay's time 0: the first job's submission (not the window's start: no idle ticks)
+    t0 = min((r.submitted for r in recorded), default=since)
+    trace, left_out = from_store(recorded, t0, endpoint)
     notes = []
     boots = [s for e, s in views.machine_boots_since(store, 0).boots if e == endpoint]
     boot_time = sum(boots) / len(boots) if boots else 120.0
     if not boots:
         notes.append("no boot of this endpoint recorded: a boot time of 120 s assumed")
-    series = price_series(store.ticks.prices_seen(endpoint, since, until), since)
+    series = price_series(store.ticks.prices_seen(endpoint, since, until), t0)
+    span = max((j.submit + j.run for j in trace), default=0.0)  # the jobs' own
     sides, lb = [], None
     started = time.monotonic()
     for label, settings, ep in (("in force", current, ep_now), ("other", other, ep_other)):
@@ -184,7 +189,7 @@ def whatif(store: Store, current: Settings, other: Settings, since: float, until
                 shapes[key] = shapes.get(key, 0.0) + j.cores * j.run / 3600
             horizon = max((j.submit + j.run for j in trace), default=0.0)
             lb = lower_bound(shapes, spec.offers, series, 0.0, horizon)
-        opts = _options(settings, store, boot_time, until - since)
+        opts = _options(settings, store, boot_time, span)
         out = Simulation(label, spec, trace, series, opts).run()
         sides.append(_side(label, out, lb))
     took = time.monotonic() - started

@@ -87,5 +87,7 @@ def test_whatif_replays_a_recorded_run(make_controller, tmp_path: Path) -> None:
         assert r.status_code == 422 and "bad time" in r.text
         r = c.post("/api/v1/whatif", json={"config": "max_machines_total = -1"})
         assert r.status_code == 422 and "max_machines_total" in r.text
+        r = c.post("/api/v1/whatif", json={"config": '_env_file = "/etc/passwd"'})
+        assert r.status_code == 422 and "_env_file" in r.text
     with ctrl.client("alice") as c:
         assert c.post("/api/v1/whatif", json={"config": ""}).status_code == 403
