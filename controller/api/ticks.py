@@ -16,7 +16,6 @@ from controller.config.settings import Settings
 from controller.domain.accounting import moment
 from controller.errors import InvalidInput
 from controller.services.plans import configured
-from controller.simulate.whatif import whatif as replay_window
 
 router = APIRouter(prefix="/api/v1", tags=["ticks"])
 
@@ -80,6 +79,8 @@ def whatif(body: WhatIfIn, store: StoreDep, settings: SettingsDep,
     """What would it have cost? The jobs recorded in the window replayed through the
     simulator with the settings in force and with `config`'s, side by side, and the replay
     of the settings in force against what really happened (its error)."""
+    from controller.simulate.whatif import whatif as replay_window  # (the simulator: on use)
+
     now = time.time()
     try:
         since = moment(body.since, now)
