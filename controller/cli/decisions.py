@@ -1,11 +1,14 @@
-"""The scheduler's decisions: explain the last one, replay a recorded tick, simulate a
-trace."""
+"""The scheduler's decisions: explain the last one, replay a recorded tick, what a window of
+recorded jobs would have cost with other settings, simulate a trace."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from controller.cli import common
+from controller.errors import ConfigError
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -25,6 +28,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(common.table(rows, ["TICK", "ENDPOINT", "AT", "STARTS", "REMOVES"]))
         return 0
     print(replay(c.tick(args.tick), args.config))
+    return 0
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from controller.simulate.whatif import format_whatif
+
+    try:
+        text = Path(args.config).read_text()
+    except OSError as e:
+        raise ConfigError(f"--config: {e}") from None
+    out = common.client(args).whatif(args.since, args.until, text, args.endpoint)
+    print(json.dumps(out, indent=2) if args.json else format_whatif(out))
     return 0
 
 
@@ -48,6 +63,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "recorded one")
     p.add_argument("--endpoint", help="with no --tick: only this endpoint's ticks")
     p.set_defaults(fn=cmd_replay)
+
+    p = sub.add_parser("whatif", help="what would it have cost? replay the jobs recorded in a "
+                       "window with the settings in force and with another config, side by "
+                       "side (admin)")
+    common.client_opts(p)
+    p.add_argument("--since", default="7d", help="the window's start: back from now (7d, "
+                   "12h) or an ISO 8601 time (7d)")
+    p.add_argument("--until", help="its end, the same way (default: now)")
+    p.add_argument("--config", required=True, help="the other settings: a cloudpilot config "
+                   "(TOML)")
+    p.add_argument("--endpoint", help="the endpoint replayed (default: the one that ran the "
+                   "most of the window's jobs)")
+    p.add_argument("--json", action="store_true", help="the answer as JSON")
+    p.set_defaults(fn=cmd_whatif)
 
     p = sub.add_parser("simulate", help="replay a workload trace through the scheduler, "
                        "policy by policy, with real spot prices")

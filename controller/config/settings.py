@@ -686,6 +686,13 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="seconds after which used core-seconds count half")
     group_shares: dict[str, float] = Field(
         default_factory=dict, description="fair-share weight per group (default 1)")
+    group_budgets: dict[str, float] = Field(
+        default_factory=dict, description="USD per calendar month (UTC) per group: a group "
+        "that has spent its budget gets no new machines started for its work until the month "
+        "ends (its running jobs go on; groups not listed: no budget)")
+    budget_check_interval: float = Field(
+        30.0, gt=0, description="seconds between two reads of the groups' spend this month "
+        "against group_budgets (the loop and the waiting jobs' reasons)")
     max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
     max_machines_total: int | None = Field(None, ge=0, description="all endpoints")
     tick_retention: int = Field(2000, ge=10, description="scheduler ticks kept per endpoint")
@@ -761,6 +768,9 @@ class Settings(BaseSettings):
         bad = sorted(g for g, v in self.group_shares.items() if v <= 0)
         if bad:
             raise ValueError(f"group_shares must be positive: {bad}")
+        bad = sorted(g for g, v in self.group_budgets.items() if v <= 0)
+        if bad:
+            raise ValueError(f"group_budgets must be positive: {bad}")
         dup = repeated(e.name for e in self.endpoints)
         if dup:
             raise ValueError(f"endpoint names must be unique: {dup}")

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.config.settings import Settings
+from controller.domain.budgets import withhold
 from controller.domain.jobs import JobState
 from controller.domain.runtime_prediction import with_prediction
 from controller.domain.scheduling import Decision
@@ -26,6 +27,7 @@ from controller.errors import CloudpilotError, DriverError, StorageError
 from controller.reconcile.endpoint import EndpointKind, LoopEnv, Step, Tick, one_line
 from controller.reconcile.registry import make_endpoint
 from controller.reconcile.status import EndpointStatus
+from controller.services import budgets
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot.loop")
@@ -100,7 +102,10 @@ class Reconciler:
         # jobs really had (the store's history; the same predictor as the simulator's)
         queues = self.store.jobs.queue_snapshot()
         history = self.store.runtimes.history([q.id for q in queues], [q.owner for q in queues])
-        tick = Tick(now, tuple(with_prediction(q, history) for q in queues))
+        # issue 25: a group over its monthly budget gets no new machines for its work
+        over = budgets.overruns(self.store, self.settings, now)
+        kept, withheld = withhold([with_prediction(q, history) for q in queues], over)
+        tick = Tick(now, kept)
         decisions = []
         for e in ready:
             try:
@@ -114,7 +119,7 @@ class Reconciler:
             except Exception:
                 log.exception("endpoint %s: deciding failed (a bug)", e.name)
                 continue
-            self._take(e, step, now)
+            self._take(e, step, now, withheld)
             decisions.append(step.decision)
             requeued += step.requeued
         return TickResult(decisions, requeued)
@@ -132,10 +137,13 @@ class Reconciler:
             return True
         return not self.status[e.name].backoff().ready(now)
 
-    def _take(self, e: EndpointKind, step: Step, now: float) -> None:
-        """Record the step's tick, keep its decision, report or start its work."""
+    def _take(self, e: EndpointKind, step: Step, now: float,
+              withheld: Sequence[str] = ()) -> None:
+        """Record the step's tick (with why work was withheld from it), keep its decision,
+        report or start its work."""
         self.last[e.name] = step.decision
         if step.inputs is not None and step.recorded is not None:
+            step.recorded["reasons"] = [*step.recorded.get("reasons", []), *withheld]
             try:
                 self.store.ticks.record(e.name, now, step.inputs, step.recorded,
                                         self.settings.tick_retention)

@@ -155,6 +155,13 @@ class SimOptions:
     # than `boot_time`; with any, the scheduler is told what each pool's machines took
     # (domain/delivery.py), as the live loop measures it
     boot_times: tuple[tuple[str, float], ...] = ()
+    # issue 25 (the what-if): after the last job, the scheduler goes on deciding until the
+    # fleet is gone (idle machines stop after idle_timeout, as they really do), rather than
+    # every machine ending with the last job
+    run_out: bool = False
+    # how long after the last job's end the replay goes on for jobs that have not run (a
+    # fleet that can never run them: prices above every max, no machines allowed)
+    give_up: float = 30 * 86400
 
 
 # What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
@@ -262,8 +269,10 @@ class Simulation:
         i = 0
         next_sample = 0.0
         # a guard against a fleet that can never run what is left (prices above every max)
-        deadline = max((j.trace.submit + j.trace.run for j in self.trace), default=0.0) + 30 * 86400
-        while self.done < total and self.now <= deadline:
+        deadline = max((j.trace.submit + j.trace.run for j in self.trace),
+                       default=0.0) + self.opts.give_up
+        while (self.done < total or (self.opts.run_out and self.live)) \
+                and self.now <= deadline:
             t_arr = self.trace[i].trace.submit if i < total else float("inf")
             if self.events and self.events[0][0] <= t_arr:
                 t, kind, _, what = heapq.heappop(self.events)
@@ -295,7 +304,7 @@ class Simulation:
             self.dirty = True
         if kind == TICK:
             self._tick()
-            if self.done < len(self.trace):
+            if self.done < len(self.trace) or (self.opts.run_out and self.live):
                 self._push(self.now + self.opts.tick, TICK, "")
         elif kind == END:
             job_id, attempt = what.split(":")

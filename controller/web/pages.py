@@ -15,13 +15,14 @@ from controller.api.jobs import waiting_reasons
 from controller.api.monitoring import day_start
 from controller.api.ticks import explain
 from controller.auth import Role
+from controller.domain.accounting import window
 from controller.domain.endpoints import EndpointState
 from controller.domain.machines import Machine
 from controller.domain.plans import PlanState
 from controller.errors import NotFound
 from controller.metrics import configured_prices
-from controller.store import Store, sessions, views
-from controller.web.render import HERE, chart, templates
+from controller.store import Store, accounting, sessions, views
+from controller.web.render import HERE, bars, chart, templates
 from controller.web.session import SECURITY_HEADERS, WebSession
 
 router = APIRouter(include_in_schema=False)
@@ -218,3 +219,37 @@ def _decisions(store: Store, settings: Any, s: sessions.Session) -> list[dict[st
         d["recent"] = store.ticks.find(ep.name, changes=True, limit=5)
         out.append(d)
     return out
+
+
+@router.get("/usage", response_class=HTMLResponse)
+async def usage(request: Request, s: WebSession, store: StoreDep, settings: SettingsDep,
+                by: Literal["owner", "group", "endpoint"] = "owner",
+                since: str = "30d") -> HTMLResponse:
+    """Accounting by day (GET /api/v1/usage as a page): a user sees their own rows only."""
+    if s.principal.role != Role.ADMIN and by != "owner":
+        return refuse(request, s, f"usage by {by}")
+    bad, status = None, 200
+    try:
+        span = window(since)
+    except ValueError as e:
+        bad, status, since, span = str(e), 422, "30d", window("30d")
+    now = time.time()
+    ledger = await run_in_threadpool(accounting.usage, store, configured_prices(settings),
+                                     now - span, now)
+    mine = _owner(s)
+    rows = [r for r in ledger.rows(by) if mine is None or r.name == mine]
+    days: dict[str, list[float]] = {}
+    for r in rows:
+        d = days.setdefault(r.day, [0.0, 0.0])
+        d[0] += r.total.money
+        d[1] += r.total.core_hours
+    idle = {} if mine is not None else ledger.idle
+    for day, _ in idle:
+        days.setdefault(day, [0.0, 0.0])
+    order = sorted(days)
+    charts = [bars("USD charged to jobs per day", [(d, days[d][0]) for d in order]),
+              bars("core-hours per day", [(d, days[d][1]) for d in order])]
+    return page(request, "usage", s, "job machine", status, rows=rows, by=by, since=since,
+                bad=bad,
+                charts=charts, idle=sorted(idle.items()),
+                spent=ledger.spent if mine is None else {})
