@@ -140,7 +140,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                                count=max(count, 0), whole=whole,
                                reserve_limit=ep.reserve_limit if ep else 0.0,
                                fuller=asking.now() if may_wait else None,
-                               seen_every=seen_every)
+                               seen_every=seen_every,
+                               strand_limit=ep.strand_limit if ep else None)
         asking.defer(bool(got.deferred))
         left_to = asking.fuller(pilot_id, got.deferred) if got.deferred else []
         seen = dataclasses.replace(seen, busy_until=got.busy_until)

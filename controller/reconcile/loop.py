@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from controller.config.settings import Settings
 from controller.domain.jobs import JobState
-from controller.domain.runtime_prediction import with_prediction
+from controller.domain.runtime_prediction import predicted, with_prediction
 from controller.domain.scheduling import Decision
 from controller.drivers.base import Driver
 from controller.errors import CloudpilotError, DriverError, StorageError
@@ -99,8 +99,12 @@ class Reconciler:
         # task queue carries its next job's predicted run time, from the run times its owner's
         # jobs really had (the store's history; the same predictor as the simulator's)
         queues = self.store.jobs.queue_snapshot()
-        history = self.store.runtimes.history([q.id for q in queues], [q.owner for q in queues])
+        held = self.store.jobs.held_jobs()
+        history = self.store.runtimes.history([q.id for q in queues] + [j.queue for j in held],
+                                              [q.owner for q in queues] + [j.owner for j in held])
         tick = Tick(now, tuple(with_prediction(q, history) for q in queues))
+        # the matcher (the pilots' route, in this process) places by the same predictions
+        self.store.jobs.predicted = predicted(tick.queues, held, history)
         decisions = []
         for e in ready:
             try:

@@ -21,7 +21,7 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
-from controller.domain.runtime_prediction import HeldJob
+from controller.domain.runtime_prediction import HeldJob, Predicted
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.runtimes import RunTimeStore
@@ -94,6 +94,7 @@ class _Policy:
     fuller: Sequence[Asking] | None  # the machines asking now (None: defer to none)
     answerable: Callable[[Job], object] | None
     token_margin: float
+    strand_limit: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +150,9 @@ class JobStore:
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self.task_queues = TaskQueues()  # what this process knows of them; the live snapshot
+        # run times predicted at the reconcile loop's last tick (in this process; none: each
+        # job's max_runtime), by which the matcher places, reserves and backfills
+        self.predicted = Predicted()
 
     # transitions -------------------------------------------------------------------------
     def _move(
@@ -367,7 +371,7 @@ class JobStore:
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
         fuller: Sequence[Asking] | None = None, now: float | None = None,
-        seen_every: float = SEEN_EVERY,
+        seen_every: float = SEEN_EVERY, strand_limit: float | None = None,
     ) -> Claim:
         """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time the
         best one: fair share across owners (or groups, then owners) first, then priority, then age,
@@ -379,7 +383,7 @@ class JobStore:
         plus `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
         before anything is claimed. Also records that the pilot is alive (with nothing to claim, at
         most every `seen_every` seconds). `shares` are the owners' shares, `group_shares` the
-        groups'."""
+        groups'. Times are predicted (`self.predicted`); `strand_limit` as in placement.choose."""
         now = time.time() if now is None else now
         view, snap, waiting = self._fitting(offer, whole)
         noted = self._note_seen(pilot_id, now, seen_every)
@@ -392,7 +396,7 @@ class JobStore:
                                        view.owners if waiting else {}, snap.drained, now,
                                        _Policy(
                                            by, shares, group_shares or {}, reserve_limit,
-                                           fuller, answerable, token_margin))
+                                           fuller, answerable, token_margin, strand_limit))
             except StorageBusy:
                 if tries == 2:
                     raise
@@ -409,12 +413,13 @@ class JobStore:
         rows = c.execute(
             "SELECT m.draining, j.pilot_id, json_extract(j.requirements, '$.cores'),"
             " json_extract(j.requirements, '$.memory_mb'), COALESCE(j.started_at,"
-            " j.updated_at), json_extract(j.requirements, '$.max_runtime') FROM machines m"
+            " j.updated_at), json_extract(j.requirements, '$.max_runtime'), j.tq_id FROM machines m"
             f" LEFT JOIN jobs j ON j.machine = m.name AND j.state IN {HELD}"
             " WHERE m.name = ?", (machine,)).fetchall()
         draining = bool(rows and rows[0][0])
         held = [r for r in rows if r[1] is not None]
-        running = [Running(int(r[2] or 1), int(r[3] or 0), float(r[4]) + float(r[5] or 0))
+        running = [Running(int(r[2] or 1), int(r[3] or 0),
+                           self.predicted.ends(r[6], float(r[4]), float(r[5] or 0), now))
                    for r in held]
         busy = busy_until(running)
         got: list[Job] = []
@@ -459,11 +464,11 @@ class JobStore:
 
         while len(got) < count:
             room = whole or offer
-            candidates = (q for q in fair_share_walk(owners, fs)
+            candidates = (self.predicted.queue(q) for q in fair_share_walk(owners, fs)
                           if q.id not in skip and q.id not in drained
                           and fits(q.requirements, room))
             q = choose(candidates, offer, whole, running, now, policy.reserve_limit,
-                       waits=waits)
+                       waits=waits, strand_limit=policy.strand_limit)
             if q is None:
                 break
             if policy.fuller is not None and leave_to_fuller(q.requirements, me, policy.fuller):
@@ -484,7 +489,7 @@ class JobStore:
             fs = holding(fs, job.owner, job.group, r.cores)
             offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
                                         memory_mb=offer.memory_mb - r.memory_mb)
-            running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
+            running.append(Running(r.cores, r.memory_mb, now + q.runtime))
         return got
 
     @staticmethod
