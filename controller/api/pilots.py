@@ -151,7 +151,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                     look, pilot_id, seen.machine, offer, by=settings.fair_share_by,
                     shares=shares, group_shares=settings.group_shares, token_margin=margin,
                     count=max(count, 0), whole=whole,
-                    reserve_limit=ep.reserve_limit if ep else 0.0, fuller=fuller, now=now)
+                    reserve_limit=ep.reserve_limit if ep else 0.0, fuller=fuller, now=now,
+                    strand_limit=ep.strand_limit if ep else None)
                 if not claim.jobs:
                     return claim, None
                 return claim, MatchOut(matches=[

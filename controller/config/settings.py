@@ -292,6 +292,11 @@ class EndpointConfig(BaseModel):
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
     reserve_limit: float = Field(300.0, ge=0, description="hold a machine's cores for a wide "
                                  "job only if its running jobs free them within this (s)")
+    # the matcher reads it for every kind, the scheduler of the priced ones too
+    strand_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
+                                       "running jobs only if the machine's other cores x how "
+                                       "long it should outlive its jobs stay within this "
+                                       "(core-seconds; default: no limit)")
     isolation: Literal["bwrap", "user", "none"] = Field(
         "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
         "only its job directory and the system's read-only files), user (a dedicated "
@@ -437,10 +442,6 @@ class PricedEndpointConfig(EndpointConfig):
     extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
                                        "running jobs only if it should end at most this "
                                        "long (s) after them (default: no limit)")
-    strand_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
-                                       "running jobs only if the machine's other cores x how "
-                                       "long it should outlive its jobs stay within this "
-                                       "(core-seconds; default: no limit)")
     # --- issue 24: when the cloud says no -------------------------------------------------
     refusal_ttl: float = Field(180.0, gt=0, description="an offer (type x zone x market) a "
                                "cloud refused for capacity or quota is not tried for this "

@@ -277,8 +277,9 @@ def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], 
            short: bool) -> tuple[str, ...]:
     """Machines that take no new jobs and stop when their last job ends: those draining
     already (unless waiting work was placed on them), and, when the waiting work is covered
-    without them and nothing is started, the emptiest busy machines using at most
-    `drain_below` of their cores, within `drain_budget` of the live machines."""
+    without them and nothing is started, the busy machines using at most `drain_below` of
+    their cores whose jobs should end soonest (predicted; then the emptiest), within
+    `drain_budget` of the live machines."""
     keep = [m for m in machines if m.draining and m.name not in used]
     budget = max(1, math.floor(spec.drain_budget * len(machines))) if spec.drain_budget else 0
     if short or len(keep) >= budget or len(machines) < 2:
@@ -290,10 +291,10 @@ def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], 
                 or m.state != M.RUNNING or not m.busy_slots):
             continue
         share = (o.cores - m.free_cores) / o.cores
-        if share <= spec.drain_below:
-            cands.append((share, -_per_core(plan, m), m.name))
+        if share <= spec.drain_below:  # those whose jobs should end soonest (predicted) first
+            cands.append((m.busy_until or math.inf, share, -_per_core(plan, m), m.name))
     cands.sort()
-    names = [m.name for m in keep] + [n for _, _, n in cands[:budget - len(keep)]]
+    names = [m.name for m in keep] + [c[-1] for c in cands[:budget - len(keep)]]
     if cands[:budget - len(keep)]:
         plan.reasons.append(f"draining {len(names)} of {len(machines)} machines: the rest "
                             "hold the waiting work")

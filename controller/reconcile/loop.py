@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from controller.config.settings import Settings
 from controller.domain.budgets import withhold
 from controller.domain.jobs import JobState
-from controller.domain.runtime_prediction import with_prediction
+from controller.domain.runtime_prediction import predicted, with_prediction
 from controller.domain.scheduling import Decision
 from controller.drivers.base import Driver
 from controller.errors import CloudpilotError, DriverError, StorageError
@@ -101,11 +101,15 @@ class Reconciler:
         # task queue carries its next job's predicted run time, from the run times its owner's
         # jobs really had (the store's history; the same predictor as the simulator's)
         queues = self.store.jobs.queue_snapshot()
-        history = self.store.runtimes.history([q.id for q in queues], [q.owner for q in queues])
+        held = self.store.jobs.held_jobs()
+        history = self.store.runtimes.history([q.id for q in queues] + [j.queue for j in held],
+                                              [q.owner for q in queues] + [j.owner for j in held])
         # issue 25: a group over its monthly budget gets no new machines for its work
         over = budgets.overruns(self.store, self.settings, now)
         kept, withheld = withhold([with_prediction(q, history) for q in queues], over)
         tick = Tick(now, kept)
+        # the matcher (the pilots' route, in this process) places by the same predictions
+        self.store.jobs.predicted = predicted(tick.queues, held, history)
         decisions = []
         for e in ready:
             try:

@@ -122,9 +122,10 @@ class Outcome:
     end: float = 0.0
     series: dict[str, PriceSeries] = field(default_factory=dict)
     # the ticks whose decision left waiting work uncovered (a cap, the budget, no price under
-    # the max): the waits they explain
+    # the max): the waits they explain; and why, each (report.LIMIT_CAUSES)
     short_ticks: list[float] = field(default_factory=list)
     refused: int = 0  # launches the cloud refused (issue 24)
+    short_causes: list[str] = field(default_factory=list)
 
     def cost(self, m: SimMachine) -> float:
         """USD: the integral of the machine's price over its life."""
@@ -168,6 +169,16 @@ class SimOptions:
 # (learned from the jobs that ended: domain/runtime_prediction.py), "oracle" (each job's
 # true run time: the bound of what prediction can give)
 RUNTIMES = ("requested", "predicted", "oracle")
+
+
+def _short_cause(reasons: tuple[str, ...]) -> str:
+    """Why a decision left waiting work uncovered: capped by a spend limit ("budget"), by a
+    count such as max_machines or max_starts_per_cycle ("cap"), else no offer it fits was
+    open: priced above its max price, or blocked after a refusal ("price")."""
+    capped = next((r for r in reasons if ": capped by " in r), "")
+    if "spend" in capped:
+        return "budget"
+    return "cap" if capped else "price"
 
 
 class Simulation:
@@ -217,6 +228,7 @@ class Simulation:
         self.rescheduled = 0
         self.samples: list[Sample] = []
         self.short_ticks: list[float] = []
+        self.short_causes: list[str] = []
         self.dirty = True  # something changed since the last tick's decision
         self.wholes: dict[str, SlotOffer] = {}  # what a machine of each pool offers in all
         self.fit_whole: dict[tuple[int, str], bool] = {}  # (task queue, pool) -> fits
@@ -297,7 +309,8 @@ class Simulation:
         self._sample()
         return Outcome(self.policy, list(self.jobs.values()), list(self.machines.values()),
                        self.samples, self.unfit, self.interruptions, self.rescheduled,
-                       self.now, self.series, self.short_ticks, self.refused)
+                       self.now, self.series, self.short_ticks, self.refused,
+                       self.short_causes)
 
     def _event(self, kind: int, what: str) -> None:
         if kind not in (TICK, OVERRUN):
@@ -617,6 +630,7 @@ class Simulation:
         if any("not covered" in r for r in d.reasons) and (
                 not self.short_ticks or self.short_ticks[-1] != self.now):
             self.short_ticks.append(self.now)
+            self.short_causes.append(_short_cause(d.reasons))
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:

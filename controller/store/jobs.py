@@ -21,7 +21,7 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
-from controller.domain.runtime_prediction import HeldJob
+from controller.domain.runtime_prediction import HeldJob, Predicted
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.runtimes import RunTimeStore
@@ -94,6 +94,7 @@ class _Policy:
     reserve_limit: float
     fuller: Sequence[Asking] | None  # the machines asking now (None: defer to none)
     token_margin: float
+    strand_limit: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +172,9 @@ class JobStore:
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self.task_queues = TaskQueues()  # what this process knows of them; the live snapshot
+        # run times predicted at the reconcile loop's last tick (in this process; none: each
+        # job's max_runtime), by which the matcher places, reserves and backfills
+        self.predicted = Predicted()
 
     # transitions -------------------------------------------------------------------------
     def _move(
@@ -402,6 +406,7 @@ class JobStore:
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
         fuller: Sequence[Asking] | None = None, now: float | None = None,
+        strand_limit: float | None = None,
     ) -> Claim:
         """A match's transaction (the caller's, when it holds one: the API answers the jobs
         inside it, so a job that cannot be answered is never claimed). Claims up to `count`
@@ -413,13 +418,14 @@ class JobStore:
         it takes the best job it may take now). The offer shrinks by what each claimed job
         takes. A draining machine gets nothing. Each job gets a job token living its
         max_runtime plus `token_margin`. Records that the pilot and its machine are alive.
-        `shares` are the owners' shares, `group_shares` the groups'."""
+        `shares` are the owners' shares, `group_shares` the groups'. Times are predicted
+        (`self.predicted`); `strand_limit` as in placement.choose."""
         now = time.time() if now is None else now
         with self.store.tx() as c:
             return self._claim(c, pilot_id, machine, offer, count, whole, looking.fitting,
                                looking.drained, now, _Policy(
                                    by, shares, group_shares or {}, reserve_limit, fuller,
-                                   token_margin))
+                                   token_margin, strand_limit))
 
     def match(
         self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
@@ -427,7 +433,7 @@ class JobStore:
         group_shares: dict[str, float] | None = None, count: int = 1,
         whole: SlotOffer | None = None, reserve_limit: float = 0.0,
         fuller: Sequence[Asking] | None = None, now: float | None = None,
-        seen_every: float = SEEN_EVERY,
+        seen_every: float = SEEN_EVERY, strand_limit: float | None = None,
     ) -> Claim:
         """`looking`, then `claim` in a transaction of its own (retried when PostgreSQL
         reports a deadlock with another process claiming)."""
@@ -438,7 +444,7 @@ class JobStore:
         return retried(lambda: self.claim(
             look, pilot_id, machine, offer, by=by, shares=shares, token_margin=token_margin,
             group_shares=group_shares, count=count, whole=whole,
-            reserve_limit=reserve_limit, fuller=fuller, now=now))
+            reserve_limit=reserve_limit, fuller=fuller, now=now, strand_limit=strand_limit))
 
     def _claim(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
                count: int, whole: SlotOffer | None, fitting: Owners, drained: set[int],
@@ -450,12 +456,13 @@ class JobStore:
                         " RETURNING cores, memory_mb, slots", (now, pilot_id)).fetchone()
         rows = c.execute(
             "SELECT m.draining, j.pilot_id, j.cores, j.memory_mb,"
-            " COALESCE(j.started_at, j.updated_at), j.max_runtime FROM machines m"
+            " COALESCE(j.started_at, j.updated_at), j.max_runtime, j.tq_id FROM machines m"
             f" LEFT JOIN jobs j ON j.machine = m.name AND j.state IN {HELD}"
             " WHERE m.name = ?", (machine,)).fetchall()
         draining = bool(rows and rows[0][0])
         held = [r for r in rows if r[1] is not None]
-        running = [Running(int(r[2] or 1), int(r[3] or 0), float(r[4]) + float(r[5] or 0))
+        running = [Running(int(r[2] or 1), int(r[3] or 0),
+                           self.predicted.ends(r[6], float(r[4]), float(r[5] or 0), now))
                    for r in held]
         busy = busy_until(running)
         got: list[Job] = []
@@ -500,11 +507,11 @@ class JobStore:
 
         while len(got) < count:
             room = whole or offer
-            candidates = (q for q in fair_share_walk(owners, fs)
+            candidates = (self.predicted.queue(q) for q in fair_share_walk(owners, fs)
                           if q.id not in skip and q.id not in drained
                           and fits(q.requirements, room))
             q = choose(candidates, offer, whole, running, now, policy.reserve_limit,
-                       waits=waits)
+                       waits=waits, strand_limit=policy.strand_limit)
             if q is None:
                 break
             if policy.fuller is not None and leave_to_fuller(q.requirements, me, policy.fuller):
@@ -523,7 +530,7 @@ class JobStore:
             fs = holding(fs, job.owner, job.group, r.cores)
             offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
                                         memory_mb=offer.memory_mb - r.memory_mb)
-            running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
+            running.append(Running(r.cores, r.memory_mb, now + q.runtime))
         return got
 
     @staticmethod

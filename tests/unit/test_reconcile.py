@@ -372,3 +372,19 @@ def test_an_apply_past_its_timeout_is_cancelled_through_the_driver(database):
     finally:
         driver.close()
         store.close()
+
+
+def test_each_tick_hands_the_matcher_the_predicted_run_times(world):
+    """The matcher reads no run-time history: the loop's tick gives it each task queue's
+    prediction (issue 23), as decide() is given it."""
+    from controller.store.runtimes import RunTimeStore
+
+    store, _driver, loop, clock = world
+    submit(store, 2)
+    with store.read() as c:
+        (tq,) = {int(r[0]) for r in c.execute("SELECT tq_id FROM jobs")}
+    with store.tx() as c:
+        RunTimeStore.record(c, tq, "alice", 40.0, clock())
+    assert store.jobs.predicted.runtimes == {}  # before any tick: each job's max_runtime
+    tick(loop)
+    assert store.jobs.predicted.runtimes == {tq: 40.0}
