@@ -88,7 +88,7 @@ class StoreCollector(Collector):
         """The accounting over the controller's whole life, read again at most every
         USAGE_REFRESH seconds (it reads every attempt and machine)."""
         if self.ledger is None or now - self.ledger[0] >= USAGE_REFRESH:
-            self.ledger = (now, accounting.usage(self.store, configured_prices(self.settings),
+            self.ledger = (now, accounting.usage(self.store, self.settings.machine_prices(),
                                                  0.0, now))
         return self.ledger[1]
 
@@ -208,7 +208,7 @@ class StoreCollector(Collector):
         for endpoint, r in self.store.refusals.find():
             g.add_metric([endpoint, r.pool, r.kind], round(max(r.until - now, 0.0), 3))
         yield g
-        lives = views.machine_lives(self.store, configured_prices(self.settings))
+        lives = views.machine_lives(self.store, self.settings.machine_prices())
         rate, total = costs.spend_rate(lives), costs.spent(lives, now)
         g = GaugeMetricFamily("cloudpilot_spend_rate_usd_per_hour",
                               "What the live machines cost per hour", labels=["endpoint"])
@@ -262,12 +262,6 @@ class StoreCollector(Collector):
         yield c
 
 
-def configured_prices(settings: Settings) -> dict[str, float]:
-    """Each endpoint's configured hourly machine cost (machines started at a price of their
-    own, on priced endpoints, carry it instead)."""
-    return {e.name: e.machine_cost_per_hour() or 0.0 for e in settings.endpoints}
-
-
 class Metrics:
     """The controller's metrics registry: the store collector and the loop's tick timer."""
 
@@ -286,7 +280,7 @@ class Metrics:
         self.tick_seconds.observe(seconds)
         s = self.collector.settings
         views.record_sample(self.collector.store, time.time(), s.sample_interval,
-                            s.sample_retention, configured_prices(s))
+                            s.sample_retention, s.machine_prices())
         for d in result.decisions:
             if d.start or d.remove:
                 log.info("decision: start %s, remove %s (demand %.1f machines): %s",

@@ -73,7 +73,29 @@ class WhatIfIn(BaseModel):
                                  "(default: the one that ran the most of the window's jobs)")
 
 
-@router.post("/whatif")
+class WhatIfOut(BaseModel):
+    """Two replays of the window side by side (controller/simulate/whatif.py WhatIf)."""
+
+    endpoint: str
+    since: float
+    until: float
+    jobs: int = Field(description="jobs replayed")
+    left_out: int = Field(description="submitted in the window but not replayed (never ran, "
+                          "or ran elsewhere)")
+    boot_time: float = Field(description="the mean measured boot time the replays use (s)")
+    lower_bound: dict[str, Any]
+    current: dict[str, Any] = Field(description="the replay with the settings in force")
+    other: dict[str, Any] = Field(description="the replay with the other config")
+    real_cost: float = Field(description="USD: the endpoint's machines started in the window")
+    real_machine_hours: float
+    seconds: float = Field(description="how long the two replays took")
+    notes: list[str]
+    error: dict[str, float | None] = Field(description="the replay of the settings in force "
+                                           "against what happened: relative error of its cost "
+                                           "and machine-hours (null: nothing to compare)")
+
+
+@router.post("/whatif", response_model=WhatIfOut)
 def whatif(body: WhatIfIn, store: StoreDep, settings: SettingsDep,
            p: AdminAuth) -> dict[str, Any]:
     """What would it have cost? The jobs recorded in the window replayed through the

@@ -815,6 +815,11 @@ class Settings(BaseSettings):
     def url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 
+    def machine_prices(self) -> dict[str, float]:
+        """Each endpoint's configured hourly machine cost (machines started at a price of
+        their own, on priced endpoints, carry it instead)."""
+        return {e.name: e.machine_cost_per_hour() or 0.0 for e in self.endpoints}
+
     def endpoint(self, name: str) -> EndpointConfig | None:
         return next((e for e in self.endpoints if e.name == name), None)
 

@@ -9,7 +9,6 @@ import weakref
 
 from controller.config.settings import Settings
 from controller.domain.budgets import Overrun, group_spend, month_start, over_budget
-from controller.metrics import configured_prices
 from controller.store import Store, accounting
 
 _cache: weakref.WeakKeyDictionary[Store, tuple[float, float, dict[str, Overrun]]] = \
@@ -26,7 +25,7 @@ def overruns(store: Store, settings: Settings, now: float) -> dict[str, Overrun]
         got = _cache.get(store)
     if got is not None and got[0] == start and now - got[1] < settings.budget_check_interval:
         return got[2]
-    ledger = accounting.usage(store, configured_prices(settings), start, now)
+    ledger = accounting.usage(store, settings.machine_prices(), start, now)
     over = over_budget(group_spend(ledger), settings.group_budgets, now)
     with _lock:
         _cache[store] = (start, now, over)

@@ -22,7 +22,6 @@ from controller.config.settings import EndpointConfig, Settings
 from controller.domain.pricing import Offer, PriceSeries
 from controller.domain.scheduling import EndpointSpec
 from controller.errors import InvalidInput
-from controller.metrics import configured_prices
 from controller.simulate.engine import Outcome, SimOptions, Simulation
 from controller.simulate.report import (
     LowerBound,
@@ -194,7 +193,7 @@ def whatif(store: Store, current: Settings, other: Settings, since: float, until
         sides.append(_side(label, out, lb))
     took = time.monotonic() - started
     assert lb is not None
-    real = [m for m in accounting.machines(store, configured_prices(current), since, until)
+    real = [m for m in accounting.machines(store, current.machine_prices(), since, until)
             if m.endpoint == endpoint and since <= m.started < until]
     real_s = sum((m.ended or now) - m.started for m in real)
     real_cost = sum((m.price or 0.0) * ((m.ended or now) - m.started) for m in real) / 3600

@@ -20,7 +20,6 @@ from controller.domain.endpoints import EndpointState
 from controller.domain.machines import Machine
 from controller.domain.plans import PlanState
 from controller.errors import NotFound
-from controller.metrics import configured_prices
 from controller.store import Store, accounting, sessions, views
 from controller.web.render import HERE, bars, chart, templates
 from controller.web.session import SECURITY_HEADERS, WebSession
@@ -75,7 +74,7 @@ def static(name: str) -> Response:
 def overview(request: Request, s: WebSession, store: StoreDep,
              settings: SettingsDep) -> HTMLResponse:
     now = time.time()
-    o = views.overview(store, configured_prices(settings), _owner(s), now, day_start(now))
+    o = views.overview(store, settings.machine_prices(), _owner(s), now, day_start(now))
     samples = views.samples(store, now - CHART_HOURS * 3600)
     start = samples[0].at if samples else now - CHART_HOURS * 3600  # a young controller: its life
     charts = [chart(title, [(x.at, float(getattr(x, key))) for x in samples], start, now)
@@ -122,7 +121,7 @@ def job(job_id: int, request: Request, s: WebSession, store: StoreDep,
         except NotFound:
             machine = None
     attempts = [e for e in events if e["to_state"] == "matched"]
-    price = _price(machine, configured_prices(settings)) if machine else 0.0
+    price = _price(machine, settings.machine_prices()) if machine else 0.0
     ep = settings.endpoint(j.endpoint) if j.endpoint else None
     slots = (machine.info.get("slots") if machine else None) or (ep.slots if ep else 1)
     ran = (j.ended_at or time.time()) - j.started_at if j.started_at else 0.0
@@ -177,7 +176,7 @@ def machines(request: Request, s: WebSession, store: StoreDep, settings: Setting
              all: bool = False) -> HTMLResponse:
     now = time.time()
     busy = store.jobs.busy_by_machine()
-    prices = configured_prices(settings)
+    prices = settings.machine_prices()
     rows = []
     for m in store.machines.find(live=not all):
         price = _price(m, prices)
@@ -234,7 +233,7 @@ async def usage(request: Request, s: WebSession, store: StoreDep, settings: Sett
     except ValueError as e:
         bad, status, since, span = str(e), 422, "30d", window("30d")
     now = time.time()
-    ledger = await run_in_threadpool(accounting.usage, store, configured_prices(settings),
+    ledger = await run_in_threadpool(accounting.usage, store, settings.machine_prices(),
                                      now - span, now)
     mine = _owner(s)
     rows = [r for r in ledger.rows(by) if mine is None or r.name == mine]
