@@ -59,8 +59,9 @@ def pct(xs: list[float], p: float) -> float:
 # a worker process: many pilots ---------------------------------------------------------------
 class Pilots:
     def __init__(self, url: str, tokens: list[str], heartbeat: float, job_seconds: float,
-                 stop_file: Path) -> None:
+                 stop_file: Path, tags: list[str] | None = None) -> None:
         self.url, self.tokens = url, tokens  # one bootstrap token per pilot
+        self.tags = tags or []  # what the pilots' machines have (bench.wake: not what fits)
         self.ssl = ssl.create_default_context()  # one for all: making one costs ~20 ms
         self.heartbeat, self.job_seconds, self.stop_file = heartbeat, job_seconds, stop_file
         self.lat: dict[str, list[float]] = {"register": [], "heartbeat": [], "report": []}
@@ -97,7 +98,7 @@ class Pilots:
         boot = self.client(self.tokens[n])
         r = await self.call(boot, "register", "/api/v1/pilots/register", {
             "machine": f"load-{uuid.uuid4().hex[:10]}", "cores": 1, "memory_mb": 1024,
-            "slots": 1})
+            "slots": 1, "tags": self.tags})
         await boot.aclose()
         registered.append(1)
         if r is None:
@@ -155,7 +156,8 @@ class Pilots:
 
 def worker(args: argparse.Namespace) -> None:
     tokens = Path(args.tokens).read_text().split()
-    p = Pilots(args.url, tokens, args.heartbeat, args.job_seconds, Path(args.stop_file))
+    p = Pilots(args.url, tokens, args.heartbeat, args.job_seconds, Path(args.stop_file),
+               args.tags.split(",") if args.tags else [])
     out = asyncio.run(p.run(args.pilots))
     print(json.dumps(out), flush=True)
 
@@ -230,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--tokens", help=argparse.SUPPRESS)
     ap.add_argument("--stop-file", help=argparse.SUPPRESS)
+    ap.add_argument("--tags", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args)

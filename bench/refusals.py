@@ -23,8 +23,11 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+from controller.config.settings import EndpointConfig
+from controller.domain.pricing import PriceSeries
 from controller.drivers.prices import read_history
 from controller.simulate.engine import Outcome
 from controller.simulate.report import percentile
@@ -48,7 +51,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N jobs")
     ap.add_argument("--hours", type=float, default=6.0, help="how long the pool is sold out")
     ap.add_argument("--slow-zone", default="eu-west-1a", help="the zone whose machines take "
-                    "an hour to boot (the second part)")
+                    "an hour to boot (the second and third parts)")
+    ap.add_argument("--fast-zone", default="eu-west-1c", help="the third part's other "
+                    "'endpoint': its machines boot in boot_time, at the slow zone's prices")
+    ap.add_argument("--part", type=int, choices=(1, 2, 3), action="append",
+                    help="only these parts (repeatable; default: all)")
     ap.add_argument("--trace", default=str(TRACE))
     ap.add_argument("--prices", default=str(PRICES))
     ap.add_argument("--config", default=str(CONFIG))
@@ -62,25 +69,51 @@ def main() -> None:
                                         cfg.product), cfg.price_start)
     window = a.hours * 3600
 
-    def run(c: SimConfig) -> tuple[Outcome, float, float]:
+    def run(c: SimConfig, e: EndpointConfig = ep,
+            prices: dict[str, PriceSeries] = series) -> tuple[Outcome, float, float]:
         t, cpu = time.monotonic(), time.process_time()
-        res = simulate(trace, series, c, ep, ["cloudpilot"])
-        return res.outcomes[0], time.monotonic() - t, time.process_time() - cpu
+        res = simulate(trace, prices, c, e, ["cloudpilot"])
+        out = res.outcomes[0]
+        print(f"  (a replay: ${total(out):,.2f}, p95 wait "
+              f"{percentile(list(waits(out).values()), 95):.0f}s, "
+              f"{time.process_time() - cpu:.0f} CPU s)", file=sys.stderr, flush=True)
+        return out, time.monotonic() - t, time.process_time() - cpu
 
-    base, wall, cpu = run(cfg)
+    parts = set(a.part or (1, 2, 3))
+    print(f"{Path(a.trace).name}: {len(trace):,} jobs; tick {cfg.tick:g}s, boot "
+          f"{cfg.boot_time:g}s")
+    if parts & {1, 2}:
+        base, wall, cpu = run(cfg)
+        if 1 in parts:
+            sold_out(a, cfg, run, base, wall, cpu, window)
+        if 2 in parts:
+            slow_zone(a, cfg, ep, run, base)
+    if 3 in parts:
+        two_endpoints(a, cfg, ep, run, series)
+
+
+Run = Callable[..., tuple[Outcome, float, float]]  # (config, endpoint, prices)
+
+
+def sold_out(a: argparse.Namespace, cfg: SimConfig, run: Run, base: Outcome, wall: float,
+             cpu: float, window: float) -> None:
+    """The cheapest pool sold out for `window` seconds from the start, with the blocklist
+    and without; and, for the per-job waits, the same replay without any refusal but with
+    boot_time one second longer: how far two replays drift apart job by job by chance."""
     starts = Counter(m.offer.pool for m in base.machines if m.created < window)
     pool = starts.most_common(1)[0][0]
     sold = [SoldOut(pool=pool, start=0.0, end=window)]
     runs = [("no refusal", base, wall, cpu)]
-    for label, blocklist in (("sold out, blocklist (issue 24)", True),
-                             ("sold out, back-off (before)", False)):
-        c = cfg.model_copy(update={"refusals": sold, "blocklist": blocklist})
+    for label, c in (
+            ("sold out, blocklist (issue 24)", cfg.model_copy(update={"refusals": sold})),
+            ("sold out, back-off (before)",
+             cfg.model_copy(update={"refusals": sold, "blocklist": False})),
+            ("no refusal, boot +1 s (chance)",
+             cfg.model_copy(update={"boot_time": cfg.boot_time + 1}))):
         out, wall, cpu = run(c)
         runs.append((label, out, wall, cpu))
-    print(f"{Path(a.trace).name}: {len(trace):,} jobs; {pool} sold out for the first "
-          f"{a.hours:g} h (the replay without refusals started {starts[pool]} of its "
-          f"{sum(starts.values())} machines of those hours there); tick {cfg.tick:g}s, "
-          f"boot {cfg.boot_time:g}s")
+    print(f"{pool} sold out for the first {a.hours:g} h (the replay without refusals started "
+          f"{starts[pool]} of its {sum(starts.values())} machines of those hours there)")
     table(cfg, base, runs, early={j.trace.id for j in base.jobs if j.trace.submit < window})
     after = runs[1][1]
     ratio = total(after) / total(base)
@@ -88,12 +121,16 @@ def main() -> None:
           f"({'met' if ratio <= COST_AIM else 'MISSED'})")
     print()
 
+
+def slow_zone(a: argparse.Namespace, cfg: SimConfig, ep: EndpointConfig, run: Run,
+              base: Outcome) -> None:
+    """One zone's machines take an hour to boot, with offers scored and not."""
     slow = {f"*/{a.slow_zone}/*": 3600.0}
     runs = [("every machine boots in boot_time", base, 0.0, 0.0)]
     for label, cost in (("slow zone, scored (issue 24)", ep.wait_cost),
                         ("slow zone, not scored (before)", 0.0)):
-        ep = ep.model_copy(update={"wait_cost": cost})
-        out, wall, cpu = run(cfg.model_copy(update={"boot_times": slow}))
+        out, wall, cpu = run(cfg.model_copy(update={"boot_times": slow}),
+                             ep.model_copy(update={"wait_cost": cost}))
         runs.append((label, out, wall, cpu))
     print(f"{a.slow_zone}: its machines take 1 h to boot (boot_timeout "
           f"{ep.boot_timeout:g}s), the other zones' {cfg.boot_time:g}s")
@@ -102,6 +139,42 @@ def main() -> None:
     aim = cfg.boot_time + 600
     print(f"aim: p95 wait at most the quick boot + 10 min ({aim:g}s): {p95:.0f}s "
           f"({'met' if p95 <= aim else 'MISSED'})")
+    print()
+
+
+def two_endpoints(a: argparse.Namespace, cfg: SimConfig, ep: EndpointConfig, run: Run,
+                  series: dict[str, PriceSeries]) -> None:
+    """The issue's two endpoints at equal prices, one whose machines take an hour to boot
+    and one two minutes: the simulator replays one endpoint, so they are two zones of it
+    (the slow and the fast zone), the slow zone's spot prices replaced by the fast zone's,
+    so that every offer of one has its twin at the same price in the other. Against the
+    fast one alone: its zone only."""
+    zones = [a.slow_zone, a.fast_zone]
+    types = [t.model_copy(update={"zones": zones}) for t in ep.machine_types]
+    twins = dict(series)
+    for t in ep.machine_types:
+        twin = series.get(f"{t.name}/{a.fast_zone}")
+        if twin is not None:
+            twins[f"{t.name}/{a.slow_zone}"] = twin
+    both = ep.model_copy(update={"machine_types": types})
+    alone = ep.model_copy(update={"machine_types": [
+        t.model_copy(update={"zones": [a.fast_zone]}) for t in ep.machine_types]})
+    slow = cfg.model_copy(update={"boot_times": {f"*/{a.slow_zone}/*": 3600.0}})
+
+    fast, wall, cpu = run(cfg, alone, twins)
+    runs = [(f"the fast one alone ({a.fast_zone})", fast, wall, cpu)]
+    for label, cost in (("both, scored (issue 24)", both.wait_cost),
+                        ("both, not scored (before)", 0.0)):
+        out, wall, cpu = run(slow, both.model_copy(update={"wait_cost": cost}), twins)
+        runs.append((label, out, wall, cpu))
+    print(f"two endpoints at equal prices: {a.slow_zone} (machines boot in 1 h) and "
+          f"{a.fast_zone} ({cfg.boot_time:g}s), the first's spot prices the second's")
+    table(cfg, fast, runs, early=set(waits(fast)))
+    p95 = percentile(list(waits(runs[1][1]).values()), 95)
+    p95_fast = percentile(list(waits(fast).values()), 95)
+    aim = p95_fast + cfg.boot_time + 600
+    print(f"aim: p95 wait within the fast one's ({p95_fast:.0f}s) + boot + 10 min ({aim:.0f}s):"
+          f" {p95:.0f}s ({'met' if p95 <= aim else 'MISSED'})")
 
 
 def total(out: Outcome) -> float:

@@ -14,7 +14,7 @@ import httpx
 import uvicorn
 
 from controller.app import create_app
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 
 ENDPOINT = "bench"
 # The benchmark's pilots never heartbeat and most of them wait, registered, for their turn:
@@ -43,7 +43,7 @@ def bench_settings(database: Path, data_dir: Path, port: int) -> Settings:
     return Settings(
         database=database, data_dir=data_dir, host="127.0.0.1", port=port, loop_interval=5.0,
         lease=QUIET,
-        endpoints=[EndpointConfig(name=ENDPOINT, max_machines=0, cores=64, memory_mb=262144,
+        endpoints=[endpoint_config(name=ENDPOINT, max_machines=0, cores=64, memory_mb=262144,
                                   slots=64, idle_timeout=QUIET, lost_after=QUIET)],
     )
 

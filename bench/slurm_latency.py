@@ -30,7 +30,7 @@ from typing import Any
 from controller.auth import Role
 from controller.cli.client import ApiClient
 from controller.cli.demo import Server, free_port
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import EndpointConfig, Settings, endpoint_config
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
 from controller.harness import wait_until
 from controller.store import Store
@@ -58,7 +58,7 @@ def endpoint(cluster: Cluster, root: Path, **over: Any) -> EndpointConfig:
     h, hs = cluster.login, cluster.hosts
     root.mkdir(parents=True, exist_ok=True)
     name = driver(cluster)
-    return EndpointConfig(
+    return endpoint_config(
         name="hpc", driver=name, cores=1, memory_mb=256, slots=1, max_machines=4,
         max_starts_per_cycle=4, idle_timeout=IDLE_TIMEOUT, heartbeat_interval=1, lost_after=30,
         **{name: {"address": h.address, "port": h.port, "user": hs.user, "key": str(hs.key),

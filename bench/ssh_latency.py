@@ -27,7 +27,7 @@ from typing import Any
 from controller.auth import Role
 from controller.cli.client import ApiClient
 from controller.cli.demo import Server, free_port
-from controller.config.settings import EndpointConfig, Settings, SshConfig, SshHostConfig
+from controller.config.settings import Settings, SshConfig, SshHostConfig, endpoint_config
 from controller.harness import wait_until
 from controller.store import Store
 from tests.sshhosts import SshHosts
@@ -42,7 +42,7 @@ def settings(root: Path, hosts: SshHosts, port: int) -> Settings:
     return Settings(
         database=root / "cloudpilot.db", data_dir=root / "data", host=hosts.controller_host,
         port=port, loop_interval=0.5,
-        endpoints=[EndpointConfig(
+        endpoints=[endpoint_config(
             name="lab", driver="ssh", cores=2, memory_mb=2048, slots=2, idle_timeout=IDLE_TIMEOUT,
             heartbeat_interval=1, lost_after=30, max_starts_per_cycle=1,
             ssh=SshConfig(user=hosts.user, key=hosts.key, remote_dir=str(root / "remote"),

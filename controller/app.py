@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -98,7 +98,10 @@ def _heard(store: Store, notifier: Notifier, kind: str, arg: str) -> None:
         store.forget(arg)
 
 
-def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
+def _lifespan(settings: Settings, run_loop: bool) -> Callable[
+        [FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """What the app owns while it runs: the store, the notifier's channel to other
+    processes, the leadership, the reconcile loop (`run_loop`) and the files' purge."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = Store(settings.database, lease=settings.lease)
@@ -119,9 +122,10 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         task = None
         stop_loop = asyncio.Event()
         if run_loop:
-            # tick_soon wakes the loop and no pilot (fire(0))
+            # tick_soon wakes this process's loop and no pilot (fire(0); not relayed: the
+            # refused apply that asks for it ran in this loop)
             reconciler = Reconciler(settings, store, wake=notifier.fire,
-                                    tick_soon=lambda: notifier.fire(0))
+                                    tick_soon=lambda: notifier.fire(0, relay=False))
             app.state.reconciler = reconciler
             task = asyncio.create_task(_run_loop(app, reconciler, leadership,
                                                  settings.loop_interval, stop_loop))
@@ -149,26 +153,11 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
             leadership.close()
             store.close()
 
-    app = FastAPI(title="cloudpilot", version="0.1.0", lifespan=lifespan,
-                  description="A pilot-based workload management system for clouds.")
-    app.state.settings = settings
-    app.state.notifier = Notifier()
-    app.state.asking = AskingPilots()  # pilots inside a match request (domain/placement.py)
-    app.state.polls = {}  # pilot id -> the event its long-poll waits on (api/pilots.py)
-    app.state.reconciler = None
-    # issue 22: where job files and input sandboxes live (a folder, or an S3 bucket)
-    app.state.blobs = open_blobs(settings.file_store, settings.data_dir,
-                                 settings.file_store_endpoint_url, settings.file_store_region)
-    for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
-              ticks.router, hosts.router, events.router, monitoring.router, files.router):
-        app.include_router(r, responses=ERRORS)  # every error a route can answer, declared
-    for r in (pages.router, actions.router):  # the dashboard (controller/web/): HTML pages
-        app.include_router(r)
-    # the body's size, encoding and bulk count are checked before it is parsed
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
-                       max_bulk_jobs=settings.max_bulk_jobs)
-    app.add_middleware(RequestLog)  # one log line per request
+    return lifespan
 
+
+def _error_handlers(app: FastAPI) -> None:
+    """The one place exceptions become HTTP answers."""
     @app.exception_handler(CloudpilotError)
     async def _cloudpilot_error(request: Request, exc: CloudpilotError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else \
@@ -200,6 +189,29 @@ def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
         msg = "a number is larger than the store holds"
         return JSONResponse({"detail": f"invalid request: {msg}", "errors": [msg]}, 422)
 
+
+def create_app(settings: Settings, *, run_loop: bool = True) -> FastAPI:
+    app = FastAPI(title="cloudpilot", version="0.1.0", lifespan=_lifespan(settings, run_loop),
+                  description="A pilot-based workload management system for clouds.")
+    app.state.settings = settings
+    app.state.notifier = Notifier()
+    app.state.asking = AskingPilots()  # pilots inside a match request (domain/placement.py)
+    app.state.polls = {}  # pilot id -> the event its long-poll waits on (api/pilots.py)
+    app.state.reconciler = None
+    # issue 22: where job files and input sandboxes live (a folder, or an S3 bucket)
+    app.state.blobs = open_blobs(settings.file_store, settings.data_dir,
+                                 settings.file_store_endpoint_url, settings.file_store_region)
+    for r in (jobs.router, pilots.router, info.router, admin.router, plans.router,
+              ticks.router, hosts.router, events.router, monitoring.router, files.router):
+        app.include_router(r, responses=ERRORS)  # every error a route can answer, declared
+    for r in (pages.router, actions.router):  # the dashboard (controller/web/): HTML pages
+        app.include_router(r)
+    # the body's size, encoding and bulk count are checked before it is parsed
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       max_bulk_jobs=settings.max_bulk_jobs)
+    app.add_middleware(RequestLog)  # one log line per request
+
+    _error_handlers(app)
     return app
 
 

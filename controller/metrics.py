@@ -27,7 +27,8 @@ from prometheus_client.registry import Collector
 
 from controller.config.settings import Settings
 from controller.domain import costs
-from controller.store import Store, views
+from controller.domain.accounting import Ledger
+from controller.store import Store, accounting, views
 
 if TYPE_CHECKING:
     from controller.reconcile.loop import TickResult
@@ -38,6 +39,7 @@ disable_created_metrics()  # no `_created` series: the README's table is the who
 
 MATCH_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 BOOT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+USAGE_REFRESH = 30.0  # seconds: the accounting counters are read again at most this often
 TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -80,6 +82,15 @@ class StoreCollector(Collector):
         self.machine_cursor = 0
         self.boot: dict[str, Buckets] = {}
         self.last_duration = 0.0
+        self.ledger: tuple[float, Ledger] | None = None  # (when read, the whole-life ledger)
+
+    def _usage(self, now: float) -> Ledger:
+        """The accounting over the controller's whole life, read again at most every
+        USAGE_REFRESH seconds (it reads every attempt and machine)."""
+        if self.ledger is None or now - self.ledger[0] >= USAGE_REFRESH:
+            self.ledger = (now, accounting.usage(self.store, self.settings.machine_prices(),
+                                                 0.0, now))
+        return self.ledger[1]
 
     def _catch_up(self) -> None:
         t = views.job_transitions_since(self.store, self.job_cursor)
@@ -99,6 +110,8 @@ class StoreCollector(Collector):
             self._catch_up()
             yield from self._jobs()
             yield from self._fleet()
+            yield from self._offers_and_spend()
+            yield from self._accounting()
             took, self.last_duration = self.last_duration, time.perf_counter() - started
         g = GaugeMetricFamily("cloudpilot_scrape_duration_seconds",
                               "How long the previous scrape of /metrics took to collect")
@@ -183,6 +196,9 @@ class StoreCollector(Collector):
         for name in names:
             g.add_metric([name], 1 if drift.get(name) else 0)
         yield g
+
+    def _offers_and_spend(self) -> Iterable[Metric]:
+        names = [e.name for e in self.settings.endpoints]
         now = time.time()
         g = GaugeMetricFamily("cloudpilot_offer_blocked_seconds", "Offers (machine type / "
                               "zone / market) a cloud refused for capacity or quota: seconds "
@@ -192,7 +208,7 @@ class StoreCollector(Collector):
         for endpoint, r in self.store.refusals.find():
             g.add_metric([endpoint, r.pool, r.kind], round(max(r.until - now, 0.0), 3))
         yield g
-        lives = views.machine_lives(self.store, configured_prices(self.settings))
+        lives = views.machine_lives(self.store, self.settings.machine_prices())
         rate, total = costs.spend_rate(lives), costs.spent(lives, now)
         g = GaugeMetricFamily("cloudpilot_spend_rate_usd_per_hour",
                               "What the live machines cost per hour", labels=["endpoint"])
@@ -214,10 +230,36 @@ class StoreCollector(Collector):
                                 value=self.long_polls())
 
 
-def configured_prices(settings: Settings) -> dict[str, float]:
-    """Each endpoint's configured hourly machine cost (machines started at a price of their
-    own, on priced endpoints, carry it instead)."""
-    return {e.name: e.machine_cost_per_hour() or 0.0 for e in settings.endpoints}
+    def _accounting(self) -> Iterable[Metric]:
+        """Core-seconds and USD per owner, group and endpoint of the attempts that ended, by
+        status (failed and interrupted apart from done), and each endpoint's idle USD
+        (issue 25)."""
+        ledger = self._usage(time.time())
+        sums: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for (kind, _, name, status), a in ledger.usage.items():
+            if status == "running":
+                continue  # counted when it ends (under its final status: counters only grow)
+            cs, usd = sums.get((kind, name, status), (0.0, 0.0))
+            sums[(kind, name, status)] = (cs + a.core_hours * 3600, usd + a.money)
+        cores = CounterMetricFamily("cloudpilot_usage_core_seconds", "Core-seconds jobs' "
+                                    "attempts held, per owner, group or endpoint and status",
+                                    labels=["kind", "name", "status"])
+        money = CounterMetricFamily("cloudpilot_usage_usd", "USD of machines' cost charged "
+                                    "to jobs' attempts (split by cores), per owner, group or "
+                                    "endpoint and status", labels=["kind", "name", "status"])
+        for (kind, name, status), (cs, usd) in sorted(sums.items()):
+            cores.add_metric([kind, name, status], round(cs, 3))
+            money.add_metric([kind, name, status], round(usd, 6))
+        yield cores
+        yield money
+        idle: dict[str, float] = {}
+        for (_, endpoint), usd in ledger.idle.items():
+            idle[endpoint] = idle.get(endpoint, 0.0) + usd
+        c = CounterMetricFamily("cloudpilot_idle_usd", "USD of machines' cost while they "
+                                "held no job (charged to the endpoint)", labels=["endpoint"])
+        for endpoint, usd in sorted(idle.items()):
+            c.add_metric([endpoint], round(usd, 6))
+        yield c
 
 
 class Metrics:
@@ -238,7 +280,7 @@ class Metrics:
         self.tick_seconds.observe(seconds)
         s = self.collector.settings
         views.record_sample(self.collector.store, time.time(), s.sample_interval,
-                            s.sample_retention, configured_prices(s))
+                            s.sample_retention, s.machine_prices())
         for d in result.decisions:
             if d.start or d.remove:
                 log.info("decision: start %s, remove %s (demand %.1f machines): %s",

@@ -26,6 +26,7 @@ from controller.domain.matching import (
     waiting_reason,
 )
 from controller.errors import Forbidden, InvalidInput, NotFound
+from controller.services import budgets
 from controller.services import jobs as job_service
 from controller.store import Store
 from controller.store.jobs import IdempotencyKey
@@ -47,14 +48,19 @@ def registered(store: Store, settings: Settings) -> list[tuple[str, SlotOffer]]:
 
 
 def waiting_reasons(store: Store, settings: Settings) -> Callable[[Job], str | None]:
-    """Why a job waits: no endpoint can run it, or no registered machine can (yet)."""
+    """Why a job waits: its group is over its monthly budget, no endpoint can run it, or no
+    registered machine can (yet)."""
     shapes = [e.shape() for e in settings.endpoints]
     machines = registered(store, settings)
+    over = budgets.overruns(store, settings, time.time())
 
     def reason(job: Job) -> str | None:
         if job.state != JobState.WAITING:
             return None
-        return waiting_reason(job.requirements, shapes, machines)
+        why = waiting_reason(job.requirements, shapes, machines)
+        if job.group in over:
+            return over[job.group].reason() + (f"; {why}" if why else "")
+        return why
 
     return reason
 

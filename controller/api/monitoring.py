@@ -18,7 +18,7 @@ from controller.api.viewer import Viewer
 from controller.auth import Role
 from controller.domain.accounting import Amount, window
 from controller.errors import Forbidden, InvalidInput
-from controller.metrics import Metrics, configured_prices
+from controller.metrics import Metrics
 from controller.store import accounting, views
 
 router = APIRouter(tags=["monitoring"])
@@ -47,7 +47,7 @@ def overview(store: StoreDep, settings: SettingsDep, p: Viewer) -> OverviewOut:
     """Jobs by state (yours, or everyone's for an admin), machines by endpoint and state, and
     spend per endpoint: USD per hour now, USD today (since local midnight) and in all."""
     now = time.time()
-    seen = views.overview(store, configured_prices(settings),
+    seen = views.overview(store, settings.machine_prices(),
                           None if p.role == Role.ADMIN else p.owner, now, day_start(now))
     return OverviewOut(**seen.to_dict())
 
@@ -72,7 +72,7 @@ def usage(store: StoreDep, settings: SettingsDep, p: UserAuth,
     if not p.is_admin and by != "owner":
         raise Forbidden(f"a {p.role.value} token sees its own usage only (by=owner; by={by} "
                         "needs: admin)")
-    ledger = accounting.usage(store, configured_prices(settings), start, now)
+    ledger = accounting.usage(store, settings.machine_prices(), start, now)
     rows = [UsageRowOut(day=r.day, name=r.name, total=_amount(r.total),
                         by_status={k: _amount(a) for k, a in r.by_status.items()})
             for r in ledger.rows(by) if p.is_admin or r.name == p.owner]

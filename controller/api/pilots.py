@@ -16,7 +16,14 @@ import uuid
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.deps import BootstrapAuth, Id, PilotAuth, SettingsDep, StoreDep
+from controller.api.deps import (
+    BootstrapAuth,
+    Id,
+    PilotAuth,
+    PilotCredential,
+    SettingsDep,
+    StoreDep,
+)
 from controller.api.schemas import (
     HeartbeatIn,
     HeartbeatOut,
@@ -41,6 +48,7 @@ from controller.domain.matching import SlotOffer, machine_offer
 from controller.domain.placement import Asking, AskingPilots
 from controller.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from controller.store import Store
+from controller.store.jobs import Claim, Looking, retried
 
 router = APIRouter(prefix="/api/v1/pilots", tags=["pilots"])
 
@@ -101,7 +109,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
     seen_every = 5.0  # set from the endpoint at the first attempt
     renewed = False  # the credential, once in this request at most
 
-    def attempt() -> list[tuple[Job, str]]:
+    def attempt() -> bytes | None:
         """One thread hop, one transaction: the credential (verified at the first attempt),
         the pilot, the claim."""
         nonlocal seen, draining, left_to, seen_every, renewed
@@ -109,10 +117,8 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         ep = settings.endpoint(str(pilot["endpoint"]))
         seen_every = (ep.lost_after if ep else 60.0) / 4
         # an idle pilot sends no heartbeats: its long-poll renews its credential (issue 26)
-        lifetime, now = credential_lifetime(ep), time.time()
-        if not renewed and renewal_due(p.principal().expires_at, lifetime, now):
-            store.tokens.renew(p.principal().token_id, now + lifetime)
-            renewed = True
+        now = time.time()
+        renewed = renewed or renew_credential(store, p, ep, now)
         tags: list[str] = pilot["tags"]  # type: ignore[assignment]
         # the endpoint's rules, with the longest job this pilot may still take (its time left)
         shape = dataclasses.replace(
@@ -133,21 +139,36 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
         # request may still wait: a pilot that cannot (wait 0, or its long-poll's last look)
         # takes the best job it may take now rather than an empty answer
         may_wait = deadline - time.monotonic() > 0
-        got = store.jobs.match(pilot_id, seen.machine, offer, by=settings.fair_share_by,
-                               shares=store.tokens.shares(),
-                               group_shares=settings.group_shares, token_margin=margin,
-                               answerable=lambda job: JobOut.of(job).model_dump_json(),
-                               count=max(count, 0), whole=whole,
-                               reserve_limit=ep.reserve_limit if ep else 0.0,
-                               fuller=asking.now() if may_wait else None,
-                               seen_every=seen_every)
+        look = store.jobs.looking(pilot_id, seen.machine, offer, whole, now, seen_every)
+
+        def claimed(look: Looking) -> tuple[Claim, bytes | None]:
+            """The claim and its answer in one transaction: the answer is written out inside
+            it, so a job that cannot be answered raises before anything is committed, and
+            nothing is claimed (and the answer is serialized once)."""
+            shares, fuller = store.tokens.shares(), asking.now(than=seen) if may_wait else None
+            with store.tx():
+                claim = store.jobs.claim(
+                    look, pilot_id, seen.machine, offer, by=settings.fair_share_by,
+                    shares=shares, group_shares=settings.group_shares, token_margin=margin,
+                    count=max(count, 0), whole=whole,
+                    reserve_limit=ep.reserve_limit if ep else 0.0, fuller=fuller, now=now,
+                    strand_limit=ep.strand_limit if ep else None)
+                if not claim.jobs:
+                    return claim, None
+                return claim, MatchOut(matches=[
+                    Match(job=JobOut.of(job), token=token,
+                          token_expires_in=job.requirements.max_runtime + margin,
+                          attempt=job.attempt, lease=store.jobs.lease)
+                    for job, token in claim.jobs]).model_dump_json().encode()
+
+        got, answer = (Claim([]), None) if look is None else retried(lambda: claimed(look))
         asking.defer(bool(got.deferred))
         left_to = asking.fuller(pilot_id, got.deferred) if got.deferred else []
         seen = dataclasses.replace(seen, busy_until=got.busy_until)
         draining = got.draining
         if draining:
             asking.leave(pilot_id)
-        return got.jobs
+        return answer
 
     deadline = time.monotonic() + spread(min(body.wait, settings.long_poll_max))
     notifier = request.app.state.notifier
@@ -164,11 +185,7 @@ async def match(pilot_id: str, body: MatchIn, request: Request, store: StoreDep,
                 asking.leave(pilot_id)
                 if asking.deferred():  # work left to this pilot may not be its choice
                     notifier.fire()
-                return MatchOut(matches=[
-                    Match(job=JobOut.of(job), token=token,
-                          token_expires_in=job.requirements.max_runtime + margin,
-                          attempt=job.attempt, lease=store.jobs.lease)
-                    for job, token in got])
+                return Response(got, media_type="application/json")
             left = deadline - time.monotonic()
             if count <= 0 or left <= 0 or await request.is_disconnected():
                 return Response(status_code=204)
@@ -189,6 +206,18 @@ def spread(wait: float) -> float:
 
 
 LONG_WAIT = 10.0  # seconds: waits this long or longer are spread
+
+
+def renew_credential(store: Store, p: PilotCredential, ep: EndpointConfig | None,
+                     now: float) -> bool:
+    """Renew the pilot's own credential when a share of its lifetime has passed (not at
+    every request); whether it was renewed (issue 26: heartbeats renew it, and an idle
+    pilot's long-poll)."""
+    lifetime = credential_lifetime(ep)
+    if not renewal_due(p.principal().expires_at, lifetime, now):
+        return False
+    store.tokens.renew(p.principal().token_id, now + lifetime)
+    return True
 
 
 def credential_lifetime(ep: EndpointConfig | None) -> float:
@@ -214,13 +243,12 @@ def heartbeat(pilot_id: str, body: HeartbeatIn, store: StoreDep, settings: Setti
     passed (not at every heartbeat); answers which jobs to stop (and which of them at once:
     no longer its own). One transaction."""
     pilot = _own_pilot(store, p, pilot_id)
-    lifetime, now = credential_lifetime(settings.endpoint(str(pilot["endpoint"]))), time.time()
+    now = time.time()
     with store.tx():
         state = store.machines.pilot_seen(pilot_id, str(pilot["machine"]), now)
         got = store.jobs.heartbeat(pilot_id, {j.id: j.progress for j in body.jobs},
                                    attempts={j.id: j.attempt for j in body.jobs if j.attempt})
-        if renewal_due(p.principal().expires_at, lifetime, now):
-            store.tokens.renew(p.principal().token_id, now + lifetime)
+        renew_credential(store, p, settings.endpoint(str(pilot["endpoint"])), now)
     return HeartbeatOut(stop=got.stop, lost=got.lost, lease=got.lease,
                         drain=state in DRAIN_STATES)
 

@@ -101,6 +101,11 @@ class ApiClient:
     def usage(self, by: str, since: str) -> dict[str, Any]:
         return self.request("GET", "/api/v1/usage", params={"by": by, "since": since})
 
+    def whatif(self, since: str, until: str | None, config: str,
+               endpoint: str | None = None) -> dict[str, Any]:
+        return self.request("POST", "/api/v1/whatif", json={
+            "since": since, "until": until, "config": config, "endpoint": endpoint})
+
     def summary(self) -> dict[str, Any]:
         return self.request("GET", "/api/v1/summary")
 

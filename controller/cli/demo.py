@@ -20,7 +20,7 @@ import uvicorn
 from controller.app import create_app
 from controller.auth import Role
 from controller.cli.client import ApiClient, ApiError
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 from controller.server import mark_closing
 from controller.store import Store
 
@@ -44,7 +44,7 @@ def demo_settings(root: Path, port: int) -> Settings:
     return Settings(
         database=root / "cloudpilot.db", data_dir=root / "data", port=port,
         loop_interval=0.5, lease=20, sample_interval=2,
-        endpoints=[EndpointConfig(
+        endpoints=[endpoint_config(
             name="local", cores=2, memory_mb=2048, slots=2, tags=["linux"], max_machines=3,
             max_starts_per_cycle=2, idle_timeout=3, heartbeat_interval=1, lost_after=15,
             boot_timeout=30, isolation=demo_isolation())],
@@ -101,10 +101,8 @@ def _line(summary: dict[str, Any], elapsed: float) -> str:
     return f"[{elapsed:5.1f}s] jobs: {jobs} | machines: {up} up, {boot} booting"
 
 
-def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
-    out = out or sys.stdout
-    root = Path(tempfile.mkdtemp(prefix="cloudpilot-demo-"))
-    settings = demo_settings(root, free_port())
+def _users(settings: Settings, root: Path) -> tuple[dict[str, str], str]:
+    """The demo's users (alice, bob) and an admin, each token also in ROOT/WHO.token."""
     store = Store(settings.database)
     tokens = {}
     for user, group in (("alice", "physics"), ("bob", "biology")):
@@ -116,6 +114,10 @@ def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
         f = root / f"{who}.token"
         f.write_text(token + "\n")
         f.chmod(0o600)
+    return tokens, admin
+
+
+def _announce(settings: Settings, root: Path, out: Any) -> None:
     print(f"cloudpilot demo: controller on {settings.url}, local endpoint 'local' "
           f"(up to 3 machines x 2 slots of 2 cores), data in {root}", file=out)
     if settings.endpoints[0].isolation == "none":
@@ -126,57 +128,82 @@ def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
         print("payloads run sandboxed by bubblewrap (isolation = bwrap)", file=out)
     print(f"dashboard: {settings.url}/  (log in with the token in {root}/admin.token, or "
           f"alice.token, bob.token)", file=out, flush=True)
-    start = time.monotonic()
+
+
+def _submit(url: str, tokens: dict[str, str], out: Any) -> tuple[int, dict[int, str]]:
+    """Each user's demo jobs: how many, and those that will wait (with why)."""
+    stuck: dict[int, str] = {}
+    n = 0
+    for user, jobs in demo_jobs().items():
+        res = ApiClient(url, tokens[user]).submit(jobs)
+        n += len(res["ids"])
+        stuck.update({int(k): v for k, v in res["unmatchable"].items()})
+        print(f"{user} submitted {len(res['ids'])} jobs", file=out)
+    for jid, why in stuck.items():
+        print(f"job {jid} will wait: {why}", file=out)
+    return n, stuck
+
+
+def _until_drained(watch: ApiClient, n: int, stuck: int, start: float, out: Any) -> int:
+    """A status line as the queue drains (rewritten in place on a terminal); 1 if the time
+    limit comes first."""
+    tty = out.isatty() if hasattr(out, "isatty") else False
+    last = ""
     rc = 0
+    while True:
+        elapsed = time.monotonic() - start
+        s = watch.summary()
+        line = _line(s, elapsed)
+        if tty:
+            _say(out, "\r" + line, end="")
+        elif line.split("]", 1)[1] != last:
+            _say(out, line)
+            last = line.split("]", 1)[1]
+        j = s["jobs"]
+        settled = sum(j.get(k, 0) for k in ("done", "failed", "killed")) + stuck
+        if settled >= n and not s["machines"]:
+            break
+        if elapsed > TIME_LIMIT:
+            print("\ndemo: time limit reached before the queue drained", file=out)
+            rc = 1
+            break
+        time.sleep(0.5)
+    if tty:
+        print(file=out)
+    return rc
+
+
+def _stay(settings: Settings, root: Path, out: Any) -> None:
+    print(f"\nthe controller stays up: dashboard {settings.url}/ (token in "
+          f"{root}/admin.token); Ctrl-C to stop", file=out, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print(file=out)
+
+
+def run_demo(keep: bool = False, out: Any = None, stay: bool = False) -> int:
+    out = out or sys.stdout
+    root = Path(tempfile.mkdtemp(prefix="cloudpilot-demo-"))
+    settings = demo_settings(root, free_port())
+    tokens, admin = _users(settings, root)
+    _announce(settings, root, out)
+    start = time.monotonic()
     try:
         with Server(settings):
             watch = ApiClient(settings.url, admin)
-            stuck: dict[int, str] = {}
-            n = 0
-            for user, jobs in demo_jobs().items():
-                res = ApiClient(settings.url, tokens[user]).submit(jobs)
-                n += len(res["ids"])
-                stuck.update({int(k): v for k, v in res["unmatchable"].items()})
-                print(f"{user} submitted {len(res['ids'])} jobs", file=out)
-            for jid, why in stuck.items():
-                print(f"job {jid} will wait: {why}", file=out)
+            n, stuck = _submit(settings.url, tokens, out)
             follower = threading.Thread(target=_follow, args=(
                 ApiClient(settings.url, tokens["alice"]), LIVE_JOB, out), daemon=True)
             follower.start()
-            tty = out.isatty() if hasattr(out, "isatty") else False
-            last = ""
-            while True:
-                elapsed = time.monotonic() - start
-                s = watch.summary()
-                line = _line(s, elapsed)
-                if tty:
-                    _say(out, "\r" + line, end="")
-                elif line.split("]", 1)[1] != last:
-                    _say(out, line)
-                    last = line.split("]", 1)[1]
-                j = s["jobs"]
-                settled = sum(j.get(k, 0) for k in ("done", "failed", "killed")) + len(stuck)
-                if settled >= n and not s["machines"]:
-                    break
-                if elapsed > TIME_LIMIT:
-                    print("\ndemo: time limit reached before the queue drained", file=out)
-                    rc = 1
-                    break
-                time.sleep(0.5)
-            if tty:
-                print(file=out)
+            rc = _until_drained(watch, n, len(stuck), start, out)
             follower.join(5)
             _summary(watch, out, time.monotonic() - start)
             _fetch_back(ApiClient(settings.url, tokens["alice"]), FILE_JOB, root / "outputs",
                         out)
             if stay:
-                print(f"\nthe controller stays up: dashboard {settings.url}/ (token in "
-                      f"{root}/admin.token); Ctrl-C to stop", file=out, flush=True)
-                try:
-                    while True:
-                        time.sleep(3600)
-                except KeyboardInterrupt:
-                    print(file=out)
+                _stay(settings, root, out)
     finally:
         if keep:
             print(f"kept {root}", file=out)

@@ -1,6 +1,15 @@
 """One typed settings object: a TOML file, overridden by CLOUDPILOT_* environment variables.
 
-Relative paths in the file are taken relative to the file's folder."""
+Relative paths in the file are taken relative to the file's folder.
+
+`Settings` holds the controller's own settings and its `endpoints`, each one the model of its
+kind, chosen by its `driver`: `LocalEndpointConfig`, `SshEndpointConfig`, `SlurmEndpointConfig`,
+`SgeEndpointConfig`, `AwsEndpointConfig`, `OpenStackEndpointConfig`, or `PluginEndpointConfig`
+for a kind a plugin adds. They share `EndpointConfig` (what every endpoint has) and, for those
+that start machines by name, `PricedEndpointConfig`; each setting and its default is written
+once, in the model of the kinds that have it. An option a kind does not have is an error that
+names the driver and the key (`config_error`). Build one endpoint's settings in code with
+`endpoint_config(...)`."""
 
 from __future__ import annotations
 
@@ -11,16 +20,21 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from controller.config.clouds import AwsConfig, OpenStackConfig
@@ -33,7 +47,6 @@ from controller.domain.pricing import Market, Offer
 from controller.domain.scheduling import EndpointSpec
 from controller.errors import ConfigError
 
-CLOUD_DRIVERS = ("aws", "openstack")
 # settings renamed: the old name is still read, with a warning, for one release
 RENAMED = {"stalled_after": "lease"}
 
@@ -150,22 +163,33 @@ class BatchSiteConfig(BaseModel):
         return self.wall_time - self.time_margin
 
 
+def _command_option(command: str, pattern: str, form: str) -> AfterValidator:
+    """A check that a string is one option of a batch system's submit command, written so
+    that no shell reads more into it."""
+    def check(o: str) -> str:
+        if not re.fullmatch(pattern, o):
+            raise ValueError(f"{command} option {o!r}: write it as {form}")
+        return o
+
+    return AfterValidator(check)
+
+
+SbatchOption = Annotated[str, _command_option(
+    "sbatch", r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?",
+    "--name or --name=value (no spaces, quotes or shell characters)")]
+QsubOption = Annotated[str, _command_option(
+    "qsub", r"-[a-z][A-Za-z_]*( [^\s'\"\\;&|`$<>]+)?",
+    "-name or -name value (one value, no quotes or shell characters)")]
+
+
 class SlurmConfig(BatchSiteConfig):
     """A Slurm cluster (driver = "slurm"): what each pilot job asks sbatch for."""
 
     partition: str | None = Field(None, pattern=SLURM_NAME)
     account: str | None = Field(None, pattern=SLURM_NAME)
     qos: str | None = Field(None, pattern=SLURM_NAME)
-    sbatch_options: list[str] = Field(default_factory=list, description="more sbatch "
+    sbatch_options: list[SbatchOption] = Field(default_factory=list, description="more sbatch "
                                       "options, each '--name' or '--name=value'")
-
-    @model_validator(mode="after")
-    def _options(self) -> SlurmConfig:
-        for o in self.sbatch_options:
-            if not re.fullmatch(r"--[a-z][a-z-]*(=[^\s'\"\\;&|`$<>]+)?", o):
-                raise ValueError(f"sbatch option {o!r}: write it as --name or --name=value "
-                                 "(no spaces, quotes or shell characters)")
-        return self
 
 
 class SgeConfig(BatchSiteConfig):
@@ -179,23 +203,12 @@ class SgeConfig(BatchSiteConfig):
     memory_resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$",
                                         description="the complex a pilot asks its memory of "
                                         "per slot (e.g. h_vmem, mem_free; none by default)")
-    qsub_options: list[str] = Field(default_factory=list, description="more qsub options, "
+    qsub_options: list[QsubOption] = Field(default_factory=list, description="more qsub options, "
                                     "each '-name' or '-name value' (e.g. '-l arch=lx-amd64')")
     accounting_file: str = Field("$SGE_ROOT/${SGE_CELL:-default}/common/accounting",
                                  pattern=r"^[A-Za-z0-9_./~${}:-]{1,300}$",
                                  description="where ended jobs are read (accounting(5)), as "
                                  "the login node's shell sees it")
-
-    @model_validator(mode="after")
-    def _options(self) -> SgeConfig:
-        for o in self.qsub_options:
-            if not re.fullmatch(r"-[a-z][A-Za-z_]*( [^\s'\"\\;&|`$<>]+)?", o):
-                raise ValueError(f"qsub option {o!r}: write it as -name or -name value "
-                                 "(one value, no quotes or shell characters)")
-        return self
-
-
-BATCH_DRIVERS = ("slurm", "sge")  # drivers of batch-system sites: their sections
 
 
 def _both_markets() -> list[Market]:
@@ -246,13 +259,20 @@ class PriceConfig(BaseModel):
         return self
 
 
+# --- endpoints: one model per kind (`driver`) ---------------------------------------------
+# EndpointConfig holds what every kind has; PricedEndpointConfig adds what endpoints that start
+# machines of several types, zones and markets have (local, aws, openstack); each kind's model
+# adds only its own options. `Settings.endpoints` picks the model by `driver`, so an option of
+# another kind is refused by pydantic itself, naming the kind and the key.
 class EndpointConfig(BaseModel):
-    """One endpoint: where machines come from (driver) and what each machine offers."""
+    """One endpoint: where machines come from (driver) and what each machine offers. The part
+    every kind of endpoint has; build one with `endpoint_config(...)`."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
-    driver: Literal["local", "ssh", "slurm", "sge", "aws", "openstack"] = "local"
+    driver: str = Field("local", description="the kind of endpoint: local, ssh, slurm, sge, "
+                        "aws, openstack, or one a plugin adds")
     cores: int = Field(2, ge=1, le=1024, description="cores per machine")
     memory_mb: int = Field(2048, ge=64, description="memory per machine")
     tags: list[str] = Field(default_factory=lambda: ["linux"])
@@ -270,58 +290,13 @@ class EndpointConfig(BaseModel):
     apply_timeout: float = Field(1800.0, gt=0, description="longest apply (a Pulumi up, an "
                                  "Ansible run) before it counts as failed (s)")
     max_runtime: int | None = Field(None, ge=1, description="longest job this endpoint runs")
-    # price-aware endpoints: several machine types x zones, spot or on demand
-    machine_types: list[MachineTypeConfig] = Field(default_factory=list)
-    prices: PriceConfig | None = None
-    max_spend_per_hour: float | None = Field(None, gt=0, description="USD per hour")
-    diversity: float = Field(0.1, ge=0, le=10, description="preference for pools (type x "
-                             "zone) that hold less of the fleet; 0 = cheapest only")
-    drain_below: float = Field(0.25, ge=0, le=1, description="consolidation: a machine using "
-                               "at most this share of its cores may drain")
-    drain_budget: float = Field(0.0, ge=0, le=1, description="consolidation: at most this "
-                                "share of the live machines drains at once (0: never)")
-    size_tolerance: float = Field(0.05, ge=0, le=1, description="new machines: the smallest "
-                                  "type within this share of the best price per used core")
-    headroom: float = Field(0.0, ge=0, le=1, description="free cores kept (share of the live "
-                            "machines' cores) for work that arrives before a machine boots")
     reserve_limit: float = Field(300.0, ge=0, description="hold a machine's cores for a wide "
                                  "job only if its running jobs free them within this (s)")
-    extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
-                                       "running jobs only if it should end at most this "
-                                       "long (s) after them (default: no limit)")
+    # the matcher reads it for every kind, the scheduler of the priced ones too
     strand_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
                                        "running jobs only if the machine's other cores x how "
                                        "long it should outlive its jobs stay within this "
                                        "(core-seconds; default: no limit)")
-    # --- issue 24: when the cloud says no -------------------------------------------------
-    refusal_ttl: float = Field(180.0, gt=0, description="an offer (type x zone x market) a "
-                               "cloud refused for capacity or quota is not tried for this "
-                               "long (s), doubled while it keeps being refused")
-    refusal_ttl_max: float = Field(3600.0, gt=0, description="the longest such block (s)")
-    fallback_after: float | None = Field(
-        None, ge=0, description="the fallback ladder: a job that has waited this long (s) for "
-        "a spot machine may get an on-demand one (a job's own fallback_after wins; default: "
-        "no ladder, the cheapest market at once)")
-    wait_cost: float = Field(
-        0.05, ge=0, description="USD an hour's wait of one core of waiting work costs: an "
-        "offer whose machines boot slowly, or whose pilots never register (measured over the "
-        "last day), costs that much more per used core-hour of its expected delay")
-    refuse: dict[str, int] = Field(
-        default_factory=dict, description="driver local (tests, demos): pools "
-        "('type/zone/market') whose launches are refused as sold out, each the first N times "
-        "(0: always)")
-    # --- end issue 24 ----------------------------------------------------------------------
-    slow_start: float = Field(
-        0.0, ge=0, le=600, description="driver local (tests, demos): a slow cloud, seconds "
-        "the driver waits before it starts each machine")
-    ssh: SshConfig | None = Field(None, description="driver ssh: hosts, user, key, host keys")
-    slurm: SlurmConfig | None = Field(None, description="driver slurm: login node, partition"
-                                      ", wall time, queue limits")
-    sge: SgeConfig | None = Field(None, description="driver sge: login node, queue, project, "
-                                  "parallel environment, h_rt, queue limits")
-    via: Literal["direct", "pulumi"] = Field(
-        "direct", description="driver local: start pilot processes directly, or through a "
-        "Pulumi stack (stacks/local: the real engine, its plans and state)")
     isolation: Literal["bwrap", "user", "none"] = Field(
         "bwrap", description="how pilots sandbox each payload: bwrap (bubblewrap: it sees "
         "only its job directory and the system's read-only files), user (a dedicated "
@@ -334,21 +309,6 @@ class EndpointConfig(BaseModel):
     orphan_timeout: float = Field(
         600.0, gt=0, description="a pilot that cannot reach the controller this long leaves "
         "(at once when idle, else when its jobs' leases run out) (s)")
-    # --- end of issue 26 settings ---------------------------------------------------------
-
-    @model_validator(mode="after")
-    def _types_need_prices(self) -> EndpointConfig:
-        spot = any("spot" in t.markets for t in self.machine_types)
-        if spot and self.prices is None:
-            raise ValueError("machine types on spot need a price source ([endpoints.prices])")
-        names = [t.name for t in self.machine_types]
-        if len(set(names)) != len(names):
-            raise ValueError("machine type names must be unique")
-        return self
-
-    def offers(self) -> tuple[Offer, ...]:
-        return tuple(o for t in self.machine_types for o in t.offers())
-
     # plans: applied automatically, under a threshold, or after an operator approves them
     auto_apply: bool | None = Field(
         None, description="apply every plan automatically (default: true for local and ssh, "
@@ -359,75 +319,35 @@ class EndpointConfig(BaseModel):
         None, ge=0, description="... and up to this added cost per hour")
     cost_per_hour: float | None = Field(
         None, ge=0, description="what one machine costs per hour (default: a spot max price)")
-    # cloud endpoints: how machines are contextualized, and the cloud's own section
-    contextualization: Literal["pilot", "ssh"] = "pilot"
-    ssh_endpoint: str | None = Field(
-        None, description="ssh mode: the SSH endpoint that deploys pilots on these machines")
-    aws: AwsConfig | None = None
-    openstack: OpenStackConfig | None = None
+
+    # plans of this kind are applied automatically unless the config says otherwise
+    AUTO_APPLY: ClassVar[bool] = True
 
     @model_validator(mode="after")
-    def _driver_sections(self) -> EndpointConfig:
-        if self.via == "pulumi" and self.driver != "local":
-            raise ValueError("via = 'pulumi' is for driver 'local' (aws and openstack always "
-                             "go through Pulumi)")
+    def _auto_apply(self) -> EndpointConfig:
         if self.auto_apply is None:
-            self.auto_apply = self.driver not in CLOUD_DRIVERS
-        for kind in CLOUD_DRIVERS:
-            if self.driver == kind and getattr(self, kind) is None:
-                raise ValueError(f"driver {kind!r} needs an [endpoints.{kind}] section")
-            if self.driver != kind and getattr(self, kind) is not None:
-                raise ValueError(f"an [endpoints.{kind}] section needs driver = {kind!r}")
-        if self.contextualization == "ssh":
-            cloud = self.cloud()
-            if cloud is None:
-                raise ValueError("contextualization = 'ssh' is for cloud endpoints")
-            if not (cloud.public_key or cloud.public_key_file):
-                raise ValueError("contextualization = 'ssh' needs a public_key (or "
-                                 "public_key_file) in the cloud section")
-            if not cloud.ssh_cidr:
-                raise ValueError("contextualization = 'ssh' needs ssh_cidr in the cloud "
-                                 "section: who may reach the machines' port 22")
-            if not self.ssh_endpoint:
-                raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
-                                 "endpoint that deploys pilots on these machines")
-        if self.driver in CLOUD_DRIVERS and self.isolation == "user":
-            raise ValueError("isolation = 'user' needs a pilot running as root; cloud "
-                             "machines run it as the user cloudpilot: use 'bwrap'")
-        return self
-
-    def cloud(self) -> AwsConfig | OpenStackConfig | None:
-        return self.aws or self.openstack
-
-    def machine_cost_per_hour(self) -> float | None:
-        if self.cost_per_hour is not None:
-            return self.cost_per_hour
-        return self.aws.spot_max_price if self.aws is not None else None
-
-    def approval_policy(self) -> ApprovalPolicy:
-        return ApprovalPolicy(bool(self.auto_apply), self.auto_apply_max_new,
-                              self.auto_apply_max_cost_per_hour, self.machine_cost_per_hour())
-
-    @model_validator(mode="after")
-    def _ssh_section(self) -> EndpointConfig:
-        if self.driver == "ssh" and self.ssh is None:
-            raise ValueError("an ssh endpoint needs an [endpoints.ssh] section (user, key)")
-        if self.driver != "ssh" and self.ssh is not None:
-            raise ValueError(f"an [endpoints.ssh] section needs driver = \"ssh\", "
-                             f"not {self.driver}")
-        for name in BATCH_DRIVERS:
-            if self.driver == name and getattr(self, name) is None:
-                raise ValueError(f"a {name} endpoint needs an [endpoints.{name}] section "
-                                 "(login node address, user, key)")
-            if self.driver != name and getattr(self, name) is not None:
-                raise ValueError(f"an [endpoints.{name}] section needs driver = \"{name}\", "
-                                 f"not {self.driver}")
+            self.auto_apply = self.AUTO_APPLY
         return self
 
     @property
     def batch(self) -> BatchSiteConfig | None:
         """The batch-system section of a batch endpoint (slurm, sge), else None."""
-        return self.slurm or self.sge
+        return None
+
+    def cloud(self) -> AwsConfig | OpenStackConfig | None:
+        """The cloud section of a cloud endpoint (aws, openstack), else None."""
+        return None
+
+    def offers(self) -> tuple[Offer, ...]:
+        """The machine types x zones x markets it may start (none: every machine alike)."""
+        return ()
+
+    def machine_cost_per_hour(self) -> float | None:
+        return self.cost_per_hour
+
+    def approval_policy(self) -> ApprovalPolicy:
+        return ApprovalPolicy(bool(self.auto_apply), self.auto_apply_max_new,
+                              self.auto_apply_max_cost_per_hour, self.machine_cost_per_hour())
 
     def shape(self) -> SlotOffer:
         return SlotOffer(self.name, self.cores, self.memory_mb, frozenset(self.tags),
@@ -445,13 +365,9 @@ class EndpointConfig(BaseModel):
                               self.batch.max_runtime if self.batch else None) if x is not None]
         return min(limits) if limits else None
 
-    def batch_spec(self) -> BatchSpec:
-        """A batch endpoint's settings as domain/batch.py's decision reads them."""
-        b = self.batch
-        assert b is not None
-        return BatchSpec(self.name, self.shape(), self.slots, self.max_machines, b.max_queued,
-                         self.max_starts_per_cycle, b.pending_timeout, b.pending_backoff,
-                         self.boot_timeout, self.lost_after)
+    def spec_options(self) -> dict[str, Any]:
+        """The scheduler's options beyond what every kind has (see PricedEndpointConfig)."""
+        return {}
 
     def spec(self) -> EndpointSpec:
         return EndpointSpec(
@@ -463,19 +379,260 @@ class EndpointConfig(BaseModel):
             idle_timeout=self.idle_timeout,
             boot_timeout=self.boot_timeout,
             lost_after=self.lost_after,
-            offers=self.offers(),
-            max_spend_per_hour=self.max_spend_per_hour,
-            diversity=self.diversity,
-            drain_below=self.drain_below,
-            drain_budget=self.drain_budget,
             reserve_limit=self.reserve_limit,
-            extend_limit=self.extend_limit,
-            strand_limit=self.strand_limit,
-            size_tolerance=self.size_tolerance,
-            headroom=self.headroom,
-            fallback_after=self.fallback_after,
-            wait_cost=self.wait_cost,
+            **self.spec_options(),
         )
+
+
+class SshEndpointConfig(EndpointConfig):
+    """driver = "ssh": a pool of hosts reached over SSH, pilots deployed with Ansible."""
+
+    driver: Literal["ssh"] = "ssh"
+    ssh: SshConfig = Field(description="driver ssh: hosts, user, key, host keys")
+
+
+class BatchEndpointConfig(EndpointConfig):
+    """A batch-system site (slurm, sge): pilots are batch jobs on its compute nodes."""
+
+    @property
+    def batch(self) -> BatchSiteConfig:
+        section: BatchSiteConfig = getattr(self, self.driver)  # [endpoints.slurm], ...sge]
+        return section
+
+    def batch_spec(self) -> BatchSpec:
+        """A batch endpoint's settings as domain/batch.py's decision reads them."""
+        b = self.batch
+        return BatchSpec(self.name, self.shape(), self.slots, self.max_machines, b.max_queued,
+                         self.max_starts_per_cycle, b.pending_timeout, b.pending_backoff,
+                         self.boot_timeout, self.lost_after)
+
+
+class SlurmEndpointConfig(BatchEndpointConfig):
+    """driver = "slurm"."""
+
+    driver: Literal["slurm"] = "slurm"
+    slurm: SlurmConfig = Field(description="driver slurm: login node, partition, wall time, "
+                               "queue limits")
+
+
+class SgeEndpointConfig(BatchEndpointConfig):
+    """driver = "sge"."""
+
+    driver: Literal["sge"] = "sge"
+    sge: SgeConfig = Field(description="driver sge: login node, queue, project, parallel "
+                           "environment, h_rt, queue limits")
+
+class PricedEndpointConfig(EndpointConfig):
+    """What endpoints that start machines by name have (local, aws, openstack): several
+    machine types x zones, spot or on demand, and how the scheduler packs and drains them."""
+
+    machine_types: list[MachineTypeConfig] = Field(default_factory=list)
+    prices: PriceConfig | None = None
+    max_spend_per_hour: float | None = Field(None, gt=0, description="USD per hour")
+    diversity: float = Field(0.1, ge=0, le=10, description="preference for pools (type x "
+                             "zone) that hold less of the fleet; 0 = cheapest only")
+    drain_below: float = Field(0.25, ge=0, le=1, description="consolidation: a machine using "
+                               "at most this share of its cores may drain")
+    drain_budget: float = Field(0.0, ge=0, le=1, description="consolidation: at most this "
+                                "share of the live machines drains at once (0: never)")
+    size_tolerance: float = Field(0.05, ge=0, le=1, description="new machines: the smallest "
+                                  "type within this share of the best price per used core")
+    headroom: float = Field(0.0, ge=0, le=1, description="free cores kept (share of the live "
+                            "machines' cores) for work that arrives before a machine boots")
+    extend_limit: float | None = Field(None, ge=0, description="a job goes on a machine "
+                                       "running jobs only if it should end at most this "
+                                       "long (s) after them (default: no limit)")
+    # --- issue 24: when the cloud says no -------------------------------------------------
+    refusal_ttl: float = Field(180.0, gt=0, description="an offer (type x zone x market) a "
+                               "cloud refused for capacity or quota is not tried for this "
+                               "long (s), doubled while it keeps being refused")
+    refusal_ttl_max: float = Field(3600.0, gt=0, description="the longest such block (s)")
+    fallback_after: float | None = Field(
+        None, ge=0, description="the fallback ladder: a job that has waited this long (s) for "
+        "a spot machine may get an on-demand one (a job's own fallback_after wins; default: "
+        "no ladder, the cheapest market at once)")
+    wait_cost: float = Field(
+        0.05, ge=0, description="USD an hour's wait of one core of waiting work costs: an "
+        "offer whose machines boot slowly, or whose pilots never register (measured over the "
+        "last day), costs that much more per used core-hour of its expected delay")
+    # --- end issue 24 ----------------------------------------------------------------------
+
+    @model_validator(mode="after")
+    def _types_need_prices(self) -> PricedEndpointConfig:
+        spot = any("spot" in t.markets for t in self.machine_types)
+        if spot and self.prices is None:
+            raise ValueError("machine types on spot need a price source ([endpoints.prices])")
+        if repeated(t.name for t in self.machine_types):
+            raise ValueError("machine type names must be unique")
+        return self
+
+    def offers(self) -> tuple[Offer, ...]:
+        return tuple(o for t in self.machine_types for o in t.offers())
+
+    # its options the scheduler reads (EndpointSpec's fields of the same names)
+    SPEC_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "max_spend_per_hour", "diversity", "drain_below", "drain_budget", "extend_limit",
+        "strand_limit", "size_tolerance", "headroom", "fallback_after", "wait_cost")
+
+    def spec_options(self) -> dict[str, Any]:
+        return {"offers": self.offers(), **{k: getattr(self, k) for k in self.SPEC_OPTIONS}}
+
+
+class LocalEndpointConfig(PricedEndpointConfig):
+    """driver = "local" (the default): machines are pilot processes on this host."""
+
+    driver: Literal["local"] = "local"
+    via: Literal["direct", "pulumi"] = Field(
+        "direct", description="start pilot processes directly, or through a Pulumi stack "
+        "(stacks/local: the real engine, its plans and state)")
+    refuse: dict[str, int] = Field(
+        default_factory=dict, description="tests, demos: pools ('type/zone/market') whose "
+        "launches are refused as sold out, each the first N times (0: always)")
+    slow_start: float = Field(
+        0.0, ge=0, le=600, description="tests, demos: a slow cloud, seconds the driver waits "
+        "before it starts each machine")
+
+
+class CloudEndpointConfig(PricedEndpointConfig):
+    """A cloud's machines (aws, openstack), always through Pulumi, contextualized by the pilot
+    they start or by an SSH endpoint."""
+
+    AUTO_APPLY: ClassVar[bool] = False
+
+    contextualization: Literal["pilot", "ssh"] = "pilot"
+    ssh_endpoint: str | None = Field(
+        None, description="ssh mode: the SSH endpoint that deploys pilots on these machines")
+
+    @model_validator(mode="after")
+    def _contextualization(self) -> CloudEndpointConfig:
+        if self.contextualization == "ssh":
+            cloud = self.cloud()
+            assert cloud is not None
+            if not (cloud.public_key or cloud.public_key_file):
+                raise ValueError("contextualization = 'ssh' needs a public_key (or "
+                                 "public_key_file) in the cloud section")
+            if not cloud.ssh_cidr:
+                raise ValueError("contextualization = 'ssh' needs ssh_cidr in the cloud "
+                                 "section: who may reach the machines' port 22")
+            if not self.ssh_endpoint:
+                raise ValueError("contextualization = 'ssh' needs ssh_endpoint: the SSH "
+                                 "endpoint that deploys pilots on these machines")
+        if self.isolation == "user":
+            raise ValueError("isolation = 'user' needs a pilot running as root; cloud "
+                             "machines run it as the user cloudpilot: use 'bwrap'")
+        return self
+
+
+class AwsEndpointConfig(CloudEndpointConfig):
+    """driver = "aws": EC2 machines."""
+
+    driver: Literal["aws"] = "aws"
+    aws: AwsConfig
+
+    def cloud(self) -> AwsConfig:
+        return self.aws
+
+    def machine_cost_per_hour(self) -> float | None:
+        if self.cost_per_hour is not None:
+            return self.cost_per_hour
+        return self.aws.spot_max_price
+
+
+class OpenStackEndpointConfig(CloudEndpointConfig):
+    """driver = "openstack"."""
+
+    driver: Literal["openstack"] = "openstack"
+    openstack: OpenStackConfig
+
+    def cloud(self) -> OpenStackConfig:
+        return self.openstack
+
+
+class PluginEndpointConfig(EndpointConfig):
+    """A kind a site's own package adds (entry point group `cloudpilot.endpoint_kinds`): its
+    options go in `[endpoints.options]`, checked by the kind's own `Options` model, if any."""
+
+    options: dict[str, Any] = Field(default_factory=dict, description="the plugin kind's "
+                                    "own options")
+
+    @field_validator("driver")
+    @classmethod
+    def _known_kind(cls, driver: str) -> str:
+        from controller.kinds import installed  # entry points are read when first needed
+
+        return installed(driver, ENDPOINT_KINDS)
+
+    @model_validator(mode="after")
+    def _options(self) -> PluginEndpointConfig:
+        from controller.kinds import plugin_kind
+
+        model = getattr(plugin_kind(self.driver), "Options", None)
+        if model is not None:
+            try:
+                self.options = model.model_validate(self.options).model_dump()
+            except ValidationError as e:
+                raise ValueError(f"driver {self.driver!r}: " + "; ".join(
+                    f"options.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                    for err in e.errors())) from None
+        return self
+
+
+# driver -> its settings model (a plugin kind: PluginEndpointConfig)
+ENDPOINT_KINDS: dict[str, type[EndpointConfig]] = {
+    "local": LocalEndpointConfig, "ssh": SshEndpointConfig, "slurm": SlurmEndpointConfig,
+    "sge": SgeEndpointConfig, "aws": AwsEndpointConfig, "openstack": OpenStackEndpointConfig,
+}
+CLOUD_DRIVERS = ("aws", "openstack")
+BATCH_DRIVERS = ("slurm", "sge")  # drivers of batch-system sites: their sections
+
+
+def _kind_of(v: Any) -> str:
+    driver = v.get("driver", "local") if isinstance(v, dict) else getattr(v, "driver", "local")
+    return driver if driver in ENDPOINT_KINDS else "plugin"
+
+
+# an endpoint's settings: the model of its kind, chosen by `driver`
+AnyEndpoint = Annotated[
+    Annotated[LocalEndpointConfig, Tag("local")] | Annotated[SshEndpointConfig, Tag("ssh")]
+    | Annotated[SlurmEndpointConfig, Tag("slurm")] | Annotated[SgeEndpointConfig, Tag("sge")]
+    | Annotated[AwsEndpointConfig, Tag("aws")]
+    | Annotated[OpenStackEndpointConfig, Tag("openstack")]
+    | Annotated[PluginEndpointConfig, Tag("plugin")],
+    Discriminator(_kind_of)]
+_ENDPOINT = TypeAdapter(AnyEndpoint)
+
+
+def _one_local_endpoint() -> list[AnyEndpoint]:
+    return [LocalEndpointConfig(name="local")]
+
+
+def endpoint_config(**data: Any) -> EndpointConfig:
+    """An endpoint's settings, as the config file's [[endpoints]] table `data` gives them:
+    the model of its `driver`."""
+    try:
+        ep: EndpointConfig = _ENDPOINT.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(f"endpoint {data.get('name')}: "
+                          + "; ".join(config_error(err) for err in e.errors())) from None
+    return ep
+
+def config_error(err: ErrorDetails) -> str:
+    """One line for one of pydantic's errors: where (`endpoints.0.key`, without pydantic's
+    kind tag) and what; an option of an endpoint that its kind does not have names the kind,
+    the key and the kinds that have it."""
+    loc = list(err["loc"])
+    at = 2 if loc[:1] == ["endpoints"] else 0  # the kind's tag: in a Settings, or alone
+    kind = str(loc.pop(at)) if len(loc) > at and loc[at] in (*ENDPOINT_KINDS, "plugin") \
+        else None
+    where = ".".join(map(str, loc)) or "endpoint"
+    key = str(loc[at]) if kind and len(loc) == at + 1 else None
+    if key and err["type"] == "extra_forbidden":
+        owners = [k for k, m in ENDPOINT_KINDS.items() if key in m.model_fields]
+        elsewhere = f" (drivers with it: {', '.join(owners)})" if owners else ""
+        return f"{where}: driver {kind!r} has no option {key}{elsewhere}"
+    if key and err["type"] == "missing":
+        return f"{where}: driver {kind!r} needs an [endpoints.{key}] section"
+    return f"{where}: {err['msg']}" + (f" (driver {kind!r})" if kind and kind != "plugin" else "")
 
 
 def read_toml(p: Path) -> dict[str, Any]:
@@ -533,6 +690,13 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="seconds after which used core-seconds count half")
     group_shares: dict[str, float] = Field(
         default_factory=dict, description="fair-share weight per group (default 1)")
+    group_budgets: dict[str, float] = Field(
+        default_factory=dict, description="USD per calendar month (UTC) per group: a group "
+        "that has spent its budget gets no new machines started for its work until the month "
+        "ends (its running jobs go on; groups not listed: no budget)")
+    budget_check_interval: float = Field(
+        30.0, gt=0, description="seconds between two reads of the groups' spend this month "
+        "against group_budgets (the loop and the waiting jobs' reasons)")
     max_spend_per_hour: float | None = Field(None, gt=0, description="all endpoints, USD/h")
     max_machines_total: int | None = Field(None, ge=0, description="all endpoints")
     tick_retention: int = Field(2000, ge=10, description="scheduler ticks kept per endpoint")
@@ -578,8 +742,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="seconds between drift checks (a preview that expects no "
         "changes) of each Pulumi stack")
     # the embedded default: one local endpoint whose machines are pilot processes on this host
-    endpoints: list[EndpointConfig] = Field(
-        default_factory=lambda: [EndpointConfig(name="local")])
+    endpoints: list[AnyEndpoint] = Field(default_factory=_one_local_endpoint)
 
     @model_validator(mode="before")
     @classmethod
@@ -609,12 +772,16 @@ class Settings(BaseSettings):
         bad = sorted(g for g, v in self.group_shares.items() if v <= 0)
         if bad:
             raise ValueError(f"group_shares must be positive: {bad}")
+        bad = sorted(g for g, v in self.group_budgets.items() if v <= 0)
+        if bad:
+            raise ValueError(f"group_budgets must be positive: {bad}")
         dup = repeated(e.name for e in self.endpoints)
         if dup:
             raise ValueError(f"endpoint names must be unique: {dup}")
         for e in self.endpoints:
-            if e.driver in CLOUD_DRIVERS and e.contextualization == "pilot" \
-                    and not self.public_url:
+            if not isinstance(e, CloudEndpointConfig):
+                continue
+            if e.contextualization == "pilot" and not self.public_url:
                 raise ValueError(f"endpoint {e.name} starts pilots on cloud machines: set "
                                  "public_url to a controller URL those machines can reach")
             if e.ssh_endpoint is not None:
@@ -651,6 +818,11 @@ class Settings(BaseSettings):
     def url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 
+    def machine_prices(self) -> dict[str, float]:
+        """Each endpoint's configured hourly machine cost (machines started at a price of
+        their own, on priced endpoints, carry it instead)."""
+        return {e.name: e.machine_cost_per_hour() or 0.0 for e in self.endpoints}
+
     def endpoint(self, name: str) -> EndpointConfig | None:
         return next((e for e in self.endpoints if e.name == name), None)
 
@@ -684,5 +856,5 @@ class Settings(BaseSettings):
             data.update(overrides)
             return cls(**data)
         except ValidationError as e:
-            lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+            lines = [f"  {config_error(err)}" for err in e.errors()]
             raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -110,6 +110,21 @@ def window(text: str) -> float:
     return seconds
 
 
+def moment(text: str, now: float) -> float:
+    """A time from a window back from now ("7d", "12h") or an ISO 8601 time (UTC unless it
+    says otherwise); ValueError, with what was wrong, for anything else."""
+    try:
+        return now - window(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"bad time {text[:30]!r}: a window back from now (7d, 12h, 90m) or "
+                         "an ISO 8601 time (2026-12-01T00:00)") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
 def day_of(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d")
 

@@ -118,10 +118,14 @@ def to_wake(waiting: Sequence[SlotOffer | None],
     """Which waiting pilots a submission wakes: for each shape of new job (its requirements,
     how many), that many of the pilots whose offer fits it, those waiting longest first; a
     pilot that cannot take any of them stays asleep; the shapes fewest pilots fit are served
-    first. `waiting`: the offers of the waiting pilots, longest waiting first (None: unknown,
-    it may take anything). The positions of the pilots to wake, in order."""
+    first. `waiting`: the offers of the waiting pilots, longest waiting first (None: a pilot in
+    the middle of a look, its offer not yet said). Those are all woken, and none of them
+    counts toward what a shape needs: its look may have read the queues before the new jobs
+    were committed (woken, it looks once more), and it may not fit them (counted, it would
+    take the place of the pilot that does). The positions of the pilots to wake, in order."""
+    looking = {i for i, offer in enumerate(waiting) if offer is None}
     fitting = [(req, n, [i for i, offer in enumerate(waiting)
-                         if offer is None or fits(req, offer)]) for req, n in needs]
+                         if offer is not None and fits(req, offer)]) for req, n in needs]
     fitting.sort(key=lambda f: len(f[2]))  # the scarcest first: a GPU pilot for the GPU job
     taken: set[int] = set()
     for _, n, pilots in fitting:
@@ -131,4 +135,4 @@ def to_wake(waiting: Sequence[SlotOffer | None],
             if i not in taken:
                 taken.add(i)
                 n -= 1
-    return sorted(taken)
+    return sorted(taken | looking)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controller.domain.delivery import Delivery
 from controller.domain.fleet import (
@@ -277,8 +277,9 @@ def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], 
            short: bool) -> tuple[str, ...]:
     """Machines that take no new jobs and stop when their last job ends: those draining
     already (unless waiting work was placed on them), and, when the waiting work is covered
-    without them and nothing is started, the emptiest busy machines using at most
-    `drain_below` of their cores, within `drain_budget` of the live machines."""
+    without them and nothing is started, the busy machines using at most `drain_below` of
+    their cores whose jobs should end soonest (predicted; then the emptiest), within
+    `drain_budget` of the live machines."""
     keep = [m for m in machines if m.draining and m.name not in used]
     budget = max(1, math.floor(spec.drain_budget * len(machines))) if spec.drain_budget else 0
     if short or len(keep) >= budget or len(machines) < 2:
@@ -290,10 +291,10 @@ def _drain(spec: EndpointSpec, plan: Deciding, machines: Sequence[MachineView], 
                 or m.state != M.RUNNING or not m.busy_slots):
             continue
         share = (o.cores - m.free_cores) / o.cores
-        if share <= spec.drain_below:
-            cands.append((share, -_per_core(plan, m), m.name))
+        if share <= spec.drain_below:  # those whose jobs should end soonest (predicted) first
+            cands.append((m.busy_until or math.inf, share, -_per_core(plan, m), m.name))
     cands.sort()
-    names = [m.name for m in keep] + [n for _, _, n in cands[:budget - len(keep)]]
+    names = [m.name for m in keep] + [c[-1] for c in cands[:budget - len(keep)]]
     if cands[:budget - len(keep)]:
         plan.reasons.append(f"draining {len(names)} of {len(machines)} machines: the rest "
                             "hold the waiting work")
@@ -473,8 +474,8 @@ def _launch(spec: EndpointSpec, plan: Deciding, items: list[Item], live: int, bu
             work = sum(it.cores * k * it.runtime for it, k in taken)
             share = (plan.pool_cores.get(o.pool, 0) + o.cores) / (plan.fleet_cores + o.cores)
             scored.append((p * life / work * (1 + spec.diversity * share)
-                           + _delay_cost(spec, plan, o, cores, work), o.cores, o.pool, o,
-                           p, taken))
+                           + _delay_cost(spec, plan, o, cores, work, p, life), o.cores,
+                           o.pool, o, p, taken))
         if not scored:
             break
         # the smallest machine within `size_tolerance` of the best price per used core: a
@@ -520,13 +521,27 @@ def _launch(spec: EndpointSpec, plan: Deciding, items: list[Item], live: int, bu
     return launches
 
 
-def _delay_cost(spec: EndpointSpec, plan: Deciding, o: Offer, cores: int, work: float) -> float:
-    """What the expected delay of a new machine of this offer costs the `cores` of waiting
-    work it would hold, per used core-hour of the `work` (core-seconds) it holds: `wait_cost`
-    per core-hour of waiting (domain/delivery.py)."""
+def _delay_cost(spec: EndpointSpec, plan: Deciding, o: Offer, cores: int, work: float,
+                price: float = 0.0, life: float = 0.0) -> float:
+    """What the expected delay and failures of a new machine of this offer cost, per used
+    core-hour of the `work` (core-seconds) it holds (domain/delivery.py):
+
+    - its delay to a working pilot keeps the `cores` of waiting work it would hold waiting:
+      `wait_cost` per core-hour of waiting;
+    - interruptions (measured per machine-hour) during its `life` (seconds): each one costs
+      its jobs the work done so far (half its life, expected), run again at its `price`, and
+      waiting for that work again plus a new machine's delay, at `wait_cost`."""
     if not spec.wait_cost or work <= 0:
         return 0.0
-    return spec.wait_cost * cores * plan.delays.get(o.pool, 0.0) / work
+    delay = plan.delays.get(o.pool, 0.0)
+    cost = spec.wait_cost * cores * delay / work
+    d = plan.delivery.get(o.pool)
+    rate = d.interruption_rate if d is not None else 0.0
+    if rate and life > 0:
+        n = rate * life / 3600  # interruptions expected in its life
+        lost = life / 2  # seconds of its jobs' work lost at each
+        cost += n * (price * lost / work + spec.wait_cost * cores * (delay + lost) / work)
+    return cost
 
 
 def _delays(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
@@ -547,7 +562,8 @@ def _delays(spec: EndpointSpec, plan: Deciding, kept: Sequence[MachineView],
         slow = [a for a in ages.get(pool, ()) if a > d.boot_mean]
         if slow:
             n = d.registered + len(slow)
-            d = Delivery(pool, n, (d.boot_mean * d.registered + sum(slow)) / n, d.never)
+            d = replace(d, registered=n,
+                        boot_mean=(d.boot_mean * d.registered + sum(slow)) / n)
         out[pool] = d.expected_delay(spec.boot_timeout)
     return out
 

@@ -184,5 +184,11 @@ class AskingPilots:
     def leave(self, pilot_id: str) -> None:
         self._asking.pop(pilot_id, None)
 
-    def now(self) -> list[Asking]:
-        return list(self._asking.values())
+    def now(self, than: Asking | None = None) -> list[Asking]:
+        """The machines asking now; with `than`, only those fuller than it (another
+        machine's): the ones a match may leave work to, found once per look rather than for
+        every queue it weighs (a thousand idle machines alike: none)."""
+        them = list(self._asking.values())
+        if than is None:
+            return them
+        return [a for a in them if a.machine != than.machine and a.fuller_than(than)]

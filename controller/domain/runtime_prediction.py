@@ -15,11 +15,14 @@ time is never known before it ends). The same code predicts in the simulator and
   (each job that ends `done` records its run time, from its start to its report).
 - A running job that outlives its prediction gets a new one: twice the time it has run so
   far, never above its request.
+- The live matcher reads no history (no statement on its hot path): the reconcile loop hands
+  it each tick's predictions by task queue (`Predicted`), for the waiting jobs it may take and
+  the jobs its machine runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from controller.domain.taskqueues import TaskQueue
@@ -91,3 +94,37 @@ def predicted_ends(jobs: Iterable[HeldJob], history: RunHistory,
         run = extend(history.predict(j.queue, j.owner, j.limit), now - j.started_at, j.limit)
         ends[j.machine] = max(ends.get(j.machine, 0.0), j.started_at + run)
     return ends
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """Predicted run times by task queue id, as the reconcile loop worked them out at its last
+    tick, for the matcher: a task queue not in it is taken at its max_runtime."""
+
+    runtimes: Mapping[int, float] = field(default_factory=dict)
+
+    def queue(self, tq: TaskQueue) -> TaskQueue:
+        """`tq` with its predicted run time (unchanged if it has one or none is known)."""
+        got = self.runtimes.get(tq.id)
+        if got is None or tq.predicted_runtime is not None:
+            return tq
+        return replace(tq, predicted_runtime=min(got, float(tq.requirements.max_runtime)))
+
+    def ends(self, tq_id: int | None, started: float, limit: float, now: float) -> float:
+        """When a job of task queue `tq_id` that started at `started` and may run `limit`
+        seconds should end: its prediction, a new one if it has outlived it (`extend`)."""
+        got = self.runtimes.get(tq_id) if tq_id is not None else None
+        if got is None:
+            return started + limit
+        return started + extend(min(got, limit), now - started, limit)
+
+
+def predicted(queues: Iterable[TaskQueue], held: Iterable[HeldJob],
+              history: RunHistory) -> Predicted:
+    """The predictions the matcher is handed: each task queue's (waiting work, `queues`, with
+    `predicted_runtime` set) and each held job's task queue's, from `history`."""
+    out = {q.id: q.predicted_runtime for q in queues if q.predicted_runtime is not None}
+    for j in held:
+        if j.queue not in out:
+            out[j.queue] = history.predict(j.queue, j.owner, j.limit)
+    return Predicted(out)

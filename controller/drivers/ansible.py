@@ -158,23 +158,11 @@ def run_playbook(playbook: str, inventory: dict[str, Any], *, ident: str,
             fd = os.open(private / "files" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(content)
-        path = os.pathsep.join([ansible_bin_dir(), os.environ.get("PATH", "/usr/bin:/bin")])
-        envvars = {
-            "PATH": path,
-            "ANSIBLE_SSH_ARGS": ssh_args,  # no ControlPersist: leave no `ssh [mux]` behind
-            "ANSIBLE_HOST_KEY_CHECKING": "True",
-            "ANSIBLE_PIPELINING": "True",
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "ANSIBLE_NOCOLOR": "True",
-            "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
-            "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
-            "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        }
         runner = ansible_runner.run(
             private_data_dir=str(private), playbook=str(PLAYBOOKS / playbook),
             inventory=inventory, ident=ident, forks=forks, quiet=True,
             extravars={**(extravars or {}), "cp_files": str(private / "files")},
-            envvars=envvars,
+            envvars=_environment(private, ssh_args),
             settings={"job_timeout": int(job_timeout), "idle_timeout": int(idle_timeout),
                       "suppress_ansible_output": True,
                       "pexpect_timeout": 1},  # how often a cancel and the timeouts are checked
@@ -182,23 +170,47 @@ def run_playbook(playbook: str, inventory: dict[str, Any], *, ident: str,
             cancel_callback=(lambda: cancel.is_set()) if cancel is not None else None,
         )
         status, rc = str(runner.status), runner.rc
-        error = ""
         if rc == 127:
             status = "setup-error"
-            error = (f"ansible-playbook not found (rc 127): install the `ssh` extra "
-                     f"(pip install 'cloudpilot[ssh]') so that it is in {ansible_bin_dir()}")
-        elif status == "timeout":
-            error = (f"{playbook} timed out (job timeout {job_timeout:.0f}s, "
-                     f"idle {idle_timeout:.0f}s)")
-        elif status == "canceled":
-            error = f"{playbook} was canceled"
-        elif status == "error":
-            error = f"{playbook} could not run (rc {rc})"
-        elif status == "failed" and not recorder.hosts:
-            error = f"{playbook} failed before reaching any host (rc {rc}): " + _tail(runner)
+        error = _error(playbook, status, rc, runner, recorder,
+                       f"job timeout {job_timeout:.0f}s, idle {idle_timeout:.0f}s")
         return RunOutcome(playbook, status, rc, recorder.hosts, recorder.tasks, error)
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _environment(private: Path, ssh_args: str) -> dict[str, str]:
+    """ansible-playbook's environment: this interpreter's bin first on PATH, host keys
+    checked, its temporary files in the run's private directory."""
+    path = os.pathsep.join([ansible_bin_dir(), os.environ.get("PATH", "/usr/bin:/bin")])
+    return {
+        "PATH": path,
+        "ANSIBLE_SSH_ARGS": ssh_args,  # no ControlPersist: leave no `ssh [mux]` behind
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_LOCAL_TEMP": str(private / "tmp"),
+        "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+    }
+
+
+def _error(playbook: str, status: str, rc: int | None, runner: Any, recorder: _Recorder,
+           timeouts: str) -> str:
+    """What went wrong with the run as a whole ("": nothing, or only on some hosts)."""
+    if status == "setup-error":
+        return (f"ansible-playbook not found (rc 127): install the `ssh` extra "
+                f"(pip install 'cloudpilot[ssh]') so that it is in {ansible_bin_dir()}")
+    if status == "timeout":
+        return f"{playbook} timed out ({timeouts})"
+    if status == "canceled":
+        return f"{playbook} was canceled"
+    if status == "error":
+        return f"{playbook} could not run (rc {rc})"
+    if status == "failed" and not recorder.hosts:
+        return f"{playbook} failed before reaching any host (rc {rc}): " + _tail(runner)
+    return ""
 
 
 def _tail(runner: Any) -> str:

@@ -11,8 +11,10 @@ shared with the compute nodes (a home directory usually is).
 
 To add another batch system (HTCondor, PBS/Torque), write a class with the four methods of
 `BatchSystem` below, in a module beside slurm.py and sge.py (`submit_each` below does the
-submission's common part), give it a settings section (a BatchSiteConfig subclass named in
-settings.BATCH_DRIVERS) and name it in batchsite.SYSTEMS and reconcile/registry.py:
+submission's common part), give it a settings section (a BatchSiteConfig subclass) and an
+endpoint model (a BatchEndpointConfig subclass with that section, in settings.ENDPOINT_KINDS
+and the AnyEndpoint union), and name it in settings.BATCH_DRIVERS, batchsite.SYSTEMS and
+reconcile/registry.py:
 - `script()`: the batch script, run as `pilot.sh DIR WALL_SECONDS` in the pilot's directory;
   it sets CLOUDPILOT_DEADLINE (Unix time the job will be killed) and execs
   `python ../pilot.pyz --config pilot.json`;

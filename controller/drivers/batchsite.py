@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.config.settings import BatchSiteConfig, EndpointConfig
+from controller.config.settings import BatchEndpointConfig, BatchSiteConfig
 from controller.domain.batch import BatchJob, BatchState
 from controller.domain.plans import PlanDiff
 from controller.drivers.base import ApplyResult, ObservedMachine, unfenced
@@ -24,8 +24,8 @@ from controller.drivers.slurm import Slurm
 from controller.errors import DriverError
 
 log = logging.getLogger("cloudpilot.batch")
-SYSTEMS: dict[str, Callable[[EndpointConfig], BatchSystem]] = {"slurm": Slurm,
-                                                               "sge": GridEngine}
+SYSTEMS: dict[str, Callable[[BatchEndpointConfig], BatchSystem]] = {"slurm": Slurm,
+                                                                    "sge": GridEngine}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class BatchDriver:
     Every call is SSH (hundredths of a second to seconds): the batch kind of endpoint
     (controller/reconcile/batch.py) runs them in its worker, never in the loop's tick."""
 
-    def __init__(self, ep: EndpointConfig, data_dir: Path, controller_url: str,
+    def __init__(self, ep: BatchEndpointConfig, data_dir: Path, controller_url: str,
                  token_for: Callable[[str], str], system: BatchSystem,
                  clock: Callable[[], float] = time.time, hide: Iterable[str] = ()) -> None:
         assert ep.batch is not None

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import CloudEndpointConfig, EndpointConfig
 from controller.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +191,7 @@ def render_ssh(user: str, public_key: str) -> str:
 def user_data(endpoint: EndpointConfig, controller_url: str, token: str, machine: str,
               spec: Mapping[str, Any] | None = None) -> str:
     """The user-data of one of the endpoint's machines, in the endpoint's mode."""
-    if endpoint.contextualization == "ssh":
+    if isinstance(endpoint, CloudEndpointConfig) and endpoint.contextualization == "ssh":
         cloud = endpoint.cloud()
         try:
             key = cloud.read_public_key() if cloud else None

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import LocalEndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
 from controller.drivers.base import ApplyResult, ObservedMachine, Refusing, unfenced
@@ -176,7 +176,7 @@ class PilotProcesses:
 
 
 class LocalDriver(PilotProcesses):
-    def __init__(self, endpoint: EndpointConfig, machines_dir: Path, controller_url: str,
+    def __init__(self, endpoint: LocalEndpointConfig, machines_dir: Path, controller_url: str,
                  token_for: Callable[[str], str], hide: Iterable[str] = (),
                  stop_grace: float = 10.0) -> None:
         self.name = endpoint.name

@@ -50,7 +50,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import (
+    AwsEndpointConfig,
+    CloudEndpointConfig,
+    EndpointConfig,
+    LocalEndpointConfig,
+    OpenStackEndpointConfig,
+    PricedEndpointConfig,
+)
 from controller.domain.plans import PlanDiff
 from controller.drivers import contextualization
 from controller.drivers.base import NOT_TRIED, ApplyResult, ObservedMachine, unfenced
@@ -134,15 +141,14 @@ def machine_specs(kind: str, specs: Mapping[str, Spec]) -> dict[str, dict[str, A
     return out
 
 
-def stack_config(endpoint: EndpointConfig, machines: Iterable[str],
+def stack_config(endpoint: PricedEndpointConfig, machines: Iterable[str],
                  specs: Mapping[str, Spec] | None = None) -> dict[str, str]:
     """The stack's config (not secret): the endpoint's cloud section, the named machines and,
     on priced endpoints, each new machine's type, zone and market."""
-    if endpoint.driver == "local":
+    if not isinstance(endpoint, CloudEndpointConfig):
         raise DriverSetupError("local endpoints: use local_stack_config")
     cloud = endpoint.cloud()
-    if cloud is None:
-        raise DriverSetupError(f"endpoint {endpoint.name} has no cloud section")
+    assert cloud is not None
     try:
         key = cloud.read_public_key()
     except ValueError as e:
@@ -159,7 +165,7 @@ def stack_config(endpoint: EndpointConfig, machines: Iterable[str],
         "machineSpecs": json.dumps(machine_specs(endpoint.driver, specs), sort_keys=True)
         if specs and machine_specs(endpoint.driver, specs) else None,
     }
-    if endpoint.aws is not None:
+    if isinstance(endpoint, AwsEndpointConfig):
         a = endpoint.aws
         cfg.update({
             "aws:region": a.region, "ami": a.ami, "instanceType": a.instance_type,
@@ -169,7 +175,7 @@ def stack_config(endpoint: EndpointConfig, machines: Iterable[str],
             "spotMaxPrice": None if a.spot_max_price is None else f"{a.spot_max_price:g}",
             "rootVolumeGb": a.root_volume_gb,
         })
-    if endpoint.openstack is not None:
+    if isinstance(endpoint, OpenStackEndpointConfig):
         o = endpoint.openstack
         cfg.update({
             "openstack:cloud": o.cloud, "openstack:region": o.region, "flavor": o.flavor,
@@ -299,7 +305,7 @@ def failing_machines(output: str, names: Iterable[str]) -> set[str]:
 
 # the driver -------------------------------------------------------------------------------------
 class PulumiDriver:
-    def __init__(self, endpoint: EndpointConfig, data_dir: Path, controller_url: str,
+    def __init__(self, endpoint: PricedEndpointConfig, data_dir: Path, controller_url: str,
                  token_for: Callable[[str], str], observe_every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, *,
                  machines_dir: Path | None = None, hide: Iterable[str] = (),
@@ -323,6 +329,7 @@ class PulumiDriver:
 
             if machines_dir is None:
                 raise DriverSetupError(f"endpoint {endpoint.name}: no machines_dir")
+            assert isinstance(endpoint, LocalEndpointConfig)
             self.local = LocalDriver(endpoint, machines_dir, controller_url, token_for, hide)
             self.machines_dir = machines_dir
         self._stack: Any = None

@@ -14,7 +14,7 @@ import shlex
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from controller.config.settings import EndpointConfig, SgeConfig
+from controller.config.settings import BatchEndpointConfig, SgeConfig, SgeEndpointConfig
 from controller.domain.batch import BatchJob, BatchState
 from controller.drivers.batch import JOB_PREFIX, BatchCommandError, PilotSubmission, submit_each
 from controller.drivers.remote import Shell
@@ -46,8 +46,8 @@ class GridEngine:
 
     name = "sge"
 
-    def __init__(self, ep: EndpointConfig) -> None:
-        assert ep.sge is not None
+    def __init__(self, ep: BatchEndpointConfig) -> None:
+        assert isinstance(ep, SgeEndpointConfig)
         self.ep = ep
         self.cfg: SgeConfig = ep.sge
 

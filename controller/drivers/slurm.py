@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
-from controller.config.settings import EndpointConfig, SlurmConfig
+from controller.config.settings import BatchEndpointConfig, SlurmConfig, SlurmEndpointConfig
 from controller.domain.batch import BatchJob, BatchState
 from controller.drivers.batch import (
     JOB_PREFIX,
@@ -56,8 +56,8 @@ class Slurm:
 
     name = "slurm"
 
-    def __init__(self, ep: EndpointConfig) -> None:
-        assert ep.slurm is not None
+    def __init__(self, ep: BatchEndpointConfig) -> None:
+        assert isinstance(ep, SlurmEndpointConfig)
         self.ep = ep
         self.cfg: SlurmConfig = ep.slurm
 

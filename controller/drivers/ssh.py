@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.config.settings import EndpointConfig, SshConfig
+from controller.config.settings import SshConfig, SshEndpointConfig
 from controller.domain.plans import PlanDiff
 from controller.drivers.ansible import (
     PLAYBOOKS,
@@ -99,9 +99,8 @@ def _facts_of(outcome: RunOutcome, machine: str) -> dict[str, Any]:
 
 
 class SshDriver:
-    def __init__(self, endpoint: EndpointConfig, data_dir: Path, controller_url: str,
+    def __init__(self, endpoint: SshEndpointConfig, data_dir: Path, controller_url: str,
                  token_for: Callable[[str], str], hide: Iterable[str] = ()) -> None:
-        assert endpoint.ssh is not None
         self.name = endpoint.name
         self.endpoint = endpoint
         self.ssh: SshConfig = endpoint.ssh

@@ -11,7 +11,7 @@ their status again (one SSH session, tenths of a second)."""
 
 from __future__ import annotations
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import BatchEndpointConfig
 from controller.domain import ticks
 from controller.domain.batch import BatchState, PilotJob, decide_batch
 from controller.domain.machines import MachineState, MachineView
@@ -26,7 +26,7 @@ M = MachineState
 
 
 class BatchEndpoint:
-    def __init__(self, config: EndpointConfig, driver: BatchDriver, env: LoopEnv) -> None:
+    def __init__(self, config: BatchEndpointConfig, driver: BatchDriver, env: LoopEnv) -> None:
         self.name = config.name
         self.config = config
         self.driver = driver
@@ -150,7 +150,7 @@ def _float(x: object) -> float | None:
     return float(x) if isinstance(x, int | float) else None
 
 
-def make_batch_endpoint(ep: EndpointConfig, env: LoopEnv) -> BatchEndpoint:
+def make_batch_endpoint(ep: BatchEndpointConfig, env: LoopEnv) -> BatchEndpoint:
     """A batch endpoint; each pilot job gets a one-time bootstrap token that lives as long as
     the job may pend and boot."""
     assert ep.batch is not None

@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import PricedEndpointConfig
 from controller.domain import delivery, ticks
 from controller.domain.endpoints import Endpoint
 from controller.domain.machines import (
@@ -45,7 +45,7 @@ STOPPABLE = frozenset({M.BOOTING, M.RUNNING, M.STOPPING, M.LOST})  # X -> stoppe
 
 
 class CloudEndpoint:
-    def __init__(self, config: EndpointConfig, driver: Driver, env: LoopEnv,
+    def __init__(self, config: PricedEndpointConfig, driver: Driver, env: LoopEnv,
                  prices: PriceSource | None = None) -> None:
         self.name = config.name
         self.config = config
@@ -122,8 +122,7 @@ class CloudEndpoint:
                                 store.endpoints.last_seq(self.name), self._prices(now),
                                 self._budget() if priced else None,
                                 store.refusals.of(self.name) if priced else (),
-                                delivery.summarize(views_of_store.machine_deliveries(
-                                    store, self.name, now - delivery.WINDOW)) if priced else ())
+                                self._delivery(now) if priced else ())
         decision = inputs.decide()
         recorded = ticks.decision_to_dict(decision)  # decide()'s own, for replay
         if self.config.machine_types and decision.drains_differently(inputs.machines):
@@ -157,6 +156,14 @@ class CloudEndpoint:
             return dataclasses.replace(step, outcome=Outcome(down_by=ep.down_by))
         return dataclasses.replace(step, work=lambda: self._plan(current, decision, ep),
                                    what="planning")
+
+    def _delivery(self, now: float) -> tuple[delivery.Delivery, ...]:
+        """What each offer delivered over the last day: boots, pilots that never came,
+        interruptions per machine-hour (domain/delivery.py)."""
+        store, since = self.env.store, now - delivery.WINDOW
+        return delivery.summarize(
+            views_of_store.machine_deliveries(store, self.name, since),
+            views_of_store.machine_runs(store, self.name, since, now))
 
     def _views(self, now: float) -> list[MachineView]:
         store = self.env.store

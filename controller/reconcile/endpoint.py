@@ -9,8 +9,17 @@ apply behind this interface, in its own module:
     batch.py   a batch system over SSH (Slurm, Grid Engine): pilots are batch jobs,
                submitted, watched and cancelled on the site's login node
 
-A new kind is a new module with a class that implements `EndpointKind`, and one line in
-`registry.py` mapping its `driver` name to it. The loop does not change.
+A kind that comes with cloudpilot is a module with a class that implements `EndpointKind`,
+and one line in `registry.py` mapping its `driver` name to it and a settings model of its own
+in config/settings.py. A site adds a kind from its own package instead, through the entry
+point group `cloudpilot.endpoint_kinds` (controller/kinds.py; tests/plugins/tiny_kind is the
+smallest one). The loop does not change for either.
+
+Every kind decides the same way: one request value in (`Tick`: the time and the task queue
+snapshot), one reply value out (`Step`), so the loop, `explain` and `replay` treat them alike;
+each kind records its domain function's inputs as one value too (domain/ticks.py:
+TickInputs, HostTickInputs, BatchTickInputs, each with `decide()`), which `replay` decides
+again.
 
 Each tick, for every endpoint whose worker is idle and whose back-off has passed, the loop
 calls, in its own thread:
@@ -137,8 +146,12 @@ class EndpointKind(Protocol):
     """Reconcile one endpoint (see the module's docstring)."""
 
     name: str
-    config: EndpointConfig
     worker: Worker
+
+    @property
+    def config(self) -> EndpointConfig:
+        """The endpoint's settings (each kind's own model)."""
+        ...
 
     def observe(self, now: float) -> None:
         """Record what the world reports now. Fast; DriverError when the driver cannot tell."""

@@ -10,7 +10,7 @@ the endpoint's state says which hosts failed."""
 
 from __future__ import annotations
 
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, SshEndpointConfig
 from controller.domain import ticks
 from controller.domain.hostpool import (
     Backoff,
@@ -38,8 +38,7 @@ M = MachineState
 
 
 class HostPoolEndpoint:
-    def __init__(self, config: EndpointConfig, driver: SshDriver, env: LoopEnv) -> None:
-        assert config.ssh is not None
+    def __init__(self, config: SshEndpointConfig, driver: SshDriver, env: LoopEnv) -> None:
         self.name = config.name
         self.config = config
         self.driver = driver
@@ -219,10 +218,9 @@ class HostPoolEndpoint:
         self.driver.close()
 
 
-def make_ssh_driver(settings: Settings, store: Store, ep: EndpointConfig) -> SshDriver:
+def make_ssh_driver(settings: Settings, store: Store, ep: SshEndpointConfig) -> SshDriver:
     """The driver of an SSH endpoint, its configured hosts recorded as members-to-be, each
     host with its own pilot token."""
-    assert ep.ssh is not None
     store.hosts.sync_config(ep.name, [h.model_dump() for h in ep.ssh.hosts])
     return SshDriver(ep, settings.data_dir, settings.url,
                      lambda machine: host_pilot_token(store, settings.data_dir, ep.name, machine),

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.config.settings import Settings
+from controller.domain.budgets import withhold
 from controller.domain.jobs import JobState
-from controller.domain.runtime_prediction import with_prediction
+from controller.domain.runtime_prediction import predicted, with_prediction
 from controller.domain.scheduling import Decision
 from controller.drivers.base import Driver
 from controller.errors import CloudpilotError, DriverError, StorageError
 from controller.reconcile.endpoint import EndpointKind, LoopEnv, Step, Tick, one_line
 from controller.reconcile.registry import make_endpoint
 from controller.reconcile.status import EndpointStatus
+from controller.services import budgets
 from controller.store import Store
 
 log = logging.getLogger("cloudpilot.loop")
@@ -101,8 +103,15 @@ class Reconciler:
         # task queue carries its next job's predicted run time, from the run times its owner's
         # jobs really had (the store's history; the same predictor as the simulator's)
         queues = self.store.jobs.queue_snapshot()
-        history = self.store.runtimes.history([q.id for q in queues], [q.owner for q in queues])
-        tick = Tick(now, tuple(with_prediction(q, history) for q in queues))
+        held = self.store.jobs.held_jobs()
+        history = self.store.runtimes.history([q.id for q in queues] + [j.queue for j in held],
+                                              [q.owner for q in queues] + [j.owner for j in held])
+        # issue 25: a group over its monthly budget gets no new machines for its work
+        over = budgets.overruns(self.store, self.settings, now)
+        kept, withheld = withhold([with_prediction(q, history) for q in queues], over)
+        tick = Tick(now, kept)
+        # the matcher (the pilots' route, in this process) places by the same predictions
+        self.store.jobs.predicted = predicted(tick.queues, held, history)
         decisions = []
         for e in ready:
             try:
@@ -116,7 +125,7 @@ class Reconciler:
             except Exception:
                 log.exception("endpoint %s: deciding failed (a bug)", e.name)
                 continue
-            self._take(e, step, now)
+            self._take(e, step, now, withheld)
             decisions.append(step.decision)
             requeued += step.requeued
         return TickResult(decisions, requeued)
@@ -134,10 +143,13 @@ class Reconciler:
             return True
         return not self.status[e.name].backoff().ready(now)
 
-    def _take(self, e: EndpointKind, step: Step, now: float) -> None:
-        """Record the step's tick, keep its decision, report or start its work."""
+    def _take(self, e: EndpointKind, step: Step, now: float,
+              withheld: Sequence[str] = ()) -> None:
+        """Record the step's tick (with why work was withheld from it), keep its decision,
+        report or start its work."""
         self.last[e.name] = step.decision
         if step.inputs is not None and step.recorded is not None:
+            step.recorded["reasons"] = [*step.recorded.get("reasons", []), *withheld]
             try:
                 self.store.ticks.record(e.name, now, step.inputs, step.recorded,
                                         self.settings.tick_retention)

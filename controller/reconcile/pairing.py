@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import CloudEndpointConfig, EndpointConfig
 from controller.domain.hostpool import host_machine
 from controller.domain.machines import MachineState
 from controller.drivers.base import ObservedMachine
@@ -22,7 +22,7 @@ log = logging.getLogger("cloudpilot.pairing")
 
 def paired(ep: EndpointConfig) -> str | None:
     """The SSH endpoint this cloud endpoint's VMs join, if it is in ssh mode."""
-    if ep.driver in ("aws", "openstack") and ep.contextualization == "ssh":
+    if isinstance(ep, CloudEndpointConfig) and ep.contextualization == "ssh":
         return ep.ssh_endpoint
     return None
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.config.settings import Settings
+from controller.config.settings import BatchEndpointConfig, Settings
 from controller.domain import ticks
 from controller.domain.refusals import Refusal, describe
 from controller.errors import ConfigError
@@ -74,6 +74,8 @@ def replay(tick: dict[str, Any], config: str | Path | None = None) -> str:
             raise ConfigError(f"{config} has no endpoint {tick['endpoint']}")
         source = str(config)
         if isinstance(inputs, ticks.BatchTickInputs):
+            if not isinstance(ep, BatchEndpointConfig):
+                raise ConfigError(f"{config}: endpoint {ep.name} is not a batch endpoint")
             again = ticks.decision_to_dict(inputs.decide(ep.batch_spec()))
         else:
             again = ticks.decision_to_dict(inputs.decide(ep.spec()))

@@ -122,9 +122,10 @@ class Outcome:
     end: float = 0.0
     series: dict[str, PriceSeries] = field(default_factory=dict)
     # the ticks whose decision left waiting work uncovered (a cap, the budget, no price under
-    # the max): the waits they explain
+    # the max): the waits they explain; and why, each (report.LIMIT_CAUSES)
     short_ticks: list[float] = field(default_factory=list)
     refused: int = 0  # launches the cloud refused (issue 24)
+    short_causes: list[str] = field(default_factory=list)
 
     def cost(self, m: SimMachine) -> float:
         """USD: the integral of the machine's price over its life."""
@@ -155,12 +156,29 @@ class SimOptions:
     # than `boot_time`; with any, the scheduler is told what each pool's machines took
     # (domain/delivery.py), as the live loop measures it
     boot_times: tuple[tuple[str, float], ...] = ()
+    # issue 25 (the what-if): after the last job, the scheduler goes on deciding until the
+    # fleet is gone (idle machines stop after idle_timeout, as they really do), rather than
+    # every machine ending with the last job
+    run_out: bool = False
+    # how long after the last job's end the replay goes on for jobs that have not run (a
+    # fleet that can never run them: prices above every max, no machines allowed)
+    give_up: float = 30 * 86400
 
 
 # What the scheduler is told of run times: "requested" (max_runtime only), "predicted"
 # (learned from the jobs that ended: domain/runtime_prediction.py), "oracle" (each job's
 # true run time: the bound of what prediction can give)
 RUNTIMES = ("requested", "predicted", "oracle")
+
+
+def _short_cause(reasons: tuple[str, ...]) -> str:
+    """Why a decision left waiting work uncovered: capped by a spend limit ("budget"), by a
+    count such as max_machines or max_starts_per_cycle ("cap"), else no offer it fits was
+    open: priced above its max price, or blocked after a refusal ("price")."""
+    capped = next((r for r in reasons if ": capped by " in r), "")
+    if "spend" in capped:
+        return "budget"
+    return "cap" if capped else "price"
 
 
 class Simulation:
@@ -210,6 +228,7 @@ class Simulation:
         self.rescheduled = 0
         self.samples: list[Sample] = []
         self.short_ticks: list[float] = []
+        self.short_causes: list[str] = []
         self.dirty = True  # something changed since the last tick's decision
         self.wholes: dict[str, SlotOffer] = {}  # what a machine of each pool offers in all
         self.fit_whole: dict[tuple[int, str], bool] = {}  # (task queue, pool) -> fits
@@ -220,6 +239,8 @@ class Simulation:
         self.rng = random.Random(opts.refusal_seed)
         self.boots: dict[str, list[float]] = {}  # pool -> boot seconds of its machines
         self.never: dict[str, int] = {}  # pool -> machines failed by boot_timeout
+        self.ran: dict[str, float] = {}  # pool -> hours its ended machines ran
+        self.lost: dict[str, int] = {}  # pool -> its machines interrupted
 
     # set-up ------------------------------------------------------------------------------
     def _admit(self, jobs: list[TraceJob]) -> list[SimJob]:
@@ -260,8 +281,10 @@ class Simulation:
         i = 0
         next_sample = 0.0
         # a guard against a fleet that can never run what is left (prices above every max)
-        deadline = max((j.trace.submit + j.trace.run for j in self.trace), default=0.0) + 30 * 86400
-        while self.done < total and self.now <= deadline:
+        deadline = max((j.trace.submit + j.trace.run for j in self.trace),
+                       default=0.0) + self.opts.give_up
+        while (self.done < total or (self.opts.run_out and self.live)) \
+                and self.now <= deadline:
             t_arr = self.trace[i].trace.submit if i < total else float("inf")
             if self.events and self.events[0][0] <= t_arr:
                 t, kind, _, what = heapq.heappop(self.events)
@@ -286,14 +309,15 @@ class Simulation:
         self._sample()
         return Outcome(self.policy, list(self.jobs.values()), list(self.machines.values()),
                        self.samples, self.unfit, self.interruptions, self.rescheduled,
-                       self.now, self.series, self.short_ticks, self.refused)
+                       self.now, self.series, self.short_ticks, self.refused,
+                       self.short_causes)
 
     def _event(self, kind: int, what: str) -> None:
         if kind not in (TICK, OVERRUN):
             self.dirty = True
         if kind == TICK:
             self._tick()
-            if self.done < len(self.trace):
+            if self.done < len(self.trace) or (self.opts.run_out and self.live):
                 self._push(self.now + self.opts.tick, TICK, "")
         elif kind == END:
             job_id, attempt = what.split(":")
@@ -533,6 +557,10 @@ class Simulation:
             j.attempt += 1  # its pending end event is void
             self.rescheduled += 1
             self._enqueue(j)
+        if self.opts.boot_times and m.up_at is not None:  # what the scheduler is told
+            pool = m.offer.pool
+            self.ran[pool] = self.ran.get(pool, 0.0) + (self.now - m.up_at) / 3600
+            self.lost[pool] = self.lost.get(pool, 0) + int(m.interrupted)
         m.state = M.STOPPED
         m.ended = self.now
         self.live.pop(m.name, None)
@@ -593,7 +621,7 @@ class Simulation:
         measured = tuple(
             Delivery(p, len(self.boots.get(p, ())),
                      sum(self.boots.get(p, ())) / max(len(self.boots.get(p, ())), 1),
-                     self.never.get(p, 0))
+                     self.never.get(p, 0), self.ran.get(p, 0.0), self.lost.get(p, 0))
             for p in sorted(set(self.boots) | set(self.never)))
         d = decide(self.spec, queues, views, self.now, self.last_seq, prices=self._prices(),
                    budget=Budget(), refusals=tuple(self.blocked.values()), delivery=measured)
@@ -602,6 +630,7 @@ class Simulation:
         if any("not covered" in r for r in d.reasons) and (
                 not self.short_ticks or self.short_ticks[-1] != self.now):
             self.short_ticks.append(self.now)
+            self.short_causes.append(_short_cause(d.reasons))
         for r in d.remove:
             m = self.live.get(r.name)
             if m is not None:

@@ -61,9 +61,11 @@ GAP_PARTS = {
 # job widths, in cores (the last one: up to any width)
 WIDTHS = ((1, 1), (2, 8), (9, 32), (33, 96), (97, 1 << 30))
 # why a job waited: for a machine to boot, for room on running machines (reservation,
-# backfill, fair share), or for a decision that left work uncovered (a cap, the budget, no
-# price under the max)
-CAUSES = ("boot", "room", "limits")
+# backfill, fair share), or for a decision that left work uncovered: a cap (max_machines,
+# max_starts_per_cycle), a budget (max spend per hour), or no open offer that holds it
+# (spot prices above max_price_factor, offers blocked after refusals); jobs no type holds
+# are counted apart (unfit)
+CAUSES = ("boot", "room", "cap", "budget", "price")
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,13 @@ def gap(out: Outcome, lb_cost: float) -> dict[str, float]:
 
 
 def waits_by_width(out: Outcome) -> list[WaitRow]:
-    """Each finished job's first wait, by width, split by cause: 'boot' when the machine it
-    started on was started after it arrived; else 'limits' when a decision during its wait
-    left work uncovered, 'room' when none did."""
+    """Each finished job's first wait, by width, split by cause: 'boot' for the boot of the
+    machine it started on when that was started after it arrived; its wait before that (or
+    all of it, on a machine that was up) goes to the cause of the last decision in it that
+    left work uncovered ('cap', 'budget', 'price'), else to 'boot' (the next tick) or 'room'
+    (on a machine that was up)."""
     starts = {m.name: m.created for m in out.machines}
-    ticks = out.short_ticks
+    ticks, causes = out.short_ticks, out.short_causes
     rows = []
     for lo, hi in WIDTHS:
         waits, by = [], dict.fromkeys(CAUSES, 0.0)
@@ -118,13 +122,16 @@ def waits_by_width(out: Outcome) -> list[WaitRow]:
             waits.append(w)
             if w <= 0:
                 continue
-            if j.first_machine is not None and starts[j.first_machine] > j.trace.submit:
-                by["boot"] += w
-            elif bisect.bisect_left(ticks, j.trace.submit) < bisect.bisect_right(
-                    ticks, j.starts[0]):
-                by["limits"] += w
+            # a machine started for it: its boot, and what held the start back before that
+            started = starts[j.first_machine] if j.first_machine is not None else -math.inf
+            until, other = (started, "boot") if started > j.trace.submit else (
+                j.starts[0], "room")
+            by["boot"] += j.starts[0] - until
+            last = bisect.bisect_right(ticks, until)
+            if bisect.bisect_left(ticks, j.trace.submit) < last:
+                by[causes[last - 1]] += until - j.trace.submit
             else:
-                by["room"] += w
+                by[other] += until - j.trace.submit
         if waits:
             rows.append(WaitRow(lo, hi, len(waits), sum(waits) / len(waits),
                                 percentile(waits, 95), by))

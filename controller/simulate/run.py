@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controller.config.settings import EndpointConfig, Settings, read_toml
+from controller.config.settings import PricedEndpointConfig, Settings, read_toml
 from controller.domain.pricing import PriceSeries
 from controller.drivers.prices import read_history, window
 from controller.errors import ConfigError
@@ -87,7 +87,7 @@ class SimConfig(BaseModel):
         return tuple(out)
 
 
-def load_config(path: str | Path) -> tuple[SimConfig, EndpointConfig]:
+def load_config(path: str | Path) -> tuple[SimConfig, PricedEndpointConfig]:
     p = Path(path)
     data = read_toml(p)
     sim = data.pop("simulate", {})
@@ -100,7 +100,8 @@ def load_config(path: str | Path) -> tuple[SimConfig, EndpointConfig]:
     except ValidationError as e:
         lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"invalid configuration {p}:\n" + "\n".join(lines)) from None
-    ep_cfg = next((e for e in settings.endpoints if e.machine_types), None)
+    ep_cfg = next((e for e in settings.endpoints
+                   if isinstance(e, PricedEndpointConfig) and e.machine_types), None)
     if ep_cfg is None:
         raise ConfigError(f"{p}: no endpoint with machine types to simulate")
     return cfg, ep_cfg
@@ -154,7 +155,7 @@ class Progress:
 
 
 def simulate(trace: list[TraceJob], series: dict[str, PriceSeries], cfg: SimConfig,
-             ep: EndpointConfig, policies: list[str] | None = None,
+             ep: PricedEndpointConfig, policies: list[str] | None = None,
              progress: TextIO | None = None) -> Result:
     spec = ep.spec()
     types = {o.price_key for o in spec.offers if o.spot}

@@ -1,4 +1,5 @@
-"""Workload traces in the Standard Workload Format (SWF v2.2), plain or gzip-compressed."""
+"""Workload traces: the Standard Workload Format (SWF v2.2), plain or gzip-compressed, and
+the controller's own store (its recorded jobs, issue 25's what-if): both as TraceJobs."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from controller.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from controller.store.accounting import RecordedJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +69,24 @@ def read_swf(path: str | Path, limit: int | None = None) -> list[TraceJob]:
         raise ConfigError(f"{p}: cannot read the trace: {e}") from None
     jobs.sort(key=lambda j: (j.submit, j.id))
     return jobs
+
+
+def from_store(jobs: Sequence[RecordedJob], since: float, endpoint: str | None = None
+               ) -> tuple[list[TraceJob], int]:
+    """The store's recorded jobs (controller.store.accounting.recorded_jobs) as a trace whose
+    time 0 is `since`: each job's run time is what its last attempt really ran. Jobs with no
+    ended attempt, or whose last attempt ran on another endpoint than `endpoint`, are left
+    out (their count is returned too)."""
+    out, left_out = [], 0
+    for j in jobs:
+        if j.run is None or (endpoint is not None and j.endpoint != endpoint):
+            left_out += 1
+            continue
+        r = j.requirements
+        out.append(TraceJob(id=j.id, submit=j.submitted - since, run=j.run,
+                            cores=max(int(r.get("cores") or 1), 1),
+                            requested_time=float(r.get("max_runtime") or -1),
+                            memory_mb=int(r.get("memory_mb") or -1), user=j.owner,
+                            group=j.group))
+    out.sort(key=lambda t: (t.submit, t.id))
+    return out, left_out

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.domain.jobs import (
     FINAL_STATES,
@@ -21,7 +21,7 @@ from controller.domain.jobs import (
 )
 from controller.domain.matching import SlotOffer, fits
 from controller.domain.placement import Asking, Running, busy_until, choose, leave_to_fuller
-from controller.domain.runtime_prediction import HeldJob
+from controller.domain.runtime_prediction import HeldJob, Predicted
 from controller.domain.taskqueues import Owners, TaskQueue, fair_share_walk, holding
 from controller.errors import Conflict, NotFound, StorageBusy
 from controller.store.runtimes import RunTimeStore
@@ -31,6 +31,7 @@ from controller.store.tokens import TokenStore
 from controller.store.usage import UsageStore
 
 S = JobState
+T = TypeVar("T")
 SEEN_EVERY = 1.0  # by default a match with nothing to claim records its pilot alive at most
 # this often (the match route passes a quarter of the endpoint's lost_after)
 SEEN_KEEP = 4096  # pilots remembered for that before the stale ones are dropped
@@ -92,8 +93,18 @@ class _Policy:
     group_shares: dict[str, float]
     reserve_limit: float
     fuller: Sequence[Asking] | None  # the machines asking now (None: defer to none)
-    answerable: Callable[[Job], object] | None
     token_margin: float
+    strand_limit: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Looking:
+    """What a match found before its transaction, from the live snapshot: the task queues
+    that fit the machine by owner (empty: none fits what it has free now), and the queues
+    claims found empty since the snapshot was read."""
+
+    fitting: Owners
+    drained: set[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +132,8 @@ def _replayed(c: Connection, owner: str, idem: IdempotencyKey,
 
 
 _JOB_COLUMNS = ("name, owner, grp, tq_id, state, priority, executable, arguments, env, inputs,"
-                " requirements, max_retries, retries, reschedules, created_at, updated_at, outputs")
+                " requirements, max_retries, retries, reschedules, created_at, updated_at, outputs,"
+                " cores, memory_mb, max_runtime")
 _INSERT_CHUNK = 1000  # rows a statement: 16,000 parameters, within SQLite's 32,766
 
 
@@ -130,7 +142,7 @@ def _insert_jobs(c: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
     not from counting back from the last one: with several controller processes inserting at
     once one submission's ids need not be consecutive."""
     ids: list[int] = []
-    one = "(" + ",".join("?" * 17) + ")"
+    one = "(" + ",".join("?" * 20) + ")"
     for at in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[at:at + _INSERT_CHUNK]
         got = c.execute(
@@ -138,6 +150,17 @@ def _insert_jobs(c: Connection, rows: Sequence[tuple[Any, ...]]) -> list[int]:
             " RETURNING id", [v for r in chunk for v in r]).fetchall()
         ids.extend(sorted(r[0] for r in got))  # ids rise in the order the rows are inserted
     return ids
+
+
+def retried(work: Callable[[], T], tries: int = 3) -> T:
+    """`work` (one transaction) again when the database says it is busy: PostgreSQL, a
+    deadlock with another process claiming; the last failure is raised."""
+    for _ in range(tries - 1):
+        try:
+            return work()
+        except StorageBusy:
+            continue
+    return work()
 
 
 class JobStore:
@@ -149,6 +172,9 @@ class JobStore:
         self.lease = lease  # how long an attempt lives without a heartbeat from its pilot
         self._seen: dict[str, float] = {}  # when match last recorded each pilot alive
         self.task_queues = TaskQueues()  # what this process knows of them; the live snapshot
+        # run times predicted at the reconcile loop's last tick (in this process; none: each
+        # job's max_runtime), by which the matcher places, reserves and backfills
+        self.predicted = Predicted()
 
     # transitions -------------------------------------------------------------------------
     def _move(
@@ -170,7 +196,7 @@ class JobStore:
         if after is None:
             raise Conflict(f"job {job_id} is no longer {old.value}")
         if ends and row is not None:
-            cores = json.loads(row["requirements"]).get("cores") or 1
+            cores = row["cores"]
             since = row["started_at"] or row["updated_at"]
             self.usage.charge(c, row["owner"], row["grp"], cores * max(now - since, 0.0), now)
         c.execute(
@@ -233,6 +259,8 @@ class JobStore:
                         json.dumps(j.requirements.to_dict()),
                         default_retries if j.max_retries is None else j.max_retries,
                         0, 0, now, now, json.dumps(list(j.outputs)) if j.outputs else None,
+                        j.requirements.cores, j.requirements.memory_mb,
+                        j.requirements.max_runtime,
                     ))
                 ids = _insert_jobs(c, rows)
                 recv, wait = check_transition(S.RECEIVED, S.WAITING), "submitted"
@@ -323,8 +351,7 @@ class JobStore:
         """Cores and memory (MB) the held jobs of each machine take."""
         with self.store.read() as c:
             return {r[0]: (int(r[1] or 0), int(r[2] or 0)) for r in c.execute(
-                "SELECT machine, SUM(json_extract(requirements, '$.cores')),"
-                " SUM(json_extract(requirements, '$.memory_mb')) FROM jobs"
+                "SELECT machine, SUM(cores), SUM(memory_mb) FROM jobs"
                 f" WHERE state IN {HELD} GROUP BY machine")}
 
     def held_jobs(self) -> list[HeldJob]:
@@ -334,7 +361,7 @@ class JobStore:
             return [HeldJob(r[0], int(r[1]), r[2], float(r[3]), float(r[4] or 3600))
                     for r in c.execute(
                         "SELECT machine, tq_id, owner, COALESCE(started_at, updated_at),"
-                        " json_extract(requirements, '$.max_runtime') FROM jobs"
+                        " max_runtime FROM jobs"
                         f" WHERE state IN {HELD} AND machine IS NOT NULL")]
 
     # matching ----------------------------------------------------------------------------
@@ -360,43 +387,64 @@ class JobStore:
         self._seen[pilot_id] = now
         return True
 
-    def match(
-        self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
-        shares: dict[str, float], token_margin: float = 0.0,
-        answerable: Callable[[Job], object] | None = None,
-        group_shares: dict[str, float] | None = None, count: int = 1,
-        whole: SlotOffer | None = None, reserve_limit: float = 0.0,
-        fuller: Sequence[Asking] | None = None, now: float | None = None,
-        seen_every: float = SEEN_EVERY,
-    ) -> Claim:
-        """Claim up to `count` waiting jobs that fit the offer, in one transaction, each time the
-        best one: fair share across owners (or groups, then owners) first, then priority, then age,
-        as domain/placement.choose picks (`whole`: what the machine has in all, for a reservation
-        held for a wide job; `fuller`: the machines asking at this moment, work one of them should
-        have before this one (domain/placement.leave_to_fuller) is left to it; None: this request
-        cannot wait, it takes the best job it may take now). The offer shrinks by what each claimed
-        job takes. A draining machine gets nothing. Each job gets a job token living its max_runtime
-        plus `token_margin`; `answerable` (when given) raises for a job that cannot be answered,
-        before anything is claimed. Also records that the pilot is alive (with nothing to claim, at
-        most every `seen_every` seconds). `shares` are the owners' shares, `group_shares` the
-        groups'."""
+    def looking(self, pilot_id: str, machine: str, offer: SlotOffer,
+                whole: SlotOffer | None = None, now: float | None = None,
+                seen_every: float = SEEN_EVERY) -> Looking | None:
+        """A match's first step, with no transaction: what fits the machine, from the live
+        snapshot; None when it has nothing to claim, is not draining and was recorded alive
+        less than `seen_every` seconds ago (nothing to write: an idle long-poll's look)."""
         now = time.time() if now is None else now
         view, snap, waiting = self._fitting(offer, whole)
         noted = self._note_seen(pilot_id, now, seen_every)
         if not (noted or waiting or machine in snap.draining):
-            return Claim([])  # nothing to claim, liveness recorded lately: no write
-        for tries in range(3):  # PostgreSQL: a deadlock with another process claiming
-            try:
-                with self.store.tx() as c:
-                    return self._claim(c, pilot_id, machine, offer, count, whole,
-                                       view.owners if waiting else {}, snap.drained, now,
-                                       _Policy(
-                                           by, shares, group_shares or {}, reserve_limit,
-                                           fuller, answerable, token_margin))
-            except StorageBusy:
-                if tries == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return None
+        return Looking(view.owners if waiting else {}, snap.drained)
+
+    def claim(
+        self, looking: Looking, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
+        shares: dict[str, float], token_margin: float = 0.0,
+        group_shares: dict[str, float] | None = None, count: int = 1,
+        whole: SlotOffer | None = None, reserve_limit: float = 0.0,
+        fuller: Sequence[Asking] | None = None, now: float | None = None,
+        strand_limit: float | None = None,
+    ) -> Claim:
+        """A match's transaction (the caller's, when it holds one: the API answers the jobs
+        inside it, so a job that cannot be answered is never claimed). Claims up to `count`
+        waiting jobs that fit the offer, each time the best one: fair share across owners (or
+        groups, then owners) first, then priority, then age, as domain/placement.choose picks
+        (`whole`: what the machine has in all, for a reservation held for a wide job;
+        `fuller`: the machines asking at this moment, work one of them should have before this
+        one (domain/placement.leave_to_fuller) is left to it; None: this request cannot wait,
+        it takes the best job it may take now). The offer shrinks by what each claimed job
+        takes. A draining machine gets nothing. Each job gets a job token living its
+        max_runtime plus `token_margin`. Records that the pilot and its machine are alive.
+        `shares` are the owners' shares, `group_shares` the groups'. Times are predicted
+        (`self.predicted`); `strand_limit` as in placement.choose."""
+        now = time.time() if now is None else now
+        with self.store.tx() as c:
+            return self._claim(c, pilot_id, machine, offer, count, whole, looking.fitting,
+                               looking.drained, now, _Policy(
+                                   by, shares, group_shares or {}, reserve_limit, fuller,
+                                   token_margin, strand_limit))
+
+    def match(
+        self, pilot_id: str, machine: str, offer: SlotOffer, *, by: str,
+        shares: dict[str, float], token_margin: float = 0.0,
+        group_shares: dict[str, float] | None = None, count: int = 1,
+        whole: SlotOffer | None = None, reserve_limit: float = 0.0,
+        fuller: Sequence[Asking] | None = None, now: float | None = None,
+        seen_every: float = SEEN_EVERY, strand_limit: float | None = None,
+    ) -> Claim:
+        """`looking`, then `claim` in a transaction of its own (retried when PostgreSQL
+        reports a deadlock with another process claiming)."""
+        now = time.time() if now is None else now
+        look = self.looking(pilot_id, machine, offer, whole, now, seen_every)
+        if look is None:
+            return Claim([])
+        return retried(lambda: self.claim(
+            look, pilot_id, machine, offer, by=by, shares=shares, token_margin=token_margin,
+            group_shares=group_shares, count=count, whole=whole,
+            reserve_limit=reserve_limit, fuller=fuller, now=now, strand_limit=strand_limit))
 
     def _claim(self, c: Connection, pilot_id: str, machine: str, offer: SlotOffer,
                count: int, whole: SlotOffer | None, fitting: Owners, drained: set[int],
@@ -407,14 +455,14 @@ class JobStore:
         reg = c.execute("UPDATE pilots SET last_seen = ? WHERE id = ?"
                         " RETURNING cores, memory_mb, slots", (now, pilot_id)).fetchone()
         rows = c.execute(
-            "SELECT m.draining, j.pilot_id, json_extract(j.requirements, '$.cores'),"
-            " json_extract(j.requirements, '$.memory_mb'), COALESCE(j.started_at,"
-            " j.updated_at), json_extract(j.requirements, '$.max_runtime') FROM machines m"
+            "SELECT m.draining, j.pilot_id, j.cores, j.memory_mb,"
+            " COALESCE(j.started_at, j.updated_at), j.max_runtime, j.tq_id FROM machines m"
             f" LEFT JOIN jobs j ON j.machine = m.name AND j.state IN {HELD}"
             " WHERE m.name = ?", (machine,)).fetchall()
         draining = bool(rows and rows[0][0])
         held = [r for r in rows if r[1] is not None]
-        running = [Running(int(r[2] or 1), int(r[3] or 0), float(r[4]) + float(r[5] or 0))
+        running = [Running(int(r[2] or 1), int(r[3] or 0),
+                           self.predicted.ends(r[6], float(r[4]), float(r[5] or 0), now))
                    for r in held]
         busy = busy_until(running)
         got: list[Job] = []
@@ -459,11 +507,11 @@ class JobStore:
 
         while len(got) < count:
             room = whole or offer
-            candidates = (q for q in fair_share_walk(owners, fs)
+            candidates = (self.predicted.queue(q) for q in fair_share_walk(owners, fs)
                           if q.id not in skip and q.id not in drained
                           and fits(q.requirements, room))
             q = choose(candidates, offer, whole, running, now, policy.reserve_limit,
-                       waits=waits)
+                       waits=waits, strand_limit=policy.strand_limit)
             if q is None:
                 break
             if policy.fuller is not None and leave_to_fuller(q.requirements, me, policy.fuller):
@@ -477,14 +525,12 @@ class JobStore:
                 self.task_queues.drained(q)
                 continue
             job = _job(row)
-            if policy.answerable is not None:
-                policy.answerable(job)  # raises: the transaction rolls back, nothing claimed
             got.append(job)
             r = job.requirements
             fs = holding(fs, job.owner, job.group, r.cores)
             offer = dataclasses.replace(offer, cores=offer.cores - r.cores,
                                         memory_mb=offer.memory_mb - r.memory_mb)
-            running.append(Running(r.cores, r.memory_mb, now + r.max_runtime))
+            running.append(Running(r.cores, r.memory_mb, now + q.runtime))
         return got
 
     @staticmethod
@@ -595,7 +641,8 @@ class JobStore:
             if after["state"] == S.DONE.value and row["started_at"] is not None:
                 RunTimeStore.record(c, row["tq_id"], row["owner"],  # run-time history
                                     max(now - row["started_at"], 0.0), now)
-            return _job(after)
+        self.requeued(after["state"] == S.WAITING)
+        return _job(after)
 
     def save_output(self, pilot_id: str, job_id: int, stdout: str, stderr: str,
                     truncated: bool, now: float | None = None,
@@ -635,6 +682,7 @@ class JobStore:
                            reschedules=r["reschedules"] + 1)
                 self._move(c, r["id"], S.RESCHEDULED, S.WAITING, now, pilot_id=None,
                            machine=None, endpoint=None, progress=None)
+        self.requeued(bool(rows))
         return [r["id"] for r in rows]
 
     def stall(self, *, expired_before: float | None = None,
@@ -679,4 +727,12 @@ class JobStore:
                                f"stalled and no retries left ({r['max_retries']})",
                                ended_at=now, reason="stalled; no retries left")
                     out.append((r["id"], S.FAILED))
+        self.requeued(any(state == S.WAITING for _, state in out))
         return out
+
+    def requeued(self, any_back: bool) -> None:
+        """Jobs came back to their task queues: the live snapshot is read again (its
+        invalidation inside the transaction, in `_move`, may be overtaken by a snapshot read
+        that began before the commit; once committed, no read misses them)."""
+        if any_back:
+            self.task_queues.changed()

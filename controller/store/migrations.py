@@ -253,13 +253,9 @@ def i11_attempts(db: Database) -> None:
                " outcome TEXT, PRIMARY KEY (job_id, n))")
 
 
-def i13_usage(db: Database) -> None:
-    """Fair share with memory: used core-seconds per owner and per group, decayed with a
-    half-life (the value as of `at`), and the cores each holds now beside its slots."""
-    db.execute("CREATE TABLE usage (kind TEXT NOT NULL, name TEXT NOT NULL,"
-               " core_seconds REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (kind, name))")
-    db.execute("ALTER TABLE held ADD COLUMN cores INTEGER NOT NULL DEFAULT 0")
-    cores = "CAST(COALESCE(json_extract(NEW.requirements, '$.cores'), 1) AS INTEGER)"
+def _held_triggers(db: Database, cores: str) -> None:
+    """Fair share's held counts per owner and group (jobs and `cores`, an expression over
+    NEW), kept by triggers on a job's state."""
     for kind, col in (("owner", "owner"), ("group", "grp")):
         db.execute(f"DROP TRIGGER held_{kind}")
         db.execute(f"""
@@ -272,6 +268,16 @@ def i13_usage(db: Database) -> None:
                 ON CONFLICT (kind, name) DO UPDATE
                 SET n = n + excluded.n, cores = cores + excluded.cores;
             END""")
+
+
+def i13_usage(db: Database) -> None:
+    """Fair share with memory: used core-seconds per owner and per group, decayed with a
+    half-life (the value as of `at`), and the cores each holds now beside its slots."""
+    db.execute("CREATE TABLE usage (kind TEXT NOT NULL, name TEXT NOT NULL,"
+               " core_seconds REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (kind, name))")
+    db.execute("ALTER TABLE held ADD COLUMN cores INTEGER NOT NULL DEFAULT 0")
+    _held_triggers(db, "CAST(COALESCE(json_extract(NEW.requirements, '$.cores'), 1)"
+                       " AS INTEGER)")
     for kind, col in (("owner", "owner"), ("group", "grp")):
         db.execute(f"""
             UPDATE held SET cores = (
@@ -396,6 +402,50 @@ def i23_run_times(db: Database) -> None:
     db.execute(I23_RUN_TIMES)
 
 
+# Issue 19: a job's shape in real columns (the matcher, the triggers and the scheduler read
+# them on every claim and state change; before, out of the requirements' JSON), filled from
+# the JSON with the defaults of domain/jobs.Requirements
+I19_SHAPE = [
+    "ALTER TABLE jobs ADD COLUMN cores INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE jobs ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 512",
+    "ALTER TABLE jobs ADD COLUMN max_runtime INTEGER NOT NULL DEFAULT 3600",
+]
+
+
+def _i19_fill(cores: str, memory: str, runtime: str) -> str:
+    return (f"UPDATE jobs SET cores = COALESCE({cores}, 1), memory_mb = COALESCE({memory}, 512),"
+            f" max_runtime = COALESCE({runtime}, 3600)")
+
+
+I19_FILL_PG = _i19_fill(*(f"(requirements::jsonb ->> '{k}')::NUMERIC::BIGINT"
+                          for k in ("cores", "memory_mb", "max_runtime")))
+I19_HELD_CHANGE_PG = f"""CREATE OR REPLACE FUNCTION held_change() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        d BIGINT;
+        c BIGINT;
+    BEGIN
+        IF (OLD.state IN {HELD}) = (NEW.state IN {HELD}) THEN
+            RETURN NULL;
+        END IF;
+        d := CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END;
+        c := d * NEW.cores;
+        INSERT INTO held_pending (kind, name, n, cores)
+        VALUES ('owner', NEW.owner, d, c), ('group', NEW.grp, d, c);
+        RETURN NULL;
+    END $$"""
+
+
+def i19_job_shape(db: Database) -> None:
+    """A job's cores, memory and max run time in columns of their own; the fair-share
+    triggers read them."""
+    for sql in I19_SHAPE:
+        db.execute(sql)
+    db.execute(_i19_fill(*(f"CAST(json_extract(requirements, '$.{k}') AS INTEGER)"
+                           for k in ("cores", "memory_mb", "max_runtime"))))
+    _held_triggers(db, "NEW.cores")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: how SQLite takes it, and how PostgreSQL does (SQL statements;
@@ -432,6 +482,8 @@ MIGRATIONS: list[Migration] = [
     Migration("020_i21_idempotency_ids_filled", i21_idempotency_ids_filled, [I21_IDS_FILLED]),
     Migration("021_i26_plan_epoch", i26_plan_epoch, [I26_PLAN_EPOCH]),
     Migration("022_i23_run_times", i23_run_times, [I23_RUN_TIMES]),
+    Migration("023_i19_job_shape", i19_job_shape, [*I19_SHAPE, I19_FILL_PG,
+                                                    I19_HELD_CHANGE_PG]),
 ]
 
 

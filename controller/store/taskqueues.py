@@ -102,6 +102,7 @@ class TaskQueues:
         self._memo: dict[tuple[Requirements, str, str, int], int] = {}
         self._live: Snapshot | None = None
         self._lock = threading.Lock()  # one reader of the snapshot at a time
+        self._changes = 0  # work arrived or came back this many times (`changed`)
 
     def __len__(self) -> int:
         """Task queues held in memory (for the tests that check the bound)."""
@@ -151,7 +152,10 @@ class TaskQueues:
             snap = self._live
             if snap is not None and now - snap.at < LIVE_TTL:
                 return snap
-            self._live = None  # work arriving while it is read makes it stale again
+            # work arriving while it is read makes it stale: it is then answered to this
+            # reader, not kept for the next ones (a submission committed after this read began
+            # must be seen by the pilots it wakes)
+            changes = self._changes
             ids = [r[0] for r in c.execute(LIVE).fetchall()]
             shapes: Shapes = {}
             for q in self.known(c, ids).values():
@@ -161,12 +165,14 @@ class TaskQueues:
             self._prune(ids)
             draining = frozenset(r[0] for r in c.execute(DRAINING).fetchall())
             fresh = Snapshot(shapes, now, draining=draining)
-            if self._live is None:
+            if self._changes == changes:
                 self._live = fresh
             return fresh
 
     def changed(self) -> None:
-        """Work arrived or came back: read the snapshot again before the next match."""
+        """Work arrived or came back: read the snapshot again before the next match (and a
+        snapshot being read now is not kept)."""
+        self._changes += 1
         self._live = None
 
     def drained(self, q: TaskQueue) -> None:

@@ -70,6 +70,20 @@ class TickStore:
             return [dict(r) for r in c.execute(sql + " ORDER BY id DESC LIMIT ?",
                                                (*args, limit))]
 
+    def prices_seen(self, endpoint: str, since: float, until: float
+                    ) -> list[tuple[float, dict[str, float]]]:
+        """The spot prices the endpoint's ticks in [since, until) saw: (time, prices by
+        type/zone), oldest first (of the ticks still kept: tick_retention). Issue 25."""
+        with self.store.read() as c:
+            rows = c.execute("SELECT at, inputs FROM ticks WHERE endpoint = ? AND at >= ? AND"
+                             " at < ? ORDER BY at", (endpoint, since, until)).fetchall()
+        out = []
+        for at, blob in rows:
+            prices = _unpack(blob).get("prices") or {}
+            if prices:
+                out.append((float(at), {k: float(v) for k, v in prices.items()}))
+        return out
+
     @staticmethod
     def _doc(row: Any) -> dict[str, Any]:
         return {"id": row["id"], "endpoint": row["endpoint"], "at": row["at"],

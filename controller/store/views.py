@@ -212,6 +212,31 @@ def machine_deliveries(store: Store, endpoint: str, since: float) -> list[
     return out
 
 
+def machine_runs(store: Store, endpoint: str, since: float, now: float) -> list[
+        tuple[str, float, bool]]:
+    """Issue 24: the endpoint's machines launched since `since` whose pilot registered, by
+    pool: (pool, seconds they ran until they left `running` or until `now`, whether they
+    left it as lost: the cloud or the site took them, an interruption)."""
+    with store.read() as c:
+        rows = c.execute(
+            "SELECT m.name, m.info, e.at, e.from_state, e.to_state FROM machines m JOIN"
+            " machine_events e ON e.machine = m.name WHERE m.endpoint = ? AND"
+            " m.created_at >= ? AND (e.to_state = 'running' OR e.from_state = 'running')"
+            " ORDER BY m.name, e.at, e.id", (endpoint, since)).fetchall()
+    up: dict[str, tuple[str, float]] = {}
+    out: list[tuple[str, float, bool]] = []
+    for name, info, at, src, to in rows:
+        if to == "running" and src != "running":
+            pool = json.loads(info or "{}").get("pool")
+            if pool:
+                up[name] = (str(pool), float(at))
+        elif src == "running" and name in up:
+            pool, t = up.pop(name)
+            out.append((pool, max(float(at) - t, 0.0), to == "lost"))
+    out.extend((pool, max(now - t, 0.0), False) for pool, t in up.values())
+    return out
+
+
 def jobs_by_owner_state(store: Store) -> list[tuple[str, str, int]]:
     with store.read() as c:
         return [(r[0], r[1], r[2]) for r in c.execute(

@@ -15,13 +15,13 @@ from controller.api.jobs import waiting_reasons
 from controller.api.monitoring import day_start
 from controller.api.ticks import explain
 from controller.auth import Role
+from controller.domain.accounting import window
 from controller.domain.endpoints import EndpointState
 from controller.domain.machines import Machine
 from controller.domain.plans import PlanState
 from controller.errors import NotFound
-from controller.metrics import configured_prices
-from controller.store import Store, sessions, views
-from controller.web.render import HERE, chart, templates
+from controller.store import Store, accounting, sessions, views
+from controller.web.render import HERE, bars, chart, templates
 from controller.web.session import SECURITY_HEADERS, WebSession
 
 router = APIRouter(include_in_schema=False)
@@ -74,7 +74,7 @@ def static(name: str) -> Response:
 def overview(request: Request, s: WebSession, store: StoreDep,
              settings: SettingsDep) -> HTMLResponse:
     now = time.time()
-    o = views.overview(store, configured_prices(settings), _owner(s), now, day_start(now))
+    o = views.overview(store, settings.machine_prices(), _owner(s), now, day_start(now))
     samples = views.samples(store, now - CHART_HOURS * 3600)
     start = samples[0].at if samples else now - CHART_HOURS * 3600  # a young controller: its life
     charts = [chart(title, [(x.at, float(getattr(x, key))) for x in samples], start, now)
@@ -121,7 +121,7 @@ def job(job_id: int, request: Request, s: WebSession, store: StoreDep,
         except NotFound:
             machine = None
     attempts = [e for e in events if e["to_state"] == "matched"]
-    price = _price(machine, configured_prices(settings)) if machine else 0.0
+    price = _price(machine, settings.machine_prices()) if machine else 0.0
     ep = settings.endpoint(j.endpoint) if j.endpoint else None
     slots = (machine.info.get("slots") if machine else None) or (ep.slots if ep else 1)
     ran = (j.ended_at or time.time()) - j.started_at if j.started_at else 0.0
@@ -176,7 +176,7 @@ def machines(request: Request, s: WebSession, store: StoreDep, settings: Setting
              all: bool = False) -> HTMLResponse:
     now = time.time()
     busy = store.jobs.busy_by_machine()
-    prices = configured_prices(settings)
+    prices = settings.machine_prices()
     rows = []
     for m in store.machines.find(live=not all):
         price = _price(m, prices)
@@ -218,3 +218,37 @@ def _decisions(store: Store, settings: Any, s: sessions.Session) -> list[dict[st
         d["recent"] = store.ticks.find(ep.name, changes=True, limit=5)
         out.append(d)
     return out
+
+
+@router.get("/usage", response_class=HTMLResponse)
+async def usage(request: Request, s: WebSession, store: StoreDep, settings: SettingsDep,
+                by: Literal["owner", "group", "endpoint"] = "owner",
+                since: str = "30d") -> HTMLResponse:
+    """Accounting by day (GET /api/v1/usage as a page): a user sees their own rows only."""
+    if s.principal.role != Role.ADMIN and by != "owner":
+        return refuse(request, s, f"usage by {by}")
+    bad, status = None, 200
+    try:
+        span = window(since)
+    except ValueError as e:
+        bad, status, since, span = str(e), 422, "30d", window("30d")
+    now = time.time()
+    ledger = await run_in_threadpool(accounting.usage, store, settings.machine_prices(),
+                                     now - span, now)
+    mine = _owner(s)
+    rows = [r for r in ledger.rows(by) if mine is None or r.name == mine]
+    days: dict[str, list[float]] = {}
+    for r in rows:
+        d = days.setdefault(r.day, [0.0, 0.0])
+        d[0] += r.total.money
+        d[1] += r.total.core_hours
+    idle = {} if mine is not None else ledger.idle
+    for day, _ in idle:
+        days.setdefault(day, [0.0, 0.0])
+    order = sorted(days)
+    charts = [bars("USD charged to jobs per day", [(d, days[d][0]) for d in order]),
+              bars("core-hours per day", [(d, days[d][1]) for d in order])]
+    return page(request, "usage", s, "job machine", status, rows=rows, by=by, since=since,
+                bad=bad,
+                charts=charts, idle=sorted(idle.items()),
+                spent=ledger.spent if mine is None else {})

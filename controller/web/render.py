@@ -62,3 +62,28 @@ def chart(title: str, series: Sequence[tuple[float, float]], start: float,
     pts = " ".join(f"{(t - start) / span * Chart.WIDTH:.1f},"
                    f"{Chart.HEIGHT - v / top * (Chart.HEIGHT - 4):.1f}" for t, v in series)
     return Chart(title, pts, top, series[-1][1] if series else 0.0, start, end)
+
+
+@dataclass(frozen=True)
+class Bars:
+    """A bar chart of values per day in a WIDTH x HEIGHT box: (day, x, y, width, height,
+    value) per bar."""
+
+    title: str
+    bars: tuple[tuple[str, float, float, float, float, float], ...]
+    top: float
+
+    WIDTH = 300
+    HEIGHT = 80
+
+
+def bars(title: str, values: Sequence[tuple[str, float]]) -> Bars:
+    """One bar per (day, value), oldest first, scaled to the chart's box."""
+    top = max((v for _, v in values), default=0.0)
+    w = Bars.WIDTH / max(len(values), 1)
+    out = []
+    for i, (day, v) in enumerate(values):
+        h = v / (top or 1.0) * (Bars.HEIGHT - 4)
+        out.append((day, round(i * w + w * 0.1, 2), round(Bars.HEIGHT - h, 2), round(w * 0.8, 2),
+                    round(h, 2), v))
+    return Bars(title, tuple(out), top)

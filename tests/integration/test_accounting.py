@@ -61,3 +61,30 @@ def test_usage_per_owner_plus_idle_is_the_spend(make_controller):
     assert cli.returncode == 0, cli.stderr
     assert "physics" in cli.stdout and "local (idle)" in cli.stdout
     assert "spent in the window: local" in cli.stdout
+
+
+def test_a_group_over_its_budget_gets_no_new_machines(make_controller):
+    # physics (alice) may spend 1 cent this month: its first job, 3 s on a machine costing
+    # 1 cent a second, takes it over; that job is not stopped
+    ctrl = make_controller(endpoints=[PRICED], group_budgets={"physics": 0.01},
+                           budget_check_interval=0.1)
+    [first] = ctrl.submit("alice", sh("sleep 3"))
+    assert ctrl.wait_state(first, "done", "failed", timeout=40)["state"] == "done"
+
+    def machines() -> list[dict]:
+        with ctrl.client() as c:
+            return list(c.get("/api/v1/machines").json())
+
+    wait_until(lambda: machines() == [], 30, what="the idle machine to stop")
+    [second] = ctrl.submit("alice", sh("true"))
+    ctrl.wait_ticks("local", 3)
+    job = ctrl.job(second)
+    assert job["state"] == "waiting" and machines() == []
+    assert "group physics has spent $0.0" in job["waiting_reason"]
+    assert "budget for" in job["waiting_reason"] and "no new machines" in job["waiting_reason"]
+    with ctrl.client("alice") as c:
+        reasons = c.get("/api/v1/endpoints/local/explain").json()["reasons"]
+    assert any(r.startswith("budget: group physics is over its budget") for r in reasons)
+    # another group's work still starts machines (which may then take alice's job too)
+    [bobs] = ctrl.submit("bob", sh("true"))
+    assert ctrl.wait_state(bobs, "done", timeout=40)["state"] == "done"

@@ -250,3 +250,29 @@ def test_pilot_credentials_expire_unless_heartbeats_renew_them_and_die_with_a_lo
     wait_until(machine_lost, 20, what="machine l1 to be lost")
     r = theirs.post(f"/api/v1/pilots/{lost}/heartbeat", json={"jobs": []})
     assert r.status_code == 401 and r.json()["detail"] == "unknown token"
+
+
+def test_a_job_that_cannot_be_answered_is_never_claimed(ctrl):
+    """A stored job whose answer cannot be written (a lone surrogate, as rows from before input
+    checks could hold): the match's answer is written inside the claim's transaction, so the
+    match fails and the job stays waiting, with no attempt and no token (issue 19: no callback
+    from the store into the API, the guarantee kept)."""
+    (jid,) = ctrl.submit("alice", sh("true"))
+    store = Store(ctrl.database)
+    try:
+        with store.tx() as c:
+            c.execute("UPDATE jobs SET env = ? WHERE id = ?", ('{"A": "\\ud800"}', jid))
+    finally:
+        store.close()
+    pid = register(ctrl)
+    with ctrl.client(pid) as c:
+        r = c.post(f"/api/v1/pilots/{pid}/match",
+                   json={"free_cores": 4, "free_memory_mb": 4096, "free_slots": 1})
+    assert r.status_code == 500
+    store = Store(ctrl.database)
+    try:
+        assert store.rows("SELECT state, attempt FROM jobs WHERE id = ?", (jid,))[0][:] \
+            == ("waiting", 0)
+        assert store.rows("SELECT COUNT(*) FROM attempts WHERE job_id = ?", (jid,))[0][0] == 0
+    finally:
+        store.close()

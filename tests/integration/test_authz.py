@@ -222,6 +222,9 @@ ROUTES = [
     Route("DELETE", "/api/v1/endpoints/{endpoint}/hosts/{host}",
           own("/api/v1/endpoints/manual/hosts/h9"), {"admin": 422}),
     Route("GET", "/api/v1/ticks", own("/api/v1/ticks"), {"admin": 200}),
+    # issue 25: the what-if (admins); another config with none of this controller's endpoints
+    Route("POST", "/api/v1/whatif", own("/api/v1/whatif"), {"admin": 422},
+          body=lambda w, who: {"since": "1h", "config": ""}),
     Route("GET", "/api/v1/ticks/{tick_id}", own("/api/v1/ticks/999999"), {"admin": 404}),
     Route("POST", "/api/v1/admin/users", own("/api/v1/admin/users"), {"admin": 201},
           body=lambda w, who: {"name": f"u{uuid.uuid4().hex[:8]}", "group": "g"}),

@@ -175,6 +175,18 @@ def test_user_watches_jobs_and_machines_live(ctrl: Controller, browser: Any) -> 
     shot(d, "refused")
     ctrl.wait_state(bobs, "done")
 
+    # issue 25: the usage page, alice's own rows only, with a bar per day; other views refused
+    d.get(ctrl.url + "/usage")
+    names = {e.get_attribute("data-name")
+             for e in d.find_elements(By.CSS_SELECTOR, "#usage tr[data-name]")}
+    assert names == {"alice"}
+    assert d.find_elements(By.CSS_SELECTOR, "#usage-chart-2 rect.bar")
+    assert not d.find_elements(By.ID, "usage-by")
+    d.get(ctrl.url + "/usage?by=group")
+    assert "is for admins" in d.find_element(By.ID, "refused").text
+    d.get(ctrl.url + "/usage?since=soon")
+    assert "bad window" in d.find_element(By.ID, "usage-error").text
+
 
 def pending_plan(ctrl: Controller) -> int:
     def pending() -> int | None:
@@ -226,6 +238,14 @@ def test_admin_approves_a_pending_plan(ctrl: Controller, browser: Any) -> None:
     d.get(ctrl.url + "/scheduler")
     assert d.find_elements(By.ID, "decision-gated")
     shot(d, "scheduler")
+
+    # issue 25: the usage page, every owner's rows for an admin, and the idle money
+    d.get(ctrl.url + "/usage?by=owner&since=1d")
+    names = {e.get_attribute("data-name")
+             for e in d.find_elements(By.CSS_SELECTOR, "#usage tr[data-name]")}
+    assert {"alice", "bob"} <= names
+    assert "(idle)" in d.find_element(By.ID, "usage").text
+    shot(d, "usage")
 
 
 class _Attacker(http.server.BaseHTTPRequestHandler):

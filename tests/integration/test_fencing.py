@@ -5,7 +5,7 @@ import threading
 
 import psycopg
 
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 from controller.domain.machines import MachineState as M
 from controller.domain.plans import PlanState as P
 from controller.reconcile.loop import Reconciler
@@ -24,7 +24,7 @@ def test_a_deposed_leaders_late_apply_result_is_refused_and_logged(postgres_serv
     records it. When the old leader's call returns, its result is refused and logged: the
     plan is applied once, its machine created once."""
     url = postgres_server.create_database()
-    ep = EndpointConfig(name="ep", slots=1, max_machines=2, max_starts_per_cycle=2,
+    ep = endpoint_config(name="ep", slots=1, max_machines=2, max_starts_per_cycle=2,
                         auto_apply=True)
     settings = Settings(database=url, endpoints=[ep])
     stores = [Store(url), Store(url)]  # each process's own
@@ -71,7 +71,7 @@ def test_a_deposed_leaders_late_apply_result_is_refused_and_logged(postgres_serv
 def _two_processes(postgres_server, auto_apply: bool):
     """Two controller processes' stores, leaderships and views of one in-memory cloud."""
     url = postgres_server.create_database()
-    ep = EndpointConfig(name="ep", slots=1, max_machines=2, max_starts_per_cycle=2,
+    ep = endpoint_config(name="ep", slots=1, max_machines=2, max_starts_per_cycle=2,
                         auto_apply=auto_apply)
     settings = Settings(database=url, endpoints=[ep])
     stores = [Store(url), Store(url)]

@@ -74,6 +74,13 @@ def test_metrics_match_the_database_and_survive_restart(make_controller: Any) ->
         == db(d, "SELECT COUNT(*) FROM plans WHERE state = 'applied'")
     assert m[("cloudpilot_spend_usd_total", (("endpoint", "manual"),))] == 0.0
     assert ("cloudpilot_tick_duration_seconds_count", ()) in m
+    # issue 25: accounting counters, failed attempts apart (1 core each; unpriced: USD 0)
+    for owner, status in (("alice", "done"), ("alice", "failed"), ("bob", "done")):
+        held = db(d, "SELECT SUM(a.ended_at - a.started_at) FROM attempts a JOIN jobs j"
+                  " ON j.id = a.job_id WHERE j.owner = ? AND a.outcome = ?", owner, status)
+        key = (("kind", "owner"), ("name", owner), ("status", status))
+        assert m[("cloudpilot_usage_core_seconds_total", key)] == round(held, 3)
+        assert m[("cloudpilot_usage_usd_total", key)] == 0.0
     # the admin token scrapes too
     assert scrape(ctrl.url, ctrl.tokens["admin"])[("cloudpilot_jobs_submitted_total", ())] == 4
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.drivers.local import PilotProcesses
 from controller.drivers.pulumi import (
     BUILT_ROOT,
@@ -124,7 +124,7 @@ class Engine:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.store = Store(root / "cloudpilot.db")
-        self.ep = EndpointConfig(name="eng", driver="local", via="pulumi")
+        self.ep = endpoint_config(name="eng", driver="local", via="pulumi")
         self.driver = self.make()
 
     def make(self) -> PulumiDriver:

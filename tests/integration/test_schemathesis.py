@@ -123,7 +123,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(ctrl):
                 fuzz(op, mode, role, creds, cases, failures)
     print(f"schemathesis: {len(operations)} operations, {sum(cases.values())} cases "
           f"({dict(cases)}), {len(failures)} failures")
-    assert len(operations) == 52  # issue 22: files, sandboxes, live output, pilot code;
-    # issue 25: usage
+    assert len(operations) == 53  # issue 22: files, sandboxes, live output, pilot code;
+    # issue 25: usage, whatif
     assert all(n >= len(operations) * 2 for n in cases.values())
     assert failures == [], "\n\n".join(failures[:10])

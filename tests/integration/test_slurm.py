@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.domain.batch import BatchState
 from controller.drivers.batchsite import SYSTEMS, BatchDriver
 from controller.drivers.remote import Unreachable
@@ -180,7 +180,7 @@ def test_pilot_jobs_pending_too_long_are_cancelled_and_the_endpoint_backs_off(
 
 def test_the_login_nodes_host_key_is_checked_and_secrets_stay_off_command_lines(
         cluster, tmp_path):
-    ep = EndpointConfig(**slurm_endpoint(cluster))
+    ep = endpoint_config(**slurm_endpoint(cluster))
     assert ep.slurm is not None
     stranger = ep.model_copy(update={"slurm": ep.slurm.model_copy(
         update={"known_hosts": tmp_path / "empty_known_hosts"})})

@@ -14,6 +14,7 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from controller.reconcile.whatif import format_explain
 from tests.conftest import REPO, sh, wait_until
 
 pytestmark = pytest.mark.integration
@@ -233,3 +234,54 @@ def test_a_sold_out_pool_is_blocked_the_next_cheapest_starts_and_the_block_ends(
         assert any(m["info"]["pool"] == cheapest and m["state"] != "failed" for m in ms)
         (ep,) = c.get("/api/v1/endpoints").json()
         assert ep["refusals"] == []
+
+
+def test_the_ladder_with_spot_refused_falls_back_after_its_deadline_and_spot_only_waits(
+        make_controller, tmp_path):
+    """Issue 24's fallback ladder on a real controller with real pilots: the local driver
+    refuses every spot launch (as EC2 says InsufficientInstanceCapacity). A job that has
+    waited `fallback_after` for spot is placed on the on-demand rung, and explain says the
+    rung and why; a spot-only job never goes on demand, not even on that machine when it is
+    idle."""
+    prices = tmp_path / "prices.tsv"
+    prices.write_text("".join(f"SPOTINSTANCEPRICE\t{p}\t{t}\t{ty}\tLinux/UNIX\t{z}\n"
+                              for p, t, ty, z in PRICE_ROWS))
+    ctrl = make_controller(endpoints=[{"name": "ec2"}], start=False)
+    top = ctrl.config.read_text().split("\n[[endpoints]]")[0]
+    spot = ", ".join(f'"t.small/eu-west-1{z}/spot" = 0' for z in "ab")  # 0: always refused
+    ctrl.config.write_text(top + priced_toml(prices, extra=(
+        f"fallback_after = 3\nrefusal_ttl = 1\nrefuse = {{ {spot} }}")))
+    ctrl.start()
+    (only,) = ctrl.submit("alice", sh("echo spot", spot_only=True))
+    (job,) = ctrl.submit("alice", sh("echo any"))
+    submitted = ctrl.job(job)["created_at"]
+    explained: list[dict] = []
+    with ctrl.client() as c:
+        def on_demand_started() -> bool:
+            doc = c.get("/api/v1/endpoints/ec2/explain").json()
+            if any(s["pool"].endswith("/on-demand") for s in doc["started"]):
+                explained.append(doc)
+            return bool(explained)
+
+        wait_until(on_demand_started, 20, interval=0.05, what="an on-demand machine")
+        done = ctrl.wait_state(job, "done", "failed", timeout=30)
+        assert done["state"] == "done"
+        ms = {m["name"]: m for m in c.get("/api/v1/machines", params={"all": True}).json()}
+    # it ran on demand, and only once it had waited fallback_after for spot
+    od = ms[done["machine"]]
+    assert od["info"]["market"] == "on-demand"
+    assert od["created_at"] >= submitted + 3
+    refused = [m for m in ms.values() if m["info"]["market"] == "spot"]
+    assert refused and all(m["state"] == "failed" and "InsufficientInstanceCapacity"
+                           in m["reason"] for m in refused)
+    # explain: the rung and why
+    (start,) = [s for s in explained[0]["started"] if s["pool"].endswith("/on-demand")]
+    assert "(rung 2 of 2, on-demand: its oldest job waited" in start["reason"]
+    assert ">= fallback_after 3s)" in start["reason"]
+    assert "rung 2 of 2, on-demand" in format_explain(explained[0])
+    # the spot-only job waits, however long, though the on-demand machine is idle now
+    time.sleep(2)
+    assert ctrl.job(only)["state"] == "waiting"
+    with ctrl.client() as c:
+        ms = c.get("/api/v1/machines", params={"all": True}).json()
+    assert any(m["info"]["market"] == "on-demand" and m["state"] == "running" for m in ms)

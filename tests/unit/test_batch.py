@@ -3,7 +3,7 @@ settings and the time-left rule."""
 
 import pytest
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.domain.batch import BatchJob, BatchSpec, BatchState, PilotJob, decide_batch
 from controller.domain.jobs import Requirements
 from controller.domain.machines import MachineState as M
@@ -129,18 +129,18 @@ def _slurm(**over):
 
 
 def test_slurm_settings_are_checked():
-    ep = EndpointConfig(name="hpc", driver="slurm", slurm=_slurm(wall_time=3600,
+    ep = endpoint_config(name="hpc", driver="slurm", slurm=_slurm(wall_time=3600,
                                                                time_margin=60))
     assert ep.shape().max_runtime == 3540
     assert ep.auto_apply is True
-    with pytest.raises(ValueError, match=r"needs an \[endpoints.slurm\] section"):
-        EndpointConfig(name="hpc", driver="slurm")
-    with pytest.raises(ValueError, match="needs driver = \"slurm\""):
-        EndpointConfig(name="hpc", driver="local", slurm=_slurm())
-    with pytest.raises(ValueError, match="sbatch option"):
-        EndpointConfig(name="hpc", driver="slurm", slurm=_slurm(sbatch_options=["--x=$(id)"]))
-    with pytest.raises(ValueError):
-        EndpointConfig(name="hpc", driver="slurm", slurm=_slurm(partition="a b"))
+    with pytest.raises(ConfigError, match=r"needs an \[endpoints.slurm\] section"):
+        endpoint_config(name="hpc", driver="slurm")
+    with pytest.raises(ConfigError, match="driver 'local' has no option slurm"):
+        endpoint_config(name="hpc", driver="local", slurm=_slurm())
+    with pytest.raises(ConfigError, match="sbatch option"):
+        endpoint_config(name="hpc", driver="slurm", slurm=_slurm(sbatch_options=["--x=$(id)"]))
+    with pytest.raises(ConfigError):
+        endpoint_config(name="hpc", driver="slurm", slurm=_slurm(partition="a b"))
 
 
 def test_the_example_config_loads():

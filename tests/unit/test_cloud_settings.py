@@ -32,7 +32,8 @@ AWS = '[endpoints.aws]\nregion = "eu-west-1"\nami = "ami-0abc"\n'
 
 @pytest.mark.parametrize("text,msg", [
     ('[[endpoints]]\nname = "c"\ndriver = "aws"\n', "driver 'aws' needs an [endpoints.aws]"),
-    ('[[endpoints]]\nname = "c"\n' + AWS, "section needs driver = 'aws'"),
+    ('[[endpoints]]\nname = "c"\n' + AWS,
+     "endpoints.0.aws: driver 'local' has no option aws (drivers with it: aws)"),
     ('[[endpoints]]\nname = "c"\ndriver = "gce"\n', "endpoints.0.driver"),
     ('[[endpoints]]\nname = "c"\ndriver = "aws"\n' + AWS + 'instanz_type = "x"\n',
      "endpoints.0.aws.instanz_type"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.drivers import contextualization as ctx
 from controller.drivers.local import LocalDriver
 
@@ -23,9 +23,9 @@ TOKEN = "cp_secret-pilot-token-for-tests"
 AWS = {"region": "eu-west-1", "ami": "ami-0abc", "ssh_cidr": "10.0.0.5/32",
        "public_key": KEY}
 ENDPOINTS = {
-    "local": EndpointConfig(name="local", slots=3, tags=["linux", "fast"]),
-    "aws-pilot": EndpointConfig(name="aws-pilot", driver="aws", aws=AWS),
-    "aws-ssh": EndpointConfig(name="aws-ssh", driver="aws", aws=AWS, contextualization="ssh",
+    "local": endpoint_config(name="local", slots=3, tags=["linux", "fast"]),
+    "aws-pilot": endpoint_config(name="aws-pilot", driver="aws", aws=AWS),
+    "aws-ssh": endpoint_config(name="aws-ssh", driver="aws", aws=AWS, contextualization="ssh",
                               ssh_endpoint="hosts"),
 }
 
@@ -131,7 +131,7 @@ def test_the_tarball_is_reproducible():
 def test_a_cloud_machine_powers_itself_off_at_its_max_age_controller_or_not(tmp_path):
     """The shutdown timer needs no pilot and no controller: it is enabled first thing, and a
     cloud machine set to terminate on shutdown then ends its cost."""
-    ep = EndpointConfig(name="aws-pilot", driver="aws", aws=AWS, max_machine_age=7200)
+    ep = endpoint_config(name="aws-pilot", driver="aws", aws=AWS, max_machine_age=7200)
     text = ctx.user_data(ep, "http://10.0.0.5:8080", TOKEN, "aws-pilot-0002")
     doc = yaml.safe_load(text)
     files = {f["path"]: f["content"] for f in doc["write_files"]}

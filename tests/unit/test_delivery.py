@@ -1,6 +1,7 @@
-"""Offers scored by what they deliver (issue 24): the measured boot latency and the share of
-pilots that never registered, per offer, priced as the waiting work's delay, in the pure
-decision and in the recorded tick; measured from the store's machine events."""
+"""Offers scored by what they deliver (issue 24): the measured boot latency, the share of
+pilots that never registered and interruptions per machine-hour, per offer, priced as the
+waiting work's delay and lost work, in the pure decision and in the recorded tick; measured
+from the store's machine events."""
 
 import json
 from dataclasses import replace
@@ -52,6 +53,35 @@ def test_at_equal_prices_the_offer_that_delivers_wins():
         "s/a/spot"]
 
 
+def test_interruptions_per_machine_hour_are_summed_up_and_priced():
+    (a, b) = summarize([("p", 100.0), ("q", 100.0)],
+                       [("p", 7200.0, True), ("p", 3600.0, False), ("q", 1800.0, False)])
+    assert (a.hours, a.interruptions, a.interruption_rate) == (3.0, 1, pytest.approx(1 / 3))
+    assert (b.hours, b.interruptions, b.interruption_rate) == (0.5, 0, 0.0)
+    # one interruption within the first machine-hour is not an infinite rate
+    assert Delivery("r", 1, 100.0, 0, 0.1, 1).interruption_rate == 1.0
+    assert "1 interrupted in 3.0 machine-hours = 0.333/h" in a.describe(900.0)
+    assert Delivery.from_dict(a.to_dict()) == a
+    # a tick recorded before interruptions were measured decodes with none
+    old = {k: v for k, v in a.to_dict().items() if k not in ("hours", "interruptions")}
+    assert Delivery.from_dict(old) == Delivery("p", 1, 100.0, 0)
+    # at equal prices and boots, the offer whose machines are interrupted loses the work;
+    # jobs of an hour: one interruption an hour loses half an hour's work and a new wait
+    hour = [tq(2, max_runtime=3600)]
+    same = [Delivery("s/a/on-demand", 10, 120.0, 0, 20.0, 20),
+            Delivery("s/b/on-demand", 10, 120.0, 0, 20.0, 0)]
+    d = run(hour, spec=EQUAL, delivery=same)
+    assert pools(d) == ["s/b/on-demand"]
+    assert "0 of 10 never registered)" in d.launches[0].reason
+    # a rare interruption (one in 200 machine-hours) costs less than a slower boot elsewhere
+    rare = [Delivery("s/a/on-demand", 10, 120.0, 0, 200.0, 1),
+            Delivery("s/b/on-demand", 10, 600.0, 0, 20.0, 0)]
+    assert pools(run(hour, spec=EQUAL, delivery=rare)) == ["s/a/on-demand"]
+    # with wait_cost 0 nothing measured counts
+    assert pools(run(hour, spec=replace(EQUAL, wait_cost=0.0), delivery=same)) == [
+        "s/a/on-demand"]
+
+
 def test_a_machine_still_booting_counts_as_at_least_as_slow_as_it_is_so_far():
     # zone a's machine has been booting for 40 minutes: the quickest offer delivers in 2, so
     # it is not counted on, and new machines go to zone b, though a was as quick as b
@@ -94,5 +124,20 @@ def test_the_store_measures_boots_and_pilots_that_never_came(database):
         store.machines.move("old", M.RUNNING, None, 20.0)
         got = sorted(views.machine_deliveries(store, "ep", 500.0), key=str)
         assert got == [("s/a/on-demand", 60.0), ("s/a/on-demand", None)]
+        # of the machines that ran: how long, and whether the cloud took them (lost)
+        store.machines.move("ep-0001", M.LOST, "its pilot stopped heartbeating", 4660.0)
+        store.machines.create("ep-0005", "ep", 5, "test", 1000.0, info=info)
+        store.machines.move("ep-0005", M.BOOTING, None, 1001.0)
+        store.machines.move("ep-0005", M.RUNNING, None, 1100.0)
+        store.machines.move("ep-0005", M.STOPPING, "idle", 2900.0)
+        store.machines.move("ep-0005", M.STOPPED, None, 2950.0)
+        store.machines.create("ep-0006", "ep", 6, "test", 1000.0, info=info)
+        store.machines.move("ep-0006", M.BOOTING, None, 1001.0)
+        store.machines.move("ep-0006", M.RUNNING, None, 1200.0)
+        runs = sorted(views.machine_runs(store, "ep", 500.0, 4800.0))
+        assert runs == [("s/a/on-demand", 1800.0, False), ("s/a/on-demand", 3600.0, False),
+                        ("s/a/on-demand", 3600.0, True)]
+        (d,) = summarize(views.machine_deliveries(store, "ep", 500.0), runs)
+        assert (d.hours, d.interruptions) == (2.5, 1)
     finally:
         store.close()

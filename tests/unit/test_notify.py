@@ -70,11 +70,15 @@ def test_a_submission_wakes_only_pilots_that_can_take_its_jobs():
 
 def test_which_pilots_to_wake_is_decided_as_a_plain_function():
     gpu, plain = Requirements(tags=frozenset({"gpu"})), Requirements()
-    waiting = [PLAIN, GPU, None, PLAIN]  # None: a pilot not yet described, may take anything
-    assert to_wake(waiting, [(gpu, 1)]) == [1]
+    waiting = [PLAIN, GPU, None, PLAIN]  # None: a pilot in the middle of a look
+    # the one in a look is woken too (it may have read the queues before the job came), but
+    # it does not take the GPU pilot's place (issue 19)
+    assert to_wake(waiting, [(gpu, 1)]) == [1, 2]
+    assert to_wake([None, PLAIN, GPU], [(gpu, 1)]) == [0, 2]  # before: [0], the GPU pilot slept
     assert to_wake(waiting, [(gpu, 2)]) == [1, 2]
     # the GPU job is served first: the GPU pilot is kept for it, the plain ones take the rest
-    assert to_wake(waiting, [(plain, 2), (gpu, 1)]) == [0, 1, 2]
+    assert to_wake(waiting, [(plain, 2), (gpu, 1)]) == [0, 1, 2, 3]
     assert to_wake([GPU, PLAIN], [(plain, 1), (gpu, 1)]) == [0, 1]
     assert to_wake([GPU, PLAIN, PLAIN], [(plain, 1), (gpu, 1)]) == [0, 1]
     assert to_wake(waiting, [(Requirements(cores=8), 5)]) == [2]
+    assert to_wake([PLAIN, PLAIN], [(gpu, 1)]) == []  # none that cannot take it

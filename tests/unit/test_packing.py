@@ -187,7 +187,7 @@ def test_a_machine_costs_as_long_as_its_longest_job():
         "b/a/spot", "s/a/spot", "s/a/spot"]
 
 
-def test_consolidation_drains_the_emptiest_within_a_budget():
+def test_consolidation_drains_the_emptiest_within_a_budget_soonest_ending_first():
     ms = [view(f"ec2-000{i}", "b/a/spot", busy=b) for i, b in
           ((1, 1), (2, 2), (3, 6), (4, 8), (5, 1), (6, 7), (7, 8), (8, 8), (9, 8), (10, 8))]
     spec = replace(SPEC, drain_below=0.25, drain_budget=0.2)
@@ -211,6 +211,10 @@ def test_consolidation_drains_the_emptiest_within_a_budget():
     # with work left over (a start), nothing new drains
     assert run([tq(80)], ms, spec=spec).drain == ()
     assert run([], ms, spec=replace(spec, drain_budget=0.0)).drain == ()
+    # with predicted ends known, the machines whose jobs should end soonest drain first
+    ends = {"ec2-0001": NOW + 7200, "ec2-0002": NOW + 60, "ec2-0005": NOW + 600}
+    timed = [replace(m, busy_until=ends.get(m.name, NOW + 9000)) for m in ms]
+    assert run([], timed, spec=spec).drain == ("ec2-0002", "ec2-0005")
 
 
 def test_headroom_keeps_free_cores_for_work_on_its_way():

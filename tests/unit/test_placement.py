@@ -78,6 +78,8 @@ def test_machines_alike_leave_no_work_to_each_other():
     asking.enter("pf", fuller)
     assert asking.fuller("p4", [Requirements()]) == ["pf"]
     assert leave_to_fuller(Requirements(), alike[0], [*alike, fuller])
+    # what a match weighs: only the machines fuller than it (issue 19: once per look)
+    assert asking.now(than=alike[0]) == [fuller] and asking.now(than=fuller) == []
 
 
 def test_asking_pilots_are_read_while_other_threads_come_and_go():

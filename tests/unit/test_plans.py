@@ -4,7 +4,7 @@ tests/integration/test_plans.py)."""
 
 import pytest
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.domain.endpoints import Backoff
 from controller.domain.machines import MachineState, MachineView
 from controller.domain.plans import (
@@ -69,10 +69,10 @@ def test_threshold_on_new_machines_and_cost():
 
 
 def test_endpoint_defaults_auto_apply_by_driver():
-    assert EndpointConfig(name="l").auto_apply is True
-    aws = EndpointConfig(name="c", driver="aws", aws={"region": "eu-west-1", "ami": "ami-1"})
+    assert endpoint_config(name="l").auto_apply is True
+    aws = endpoint_config(name="c", driver="aws", aws={"region": "eu-west-1", "ami": "ami-1"})
     assert aws.auto_apply is False
-    spot = EndpointConfig(name="s", driver="aws", auto_apply_max_cost_per_hour=1,
+    spot = endpoint_config(name="s", driver="aws", auto_apply_max_cost_per_hour=1,
                           aws={"region": "r", "ami": "ami-1", "spot": True,
                                "spot_max_price": 0.04})
     assert spot.approval_policy().machine_cost_per_hour == 0.04

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.drivers.contextualization import pilot_settings_from
 from controller.drivers.pulumi import (
     PulumiDriver,
@@ -21,15 +21,15 @@ from controller.drivers.pulumi import (
     stack_config,
     stack_name,
 )
-from controller.errors import DriverSetupError
+from controller.errors import ConfigError, DriverSetupError
 from tests.conftest import path_without
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhGk2c3cl2hSAFA0xD8i8T1QqBJ8GiqNcXd cloudpilot@ctl"
-AWS = EndpointConfig(name="aws-spot", driver="aws", aws={
+AWS = endpoint_config(name="aws-spot", driver="aws", aws={
     "region": "eu-west-1", "ami": "ami-0abc", "instance_type": "c6a.large", "spot": True,
     "spot_max_price": 0.035, "subnet_id": "subnet-1", "public_key": KEY,
     "tags": {"team": "physics"}})
-OPENSTACK = EndpointConfig(name="os", driver="openstack", openstack={
+OPENSTACK = endpoint_config(name="os", driver="openstack", openstack={
     "cloud": "mycloud", "region": "RegionOne", "flavor": "m1.large", "image": "debian-12",
     "network": "private", "floating_ip_pool": "public", "key_name": "ops"})
 INSTANCE = "aws:ec2/instance:Instance"
@@ -188,13 +188,13 @@ def test_user_data_holds_the_token_for_each_named_machine(tmp_path):
 
 
 def test_local_endpoints_via_pulumi(tmp_path):
-    ep = EndpointConfig(name="lp", driver="local", via="pulumi")
+    ep = endpoint_config(name="lp", driver="local", via="pulumi")
     cfg = local_stack_config(ep, ["lp-0002", "lp-0001"], tmp_path)
     assert cfg == {"cloudpilot:cloud": "local", "cloudpilot:endpoint": "lp",
                    "cloudpilot:machines": '["lp-0001", "lp-0002"]',
                    "cloudpilot:machinesDir": f"{tmp_path}/lp", "cloudpilot:stopGrace": "10"}
-    with pytest.raises(ValueError, match="via = 'pulumi' is for driver 'local'"):
-        EndpointConfig(name="x", driver="ssh", via="pulumi")
+    with pytest.raises(ConfigError, match="driver 'ssh' has no option via"):
+        endpoint_config(name="x", driver="ssh", via="pulumi")
     driver = PulumiDriver(ep, tmp_path / "data", "http://127.0.0.1:9", lambda m: "cp_token-l",
                           machines_dir=tmp_path / "machines")
     data = driver.user_data(["lp-0001"])

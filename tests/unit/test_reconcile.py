@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 from controller.domain import ticks as tick_docs
 from controller.domain.endpoints import EndpointState
 from controller.domain.jobs import JobState, NewJob, Requirements
@@ -31,7 +31,7 @@ def tick(loop):
 # plans and applies -----------------------------------------------------------------------------
 @pytest.fixture
 def world(database):
-    yield from loop_world(database, EndpointConfig(
+    yield from loop_world(database, endpoint_config(
         name="ep", slots=1, max_machines=5, max_starts_per_cycle=5, auto_apply=False,
         auto_apply_max_new=1))
 
@@ -147,7 +147,7 @@ def test_down_removes_every_machine_without_approval(world):
 def two(database):
     """Two auto-applied endpoints, `slow` and `fast`, on the in-memory driver; stalled jobs
     after 10 s of silence; applies time out after 60 s."""
-    eps = [EndpointConfig(name=n, slots=1, max_machines=2, auto_apply=True, apply_timeout=60)
+    eps = [endpoint_config(name=n, slots=1, max_machines=2, auto_apply=True, apply_timeout=60)
            for n in ("slow", "fast")]
     settings = Settings(database=database, endpoints=eps, lease=10,
                         lease_margin=0)
@@ -221,7 +221,7 @@ def test_a_hanging_driver_holds_up_no_other_endpoint(two, caplog):
 
 
 def test_a_restart_mid_apply_applies_the_plan_again(database):
-    ep = EndpointConfig(name="ep", slots=1, max_machines=2, auto_apply=True)
+    ep = endpoint_config(name="ep", slots=1, max_machines=2, auto_apply=True)
     settings = Settings(database=database, endpoints=[ep])
     store = Store(settings.database)
     store.endpoints.sync([ep.model_dump()])
@@ -337,7 +337,7 @@ class DriftingDriver(InMemoryDriver):
 
 
 def test_drift_is_checked_when_due_and_kept_on_the_endpoint(database):
-    ep = EndpointConfig(name="ep", max_machines=2)
+    ep = endpoint_config(name="ep", max_machines=2)
     settings = Settings(database=database, endpoints=[ep], drift_check_every=60)
     store = Store(settings.database)
     store.endpoints.sync([e.model_dump() for e in settings.endpoints])
@@ -373,7 +373,7 @@ class CancellableDriver(InMemoryDriver):
 
 
 def test_an_apply_past_its_timeout_is_cancelled_through_the_driver(database):
-    ep = EndpointConfig(name="ep", slots=1, max_machines=1, auto_apply=True, apply_timeout=60)
+    ep = endpoint_config(name="ep", slots=1, max_machines=1, auto_apply=True, apply_timeout=60)
     settings = Settings(database=database, endpoints=[ep])
     store = Store(settings.database)
     store.endpoints.sync([e.model_dump() for e in settings.endpoints])
@@ -396,3 +396,19 @@ def test_an_apply_past_its_timeout_is_cancelled_through_the_driver(database):
     finally:
         driver.close()
         store.close()
+
+
+def test_each_tick_hands_the_matcher_the_predicted_run_times(world):
+    """The matcher reads no run-time history: the loop's tick gives it each task queue's
+    prediction (issue 23), as decide() is given it."""
+    from controller.store.runtimes import RunTimeStore
+
+    store, _driver, loop, clock = world
+    submit(store, 2)
+    with store.read() as c:
+        (tq,) = {int(r[0]) for r in c.execute("SELECT tq_id FROM jobs")}
+    with store.tx() as c:
+        RunTimeStore.record(c, tq, "alice", 40.0, clock())
+    assert store.jobs.predicted.runtimes == {}  # before any tick: each job's max_runtime
+    tick(loop)
+    assert store.jobs.predicted.runtimes == {tq: 40.0}

@@ -4,7 +4,7 @@ tick, recorded so that a replay decides the same."""
 
 import pytest
 
-from controller.config.settings import EndpointConfig, MachineTypeConfig
+from controller.config.settings import MachineTypeConfig, endpoint_config
 from controller.domain import ticks
 from controller.domain.endpoints import EndpointState
 from controller.domain.machines import MachineState as M
@@ -110,7 +110,7 @@ def priced(database):
     types = [MachineTypeConfig(name=n, cores=1, memory_mb=1024, on_demand_price=p,
                                zones=["z"], markets=["on-demand"])
              for n, p in (("cheap", 0.05), ("dear", 0.08))]
-    yield from loop_world(database, EndpointConfig(
+    yield from loop_world(database, endpoint_config(
         name="ep", slots=1, max_machines=5, machine_types=types, boot_timeout=10_000,
         idle_timeout=10_000))
 

@@ -61,3 +61,27 @@ def test_a_machine_is_busy_until_its_jobs_predicted_ends():
             HeldJob("m2", 2, "bob", 1000.0, 600.0),  # no history: its max_runtime
             HeldJob("m3", 1, "alice", 800.0, 3600.0)]  # past its prediction: 2 x 250 s run
     assert predicted_ends(jobs, h, 1050.0) == {"m1": 1150.0, "m2": 1600.0, "m3": 1300.0}
+
+
+def test_the_matcher_is_handed_the_ticks_predictions_by_task_queue():
+    from controller.domain.jobs import Requirements
+    from controller.domain.runtime_prediction import HeldJob, Predicted, predicted, with_prediction
+    from controller.domain.taskqueues import TaskQueue
+
+    h = RunHistory()
+    h.record(7, "alice", 40.0)
+    h.record(5, "carol", 300.0)
+    waiting = with_prediction(TaskQueue(7, Requirements(max_runtime=3600), "alice", "g", 0), h)
+    held = [HeldJob("m1", 5, "carol", 1000.0, 3600.0),  # a queue with no waiting work
+            HeldJob("m1", 7, "alice", 1000.0, 3600.0)]
+    p = predicted([waiting], held, h)
+    assert p.runtimes == {7: 40.0, 5: 300.0}
+    # a waiting queue as the matcher walks it: with its prediction (never above its request)
+    plain = TaskQueue(7, Requirements(max_runtime=20), "alice", "g", 0)
+    assert p.queue(plain).runtime == 20.0
+    assert p.queue(TaskQueue(9, Requirements(max_runtime=600), "bob", "g", 0)).runtime == 600
+    # a running job's end: its prediction, a new one once outlived, else its request
+    assert p.ends(5, 1000.0, 3600.0, now=1100.0) == 1300.0
+    assert p.ends(5, 1000.0, 3600.0, now=1400.0) == 1800.0  # ran 400 s: twice that
+    assert p.ends(9, 1000.0, 3600.0, now=1100.0) == 4600.0
+    assert Predicted().ends(None, 1000.0, 60.0, now=1000.0) == 1060.0

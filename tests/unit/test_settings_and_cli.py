@@ -75,3 +75,27 @@ def test_a_renamed_setting_is_still_read_under_its_old_name_with_a_warning(tmp_p
         assert Settings.load(None).lease == 43
     with pytest.warns(FutureWarning):
         assert Settings.load(None, lease=44).lease == 44  # the new name wins
+
+
+def test_each_kind_of_endpoint_has_only_its_own_options(tmp_path, monkeypatch):
+    p = tmp_path / "c.toml"
+    p.write_text('[[endpoints]]\nname = "h"\ndriver = "ssh"\ndrain_below = 0.5\nfoo = 1\n'
+                 '[endpoints.ssh]\nuser = "ops"\nkey = "k"\n')
+    with pytest.raises(ConfigError) as e:
+        Settings.load(p)
+    assert str(e.value).splitlines()[1:] == [
+        "  endpoints.0.drain_below: driver 'ssh' has no option drain_below (drivers with it: "
+        "local, aws, openstack)",
+        "  endpoints.0.foo: driver 'ssh' has no option foo"]
+    p.write_text('[[endpoints]]\nname = "a"\ndriver = "gce"\n')
+    with pytest.raises(ConfigError, match=r"endpoints\.0\.driver: Value error, unknown "
+                       "driver 'gce'"):
+        Settings.load(p)
+    # the environment holds endpoints as JSON, each the model of its kind
+    monkeypatch.setenv("CLOUDPILOT_ENDPOINTS", '[{"name": "b", "driver": "local", '
+                       '"via": "pulumi"}, {"name": "h", "driver": "ssh", '
+                       '"ssh": {"user": "ops", "key": "/k"}}]')
+    s = Settings.load(None)
+    assert [type(e).__name__ for e in s.endpoints] == ["LocalEndpointConfig",
+                                                       "SshEndpointConfig"]
+    assert s.endpoints[1].auto_apply is True and s.endpoints[0].via == "pulumi"

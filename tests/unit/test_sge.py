@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config.settings import EndpointConfig, Settings
+from controller.config.settings import Settings, endpoint_config
 from controller.domain import ticks
 from controller.domain.batch import BatchJob, BatchState, PilotJob
 from controller.domain.jobs import Requirements
@@ -16,6 +16,7 @@ from controller.domain.machines import MachineState as M
 from controller.domain.machines import MachineView
 from controller.domain.taskqueues import TaskQueue
 from controller.drivers.sge import GridEngine, _job_id, parse_accounting, parse_qstat
+from controller.errors import ConfigError
 
 QSTAT = """<?xml version='1.0'?>
 <job_info  xmlns:xsd="http://arc.liv.ac.uk/repos/darcs/sge/source/dist/util/resources/schemas/qstat/qstat.xsd">
@@ -79,7 +80,7 @@ def test_qsub_answers_give_the_job_id():
 
 
 def test_sge_settings_and_the_qsub_options_they_make():
-    ep = EndpointConfig(name="hpc", driver="sge", cores=4, memory_mb=8192, sge=_sge(
+    ep = endpoint_config(name="hpc", driver="sge", cores=4, memory_mb=8192, sge=_sge(
         wall_time=3600, time_margin=60, queue="all.q", project="phys",
         memory_resource="h_vmem", qsub_options=["-l arch=lx-amd64", "-h"]))
     assert ep.shape().max_runtime == 3540 and ep.batch is ep.sge
@@ -87,16 +88,16 @@ def test_sge_settings_and_the_qsub_options_they_make():
     assert " ".join(opts).endswith("-pe smp 4 -l h_vmem=2048M -q all.q -P phys -l "
                                    "arch=lx-amd64 -h")
     assert "h_rt=3600" in opts and "-terse" in opts
-    one = EndpointConfig(name="hpc", driver="sge", cores=1, sge=_sge())
+    one = endpoint_config(name="hpc", driver="sge", cores=1, sge=_sge())
     assert "-pe" not in GridEngine(one).qsub_options()
-    with pytest.raises(ValueError, match=r"needs an \[endpoints.sge\] section"):
-        EndpointConfig(name="hpc", driver="sge")
-    with pytest.raises(ValueError, match="needs driver = \"sge\""):
-        EndpointConfig(name="hpc", driver="slurm", slurm=_sge(), sge=_sge())
-    with pytest.raises(ValueError, match="qsub option"):
-        EndpointConfig(name="hpc", driver="sge", sge=_sge(qsub_options=["-l $(id)"]))
-    with pytest.raises(ValueError):
-        EndpointConfig(name="hpc", driver="sge", sge=_sge(queue="a b"))
+    with pytest.raises(ConfigError, match=r"needs an \[endpoints.sge\] section"):
+        endpoint_config(name="hpc", driver="sge")
+    with pytest.raises(ConfigError, match="driver 'slurm' has no option sge"):
+        endpoint_config(name="hpc", driver="slurm", slurm=_sge(), sge=_sge())
+    with pytest.raises(ConfigError, match="qsub option"):
+        endpoint_config(name="hpc", driver="sge", sge=_sge(qsub_options=["-l $(id)"]))
+    with pytest.raises(ConfigError):
+        endpoint_config(name="hpc", driver="sge", sge=_sge(queue="a b"))
 
 
 def test_the_example_config_loads():
@@ -106,7 +107,7 @@ def test_the_example_config_loads():
 
 
 def test_a_batch_tick_round_trips_and_replays_to_the_same_decision(tmp_path):
-    ep = EndpointConfig(name="hpc", driver="sge", cores=1, memory_mb=256, slots=1,
+    ep = endpoint_config(name="hpc", driver="sge", cores=1, memory_mb=256, slots=1,
                         max_starts_per_cycle=8, sge=_sge(max_queued=2))
     view = MachineView("hpc-0001", "hpc", M.RUNNING, 100.0, 1, busy_slots=1, last_seen=195.0)
     gone = BatchJob("7", "hpc-0001", BatchState.ENDED, "failed 100", by_site=True)

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from controller.domain.pricing import PriceSeries
 from controller.errors import ConfigError
 from controller.simulate.engine import SimOptions, Simulation
 from tests.unit.test_simulate_runtimes import _job, _setup
@@ -89,3 +90,20 @@ def test_a_slow_zone_is_measured_and_left_for_the_quick_one():
     blind, waits = run(replace(spec, wait_cost=0.0))  # not weighed: the slow zone by name
     assert {m.offer.zone for m in blind.machines} == {"eu-west-1a"}
     assert waits[len(waits) // 2] >= 1200.0  # half the jobs wait 20 minutes or more
+
+
+def test_the_simulator_tells_the_scheduler_of_interruptions_per_machine_hour():
+    # the 1c spot pool's price passes its max from 600 s to 700 s: its machines are
+    # interrupted, and the machine-hours and interruptions are measured per pool, as the
+    # live loop does (with boot_times, when the scheduler is told what pools deliver)
+    cfg, _, spec, series = _setup()
+    pool = "c5.large/eu-west-1c/spot"
+    flat = series["c5.large/eu-west-1c"].prices[0]
+    series = {**series, "c5.large/eu-west-1c": PriceSeries((0.0, 600.0, 700.0),
+                                                           (flat, 1.0, flat))}
+    sim = Simulation("cloudpilot", replace(spec, diversity=0.0, headroom=0.0), TRACE, series,
+                     SimOptions(boot_time=cfg.boot_time, boot_times=(("*/eu-west-1a/*", 120.0),)))
+    out = sim.run()
+    assert out.interruptions >= 1 and all(j.end is not None for j in out.jobs)
+    assert sim.lost[pool] == out.interruptions
+    assert sim.ran[pool] > 0

@@ -72,3 +72,34 @@ def test_the_gap_decomposition_sums_to_the_cost_above_the_bound():
         assert all(any(lo == w.lo for lo, _ in WIDTHS) for w in r.waits)
         for w in r.waits:
             assert w.p95 >= 0 and all(v >= 0 for v in w.by_cause.values())
+
+
+def test_waits_are_explained_by_the_limit_that_held_them():
+    """A wait while decisions left work uncovered is put down to what did: a count cap, a
+    spend limit, or no open offer (prices above the max); boots and room apart."""
+    from dataclasses import replace
+
+    from controller.simulate.engine import _short_cause
+    from controller.simulate.report import CAUSES, waits_by_width
+
+    assert _short_cause(("starting 3: capped by max_machines", "9 waiting jobs not covered "
+                         "this tick (limits above)")) == "cap"
+    assert _short_cause(("starting 0: capped by max_spend_per_hour", "x not covered")) == (
+        "budget")
+    assert _short_cause(("9 waiting jobs not covered this tick (limits above)",)) == "price"
+    cfg, _, spec, series = _setup()
+    one = replace(spec, max_machines=1, headroom=0.0)  # one machine at a time
+    # the first job's machine is started after it came; the others came after that machine
+    trace = [_job(i, 0 if i == 0 else 100, 600, cores=72) for i in range(3)]
+    out = Simulation("cloudpilot", one, trace, series, SimOptions(boot_time=cfg.boot_time)).run()
+    (row,) = waits_by_width(out)
+    assert set(row.by_cause) == set(CAUSES)
+    assert row.by_cause["cap"] > 0 and row.by_cause["budget"] == row.by_cause["price"] == 0
+    dear = {k: PriceSeries((0.0, 1200.0), (100.0, s.at(0.0))) for k, s in series.items()}
+    spot = replace(spec, offers=tuple(o for o in spec.offers if o.spot))
+    # every spot price above its max for the first 20 minutes (a job coming at 1,300 s wakes
+    # the scheduler: it decides again when something changes, not when a price falls)
+    late = [trace[0], _job(9, 1300, 600, cores=72)]
+    out = Simulation("cloudpilot", spot, late, dear, SimOptions(boot_time=cfg.boot_time)).run()
+    (row,) = waits_by_width(out)
+    assert row.by_cause["price"] > 0 and row.by_cause["cap"] == 0

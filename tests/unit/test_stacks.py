@@ -7,7 +7,7 @@ import json
 import pulumi
 import pytest
 
-from controller.config.settings import EndpointConfig
+from controller.config.settings import endpoint_config
 from controller.drivers.pulumi import stack_config
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHhGk2c3cl2hSAFA0xD8i8T1QqBJ8GiqNcXd cloudpilot@ctl"
@@ -71,7 +71,7 @@ def run(kind, endpoint, machines, user_data=None, outputs=None, specs=None):
 
 
 def aws_endpoint(**aws):
-    return EndpointConfig(name="aws-spot", driver="aws", tags=["linux"], aws={
+    return endpoint_config(name="aws-spot", driver="aws", tags=["linux"], aws={
         "region": "eu-west-1", "ami": "ami-0abc", "instance_type": "c6a.large",
         "subnet_id": "subnet-1", "availability_zone": "eu-west-1b", "public_key": KEY,
         "tags": {"team": "physics"}, **aws})
@@ -137,7 +137,7 @@ def test_aws_security_group_opens_only_what_the_mode_needs():
         "aws:ec2/securityGroup:SecurityGroup")["aws-spot-sg"].inputs
     assert sg.get("ingress", []) == []  # pilot mode: pilots only call out
     assert [(e["protocol"], e["cidrBlocks"]) for e in sg["egress"]] == [("-1", ["0.0.0.0/0"])]
-    ssh = EndpointConfig(name="aws-ssh", driver="aws", contextualization="ssh",
+    ssh = endpoint_config(name="aws-ssh", driver="aws", contextualization="ssh",
                          ssh_endpoint="hosts", aws={"region": "r", "ami": "ami-1",
                                                     "public_key": KEY,
                                                     "ssh_cidr": "10.0.0.5/32"})
@@ -158,7 +158,7 @@ def test_a_machine_without_user_data_is_refused():
 
 
 def openstack_endpoint(**os_):
-    return EndpointConfig(name="os", driver="openstack", openstack={
+    return endpoint_config(name="os", driver="openstack", openstack={
         "cloud": "mycloud", "flavor": "m1.large", "image": "debian-12", "network": "private",
         "public_key": KEY, **os_})
 

@@ -9,6 +9,7 @@ from controller.auth import Role
 from controller.domain.jobs import JobState, NewJob, Requirements
 from controller.domain.matching import SlotOffer
 from controller.domain.placement import Asking
+from controller.domain.runtime_prediction import Predicted
 from controller.errors import Conflict, NotFound, StorageError, Unauthorized
 from controller.store import Store
 
@@ -305,3 +306,74 @@ def test_a_pilot_credential_expires_with_the_reason_and_renews_once_per_quarter(
         store.tokens.verify(cred, now=p.expires_at + 1)
     store.tokens.renew(p.token_id, p.expires_at + 100)
     assert store.tokens.verify(cred, now=p.expires_at + 1).expires_at == p.expires_at + 100
+
+
+def test_the_job_shape_columns_are_filled_from_the_requirements(tmp_path, monkeypatch):
+    """Migration 023 (issue 19): jobs stored before it get their cores, memory and max run time
+    from the requirements' JSON (Requirements' defaults where absent), and fair share's held
+    cores are counted from the columns from then on."""
+    from sqlite_utils import Database
+
+    from controller.store import migrations
+
+    path = tmp_path / "old.db"
+    before = [m for m in migrations.MIGRATIONS if m.name != "023_i19_job_shape"]
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", before)
+        old = Database(path)
+        migrations.migrate(old)
+        for i, req in enumerate(('{"cores": 4, "memory_mb": 2048}', '{"max_runtime": 60}')):
+            old.execute(
+                "INSERT INTO jobs (id, owner, grp, tq_id, state, priority, executable, arguments,"
+                " env, inputs, requirements, max_retries, retries, reschedules, created_at,"
+                " updated_at) VALUES (?, 'alice', 'physics', 1, 'waiting', 0, '/bin/true', '[]',"
+                " '{}', '[]', ?, 0, 0, 0, 1.0, 1.0)", (i + 1, req))
+        old.conn.commit()
+        old.close()
+    s = Store(path)
+    try:
+        assert [tuple(r) for r in s.rows(
+            "SELECT id, cores, memory_mb, max_runtime FROM jobs ORDER BY id")] == [
+            (1, 4, 2048, 3600), (2, 1, 512, 60)]
+        with s.tx() as c:
+            c.execute("UPDATE jobs SET state = 'running' WHERE id = 1")
+        assert [tuple(r) for r in s.rows(
+            "SELECT cores FROM held WHERE kind = 'owner' AND name = 'alice'")] == [(4,)]
+    finally:
+        s.close()
+
+
+def test_the_matcher_reserves_and_backfills_by_the_loops_predicted_run_times(store):
+    """The reconcile loop hands the matcher each task queue's predicted run time
+    (`store.jobs.predicted`): a machine's running job that asked for 1 h but should end in
+    100 s makes a wide job's reservation worth holding, and only a job predicted to end
+    before that backfills; with no prediction the request counts, no cores are held."""
+    four = SlotOffer("ep", cores=4, memory_mb=4096)
+    store.machines.register_pilot("p1", "ep", "m1", 4, 4096, [], 4, "test")
+
+    def claim(offer: SlotOffer) -> list[int]:
+        got = store.jobs.match("p1", "m1", offer, by="owner", shares={}, whole=four,
+                               reserve_limit=300).jobs
+        return [j.id for j, _ in got]
+
+    def tq(job_id: int) -> int:
+        with store.read() as c:
+            return int(c.execute("SELECT tq_id FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+
+    (running,) = store.jobs.submit([NewJob("/bin/true", requirements=Requirements(
+        cores=3, memory_mb=3072, max_runtime=3600))], "alice", "physics", 3)
+    assert claim(four) == [running]
+    wide, long_one, short_one = store.jobs.submit([
+        NewJob("/bin/true", priority=9, requirements=Requirements(cores=4, memory_mb=4096)),
+        NewJob("/bin/true", requirements=Requirements(max_runtime=3600)),
+        NewJob("/bin/true", requirements=Requirements(memory_mb=256, max_runtime=3600))],
+        "alice", "physics", 3)
+    one = SlotOffer("ep", cores=1, memory_mb=1024)
+    store.jobs.predicted = Predicted({tq(running): 100.0})  # the wide job fits in 100 s
+    assert claim(one) == []  # both 1-core jobs may run 1 h: they would delay it
+    store.jobs.predicted = Predicted({tq(running): 100.0, tq(short_one): 50.0})
+    assert claim(one) == [short_one]  # ends before the running job: it backfills
+    store.jobs.report("p1", short_one, "done", 0, None)
+    store.jobs.predicted = Predicted()  # nothing known: the running job may run its hour
+    assert claim(one) == [long_one]  # too far off to hold cores for the wide job
+    assert store.jobs.get(wide).state == JobState.WAITING

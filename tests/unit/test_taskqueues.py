@@ -115,3 +115,42 @@ def test_the_lazy_fair_share_walk_is_the_full_sort():
         usage = {(OWNER, "a"): 100.0, (OWNER, "b"): 100.0, (GROUP, "g1"): 200.0}
         fs = FairShare(by, 100.0, {"c": 2.0}, {}, usage, {(OWNER, "d"): 1.0})
         assert list(fair_share_walk(by_owner(queues), fs)) == sorted(queues, key=fs.key)
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchall(self):
+        return self.rows
+
+
+class _ReadWhileWorkArrives:
+    """A connection for TaskQueues.live: the first read of the live queues sees the queue
+    before a submission commits, and the submission's `changed()` lands while it reads."""
+
+    def __init__(self, queues):
+        self.queues, self.reads = queues, 0
+
+    def execute(self, sql, params=()):
+        if sql.startswith("WITH RECURSIVE live"):
+            self.reads += 1
+            if self.reads == 1:
+                self.queues.changed()  # work arrives (and commits) during this read
+            return _Rows([])
+        return _Rows([])
+
+
+def test_a_snapshot_read_while_work_arrives_is_not_kept():
+    """Issue 19: a snapshot whose read began before a submission committed is answered to its
+    reader but not kept, so the pilots the submission wakes read the queues again (before: it
+    was kept for LIVE_TTL, and a woken pilot found nothing and slept to its next look)."""
+    from controller.store.taskqueues import TaskQueues
+
+    queues = TaskQueues(clock=lambda: 100.0)  # time stands still: only a change re-reads
+    c = _ReadWhileWorkArrives(queues)
+    queues.live(c)
+    queues.live(c)
+    assert c.reads == 2
+    queues.live(c)
+    assert c.reads == 2  # no change since the second read: it is kept
