@@ -9,6 +9,7 @@ from controller.domain import ticks
 from controller.domain.endpoints import EndpointState
 from controller.domain.machines import MachineState as M
 from controller.domain.refusals import Refusal, blocking, classify, refused
+from controller.drivers.base import unfenced
 from tests.unit.test_packing import NOW, SPEC, pools, run, tq
 from tests.unit.test_reconcile import loop_world, submit, tick
 
@@ -206,8 +207,8 @@ def test_machines_not_tried_after_a_refusal_neither_block_nor_back_off(priced):
     store, driver, loop, _ = priced
     real = driver.apply
 
-    def stops_at_the_first_error(diff):
-        r = real(diff)
+    def stops_at_the_first_error(diff, fence=unfenced):
+        r = real(diff, fence)
         if not r.errors:
             return r
         untried = {n: f"{NOT_TRIED}the update stopped at {min(r.errors)}" for n in r.created}
