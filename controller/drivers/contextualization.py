@@ -98,6 +98,13 @@ def check_cloud_config(text: str, what: str = "user-data",
 _AST_LOCK = threading.Lock()
 
 
+def parse(text: str) -> ast.Module:
+    """`ast.parse`, one thread at a time (see _AST_LOCK): for every parse in a process that
+    may also build a pilot's code."""
+    with _AST_LOCK:
+        return ast.parse(text)
+
+
 def shipped_source(path: Path) -> bytes:
     """A pilot module as cloud machines get it: the same code without its comments and
     docstrings (EC2 takes at most 16 KB of user-data)."""

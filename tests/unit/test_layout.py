@@ -4,6 +4,8 @@ controller/, a pure domain/, and a loop that knows no endpoint kind."""
 import ast
 from pathlib import Path
 
+from controller.drivers.contextualization import parse
+
 ROOT = Path(__file__).resolve().parents[2] / "controller"
 # none: issue 13 broke packing <-> scheduling (the decision's types are in domain/fleet.py)
 KNOWN_CYCLES: set[frozenset[str]] = set()
@@ -16,7 +18,7 @@ def imports() -> dict[str, set[str]]:
         ".__init__"): p for p in ROOT.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, p in mods.items():
-        for node in ast.walk(ast.parse(p.read_text())):
+        for node in ast.walk(parse(p.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
             elif isinstance(node, ast.Import):
@@ -86,7 +88,7 @@ def test_the_unit_tests_start_no_process_and_no_server():
     unit = Path(__file__).resolve().parent
     found = []
     for f in sorted(unit.glob("test_*.py")):
-        tree = ast.parse(f.read_text())
+        tree = parse(f.read_text())
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
