@@ -11,7 +11,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from controller.domain.plans import OPEN_STATES
-from controller.store.schema_pg import BASELINE
+from controller.store.schema_pg import BASELINE, held_change
 from controller.store.sql import HELD, in_list
 
 
@@ -419,21 +419,7 @@ def _i19_fill(cores: str, memory: str, runtime: str) -> str:
 
 I19_FILL_PG = _i19_fill(*(f"(requirements::jsonb ->> '{k}')::NUMERIC::BIGINT"
                           for k in ("cores", "memory_mb", "max_runtime")))
-I19_HELD_CHANGE_PG = f"""CREATE OR REPLACE FUNCTION held_change() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        d BIGINT;
-        c BIGINT;
-    BEGIN
-        IF (OLD.state IN {HELD}) = (NEW.state IN {HELD}) THEN
-            RETURN NULL;
-        END IF;
-        d := CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END;
-        c := d * NEW.cores;
-        INSERT INTO held_pending (kind, name, n, cores)
-        VALUES ('owner', NEW.owner, d, c), ('group', NEW.grp, d, c);
-        RETURN NULL;
-    END $$"""
+I19_HELD_CHANGE_PG = held_change("NEW.cores")
 
 
 def i19_job_shape(db: Database) -> None:

@@ -7,6 +7,26 @@ from __future__ import annotations
 from controller.domain.plans import OPEN_STATES
 from controller.store.sql import HELD, in_list
 
+
+def held_change(cores: str) -> str:
+    """Fair share's trigger function on PostgreSQL: a job's change of held state appends
+    its owner's and group's change (jobs and `cores`, an expression over NEW) to held_pending,
+    applied at commit."""
+    return f"""CREATE OR REPLACE FUNCTION held_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        d BIGINT;
+        c BIGINT;
+    BEGIN
+        IF (OLD.state IN {HELD}) = (NEW.state IN {HELD}) THEN
+            RETURN NULL;
+        END IF;
+        d := CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END;
+        c := d * {cores};
+        INSERT INTO held_pending (kind, name, n, cores)
+        VALUES ('owner', NEW.owner, d, c), ('group', NEW.grp, d, c);
+        RETURN NULL;
+    END $$"""
+
 BASELINE: list[str] = [
     ('CREATE TABLE users (name TEXT PRIMARY KEY, grp TEXT, share DOUBLE PRECISION, '
      'created_at DOUBLE PRECISION)'),
@@ -120,20 +140,7 @@ BASELINE: list[str] = [
     " kind TEXT NOT NULL, name TEXT NOT NULL, core_seconds DOUBLE PRECISION NOT NULL,"
     " at DOUBLE PRECISION NOT NULL, half_life DOUBLE PRECISION NOT NULL)",
     "CREATE INDEX idx_usage_pending_xid ON usage_pending (xid)",
-    f"""CREATE FUNCTION held_change() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        d BIGINT;
-        c BIGINT;
-    BEGIN
-        IF (OLD.state IN {HELD}) = (NEW.state IN {HELD}) THEN
-            RETURN NULL;
-        END IF;
-        d := CASE WHEN NEW.state IN {HELD} THEN 1 ELSE -1 END;
-        c := d * COALESCE((NEW.requirements::jsonb ->> 'cores')::NUMERIC::BIGINT, 1);
-        INSERT INTO held_pending (kind, name, n, cores)
-        VALUES ('owner', NEW.owner, d, c), ('group', NEW.grp, d, c);
-        RETURN NULL;
-    END $$""",
+    held_change("COALESCE((NEW.requirements::jsonb ->> 'cores')::NUMERIC::BIGINT, 1)"),
     "CREATE TRIGGER held_change AFTER UPDATE OF state ON jobs FOR EACH ROW"
     " EXECUTE FUNCTION held_change()",
     """CREATE FUNCTION held_apply() RETURNS trigger LANGUAGE plpgsql AS $$
